@@ -1,0 +1,5 @@
+import sys
+
+from mixbatch.cli import main
+
+sys.exit(main())

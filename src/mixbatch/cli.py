@@ -1,0 +1,224 @@
+"""The ``mixbatch`` command: a thin layer over the library.
+
+Exit codes: 0 success, 1 bad data or store, 2 bad config or arguments, 130 interrupted.
+A :class:`~mixbatch.errors.MixbatchError` is printed as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from mixbatch.errors import ConfigError, MixbatchError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/4), got {value!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"need 0 <= I < N, got {value!r}")
+    return i, n
+
+
+def _skips_line(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "-"
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare
+# ---------------------------------------------------------------------------------------------
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from mixbatch.config import load_config
+    from mixbatch.io import OnError
+    from mixbatch.prepare import prepare
+
+    cfg = load_config(args.config)
+    report = prepare(cfg, workers=args.workers, shard=args.shard, force=args.force,
+                     on_error=OnError(args.on_error) if args.on_error else None,
+                     progress=not args.no_progress)
+    table = Table(title=f"prepare → {cfg.store_dir}")
+    for col in ("source", "status", "files", "documents", "tokens", "skipped"):
+        table.add_column(col, justify="right" if col in ("files", "documents", "tokens") else "left")
+    for r in report.sources.values():
+        status = r.status if r.status != "partial" else f"partial {r.units_done}/{r.units_total}"
+        table.add_row(r.name, status, f"{r.files:,}", f"{r.documents:,}", f"{r.tokens:,}",
+                      _skips_line(r.skipped))
+    out.print(table)
+    for r in report.sources.values():
+        for reason, examples in r.examples.items():
+            for ex in examples:
+                err.print(f"skipped ({reason}): {ex}")
+    rate = report.tokens / report.seconds if report.seconds else 0
+    out.print(f"{report.units_run} work units in {report.seconds:.1f}s"
+              + (f" ({rate / 1e6:.2f}M tokens/s overall)" if report.units_run else ""))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect
+# ---------------------------------------------------------------------------------------------
+def stats_table(stats: dict, title: str) -> Table:
+    table = Table(title=title)
+    cols = ("source", "files", "documents", "tokens", "share", "p50", "p90", "p99", "max",
+            "skipped")
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("source", "skipped") else "right")
+    for name, s in stats["sources"].items():
+        table.add_row(name, f"{s['files']:,}", f"{s['documents']:,}", f"{s['tokens']:,}",
+                      f"{s['share']:.1%}", f"{s['p50']:,}", f"{s['p90']:,}", f"{s['p99']:,}",
+                      f"{s['max']:,}", _skips_line(s["skipped"]))
+    table.add_row("total", "", f"{stats['documents']:,}", f"{stats['tokens']:,}", "100.0%",
+                  "", "", "", "", "", style="bold")
+    return table
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from mixbatch.config import load_config
+    from mixbatch.stats import config_stats, open_stores, plot_lengths
+
+    cfg = load_config(args.config)
+    stats = config_stats(cfg, verify=args.verify)
+    if args.plot:
+        path = plot_lengths(open_stores(cfg), Path(args.plot))
+        stats["plot"] = str(path)
+    if args.json:
+        sys.stdout.write(json.dumps(stats, indent=1) + "\n")
+    else:
+        out.print(stats_table(stats, f"store {stats['store']}"))
+        if args.plot:
+            out.print(f"length histogram: {stats['plot']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer train
+# ---------------------------------------------------------------------------------------------
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from mixbatch.config import load_config
+    from mixbatch.tokenizer_training import train_from_config
+
+    cfg = load_config(args.config)
+    t0 = time.perf_counter()
+    path, n_docs = train_from_config(cfg, args.vocab_size, Path(args.out),
+                                     max_docs=args.max_docs)
+    out.print(f"trained a byte-level BPE of {args.vocab_size:,} tokens on {n_docs:,} documents "
+              f"in {time.perf_counter() - t0:.1f}s → {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    import yaml
+
+    from mixbatch.config import load_config
+    from mixbatch.demo import build_corpus, demo_config
+    from mixbatch.prepare import prepare
+    from mixbatch.stats import config_stats, open_stores, plot_lengths
+
+    work = Path(args.workdir).resolve()
+    t0 = time.perf_counter()
+    out.rule("[bold]mixbatch demo")
+    out.print(f"1. building the built-in corpus in {work / 'corpus'}")
+    corpus = build_corpus(work / "corpus", max_bytes=args.max_bytes)
+    table = Table(title="built-in corpus")
+    for c in ("domain", "what", "documents", "bytes", "origin"):
+        table.add_column(c, justify="right" if c in ("documents", "bytes") else "left")
+    for d in corpus:
+        table.add_row(d.name, d.description, f"{d.documents:,}", f"{d.bytes:,}", d.origin)
+    out.print(table)
+    config_path = work / "demo.yaml"
+    config_path.write_text(yaml.safe_dump(demo_config(corpus, work / "store"), sort_keys=False))
+    out.print(f"2. config written to {config_path}")
+    cfg = load_config(config_path)
+    out.print("3. mixbatch prepare (byte tokenizer, all cores)")
+    report = prepare(cfg, workers=args.workers, progress=not args.no_progress)
+    out.print(f"   {report.documents:,} documents, {report.tokens:,} tokens in "
+              f"{report.seconds:.1f}s")
+    out.print("4. mixbatch inspect")
+    stats = config_stats(cfg)
+    out.print(stats_table(stats, f"store {stats['store']}"))
+    plot = plot_lengths(open_stores(cfg), work / "lengths.png")
+    out.print(f"\ndone in {time.perf_counter() - t0:.1f}s. Outputs:\n"
+              f"  corpus  {work / 'corpus'}\n  config  {config_path}\n"
+              f"  stores  {cfg.store_dir}\n  plot    {plot}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mixbatch", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sp = sub.add_parser("prepare", help="tokenise every source into token stores")
+    sp.add_argument("config")
+    sp.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    sp.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                    help="prepare only the I-th of N slices of the input; a plain run merges")
+    sp.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    sp.add_argument("--on-error", choices=("fail", "skip"), default=None,
+                    help="override every source's on_error")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_prepare)
+
+    sp = sub.add_parser("inspect", help="per-source documents, tokens and length percentiles")
+    sp.add_argument("config")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument("--plot", metavar="FILE.png", help="draw the length histogram per source")
+    sp.add_argument("--verify", action="store_true", help="hash every store file in full")
+    sp.set_defaults(func=cmd_inspect)
+
+    tp = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(
+        dest="tokenizer_command", required=True, metavar="ACTION")
+    sp = tp.add_parser("train", help="train a byte-level BPE on the configured sources")
+    sp.add_argument("config")
+    sp.add_argument("--vocab-size", type=int, required=True)
+    sp.add_argument("--out", required=True, metavar="PATH")
+    sp.add_argument("--max-docs", type=int, default=None, help="train on at most N documents")
+    sp.set_defaults(func=cmd_tokenizer_train)
+
+    sp = sub.add_parser("demo", help="build the built-in corpus, prepare and inspect it")
+    sp.add_argument("--workdir", default="demo-out")
+    sp.add_argument("--max-bytes", type=int, default=4 << 20, help="text per domain")
+    sp.add_argument("--workers", type=int, default=None)
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except MixbatchError as e:
+        err.print(f"mixbatch: error: {e}", markup=False, soft_wrap=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        err.print("mixbatch: interrupted", markup=False)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _exit() -> None:  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["ConfigError", "build_parser", "main"]

@@ -1,0 +1,233 @@
+"""The YAML configuration: schema, validation and one-line errors.
+
+Every field is checked by pydantic; a problem becomes a :class:`ConfigError` whose message names
+the file and the field (``config.yaml: sources.web.format: ...``) and the command exits with 2.
+Relative paths are resolved against the folder of the config file. YAML is read with
+``yaml.safe_load``: no tags, no code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mixbatch.errors import ConfigError
+from mixbatch.io import Format, OnError, Split
+
+
+class Unit(str, Enum):
+    TOKENS = "tokens"
+    SAMPLES = "samples"
+
+
+class Packing(str, Enum):
+    CONCAT = "concat"
+    PAD = "pad"
+    BFD = "bfd"
+    BUCKETS = "buckets"
+    PAD_BUCKETS = "pad_buckets"
+
+
+class OnExhausted(str, Enum):
+    RENORMALIZE = "renormalize"
+    STOP = "stop"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class TokenFormat(str, Enum):
+    """Token data that is read as it is, without tokenising."""
+
+    MEGATRON = "megatron"
+    TOKENS = "tokens"
+
+
+class SourceConfig(_Strict):
+    """One data source: raw text files (tokenised by ``prepare``) or existing token data."""
+
+    path: str | list[str]
+    format: Format | TokenFormat | None = None
+    text_field: str = "text"
+    split: Split = Split.FILE
+    on_error: OnError = OnError.FAIL
+    max_epochs: float | None = Field(default=None, gt=0)
+    # only for `format: tokens` (flat .npy/.bin token arrays split at an end-of-document token)
+    dtype: Literal["uint16", "uint32", "int32", "int64"] | None = None
+    eod_id: int | None = Field(default=None, ge=0)
+
+    @property
+    def patterns(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+    @property
+    def is_token_data(self) -> bool:
+        return isinstance(self.format, TokenFormat)
+
+    @model_validator(mode="after")
+    def _token_fields(self) -> SourceConfig:
+        if self.format == TokenFormat.TOKENS and self.eod_id is None:
+            raise ValueError("format 'tokens' needs `eod_id`: the token that ends each document")
+        return self
+
+
+class StageConfig(_Strict):
+    weights: dict[str, float]
+    until_step: int | None = Field(default=None, ge=1)
+    until_tokens: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> StageConfig:
+        if self.until_step is not None and self.until_tokens is not None:
+            raise ValueError("give `until_step` or `until_tokens`, not both")
+        return self
+
+
+class MixtureConfig(_Strict):
+    unit: Unit = Unit.TOKENS
+    weights: dict[str, float] | None = None
+    temperature: float | None = Field(default=None, ge=0)
+    schedule: list[StageConfig] | None = None
+    interpolation: Literal["constant", "linear"] = "constant"
+    on_exhausted: OnExhausted = OnExhausted.RENORMALIZE
+    shuffle: bool = True
+    policy: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> MixtureConfig:
+        given = [n for n in ("weights", "temperature", "schedule") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of weights, temperature, schedule (got {given})")
+        return self
+
+
+class BatchConfig(_Strict):
+    seq_len: int = Field(default=1024, ge=2)
+    batch_size: int = Field(default=8, ge=1)
+    packing: Packing = Packing.CONCAT
+
+
+class Config(_Strict):
+    seed: int = 0
+    tokenizer: str = "byte"
+    eod_token: str | None = None
+    store: str = "./store"
+    sources: dict[str, SourceConfig]
+    mixture: MixtureConfig = MixtureConfig()
+    batch: BatchConfig = BatchConfig()
+    # folder of the config file; relative paths are resolved against it
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("sources")
+    @classmethod
+    def _some_sources(cls, v: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        if not v:
+            raise ValueError("declare at least one source")
+        for name in v:
+            if not name or "/" in name or name.startswith("."):
+                raise ValueError(f"source name {name!r} must be a plain folder name")
+        return v
+
+    @model_validator(mode="after")
+    def _known_sources(self) -> Config:
+        known = set(self.sources)
+        named: list[tuple[str, dict[str, float]]] = []
+        if self.mixture.weights is not None:
+            named.append(("mixture.weights", self.mixture.weights))
+        for k, stage in enumerate(self.mixture.schedule or []):
+            named.append((f"mixture.schedule.{k}.weights", stage.weights))
+        for where, weights in named:
+            for name in weights:
+                if name not in known:
+                    raise ValueError(
+                        f"{where}: weight for undeclared source {name!r} "
+                        f"(declared: {', '.join(sorted(known))})"
+                    )
+        return self
+
+    # ---- derived paths -------------------------------------------------------------------
+    def resolve(self, p: str | Path) -> Path:
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def store_dir(self) -> Path:
+        return self.resolve(self.store)
+
+    @property
+    def tokenizer_path(self) -> Path | None:
+        return None if self.tokenizer == "byte" else self.resolve(self.tokenizer)
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short stable hash of the named top-level sections (all if none)."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {k: data[k] for k in sections}
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.blake2b(blob, digest_size=8).hexdigest()
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+
+
+def format_validation_error(err: ValidationError, origin: str) -> str:
+    """One line per problem: ``origin: field.path: message (got VALUE)``."""
+    lines = []
+    for e in err.errors(include_url=False):
+        loc = _loc(tuple(p for p in e["loc"] if p not in ("str", "list[str]")))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = ""
+        if e["type"] not in ("extra_forbidden", "missing") and "input" in e:
+            text = repr(e["input"])
+            got = f" (got {text if len(text) <= 60 else text[:57] + '...'})"
+        lines.append(f"{origin}: {loc + ': ' if loc else ''}{msg}{got}")
+    # pydantic reports every member of a union; the first line is the most direct one
+    return lines[0] if len(lines) == 1 else "; ".join(dict.fromkeys(lines))
+
+
+def config_from_dict(data: Any, origin: str = "<config>", base_dir: Path | None = None) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the config must be a mapping of keys, got {type(data).__name__}")
+    if "base_dir" in data:
+        raise ConfigError(f"{origin}: base_dir: unknown key")
+    try:
+        cfg = Config.model_validate({**data, "base_dir": base_dir or Path(".")})
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, origin)) from None
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config ({e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML ({problem})") from None
+    return config_from_dict(data, str(path), path.resolve().parent)

@@ -1,0 +1,475 @@
+"""``mixbatch prepare``: tokenise every source into a token store, in parallel and resumably.
+
+Work is cut into *units* (a file, or a newline-aligned byte range of a large plain file). Each
+unit is tokenised by a worker process into a *part* under ``<store>/<source>/.parts/``; a part
+is finished when its summary ``<key>.json`` exists (written last, by rename). A rerun skips the
+finished parts, so an interrupted prepare resumes where it stopped. When every part of a source
+is finished, the parts are concatenated in input order into ``tokens.bin`` and ``offsets.npy``,
+and ``meta.json`` is written last. The order of documents is the order of the input files and of
+the records inside them, whatever the number of processes.
+
+``shard=(i, n)`` prepares only every n-th unit starting at i (over all sources) and does not
+merge: run n such jobs anywhere (Slurm arrays, Ray, Kubernetes) on a shared folder, then one
+plain ``prepare`` merges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import time
+from collections import Counter
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixbatch.config import Config, SourceConfig, TokenFormat
+from mixbatch.errors import ConfigError, DataError, StoreError
+from mixbatch.io import (
+    Format,
+    OnError,
+    ReadUnit,
+    SkipCounter,
+    expand_paths,
+    infer_format,
+    iter_texts,
+    plan_units,
+)
+from mixbatch.progress import RateProgress
+from mixbatch.store import (
+    FORMAT_VERSION,
+    META,
+    OFFSETS,
+    SPANS,
+    TOKENS,
+    atomic_path,
+    describe_file,
+    file_digest,
+    flat_token_spans,
+    open_flat_tokens,
+    quick_digest,
+    read_megatron_index,
+    save_npy_atomic,
+    write_json_atomic,
+)
+from mixbatch.tokenizer import Tokenizer, load_tokenizer, token_dtype
+
+PARTS = ".parts"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs for one unit; plain data, so it crosses process boundaries."""
+
+    source: str
+    unit: ReadUnit
+    key: str
+    part_dir: Path
+    text_field: str
+    split: str
+    on_error: str
+    tokenizer: str
+    base_dir: Path
+    eod_token: str | None
+    dtype: str
+
+
+@dataclass
+class SourceReport:
+    name: str
+    status: str = "built"  # built | up to date | partial
+    files: int = 0
+    documents: int = 0
+    tokens: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    units_done: int = 0
+    units_total: int = 0
+
+
+@dataclass
+class PrepareReport:
+    sources: dict[str, SourceReport]
+    seconds: float = 0.0
+    units_run: int = 0
+
+    @property
+    def documents(self) -> int:
+        return sum(s.documents for s in self.sources.values())
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.sources.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# worker side
+# ---------------------------------------------------------------------------------------------
+_TOKENIZERS: dict[tuple[str, str, str | None], Tokenizer] = {}
+_PROGRESS: Any = None  # a multiprocessing queue in worker processes, or a callable in-process
+
+
+def _init_worker(progress_queue: Any) -> None:
+    global _PROGRESS
+    _PROGRESS = progress_queue
+
+
+def _report(docs: int, toks: int) -> None:
+    if _PROGRESS is None:
+        return
+    if callable(_PROGRESS):
+        _PROGRESS(docs, toks)
+    else:
+        _PROGRESS.put((docs, toks))
+
+
+def _tokenizer_for(job: _Job) -> Tokenizer:
+    key = (job.tokenizer, str(job.base_dir), job.eod_token)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = load_tokenizer(job.tokenizer, job.base_dir, job.eod_token)
+    return _TOKENIZERS[key]
+
+
+def _run_unit(job: _Job) -> dict[str, Any]:
+    """Tokenise one unit into ``<key>.tokens`` + ``<key>.lengths.npy``, then write ``<key>.json``."""
+    tok = _tokenizer_for(job)
+    dtype = np.dtype(job.dtype)
+    skips = SkipCounter()
+    lengths: list[np.ndarray] = []
+    n_docs = n_toks = 0
+    tok_path = job.part_dir / f"{job.key}.tokens"
+    with atomic_path(tok_path) as tmp, open(tmp, "wb") as out:
+        for texts in iter_texts(job.unit, job.text_field, _split(job.split), OnError(job.on_error),
+                                skips):
+            kept = [t for t in texts if t]
+            if len(kept) < len(texts):
+                skips.add("empty_document", len(texts) - len(kept))
+            if not kept:
+                continue
+            flat, lens = tok.encode_batch(kept)
+            out.write(np.ascontiguousarray(flat, dtype=dtype).tobytes())
+            lengths.append(lens)
+            n_docs += len(kept)
+            n_toks += int(lens.sum())
+            _report(len(kept), int(lens.sum()))
+    save_npy_atomic(job.part_dir / f"{job.key}.lengths.npy",
+                    np.concatenate(lengths) if lengths else np.empty(0, dtype=np.int64))
+    unit = job.unit
+    summary = {
+        "key": job.key, "path": str(unit.path), "start": unit.start, "end": unit.end,
+        "documents": n_docs, "tokens": n_toks,
+        "skipped": dict(skips.counts), "examples": {k: list(v) for k, v in skips.examples.items()},
+        "raw_blake2b": file_digest(unit.path, unit.start, unit.end),
+    }
+    write_json_atomic(job.part_dir / f"{job.key}.json", summary)
+    return summary
+
+
+def _split(value: str):
+    from mixbatch.io import Split
+
+    return Split(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# planning
+# ---------------------------------------------------------------------------------------------
+def source_paths(name: str, src: SourceConfig, cfg: Config) -> list[Path]:
+    """The input files of a text source; a pattern that matches nothing names the field."""
+    try:
+        return expand_paths(src.patterns, cfg.base_dir, src.format)
+    except ConfigError as e:
+        raise ConfigError(f"sources.{name}.path: {e}") from None
+
+
+def source_format(name: str, src: SourceConfig, paths: list[Path]) -> Format:
+    if isinstance(src.format, Format):
+        return src.format
+    formats = {infer_format(p) for p in paths}
+    if len(formats) > 1:
+        shown = ", ".join(sorted(f.value for f in formats))
+        raise DataError(f"sources.{name}: files of several formats ({shown}); set `format:`")
+    return formats.pop()
+
+
+def _fingerprint(src: SourceConfig, fmt: Format, tok: Tokenizer, dtype: np.dtype) -> str:
+    data = {"format_version": FORMAT_VERSION, "format": fmt.value, "text_field": src.text_field,
+            "split": src.split.value, "tokenizer": tok.identity(), "dtype": dtype.name}
+    blob = json.dumps(data, sort_keys=True).encode()
+    return hashlib.blake2b(blob, digest_size=8).hexdigest()
+
+
+def _unit_key(unit: ReadUnit, fingerprint: str, size: int, mtime_ns: int) -> str:
+    blob = f"{unit.path}\0{unit.start}\0{unit.end}\0{size}\0{mtime_ns}\0{fingerprint}".encode()
+    return hashlib.blake2b(blob, digest_size=10).hexdigest()
+
+
+def _file_states(paths: list[Path]) -> list[dict[str, Any]]:
+    out = []
+    for p in paths:
+        st = p.stat()
+        out.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+def _up_to_date(folder: Path, fingerprint: str, files: list[dict[str, Any]]) -> bool:
+    """True when the store was built from these very files with these settings.
+
+    A file whose size matches but whose mtime moved (touched, copied) is compared by checksum.
+    """
+    meta_path = folder / META
+    if not meta_path.is_file():
+        return False
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    if meta.get("format_version") != FORMAT_VERSION or meta.get("fingerprint") != fingerprint:
+        return False
+    old = meta.get("files", [])
+    if [f["path"] for f in old] != [f["path"] for f in files]:
+        return False
+    for was, now in zip(old, files, strict=True):
+        if was["size"] != now["size"]:
+            return False
+        if was["mtime_ns"] != now["mtime_ns"] and file_digest(Path(now["path"])) != was["blake2b"]:
+            return False
+    try:  # the data files must still match the metadata
+        for fname, key in ((TOKENS, "tokens"), (OFFSETS, "index")):
+            want = meta["checksums"][key]
+            p = folder / fname
+            if p.stat().st_size != want["size"] or quick_digest(p) != want["quick"]:
+                return False
+    except (OSError, KeyError):
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# merging
+# ---------------------------------------------------------------------------------------------
+def _merge(name: str, folder: Path, jobs: list[_Job], files: list[dict[str, Any]],
+           fingerprint: str, tok: Tokenizer, dtype: np.dtype, src: SourceConfig,
+           fmt: Format) -> SourceReport:
+    part_dir = folder / PARTS
+    summaries = [json.loads((part_dir / f"{j.key}.json").read_text()) for j in jobs]
+    report = SourceReport(name, files=len(files), units_done=len(jobs), units_total=len(jobs))
+    skipped: Counter[str] = Counter()
+    examples: dict[str, list[str]] = {}
+    for s in summaries:
+        skipped.update(s["skipped"])
+        for reason, ex in s["examples"].items():
+            examples.setdefault(reason, [])
+            examples[reason].extend(ex[: 5 - len(examples[reason])])
+    lengths = [np.load(part_dir / f"{j.key}.lengths.npy") for j in jobs]
+    all_lengths = np.concatenate(lengths) if lengths else np.empty(0, dtype=np.int64)
+    report.documents = len(all_lengths)
+    report.tokens = int(all_lengths.sum())
+    report.skipped, report.examples = dict(skipped), examples
+    if report.documents == 0:
+        detail = f" ({', '.join(f'{k}: {v}' for k, v in skipped.items())} skipped)" if skipped else ""
+        raise DataError(f"sources.{name}: no documents in {len(files)} file(s){detail}")
+
+    # per-input-file checksums: blake2b of the file, or of its chunks' digests when it was split
+    per_file: dict[str, list[dict[str, Any]]] = {}
+    for s in summaries:
+        per_file.setdefault(s["path"], []).append(s)
+    file_meta = []
+    for f in files:
+        parts = per_file.get(f["path"], [])
+        digest = parts[0]["raw_blake2b"] if len(parts) == 1 else hashlib.blake2b(
+            "".join(p["raw_blake2b"] for p in parts).encode(), digest_size=16).hexdigest()
+        file_meta.append({**f, "blake2b": digest, "chunks": len(parts),
+                          "documents": sum(p["documents"] for p in parts),
+                          "tokens": sum(p["tokens"] for p in parts),
+                          "skipped": dict(sum((Counter(p["skipped"]) for p in parts), Counter()))})
+
+    tokens_path = folder / TOKENS
+    with atomic_path(tokens_path) as tmp, open(tmp, "wb") as out:
+        for j in jobs:
+            with open(part_dir / f"{j.key}.tokens", "rb") as part:
+                shutil.copyfileobj(part, out, 16 << 20)
+    offsets = np.zeros(len(all_lengths) + 1, dtype=np.int64)
+    np.cumsum(all_lengths, out=offsets[1:])
+    save_npy_atomic(folder / OFFSETS, offsets)
+    meta = {
+        "format_version": FORMAT_VERSION, "source": name, "fingerprint": fingerprint,
+        "format": fmt.value, "text_field": src.text_field, "split": src.split.value,
+        "dtype": dtype.name, "tokenizer": tok.identity(), "documents": report.documents,
+        "tokens": report.tokens, "files": file_meta, "skipped": report.skipped,
+        "skipped_examples": examples, "external": None,
+        "checksums": {"tokens": describe_file(tokens_path),
+                      "index": describe_file(folder / OFFSETS)},
+    }
+    write_json_atomic(folder / META, meta)
+    shutil.rmtree(part_dir, ignore_errors=True)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# existing token data
+# ---------------------------------------------------------------------------------------------
+def _prepare_token_data(name: str, src: SourceConfig, cfg: Config, folder: Path,
+                        tok: Tokenizer) -> SourceReport:
+    paths = [cfg.resolve(p) for p in src.patterns]
+    if len(paths) != 1:
+        raise DataError(f"sources.{name}.path: token data takes one path, got {len(paths)}")
+    path = paths[0]
+    header = 0
+    if src.format == TokenFormat.MEGATRON:
+        prefix = path.with_suffix("") if path.suffix in (".bin", ".idx") else path
+        bin_path, idx_path = prefix.with_suffix(".bin"), prefix.with_suffix(".idx")
+        for p in (bin_path, idx_path):
+            if not p.is_file():
+                raise DataError(f"sources.{name}.path: {p} not found (Megatron data needs "
+                                f"{bin_path.name} and {idx_path.name})")
+        dtype, spans = read_megatron_index(idx_path)
+        n_tok = bin_path.stat().st_size // dtype.itemsize
+        inputs = [bin_path, idx_path]
+        eod = src.eod_id if src.eod_id is not None else tok.eod_id
+    else:
+        if not path.is_file():
+            raise DataError(f"sources.{name}.path: {path} not found")
+        arr, header = open_flat_tokens(path, src.dtype)
+        dtype, n_tok, bin_path, inputs = arr.dtype, len(arr), path, [path]
+        eod = int(src.eod_id)  # validated by the config
+        spans = flat_token_spans(arr, eod)
+    if len(spans) and int((spans[:, 0] + spans[:, 1]).max()) > n_tok:
+        raise StoreError(f"{bin_path}: index points past the end of the token file "
+                         f"({n_tok} tokens)")
+    if len(spans) == 0:
+        raise DataError(f"sources.{name}: no documents in {path}")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_npy_atomic(folder / SPANS, spans)
+    ident = tok.identity() | {"eod_id": int(eod)}
+    meta = {
+        "format_version": FORMAT_VERSION, "source": name, "format": src.format.value,
+        "dtype": np.dtype(dtype).name, "tokenizer": ident, "documents": len(spans),
+        "tokens": int(spans[:, 1].sum()), "skipped": {}, "skipped_examples": {},
+        "files": [{"path": str(p), **describe_file(p, full=False)} for p in inputs],
+        "external": {"kind": src.format.value, "tokens": str(bin_path), "header_bytes": header},
+        "checksums": {"tokens": describe_file(bin_path), "index": describe_file(folder / SPANS)},
+    }
+    write_json_atomic(folder / META, meta)
+    return SourceReport(name, files=len(inputs), documents=meta["documents"],
+                        tokens=meta["tokens"], units_done=1, units_total=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------------
+def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] | None = None,
+            force: bool = False, on_error: OnError | None = None, progress: bool = False,
+            chunk_bytes: int = 64 << 20) -> PrepareReport:
+    """Tokenise every source of ``cfg`` into ``cfg.store_dir``; see the module docstring."""
+    t0 = time.perf_counter()
+    tok = load_tokenizer(cfg.tokenizer, cfg.base_dir, cfg.eod_token)
+    dtype = token_dtype(tok.vocab_size)
+    root = cfg.store_dir
+    reports: dict[str, SourceReport] = {}
+    plans: dict[str, tuple[list[_Job], list[dict[str, Any]], str, Format]] = {}
+    pending: list[_Job] = []
+
+    for name, src in cfg.sources.items():
+        folder = root / name
+        if force and folder.exists():
+            shutil.rmtree(folder)
+        if src.is_token_data:
+            if shard is None:
+                reports[name] = _prepare_token_data(name, src, cfg, folder, tok)
+            continue
+        paths = source_paths(name, src, cfg)
+        fmt = source_format(name, src, paths)
+        files = _file_states(paths)
+        fp = _fingerprint(src, fmt, tok, dtype)
+        if _up_to_date(folder, fp, files):
+            meta = json.loads((folder / META).read_text())
+            reports[name] = SourceReport(name, "up to date", len(files), meta["documents"],
+                                         meta["tokens"], meta["skipped"],
+                                         meta.get("skipped_examples", {}))
+            continue
+        part_dir = folder / PARTS
+        part_dir.mkdir(parents=True, exist_ok=True)
+        states = {f["path"]: f for f in files}
+        jobs = []
+        for unit in plan_units(paths, fmt, src.split, chunk_bytes):
+            st = states[str(unit.path)]
+            key = _unit_key(unit, fp, st["size"], st["mtime_ns"])
+            jobs.append(_Job(name, unit, key, part_dir, src.text_field, src.split.value,
+                             (on_error or src.on_error).value, cfg.tokenizer, cfg.base_dir,
+                             cfg.eod_token, dtype.name))
+        plans[name] = (jobs, files, fp, fmt)
+        pending.extend(j for j in jobs if not (part_dir / f"{j.key}.json").is_file())
+
+    if shard is not None:
+        index, count = shard
+        pending = [j for k, j in enumerate(_all_jobs(plans)) if k % count == index
+                   and not (j.part_dir / f"{j.key}.json").is_file()]
+
+    _run_jobs(pending, workers, progress)
+
+    for name, (jobs, files, fp, fmt) in plans.items():
+        done = sum((j.part_dir / f"{j.key}.json").is_file() for j in jobs)
+        if shard is None and done == len(jobs):
+            reports[name] = _merge(name, root / name, jobs, files, fp, tok, dtype,
+                                   cfg.sources[name], fmt)
+        else:
+            reports[name] = SourceReport(name, "partial", len(files), units_done=done,
+                                         units_total=len(jobs))
+    ordered = {n: reports[n] for n in cfg.sources if n in reports}
+    return PrepareReport(ordered, time.perf_counter() - t0, len(pending))
+
+
+def _all_jobs(plans: dict[str, tuple[list[_Job], Any, Any, Any]]) -> list[_Job]:
+    return [j for jobs, *_ in plans.values() for j in jobs]
+
+
+def _run_jobs(jobs: list[_Job], workers: int | None, show: bool) -> None:
+    if not jobs:
+        return
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    global _PROGRESS
+    with RateProgress("tokenising", total=len(jobs), enabled=show) as bar:
+        if workers == 1:
+            _PROGRESS = bar.add
+            try:
+                for job in jobs:
+                    _run_unit(job)
+                    bar.advance()
+            finally:
+                _PROGRESS = None
+            return
+        ctx = mp.get_context("forkserver")
+        q = ctx.Queue()
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(q,)) as pool:
+            futures: set[Future] = {pool.submit(_run_unit, j) for j in jobs}
+            try:
+                while futures:
+                    done, futures = wait(futures, timeout=0.2, return_when=FIRST_EXCEPTION)
+                    _drain(q, bar)
+                    for f in done:
+                        f.result()  # re-raises a worker's DataError with its own message
+                        bar.advance()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+            finally:
+                _drain(q, bar)
+
+
+def _drain(q: Any, bar: RateProgress) -> None:
+    while True:
+        try:
+            docs, toks = q.get_nowait()
+        except queue.Empty:
+            return
+        bar.add(docs, toks)

@@ -1,0 +1,296 @@
+"""Token stores: one contiguous token array per source, memory-mapped on read.
+
+A store folder ``<store>/<source>/`` holds
+
+- ``tokens.bin``: every document's tokens back to back (uint16 when the vocabulary fits, else
+  uint32), no end-of-document tokens: boundaries live in the offsets;
+- ``offsets.npy``: int64, ``documents + 1`` entries; document ``i`` is
+  ``tokens[offsets[i]:offsets[i+1]]``;
+- ``meta.json``: format version, tokenizer identity and hash, counts, per-input-file checksums,
+  skipped records per reason, and the size and checksum of the two files above. It is written
+  last, by rename, so it is the commit point of a store.
+
+Existing token data is read in place: a Megatron-LM indexed dataset (``.bin``/``.idx``) or a flat
+``.npy``/``.bin`` token array split at an end-of-document token. For those, the folder holds a
+``spans.npy`` index (start, length per document) and a ``meta.json`` that points at the data.
+
+Opening a store checks the format version, the sizes and a checksum of the head and tail of each
+file; ``verify=True`` hashes the whole files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixbatch.errors import StoreError
+
+FORMAT_VERSION = 1
+META = "meta.json"
+TOKENS = "tokens.bin"
+OFFSETS = "offsets.npy"
+SPANS = "spans.npy"
+_QUICK = 1 << 20  # bytes hashed at each end of a file by the quick checksum
+
+
+# ---------------------------------------------------------------------------------------------
+# files: atomic writes and checksums
+# ---------------------------------------------------------------------------------------------
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it over ``path`` on success."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+
+
+def file_digest(path: Path, start: int = 0, end: int | None = None) -> str:
+    """blake2b of the bytes ``[start, end)`` of a file, read in blocks."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = None if end is None else end - start
+        while left is None or left > 0:
+            block = f.read(8 << 20 if left is None else min(8 << 20, left))
+            if not block:
+                break
+            h.update(block)
+            if left is not None:
+                left -= len(block)
+    return h.hexdigest()
+
+
+def quick_digest(path: Path) -> str:
+    """blake2b of the size, the first and the last MiB: cheap enough for every open."""
+    size = path.stat().st_size
+    h = hashlib.blake2b(str(size).encode(), digest_size=16)
+    with open(path, "rb") as f:
+        h.update(f.read(_QUICK))
+        if size > _QUICK:
+            f.seek(max(_QUICK, size - _QUICK))
+            h.update(f.read(_QUICK))
+    return h.hexdigest()
+
+
+def describe_file(path: Path, full: bool = True) -> dict[str, Any]:
+    """Size and checksums of a file, as kept in ``meta.json``."""
+    d: dict[str, Any] = {"size": path.stat().st_size, "quick": quick_digest(path)}
+    if full:
+        d["blake2b"] = file_digest(path)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------
+class TokenStore:
+    """Read access to one source's documents: ``store[i]`` is document ``i`` as a token array.
+
+    ``starts`` and ``lengths`` are int64 arrays (memory-mapped or derived from offsets);
+    ``tokens`` is a read-only ``np.memmap``. Nothing is loaded at once.
+    """
+
+    def __init__(self, name: str, path: Path, tokens: np.ndarray, starts: np.ndarray,
+                 lengths: np.ndarray, meta: dict[str, Any]) -> None:
+        self.name = name
+        self.path = path
+        self.tokens = tokens
+        self.starts = starts
+        self.lengths = lengths
+        self.meta = meta
+
+    def __len__(self) -> int:
+        return int(self.lengths.shape[0])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        s = int(self.starts[i])
+        return self.tokens[s: s + int(self.lengths[i])]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.meta["tokens"])
+
+    @property
+    def eod_id(self) -> int:
+        return int(self.meta["tokenizer"]["eod_id"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["tokenizer"]["vocab_size"])
+
+    def gather(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens of several documents back to back, and their lengths (one copy)."""
+        docs = np.asarray(docs, dtype=np.int64)
+        lens = self.lengths[docs]
+        starts = self.starts[docs]
+        if len(docs) == 0:
+            return np.empty(0, dtype=self.tokens.dtype), lens
+        # indices of every token: start of its doc + position inside it (vectorised ranges)
+        ends = np.cumsum(lens)
+        pos = np.arange(int(ends[-1]), dtype=np.int64) - np.repeat(ends - lens, lens)
+        return self.tokens[np.repeat(starts, lens) + pos], lens
+
+
+def store_dir(root: Path, source: str) -> Path:
+    return Path(root) / source
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    meta_path = folder / META
+    if not meta_path.is_file():
+        raise StoreError(f"{folder}: no token store here (no {META}); run `mixbatch prepare CONFIG`")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"{meta_path}: unreadable store metadata ({e}); "
+                         "delete the folder and run `mixbatch prepare CONFIG` to rebuild it") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        got = meta.get("format_version") if isinstance(meta, dict) else None
+        raise StoreError(f"{meta_path}: store format version {got!r}, this mixbatch reads "
+                         f"{FORMAT_VERSION}; run `mixbatch prepare CONFIG --force` to rebuild it")
+    return meta
+
+
+def _check_file(path: Path, want: dict[str, Any], verify: bool) -> None:
+    rebuild = "run `mixbatch prepare CONFIG --force` to rebuild the store"
+    if not path.is_file():
+        raise StoreError(f"{path}: missing, but listed in the store metadata; {rebuild}")
+    size = path.stat().st_size
+    if size != want["size"]:
+        raise StoreError(f"{path}: {size} bytes, the store metadata says {want['size']}; {rebuild}")
+    if quick_digest(path) != want["quick"]:
+        raise StoreError(f"{path}: checksum does not match the store metadata; {rebuild}")
+    if verify and "blake2b" in want and file_digest(path) != want["blake2b"]:
+        raise StoreError(f"{path}: full checksum does not match the store metadata; {rebuild}")
+
+
+def open_store(folder: Path, verify: bool = False) -> TokenStore:
+    """Open a prepared store folder, refusing files that do not match their metadata."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    checks: dict[str, dict[str, Any]] = meta["checksums"]
+    external = meta.get("external")
+    dtype = np.dtype(meta["dtype"])
+    if external is None:
+        tok_path, idx_path = folder / TOKENS, folder / OFFSETS
+    else:
+        tok_path, idx_path = Path(external["tokens"]), folder / SPANS
+    _check_file(tok_path, checks["tokens"], verify)
+    _check_file(idx_path, checks["index"], verify)
+    offset = int(external.get("header_bytes", 0)) if external else 0
+    n_tok = (tok_path.stat().st_size - offset) // dtype.itemsize
+    tokens = (np.memmap(tok_path, dtype=dtype, mode="r", offset=offset, shape=(n_tok,))
+              if n_tok else np.empty(0, dtype=dtype))
+    index = np.load(idx_path, mmap_mode="r", allow_pickle=False)
+    if external is None:
+        starts, lengths = index[:-1], np.diff(index)
+    else:
+        starts, lengths = index[:, 0], index[:, 1]
+    if len(lengths) != meta["documents"]:
+        raise StoreError(f"{idx_path}: {len(lengths)} documents, metadata says "
+                         f"{meta['documents']}; run `mixbatch prepare CONFIG --force`")
+    return TokenStore(meta["source"], folder, tokens, starts, lengths, meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# existing token data: Megatron-LM indexed datasets and flat token arrays
+# ---------------------------------------------------------------------------------------------
+_MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
+_MEGATRON_DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64,
+                    6: np.float64, 7: np.float32, 8: np.uint16}
+
+
+def read_megatron_index(idx_path: Path) -> tuple[np.dtype, np.ndarray]:
+    """Parse a Megatron-LM ``.idx`` file; return the token dtype and (start, length) per document.
+
+    Layout (``megatron/core/datasets/indexed_dataset.py``): magic ``MMIDIDX\\0\\0``, version
+    (u64 = 1), dtype code (u8), sequence count (u64), document count (u64), then
+    ``sizes`` int32[S], ``pointers`` int64[S] (byte offsets into ``.bin``) and
+    ``document_indices`` int64[D] (sequence index where each document starts, D = docs + 1).
+    A document is its sequences, which must lie back to back in ``.bin``.
+    """
+    try:
+        with open(idx_path, "rb") as f:
+            header = f.read(9 + 8 + 1 + 8 + 8)
+    except OSError as e:
+        raise StoreError(f"{idx_path}: cannot read Megatron index ({e})") from None
+    if len(header) < 34 or header[:9] != _MEGATRON_MAGIC:
+        raise StoreError(f"{idx_path}: not a Megatron-LM indexed dataset (bad magic header)")
+    version = int.from_bytes(header[9:17], "little")
+    code = header[17]
+    n_seq = int.from_bytes(header[18:26], "little")
+    n_doc = int.from_bytes(header[26:34], "little")
+    if version != 1 or code not in _MEGATRON_DTYPES:
+        raise StoreError(f"{idx_path}: unsupported Megatron index (version {version}, dtype {code})")
+    dtype = np.dtype(_MEGATRON_DTYPES[code])
+    need = 34 + n_seq * 4 + n_seq * 8 + n_doc * 8
+    if idx_path.stat().st_size < need:
+        raise StoreError(f"{idx_path}: truncated Megatron index ({idx_path.stat().st_size} bytes, "
+                         f"header promises {need})")
+    mm = np.memmap(idx_path, dtype=np.uint8, mode="r")
+    sizes = np.frombuffer(mm, dtype=np.int32, count=n_seq, offset=34).astype(np.int64)
+    pointers = np.frombuffer(mm, dtype=np.int64, count=n_seq, offset=34 + 4 * n_seq)
+    doc_idx = np.frombuffer(mm, dtype=np.int64, count=n_doc, offset=34 + 12 * n_seq)
+    if n_seq and np.any(pointers[1:] != pointers[:-1] + sizes[:-1] * dtype.itemsize):
+        raise StoreError(f"{idx_path}: sequences are not stored back to back; not supported")
+    starts_seq = pointers // dtype.itemsize
+    if n_doc < 1 or doc_idx[0] != 0 or doc_idx[-1] != n_seq or np.any(np.diff(doc_idx) < 0):
+        raise StoreError(f"{idx_path}: document index is inconsistent with {n_seq} sequences")
+    bounds = np.concatenate([starts_seq, [starts_seq[-1] + sizes[-1] if n_seq else 0]])
+    first, last = doc_idx[:-1], doc_idx[1:]
+    spans = np.stack([bounds[first], bounds[last] - bounds[first]], axis=1)
+    return dtype, spans.astype(np.int64)
+
+
+def flat_token_spans(tokens: np.ndarray, eod_id: int, block: int = 1 << 24) -> np.ndarray:
+    """(start, length) of each document of a flat array whose documents end with ``eod_id``.
+
+    The array is scanned in blocks, so a memory-mapped file of any size is fine. A trailing run
+    without an end-of-document token is a document too; empty documents (two end tokens in a
+    row) are kept so that document indices match positions in the file.
+    """
+    ends = [np.flatnonzero(tokens[s: s + block] == eod_id) + s for s in range(0, len(tokens), block)]
+    eod = np.concatenate(ends) if ends else np.empty(0, dtype=np.int64)
+    starts = np.concatenate([[0], eod + 1]).astype(np.int64)
+    stops = np.concatenate([eod, [len(tokens)]]).astype(np.int64)
+    if len(starts) and starts[-1] == len(tokens):  # data ends with an end token
+        starts, stops = starts[:-1], stops[:-1]
+    return np.stack([starts, stops - starts], axis=1)
+
+
+def open_flat_tokens(path: Path, dtype: str | None) -> tuple[np.ndarray, int]:
+    """Memory-map a ``.npy`` (dtype from its header) or raw ``.bin`` (``dtype`` required)."""
+    if path.suffix == ".npy":
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise StoreError(f"{path}: not a readable .npy token array ({e})") from None
+        if arr.ndim != 1 or arr.dtype.kind not in "iu":
+            raise StoreError(f"{path}: expected a 1-D integer token array, got "
+                             f"shape {arr.shape} dtype {arr.dtype}")
+        return arr, int(arr.offset)
+    if dtype is None:
+        raise StoreError(f"{path}: a raw .bin token array needs `dtype:` in the source config")
+    return np.memmap(path, dtype=np.dtype(dtype), mode="r"), 0

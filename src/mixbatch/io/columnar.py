@@ -30,9 +30,7 @@ def _is_string(kind: pa.DataType) -> bool:
         kind = kind.value_type
     is_view = getattr(pa.types, "is_string_view", None)
     return (
-        pa.types.is_string(kind)
-        or pa.types.is_large_string(kind)
-        or (is_view is not None and is_view(kind))
+        pa.types.is_string(kind) or pa.types.is_large_string(kind) or (is_view is not None and is_view(kind))
     )
 
 
@@ -41,14 +39,10 @@ def _check_column(path: Path, schema: pa.Schema, text_field: str) -> None:
         names = ", ".join(repr(name) for name in schema.names[:20])
         more = ", ..." if len(schema.names) > 20 else ""
         hint = " (it is there twice)" if text_field in schema.names else ""
-        raise DataError(
-            one_line(f"{path}: no column {text_field!r}{hint}; columns: {names or 'none'}{more}")
-        )
+        raise DataError(one_line(f"{path}: no column {text_field!r}{hint}; columns: {names or 'none'}{more}"))
     kind = schema.field(text_field).type
     if not _is_string(kind):
-        raise DataError(
-            one_line(f"{path}: column {text_field!r} has type {kind}, expected a string column")
-        )
+        raise DataError(one_line(f"{path}: column {text_field!r} has type {kind}, expected a string column"))
 
 
 def iter_parquet_texts(

@@ -124,7 +124,7 @@ def _walk(folder: Path, fmt: Format | None, visited: set[tuple[int, int]]) -> It
         visited.add(key)
         if (folder / "dataset_dict.json").is_file():
             raise ConfigError(one_line(_dataset_dict_message(folder)))
-        if (folder / "state.json").is_file():
+        if is_hf_dataset_folder(folder):
             if fmt not in (None, Format.ARROW):
                 raise ConfigError(
                     one_line(
@@ -157,6 +157,12 @@ def _dataset_dict_message(folder: Path) -> str:
         f"folder {folder} is a Hugging Face DatasetDict (splits: {names}); point the path at"
         " one split's folder so that splits are not mixed"
     )
+
+
+def is_hf_dataset_folder(folder: Path) -> bool:
+    """Whether ``folder`` was written by ``datasets.Dataset.save_to_disk`` (it always writes both
+    ``state.json`` and ``dataset_info.json`` next to its ``.arrow`` files)."""
+    return (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
 
 
 def hf_arrow_files(folder: Path) -> list[Path]:
@@ -223,9 +229,7 @@ def is_splittable(path: Path, fmt: Format, split: Split) -> bool:
     return fmt is Format.JSONL or (fmt is Format.TEXT and split is Split.LINE)
 
 
-def plan_units(
-    paths: list[Path], fmt: Format, split: Split, chunk_bytes: int = 64 << 20
-) -> list[ReadUnit]:
+def plan_units(paths: list[Path], fmt: Format, split: Split, chunk_bytes: int = 64 << 20) -> list[ReadUnit]:
     """Cut files into read units, in file order, deterministically.
 
     Uncompressed JSONL files and line-split text files larger than ``chunk_bytes`` become

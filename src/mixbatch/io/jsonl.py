@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 from mixbatch.io.files import ReadUnit
@@ -20,6 +21,8 @@ from mixbatch.io.skips import (
 
 _BOM = b"\xef\xbb\xbf"
 _MISSING = object()
+# A JSON escape of a UTF-16 surrogate (U+D800..U+DFFF); paired ones decode fine, lone ones do not.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _JSON_TYPE_NAMES = {
     list: "an array",
     str: "a string",
@@ -42,7 +45,6 @@ def iter_jsonl_texts(
     could not be encoded for the tokenizer.
     """
     numbers = LineNumbers(unit.path, unit.start)
-    loads = json.loads
     batch: list[str] = []
     local = 0
     for lines in iter_line_blocks(unit.path, unit.start, unit.end):
@@ -57,16 +59,17 @@ def iter_jsonl_texts(
                     on_error,
                     skips,
                     INVALID_UTF8,
-                    f"{numbers.where(local)}: invalid UTF-8 at byte {exc.start} of the line"
-                    f" ({exc.reason})",
+                    f"{numbers.where(local)}: invalid UTF-8 at byte {exc.start} of the line ({exc.reason})",
                 )
                 continue
-            try:
-                record = loads(line)
-            except (ValueError, RecursionError) as exc:
-                if line.strip():  # blank lines are allowed; checked only here, off the fast path
-                    _malformed(line, exc, numbers, local, on_error, skips)
-                continue
+            record = _parse(line)
+            if record is _UNPARSED:
+                try:
+                    record = json.loads(line)
+                except (ValueError, RecursionError) as exc:
+                    if line.strip():  # blank lines are allowed; checked here, off the fast path
+                        _malformed(line, exc, numbers, local, on_error, skips)
+                    continue
             if type(record) is not dict:
                 kind = _JSON_TYPE_NAMES.get(type(record), type(record).__name__)
                 reject(
@@ -80,7 +83,7 @@ def iter_jsonl_texts(
             if type(text) is not str:
                 _bad_value(record, text, text_field, numbers, local, on_error, skips)
                 continue
-            if not text.isascii() and ("\\ud" in line or "\\uD" in line) and not _encodable(text):
+            if not text.isascii() and _SURROGATE_ESCAPE.search(line) and not _encodable(text):
                 reject(
                     on_error,
                     skips,
@@ -95,6 +98,22 @@ def iter_jsonl_texts(
                 batch = []
     if batch:
         yield batch
+
+
+_scan_once = json.JSONDecoder().scan_once
+_UNPARSED = object()
+
+
+def _parse(line: str) -> object:
+    """``json.loads(line)`` for the common case (no leading whitespace), without its regex
+    passes; ``_UNPARSED`` when ``json.loads`` must decide (and word the error)."""
+    try:
+        value, end = _scan_once(line, 0)
+    except (StopIteration, ValueError, RecursionError):
+        return _UNPARSED
+    if end != len(line) and line[end:].strip(" \t\n\r"):
+        return _UNPARSED
+    return value
 
 
 def _encodable(text: str) -> bool:
@@ -114,7 +133,8 @@ def _malformed(
     skips: SkipCounter,
 ) -> None:
     if isinstance(exc, json.JSONDecodeError):
-        detail = f"{exc.msg} at column {exc.colno}"
+        at = " " if exc.msg.endswith(" at") else " at "  # "Unterminated string starting at"
+        detail = f"{exc.msg}{at}column {exc.colno}"
     elif isinstance(exc, RecursionError):
         detail = "nested too deeply"
     else:
@@ -122,9 +142,7 @@ def _malformed(
     hint = ""
     if local == 1 and numbers.start == 0 and line.lstrip().startswith("["):
         hint = "; the file looks like one JSON array, not JSON Lines (one object per line)"
-    reject(
-        on_error, skips, MALFORMED_JSON, f"{numbers.where(local)}: malformed JSON ({detail}){hint}"
-    )
+    reject(on_error, skips, MALFORMED_JSON, f"{numbers.where(local)}: malformed JSON ({detail}){hint}")
 
 
 def _bad_value(

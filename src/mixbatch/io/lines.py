@@ -19,9 +19,7 @@ from mixbatch.errors import DataError
 from mixbatch.io.skips import one_line
 
 BLOCK_BYTES = 4 << 20
-# zstd's decompressobj has no output limit, so feed it small pieces: output per piece is
-# this times the compression ratio (about 10x for text).
-_ZSTD_INPUT_BYTES = 256 << 10
+_ZSTD_READ_BYTES = 1 << 17
 
 _GZIP_SUFFIXES = (".gz", ".gzip")
 _ZSTD_SUFFIXES = (".zst", ".zstd")
@@ -58,9 +56,7 @@ class CorruptStreamError(Exception):
         """The user-facing error, saying how many lines were read intact."""
         detail = " ".join(str(self.cause).split()) or type(self.cause).__name__
         return DataError(
-            one_line(
-                f"{path}: truncated or corrupt {self.kind} stream after line {lines} ({detail})"
-            )
+            one_line(f"{path}: truncated or corrupt {self.kind} stream after line {lines} ({detail})")
         )
 
 
@@ -85,7 +81,7 @@ def iter_chunks(
             if kind == "gzip":
                 yield from _gzip_chunks(fh, block_bytes)
             elif kind == "zstd":
-                yield from _zstd_chunks(fh)
+                yield from _zstd_chunks(fh, block_bytes)
             else:
                 yield from _plain_chunks(fh, start, end, block_bytes)
     except CorruptStreamError:
@@ -118,31 +114,75 @@ def _gzip_chunks(fh, block_bytes: int) -> Iterator[bytes]:
             yield chunk
 
 
-def _zstd_chunks(fh) -> Iterator[bytes]:
-    # ZstdDecompressor.stream_reader returns a short read, no error, for a truncated frame;
-    # decompressobj exposes `eof`, so an unfinished frame at end of input is detected.
-    dctx = zstandard.ZstdDecompressor()
-    frame = None
+def _zstd_chunks(fh, block_bytes: int) -> Iterator[bytes]:
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        fh, read_size=_ZSTD_READ_BYTES, read_across_frames=True, closefd=False
+    )
     while True:
-        data = fh.read(_ZSTD_INPUT_BYTES)
-        if not data:
+        try:
+            chunk = reader.read(block_bytes)
+        except zstandard.ZstdError as exc:
+            raise CorruptStreamError("zstd", exc) from exc
+        if not chunk:
             break
-        while data:
-            if frame is None:
-                frame = dctx.decompressobj()
-            try:
-                out = frame.decompress(data)
-            except zstandard.ZstdError as exc:
-                raise CorruptStreamError("zstd", exc) from exc
-            if out:
-                yield out
-            if frame.eof:  # concatenated frames: start a new one on the rest
-                data = frame.unused_data
-                frame = None
-            else:
-                data = b""
-    if frame is not None:
-        raise CorruptStreamError("zstd", EOFError("input ends inside a frame"))
+        yield chunk
+    # The reader ends quietly, without an error, when the input stops inside a frame; so the
+    # frames' structure is checked once the data is read.
+    problem = zstd_frames_problem(fh)
+    if problem is not None:
+        raise CorruptStreamError("zstd", EOFError(problem))
+
+
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_SKIPPABLE_MAGIC = 0x184D2A50  # low 4 bits are free
+_DICT_ID_BYTES = (0, 1, 2, 4)
+_RLE_BLOCK = 1
+_RESERVED_BLOCK = 3
+
+
+def zstd_frames_problem(fh) -> str | None:
+    """Walk the zstd frames of an open binary file by their headers (RFC 8878, section 3.1)
+    without decompressing; return what is wrong (e.g. the input ends inside a frame) or
+    ``None`` if every frame is complete."""
+    size = fh.seek(0, 2)
+
+    def read_at(pos: int, n: int) -> bytes:
+        fh.seek(pos)
+        return fh.read(n)
+
+    pos = 0
+    while pos < size:
+        head = read_at(pos, 5)
+        if len(head) < 4:
+            return f"{len(head)} stray bytes at the end"
+        magic = int.from_bytes(head[:4], "little")
+        if magic & 0xFFFFFFF0 == _ZSTD_SKIPPABLE_MAGIC:
+            skip = read_at(pos + 4, 4)
+            if len(skip) < 4:
+                return "input ends inside a skippable frame"
+            pos += 8 + int.from_bytes(skip, "little")
+            continue
+        if magic != _ZSTD_MAGIC or len(head) < 5:
+            return f"no zstd frame starts at byte {pos}"
+        descriptor = head[4]
+        single_segment = descriptor >> 5 & 1
+        content_size_bytes = (single_segment, 2, 4, 8)[descriptor >> 6]
+        pos += 5 + (1 - single_segment) + _DICT_ID_BYTES[descriptor & 3] + content_size_bytes
+        while True:
+            header = read_at(pos, 3)
+            if len(header) < 3:
+                return f"input ends inside a frame (at byte {size})"
+            value = int.from_bytes(header, "little")
+            kind, block_size = value >> 1 & 3, value >> 3
+            if kind == _RESERVED_BLOCK:
+                return f"reserved block type at byte {pos}"
+            pos += 3 + (1 if kind == _RLE_BLOCK else block_size)
+            if value & 1:  # last block of the frame
+                break
+        pos += 4 * (descriptor >> 2 & 1)  # content checksum
+    if pos > size:
+        return f"input ends inside a frame (at byte {size})"
+    return None
 
 
 def iter_line_blocks(

@@ -35,9 +35,7 @@ def iter_texts(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if unit.is_range and not is_splittable(unit.path, fmt, split):
-        raise ValueError(
-            f"{unit.path}: byte ranges apply only to uncompressed JSONL and line-split text"
-        )
+        raise ValueError(f"{unit.path}: byte ranges apply only to uncompressed JSONL and line-split text")
     if fmt is Format.JSONL:
         return iter_jsonl_texts(unit, text_field, on_error, skips, batch_size)
     if fmt is Format.PARQUET:

@@ -53,9 +53,7 @@ def _whole_file(unit: ReadUnit, on_error: OnError, skips: SkipCounter) -> Iterat
     yield [text]
 
 
-def _lines(
-    unit: ReadUnit, on_error: OnError, skips: SkipCounter, batch_size: int
-) -> Iterator[list[str]]:
+def _lines(unit: ReadUnit, on_error: OnError, skips: SkipCounter, batch_size: int) -> Iterator[list[str]]:
     numbers = LineNumbers(unit.path, unit.start)
     batch: list[str] = []
     local = 0
@@ -75,8 +73,7 @@ def _lines(
                     on_error,
                     skips,
                     INVALID_UTF8,
-                    f"{numbers.where(local)}: invalid UTF-8 at byte {exc.start} of the line"
-                    f" ({exc.reason})",
+                    f"{numbers.where(local)}: invalid UTF-8 at byte {exc.start} of the line ({exc.reason})",
                 )
                 continue
             if len(batch) >= batch_size:

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench-env bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,23 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest
 
-bench: install
-	$(BIN)/python benchmarks/bench_prepare.py
-	$(BIN)/python benchmarks/bench_store.py
+# Benchmarks run in their own venv: the anchor libraries they compare with (Hugging Face
+# `datasets`, ...) must never become dependencies of the package.
+BENCH_VENV  := .venv-bench
+BENCH_BIN   := $(BENCH_VENV)/bin
+BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
+
+$(BENCH_STAMP): pyproject.toml benchmarks/requirements-bench.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/python -m pip install -q --upgrade pip
+	$(BENCH_BIN)/python -m pip install -q -e . -r benchmarks/requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+bench-env: $(BENCH_STAMP)
+
+bench: bench-env
+	$(BENCH_BIN)/python benchmarks/bench_prepare.py
+	$(BENCH_BIN)/python benchmarks/bench_store.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache .hypothesis

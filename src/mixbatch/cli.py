@@ -18,8 +18,9 @@ from rich.table import Table
 
 from mixbatch.errors import ConfigError, MixbatchError
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# piped output gets a wide console, so tables are not cut to 80 columns
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 
 def _shard(value: str) -> tuple[int, int]:
@@ -119,6 +120,109 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# stream
+# ---------------------------------------------------------------------------------------------
+def run_stream(cfg, steps: int, rank: int | None, world_size: int | None, state_in: str | None,
+               state_out: str | None, emit: str | None, progress: bool) -> dict:
+    """Run the loader without a model; return the summary that ``stream`` prints."""
+    from mixbatch.audit import AuditWriter
+    from mixbatch.loader.loader import MixedLoader, load_state, save_state
+    from mixbatch.progress import RateProgress
+
+    loader = MixedLoader(cfg, rank=rank, world_size=world_size)
+    if state_in:
+        loader.load_state_dict(load_state(state_in))
+    first = loader.step
+    writer = AuditWriter(emit, loader.names, append=bool(state_in)) if emit else None
+    t0 = time.perf_counter()
+    fed = 0
+    done = 0
+    try:
+        with RateProgress("streaming", total=steps, enabled=progress) as bar:
+            for step in loader.steps(steps):
+                batch = loader.batch_of(step)
+                n_real = int((batch["source_ids"] >= 0).sum())
+                fed += n_real
+                if writer is not None:
+                    writer.write(step.plan.select_rows(step.rows), step.index, loader.rank)
+                bar.add(len(step.rows), n_real)
+                bar.advance()
+                done += 1
+    finally:
+        if writer is not None:
+            writer.close()
+    seconds = time.perf_counter() - t0
+    if state_out:
+        save_state(loader.state_dict(), state_out)
+    return stream_summary(loader, first, done, fed, seconds)
+
+
+def stream_summary(loader, first: int, done: int, fed: int, seconds: float) -> dict:
+    import numpy as np
+
+    planner = loader.feed.planner
+    counts = planner.counts.astype(float)
+    target = planner.target
+    docs = loader.fed_docs.astype(float)
+    toks = loader.fed_tokens.astype(float)
+    positions = loader.tokens_planned + loader.padding
+    sources = {}
+    for i, name in enumerate(loader.names):
+        sources[name] = {
+            "target": float(target[i] / target.sum()) if target.sum() else 0.0,
+            "realised": float(counts[i] / counts.sum()) if counts.sum() else 0.0,
+            "samples_share": float(docs[i] / docs.sum()) if docs.sum() else 0.0,
+            "tokens_share": float(toks[i] / toks.sum()) if toks.sum() else 0.0,
+            "documents": int(docs[i]), "tokens": int(toks[i]),
+            "epochs": float(loader.feed.consumed[i] / max(len(loader.stores[i]), 1)),
+        }
+    return {
+        "unit": loader.cfg.mixture.unit.value, "steps": done, "first_step": first,
+        "rank": loader.rank, "world_size": loader.world_size, "sources": sources,
+        "max_prefix_deviation": loader.feed.max_deviation,
+        "max_document_length": int(max(int(np.max(s.lengths)) for s in loader.stores)),
+        "padding_fraction": loader.padding / positions if positions else 0.0,
+        "truncated_tokens": loader.truncated, "tokens_fed_this_rank": fed,
+        "seconds": seconds, "tokens_per_second": fed / seconds if seconds else 0.0,
+        "ended": loader.feed.ended,
+    }
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from mixbatch.config import load_config
+
+    cfg = load_config(args.config)
+    summary = run_stream(cfg, args.steps, args.rank, args.world_size, args.state_in,
+                         args.state_out, args.emit, args.progress)
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=1) + "\n")
+        return 0
+    out.print(stream_table(summary))
+    return 0
+
+
+def stream_table(summary: dict) -> Table:
+    unit = summary["unit"]
+    table = Table(title=f"stream: steps {summary['first_step']}..{summary['first_step'] + summary['steps']}"
+                  f" (rank {summary['rank']}/{summary['world_size']})",
+                  caption=(f"largest prefix deviation {summary['max_prefix_deviation']:.2f} {unit}"
+                           + (f" (longest document {summary['max_document_length']:,} tokens)"
+                              if unit == "tokens" else "")
+                           + f" · padding {summary['padding_fraction']:.2%}"
+                           + f" · truncated {summary['truncated_tokens']:,} tokens"
+                           + f" · {summary['tokens_per_second'] / 1e6:.2f}M tokens/s"
+                           + (" · stream ended" if summary["ended"] else "")))
+    for c in ("source", f"target ({unit})", f"realised ({unit})", "samples share",
+              "tokens share", "documents", "tokens", "epochs"):
+        table.add_column(c, justify="left" if c == "source" else "right")
+    for name, s in summary["sources"].items():
+        table.add_row(name, f"{s['target']:.4%}", f"{s['realised']:.4%}",
+                      f"{s['samples_share']:.2%}", f"{s['tokens_share']:.2%}",
+                      f"{s['documents']:,}", f"{s['tokens']:,}", f"{s['epochs']:.3f}")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
 # demo
 # ---------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -191,6 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, metavar="PATH")
     sp.add_argument("--max-docs", type=int, default=None, help="train on at most N documents")
     sp.set_defaults(func=cmd_tokenizer_train)
+
+    sp = sub.add_parser("stream", help="run the loader without a model and report the mixture")
+    sp.add_argument("config")
+    sp.add_argument("--steps", type=int, required=True)
+    sp.add_argument("--rank", type=int, default=None)
+    sp.add_argument("--world-size", type=int, default=None)
+    sp.add_argument("--state-in", metavar="F", help="resume from a saved state")
+    sp.add_argument("--state-out", metavar="F", help="save the state at the end")
+    sp.add_argument("--emit", metavar="F.jsonl", help="write the audit log (one line per row)")
+    sp.add_argument("--progress", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sp.set_defaults(func=cmd_stream)
 
     sp = sub.add_parser("demo", help="build the built-in corpus, prepare and inspect it")
     sp.add_argument("--workdir", default="demo-out")

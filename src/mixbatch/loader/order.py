@@ -1,0 +1,52 @@
+"""The order in which one source's documents are read: a keyed permutation per epoch.
+
+Position ``p`` of source ``name`` (``p`` counts every document drawn so far, across epochs) is
+document ``permute(p mod N, N, key(seed, name, p div N))``: a new order every epoch, random
+access, O(1) memory, no stored index. ``shuffle=False`` reads documents in store order.
+``max_epochs`` caps the positions at ``floor(max_epochs · N)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mixbatch.plan.permutation import derive_key, permute
+
+
+class SourceOrder:
+    def __init__(self, name: str, n_docs: int, seed: int, shuffle: bool = True,
+                 max_epochs: float | None = None) -> None:
+        self.name = name
+        self.n_docs = n_docs
+        self.seed = seed
+        self.shuffle = shuffle
+        self.cap: int | None = None if max_epochs is None else math.floor(max_epochs * n_docs)
+        if n_docs == 0:
+            self.cap = 0
+
+    def available(self, consumed: int) -> int | None:
+        """Documents left before the cap (None: unlimited)."""
+        return None if self.cap is None else max(self.cap - consumed, 0)
+
+    def docs_at(self, positions: np.ndarray) -> np.ndarray:
+        """Document index at each stream position (vectorised over positions and epochs)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        n = self.n_docs
+        idx = positions % n
+        if not self.shuffle or n <= 1:
+            return idx
+        epochs = positions // n
+        out = np.empty_like(idx)
+        for e in np.unique(epochs):
+            m = epochs == e
+            out[m] = permute(idx[m], n, derive_key(self.seed, self.name, int(e)))
+        return out
+
+    def upcoming(self, consumed: int, m: int) -> np.ndarray:
+        """Document indices of the next ``m`` positions (fewer at the cap)."""
+        left = self.available(consumed)
+        if left is not None:
+            m = min(m, left)
+        return self.docs_at(np.arange(consumed, consumed + m, dtype=np.int64))

@@ -1,0 +1,123 @@
+"""What every batch shaper takes and gives.
+
+A shaper turns the planned stream of documents into the rows of one global step. It works on
+document *lengths* only and returns a :class:`StepPlan`: flat arrays of segments, each a token
+span ``[start, end)`` of one document placed in one row. Tokens are read later
+(:func:`mixbatch.shape.materialize.materialize`), and only for the rows a rank or worker needs, so
+every rank and worker can plan the whole global step cheaply and identically.
+
+A shaper pulls documents from a :class:`DocFeed` and keeps the rest of a partly placed document
+in its own small state (``state_dict``), so a step boundary is always an exact resume point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Docs:
+    """Documents in stream order: their source index, index in the source's store, length."""
+
+    source: np.ndarray  # int32
+    doc: np.ndarray  # int64
+    length: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return int(self.source.shape[0])
+
+    @staticmethod
+    def empty() -> Docs:
+        return Docs(np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64))
+
+    @staticmethod
+    def concat(parts: list[Docs]) -> Docs:
+        if not parts:
+            return Docs.empty()
+        return Docs(np.concatenate([p.source for p in parts]),
+                    np.concatenate([p.doc for p in parts]),
+                    np.concatenate([p.length for p in parts]))
+
+    def slice(self, a: int, b: int) -> Docs:
+        return Docs(self.source[a:b], self.doc[a:b], self.length[a:b])
+
+
+class DocFeed(Protocol):
+    """The planned document stream, as a shaper sees it."""
+
+    def take(self, n: int) -> Docs:
+        """The next ``n`` documents (fewer only when the stream has ended)."""
+        ...
+
+    def take_covering(self, positions: int, extra_per_doc: int) -> Docs:
+        """The fewest next documents whose ``length + extra_per_doc`` add up to ``positions``
+        or more (fewer only when the stream has ended)."""
+        ...
+
+
+@dataclass
+class StepPlan:
+    """The rows of one global step, as segments; no tokens yet.
+
+    Segment ``k`` puts tokens ``[start[k], end[k])`` of document ``doc[k]`` of source
+    ``source[k]`` into row ``row[k]`` at column ``col[k]``; when ``eod[k]`` is set an
+    end-of-document token follows it. Segments are ordered by row, then column. ``pad[r]`` is the
+    number of padding positions at the end of row ``r``.
+    """
+
+    rows: int
+    seq_len: int
+    row: np.ndarray  # int32
+    col: np.ndarray  # int64
+    source: np.ndarray  # int32
+    doc: np.ndarray  # int64
+    start: np.ndarray  # int64
+    end: np.ndarray  # int64
+    eod: np.ndarray  # bool
+    pad: np.ndarray  # int64, per row
+    truncated: int = 0  # tokens dropped by this step (pad mode truncation)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def width(self) -> np.ndarray:
+        """Positions each segment takes in its row (tokens, plus one for an end token)."""
+        return self.end - self.start + self.eod
+
+    def row_source(self, n_sources: int) -> np.ndarray:
+        """The source that fills most positions of each row (ties to the lower index); rows
+        that hold nothing get -1. Used to keep every rank's share of each source exact."""
+        counts = np.zeros((self.rows, max(n_sources, 1)), dtype=np.int64)
+        np.add.at(counts, (self.row, self.source), self.width)
+        label = counts.argmax(axis=1).astype(np.int32)
+        label[counts.sum(axis=1) == 0] = -1
+        return label
+
+    def select_rows(self, rows: np.ndarray) -> StepPlan:
+        """The plan restricted to ``rows`` (renumbered 0..len(rows)-1 in the given order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        new_index = np.full(self.rows, -1, dtype=np.int64)
+        new_index[rows] = np.arange(len(rows))
+        keep = new_index[self.row] >= 0
+        order = np.lexsort((self.col[keep], new_index[self.row[keep]]))
+        pick = np.flatnonzero(keep)[order]
+        return StepPlan(len(rows), self.seq_len, new_index[self.row[pick]].astype(np.int32),
+                        self.col[pick], self.source[pick], self.doc[pick], self.start[pick],
+                        self.end[pick], self.eod[pick], self.pad[rows], self.truncated,
+                        dict(self.stats))
+
+
+class Shaper(Protocol):
+    """Builds the rows of one step from a :class:`DocFeed`; see the module docstring."""
+
+    name: str
+
+    def plan_step(self, feed: DocFeed, rows: int) -> StepPlan | None:
+        """Rows of the next step, or ``None`` when the stream has ended."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

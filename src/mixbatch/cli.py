@@ -229,7 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import yaml
 
     from mixbatch.config import load_config
-    from mixbatch.demo import build_corpus, demo_config
+    from mixbatch.demo import DEMO_STAGE_STEPS, build_corpus, demo_config
     from mixbatch.prepare import prepare
     from mixbatch.stats import config_stats, open_stores, plot_lengths
 
@@ -256,9 +256,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stats = config_stats(cfg)
     out.print(stats_table(stats, f"store {stats['store']}"))
     plot = plot_lengths(open_stores(cfg), work / "lengths.png")
+    state = work / "state.json"
+    audit = work / "audit.jsonl"
+    out.print(f"5. mixbatch stream, stage 1 (code-heavy): steps 0-{DEMO_STAGE_STEPS - 1}, "
+              f"state saved to {state}")
+    s1 = run_stream(cfg, DEMO_STAGE_STEPS, 0, 1, None, str(state), str(audit), False)
+    out.print(stream_table(s1))
+    out.print(f"6. resume from {state} at world size 2 and run stage 2 (annealing on prose)")
+    s2 = run_stream(cfg, DEMO_STAGE_STEPS, 0, 2, str(state), str(state), str(audit), False)
+    out.print(stream_table(s2))
     out.print(f"\ndone in {time.perf_counter() - t0:.1f}s. Outputs:\n"
               f"  corpus  {work / 'corpus'}\n  config  {config_path}\n"
-              f"  stores  {cfg.store_dir}\n  plot    {plot}")
+              f"  stores  {cfg.store_dir}\n  plot    {plot}\n  state   {state}\n"
+              f"  audit   {audit} (one line per row fed)")
     return 0
 
 

@@ -147,13 +147,23 @@ def build_corpus(out_dir: Path, max_bytes: int = 4 << 20, min_docs: int = 20,
     return summaries
 
 
+DEMO_STAGE_STEPS = 200
+
+
 def demo_config(corpus: list[DomainSummary], store: Path) -> dict:
-    """The config the demo runs: every domain, natural token shares, concat packing."""
+    """The config the demo runs: every domain, a two-stage schedule by tokens, concat packing.
+
+    Stage 1 (steps 0-199) is code-heavy pre-training; stage 2 anneals on prose in three
+    languages, the shape of an annealing-stage mix at the end of pre-training."""
     return {
         "seed": 0,
         "tokenizer": "byte",
         "store": str(store),
         "sources": {s.name: {"path": str(s.path), "format": "jsonl"} for s in corpus},
-        "mixture": {"unit": "tokens", "temperature": 0.5},
+        "mixture": {"unit": "tokens", "schedule": [
+            {"until_step": DEMO_STAGE_STEPS,
+             "weights": {"python": 0.4, "c": 0.3, "man_en": 0.2, "man_de": 0.05, "man_fr": 0.05}},
+            {"weights": {"python": 0.1, "c": 0.1, "man_en": 0.4, "man_de": 0.2, "man_fr": 0.2}},
+        ]},
         "batch": {"seq_len": 1024, "batch_size": 8, "packing": "concat"},
     }

@@ -181,10 +181,11 @@ class MixedLoader:
             "unit": self.cfg.mixture.unit.value,
             "shuffle": self.cfg.mixture.shuffle,
             "packing": self.cfg.batch.packing.value,
-            "sources": {n: {"documents": len(s), "tokens": s.num_tokens,
-                            "tokenizer": s.meta["tokenizer"].get("hash"),
-                            "max_epochs": self.cfg.sources[n].max_epochs}
-                        for n, s in zip(self.names, self.stores, strict=True)},
+            # a list, so that the order survives serialisers that sort keys
+            "sources": [{"name": n, "documents": len(s), "tokens": s.num_tokens,
+                         "tokenizer": s.meta["tokenizer"].get("hash"),
+                         "max_epochs": self.cfg.sources[n].max_epochs}
+                        for n, s in zip(self.names, self.stores, strict=True)],
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -230,14 +231,16 @@ class MixedLoader:
         for key in ("seed", "unit", "shuffle", "packing"):
             if saved.get(key) != now[key]:
                 changed.append(f"{key} {saved.get(key)!r} -> {now[key]!r}")
-        old_src, new_src = saved.get("sources", {}), now["sources"]
-        if list(old_src) != list(new_src):
-            changed.append(f"sources {list(old_src)} -> {list(new_src)}")
+        old_src, new_src = saved.get("sources", []), now["sources"]
+        old_names = [s.get("name") for s in old_src if isinstance(s, dict)]
+        new_names = [s["name"] for s in new_src]
+        if old_names != new_names:
+            changed.append(f"sources {old_names} -> {new_names}")
         else:
-            for n in new_src:
-                for k, v in new_src[n].items():
-                    if old_src[n].get(k) != v:
-                        changed.append(f"sources.{n}.{k} {old_src[n].get(k)!r} -> {v!r}")
+            for old, new in zip(old_src, new_src, strict=True):
+                for k, v in new.items():
+                    if old.get(k) != v:
+                        changed.append(f"sources.{new['name']}.{k} {old.get(k)!r} -> {v!r}")
         if changed:
             raise StateError("loader state belongs to another configuration: "
                              + "; ".join(changed)

@@ -16,6 +16,8 @@ from mixbatch.plan.permutation import derive_key, permute
 
 
 class SourceOrder:
+    BLOCK = 4096  # positions computed at once and kept (derived data, not part of the state)
+
     def __init__(self, name: str, n_docs: int, seed: int, shuffle: bool = True,
                  max_epochs: float | None = None) -> None:
         self.name = name
@@ -25,6 +27,9 @@ class SourceOrder:
         self.cap: int | None = None if max_epochs is None else math.floor(max_epochs * n_docs)
         if n_docs == 0:
             self.cap = 0
+        # derived, not state: document ids of positions [_lo, _lo + len(_docs)), computed in blocks
+        self._lo = 0
+        self._docs = np.empty(0, dtype=np.int64)
 
     def available(self, consumed: int) -> int | None:
         """Documents left before the cap (None: unlimited)."""
@@ -49,4 +54,12 @@ class SourceOrder:
         left = self.available(consumed)
         if left is not None:
             m = min(m, left)
-        return self.docs_at(np.arange(consumed, consumed + m, dtype=np.int64))
+        lo, hi = self._lo, self._lo + len(self._docs)
+        if not (lo <= consumed and consumed + m <= hi):
+            block = max(m, self.BLOCK)
+            if left is not None:
+                block = min(block, left)
+            self._lo = consumed
+            self._docs = self.docs_at(np.arange(consumed, consumed + block, dtype=np.int64))
+        a = consumed - self._lo
+        return self._docs[a: a + m]

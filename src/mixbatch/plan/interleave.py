@@ -1,0 +1,572 @@
+r"""The exact interleaving rule: which source supplies the next sample (or document).
+
+Notation. ``K`` sources, weights ``w_i(m) >= 0`` with ``sum_i w_i(m) = 1`` at decision ``m``.
+The *target* after ``n`` units is ``W_i(n) = sum_{m <= n} w_i(m)``, and ``c_i(n)`` is what
+source ``i`` has contributed. DESIGN invariant 1 asks for ``|c_i(n) - W_i(n)|`` to stay within
+one unit for every prefix ``n``.
+
+Sample mode (one unit = one sample): Tijdeman's rule
+----------------------------------------------------
+R. Tijdeman, "The chairman assignment problem", Discrete Mathematics 32 (1980) 323-330, shows
+that with ``k`` sources of positive weight there is a sequence with
+
+.. math:: |c_i(n) - W_i(n)| \le 1 - \frac{1}{2k-2} \quad \text{for all } i, n
+
+(``k >= 2``; 0 for ``k = 1``), and constructs it as an earliest-deadline-first schedule.
+With ``delta = 1/(2k-2)``, the ``j``-th unit of source ``i`` is a job that is
+
+* *released* at the first decision ``m`` with ``W_i(m) >= j - 1 + delta`` (taking it earlier
+  would put ``i`` more than ``1 - delta`` ahead), and
+* *due* when ``W_i`` reaches ``j - delta`` (taking it later would put ``i`` more than
+  ``1 - delta`` behind). Its real-valued deadline is the ``t`` solving ``W_i(t) = j - delta``,
+  for constant weights ``t = (j - delta - W_i(0)) / w_i``.
+
+Decision ``m`` goes to the source whose next job is released and has the earliest deadline:
+
+.. math:: i^*(m) = \arg\min_{i:\; W_i(m) - c_i \ge \delta} \frac{c_i + 1 - \delta - W_i(0)}{w_i}
+
+ties to the lowest source index. Compared with Megatron-LM's ``argmax_i(w_i max(n,1) - c_i)``
+(largest deficit, no release test, error up to about 2) the release test is what keeps a
+source from running ahead. The order is *not* a merge of the deadlines alone: a job may not
+run before its release, and that constraint binds often (a plain sort by deadline is a divisor
+method, and by Balinski and Young no divisor method stays within quota). So ``choose`` computes
+every job's release and deadline in closed form, vectorised, and runs the EDF merge as one heap
+push and one heap pop per decision on precomputed integer ranks.
+
+Token mode (one unit = one token, documents are indivisible)
+------------------------------------------------------------
+A document of length ``l`` whose first token is token ``s`` of its source is *released* at
+the token clock ``T`` where ``W_i(T) >= s`` (the source is not ahead) and *due* at the clock
+where ``W_i`` reaches ``s + l`` (its end). The next document goes to the released source whose
+next document is due first (ties: lowest index); the clock then advances by its length. This
+is non-preemptive EDF on jobs of utilisation exactly 1, so a document finishes at most one
+(blocking) document length ``L_B`` after its deadline, which gives, for every token prefix,
+
+.. math:: -(1 - w_i) l_i \le W_i(T) - c_i(T) \le (1 - w_i) l_i + w_i L_B \le L_{max}
+
+where ``l_i`` is the length of source ``i``'s document being waited on or just emitted and
+``L_max`` the longest document: within one document. (Lower side: a document is only taken
+when released. Upper side: ``W_i`` at the start of a document is at most ``W_i`` at its
+deadline plus ``w_i L_B`` minus ``w_i l``.) The deviation is extremal at document boundaries,
+so checking those checks every token prefix.
+
+Weight changes
+--------------
+The target is integrated, never reset: a call with new weights starts a new *segment* whose
+base is the target reached so far, and the rule continues from the current deficits. No jump,
+no restart. The target is stored as ``base + w * segment_units`` rather than as a running sum,
+so that the result is bitwise the same however a caller splits its calls into chunks.
+
+The bounds above are proved for constant weights, and hold unchanged from any state that
+satisfies them when a new constant segment starts, as long as the weights do not move again
+before the deadlines of the pending jobs. No online rule can keep a bound of 1 against
+arbitrary changes: give weight ``1/k`` to each of ``k`` sources, then remove the chosen one
+from the support after every decision; the last source is owed ``H_k - 1`` units
+(``H_k`` the harmonic number), more than 1 for ``k >= 4``. The ahead side (``c_i - W_i <= 1 -
+delta``, or ``<= l`` in token mode) holds for every weight sequence, because a job is never
+taken before its release. See the tests and ``benchmarks/bench_interleave.py`` for measured
+deviations under schedules.
+
+Exhausted and zero-weight sources
+---------------------------------
+``available`` is a boolean mask; weights are renormalised over the available sources
+(:func:`mixbatch.mixture.weights.normalize_weights`), which is what ``on_exhausted:
+renormalize`` means. ``stop`` is the caller's decision. A source of weight 0 is never chosen.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from mixbatch.errors import ConfigError, MixbatchInternalError, StateError
+from mixbatch.mixture.weights import normalize_weights
+
+__all__ = ["Interleaver", "Unit", "max_prefix_deviation", "tijdeman_delta"]
+
+_STATE_VERSION = 1
+_FAR = float(1 << 62)  # release of a job that cannot come in any realistic run
+
+
+class Unit(enum.Enum):
+    """What the planner counts: samples (one per decision) or tokens (documents' lengths)."""
+
+    SAMPLES = "samples"
+    TOKENS = "tokens"
+
+
+def tijdeman_delta(k: int) -> float:
+    """``1 / (2k - 2)`` for ``k >= 2`` sources of positive weight (0.5 for ``k = 1``)."""
+    return 1.0 / (2 * k - 2) if k >= 2 else 0.5
+
+
+def _first_true(pred, lo: np.ndarray, est: np.ndarray) -> np.ndarray:
+    """Smallest integer ``m >= lo`` with ``pred(m)``, for a monotone ``pred``, from a guess.
+
+    The guess comes from a closed form; the fix-up corrects float rounding (a step or two).
+    """
+    m = np.clip(np.nan_to_num(est, nan=_FAR, posinf=_FAR), lo, _FAR)
+    m = np.maximum(np.floor(m), lo)
+    while True:
+        down = (m > lo) & pred(m - 1)
+        if not down.any():
+            break
+        m = np.where(down, m - 1, m)
+    while True:
+        up = ~pred(m) & (m < _FAR)
+        if not up.any():
+            break
+        m = np.where(up, m + 1, m)
+    return m
+
+
+# ----------------------------------------------------------------------------- sample mode
+
+
+def _jobs_samples(base, w, counts, m_hi, delta):
+    """Jobs (source, index, release, deadline) released by decision ``m_hi``, plus one more
+    per source (the first not released by then, for the rounding fallback)."""
+    src = np.flatnonzero(w > 0)
+    b, wi, c = base[src], w[src], counts[src].astype(np.float64)
+    w_hi = b + wi * float(m_hi)
+
+    def released_by_hi(k):  # job k (1-based count) released by m_hi
+        return w_hi >= (k - 1.0) + delta
+
+    kmax = np.maximum(np.floor(w_hi - delta) + 1.0, c)
+    while True:
+        up = released_by_hi(kmax + 1.0)
+        if not up.any():
+            break
+        kmax = np.where(up, kmax + 1.0, kmax)
+    while True:
+        down = (kmax > c) & ~released_by_hi(kmax)
+        if not down.any():
+            break
+        kmax = np.where(down, kmax - 1.0, kmax)
+    per = (kmax - c).astype(np.int64) + 1  # released jobs, plus the next one
+    job_src = np.repeat(src, per)
+    first = np.repeat(np.cumsum(per) - per, per)
+    k = np.repeat(c, per) + 1.0 + (np.arange(job_src.size) - first)
+    jb, jw = base[job_src], w[job_src]
+    thresh = (k - 1.0) + delta
+    return job_src, k, jb, jw, thresh
+
+
+def _choose_samples(base, w, counts, m0, n):
+    """Sources of decisions ``m0 + 1 .. m0 + n`` of the current segment (see module doc)."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    positive = np.flatnonzero(w > 0)
+    if positive.size == 1:  # every decision goes to it (directly, or by the fallback)
+        return np.full(n, positive[0], dtype=np.int64)
+    delta = tijdeman_delta(positive.size)
+    m_lo, m_hi = m0 + 1, m0 + n
+    job_src, k, jb, jw, thresh = _jobs_samples(base, w, counts, m_hi, delta)
+    release = _first_true(
+        lambda m: jb + jw * m >= thresh,
+        np.float64(m_lo),
+        np.ceil((thresh - jb) / jw),
+    )
+    deadline = ((k - delta) - jb) / jw
+    rank_order = np.lexsort((k, job_src, deadline))  # EDF priority: deadline, source, index
+    rank = np.empty_like(rank_order)
+    rank[rank_order] = np.arange(rank_order.size)
+    slot = (release - m_lo).astype(np.int64)  # 0-based decision within the chunk
+    by_release = np.lexsort((rank, slot))
+    slot_sorted = slot[by_release]
+    ranks = rank[by_release].tolist()
+    due = np.bincount(slot_sorted[slot_sorted < n], minlength=n).tolist()
+    slot_list = slot_sorted.tolist()
+
+    heap: list[int] = []
+    push, pop, pushpop = heapq.heappush, heapq.heappop, heapq.heappushpop
+    out = [0] * n
+    p = 0
+    for t in range(n):
+        d = due[t]
+        if d == 1:
+            r = pushpop(heap, ranks[p])
+            p += 1
+        elif d == 0:
+            if heap:
+                r = pop(heap)
+            else:  # rounding left nothing released: take the job released soonest
+                if p >= len(ranks):
+                    raise MixbatchInternalError("interleave: no job left to schedule")
+                r = ranks[p]
+                s = slot_list[p]
+                if s < n:
+                    due[s] -= 1
+                p += 1
+        else:
+            for q in range(p, p + d - 1):
+                push(heap, ranks[q])
+            r = pushpop(heap, ranks[p + d - 1])
+            p += d
+        out[t] = r
+    return job_src[rank_order][np.array(out, dtype=np.int64)]
+
+
+# ------------------------------------------------------------------------------ token mode
+
+
+def _choose_tokens(base, w, counts, tau0, upcoming, max_docs):
+    """Sources of the next documents; stops early when a source's next length is unknown."""
+    src = np.flatnonzero(w > 0)
+    lens = [np.asarray(upcoming[i], dtype=np.int64) for i in src]
+    per = np.array([x.size for x in lens], dtype=np.int64) + 1  # known docs + sentinel
+    job_src = np.repeat(src, per)
+    length = np.concatenate([np.append(x, 0) for x in lens])
+    # Start offset of each document within its source, counted from the source's count.
+    first = np.cumsum(per) - per
+    exclusive = np.cumsum(length) - length
+    start = np.repeat(counts[src], per) + exclusive - np.repeat(exclusive[first], per)
+    sentinel = np.zeros(job_src.size, dtype=bool)
+    sentinel[first + per - 1] = True
+    jb, jw = base[job_src], w[job_src]
+    s_f = start.astype(np.float64)
+    release = _first_true(
+        lambda t: jb + jw * t >= s_f,
+        np.float64(tau0),
+        np.ceil((s_f - jb) / jw),
+    )
+    deadline = ((start + length).astype(np.float64) - jb) / jw
+    deadline[sentinel] = np.inf
+    # Sentinels rank after every real job; among real jobs: deadline, source, position.
+    rank_order = np.lexsort((start, job_src, deadline, sentinel))
+    rank = np.empty_like(rank_order)
+    rank[rank_order] = np.arange(rank_order.size)
+    n_real = int((~sentinel).sum())
+    by_release = np.lexsort((rank, release))
+    rel = release[by_release].astype(np.int64).tolist()
+    ranks = rank[by_release].tolist()
+    len_by_rank = length[rank_order].tolist()
+
+    heap: list[int] = []
+    push, pop = heapq.heappush, heapq.heappop
+    out: list[int] = []
+    clock = int(tau0)
+    p, total = 0, len(ranks)
+    stopped = False
+    for _ in range(max_docs):
+        while p < total and rel[p] <= clock:
+            if ranks[p] >= n_real:
+                stopped = True
+                break
+            push(heap, ranks[p])
+            p += 1
+        if stopped:
+            break
+        if heap:
+            r = pop(heap)
+        else:  # rounding left nothing released: take the job released soonest
+            if p >= total or ranks[p] >= n_real:
+                break
+            r = ranks[p]
+            p += 1
+        out.append(r)
+        clock += len_by_rank[r]
+    chosen = rank_order[np.array(out, dtype=np.int64)]
+    return job_src[chosen], length[chosen]
+
+
+# ---------------------------------------------------------------------------------- planner
+
+
+class Interleaver:
+    """The planner's mixing state and rule: O(K) numbers, exact resume, vectorised choices.
+
+    >>> plan = Interleaver(3)
+    >>> plan.choose(8, [0.5, 0.25, 0.25]).tolist()
+    [0, 1, 2, 0, 0, 1, 2, 0]
+
+    State (all O(K), see :meth:`state_dict`): per source the units contributed (``counts``:
+    samples, or tokens in token mode) and documents taken (``documents``); the target reached
+    when the current weights were set (``base``), the current weights and the units since.
+    """
+
+    def __init__(self, num_sources: int, unit: Unit | str = Unit.SAMPLES) -> None:
+        if isinstance(num_sources, bool) or not isinstance(num_sources, int) or num_sources < 1:
+            raise ConfigError(f"num_sources: must be an integer >= 1, got {num_sources!r}")
+        try:
+            self._unit = Unit(unit)
+        except ValueError:
+            choices = ", ".join(repr(u.value) for u in Unit)
+            raise ConfigError(f"unit: got {unit!r}, expected one of {choices}") from None
+        k = num_sources
+        self._counts = np.zeros(k, dtype=np.int64)
+        self._documents = np.zeros(k, dtype=np.int64)
+        self._base = np.zeros(k, dtype=np.float64)
+        self._weights: np.ndarray | None = None
+        self._segment_units = 0
+
+    # -- read-only views
+    @property
+    def num_sources(self) -> int:
+        return self._counts.size
+
+    @property
+    def unit(self) -> Unit:
+        return self._unit
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Units contributed by each source so far (samples, or tokens)."""
+        return self._counts.copy()
+
+    @property
+    def documents(self) -> np.ndarray:
+        """Documents (samples) taken from each source so far."""
+        return self._documents.copy()
+
+    @property
+    def total(self) -> int:
+        return int(self._counts.sum())
+
+    @property
+    def weights(self) -> np.ndarray | None:
+        """The current (normalised) weights, or None before the first ones are set."""
+        return None if self._weights is None else self._weights.copy()
+
+    @property
+    def target(self) -> np.ndarray:
+        """The integrated target ``W_i`` at the current position (float64)."""
+        if self._weights is None:
+            return self._base.copy()
+        return self._base + self._weights * np.float64(self._segment_units)
+
+    @property
+    def deviation(self) -> np.ndarray:
+        """``c_i - W_i``: positive when a source is ahead of its target."""
+        return self._counts - self.target
+
+    # -- weights
+    def set_weights(
+        self,
+        weights: Sequence[float] | np.ndarray,
+        available: Sequence[bool] | np.ndarray | None = None,
+    ) -> None:
+        """Use new weights from the next decision on (normalised over ``available``).
+
+        Unchanged weights continue the current segment; new ones start a segment at the target
+        reached so far. Nothing is reset.
+        """
+        w = normalize_weights(weights, available)
+        if w.size != self.num_sources:
+            raise ConfigError(
+                f"weights: expected {self.num_sources} weights (one per source), got {w.size}"
+            )
+        if self._weights is not None and np.array_equal(w, self._weights):
+            return
+        base = self.target
+        dropped = w == 0
+        if dropped.any():
+            # A source that gets weight 0 can never repay (or work off) its deviation, so the
+            # others would have to absorb it for ever. Hand it over instead: its target becomes
+            # its count, and the others' targets move by their share of the difference.
+            owed = math.fsum((base[dropped] - self._counts[dropped]).tolist())
+            base[dropped] = self._counts[dropped]
+            base[~dropped] += w[~dropped] * owed
+        self._base = base
+        self._weights = w
+        self._segment_units = 0
+
+    def _ready(self, weights, available) -> np.ndarray:
+        if weights is not None:
+            self.set_weights(weights, available)
+        elif available is not None:
+            raise ConfigError("available: pass it together with weights")
+        if self._weights is None:
+            raise StateError("weights: none set yet; pass weights or call set_weights() first")
+        return self._weights
+
+    # -- decisions
+    def choose(
+        self,
+        n: int,
+        weights: Sequence[float] | np.ndarray | None = None,
+        available: Sequence[bool] | np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The sources of the next ``n`` samples (int64 array), weights constant over them.
+
+        ``weights`` (default: the current ones) are normalised over ``available``. Equal to
+        ``n`` single decisions of the rule, and to any split of ``n`` into smaller calls.
+        """
+        if self._unit is not Unit.SAMPLES:
+            raise StateError("unit: choose() is for sample mode; use choose_tokens()")
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+            raise ConfigError(f"n: must be an integer >= 0, got {n!r}")
+        w = self._ready(weights, available)
+        out = _choose_samples(self._base, w, self._counts, self._segment_units, int(n))
+        taken = np.bincount(out, minlength=self.num_sources)
+        self._counts += taken
+        self._documents += taken
+        self._segment_units += int(n)
+        return out
+
+    def choose_tokens(
+        self,
+        weights: Sequence[float] | np.ndarray | None,
+        upcoming: Sequence[np.ndarray],
+        max_docs: int,
+        available: Sequence[bool] | np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The sources of up to ``max_docs`` next documents, in order (int64 array).
+
+        ``upcoming[i]`` holds the lengths (tokens, >= 1) of source ``i``'s next documents in
+        the order it will deliver them (known in advance from its permutation). The ``j``-th
+        occurrence of ``i`` in the result is ``upcoming[i][j]``. The result is shorter than
+        ``max_docs`` when a source with positive weight becomes due and none of its listed
+        lengths are left: call again with more lengths. Sources of weight 0 may list none.
+        """
+        if self._unit is not Unit.TOKENS:
+            raise StateError("unit: choose_tokens() is for token mode; use choose()")
+        if isinstance(max_docs, bool) or not isinstance(max_docs, int | np.integer) or max_docs < 0:
+            raise ConfigError(f"max_docs: must be an integer >= 0, got {max_docs!r}")
+        w = self._ready(weights, available)
+        if len(upcoming) != self.num_sources:
+            raise ConfigError(
+                f"upcoming: expected {self.num_sources} arrays (one per source), got {len(upcoming)}"
+            )
+        for i, x in enumerate(upcoming):
+            arr = np.asarray(x)
+            if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+                raise ConfigError(f"upcoming[{i}]: expected a 1-D array of integer lengths")
+            if arr.size and arr.min() < 1:
+                raise ConfigError(f"upcoming[{i}]: document lengths must be >= 1, got {arr.min()}")
+        out, lengths = _choose_tokens(
+            self._base, w, self._counts, self._segment_units, upcoming, int(max_docs)
+        )
+        k = self.num_sources
+        self._counts += np.bincount(out, weights=lengths, minlength=k).astype(np.int64)
+        self._documents += np.bincount(out, minlength=k)
+        self._segment_units += int(lengths.sum())
+        return out
+
+    # -- state
+    def state_dict(self) -> dict:
+        """A JSON-serialisable copy of the state; floats round-trip exactly through JSON."""
+        return {
+            "version": _STATE_VERSION,
+            "unit": self._unit.value,
+            "num_sources": self.num_sources,
+            "counts": self._counts.tolist(),
+            "documents": self._documents.tolist(),
+            "base": self._base.tolist(),
+            "weights": None if self._weights is None else self._weights.tolist(),
+            "segment_units": self._segment_units,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state from :meth:`state_dict`; refuse a malformed or foreign one."""
+        if not isinstance(state, dict):
+            raise StateError(f"interleave state: expected a dict, got {type(state).__name__}")
+        needed = ("version", "unit", "num_sources", "counts", "documents", "base", "weights",
+                  "segment_units")
+        for key in needed:
+            if key not in state:
+                raise StateError(f"interleave state.{key}: missing")
+        if state["version"] != _STATE_VERSION:
+            raise StateError(
+                f"interleave state.version: {state['version']!r} is not supported "
+                f"(expected {_STATE_VERSION})"
+            )
+        if state["unit"] != self._unit.value:
+            raise StateError(
+                f"interleave state.unit: saved in {state['unit']!r} mode, "
+                f"this planner counts {self._unit.value!r}"
+            )
+        k = self.num_sources
+        if state["num_sources"] != k:
+            raise StateError(
+                f"interleave state.num_sources: saved with {state['num_sources']!r} sources, "
+                f"this planner has {k}"
+            )
+        counts = _int_vector(state["counts"], k, "counts")
+        documents = _int_vector(state["documents"], k, "documents")
+        base = _float_vector(state["base"], k, "base")
+        weights = state["weights"]
+        if weights is not None:
+            weights = _float_vector(weights, k, "weights")
+            if not (weights > 0).any() or abs(math.fsum(weights.tolist()) - 1.0) > 1e-9:
+                raise StateError("interleave state.weights: must sum to 1")
+        units = state["segment_units"]
+        if isinstance(units, bool) or not isinstance(units, int) or units < 0:
+            raise StateError(f"interleave state.segment_units: must be an integer >= 0, got {units!r}")
+        if weights is None and units != 0:
+            raise StateError("interleave state.segment_units: must be 0 when no weights are set")
+        if self._unit is Unit.SAMPLES and not np.array_equal(counts, documents):
+            raise StateError("interleave state.documents: must equal counts in sample mode")
+        if self._unit is Unit.TOKENS and (documents > counts).any():
+            raise StateError("interleave state.documents: more documents than tokens")
+        total = int(counts.sum())
+        target = base if weights is None else base + weights * np.float64(units)
+        if abs(math.fsum(target.tolist()) - total) > 1e-6 * max(1.0, total):
+            raise StateError(
+                f"interleave state.base: the target sums to {math.fsum(target.tolist())}, "
+                f"but {total} units were counted"
+            )
+        self._counts = counts
+        self._documents = documents
+        self._base = base
+        self._weights = weights
+        self._segment_units = units
+
+
+def _int_vector(value, k: int, name: str) -> np.ndarray:
+    if not isinstance(value, list | tuple) or len(value) != k:
+        raise StateError(f"interleave state.{name}: expected a list of {k} integers")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise StateError(f"interleave state.{name}: expected integers >= 0, got {v!r}")
+    return np.array(value, dtype=np.int64)
+
+
+def _float_vector(value, k: int, name: str) -> np.ndarray:
+    if not isinstance(value, list | tuple) or len(value) != k:
+        raise StateError(f"interleave state.{name}: expected a list of {k} numbers")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            raise StateError(f"interleave state.{name}: expected finite numbers >= 0, got {v!r}")
+    return np.array(value, dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------- measuring
+
+
+def max_prefix_deviation(
+    sources: np.ndarray,
+    weights: Sequence[float] | np.ndarray,
+    lengths: np.ndarray | None = None,
+) -> float:
+    """``max_{n,i} |c_i(n) - w_i n|`` over every prefix of a sequence, for constant weights.
+
+    ``sources`` are the chosen sources in order; ``lengths`` (token mode) the length of each
+    chosen document, the unit then being tokens. Vectorised: the extremes of
+    ``c_i - w_i n`` lie just before and just after each of source ``i``'s units (or
+    documents), and at the end, so only those points are evaluated.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    s = np.asarray(sources, dtype=np.int64)
+    ln = np.ones(s.size, dtype=np.int64) if lengths is None else np.asarray(lengths, np.int64)
+    if s.size == 0:
+        return 0.0
+    clock_end = np.cumsum(ln).astype(np.float64)  # clock after each document
+    clock_start = clock_end - ln
+    order = np.argsort(s, kind="stable")
+    order_src = s[order]
+    per_src_end = np.cumsum(ln[order])
+    group_first = np.searchsorted(order_src, order_src, side="left")
+    offset = np.concatenate([[0], per_src_end])[group_first]
+    c_after = (per_src_end - offset).astype(np.float64)  # source's units after its document
+    c_before = c_after - ln[order]
+    ahead = c_after - w[order_src] * clock_end[order]
+    behind = w[order_src] * clock_start[order] - c_before
+    n = clock_end[-1]
+    final = np.abs(np.bincount(s, weights=ln, minlength=w.size) - w * n)
+    return float(max(ahead.max(), behind.max(), final.max(), 0.0))

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mixbatch.audit import read_audit_log
+from mixbatch.config import load_config
+from mixbatch.errors import DataError
+from mixbatch.loader.loader import MixedLoader
+from test_loader import _cfg
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mixbatch", *args], capture_output=True,
+                          text=True)
+
+
+def test_stream_json_summary_and_audit_log(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    emit = tmp_path / "audit.jsonl"
+    r = _run("stream", str(tmp_path / "c.yaml"), "--steps", "40", "--emit", str(emit), "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["steps"] == 40 and s["unit"] == "tokens"
+    assert s["max_prefix_deviation"] <= s["max_document_length"]
+    for name, w in {"s0": 0.5, "s1": 0.3, "s2": 0.2}.items():
+        assert s["sources"][name]["target"] == pytest.approx(w)
+        assert abs(s["sources"][name]["realised"] - w) < 0.05
+    records = list(read_audit_log(emit))
+    assert len(records) == 40 * 4
+    assert records[0].keys() == {"step", "rank", "row", "segments", "pad"}
+    # the log rebuilds what the loader planned, token for token
+    ref = MixedLoader(cfg)
+    expect = Counter()
+    for step in ref.steps(40):
+        p = step.plan
+        for k in range(len(p.row)):
+            expect[(step.index, int(p.row[k]), ref.names[int(p.source[k])], int(p.doc[k]),
+                    int(p.start[k]), int(p.end[k]))] += 1
+    got = Counter((rec["step"], rec["row"], *seg) for rec in records for seg in rec["segments"])
+    assert got == expect
+    tokens = sum(e - a for rec in records for _, _, a, e in rec["segments"])
+    assert tokens == sum(src["tokens"] for src in s["sources"].values())
+
+
+def test_stream_resume_with_other_world_size_appends_log(tmp_path: Path) -> None:
+    _cfg(tmp_path, batch={"batch_size": 8})
+    cfg = str(tmp_path / "c.yaml")
+    straight = tmp_path / "straight.jsonl"
+    assert _run("stream", cfg, "--steps", "20", "--emit", str(straight)).returncode == 0
+    state = tmp_path / "state.json"
+    part = tmp_path / "part.jsonl"
+    r = _run("stream", cfg, "--steps", "8", "--rank", "1", "--world-size", "2",
+             "--state-out", str(state), "--emit", str(part))
+    assert r.returncode == 0, r.stderr
+    rest = []
+    for rank in range(4):
+        log = tmp_path / f"r{rank}.jsonl"
+        r = _run("stream", cfg, "--steps", "12", "--rank", str(rank), "--world-size", "4",
+                 "--state-in", str(state), "--emit", str(log))
+        assert r.returncode == 0, r.stderr
+        rest += list(read_audit_log(log))
+    want = Counter((x["step"], tuple(map(tuple, x["segments"]))) for x in read_audit_log(straight)
+                   if x["step"] >= 8)
+    got = Counter((x["step"], tuple(map(tuple, x["segments"]))) for x in rest)
+    assert got == want
+
+
+def test_stream_table_output(tmp_path: Path) -> None:
+    _cfg(tmp_path)
+    r = _run("stream", str(tmp_path / "c.yaml"), "--steps", "5")
+    assert r.returncode == 0, r.stderr
+    assert "largest prefix deviation" in r.stdout and "s0" in r.stdout
+
+
+@pytest.mark.parametrize(("text", "msg"), [
+    ("{not json", "corrupt state file"),
+    ('{"format": "other"}', "not a mixbatch loader state"),
+])
+def test_stream_bad_state_exit_2(tmp_path: Path, text: str, msg: str) -> None:
+    _cfg(tmp_path)
+    state = tmp_path / "bad.json"
+    state.write_text(text)
+    r = _run("stream", str(tmp_path / "c.yaml"), "--steps", "1", "--state-in", str(state))
+    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
+
+
+def test_stream_state_from_other_config_exit_2(tmp_path: Path) -> None:
+    _cfg(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    state = tmp_path / "s.json"
+    assert _run("stream", str(cfg), "--steps", "2", "--state-out", str(state)).returncode == 0
+    cfg.write_text(cfg.read_text().replace("seed: 3", "seed: 9"))
+    r = _run("stream", str(cfg), "--steps", "1", "--state-in", str(state))
+    assert r.returncode == 2 and "seed 3 -> 9" in r.stderr
+
+
+@pytest.mark.parametrize(("mixture", "msg"), [
+    ({"unit": "tokens", "weights": {"s0": -1, "s1": 1}}, "mixture.weights.s0: weight must be >= 0"),
+    ({"unit": "tokens", "weights": {"s0": 0, "s1": 0}}, "all weights are 0"),
+    ({"unit": "tokens", "weights": {"s0": float("nan")}}, "finite"),
+    ({"schedule": [{"until_step": 9, "weights": {"s0": 1}}, {"until_step": 5, "weights": {"s1": 1}},
+                   {"weights": {"s2": 1}}]}, "must be greater than 9"),
+])
+def test_bad_weights_exit_2(tmp_path: Path, mixture: dict, msg: str) -> None:
+    _cfg(tmp_path)
+    cfg = load_config(tmp_path / "c.yaml")
+    del cfg
+    import yaml
+    data = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    data["mixture"] = mixture
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    r = _run("stream", str(tmp_path / "c.yaml"), "--steps", "1")
+    assert r.returncode == 2, r.stderr
+    assert msg in r.stderr and "Traceback" not in r.stderr
+
+
+def test_audit_log_bad_line(tmp_path: Path) -> None:
+    p = tmp_path / "a.jsonl"
+    p.write_text('{"step": 0, "rank": 0, "row": 0, "segments": [], "pad": 0}\nnope\n')
+    with pytest.raises(DataError, match=r"a\.jsonl:2: not JSON"):
+        list(read_audit_log(p))

@@ -115,10 +115,39 @@ class MixtureConfig(_Strict):
         return self
 
 
+class Curriculum(str, Enum):
+    UNIFORM = "uniform"
+    NATURAL = "natural"
+    GROW_P2 = "grow_p2"
+    GROW_LINEAR = "grow_linear"
+
+
 class BatchConfig(_Strict):
+    """How planned documents become rows (``packing``) and how rows go to ranks.
+
+    Fields used by one packing mode only are ignored by the others.
+    """
+
     seq_len: int = Field(default=1024, ge=2)
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=8, ge=1)  # rows per global step (fixed-shape modes)
     packing: Packing = Packing.CONCAT
+    # bfd: rows packed together in one best-fit-decreasing window
+    pack_window: int = Field(default=256, ge=1)
+    # buckets (dataset decomposition) and pad_buckets: tokens per global step
+    token_budget: int | None = Field(default=None, ge=2)
+    # buckets: piece lengths 2^k for min_len <= 2^k <= seq_len
+    min_len: int = Field(default=64, ge=1)
+    curriculum: Curriculum = Curriculum.UNIFORM
+    cycles: int = Field(default=1, ge=1)
+    # pad_buckets: number of length buckets, and the attention term of a row's cost
+    num_buckets: int = Field(default=8, ge=1)
+    quadratic: float = Field(default=0.0, ge=0)
+    # variable-row modes (buckets, pad_buckets): rows per step are a multiple of this; the
+    # world size must divide it, so the global stream never depends on the world size
+    row_multiple: int = Field(default=8, ge=1)
+    # rank balance: cost(s) = s + s^2 / (6 * d_model) per document piece of length s
+    balance: bool = True
+    d_model: int = Field(default=4096, ge=1)
 
 
 class Config(_Strict):

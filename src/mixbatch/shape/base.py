@@ -57,6 +57,13 @@ class DocFeed(Protocol):
         or more (fewer only when the stream has ended)."""
         ...
 
+    def state_dict(self) -> dict[str, Any]:
+        """The feed's position (O(K)); a shaper that plans a window of documents ahead saves
+        the position at the window's start and replays the window on resume."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
 
 @dataclass
 class StepPlan:

@@ -165,7 +165,6 @@ def stream_summary(loader, first: int, done: int, fed: int, seconds: float) -> d
     target = planner.target
     docs = loader.fed_docs.astype(float)
     toks = loader.fed_tokens.astype(float)
-    positions = loader.tokens_planned + loader.padding
     sources = {}
     for i, name in enumerate(loader.names):
         sources[name] = {
@@ -181,8 +180,7 @@ def stream_summary(loader, first: int, done: int, fed: int, seconds: float) -> d
         "rank": loader.rank, "world_size": loader.world_size, "sources": sources,
         "max_prefix_deviation": loader.feed.max_deviation,
         "max_document_length": int(max(int(np.max(s.lengths)) for s in loader.stores)),
-        "padding_fraction": loader.padding / positions if positions else 0.0,
-        "truncated_tokens": loader.truncated, "tokens_fed_this_rank": fed,
+        **loader.stats.summary(), "tokens_fed_this_rank": fed,
         "seconds": seconds, "tokens_per_second": fed / seconds if seconds else 0.0,
         "ended": loader.feed.ended,
     }
@@ -210,6 +208,10 @@ def stream_table(summary: dict) -> Table:
                               if unit == "tokens" else "")
                            + f" · padding {summary['padding_fraction']:.2%}"
                            + f" · truncated {summary['truncated_tokens']:,} tokens"
+                           + f" · {summary['pieces_per_document']:.2f} pieces/document"
+                           + " · tokens/step {min:,}/{mean:,.0f}/{max:,}".format(
+                               **summary["tokens_per_step"])
+                           + f" · rank cost max/mean {summary['rank_cost_imbalance']['max']:.3f}"
                            + f" · {summary['tokens_per_second'] / 1e6:.2f}M tokens/s"
                            + (" · stream ended" if summary["ended"] else "")))
     for c in ("source", f"target ({unit})", f"realised ({unit})", "samples share",

@@ -25,6 +25,7 @@ from mixbatch.errors import ConfigError, StateError
 from mixbatch.loader.feed import MixedFeed
 from mixbatch.loader.mixture import MixtureSchedule, build_mixture
 from mixbatch.loader.order import SourceOrder
+from mixbatch.loader.stats import RunStats
 from mixbatch.plan.partition import partition_batch
 from mixbatch.shape import ConcatShaper, PadShaper, Shaper, StepPlan, materialize
 from mixbatch.store import TokenStore, open_store
@@ -113,11 +114,18 @@ class MixedLoader:
         self.shaper = build_shaper(cfg)
         self.step = 0
         self.tokens_planned = 0
-        self.fed_tokens = np.zeros(len(self.names), dtype=np.int64)
-        self.fed_docs = np.zeros(len(self.names), dtype=np.int64)
-        self.padding = 0
-        self.truncated = 0
+        self.stats = RunStats(len(self.names))
         self.override: np.ndarray | None = None
+
+    @property
+    def fed_tokens(self) -> np.ndarray:
+        """Real tokens fed per source so far (all ranks)."""
+        return np.asarray(self.stats.tokens, dtype=np.int64)
+
+    @property
+    def fed_docs(self) -> np.ndarray:
+        """Documents started per source so far (all ranks)."""
+        return np.asarray(self.stats.docs, dtype=np.int64)
 
     def set_weights(self, weights: dict[str, float] | np.ndarray) -> None:
         """Replace the target weights from the next step on (online policies use this).
@@ -142,13 +150,8 @@ class MixedLoader:
         labels = plan.row_source(len(self.names))
         labels[labels < 0] = len(self.names)  # empty rows of a final step: a group of their own
         rows = np.sort(partition_batch(labels, self.world_size)[self.rank])
-        width = plan.width
-        self.fed_tokens += np.bincount(plan.source, weights=plan.end - plan.start,
-                                       minlength=len(self.names)).astype(np.int64)
-        self.fed_docs += np.bincount(plan.source[plan.start == 0], minlength=len(self.names))
-        self.tokens_planned += int(width.sum())
-        self.padding += int(plan.pad.sum())
-        self.truncated += plan.truncated
+        self.stats.add(plan)
+        self.tokens_planned += int(plan.width.sum())
         step = Step(self.step, plan, np.asarray(rows, dtype=np.int64), w)
         self.step += 1
         return step
@@ -198,8 +201,7 @@ class MixedLoader:
             "feed": self.feed.state_dict(),
             "shaper": self.shaper.state_dict(),
             "weights_override": None if self.override is None else self.override.tolist(),
-            "fed": {"tokens": self.fed_tokens.tolist(), "docs": self.fed_docs.tolist(),
-                    "padding": self.padding, "truncated": self.truncated},
+            "stats": self.stats.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -216,10 +218,7 @@ class MixedLoader:
             self.tokens_planned = int(state["tokens_planned"])
             ov = state["weights_override"]
             self.override = None if ov is None else self.mixture.vector(np.asarray(ov, float))
-            fed = state["fed"]
-            self.fed_tokens = np.asarray(fed["tokens"], dtype=np.int64)
-            self.fed_docs = np.asarray(fed["docs"], dtype=np.int64)
-            self.padding, self.truncated = int(fed["padding"]), int(fed["truncated"])
+            self.stats.load_state_dict(state["stats"])
         except (KeyError, TypeError, ValueError) as e:
             raise StateError(f"loader state: malformed ({type(e).__name__}: {e})") from None
 

@@ -1,0 +1,82 @@
+"""Running totals of what the stream fed: O(K) counters, saved with the loader's state.
+
+They feed the ``stream`` report and the audit summary: tokens and documents per source, padding,
+truncation, pieces per document, tokens per step (min/mean/max), and the per-rank cost imbalance
+(largest rank cost over the mean, per step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mixbatch.shape.base import StepPlan
+
+
+@dataclass
+class RunStats:
+    k: int
+    tokens: list[int] = field(default_factory=list)  # real tokens fed per source
+    docs: list[int] = field(default_factory=list)  # documents started per source
+    pieces: int = 0  # segments holding tokens
+    padding: int = 0
+    positions: int = 0  # row positions, padding included
+    truncated: int = 0
+    steps: int = 0
+    step_tokens_min: int | None = None
+    step_tokens_max: int = 0
+    imbalance_max: float = 1.0
+    imbalance_sum: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.tokens = self.tokens or [0] * self.k
+        self.docs = self.docs or [0] * self.k
+
+    def add(self, plan: StepPlan, rank_costs: np.ndarray | None = None) -> None:
+        n_tok = plan.end - plan.start
+        tok = np.bincount(plan.source, weights=n_tok, minlength=self.k).astype(np.int64)
+        started = np.bincount(plan.source[(plan.start == 0) & (plan.width > 0)],
+                              minlength=self.k)
+        self.tokens = (np.asarray(self.tokens) + tok).tolist()
+        self.docs = (np.asarray(self.docs) + started).tolist()
+        self.pieces += int((n_tok > 0).sum())
+        self.padding += int(plan.pad.sum())
+        self.positions += plan.rows * plan.seq_len
+        self.truncated += int(plan.truncated)
+        real = int(n_tok.sum())
+        self.steps += 1
+        self.step_tokens_min = real if self.step_tokens_min is None else min(
+            self.step_tokens_min, real)
+        self.step_tokens_max = max(self.step_tokens_max, real)
+        ratio = 1.0
+        if rank_costs is not None and len(rank_costs) and rank_costs.mean() > 0:
+            ratio = float(rank_costs.max() / rank_costs.mean())
+        self.imbalance_max = max(self.imbalance_max, ratio)
+        self.imbalance_sum += ratio
+
+    def summary(self) -> dict[str, Any]:
+        total_tok = sum(self.tokens)
+        return {
+            "padding_fraction": self.padding / self.positions if self.positions else 0.0,
+            "truncated_tokens": self.truncated,
+            "truncated_fraction": (self.truncated / (total_tok + self.truncated)
+                                   if total_tok + self.truncated else 0.0),
+            "pieces_per_document": self.pieces / max(sum(self.docs), 1),
+            "tokens_per_step": {"min": self.step_tokens_min or 0,
+                                "mean": total_tok / self.steps if self.steps else 0.0,
+                                "max": self.step_tokens_max},
+            "rank_cost_imbalance": {"max": self.imbalance_max,
+                                    "mean": self.imbalance_sum / self.steps if self.steps
+                                    else 1.0},
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        fresh = RunStats(**state)
+        if len(fresh.tokens) != self.k or len(fresh.docs) != self.k:
+            raise ValueError(f"stats hold {len(fresh.tokens)} sources, expected {self.k}")
+        self.__dict__.update(fresh.__dict__)

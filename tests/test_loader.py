@@ -206,3 +206,19 @@ def test_world_size_must_divide_batch(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     with pytest.raises(ConfigError, match="cannot be split evenly over world size 3"):
         MixedLoader(cfg, rank=0, world_size=3)
+
+
+def test_holdout_documents_are_never_fed(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, holdout=0.1, mixture={"unit": "samples"}, batch={"packing": "pad"})
+    loader = MixedLoader(cfg)
+    held = loader.heldout()
+    assert [len(h) for h in held.values()] == [30, 20, 5]
+    again = MixedLoader(cfg).heldout()
+    assert all(np.array_equal(held[n], again[n]) for n in held)  # a fixed split
+    seen: dict[int, set[int]] = {0: set(), 1: set(), 2: set()}
+    for step in loader.steps(300):  # several epochs of every source
+        for s, d in zip(step.plan.source.tolist(), step.plan.doc.tolist(), strict=True):
+            seen[s].add(d)
+    for k, name in enumerate(loader.names):
+        assert not seen[k] & set(held[name].tolist())
+        assert len(seen[k]) + len(held[name]) == len(loader.stores[k])  # the rest is all trained on

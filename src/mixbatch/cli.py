@@ -173,7 +173,7 @@ def stream_summary(loader, first: int, done: int, fed: int, seconds: float) -> d
             "samples_share": float(docs[i] / docs.sum()) if docs.sum() else 0.0,
             "tokens_share": float(toks[i] / toks.sum()) if toks.sum() else 0.0,
             "documents": int(docs[i]), "tokens": int(toks[i]),
-            "epochs": float(loader.feed.consumed[i] / max(len(loader.stores[i]), 1)),
+            "epochs": float(loader.feed.consumed[i] / max(loader.feed.orders[i].n_docs, 1)),
         }
     return {
         "unit": loader.cfg.mixture.unit.value, "steps": done, "first_step": first,

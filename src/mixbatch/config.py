@@ -155,6 +155,9 @@ class Config(_Strict):
     tokenizer: str = "byte"
     eod_token: str | None = None
     store: str = "./store"
+    # documents of each source held out for validation (a fraction, at least 1 when > 0)
+    holdout: float = Field(default=0.0, ge=0, lt=1)
+    holdout_max: int = Field(default=256, ge=1)
     sources: dict[str, SourceConfig]
     mixture: MixtureConfig = MixtureConfig()
     batch: BatchConfig = BatchConfig()
@@ -187,6 +190,12 @@ class Config(_Strict):
                         f"(declared: {', '.join(sorted(known))})"
                     )
         return self
+
+    def holdout_docs(self, n_docs: int) -> int:
+        """How many of a source's ``n_docs`` documents are held out for validation."""
+        if self.holdout <= 0 or n_docs < 2:
+            return 0
+        return int(min(max(1, round(self.holdout * n_docs)), self.holdout_max, n_docs - 1))
 
     # ---- derived paths -------------------------------------------------------------------
     def resolve(self, p: str | Path) -> Path:

@@ -108,8 +108,8 @@ class MixedLoader:
         """Back to step 0."""
         cfg = self.cfg
         orders = [SourceOrder(n, len(s), cfg.seed, cfg.mixture.shuffle,
-                              cfg.sources[n].max_epochs) for n, s in zip(self.names, self.stores,
-                                                                         strict=True)]
+                              cfg.sources[n].max_epochs, cfg.holdout_docs(len(s)))
+                  for n, s in zip(self.names, self.stores, strict=True)]
         self.feed = MixedFeed(self.stores, orders, cfg.mixture.unit, cfg.mixture.on_exhausted)
         self.shaper = build_shaper(cfg)
         self.step = 0
@@ -126,6 +126,10 @@ class MixedLoader:
     def fed_docs(self) -> np.ndarray:
         """Documents started per source so far (all ranks)."""
         return np.asarray(self.stats.docs, dtype=np.int64)
+
+    def heldout(self) -> dict[str, np.ndarray]:
+        """The validation documents of each source (never fed by this loader)."""
+        return {n: o.heldout() for n, o in zip(self.names, self.feed.orders, strict=True)}
 
     def set_weights(self, weights: dict[str, float] | np.ndarray) -> None:
         """Replace the target weights from the next step on (online policies use this).
@@ -183,6 +187,7 @@ class MixedLoader:
             "seed": self.cfg.seed,
             "unit": self.cfg.mixture.unit.value,
             "shuffle": self.cfg.mixture.shuffle,
+            "holdout": [self.cfg.holdout, self.cfg.holdout_max],
             "packing": self.cfg.batch.packing.value,
             # a list, so that the order survives serialisers that sort keys
             "sources": [{"name": n, "documents": len(s), "tokens": s.num_tokens,

@@ -89,7 +89,7 @@ from mixbatch.mixture.weights import normalize_weights
 __all__ = ["Interleaver", "Unit", "max_prefix_deviation", "tijdeman_delta"]
 
 _STATE_VERSION = 1
-_FAR = float(1 << 62)  # release of a job that cannot come in any realistic run
+_NEVER = 1 << 53  # a release this late never comes (and float64 counts are exact below it)
 
 
 class Unit(enum.Enum):
@@ -104,23 +104,36 @@ def tijdeman_delta(k: int) -> float:
     return 1.0 / (2 * k - 2) if k >= 2 else 0.5
 
 
-def _first_true(pred, lo: np.ndarray, est: np.ndarray) -> np.ndarray:
-    """Smallest integer ``m >= lo`` with ``pred(m)``, for a monotone ``pred``, from a guess.
+def _first_reach(base: np.ndarray, w: np.ndarray, level: np.ndarray, lo: int) -> np.ndarray:
+    """Per lane, the smallest integer ``m >= lo`` with ``base + w * m >= level`` (float64).
 
-    The guess comes from a closed form; the fix-up corrects float rounding (a step or two).
+    The closed form ``ceil((level - base) / w)`` is right but for rounding; lanes where it is
+    off are settled by a vectorised binary search. ``_NEVER`` means not before ``2**53``.
     """
-    m = np.clip(np.nan_to_num(est, nan=_FAR, posinf=_FAR), lo, _FAR)
-    m = np.maximum(np.floor(m), lo)
-    while True:
-        down = (m > lo) & pred(m - 1)
-        if not down.any():
-            break
-        m = np.where(down, m - 1, m)
-    while True:
-        up = ~pred(m) & (m < _FAR)
-        if not up.any():
-            break
-        m = np.where(up, m + 1, m)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        est = np.ceil((level - base) / w)
+    est = np.where(np.isfinite(est), est, float(_NEVER))
+    m = np.clip(est, lo, _NEVER).astype(np.int64)
+
+    def reach(idx, x):
+        return base[idx] + w[idx] * x.astype(np.float64) >= level[idx]
+
+    lanes = np.arange(m.size)
+    at = reach(lanes, m)
+    ok = np.where(at, (m == lo) | ~reach(lanes, np.maximum(m - 1, lo)), m == _NEVER)
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        low = np.full(bad.size, lo, dtype=np.int64)
+        high = np.full(bad.size, _NEVER, dtype=np.int64)
+        while True:
+            open_ = low < high
+            if not open_.any():
+                break
+            mid = (low + high) // 2
+            hit = reach(bad, mid)
+            high = np.where(open_ & hit, mid, high)
+            low = np.where(open_ & ~hit, mid + 1, low)
+        m[bad] = low
     return m
 
 
@@ -167,48 +180,42 @@ def _choose_samples(base, w, counts, m0, n):
     delta = tijdeman_delta(positive.size)
     m_lo, m_hi = m0 + 1, m0 + n
     job_src, k, jb, jw, thresh = _jobs_samples(base, w, counts, m_hi, delta)
-    release = _first_true(
-        lambda m: jb + jw * m >= thresh,
-        np.float64(m_lo),
-        np.ceil((thresh - jb) / jw),
-    )
-    deadline = ((k - delta) - jb) / jw
+    release = _first_reach(jb, jw, thresh, m_lo)
+    with np.errstate(over="ignore"):  # a weight near 1e-308 puts deadlines at +inf: fine
+        deadline = ((k - delta) - jb) / jw
     rank_order = np.lexsort((k, job_src, deadline))  # EDF priority: deadline, source, index
     rank = np.empty_like(rank_order)
     rank[rank_order] = np.arange(rank_order.size)
-    slot = (release - m_lo).astype(np.int64)  # 0-based decision within the chunk
+    slot = release - m_lo  # 0-based decision within the chunk
     by_release = np.lexsort((rank, slot))
     slot_sorted = slot[by_release]
-    ranks = rank[by_release].tolist()
     due = np.bincount(slot_sorted[slot_sorted < n], minlength=n).tolist()
-    slot_list = slot_sorted.tolist()
+    slot_of_rank = slot[rank_order].tolist()
+    released = iter(rank[by_release].tolist())  # ranks in order of release
 
+    # One heap operation per decision: this loop is the EDF merge, everything else is numpy.
     heap: list[int] = []
     push, pop, pushpop = heapq.heappush, heapq.heappop, heapq.heappushpop
-    out = [0] * n
-    p = 0
-    for t in range(n):
-        d = due[t]
+    out: list[int] = []
+    take = out.append
+    for d in due:  # d = jobs released at this decision (entries ahead may be lowered below)
         if d == 1:
-            r = pushpop(heap, ranks[p])
-            p += 1
+            take(pushpop(heap, next(released)))
         elif d == 0:
             if heap:
-                r = pop(heap)
+                take(pop(heap))
             else:  # rounding left nothing released: take the job released soonest
-                if p >= len(ranks):
+                r = next(released, None)
+                if r is None:
                     raise MixbatchInternalError("interleave: no job left to schedule")
-                r = ranks[p]
-                s = slot_list[p]
+                s = slot_of_rank[r]
                 if s < n:
                     due[s] -= 1
-                p += 1
+                take(r)
         else:
-            for q in range(p, p + d - 1):
-                push(heap, ranks[q])
-            r = pushpop(heap, ranks[p + d - 1])
-            p += d
-        out[t] = r
+            for _ in range(d - 1):
+                push(heap, next(released))
+            take(pushpop(heap, next(released)))
     return job_src[rank_order][np.array(out, dtype=np.int64)]
 
 
@@ -230,12 +237,9 @@ def _choose_tokens(base, w, counts, tau0, upcoming, max_docs):
     sentinel[first + per - 1] = True
     jb, jw = base[job_src], w[job_src]
     s_f = start.astype(np.float64)
-    release = _first_true(
-        lambda t: jb + jw * t >= s_f,
-        np.float64(tau0),
-        np.ceil((s_f - jb) / jw),
-    )
-    deadline = ((start + length).astype(np.float64) - jb) / jw
+    release = _first_reach(jb, jw, s_f, int(tau0))
+    with np.errstate(over="ignore"):
+        deadline = ((start + length).astype(np.float64) - jb) / jw
     deadline[sentinel] = np.inf
     # Sentinels rank after every real job; among real jobs: deadline, source, position.
     rank_order = np.lexsort((start, job_src, deadline, sentinel))
@@ -243,7 +247,7 @@ def _choose_tokens(base, w, counts, tau0, upcoming, max_docs):
     rank[rank_order] = np.arange(rank_order.size)
     n_real = int((~sentinel).sum())
     by_release = np.lexsort((rank, release))
-    rel = release[by_release].astype(np.int64).tolist()
+    rel = release[by_release].tolist()
     ranks = rank[by_release].tolist()
     len_by_rank = length[rank_order].tolist()
 

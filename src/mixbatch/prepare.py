@@ -24,6 +24,7 @@ import shutil
 import time
 from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from mixbatch.config import Config, SourceConfig, TokenFormat
-from mixbatch.errors import ConfigError, DataError, StoreError
+from mixbatch.errors import ConfigError, DataError, MixbatchError, StoreError
 from mixbatch.io import (
     Format,
     OnError,
@@ -431,10 +432,18 @@ def _all_jobs(plans: dict[str, tuple[list[_Job], Any, Any, Any]]) -> list[_Job]:
     return [j for jobs, *_ in plans.values() for j in jobs]
 
 
+#: below this much input per extra process, starting processes costs more than it saves
+_BYTES_PER_PROCESS = 8 << 20
+
+
 def _run_jobs(jobs: list[_Job], workers: int | None, show: bool) -> None:
     if not jobs:
         return
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    if workers is None:
+        size = sum(((j.unit.end if j.unit.end is not None else j.unit.path.stat().st_size)
+                    - j.unit.start) for j in jobs)
+        workers = min(os.cpu_count() or 1, max(1, size // _BYTES_PER_PROCESS))
+    workers = max(1, min(workers, len(jobs)))
     global _PROGRESS
     with RateProgress("tokenising", total=len(jobs), enabled=show) as bar:
         if workers == 1:
@@ -447,6 +456,7 @@ def _run_jobs(jobs: list[_Job], workers: int | None, show: bool) -> None:
                 _PROGRESS = None
             return
         ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["mixbatch.prepare"])  # workers fork with it imported
         q = ctx.Queue()
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(q,)) as pool:
@@ -458,6 +468,9 @@ def _run_jobs(jobs: list[_Job], workers: int | None, show: bool) -> None:
                     for f in done:
                         f.result()  # re-raises a worker's DataError with its own message
                         bar.advance()
+            except BrokenProcessPool:
+                raise MixbatchError("prepare: a worker process died (killed, or out of memory); "
+                                    "rerun to resume: finished work is kept") from None
             except BaseException:
                 for f in futures:
                     f.cancel()

@@ -111,8 +111,6 @@ class MixbatchDataLoader:
         ds = MixbatchDataset(self.cfg, self.rank, self.world_size, state=self._state,
                              carry_state=True, max_steps=self.max_steps)
         kwargs = {"persistent_workers": False, **self.loader_kwargs}
-        if self.num_workers:
-            kwargs.setdefault("multiprocessing_context", "forkserver")
         dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, **kwargs)
         for batch in dl:
             self._state = batch.pop(STATE_KEY)

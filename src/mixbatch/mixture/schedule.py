@@ -128,7 +128,9 @@ class Schedule:
                     )
                 continue
             if isinstance(until, bool) or not isinstance(until, int | np.integer):
-                raise ConfigError(f"{where}.until: must be an integer {self.by.value}, got {until!r}")
+                raise ConfigError(
+                    f"{where}.until: must be an integer {self.by.value}, got {until!r}"
+                )
             if until <= previous:
                 raise ConfigError(
                     f"{where}.until: must be greater than {previous} (the stage's start); "

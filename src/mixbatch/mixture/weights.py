@@ -50,13 +50,17 @@ def validate_weights(
     if arr.ndim != 1:
         raise ConfigError(f"{field}: expected a flat list of numbers, got shape {arr.shape}")
     if names is not None and len(names) != arr.size:
-        raise ConfigError(f"{field}: expected {len(names)} weights (one per source), got {arr.size}")
+        raise ConfigError(
+            f"{field}: expected {len(names)} weights (one per source), got {arr.size}"
+        )
     if arr.size == 0:
         raise ConfigError(f"{field}: no sources given")
     bad = ~np.isfinite(arr)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ConfigError(f"{_label(field, names, i)}: weight must be a finite number, got {arr[i]}")
+        raise ConfigError(
+            f"{_label(field, names, i)}: weight must be a finite number, got {arr[i]}"
+        )
     neg = arr < 0
     if neg.any():
         i = int(np.argmax(neg))
@@ -116,7 +120,10 @@ def normalize_weights(
             f"{field}: no available source has a positive weight (every such source is "
             "exhausted or masked); stop, or give an available source a positive weight"
         )
-    return arr / total
+    out = arr / total
+    # A positive weight stays positive (never chosen and rarely chosen are different promises),
+    # even when it is too small to survive the division.
+    return np.where((arr > 0) & (out == 0), np.finfo(np.float64).tiny, out)
 
 
 def temperature_weights(

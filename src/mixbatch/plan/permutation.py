@@ -117,7 +117,9 @@ def _check(idx: np.ndarray | int, n: int, key: int) -> tuple[np.ndarray, bool]:
         raise ConfigError(f"idx: must be integers, got dtype {arr.dtype}")
     arr = arr.astype(np.int64, copy=False)
     if arr.size and (arr.min() < 0 or arr.max() >= n):
-        raise ConfigError(f"idx: every index must be in [0, {n}), got range [{arr.min()}, {arr.max()}]")
+        raise ConfigError(
+            f"idx: every index must be in [0, {n}), got range [{arr.min()}, {arr.max()}]"
+        )
     return arr, scalar
 
 

@@ -36,11 +36,33 @@ def _cfg(tmp: Path, **over) -> object:
     return cfg
 
 
-@pytest.mark.parametrize("packing", ["concat", "pad"])
+SHAPES = {
+    "concat": {"packing": "concat"},
+    "pad": {"packing": "pad"},
+    "buckets": {"packing": "buckets", "min_len": 8, "token_budget": 512, "window_tokens": 4096},
+    "pad_buckets": {"packing": "pad_buckets", "token_budget": 1024, "window_tokens": 4096},
+}
+
+
+@pytest.mark.parametrize("packing", list(SHAPES))
 @pytest.mark.parametrize("unit", ["tokens", "samples"])
 def test_resume_equivalence(tmp_path: Path, packing: str, unit: str) -> None:
-    cfg = _cfg(tmp_path, batch={"packing": packing}, mixture={"unit": unit})
+    cfg = _cfg(tmp_path, batch=SHAPES[packing], mixture={"unit": unit})
     assert_resumes(lambda: MixedLoader(cfg), total=60, cut_points=[0, 1, 17, 59])
+
+
+@pytest.mark.parametrize("packing", ["buckets", "pad_buckets"])
+def test_variable_row_modes_split_over_ranks(tmp_path: Path, packing: str) -> None:
+    cfg = _cfg(tmp_path, batch=SHAPES[packing])
+    full = MixedLoader(cfg)
+    ranks = [MixedLoader(cfg, rank=r, world_size=4) for r in range(4)]
+    for _ in range(20):
+        g = full.next_step()
+        got = [ld.next_step() for ld in ranks]
+        rows = sorted(np.concatenate([s.rows for s in got]).tolist())
+        assert rows == list(range(g.plan.rows)) and g.plan.rows % 8 == 0
+    with pytest.raises(ConfigError, match="world size 3 does not divide"):
+        MixedLoader(cfg, rank=0, world_size=3)
 
 
 def test_same_seed_same_batches_other_seed_differs(tmp_path: Path) -> None:

@@ -133,14 +133,16 @@ class BatchConfig(_Strict):
     packing: Packing = Packing.CONCAT
     # bfd: rows packed together in one best-fit-decreasing window
     pack_window: int = Field(default=256, ge=1)
-    # buckets (dataset decomposition) and pad_buckets: tokens per global step
+    # buckets (dataset decomposition) and pad_buckets: tokens per global step, and the tokens
+    # planned together in one window (default: 256 budgets for buckets, 64 for pad_buckets)
     token_budget: int | None = Field(default=None, ge=2)
+    window_tokens: int | None = Field(default=None, ge=2)
     # buckets: piece lengths 2^k for min_len <= 2^k <= seq_len
     min_len: int = Field(default=64, ge=1)
     curriculum: Curriculum = Curriculum.UNIFORM
     cycles: int = Field(default=1, ge=1)
     # pad_buckets: number of length buckets, and the attention term of a row's cost
-    num_buckets: int = Field(default=8, ge=1)
+    num_buckets: int = Field(default=16, ge=1)
     quadratic: float = Field(default=0.0, ge=0)
     # variable-row modes (buckets, pad_buckets): rows per step are a multiple of this; the
     # world size must divide it, so the global stream never depends on the world size

@@ -27,20 +27,39 @@ from mixbatch.loader.mixture import MixtureSchedule, build_mixture
 from mixbatch.loader.order import SourceOrder
 from mixbatch.loader.stats import RunStats
 from mixbatch.plan.partition import partition_batch
-from mixbatch.shape import ConcatShaper, PadShaper, Shaper, StepPlan, materialize
+from mixbatch.shape import (
+    BucketShaper,
+    ConcatShaper,
+    PadBucketShaper,
+    PadShaper,
+    Shaper,
+    StepPlan,
+    materialize,
+)
 from mixbatch.store import TokenStore, open_store
 
 STATE_FORMAT = "mixbatch.loader/1"
 
 
+#: packing modes whose steps have a varying number of rows (a multiple of batch.row_multiple)
+VARIABLE_ROWS = (Packing.BUCKETS, Packing.PAD_BUCKETS)
+
+
 def build_shaper(cfg: Config) -> Shaper:
-    packing = cfg.batch.packing
+    b = cfg.batch
+    packing = b.packing
     if packing == Packing.CONCAT:
-        return ConcatShaper(cfg.batch.seq_len)
+        return ConcatShaper(b.seq_len)
     if packing == Packing.PAD:
-        return PadShaper(cfg.batch.seq_len)
-    raise ConfigError(f"batch.packing: {packing.value!r} is not available yet "
-                      f"(available: {Packing.CONCAT.value}, {Packing.PAD.value})")
+        return PadShaper(b.seq_len)
+    if packing == Packing.BUCKETS:
+        return BucketShaper(b.seq_len, b.token_budget, b.min_len, b.curriculum, b.cycles,
+                            b.row_multiple, b.window_tokens)
+    if packing == Packing.PAD_BUCKETS:
+        return PadBucketShaper(b.seq_len, b.token_budget, b.num_buckets, b.quadratic,
+                               b.row_multiple, b.window_tokens)
+    raise ConfigError(f"batch.packing: {packing.value!r} is not available "
+                      f"(choose one of {', '.join(p.value for p in Packing)})")
 
 
 @dataclass
@@ -82,7 +101,12 @@ class MixedLoader:
             world_size = w if world_size is None else world_size
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} / world size {world_size}: need 0 <= rank < world size")
-        if cfg.batch.batch_size % world_size:
+        if cfg.batch.packing in VARIABLE_ROWS:
+            if cfg.batch.row_multiple % world_size:
+                raise ConfigError(f"batch.row_multiple: steps of {cfg.batch.packing.value} have a "
+                                  f"multiple of {cfg.batch.row_multiple} rows, which world size "
+                                  f"{world_size} does not divide")
+        elif cfg.batch.batch_size % world_size:
             raise ConfigError(f"batch.batch_size: {cfg.batch.batch_size} global rows cannot be "
                               f"split evenly over world size {world_size}")
         self.cfg = cfg

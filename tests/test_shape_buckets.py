@@ -1,0 +1,446 @@
+"""``packing: buckets`` (dataset decomposition): exact cases, properties, curricula, resume."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mixbatch.config import OnExhausted, Unit
+from mixbatch.errors import ConfigError, StateError
+from mixbatch.loader.feed import MixedFeed
+from mixbatch.loader.order import SourceOrder
+from mixbatch.plan.interleave import max_prefix_deviation
+from mixbatch.shape import IGNORE_INDEX, Docs, materialize
+from mixbatch.shape.buckets import (
+    BucketShaper,
+    bucket_schedule,
+    curriculum_odds,
+    curriculum_targets,
+    decompose,
+)
+from mixbatch.store import TokenStore
+
+CURRICULA = ["uniform", "natural", "grow_p2", "grow_linear"]
+
+
+class ListFeed:
+    """A finite document stream for shaper tests, with a resumable position."""
+
+    def __init__(self, source, doc, length) -> None:
+        self.docs = Docs(np.asarray(source, np.int32), np.asarray(doc, np.int64),
+                         np.asarray(length, np.int64))
+        self.i = 0
+
+    def take(self, n: int) -> Docs:
+        out = self.docs.slice(self.i, self.i + n)
+        self.i += len(out)
+        return out
+
+    def take_covering(self, positions: int, extra_per_doc: int) -> Docs:
+        w = np.cumsum(self.docs.length[self.i:] + extra_per_doc)
+        k = int(np.searchsorted(w, positions)) + 1
+        return self.take(k)
+
+    def state_dict(self) -> dict:
+        return {"i": self.i}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.i = int(state["i"])
+
+
+def _stores(lengths_per_source: list[list[int]]) -> list[TokenStore]:
+    """Stores whose token at position p of any document of source s is 1000*s + p + 1."""
+    stores = []
+    for s, lens in enumerate(lengths_per_source):
+        lens_a = np.asarray(lens, np.int64)
+        starts = np.concatenate([[0], np.cumsum(lens_a)[:-1]]).astype(np.int64)
+        tokens = np.concatenate([np.arange(n) + 1 + 1000 * s for n in lens_a]) if len(lens) else \
+            np.empty(0, np.int64)
+        meta = {"tokens": int(lens_a.sum()), "tokenizer": {"eod_id": 0, "vocab_size": 10**6}}
+        stores.append(TokenStore(f"s{s}", None, tokens.astype(np.int64), starts, lens_a, meta))
+    return stores
+
+
+def _feed_for(items, k: int = 3):
+    per_source: list[list[int]] = [[] for _ in range(k)]
+    src, doc, length = [], [], []
+    for s, n in items:
+        src.append(s)
+        doc.append(len(per_source[s]))
+        length.append(n)
+        per_source[s].append(n)
+    return ListFeed(src, doc, length), per_source
+
+
+def _signature(p) -> tuple:
+    return (p.rows, p.seq_len, p.row.tolist(), p.source.tolist(), p.doc.tolist(),
+            p.start.tolist(), p.end.tolist(), p.eod.tolist(), p.pad.tolist(), p.truncated)
+
+
+def _leaves(obj) -> int:
+    if isinstance(obj, dict):
+        return sum(_leaves(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_leaves(v) for v in obj)
+    return 1
+
+
+def _reference_pieces(n: int, L: int, lo: int) -> tuple[list[tuple[int, int]], int]:
+    """Greedy, one document at a time: the largest power of two <= min(rest, L), while the rest
+    is at least ``lo``; (offset, length) pieces and the truncated tail."""
+    out, pos = [], 0
+    while n - pos >= lo:
+        size = min(L, 1 << ((n - pos).bit_length() - 1))
+        out.append((pos, size))
+        pos += size
+    return out, n - pos
+
+
+# ------------------------------------------------------------------------ decomposition
+
+
+def test_decompose_exact_example() -> None:
+    # 9192 = 2 * 4096 + 1000, 1000 = 512 + 256 + 128 + 64 + (40 below min_len)
+    docs = Docs(np.array([2], np.int32), np.array([7]), np.array([2 * 4096 + 1000]))
+    pieces, tails = decompose(docs, 4096, 64)
+    assert pieces.start.tolist() == [0, 4096, 8192, 8704, 8960, 9088]
+    assert (1 << pieces.log2).tolist() == [4096, 4096, 512, 256, 128, 64]
+    assert pieces.source.tolist() == [2] * 6 and pieces.doc.tolist() == [7] * 6
+    assert tails.tolist() == [40]
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(0, 300), min_size=1, max_size=30),
+       kmax=st.integers(0, 7), kmin_off=st.integers(0, 7))
+def test_decompose_matches_reference(lengths, kmax, kmin_off) -> None:
+    L, lo = 1 << kmax, 1 << max(kmax - kmin_off, 0)
+    docs = Docs(np.zeros(len(lengths), np.int32), np.arange(len(lengths)),
+                np.asarray(lengths, np.int64))
+    pieces, tails = decompose(docs, L, lo)
+    expected = []
+    for d, n in enumerate(lengths):
+        ref, tail = _reference_pieces(n, L, lo)
+        assert tails[d] == tail
+        expected += [(d, a, size) for a, size in ref]
+    got = list(zip(pieces.doc.tolist(), pieces.start.tolist(), (1 << pieces.log2).tolist(),
+                   strict=True))
+    assert got == expected
+
+
+# ------------------------------------------------------------------------ curricula
+
+
+@settings(max_examples=100, deadline=None)
+@given(batches=st.lists(st.integers(0, 30), min_size=1, max_size=6),
+       curriculum=st.sampled_from(CURRICULA))
+def test_schedule_follows_the_curriculum_within_one_batch(batches, curriculum) -> None:
+    N = np.asarray(batches)
+    odds = curriculum_odds(curriculum, N.size)
+    order = bucket_schedule(N, odds)
+    D = curriculum_targets(N, odds)
+    counts = np.zeros((len(order) + 1, N.size))
+    if len(order):
+        counts[1:] = np.cumsum(np.eye(N.size)[order], axis=0)
+    assert np.abs(counts - D).max() < 1.0
+    assert np.array_equal(np.bincount(order, minlength=N.size), N)
+
+
+def test_curriculum_exact_sequences() -> None:
+    N = np.array([4, 2, 1])  # bucket 0 is the shortest
+    assert bucket_schedule(N, curriculum_odds("uniform", 3)).tolist() == [0, 1, 0, 0, 2, 1, 0]
+    assert bucket_schedule(N, curriculum_odds("natural", 3)).tolist() == [0, 1, 0, 0, 2, 1, 0]
+    # odds 4 2 1: the short bucket runs out at step 5, the middle at 6, the longest ends
+    assert bucket_schedule(N, curriculum_odds("grow_p2", 3)).tolist() == [0, 0, 0, 1, 0, 1, 2]
+    assert bucket_schedule(N, curriculum_odds("grow_linear", 3)).tolist() == [0, 0, 1, 0, 0, 1, 2]
+    assert curriculum_odds("grow_p2", 6).tolist() == [32, 16, 8, 4, 2, 1]  # the paper's odds
+    assert curriculum_odds("grow_linear", 4).tolist() == [4, 3, 2, 1]
+
+
+def test_uniform_keeps_constant_proportions() -> None:
+    N = np.array([60, 30, 15, 7, 3])
+    order = bucket_schedule(N, curriculum_odds("uniform", 5))
+    assert max_prefix_deviation(order, N / N.sum()) < 1.0
+
+
+@pytest.mark.parametrize("curriculum", ["grow_p2", "grow_linear"])
+def test_grow_curricula_lengthen_through_each_cycle(curriculum) -> None:
+    N = np.array([64, 32, 16, 8, 4, 2])  # equal tokens per bucket
+    order = bucket_schedule(N, curriculum_odds(curriculum, 6))
+    thirds = [part.mean() for part in np.array_split(order, 3)]
+    assert thirds[0] < thirds[1] < thirds[2]
+    assert order[-1] == 5  # a cycle ends with the longest bucket
+    flat = bucket_schedule(N, curriculum_odds("uniform", 6))
+    halves = [part.mean() for part in np.array_split(flat, 2)]
+    assert abs(halves[0] - halves[1]) < 0.2
+
+
+def _lognormal_feed(n: int, seed: int = 0, k: int = 3) -> tuple[ListFeed, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lens = np.maximum(1, np.round(rng.lognormal(np.log(300), 1.0, n))).astype(np.int64)
+    src = rng.integers(0, k, n)
+    return ListFeed(src, np.arange(n), lens), lens
+
+
+def test_grow_p2_run_lengthens_and_repeats_per_cycle() -> None:
+    feed, _ = _lognormal_feed(20000)
+    shaper = BucketShaper(4096, 4096 * 8, 64, "grow_p2", cycles=2, row_multiple=8,
+                          window_tokens=4096 * 8 * 200)
+    lens = []
+    while (p := shaper.plan_step(feed, 8)) is not None and p.stats["window"] == 0:
+        lens.append(np.log2(p.seq_len))
+    assert lens[0] == 12  # the run starts with the longest bucket
+    cycles = np.array_split(np.asarray(lens[1:]), 2)
+    for cyc in cycles:
+        quarters = [q.mean() for q in np.array_split(cyc, 4)]
+        assert quarters == sorted(quarters)
+
+
+# ------------------------------------------------------------------------ shaper properties
+
+
+def _run_all(shaper, feed, stores, rows_hint=8):
+    plans = []
+    while (p := shaper.plan_step(feed, rows_hint)) is not None:
+        plans.append(p)
+        if stores is not None:
+            _check_materialized(p, stores)
+    return plans
+
+
+def _check_materialized(p, stores) -> None:
+    b = materialize(p, stores, eod_id=0, pad_id=-1)
+    R, L = p.rows, p.seq_len
+    assert b["input_ids"].shape == (R, L)
+    # one piece per row: boundaries every L positions, positions 0..L-1, no padding
+    assert b["cu_seqlens"].tolist() == (np.arange(R + 1) * L).tolist()
+    assert np.array_equal(b["position_ids"], np.tile(np.arange(L), (R, 1)))
+    pos = b["position_ids"].reshape(-1)
+    starts = np.zeros(R * L, bool)
+    starts[b["cu_seqlens"][:-1]] = True
+    assert np.array_equal(pos == 0, starts)
+    assert np.all(b["labels"][:, 0] == IGNORE_INDEX)
+    assert b["max_seqlen"] == L
+    for r in range(R):
+        s, a = int(p.source[r]), int(p.start[r])
+        assert b["input_ids"][r].tolist() == (1000 * s + np.arange(a, a + L) + 1).tolist()
+
+
+params = st.fixed_dictionaries({
+    "kmax": st.integers(1, 4),
+    "kmin_off": st.integers(0, 4),
+    "rm": st.sampled_from([1, 2, 4]),
+    "mult": st.integers(1, 3),
+    "window_mult": st.integers(1, 6),
+    "curriculum": st.sampled_from(CURRICULA),
+    "cycles": st.integers(1, 3),
+})
+docs_strategy = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 70)), min_size=1,
+                         max_size=60)
+
+
+def _make(prm) -> BucketShaper:
+    L = 1 << prm["kmax"]
+    lo = 1 << max(prm["kmax"] - prm["kmin_off"], 0)
+    budget = L * prm["rm"] * prm["mult"]
+    return BucketShaper(L, budget, lo, prm["curriculum"], prm["cycles"], prm["rm"],
+                        window_tokens=budget * prm["window_mult"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(items=docs_strategy, prm=params)
+def test_every_token_fed_once_or_counted_truncated(items, prm) -> None:
+    feed, per_source = _feed_for(items)
+    stores = _stores(per_source)
+    shaper = _make(prm)
+    plans = _run_all(shaper, feed, stores)
+    spans: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    fed = 0
+    for p in plans:
+        assert p.rows * p.seq_len == shaper.token_budget  # constant tokens per step
+        assert p.rows % shaper.row_multiple == 0
+        assert not p.pad.any() and not p.eod.any()
+        assert np.all(p.end - p.start == p.seq_len)
+        fed += int((p.end - p.start).sum())
+        for s, d, a, z in zip(p.source.tolist(), p.doc.tolist(), p.start.tolist(),
+                              p.end.tolist(), strict=True):
+            spans.setdefault((s, d), []).append((a, z))
+    truncated = sum(p.truncated for p in plans) + shaper.unreported_truncated
+    total = sum(n for _, n in items)
+    assert fed + truncated == total
+    for (s, d), pieces in spans.items():  # disjoint, inside the document
+        pieces.sort()
+        assert pieces[0][0] >= 0 and pieces[-1][1] <= per_source[s][d]
+        assert all(a1 >= z0 for (_, z0), (a1, _) in itertools.pairwise(pieces))
+    # the run starts with the longest bucket of its first window
+    if plans:
+        first_window = [p.seq_len for p in plans if p.stats["window"] == plans[0].stats["window"]]
+        assert plans[0].seq_len == max(first_window)
+
+
+def test_sources_interleave_within_one_piece_in_every_bucket() -> None:
+    rng = np.random.default_rng(3)
+    n = 3000
+    src = rng.integers(0, 3, n)
+    scale = np.array([100, 400, 1500])[src]  # sources differ in length
+    lens = np.maximum(1, rng.lognormal(np.log(scale), 0.8)).astype(np.int64)
+    feed = ListFeed(src, np.arange(n), lens)
+    budget = 2048 * 4
+    shaper = BucketShaper(2048, budget, 32, "grow_p2", 1, 4, window_tokens=int(lens.sum()) + 1)
+    plans = _run_all(shaper, feed, None)
+    assert {p.stats["window"] for p in plans} == {0}  # one window: all documents
+    pieces, _ = decompose(feed.docs, 2048, 32)
+    for k in range(5, 12):
+        mine = pieces.source[pieces.log2 == k]
+        share = np.bincount(mine, minlength=3) / max(len(mine), 1)
+        stream = np.concatenate([p.source for p in plans if p.seq_len == 1 << k] or [[]])
+        assert len(stream) > 0
+        assert max_prefix_deviation(stream.astype(np.int64), share) < 1.0
+
+
+def test_documents_below_min_len_are_reported_at_the_end() -> None:
+    feed = ListFeed([0, 1, 0], [0, 0, 1], [3, 7, 5])
+    shaper = BucketShaper(16, 32, 8, row_multiple=2, window_tokens=32)
+    assert shaper.plan_step(feed, 8) is None
+    # 3 and 5 are below min_len; 7 too: nothing to feed, all reported as unreported truncation
+    assert shaper.unreported_truncated == 15
+    assert shaper.state_dict()["carry_truncated"] == 15
+
+
+def test_exact_small_run() -> None:
+    # seq_len 8, min_len 2, budget 16 (2 rows of 8, 4 of 4, 8 of 2), one window
+    feed = ListFeed([0, 1, 0, 1], [0, 0, 1, 1], [17, 12, 6, 9])
+    shaper = BucketShaper(8, 16, 2, "uniform", 1, 2, window_tokens=64)
+    plans = _run_all(shaper, feed, None)
+    # pieces: 17 = 8+8 (+1 cut); 12 = 8+4; 6 = 4+2; 9 = 8 (+1 cut)
+    # bucket 8: four pieces -> 2 batches; bucket 4: two pieces (leftover 8 tokens);
+    # bucket 2: one piece (leftover 2 tokens)
+    assert [p.seq_len for p in plans] == [8, 8]
+    assert [list(zip(p.source.tolist(), p.doc.tolist(), p.start.tolist(), strict=True))
+            for p in plans] == [[(0, 0, 0), (1, 0, 0)], [(0, 0, 8), (1, 1, 0)]]
+    assert plans[0].truncated == 1 + 1 + 8 + 2 and plans[1].truncated == 0
+    assert plans[0].stats["window_leftover"] == 10 and plans[0].stats["window_tail"] == 2
+
+
+def test_truncated_fraction_on_lognormal_lengths() -> None:
+    feed, lens = _lognormal_feed(60000)
+    budget = 4096 * 16
+    shaper = BucketShaper(4096, budget, 64, "grow_p2", 1, 8)  # default window: 256 budgets
+    plans = _run_all(shaper, feed, None)
+    tail = sum(p.stats.get("window_tail", 0) for p in plans)
+    leftover = sum(p.stats.get("window_leftover", 0) for p in plans)
+    fed = sum(p.rows * p.seq_len for p in plans)
+    truncated = sum(p.truncated for p in plans) + shaper.unreported_truncated
+    assert fed + truncated == lens.sum()
+    assert tail + leftover == truncated
+    assert 0.055 < tail / lens.sum() < 0.075  # about min_len / 2 per document
+    assert leftover / lens.sum() < 0.03
+
+
+# ------------------------------------------------------------------------ resume
+
+
+def _resume_check(make_shaper, make_feed, cuts) -> None:
+    shaper, feed = make_shaper(), make_feed()
+    straight = [_signature(p) for p in _run_all(shaper, feed, None)]
+    for cut in cuts:
+        cut = min(cut, len(straight))
+        shaper, feed = make_shaper(), make_feed()
+        head = [_signature(shaper.plan_step(feed, 8)) for _ in range(cut)]
+        state = json.loads(json.dumps({"feed": feed.state_dict(), "shaper": shaper.state_dict()}))
+        assert _leaves(state) <= 16  # O(1) here: no documents, no pieces
+        shaper, feed = make_shaper(), make_feed()
+        feed.load_state_dict(state["feed"])
+        shaper.load_state_dict(state["shaper"])
+        tail = [_signature(p) for p in _run_all(shaper, feed, None)]
+        assert head + tail == straight, f"resume at step {cut} differs"
+
+
+@settings(max_examples=80, deadline=None)
+@given(items=docs_strategy, prm=params, cuts=st.lists(st.integers(0, 40), min_size=1, max_size=3))
+def test_resume_equals_straight_run(items, prm, cuts) -> None:
+    def make_feed():
+        return _feed_for(items)[0]
+    _resume_check(lambda: _make(prm), make_feed, cuts)
+
+
+def test_resume_with_weights_changing_inside_a_window() -> None:
+    """With the real feed, a window is replayed with the weights it was pulled with."""
+    rng = np.random.default_rng(1)
+    lens = [rng.integers(1, 90, 400).tolist(), rng.integers(1, 40, 400).tolist()]
+    stores = _stores(lens)
+
+    def make_feed():
+        orders = [SourceOrder(f"s{i}", len(lens[i]), seed=0) for i in range(2)]
+        return MixedFeed(stores, orders, Unit.TOKENS, OnExhausted.RENORMALIZE)
+
+    def weights(step):
+        return np.array([0.8, 0.2]) if step < 3 else np.array([0.1, 0.9])
+
+    def make_shaper():
+        return BucketShaper(32, 128, 4, "grow_p2", 1, 2, window_tokens=128 * 12)
+
+    def run(shaper, feed, first, n):
+        out = []
+        for step in range(first, first + n):
+            feed.set_weights(weights(step))
+            out.append(_signature(shaper.plan_step(feed, 8)))
+        return out
+
+    total = 30
+    straight = run(make_shaper(), make_feed(), 0, total)
+    for cut in (1, 4, 7, 13, 20):
+        shaper, feed = make_shaper(), make_feed()
+        head = run(shaper, feed, 0, cut)
+        state = json.loads(json.dumps({"feed": feed.state_dict(), "shaper": shaper.state_dict()}))
+        assert state["shaper"]["window_weights"] is not None or state["shaper"]["emitted"] == 0
+        shaper, feed = make_shaper(), make_feed()
+        feed.load_state_dict(state["feed"])
+        shaper.load_state_dict(state["shaper"])
+        assert head + run(shaper, feed, cut, total - cut) == straight
+    # control: replaying with the resumed step's weights instead gives another stream
+    shaper, feed = make_shaper(), make_feed()
+    head = run(shaper, feed, 0, 4)
+    state = json.loads(json.dumps({"feed": feed.state_dict(), "shaper": shaper.state_dict()}))
+    state["shaper"]["window_weights"] = None
+    shaper, feed = make_shaper(), make_feed()
+    feed.load_state_dict(state["feed"])
+    shaper.load_state_dict(state["shaper"])
+    assert head + run(shaper, feed, 4, total - 4) != straight
+
+
+def test_malformed_state_is_refused() -> None:
+    shaper = BucketShaper(16, 32, 4, row_multiple=2)
+    with pytest.raises(StateError, match="shaper state"):
+        shaper.load_state_dict({"window_start": None})
+    with pytest.raises(StateError, match="shaper state"):
+        shaper.load_state_dict({"window_start": None, "window_weights": None, "emitted": -1,
+                                "windows": 0, "steps": 0, "carry_truncated": 0})
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"seq_len": 1000}, "batch.seq_len"),
+    ({"min_len": 100}, "batch.min_len"),
+    ({"min_len": 8192}, "batch.min_len"),
+    ({"token_budget": 2048}, "batch.token_budget"),  # cannot hold one sequence of 4096
+    ({"token_budget": None}, "batch.token_budget"),
+    ({"token_budget": 4096 * 12}, "batch.token_budget"),  # not a multiple of 4096 * 8
+    ({"row_multiple": 0}, "batch.row_multiple"),
+    ({"curriculum": "shrink"}, "batch.curriculum"),
+    ({"cycles": 0}, "batch.cycles"),
+    ({"window_tokens": 10}, "window_tokens"),
+])
+def test_bad_config_names_the_field(kwargs, field) -> None:
+    args = {"seq_len": 4096, "token_budget": 4096 * 16, "min_len": 64, "row_multiple": 8}
+    args.update(kwargs)
+    with pytest.raises(ConfigError) as e:
+        BucketShaper(**args)
+    assert str(e.value).startswith(field + ":")
+    assert "\n" not in str(e.value)

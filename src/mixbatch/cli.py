@@ -320,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.set_defaults(func=cmd_stream)
 
+    from mixbatch.search.cli import add_search_parsers
+
+    add_search_parsers(sub)
+
     sp = sub.add_parser("demo", help="build the built-in corpus, prepare and inspect it")
     sp.add_argument("--workdir", default="demo-out")
     sp.add_argument("--max-bytes", type=int, default=4 << 20, help="text per domain")

@@ -39,6 +39,7 @@ def _cfg(tmp: Path, **over) -> object:
 SHAPES = {
     "concat": {"packing": "concat"},
     "pad": {"packing": "pad"},
+    "bfd": {"packing": "bfd", "pack_window": 8},
     "buckets": {"packing": "buckets", "min_len": 8, "token_budget": 512, "window_tokens": 4096},
     "pad_buckets": {"packing": "pad_buckets", "token_budget": 1024, "window_tokens": 4096},
 }
@@ -244,3 +245,15 @@ def test_holdout_documents_are_never_fed(tmp_path: Path) -> None:
     for k, name in enumerate(loader.names):
         assert not seen[k] & set(held[name].tolist())
         assert len(seen[k]) + len(held[name]) == len(loader.stores[k])  # the rest is all trained on
+
+
+def test_bfd_ranks_are_cost_balanced(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, batch={"packing": "bfd", "pack_window": 16, "batch_size": 8,
+                                "d_model": 16})
+    plain = cfg.model_copy(update={"batch": cfg.batch.model_copy(update={"balance": False})})
+    balanced, dealt = MixedLoader(cfg, rank=0, world_size=4), MixedLoader(plain, 0, 4)
+    list(balanced.steps(40))
+    list(dealt.steps(40))
+    b, d = balanced.stats.summary(), dealt.stats.summary()
+    assert b["rank_cost_imbalance"]["mean"] <= d["rank_cost_imbalance"]["mean"]
+    assert b["padding_fraction"] < 0.2

@@ -5,8 +5,10 @@ which documents, which spans, which rows. Only the tokens of its own rows are re
 state of the global stream at a step boundary resumes the job at any world size or worker
 count, and it is small: the interleaver's counters, one counter per source, the shaper's carry.
 
-Rows of a global step go to ranks by :func:`mixbatch.plan.partition.partition_batch` over each
-row's main source, so every rank's micro-batch holds its share of every source within one row.
+Rows of a global step go to ranks so that every rank's micro-batch holds its share of every
+source (each row counted under its main source) within one row; with ``batch.balance`` (the
+default) the rows are also balanced by compute cost (:func:`mixbatch.shape.balance.balance_rows`),
+else dealt round-robin (:func:`mixbatch.plan.partition.partition_batch`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mixbatch.loader.order import SourceOrder
 from mixbatch.loader.stats import RunStats
 from mixbatch.plan.partition import partition_batch
 from mixbatch.shape import (
+    BFDShaper,
     BucketShaper,
     ConcatShaper,
     PadBucketShaper,
@@ -36,6 +39,7 @@ from mixbatch.shape import (
     StepPlan,
     materialize,
 )
+from mixbatch.shape.balance import balance_rows, row_costs
 from mixbatch.store import TokenStore, open_store
 
 STATE_FORMAT = "mixbatch.loader/1"
@@ -52,6 +56,8 @@ def build_shaper(cfg: Config) -> Shaper:
         return ConcatShaper(b.seq_len)
     if packing == Packing.PAD:
         return PadShaper(b.seq_len)
+    if packing == Packing.BFD:
+        return BFDShaper(b.seq_len, b.pack_window)
     if packing == Packing.BUCKETS:
         return BucketShaper(b.seq_len, b.token_budget, b.min_len, b.curriculum, b.cycles,
                             b.row_multiple, b.window_tokens)
@@ -176,9 +182,14 @@ class MixedLoader:
         if plan is None:
             return None
         labels = plan.row_source(len(self.names))
-        labels[labels < 0] = len(self.names)  # empty rows of a final step: a group of their own
-        rows = np.sort(partition_batch(labels, self.world_size)[self.rank])
-        self.stats.add(plan)
+        costs = row_costs(plan, self.cfg.batch.d_model)
+        if self.cfg.batch.balance and self.world_size > 1:
+            parts = balance_rows(labels, costs, self.world_size)
+        else:
+            labels[labels < 0] = len(self.names)  # empty rows: a group of their own
+            parts = partition_batch(labels, self.world_size)
+        rows = np.sort(parts[self.rank])
+        self.stats.add(plan, np.array([costs[p].sum() for p in parts]))
         self.tokens_planned += int(plan.width.sum())
         step = Step(self.step, plan, np.asarray(rows, dtype=np.int64), w)
         self.step += 1

@@ -15,8 +15,9 @@ Implements the packing of Ding et al. 2024, "Fewer Truncations Improve Language 
    descent in a max segment tree over the capacities ``0..seq_len`` (the paper's OBFD), so a
    window of N pieces packs in O(N log seq_len).
 
-Rows are handed out in the order they were created, ``rows`` per step; a step may end one window
-and start the next. Inside a row, segments keep their packing order; the rest is padding.
+Rows are handed out in a keyed pseudo-random order within the window (BFD creates the rows of the
+longest pieces first, which would otherwise feed long documents first), ``rows`` per step; a step
+may end one window and start the next. Inside a row, segments keep their packing order; the rest is padding.
 
 **Mixture bound.** The planner keeps the document stream within its bound over every prefix
 (DESIGN invariant 1). BFD only reorders documents *inside* a window, so once the rows of a window
@@ -47,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from mixbatch.errors import ConfigError, StateError
+from mixbatch.plan.permutation import derive_key, permute
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 
 __all__ = ["BFDShaper", "best_fit_decreasing", "cut_pieces"]
@@ -151,6 +153,12 @@ class _Window:
         k, start, end, eod = cut_pieces(docs.length, seq_len)
         width = end - start + eod
         row, col, n_rows = best_fit_decreasing(width, seq_len)
+        # BFD creates the rows of the longest pieces first; hand rows out in a keyed order so
+        # that a window does not feed its long documents first. The key comes from the window's
+        # own documents: no extra state, the same order on replay.
+        key = derive_key(0, "bfd-rows", int(docs.source[0]), int(docs.doc[0]), len(docs),
+                         int(docs.length.sum()))
+        row = permute(row, n_rows, key)
         order = np.lexsort((col, row))
         counts = np.bincount(k, minlength=len(docs))
         ptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=n_rows))])

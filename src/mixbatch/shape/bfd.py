@@ -41,7 +41,6 @@ the step cut into more than one piece (counted once per step that holds a piece 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +49,7 @@ import numpy as np
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.plan.permutation import derive_key, permute
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
+from mixbatch.shape.window import WindowAnchor
 
 __all__ = ["BFDShaper", "best_fit_decreasing", "cut_pieces"]
 
@@ -168,14 +168,6 @@ class _Window:
                        end[order], eod[order], counts[k] > 1, k, filled)
 
 
-def _feed_weights(feed: DocFeed) -> list[float] | None:
-    """The feed's current mixture weights, if it has any (``MixedFeed`` does)."""
-    w = getattr(feed, "weights", None)
-    if w is None or not hasattr(feed, "set_weights"):
-        return None
-    return [float(x) for x in np.asarray(w, dtype=np.float64).ravel()]
-
-
 class BFDShaper:
     """Best-fit decreasing packing over windows of the stream; see the module docstring."""
 
@@ -187,64 +179,38 @@ class BFDShaper:
                 raise ConfigError(f"batch.{field}: must be an integer >= 1, got {value!r}")
         self.seq_len = int(seq_len)
         self.pack_window = int(pack_window)
-        self._window_start: dict[str, Any] | None = None
-        self._window_weights: list[float] | None = None
+        self._anchor = WindowAnchor()
         self._emitted = 0
         self._window: _Window | None = None  # a cache of the packed rows, rebuilt on resume
         self._replay = False
 
     # ---- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"window_start": copy.deepcopy(self._window_start),
-                "window_weights": None if self._window_weights is None else
-                list(self._window_weights),
-                "emitted": self._emitted}
+        return {**self._anchor.state_dict(), "emitted": self._emitted}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         try:
-            start = state["window_start"]
-            weights = state.get("window_weights")
+            self._anchor.load_state_dict(state)
             emitted = int(state["emitted"])
-            if start is not None and not isinstance(start, dict):
-                raise TypeError("window_start must be a feed state (a mapping) or null")
-            if emitted < 0 or (start is None and emitted != 0):
+            if emitted < 0 or (not self._anchor.open and emitted != 0):
                 raise ValueError(f"emitted {emitted} does not fit window_start")
-            weights = None if weights is None else [float(x) for x in weights]
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise StateError(f"loader state: shaper section (bfd) is malformed ({e})") from None
-        self._window_start = copy.deepcopy(start)
-        self._window_weights = weights
         self._emitted = emitted
         self._window = None
-        self._replay = start is not None
+        self._replay = self._anchor.open
 
     # ---- windows -------------------------------------------------------------------------
-    def _pull(self, feed: DocFeed) -> Docs:
-        return feed.take_covering(self.pack_window * self.seq_len, 1)
-
     def _next_window(self, feed: DocFeed) -> bool:
         """Pull and pack the next window; False when the stream has ended."""
-        start = copy.deepcopy(feed.state_dict())
-        weights = _feed_weights(feed)
-        docs = self._pull(feed)
-        self._window_start, self._window_weights, self._emitted = None, None, 0
-        self._window = None
-        if len(docs) == 0:
-            return False
-        self._window_start, self._window_weights = start, weights
-        self._window = _Window.pack(docs, self.seq_len)
-        return True
+        docs = self._anchor.pull(feed, self.pack_window * self.seq_len, 1)
+        self._emitted = 0
+        self._window = _Window.pack(docs, self.seq_len) if len(docs) else None
+        return self._window is not None
 
     def _replay_window(self, feed: DocFeed) -> None:
         """Rebuild the saved window: rewind the feed, pull and pack it again (module doc)."""
-        assert self._window_start is not None
-        now = _feed_weights(feed)
-        feed.load_state_dict(copy.deepcopy(self._window_start))
-        if self._window_weights is not None and now is not None:
-            feed.set_weights(np.asarray(self._window_weights))  # type: ignore[attr-defined]
-        docs = self._pull(feed)
-        if now is not None:
-            feed.set_weights(np.asarray(now))  # type: ignore[attr-defined]
+        docs = self._anchor.replay(feed, self.pack_window * self.seq_len, 1)
         self._replay = False
         window = _Window.pack(docs, self.seq_len) if len(docs) else None
         if window is None or self._emitted > window.n_rows:
@@ -276,7 +242,8 @@ class BFDShaper:
             got += take
         if self._window is not None and self._emitted >= self._window.n_rows:
             # used up exactly: the next step starts a new window from the feed's position
-            self._window, self._window_start, self._window_weights = None, None, None
+            self._window = None
+            self._anchor.close()
             self._emitted = 0
         if got == 0:
             return None

@@ -84,6 +84,7 @@ from mixbatch.config import Curriculum
 from mixbatch.errors import ConfigError, MixbatchInternalError, StateError
 from mixbatch.plan.interleave import Interleaver
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
+from mixbatch.shape.window import WindowAnchor
 
 __all__ = ["BucketShaper", "Pieces", "WindowReplay", "bucket_schedule", "curriculum_odds",
            "curriculum_targets", "decompose", "interleave_sources"]
@@ -111,8 +112,7 @@ class WindowReplay:
         self.window_tokens = window_tokens
         self.extra_per_doc = extra_per_doc
         self._plan = plan
-        self._start: dict[str, Any] | None = None
-        self._weights: list[float] | None = None
+        self._anchor = WindowAnchor()
         self._emitted = 0
         self._windows = 0
         self._steps_done = 0
@@ -127,26 +127,21 @@ class WindowReplay:
         return self._carry
 
     def state_dict(self) -> dict[str, Any]:
-        return {"window_start": self._start, "window_weights": self._weights,
-                "emitted": self._emitted, "windows": self._windows, "steps": self._steps_done,
+        return {**self._anchor.state_dict(), "emitted": self._emitted,
+                "windows": self._windows, "steps": self._steps_done,
                 "carry_truncated": self._carry}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         try:
-            start = state["window_start"]
-            weights = state["window_weights"]
             ints = [int(state[k]) for k in ("emitted", "windows", "steps", "carry_truncated")]
-            if start is not None and not isinstance(start, dict):
-                raise TypeError("window_start must be a feed state (a mapping) or null")
             if min(ints) < 0 or ints[0] > ints[2]:
                 raise ValueError("counters must be >= 0 and emitted <= steps")
+            self._anchor.load_state_dict(state)
         except (KeyError, TypeError, ValueError) as e:
             raise StateError(f"shaper state: malformed ({type(e).__name__}: {e})") from None
-        self._start = start
-        self._weights = None if weights is None else [float(x) for x in weights]
         self._emitted, self._windows, self._steps_done, self._carry = ints
         self._plans = None
-        self._replay = start is not None
+        self._replay = self._anchor.open
 
     # -- stepping
     def next(self, feed: DocFeed) -> StepPlan | None:
@@ -155,11 +150,8 @@ class WindowReplay:
         while True:
             if self._plans is not None and self._emitted < len(self._plans):
                 return self._emit()
-            self._start = feed.state_dict()
-            self._weights = _feed_weights(feed)
-            docs = feed.take_covering(self.window_tokens, self.extra_per_doc)
+            docs = self._anchor.pull(feed, self.window_tokens, self.extra_per_doc)
             if len(docs) == 0:
-                self._start = self._weights = None
                 return None
             self._plans, self._window_truncated = self._plan(docs, self._steps_done == 0)
             self._emitted = 0
@@ -184,7 +176,7 @@ class WindowReplay:
         return plan
 
     def _close(self) -> None:
-        self._start = self._weights = None
+        self._anchor.close()
         self._plans = None
         self._emitted = 0
         self._windows += 1
@@ -192,27 +184,14 @@ class WindowReplay:
 
     def _replay_window(self, feed: DocFeed) -> None:
         """Pull the saved window again, exactly as the first time, and plan it again."""
-        assert self._start is not None
         self._replay = False
-        setter = getattr(feed, "set_weights", None)
-        current = getattr(feed, "weights", None)
-        if self._weights is not None and setter is not None:
-            setter(np.asarray(self._weights, dtype=np.float64))
-        feed.load_state_dict(self._start)
-        docs = feed.take_covering(self.window_tokens, self.extra_per_doc)
-        if setter is not None and current is not None:
-            setter(current)
+        docs = self._anchor.replay(feed, self.window_tokens, self.extra_per_doc)
         plans, truncated = self._plan(docs, self._steps_done - self._emitted == 0)
         if self._emitted > len(plans) or (self._emitted == len(plans) and plans):
             raise StateError(f"shaper state: {self._emitted} steps of the saved window were "
                              f"handed out, but replaying it gives {len(plans)}; the data or the "
                              "batch settings changed since the state was saved")
         self._plans, self._window_truncated = plans, truncated
-
-
-def _feed_weights(feed: DocFeed) -> list[float] | None:
-    w = getattr(feed, "weights", None)
-    return None if w is None else [float(x) for x in np.asarray(w, dtype=np.float64).ravel()]
 
 
 # ------------------------------------------------------------------------ decomposition

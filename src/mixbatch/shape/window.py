@@ -1,0 +1,73 @@
+"""Where a window of documents starts in the feed, so that it can be pulled again on resume.
+
+Shapers that plan many documents at once (``bfd``, ``buckets``, ``pad_buckets``) keep no list
+of documents or pieces in their state. They keep the feed's O(K) state from just before the
+window was pulled, and the mixture weights in force then; on resume they rewind the feed, pull
+the same window again (the feed is deterministic) and re-plan it, which gives exactly what an
+uninterrupted run planned. After the replay the feed is where it was after the first pull.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+
+from mixbatch.errors import StateError
+from mixbatch.shape.base import DocFeed, Docs
+
+
+def feed_weights(feed: DocFeed) -> list[float] | None:
+    """The feed's current mixture weights, if it has any (``MixedFeed`` does)."""
+    w = getattr(feed, "weights", None)
+    if w is None or not hasattr(feed, "set_weights"):
+        return None
+    return [float(x) for x in np.asarray(w, dtype=np.float64).ravel()]
+
+
+class WindowAnchor:
+    """The feed's position and weights at the start of the current window (or none)."""
+
+    def __init__(self) -> None:
+        self.start: dict[str, Any] | None = None
+        self.weights: list[float] | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.start is not None
+
+    def pull(self, feed: DocFeed, positions: int, extra_per_doc: int) -> Docs:
+        """Remember where the window starts, then pull it; an empty pull leaves no window."""
+        start, weights = copy.deepcopy(feed.state_dict()), feed_weights(feed)
+        docs = feed.take_covering(positions, extra_per_doc)
+        self.start, self.weights = (start, weights) if len(docs) else (None, None)
+        return docs
+
+    def replay(self, feed: DocFeed, positions: int, extra_per_doc: int) -> Docs:
+        """Pull the remembered window again, with the weights it was first pulled with."""
+        if self.start is None:
+            raise StateError("shaper state: no window to replay")
+        now = feed_weights(feed)
+        feed.load_state_dict(copy.deepcopy(self.start))
+        if self.weights is not None and now is not None:
+            feed.set_weights(np.asarray(self.weights))  # type: ignore[attr-defined]
+        docs = feed.take_covering(positions, extra_per_doc)
+        if now is not None:
+            feed.set_weights(np.asarray(now))  # type: ignore[attr-defined]
+        return docs
+
+    def close(self) -> None:
+        self.start = self.weights = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"window_start": copy.deepcopy(self.start),
+                "window_weights": None if self.weights is None else list(self.weights)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Read ``window_start`` / ``window_weights``; raise ValueError/TypeError if malformed."""
+        start, weights = state["window_start"], state.get("window_weights")
+        if start is not None and not isinstance(start, dict):
+            raise TypeError("window_start must be a feed state (a mapping) or null")
+        self.start = copy.deepcopy(start)
+        self.weights = None if weights is None else [float(x) for x in weights]

@@ -1,0 +1,17 @@
+"""PyTorch side of mixbatch: data adapters and the feedback that online policies feed on."""
+
+from mixbatch.torch.data import MixbatchDataLoader, MixbatchDataset, to_tensors
+from mixbatch.torch.feedback import (
+    all_reduce_feedback,
+    per_source_grads,
+    per_source_loss,
+)
+
+__all__ = [
+    "MixbatchDataLoader",
+    "MixbatchDataset",
+    "all_reduce_feedback",
+    "per_source_grads",
+    "per_source_loss",
+    "to_tensors",
+]

@@ -2,18 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from mixbatch.torch import per_source_grads, per_source_loss
-
-
-def test_per_source_loss_sums_and_counts() -> None:
-    loss = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
-    src = torch.tensor([[0, 0, 2, -1], [2, 2, 0, -1]])
-    sums, counts = per_source_loss(loss, src, 3)
-    assert sums.tolist() == [1 + 2 + 7, 0, 3 + 5 + 6]
-    assert counts.tolist() == [3, 0, 3]
-    valid = torch.tensor([[False, True, True, True], [True, True, True, True]])
-    sums, counts = per_source_loss(loss, src, 3, valid)
-    assert sums.tolist() == [2 + 7, 0, 3 + 5 + 6] and counts.tolist() == [2, 0, 3]
+from mixbatch.torch import per_source_grads
 
 
 def test_per_source_grads_match_separate_backward_passes() -> None:

@@ -4,7 +4,7 @@ from mixbatch.torch.data import MixbatchDataLoader, MixbatchDataset, to_tensors
 from mixbatch.torch.feedback import (
     all_reduce_feedback,
     per_source_grads,
-    per_source_loss,
+    per_source_mean,
 )
 
 __all__ = [
@@ -12,6 +12,6 @@ __all__ = [
     "MixbatchDataset",
     "all_reduce_feedback",
     "per_source_grads",
-    "per_source_loss",
+    "per_source_mean",
     "to_tensors",
 ]

@@ -1,0 +1,122 @@
+"""Validation loss per source on the held-out documents.
+
+Each held-out document (``MixedLoader.heldout()``), with its end-of-document token appended as
+in training, is cut into windows of ``seq_len`` tokens; each window is scored on its own (its
+first token has no context and is not predicted). Windows are taken in the held-out order until
+``max_tokens`` tokens per source (the last window is cut short), then packed first-fit
+decreasing into rows whose positions restart per window, so the model's block-diagonal mask
+keeps them apart. The loss of a source is the mean over its predicted tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mixbatch.proxy.model import IGNORE_INDEX, ProxyLM
+from mixbatch.store import TokenStore
+
+__all__ = ["EvalRows", "build_eval_rows", "evaluate"]
+
+
+@dataclass
+class EvalRows:
+    """Packed evaluation rows of one source (numpy, (R, seq_len))."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+    position_ids: np.ndarray
+    docs: np.ndarray  # the held-out documents read (store indices)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens scored (predicted)."""
+        return int((self.labels != IGNORE_INDEX).sum())
+
+
+def _windows(store: TokenStore, docs: np.ndarray, seq_len: int, max_tokens: int,
+             eod_id: int) -> tuple[list[np.ndarray], np.ndarray]:
+    pieces: list[np.ndarray] = []
+    used: list[int] = []
+    left = max_tokens
+    for d in docs:
+        if left < 2:
+            break
+        toks = np.append(np.asarray(store[int(d)], dtype=np.int64), eod_id)
+        used.append(int(d))
+        for s in range(0, len(toks), seq_len):
+            w = toks[s: s + min(seq_len, left)]
+            if len(w) >= 2:  # a window of one token predicts nothing
+                pieces.append(w)
+                left -= len(w)
+            if left < 2:
+                break
+    return pieces, np.asarray(used, dtype=np.int64)
+
+
+def _pack(pieces: list[np.ndarray], seq_len: int, pad_id: int
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i]))  # stable: ties keep order
+    free: list[int] = []
+    placed: list[list[int]] = []
+    for i in order:
+        n = len(pieces[i])
+        row = next((r for r, f in enumerate(free) if f >= n), None)
+        if row is None:
+            free.append(seq_len)
+            placed.append([])
+            row = len(free) - 1
+        free[row] -= n
+        placed[row].append(i)
+    R = len(placed)
+    ids = np.full((R, seq_len), pad_id, dtype=np.int64)
+    labels = np.full((R, seq_len), IGNORE_INDEX, dtype=np.int64)
+    pos = np.zeros((R, seq_len), dtype=np.int64)
+    for r, members in enumerate(placed):
+        c = 0
+        for i in members:
+            w = pieces[i]
+            n = len(w)
+            ids[r, c: c + n] = w
+            labels[r, c + 1: c + n] = w[1:]
+            pos[r, c: c + n] = np.arange(n)
+            c += n
+    return ids, labels, pos
+
+
+def build_eval_rows(store: TokenStore, docs: np.ndarray, seq_len: int, max_tokens: int,
+                    eod_id: int, pad_id: int) -> EvalRows:
+    """The evaluation rows of one source from its held-out documents ``docs``."""
+    pieces, used = _windows(store, docs, seq_len, max_tokens, eod_id)
+    ids, labels, pos = _pack(pieces, seq_len, pad_id)
+    return EvalRows(ids, labels, pos, used)
+
+
+@torch.no_grad()
+def evaluate(model: ProxyLM, rows: dict[str, EvalRows], device: torch.device,
+             batch_rows: int = 32, autocast_dtype: torch.dtype | None = None
+             ) -> tuple[dict[str, float], dict[str, int]]:
+    """Token-mean validation loss and scored tokens per source (NaN and 0 with no data)."""
+    was_training = model.training
+    model.eval()
+    losses: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    try:
+        for name, ev in rows.items():
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            for s in range(0, len(ev.input_ids), batch_rows):
+                ids = torch.from_numpy(ev.input_ids[s: s + batch_rows]).to(device)
+                lab = torch.from_numpy(ev.labels[s: s + batch_rows]).to(device)
+                pos = torch.from_numpy(ev.position_ids[s: s + batch_rows]).to(device)
+                with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
+                                    enabled=autocast_dtype is not None):
+                    out = model(ids, lab, pos)
+                total += out.losses.double().sum()
+            n = ev.tokens
+            losses[name] = float(total) / n if n else float("nan")
+            counts[name] = n
+    finally:
+        model.train(was_training)
+    return losses, counts

@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/mixbatch demo --workdir demo-out
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 test: lint
 	$(BIN)/python -m pytest

@@ -469,8 +469,10 @@ def _run_jobs(jobs: list[_Job], workers: int | None, show: bool) -> None:
                         f.result()  # re-raises a worker's DataError with its own message
                         bar.advance()
             except BrokenProcessPool:
-                raise MixbatchError("prepare: a worker process died (killed, or out of memory); "
-                                    "rerun to resume: finished work is kept") from None
+                raise MixbatchError(
+                    "prepare: a worker process died (killed, out of memory, or a script that "
+                    "calls prepare() without an `if __name__ == '__main__':` guard); rerun to "
+                    "resume: finished work is kept") from None
             except BaseException:
                 for f in futures:
                     f.cancel()

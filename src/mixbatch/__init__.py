@@ -9,6 +9,7 @@ from mixbatch.errors import (
     StateError,
     StoreError,
 )
+from mixbatch.loader.loader import MixedLoader
 from mixbatch.store import TokenStore, open_store
 from mixbatch.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 
@@ -22,6 +23,7 @@ __all__ = [
     "HFTokenizer",
     "MixbatchError",
     "MixbatchInternalError",
+    "MixedLoader",
     "StateError",
     "StoreError",
     "TokenStore",

@@ -41,6 +41,11 @@ bench-env: $(BENCH_STAMP)
 bench: bench-env
 	$(BENCH_BIN)/python benchmarks/bench_prepare.py
 	$(BENCH_BIN)/python benchmarks/bench_store.py
+	$(BENCH_BIN)/python benchmarks/bench_interleave.py
+	$(BENCH_BIN)/python benchmarks/bench_loader.py
+	$(BENCH_BIN)/python benchmarks/bench_shaping.py
+	$(BENCH_BIN)/python benchmarks/bench_proxy.py
+	$(BENCH_BIN)/python benchmarks/bench_policies.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache .hypothesis

@@ -134,7 +134,7 @@ class BatchConfig(_Strict):
     # bfd: rows packed together in one best-fit-decreasing window
     pack_window: int = Field(default=256, ge=1)
     # buckets (dataset decomposition) and pad_buckets: tokens per global step, and the tokens
-    # planned together in one window (default: 256 budgets for buckets, 64 for pad_buckets)
+    # planned together in one window (default: 256 budgets)
     token_budget: int | None = Field(default=None, ge=2)
     window_tokens: int | None = Field(default=None, ge=2)
     # buckets: piece lengths 2^k for min_len <= 2^k <= seq_len

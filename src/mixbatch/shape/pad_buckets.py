@@ -68,7 +68,7 @@ from mixbatch.shape.buckets import WindowReplay
 
 __all__ = ["PadBucketShaper", "equal_token_edges"]
 
-WINDOW_BUDGETS = 64  # default window: this many token budgets
+WINDOW_BUDGETS = 256  # budgets per window: larger windows leave fewer part-filled batches
 
 
 def equal_token_edges(e: np.ndarray, num_buckets: int) -> np.ndarray:

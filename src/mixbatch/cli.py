@@ -267,10 +267,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.print(f"6. resume from {state} at world size 2 and run stage 2 (annealing on prose)")
     s2 = run_stream(cfg, DEMO_STAGE_STEPS, 0, 2, str(state), str(state), str(audit), False)
     out.print(stream_table(s2))
-    out.print(f"\ndone in {time.perf_counter() - t0:.1f}s. Outputs:\n"
+    from mixbatch.search.cli import demo_search
+
+    t_search = time.perf_counter()
+    search = demo_search(cfg, stats, work, config_path, progress=not args.no_progress)
+    steps = 100
+    out.print(f"11. mixbatch stream: {steps} steps with the chosen mixture ({search['config']})")
+    s3 = run_stream(load_config(search["config"]), steps, 0, 1, None, None, None, False)
+    out.print(stream_table(s3))
+    out.print(f"\ndone in {time.perf_counter() - t0:.1f}s (search "
+              f"{time.perf_counter() - t_search:.1f}s). Outputs:\n"
               f"  corpus  {work / 'corpus'}\n  config  {config_path}\n"
               f"  stores  {cfg.store_dir}\n  plot    {plot}\n  state   {state}\n"
-              f"  audit   {audit} (one line per row fed)")
+              f"  audit   {audit} (one line per row fed)\n"
+              f"  search  {search['design']} (design), {search['results']} (proxy runs),\n"
+              f"          {search['mixture']} (chosen mixture), {search['config']} (config with "
+              f"it),\n          {search['plots']} (plots)")
     return 0
 
 

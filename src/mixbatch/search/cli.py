@@ -1,4 +1,4 @@
-"""``mixbatch search``: design proxy-run mixtures, fit a regressor, choose a mixture, evaluate.
+"""``mixbatch search``: design mixtures, run proxies, fit a regressor, choose a mixture, merge.
 
 The main command registers these with :func:`add_search_parsers`; each ``cmd_*`` takes the
 parsed arguments and returns the exit code. Errors are :class:`~mixbatch.errors.ConfigError`
@@ -7,10 +7,13 @@ parsed arguments and returns the exit code. Errors are :class:`~mixbatch.errors.
 ::
 
     mixbatch search design CONFIG --n 512 --out design.csv [--seed 42] [--tokens T]
+    mixbatch search run CONFIG --design design.csv --out results.csv [--backend local|ray]
+        [--workers N] [--ray-address ADDR] [--steps N] [--proxy PROXY.yaml] [--d-model D] ...
     mixbatch search fit RESULTS.csv --target loss/all --out model.json [--model lightgbm|linear]
     mixbatch search fit --mixtures M.csv --losses L.csv --target COL --out model.json
     mixbatch search optimize model.json --out mixture.yaml [--n-sim 100000] [--top-k 128]
     mixbatch search evaluate model.json --mixtures M.csv --losses L.csv [--target COL] [--json]
+    mixbatch search merge CONFIG --out merge.json [--steps N] [--seed-steps N] [--subsets N]
 """
 
 from __future__ import annotations
@@ -30,11 +33,15 @@ from rich.table import Table
 from mixbatch.errors import ConfigError
 
 __all__ = [
+    "MeanOfModels",
     "add_search_parsers",
     "cmd_design",
     "cmd_evaluate",
     "cmd_fit",
+    "cmd_merge",
     "cmd_optimize",
+    "cmd_run",
+    "demo_search",
     "parse_prior",
 ]
 
@@ -276,10 +283,306 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# proxy settings shared by run and merge
+# ---------------------------------------------------------------------------------------------
+_PROXY_FLAGS = (  # flag, ProxyConfig field, type, help
+    ("--steps", "steps", _positive_int, "training steps per proxy"),
+    ("--layers", "n_layer", _positive_int, "transformer layers"),
+    ("--d-model", "d_model", _positive_int, "model width"),
+    ("--heads", "n_head", _positive_int, "attention heads"),
+    ("--seq-len", "seq_len", _positive_int, "tokens per row (default: the proxy's, else batch:)"),
+    ("--batch-size", "batch_size", _positive_int, "rows per step"),
+    ("--lr", "lr", float, "peak learning rate"),
+    ("--eval-tokens", "eval_tokens", _positive_int, "held-out tokens scored per source"),
+    ("--threads", "threads", _positive_int, "torch threads per proxy (default: 1 when runs "
+                                            "share the machine)"),
+    ("--device", "device", str, "auto, cpu or cuda (default auto)"),
+)
+
+
+def _add_proxy_flags(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("proxy model (default: ProxyConfig.demo(); flags override --proxy)")
+    g.add_argument("--proxy", metavar="PROXY.yaml",
+                   help="a YAML mapping of ProxyConfig fields (n_layer, d_model, steps, lr, ...)")
+    for flag, name, kind, text in _PROXY_FLAGS:
+        g.add_argument(flag, dest=name, type=kind, default=None, help=text,
+                       metavar=flag[2:].upper().replace("-", "_"))
+
+
+def _proxy_from_args(args: argparse.Namespace) -> Any:
+    import yaml
+
+    from mixbatch.proxy import ProxyConfig
+
+    base: dict[str, Any] = {}
+    if args.proxy:
+        try:
+            base = yaml.safe_load(Path(args.proxy).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{args.proxy}: file not found") from None
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{args.proxy}: cannot read YAML ({e})") from None
+        if not isinstance(base, dict):
+            raise ConfigError(f"{args.proxy}: expected a mapping of proxy settings")
+    for _, name, _, _ in _PROXY_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            base[name] = value
+    return ProxyConfig.demo(**base) if not args.proxy else ProxyConfig.from_dict(base, args.proxy)
+
+
+def _load_search_config(path: str) -> Any:
+    from mixbatch.config import load_config
+
+    return load_config(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from mixbatch.search.runner import MEAN_COLUMN, run_search
+
+    cfg = _load_search_config(args.config)
+    proxy = _proxy_from_args(args)
+    run = run_search(cfg, args.design, args.out, backend=args.backend, workers=args.workers,
+                     proxy=proxy, ray_address=args.ray_address, progress=not args.no_progress)
+    done = sorted(run.results.values(), key=lambda r: r.val_mean)
+    per_run = [run.results[i].seconds for i in run.ran]
+    table = Table(title=f"search run: {len(run.results)} of {run.total} design rows in {run.out}",
+                  caption=(f"ran {len(run.ran)} now ({run.backend}, {run.workers} worker"
+                           f"{'s' if run.workers != 1 else ''}), {len(run.skipped)} done before; "
+                           f"{run.seconds:.1f}s"
+                           + (f", {np.mean(per_run):.1f}s per proxy" if per_run else "")
+                           + f"; next: mixbatch search fit {run.out} --target {MEAN_COLUMN}"
+                             " --out model.json"))
+    table.add_column("best by " + MEAN_COLUMN)
+    table.add_column("index", justify="right")
+    table.add_column(MEAN_COLUMN, justify="right")
+    table.add_column("weights")
+    for rank, r in enumerate(done[:5], start=1):
+        w = ", ".join(f"{n} {v:.3f}" for n, v in sorted(r.weights.items(), key=lambda x: -x[1])
+                      if v > 0)
+        table.add_row(str(rank), str(r.index), _fmt(r.val_mean), w)
+    out.print(table)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# merge
+# ---------------------------------------------------------------------------------------------
+def merge_tables(report: Any) -> tuple[Table, Table]:
+    """The per-subset table and the correlation table of a :class:`MergeReport`."""
+    subsets = Table(title=f"search merge: {len(report.subsets)} subsets of "
+                          f"{len(report.names)} sources (Na et al. 2024)",
+                    caption=(f"seed {report.seed_steps} steps on the uniform mixture (mean "
+                             f"{_fmt(report.seed['mean'])}); one unit model per source, "
+                             f"{report.steps} steps from the seed; trained = from the seed on "
+                             f"the subset's uniform mixture for steps x |S|"))
+    for c in ("subset", "merged mean", "trained mean", "trained - merged"):
+        subsets.add_column(c, justify="left" if c == "subset" else "right")
+    for s in sorted(report.subsets, key=lambda s: s.trained_mean):
+        subsets.add_row("+".join(s.members), _fmt(s.merged_mean), _fmt(s.trained_mean),
+                        _fmt(s.trained_mean - s.merged_mean, "+.4f"))
+    corr = Table(title="merged-model loss vs trained-model loss over the subsets",
+                 caption=f"{report.seconds:.1f}s in all ({report.train_seconds:.1f}s of proxy "
+                         "training)")
+    for c in ("held-out loss", "n", "Pearson", "Spearman"):
+        corr.add_column(c, justify="left" if c == "held-out loss" else "right")
+    for target, v in report.correlations.items():
+        corr.add_row(target if target == "mean" else f"val/{target}", str(v["n"]),
+                     _fmt(v["pearson"]), _fmt(v["spearman"]))
+    return subsets, corr
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from mixbatch.search.merge import merge_ablation
+
+    cfg = _load_search_config(args.config)
+    proxy = _proxy_from_args(args)
+    steps = args.steps if args.steps is not None else proxy.steps
+    report = merge_ablation(cfg, proxy, steps=steps, seed_steps=args.seed_steps,
+                            subsets=args.subsets, subset_seed=args.subset_seed,
+                            backend=args.backend, workers=args.workers,
+                            ray_address=args.ray_address, progress=not args.no_progress)
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    _notes(report.notes)
+    for t in merge_tables(report):
+        out.print(t)
+    out.print(f"report: {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the demo's search (called by `mixbatch demo`)
+# ---------------------------------------------------------------------------------------------
+# the demo's proxies: about 5 s each on one quiet core, so 24 of them on 2 workers take ~1 min
+DEMO_SEARCH_RUNS = 24
+DEMO_PROXY = {"n_layer": 1, "d_model": 64, "n_head": 2, "seq_len": 128, "batch_size": 8,
+              "steps": 300, "lr": 3e-3, "warmup": 20, "eval_tokens": 8192, "device": "cpu"}
+
+
+class MeanOfModels:
+    """The mean of per-source regressors' predictions: a model of the mean held-out loss.
+
+    RegMix fits one regressor per loss column. The mean loss over sources sums convex
+    per-source curves, which a linear model cannot represent and 24 runs do not teach trees;
+    each source's own loss is far easier to learn (it falls with that source's weight). Duck-
+    types :class:`~mixbatch.search.regress.FittedModel` for :func:`~mixbatch.search.optimize`.
+    """
+
+    def __init__(self, models: list[Any], target: str = "val/mean") -> None:
+        self.models = models
+        self.names = models[0].names
+        self.prior = models[0].prior
+        self.target = target
+
+    def predict(self, x: np.ndarray, threads: int = 0) -> np.ndarray:
+        return np.mean([m.predict(x, threads=threads) for m in self.models], axis=0)
+
+
+def demo_search(cfg: Any, stats: dict, work: Path, config_path: Path,
+                progress: bool = True) -> dict:
+    """Steps 7-11 of ``mixbatch demo``: RegMix on the built-in corpus (design, proxy runs on
+    the local backend, LightGBM and linear fits, optimisation, plots, and a proxy trained on
+    the chosen mixture to check it). Writes the demo config with the chosen mixture and returns
+    the paths written (``config``: that config)."""
+    import yaml
+
+    from mixbatch.proxy import ProxyConfig
+    from mixbatch.search.design import design_mixtures, write_design_csv
+    from mixbatch.search.optimize import mixture_block, optimize, write_mixture_yaml
+    from mixbatch.search.plots import plot_predicted_vs_actual, plot_weights
+    from mixbatch.search.regress import correlations, cross_validate, fit, save_model
+    from mixbatch.search.results import read_results_csv
+    from mixbatch.search.runner import (
+        LOSS_PREFIX,
+        MEAN_COLUMN,
+        ProxyTask,
+        run_proxy_tasks,
+        run_search,
+    )
+
+    folder = work / "search"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(cfg.sources)
+    tokens = np.array([float(stats["sources"][n]["tokens"]) for n in names])
+    design = design_mixtures(names, tokens, DEMO_SEARCH_RUNS)
+    design_csv = write_design_csv(folder / "design.csv", design)
+    out.print(f"7. mixbatch search design: {len(design)} candidate mixtures around the token "
+              f"prior (RegMix's Dirichlet generator) → {design_csv}")
+    results_csv = folder / "results.csv"
+    for stale in (results_csv, results_csv.with_name(results_csv.name + ".run.json")):
+        stale.unlink(missing_ok=True)  # the demo starts its search afresh
+    proxy = ProxyConfig.from_dict(DEMO_PROXY)
+    out.print(f"8. mixbatch search run: one proxy per mixture ({proxy.n_layer} layer, width "
+              f"{proxy.d_model}, {proxy.steps} steps x {proxy.batch_size} x {proxy.seq_len} "
+              f"tokens), local process pool, 2 workers")
+    run = run_search(cfg, design_csv, results_csv, backend="local", workers=2, proxy=proxy,
+                     progress=progress)
+    per_run = np.mean([r.seconds for r in run.results.values()])
+    out.print(f"   {len(run.results)} proxies in {run.seconds:.1f}s ({per_run:.1f}s each) → "
+              f"{results_csv}")
+
+    table = read_results_csv(results_csv, names)
+    x = table.weights
+    y_mean = table.losses[MEAN_COLUMN]
+    prior = design.prior
+    kinds = ("lightgbm", "linear")
+    models: dict[str, list[Any]] = {k: [] for k in kinds}
+    oof: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+    fits = Table(title=f"9. mixbatch search fit: one regressor per source's held-out loss, "
+                       f"{len(table)} runs (5-fold CV Spearman)",
+                 caption=f"{MEAN_COLUMN}: the mean of the per-source predictions against the "
+                         "measured mean loss, out of fold")
+    fits.add_column("target")
+    for k in kinds:
+        fits.add_column(k, justify="right")
+    for n in names:
+        target = f"{LOSS_PREFIX}{n}"
+        y = table.losses[target]
+        row = [target]
+        for k in kinds:
+            cv, pred = cross_validate(x, y, table.names, k, folds=5)
+            model = fit(x, y, table.names, k, target, prior=prior)
+            model.cv, model.prior_from = cv, "token share"
+            save_model(model, folder / "models" / f"{k}_{n}.json")
+            models[k].append(model)
+            oof[k].append(pred)
+            row.append(_fmt(cv and cv["spearman"], ".3f"))
+        fits.add_row(*row)
+    plots = folder / "plots"
+    mean_cv = {}
+    for k in kinds:
+        pred = np.mean(oof[k], axis=0)
+        mean_cv[k] = correlations(pred, y_mean)[0]
+        plot_predicted_vs_actual(pred, y_mean, plots / f"cv_{k}.png",
+                                 title=f"{k}, 5-fold CV: {MEAN_COLUMN} (mean of per-source models)")
+    fits.add_row(MEAN_COLUMN, *(_fmt(mean_cv[k], ".3f") for k in kinds), style="bold")
+    out.print(fits)
+
+    optima = {k: optimize(MeanOfModels(models[k]), prior=prior) for k in kinds}
+    best = max(kinds, key=lambda k: mean_cv[k] if math.isfinite(mean_cv[k]) else -math.inf)
+    chosen = optima[best]
+    mixture_yaml = write_mixture_yaml(folder / "mixture.yaml", chosen)
+    plot_weights(chosen.names, chosen.weights, chosen.prior, plots / "chosen_vs_prior.png",
+                 title=f"chosen mixture ({best}) vs prior", prior_label="prior (token share)")
+
+    # check the choice: a proxy on the chosen mixture, one on the prior (same settings)
+    checks = {"chosen": dict(zip(names, chosen.weights.tolist(), strict=True)),
+              "prior": dict(zip(names, prior.tolist(), strict=True))}
+    measured = {}
+    for task, res, error in run_proxy_tasks(
+            cfg, [ProxyTask(k, k, proxy, w) for k, w in checks.items()], "local", 2):
+        if error is not None:
+            raise ConfigError(f"demo: the proxy on the {task.label} mixture failed: {error}")
+        measured[task.key] = res.val_loss_mean
+    best_run = int(np.argmin(y_mean))
+    opt = Table(title=f"10. mixbatch search optimize: mean of the {chosen.top_k} best of "
+                      f"{chosen.n_sim:,} simulated mixtures, minimising the predicted "
+                      f"{MEAN_COLUMN}; chosen by {best} (higher CV Spearman on {MEAN_COLUMN})",
+                caption=(f"{MEAN_COLUMN} of a proxy trained on it: chosen "
+                         f"{measured['chosen']:.4f} (predicted {chosen.predicted:.4f}), prior "
+                         f"{measured['prior']:.4f}; the {len(table)} design runs: best "
+                         f"{y_mean[best_run]:.4f} (index {table.index[best_run]}), median "
+                         f"{np.median(y_mean):.4f}"))
+    for c in ("source", "prior (token share)", "chosen (lightgbm)", "chosen (linear)",
+              "chosen / prior"):
+        opt.add_column(c, justify="left" if c == "source" else "right")
+    for i, n in sorted(enumerate(chosen.names), key=lambda t: -chosen.weights[t[0]]):
+        opt.add_row(n, f"{chosen.prior[i]:.4f}", f"{optima['lightgbm'].weights[i]:.4f}",
+                    f"{optima['linear'].weights[i]:.4f}",
+                    f"{chosen.weights[i] / chosen.prior[i]:.2f}x")
+    out.print(opt)
+
+    data = yaml.safe_load(config_path.read_text())
+    data["mixture"] = {**mixture_block(chosen.names, chosen.weights)["mixture"]}
+    chosen_config = work / "demo_chosen.yaml"
+    chosen_config.write_text(yaml.safe_dump(data, sort_keys=False))
+    return {"design": design_csv, "results": results_csv, "mixture": mixture_yaml,
+            "config": chosen_config, "plots": plots, "chosen": checks["chosen"],
+            "measured": measured, "best_run": float(y_mean[best_run])}
+
+
+# ---------------------------------------------------------------------------------------------
 # parsers
 # ---------------------------------------------------------------------------------------------
+def _add_backend_flags(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--backend", choices=("local", "ray"), default="local",
+                    help="local: a process pool here; ray: Ray tasks (default %(default)s)")
+    sp.add_argument("--workers", type=_positive_int, default=1,
+                    help="proxies at a time (default %(default)s)")
+    sp.add_argument("--ray-address", metavar="ADDR", default=None,
+                    help="an existing Ray cluster (default: start a local one)")
+    sp.add_argument("--no-progress", action="store_true")
+
+
 def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``search design|fit|optimize|evaluate`` on the main command's subparsers."""
+    """Register ``search design|run|fit|optimize|evaluate|merge`` on the main command."""
     from mixbatch.search.design import REGMIX_SEED
     from mixbatch.search.optimize import N_SIM, SIM_SEED, TOP_K
     from mixbatch.search.regress import ModelKind
@@ -337,4 +640,29 @@ def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--target", default=None, help="default: the model's target")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("run", help="train one proxy per design row; append losses to a "
+                                    "results CSV (resumable)")
+    sp.add_argument("config", help="config whose sources (prepared, holdout > 0) the proxies "
+                                   "train on")
+    sp.add_argument("--design", required=True, metavar="DESIGN.csv",
+                    help="index + one weight column per source (search design)")
+    sp.add_argument("--out", required=True, metavar="RESULTS.csv",
+                    help="results CSV; rows already in it are skipped")
+    _add_backend_flags(sp)
+    _add_proxy_flags(sp)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("merge", help="data ablations by merging per-source models vs training "
+                                      "on the union (Na et al. 2024)")
+    sp.add_argument("config", help="config whose sources (prepared, holdout > 0) are the units")
+    sp.add_argument("--out", required=True, metavar="MERGE.json")
+    sp.add_argument("--seed-steps", type=_positive_int, default=None,
+                    help="steps of the seed model on the uniform mixture (default: --steps)")
+    sp.add_argument("--subsets", type=_positive_int, default=None, metavar="N",
+                    help="N random subsets (default: every pair and a few triples)")
+    sp.add_argument("--subset-seed", type=int, default=0)
+    _add_backend_flags(sp)
+    _add_proxy_flags(sp)
+    sp.set_defaults(func=cmd_merge)
     return p

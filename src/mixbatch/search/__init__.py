@@ -2,7 +2,9 @@
 
 ``design`` draws candidate mixtures, ``results`` reads proxy-run results, ``regress`` fits and
 saves regressors, ``optimize`` simulates and averages the predicted best, ``plots`` draws them,
-``cli`` holds the ``mixbatch search`` commands. LightGBM is imported only when it is used.
+``cli`` holds the ``mixbatch search`` commands. ``runner`` (``run_search``: proxies over a
+process pool or Ray) and ``merge`` (``merge_ablation``) import torch, so they are imported from
+their modules, not from here. LightGBM is imported only when it is used.
 """
 
 from mixbatch.search.design import Design, DesignSettings, design_mixtures, write_design_csv

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench-env bench clean
+.PHONY: install demo test lint bench-env bench-streaming-env bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,17 @@ $(BENCH_STAMP): pyproject.toml benchmarks/requirements-bench.txt
 
 bench-env: $(BENCH_STAMP)
 
-bench: bench-env
+# MosaicML Streaming pins numpy<2.2: its own venv; bench_loader.py runs it as a child process
+STREAMING_STAMP := .venv-streaming/.installed-stamp
+
+$(STREAMING_STAMP): benchmarks/requirements-streaming.txt
+	$(PYTHON) -m venv .venv-streaming
+	.venv-streaming/bin/python -m pip install -q -r benchmarks/requirements-streaming.txt
+	touch $(STREAMING_STAMP)
+
+bench-streaming-env: $(STREAMING_STAMP)
+
+bench: bench-env bench-streaming-env
 	$(BENCH_BIN)/python benchmarks/bench_prepare.py
 	$(BENCH_BIN)/python benchmarks/bench_store.py
 	$(BENCH_BIN)/python benchmarks/bench_interleave.py

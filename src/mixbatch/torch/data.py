@@ -33,6 +33,11 @@ from mixbatch.loader.loader import MixedLoader
 STATE_KEY = "_mixbatch_state"
 
 
+def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    """Batches are built whole by the dataset: nothing to collate or convert."""
+    return batch
+
+
 def to_tensors(batch: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in batch.items():
@@ -110,7 +115,7 @@ class MixbatchDataLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         ds = MixbatchDataset(self.cfg, self.rank, self.world_size, state=self._state,
                              carry_state=True, max_steps=self.max_steps)
-        kwargs = {"persistent_workers": False, **self.loader_kwargs}
+        kwargs = {"persistent_workers": False, "collate_fn": _as_is, **self.loader_kwargs}
         dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, **kwargs)
         for batch in dl:
             self._state = batch.pop(STATE_KEY)

@@ -257,3 +257,23 @@ def test_bfd_ranks_are_cost_balanced(tmp_path: Path) -> None:
     b, d = balanced.stats.summary(), dealt.stats.summary()
     assert b["rank_cost_imbalance"]["mean"] <= d["rank_cost_imbalance"]["mean"]
     assert b["padding_fraction"] < 0.2
+
+
+@pytest.mark.parametrize("on_exhausted", ["stop", "renormalize"])
+@pytest.mark.parametrize("unit", ["tokens", "samples"])
+def test_capped_sources_end_the_stream(tmp_path: Path, on_exhausted: str, unit: str) -> None:
+    """Every source capped, equal weights: the stream ends (it once looped for ever)."""
+    sources = _corpus(tmp_path)
+    for s in sources.values():
+        s["max_epochs"] = 0.2
+    cfg = _cfg(tmp_path, sources=sources, mixture={
+        "unit": unit, "weights": {"s0": 1, "s1": 1, "s2": 1}, "on_exhausted": on_exhausted})
+    ld = MixedLoader(cfg)
+    steps = list(ld.steps(10_000))
+    caps = [o.cap for o in ld.feed.orders]
+    assert ld.feed.ended and len(steps) < 10_000
+    assert all(c <= cap for c, cap in zip(ld.feed.consumed, caps, strict=True))
+    if on_exhausted == "renormalize":
+        assert ld.feed.consumed.tolist() == caps  # every capped document was fed
+    else:
+        assert any(c == cap for c, cap in zip(ld.feed.consumed, caps, strict=True))

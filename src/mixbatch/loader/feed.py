@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mixbatch.config import OnExhausted, Unit
-from mixbatch.errors import StateError
+from mixbatch.errors import MixbatchInternalError, StateError
 from mixbatch.loader.order import SourceOrder
 from mixbatch.plan.interleave import Interleaver
 from mixbatch.shape.base import Docs
@@ -81,7 +81,9 @@ class MixedFeed:
             saved = self.planner.state_dict()
             # an empty document (possible in token data read in place) still takes one position
             lens = [np.maximum(self._lengths[i][u], 1) for i, u in enumerate(upcoming)]
-            src = self.planner.choose_tokens(w, lens, n)
+            final = [o.available(int(c)) is not None and len(u) == o.available(int(c))
+                     for o, c, u in zip(self.orders, self.consumed, upcoming, strict=True)]
+            src = self.planner.choose_tokens(w, lens, n, final=final)
             listed_all = all(len(u) < look for i, u in enumerate(upcoming) if w[i] > 0)
             if len(src) >= n or listed_all or look >= self.max_look:
                 return np.asarray(src, dtype=np.int32), upcoming, look
@@ -136,6 +138,14 @@ class MixedFeed:
             saved = self.planner.state_dict()
             c0, t0 = self.planner.counts, self.planner.target
             src, upcoming, look = self._plan(n, w)
+            if len(src) == 0:
+                # nothing can be chosen: only capped sources were left and they are used up
+                if all(o.available(int(c)) is not None for o, c, wi in
+                       zip(self.orders, self.consumed, w, strict=True) if wi > 0):
+                    self.ended = True
+                    break
+                raise MixbatchInternalError("feed: the planner chose nothing from sources that "
+                                            "are not capped; please report this")
             k = self._cut_at_exhaustion(src, upcoming)
             docs = self._docs_for(src[:k], upcoming)
             if need_positions is not None:

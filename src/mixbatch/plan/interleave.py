@@ -228,8 +228,11 @@ def _choose_samples(base, w, counts, m0, n):
 # ------------------------------------------------------------------------------ token mode
 
 
-def _choose_tokens(base, w, counts, tau0, upcoming, max_docs):
-    """Sources of the next documents; stops early when a source's next length is unknown."""
+def _choose_tokens(base, w, counts, tau0, upcoming, max_docs, final=None):
+    """Sources of the next documents; stops early when a source's next length is unknown.
+
+    ``final[i]`` says source ``i``'s list is all it has left (a capped source): its sentinel is
+    never released, so the rule goes on with the other sources instead of stopping."""
     src = np.flatnonzero(w > 0)
     lens = [np.asarray(upcoming[i], dtype=np.int64) for i in src]
     per = np.array([x.size for x in lens], dtype=np.int64) + 1  # known docs + sentinel
@@ -244,6 +247,9 @@ def _choose_tokens(base, w, counts, tau0, upcoming, max_docs):
     jb, jw = base[job_src], w[job_src]
     s_f = start.astype(np.float64)
     release = _first_reach(jb, jw, s_f, int(tau0))
+    if final is not None:
+        done = sentinel & np.asarray(final, dtype=bool)[job_src]
+        release = np.where(done, np.int64(_NEVER), release)
     with np.errstate(over="ignore"):
         deadline = ((start + length).astype(np.float64) - jb) / jw
     deadline[sentinel] = np.inf
@@ -425,8 +431,12 @@ class Interleaver:
         upcoming: Sequence[np.ndarray],
         max_docs: int,
         available: Sequence[bool] | np.ndarray | None = None,
+        final: Sequence[bool] | np.ndarray | None = None,
     ) -> np.ndarray:
         """The sources of up to ``max_docs`` next documents, in order (int64 array).
+
+        ``final[i]`` (optional) says ``upcoming[i]`` is everything source ``i`` has left (it
+        reaches its cap): the rule then never waits for a further document of it.
 
         ``upcoming[i]`` holds the lengths (tokens, >= 1) of source ``i``'s next documents in
         the order it will deliver them (known in advance from its permutation). The ``j``-th
@@ -451,7 +461,7 @@ class Interleaver:
             if arr.size and arr.min() < 1:
                 raise ConfigError(f"upcoming[{i}]: document lengths must be >= 1, got {arr.min()}")
         out, lengths = _choose_tokens(
-            self._base, w, self._counts, self._segment_units, upcoming, int(max_docs)
+            self._base, w, self._counts, self._segment_units, upcoming, int(max_docs), final
         )
         k = self.num_sources
         self._counts += np.bincount(out, weights=lengths, minlength=k).astype(np.int64)

@@ -332,11 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.set_defaults(func=cmd_stream)
 
+    from mixbatch.online.cli import add_online_parsers
     from mixbatch.search.cli import add_search_parsers
 
     add_search_parsers(sub)
+    add_online_parsers(sub)
 
-    sp = sub.add_parser("demo", help="build the built-in corpus, prepare and inspect it")
+    sp = sub.add_parser("demo", help="the main job end to end on the built-in corpus: prepare, "
+                        "inspect, stream a two-stage schedule, a small mixture search")
     sp.add_argument("--workdir", default="demo-out")
     sp.add_argument("--max-bytes", type=int, default=4 << 20, help="text per domain")
     sp.add_argument("--workers", type=int, default=None)

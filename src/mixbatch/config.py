@@ -177,6 +177,15 @@ class Config(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _policy(self) -> Config:
+        if self.mixture.policy is not None:
+            # the policy schema lives with the training loop; it imports no torch
+            from mixbatch.online.spec import parse_policy
+
+            parse_policy(dict(self.mixture.policy), list(self.sources))
+        return self
+
+    @model_validator(mode="after")
     def _known_sources(self) -> Config:
         known = set(self.sources)
         named: list[tuple[str, dict[str, float]]] = []
@@ -234,7 +243,7 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         got = ""
-        if e["type"] not in ("extra_forbidden", "missing") and "input" in e:
+        if loc and e["type"] not in ("extra_forbidden", "missing") and "input" in e:
             text = repr(e["input"])
             got = f" (got {text if len(text) <= 60 else text[:57] + '...'})"
         lines.append(f"{origin}: {loc + ': ' if loc else ''}{msg}{got}")

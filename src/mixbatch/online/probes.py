@@ -1,0 +1,85 @@
+"""Skill-It's skills graph from short one-source probe runs, cached in the run folder.
+
+Skill-It (Chen et al. 2023, Section 3 and Appendix: "estimating the skills graph") measures how
+training on skill ``i`` alone changes the loss on evaluation group ``j``: from one starting
+model ``f_0``, one probe per source trains ``H`` steps on that source only, and
+
+    A_ij = (L_j(f_0) − L_j(f_{H,i})) / L_j(f_0)
+
+(:func:`mixbatch.mixture.policies.estimate_graph`). Here ``f_0`` is the online run's own
+initial model (same shape and seed), each probe is :func:`mixbatch.proxy.train_proxy` with the
+run's optimiser over ``H`` steps and weights ``{source_i: 1}``, and ``L_j`` is the loss on the
+*development* rows of group ``j`` (:mod:`mixbatch.online.splits`). The graph is cached as
+``RUN_DIR/skillit_graph.json`` with a key of everything it depends on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixbatch.config import Config
+from mixbatch.mixture.policies import estimate_graph
+from mixbatch.online.feedback import eval_sums
+from mixbatch.online.reference import config_key, digest
+from mixbatch.proxy.evaluate import EvalRows
+from mixbatch.proxy.model import ProxyLM
+from mixbatch.proxy.train import ProxyConfig, train_proxy
+
+__all__ = ["GRAPH_FILE", "probe_graph"]
+
+GRAPH_FILE = "skillit_graph.json"
+
+
+def _losses(model: ProxyLM, rows: Mapping[str, EvalRows], device: torch.device,
+            proxy: ProxyConfig) -> np.ndarray:
+    sums, counts = eval_sums(model, rows, device, proxy.eval_batch_rows, None)
+    return (sums / counts.clamp(min=1)).numpy()
+
+
+def probe_graph(cfg: Config, proxy: ProxyConfig, init_state: dict[str, torch.Tensor],
+                model: ProxyLM, rows: Mapping[str, EvalRows], steps: int, run_dir: Path | None,
+                device: torch.device, log: Callable[[str], None] | None = None
+                ) -> tuple[np.ndarray, int]:
+    """The ``K × M`` graph (rows: the config's sources; columns: ``rows``' groups) and the
+    training tokens spent on probes in this call (0 when read from the cache).
+
+    ``model`` is a scratch model of the run's shape (its parameters are overwritten)."""
+    names = list(cfg.sources)
+    probe = proxy.model_copy(update={"steps": steps, "warmup": min(proxy.warmup, steps // 4),
+                                     "eval_every": None, "eval_tokens": 2})
+    key = digest({"config": config_key(cfg), "proxy": probe.model_dump(mode="json"),
+                  "groups": list(rows), "docs": [rows[g].docs.tolist() for g in rows],
+                  "init": digest([float(v.double().sum()) for v in init_state.values()])})
+    cache = None if run_dir is None else run_dir / GRAPH_FILE
+    if cache is not None and cache.exists():
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return np.array(saved["graph"], dtype=np.float64), 0
+    if log is not None:
+        log(f"skillit: {len(names)} probe runs of {steps} steps each to estimate the skills graph")
+    model.load_state_dict(init_state)
+    before = _losses(model, rows, device, proxy)
+    after, spent = [], 0
+    for n in names:
+        r = train_proxy(cfg, probe, weights={n: 1.0}, init_state=init_state)
+        spent += r.train_tokens
+        model.load_state_dict(r.state)
+        after.append(_losses(model, rows, device, proxy))
+    graph = estimate_graph(before, np.stack(after))
+    if cache is not None:
+        record: dict[str, Any] = {"key": key, "sources": names, "groups": list(rows),
+                                  "probe_steps": steps, "before": before.tolist(),
+                                  "after": [a.tolist() for a in after],
+                                  "graph": graph.tolist()}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(cache)
+    return graph, spent

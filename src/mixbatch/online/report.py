@@ -1,0 +1,188 @@
+"""The report of an online run folder: weights over time and loss curves (PNG), one HTML page.
+
+:func:`write_report` reads ``weights.csv``, ``losses.csv`` and ``summary.json``
+(:mod:`mixbatch.online.runfiles`) and writes, into the run folder unless told otherwise:
+
+- ``weights.png``: the target weight of every source at every step (stacked, so each vertical
+  slice is the mixture of that step);
+- ``val_loss.png``: validation loss per source against training tokens (the target drawn thick);
+- ``train_loss.png``: training loss per source in the batch (moving average over 1/50 of the
+  run), against steps;
+- ``report.html``: a self-contained page (the PNGs embedded as data URIs) with the run's
+  settings and final numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixbatch.errors import DataError
+from mixbatch.online.runfiles import LOSSES_FILE, SUMMARY_FILE, WEIGHTS_FILE, read_csv
+
+__all__ = ["write_report"]
+
+
+def _pyplot():  # matplotlib.pyplot, imported late with the Agg backend
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _columns(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise DataError(f"{path}: not found; is this an online run folder (mixbatch train --out)?")
+    header, rows = read_csv(path)
+    if not header or not rows:
+        raise DataError(f"{path}: no rows yet")
+    try:
+        data = np.array([[float(x) if x else math.nan for x in r] for r in rows], dtype=np.float64)
+    except ValueError as e:
+        raise DataError(f"{path}: not a run file ({e})") from None
+    if data.shape[1] != len(header):
+        raise DataError(f"{path}: rows have {data.shape[1]} fields, the header {len(header)}")
+    return {h: data[:, i] for i, h in enumerate(header)}
+
+
+def _sources(cols: dict[str, np.ndarray], prefix: str) -> list[str]:
+    return [h[len(prefix):] for h in cols if h.startswith(prefix)]
+
+
+def _smooth(y: np.ndarray, width: int) -> np.ndarray:
+    if width <= 1:
+        return y
+    out = np.full_like(y, np.nan)
+    ok = np.isfinite(y)
+    c = np.cumsum(np.where(ok, y, 0.0))
+    n = np.cumsum(ok)
+    for i in range(len(y)):
+        lo = max(0, i - width + 1)
+        cnt = n[i] - (n[lo - 1] if lo else 0)
+        if cnt:
+            out[i] = (c[i] - (c[lo - 1] if lo else 0.0)) / cnt
+    return out
+
+
+def _title(summary: dict[str, Any]) -> str:
+    policy = summary.get("policy") or "static mixture"
+    target = summary.get("target")
+    return f"{policy}" + (f", target {target}" if target else "") + f", seed {summary.get('seed')}"
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Draw the plots and write the page; returns ``{"weights": ..., "val_loss": ...,
+    "train_loss": ..., "html": ...}`` paths."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise DataError(f"{run}: not a folder")
+    out = Path(out_dir) if out_dir is not None else run
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {}
+    if (run / SUMMARY_FILE).exists():
+        try:
+            summary = json.loads((run / SUMMARY_FILE).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{run / SUMMARY_FILE}: not JSON ({e.msg})") from None
+    weights = _columns(run / WEIGHTS_FILE)
+    losses = _columns(run / LOSSES_FILE)
+    names = _sources(weights, "weight_")
+    target = summary.get("target")
+    title = _title(summary) if summary else run.name
+    plt = _pyplot()
+    paths: dict[str, Path] = {}
+
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+    steps = weights["step"]
+    ax.stackplot(steps, *[weights[f"weight_{n}"] for n in names], labels=names, alpha=0.85,
+                 step="post")
+    ax.set_xlim(steps.min(), steps.max() if len(steps) > 1 else steps.min() + 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("target weight")
+    ax.set_title(f"mixture weights over time ({title})")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    paths["weights"] = out / "weights.png"
+    fig.savefig(paths["weights"])
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+    evaluated = np.isfinite(losses["val_mean"])
+    tok = losses["tokens"][evaluated]
+    for n in names:
+        thick = n == target
+        ax.plot(tok, losses[f"val_{n}"][evaluated], marker="o", ms=3, lw=2.6 if thick else 1.2,
+                label=n + (" (target)" if thick else ""))
+    ax.plot(tok, losses["val_mean"][evaluated], color="black", ls="--", lw=1, label="mean")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(f"per-source validation loss ({title})")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    paths["val_loss"] = out / "val_loss.png"
+    fig.savefig(paths["val_loss"])
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+    width = max(1, len(losses["step"]) // 50)
+    for n in names:
+        ax.plot(losses["step"], _smooth(losses[f"train_{n}"], width), lw=1.2, label=n)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss in the batch")
+    ax.set_title(f"per-source training loss, moving average over {width} steps")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    paths["train_loss"] = out / "train_loss.png"
+    fig.savefig(paths["train_loss"])
+    plt.close(fig)
+
+    paths["html"] = out / "report.html"
+    paths["html"].write_text(_page(title, summary, names, weights, losses, paths),
+                             encoding="utf-8")
+    return paths
+
+
+def _page(title: str, summary: dict[str, Any], names: list[str], weights: dict[str, np.ndarray],
+          losses: dict[str, np.ndarray], paths: dict[str, Path]) -> str:
+    esc = html.escape
+    rows = []
+    evaluated = np.flatnonzero(np.isfinite(losses["val_mean"]))
+    last_val = {n: losses[f"val_{n}"][evaluated[-1]] for n in names} if len(evaluated) else {}
+    total = sum(weights[f"tokens_{n}"].sum() for n in names) or 1.0
+    for n in names:
+        mark = " (target)" if n == summary.get("target") else ""
+        v = last_val.get(n, math.nan)
+        rows.append(f"<tr><td>{esc(n)}{mark}</td><td>{weights[f'weight_{n}'][-1]:.4f}</td>"
+                    f"<td>{weights[f'tokens_{n}'].sum() / total:.2%}</td><td>{v:.4f}</td></tr>")
+    facts = []
+    for key in ("policy", "target", "seed", "steps", "tokens", "updates", "settings", "loop",
+                "overhead_tokens", "seconds", "device", "world_size"):
+        if key in summary:
+            value = summary[key]
+            text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+            facts.append(f"<tr><th>{esc(key)}</th><td><code>{esc(text)}</code></td></tr>")
+    images = []
+    for key in ("weights", "val_loss", "train_loss"):
+        data = base64.b64encode(paths[key].read_bytes()).decode("ascii")
+        images.append(f'<p><img alt="{key}" src="data:image/png;base64,{data}"></p>')
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>mixbatch online run: {esc(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;
+text-align:left}}code{{font-size:85%;word-break:break-all}}img{{max-width:100%}}</style></head>
+<body><h1>online run: {esc(title)}</h1>
+<table><tr><th>source</th><th>final weight</th><th>share of tokens fed</th>
+<th>final validation loss</th></tr>{''.join(rows)}</table>
+{''.join(images)}
+<h2>settings</h2><table>{''.join(facts)}</table>
+</body></html>
+"""

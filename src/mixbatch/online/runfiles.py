@@ -1,0 +1,170 @@
+"""The files of an online run folder, written as the run goes (rank 0; the audit log per rank).
+
+==================== =========================================================================
+file                 contents
+==================== =========================================================================
+``weights.csv``      one row per step: ``step``, ``weight_<source>`` (the target weights the
+                     planner used for that step), ``tokens_<source>`` (real tokens it fed)
+``losses.csv``       one row per step: ``step``, ``tokens`` (training tokens after the step),
+                     ``train_loss`` and ``train_<source>`` (token-mean loss of the step's batch),
+                     ``val_<source>`` and ``val_mean`` (validation loss after the step's update,
+                     empty when not evaluated at that step)
+``updates.csv``      one row per policy update: ``step`` (steps done), ``weight_<source>``
+``audit.jsonl``      the rows fed (:class:`mixbatch.audit.AuditWriter`); ``audit.rank<R>.jsonl``
+                     per rank when the run is distributed
+``summary.json``     settings, final losses, the evaluation history (written at the end)
+``checkpoint.pt``    model, optimiser, loader and policy state (:mod:`mixbatch.online.checkpoint`)
+==================== =========================================================================
+
+Floats are written with ``repr``, so they read back exactly. A resumed run first cuts every file
+back to the rows before its checkpoint's step, then appends: the folder ends up as an
+uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from mixbatch.audit import AuditWriter
+from mixbatch.shape.base import StepPlan
+
+__all__ = [
+    "AUDIT_FILE",
+    "LOSSES_FILE",
+    "SUMMARY_FILE",
+    "UPDATES_FILE",
+    "WEIGHTS_FILE",
+    "RunFiles",
+    "read_csv",
+]
+
+WEIGHTS_FILE = "weights.csv"
+LOSSES_FILE = "losses.csv"
+UPDATES_FILE = "updates.csv"
+AUDIT_FILE = "audit.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def _num(x: float | int) -> str:
+    if isinstance(x, int | np.integer):
+        return str(int(x))
+    return repr(float(x))
+
+
+def _cut_csv(path: Path, before: int) -> None:
+    """Keep the header and the rows whose first field (a step) is below ``before``."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) < before]
+    _rewrite(path, keep)
+
+
+def _cut_jsonl(path: Path, before: int) -> None:
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    _rewrite(path, [ln for ln in lines if ln.strip() and json.loads(ln)["step"] < before])
+
+
+def _rewrite(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_csv(path: str | Path) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one of the run's CSV files."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    if not lines:
+        return [], []
+    return lines[0].split(","), [ln.split(",") for ln in lines[1:] if ln]
+
+
+class RunFiles:
+    """Writers of a run folder; with ``run_dir=None`` nothing is written.
+
+    Args:
+        run_dir: the folder (created).
+        names: source names, in order.
+        rank, world_size: this process's place; only rank 0 writes the CSV files.
+        resume_step: the step a resumed run continues from (files are cut back to it), or None
+            for a fresh run (files are started anew).
+        audit: write the audit log.
+    """
+
+    def __init__(self, run_dir: Path | None, names: Sequence[str], rank: int = 0,
+                 world_size: int = 1, resume_step: int | None = None, audit: bool = True) -> None:
+        self.dir = run_dir
+        self.names = list(names)
+        self.rank = rank
+        self._csv: dict[str, IO[str]] = {}
+        self._audit: AuditWriter | None = None
+        if run_dir is None:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        headers = {
+            WEIGHTS_FILE: ["step", *(f"weight_{n}" for n in names), *(f"tokens_{n}" for n in names)],
+            LOSSES_FILE: ["step", "tokens", "train_loss", *(f"train_{n}" for n in names),
+                          *(f"val_{n}" for n in names), "val_mean"],
+            UPDATES_FILE: ["step", *(f"weight_{n}" for n in names)],
+        }
+        if rank == 0:
+            for name, header in headers.items():
+                path = run_dir / name
+                if resume_step is not None and path.exists():
+                    # an update's row carries the steps done, so the checkpoint's own is kept
+                    _cut_csv(path, resume_step + (name == UPDATES_FILE))
+                    self._csv[name] = open(path, "a", encoding="utf-8")  # noqa: SIM115
+                else:
+                    self._csv[name] = open(path, "w", encoding="utf-8")  # noqa: SIM115
+                    self._csv[name].write(",".join(header) + "\n")
+        if audit:
+            path = run_dir / (AUDIT_FILE if world_size == 1 else f"audit.rank{rank}.jsonl")
+            if resume_step is not None:
+                _cut_jsonl(path, resume_step)
+            self._audit = AuditWriter(path, names, append=resume_step is not None)
+
+    def _row(self, name: str, values: Sequence[Any]) -> None:
+        f = self._csv.get(name)
+        if f is not None:
+            f.write(",".join("" if v is None else _num(v) for v in values) + "\n")
+
+    def step(self, step: int, weights: np.ndarray, fed: np.ndarray, tokens: int,
+             train_mean: float, train: np.ndarray, val: dict[str, float] | None,
+             val_mean: float | None) -> None:
+        """The rows of one step in ``weights.csv`` and ``losses.csv``."""
+        self._row(WEIGHTS_FILE, [step, *weights.tolist(), *(int(x) for x in fed)])
+        vals: list[Any] = [None] * (len(self.names) + 1)
+        if val is not None:
+            vals = [val[n] for n in self.names] + [val_mean]
+        self._row(LOSSES_FILE, [step, int(tokens), train_mean, *train.tolist(), *vals])
+
+    def update(self, step: int, weights: np.ndarray) -> None:
+        self._row(UPDATES_FILE, [step, *weights.tolist()])
+
+    def audit(self, plan: StepPlan, step: int, rank: int) -> None:
+        if self._audit is not None:
+            self._audit.write(plan, step, rank)
+
+    def flush(self) -> None:
+        for f in self._csv.values():
+            f.flush()
+
+    def summary(self, data: dict[str, Any]) -> None:
+        if self.dir is not None and self.rank == 0:
+            _rewrite(self.dir / SUMMARY_FILE, [json.dumps(data, indent=1) + "\n"])
+
+    def close(self) -> None:
+        for f in self._csv.values():
+            f.close()
+        self._csv = {}
+        if self._audit is not None:
+            self._audit.close()
+            self._audit = None

@@ -4,55 +4,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixbatch.shape import IGNORE_INDEX, ConcatShaper, Docs, PadShaper, materialize
-from mixbatch.store import TokenStore
-
-
-class ListFeed:
-    """A finite document stream for shaper tests."""
-
-    def __init__(self, source, doc, length) -> None:
-        self.docs = Docs(np.asarray(source, np.int32), np.asarray(doc, np.int64),
-                         np.asarray(length, np.int64))
-        self.i = 0
-
-    def take(self, n: int) -> Docs:
-        out = self.docs.slice(self.i, self.i + n)
-        self.i += len(out)
-        return out
-
-    def take_covering(self, positions: int, extra_per_doc: int) -> Docs:
-        w = np.cumsum(self.docs.length[self.i:] + extra_per_doc)
-        k = int(np.searchsorted(w, positions)) + 1
-        return self.take(k)
-
-
-def _stores(lengths_per_source: list[list[int]]) -> list[TokenStore]:
-    """Stores whose document d of source s holds tokens 1000*s + d*0 + (0..len-1) + 1."""
-    stores = []
-    for s, lens in enumerate(lengths_per_source):
-        lens_a = np.asarray(lens, np.int64)
-        starts = np.concatenate([[0], np.cumsum(lens_a)[:-1]]).astype(np.int64)
-        tokens = np.concatenate([np.arange(n) + 1 + 1000 * s for n in lens_a]) if len(lens) else \
-            np.empty(0, np.int64)
-        meta = {"tokens": int(lens_a.sum()), "tokenizer": {"eod_id": 0, "vocab_size": 10**6}}
-        stores.append(TokenStore(f"s{s}", None, tokens.astype(np.int64), starts, lens_a, meta))
-    return stores
-
+from mixbatch.shape import IGNORE_INDEX, ConcatShaper, PadShaper, materialize
+from mixbatch.testing import ListFeed
+from mixbatch.testing import feed_from_items as _feed_for
+from mixbatch.testing import toy_stores as _stores
 
 docs_strategy = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 40)), min_size=1,
                          max_size=60)
-
-
-def _feed_for(items):
-    per_source: list[list[int]] = [[], [], []]
-    src, doc, length = [], [], []
-    for s, n in items:
-        src.append(s)
-        doc.append(len(per_source[s]))
-        length.append(n)
-        per_source[s].append(n)
-    return ListFeed(src, doc, length), per_source
 
 
 @settings(max_examples=200, deadline=None)

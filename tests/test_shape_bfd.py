@@ -11,60 +11,9 @@ from mixbatch.errors import ConfigError, StateError
 from mixbatch.shape.base import Docs, StepPlan
 from mixbatch.shape.bfd import BFDShaper, best_fit_decreasing, cut_pieces
 from mixbatch.shape.materialize import IGNORE_INDEX, materialize
-from mixbatch.store import TokenStore
-
-
-class ListFeed:
-    """A finite document stream for shaper tests (tests/test_shape.py's, plus a state)."""
-
-    def __init__(self, source, doc, length) -> None:
-        self.docs = Docs(np.asarray(source, np.int32), np.asarray(doc, np.int64),
-                         np.asarray(length, np.int64))
-        self.i = 0
-        self.pulls: list[tuple[int, int]] = []  # (first, end) document of every take_covering
-
-    def take(self, n: int) -> Docs:
-        out = self.docs.slice(self.i, self.i + n)
-        self.i += len(out)
-        return out
-
-    def take_covering(self, positions: int, extra_per_doc: int) -> Docs:
-        w = np.cumsum(self.docs.length[self.i:] + extra_per_doc)
-        k = int(np.searchsorted(w, positions)) + 1
-        first = self.i
-        out = self.take(k)
-        self.pulls.append((first, self.i))
-        return out
-
-    def state_dict(self) -> dict:
-        return {"i": self.i}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.i = int(state["i"])
-
-
-def _stores(lengths_per_source: list[list[int]]) -> list[TokenStore]:
-    """Stores whose document d of source s holds tokens 1000*s + (1..len)."""
-    stores = []
-    for s, lens in enumerate(lengths_per_source):
-        lens_a = np.asarray(lens, np.int64)
-        starts = np.concatenate([[0], np.cumsum(lens_a)[:-1]]).astype(np.int64)
-        tokens = np.concatenate([np.arange(n) + 1 + 1000 * s for n in lens_a]) if len(lens) else \
-            np.empty(0, np.int64)
-        meta = {"tokens": int(lens_a.sum()), "tokenizer": {"eod_id": 0, "vocab_size": 10**6}}
-        stores.append(TokenStore(f"s{s}", None, tokens.astype(np.int64), starts, lens_a, meta))
-    return stores
-
-
-def _feed_for(items):
-    per_source: list[list[int]] = [[], [], []]
-    src, doc, length = [], [], []
-    for s, n in items:
-        src.append(s)
-        doc.append(len(per_source[s]))
-        length.append(n)
-        per_source[s].append(n)
-    return ListFeed(src, doc, length), per_source
+from mixbatch.testing import ListFeed
+from mixbatch.testing import feed_from_items as _feed_for
+from mixbatch.testing import toy_stores as _stores
 
 
 def _signature(plan: StepPlan) -> tuple:

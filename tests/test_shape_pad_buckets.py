@@ -10,58 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mixbatch.errors import ConfigError
-from mixbatch.shape import IGNORE_INDEX, Docs, PadShaper, materialize
+from mixbatch.shape import IGNORE_INDEX, PadShaper, materialize
 from mixbatch.shape.pad_buckets import PadBucketShaper, equal_token_edges
-from mixbatch.store import TokenStore
-
-
-class ListFeed:
-    """A finite document stream for shaper tests, with a resumable position."""
-
-    def __init__(self, source, doc, length) -> None:
-        self.docs = Docs(np.asarray(source, np.int32), np.asarray(doc, np.int64),
-                         np.asarray(length, np.int64))
-        self.i = 0
-
-    def take(self, n: int) -> Docs:
-        out = self.docs.slice(self.i, self.i + n)
-        self.i += len(out)
-        return out
-
-    def take_covering(self, positions: int, extra_per_doc: int) -> Docs:
-        w = np.cumsum(self.docs.length[self.i:] + extra_per_doc)
-        k = int(np.searchsorted(w, positions)) + 1
-        return self.take(k)
-
-    def state_dict(self) -> dict:
-        return {"i": self.i}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.i = int(state["i"])
-
-
-def _stores(lengths_per_source: list[list[int]]) -> list[TokenStore]:
-    """Stores whose token at position p of any document of source s is 1000*s + p + 1."""
-    stores = []
-    for s, lens in enumerate(lengths_per_source):
-        lens_a = np.asarray(lens, np.int64)
-        starts = np.concatenate([[0], np.cumsum(lens_a)[:-1]]).astype(np.int64)
-        tokens = np.concatenate([np.arange(n) + 1 + 1000 * s for n in lens_a]) if len(lens) else \
-            np.empty(0, np.int64)
-        meta = {"tokens": int(lens_a.sum()), "tokenizer": {"eod_id": 0, "vocab_size": 10**6}}
-        stores.append(TokenStore(f"s{s}", None, tokens.astype(np.int64), starts, lens_a, meta))
-    return stores
-
-
-def _feed_for(items, k: int = 3):
-    per_source: list[list[int]] = [[] for _ in range(k)]
-    src, doc, length = [], [], []
-    for s, n in items:
-        src.append(s)
-        doc.append(len(per_source[s]))
-        length.append(n)
-        per_source[s].append(n)
-    return ListFeed(src, doc, length), per_source
+from mixbatch.testing import ListFeed
+from mixbatch.testing import feed_from_items as _feed_for
+from mixbatch.testing import toy_stores as _stores
 
 
 def _signature(p) -> tuple:

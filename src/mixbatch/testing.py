@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from mixbatch.loader.loader import MixedLoader
 
 
@@ -47,3 +49,63 @@ def _leaves(obj: Any) -> int:
     if isinstance(obj, list | tuple):
         return sum(_leaves(v) for v in obj)
     return 1
+
+
+# ---- test doubles for shapers ------------------------------------------------------------------
+class ListFeed:
+    """A finite document stream with a resumable position: a :class:`~mixbatch.shape.DocFeed`
+    for shaper tests. ``pulls`` records the (first, end) documents of every ``take_covering``."""
+
+    def __init__(self, source, doc, length) -> None:
+        from mixbatch.shape.base import Docs
+
+        self.docs = Docs(np.asarray(source, np.int32), np.asarray(doc, np.int64),
+                         np.asarray(length, np.int64))
+        self.i = 0
+        self.pulls: list[tuple[int, int]] = []
+
+    def take(self, n: int):
+        out = self.docs.slice(self.i, self.i + n)
+        self.i += len(out)
+        return out
+
+    def take_covering(self, positions: int, extra_per_doc: int):
+        w = np.cumsum(self.docs.length[self.i:] + extra_per_doc)
+        k = int(np.searchsorted(w, positions)) + 1
+        first = self.i
+        out = self.take(k)
+        self.pulls.append((first, self.i))
+        return out
+
+    def state_dict(self) -> dict:
+        return {"i": self.i}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.i = int(state["i"])
+
+
+def toy_stores(lengths_per_source: list[list[int]]):
+    """In-memory stores whose token at position p of any document of source s is 1000·s + p + 1."""
+    from mixbatch.store import TokenStore
+
+    stores = []
+    for s, lens in enumerate(lengths_per_source):
+        lens_a = np.asarray(lens, np.int64)
+        starts = np.concatenate([[0], np.cumsum(lens_a)[:-1]]).astype(np.int64)
+        tokens = (np.concatenate([np.arange(n) + 1 + 1000 * s for n in lens_a]) if len(lens)
+                  else np.empty(0, np.int64))
+        meta = {"tokens": int(lens_a.sum()), "tokenizer": {"eod_id": 0, "vocab_size": 10**6}}
+        stores.append(TokenStore(f"s{s}", None, tokens.astype(np.int64), starts, lens_a, meta))
+    return stores
+
+
+def feed_from_items(items, k: int = 3) -> tuple[ListFeed, list[list[int]]]:
+    """A feed of ``(source, length)`` items, documents numbered per source in order."""
+    per_source: list[list[int]] = [[] for _ in range(k)]
+    src, doc, length = [], [], []
+    for s, n in items:
+        src.append(s)
+        doc.append(len(per_source[s]))
+        length.append(n)
+        per_source[s].append(n)
+    return ListFeed(src, doc, length), per_source

@@ -179,8 +179,8 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _policy(self) -> Config:
         if self.mixture.policy is not None:
-            # the policy schema lives with the training loop; it imports no torch
-            from mixbatch.online.spec import parse_policy
+            # the schema of `mixture.policy` (settings and training-loop keys), pure Python
+            from mixbatch.mixture.policies.spec import parse_policy
 
             parse_policy(dict(self.mixture.policy), list(self.sources))
         return self

@@ -2,14 +2,14 @@
 
 - :func:`train_online`: train a proxy model with a policy choosing the mixture
   (:mod:`.loop`); files of the run folder in :mod:`.runfiles`, checkpoint in :mod:`.checkpoint`;
-- :func:`parse_policy`: check a ``mixture.policy`` value (:mod:`.spec`);
+- :func:`parse_policy`: check a ``mixture.policy`` value (:mod:`mixbatch.mixture.policies.spec`);
 - feedback signals (:mod:`.feedback`), the held-out validation/development split
   (:mod:`.splits`), DoReMi's reference model (:mod:`.reference`), Skill-It's probe runs
   (:mod:`.probes`);
 - :func:`write_report`: plots and an HTML page of a run folder (:mod:`.report`);
 - :func:`~mixbatch.online.cli.add_online_parsers`: the ``train`` and ``report`` commands.
 
-Importing this package (or :mod:`.spec`, or :mod:`.cli`) does not import torch: the config
+Importing this package (or :mod:`.cli`) does not import torch: the config
 loader and the command-line parser use them. The names that need torch load on first use.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mixbatch.online.spec import EvalGroups, PolicySpec, display_name, parse_policy
+from mixbatch.mixture.policies.spec import EvalGroups, PolicySpec, display_name, parse_policy
 
 _LAZY = {
     "OnlineResult": "mixbatch.online.loop",

@@ -60,8 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from mixbatch.config import load_config
+    from mixbatch.mixture.policies.spec import PolicySpec
     from mixbatch.online.loop import resolve_policy, train_online
-    from mixbatch.online.spec import PolicySpec
     from mixbatch.proxy.train import ProxyConfig
 
     cfg = load_config(args.config)
@@ -117,7 +117,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_online_parsers(subparsers: Any) -> None:
     """Register ``train`` and ``report`` on the ``mixbatch`` command's subparsers."""
-    from mixbatch.online.spec import policy_choices
+    from mixbatch.mixture.policies.spec import policy_choices
 
     sp = subparsers.add_parser("train", help="train the proxy model with an online mixture policy")
     sp.add_argument("config")

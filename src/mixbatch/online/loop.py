@@ -51,6 +51,7 @@ from mixbatch.config import Config
 from mixbatch.errors import ConfigError
 from mixbatch.loader.loader import MixedLoader
 from mixbatch.mixture.policies import DoReMi, Feedback, Policy, PolicyName, make_policy
+from mixbatch.mixture.policies.spec import NEEDS_TARGET, EvalGroups, PolicySpec, parse_policy
 from mixbatch.online.checkpoint import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
@@ -69,7 +70,6 @@ from mixbatch.online.feedback import (
 from mixbatch.online.probes import probe_graph
 from mixbatch.online.reference import reference_model, save_torch
 from mixbatch.online.runfiles import RunFiles
-from mixbatch.online.spec import NEEDS_TARGET, EvalGroups, PolicySpec, parse_policy
 from mixbatch.online.splits import HeldoutSplit, eval_rows, heldout_split
 from mixbatch.proxy.evaluate import EvalRows
 from mixbatch.proxy.model import ModelConfig, ProxyLM

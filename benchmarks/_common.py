@@ -269,3 +269,24 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | No
 def log(msg: str) -> None:
     """Progress notes go to stderr, so stdout holds only the report."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def run_in_workdir(bench: Callable[[Any, Path], str], args: Any, name: str,
+                   setup: Callable[[Path], None] | None = None) -> None:
+    """The shared ``main`` of a benchmark: wait budget, a work folder (``--workdir`` or a temp one,
+    removed after), optional ``setup(workdir)``, then print ``bench(args, workdir)``'s report."""
+    import shutil
+    import tempfile
+
+    set_wait_budget(args.max_wait)
+    own_tmp = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix=f"mixbatch-bench-{name}-")) if own_tmp else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        if setup is not None:
+            setup(workdir)
+        report = bench(args, workdir)
+    finally:
+        if own_tmp:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(report)

@@ -26,8 +26,6 @@ printed. Run with the project venv (torch is not in the benchmark venv):
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +36,7 @@ from _common import (
     header,
     human,
     log,
-    set_wait_budget,
+    run_in_workdir,
     table,
     wait_until_quiet,
 )
@@ -129,17 +127,7 @@ def run_size(cfg, name: str, shape: dict, device: str, steps: int, threads: int 
 
 
 def main() -> None:
-    args = parse_args()
-    set_wait_budget(args.max_wait)
-    own_tmp = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="mixbatch-bench-proxy-")) if own_tmp else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        report = bench(args, workdir)
-    finally:
-        if own_tmp:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(report)
+    run_in_workdir(bench, parse_args(), "proxy")
 
 
 def bench(args: argparse.Namespace, workdir: Path) -> str:

@@ -45,8 +45,6 @@ import io
 import json
 import math
 import pstats
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -62,7 +60,7 @@ from _common import (
     header,
     human,
     log,
-    set_wait_budget,
+    run_in_workdir,
     table,
     wait_until_quiet,
     warm_page_cache,
@@ -427,17 +425,7 @@ def run_balance(corpus: Corpus, args: argparse.Namespace, balance: bool) -> dict
 # main
 # ---------------------------------------------------------------------------------------------
 def main() -> None:
-    args = parse_args()
-    set_wait_budget(args.max_wait)
-    own_tmp = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="mixbatch-bench-shaping-")) if own_tmp else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        report = bench(args, workdir)
-    finally:
-        if own_tmp:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(report)
+    run_in_workdir(bench, parse_args(), "shaping")
 
 
 def best_of(repeat: int, fn: Callable[[], dict[str, Any]]) -> tuple[Timing, dict[str, Any]]:

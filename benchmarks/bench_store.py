@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +34,7 @@ from _common import (
     header,
     human,
     log,
-    set_wait_budget,
+    run_in_workdir,
     table,
     timed,
     wait_until_quiet,
@@ -174,17 +172,7 @@ def sequential_slices(tokens: np.ndarray, step: int, passes: int) -> int:
 # main
 # ---------------------------------------------------------------------------------------------
 def main() -> None:
-    args = parse_args()
-    set_wait_budget(args.max_wait)
-    own_tmp = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="mixbatch-bench-store-")) if own_tmp else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        report = bench(args, workdir)
-    finally:
-        if own_tmp:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(report)
+    run_in_workdir(bench, parse_args(), "store")
 
 
 def bench(args: argparse.Namespace, workdir: Path) -> str:

@@ -37,3 +37,23 @@ def two_sources(tmp_path: Path) -> Path:
         "mixture": {"unit": "tokens", "weights": {"web": 0.7, "code": 0.3}},
         "batch": {"seq_len": 64, "batch_size": 4, "packing": "concat"},
     })
+
+
+#: a proxy small enough for tests: one layer, 20 steps, one thread
+TINY_PROXY = {"n_layer": 1, "d_model": 32, "n_head": 2, "seq_len": 64, "batch_size": 4,
+              "steps": 20, "lr": 1e-2, "warmup": 2, "eval_tokens": 512, "device": "cpu",
+              "threads": 1}
+
+
+def write_alphabet_sources(tmp: Path, alphabets: dict[str, str], docs: int = 60) -> dict:
+    """One JSONL source per alphabet, random texts of 20-120 characters; the `sources:` block."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    sources = {}
+    for name, alphabet in alphabets.items():
+        chars = np.array(list(alphabet))
+        texts = ["".join(rng.choice(chars, size=int(rng.integers(20, 120)))) for _ in range(docs)]
+        write_jsonl(tmp / f"{name}.jsonl", texts)
+        sources[name] = {"path": f"{name}.jsonl"}
+    return sources

@@ -4,11 +4,10 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import write_config, write_jsonl
+from conftest import TINY_PROXY, write_alphabet_sources, write_config
 from mixbatch.cli import main
 from mixbatch.config import load_config
 from mixbatch.errors import ConfigError
@@ -24,8 +23,7 @@ from mixbatch.search.merge import (
 ALPHABETS = {"lower": "abcdefghijklm ", "upper": "NOPQRSTUVWXYZ ", "digits": "0123456789+-*/ ",
              "mixed": "aeiouAEIOU0123 "}
 NAMES = list(ALPHABETS)
-TINY = {"n_layer": 1, "d_model": 32, "n_head": 2, "seq_len": 64, "batch_size": 4, "steps": 20,
-        "lr": 1e-2, "warmup": 2, "eval_tokens": 512, "device": "cpu", "threads": 1}
+TINY = TINY_PROXY
 
 
 def _proxy(**kw) -> ProxyConfig:
@@ -35,13 +33,7 @@ def _proxy(**kw) -> ProxyConfig:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
     tmp: Path = tmp_path_factory.mktemp("merge")
-    rng = np.random.default_rng(0)
-    sources = {}
-    for name, alphabet in ALPHABETS.items():
-        chars = np.array(list(alphabet))
-        texts = ["".join(rng.choice(chars, size=int(rng.integers(20, 120)))) for _ in range(60)]
-        write_jsonl(tmp / f"{name}.jsonl", texts)
-        sources[name] = {"path": f"{name}.jsonl"}
+    sources = write_alphabet_sources(tmp, ALPHABETS)
     data = {"seed": 1, "store": "store", "holdout": 0.1, "sources": sources,
             # samples: merge must still mix by tokens
             "mixture": {"unit": "samples", "weights": {n: 1.0 for n in NAMES}},

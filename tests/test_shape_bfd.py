@@ -95,6 +95,29 @@ def test_bfd_feeds_every_token_once_with_boundaries(items, seq_len, window, rows
             assert pieces == [(0, n, True)]  # short documents are never cut
 
 
+@settings(max_examples=100, deadline=None)
+@given(items=docs_strategy, seq_len=st.integers(2, 33), window=st.integers(1, 4),
+       rows=st.lists(st.integers(1, 9), min_size=1, max_size=4))
+def test_bfd_step_arrays_and_stats(items, seq_len, window, rows) -> None:
+    """Steps inside one window and steps across windows alike: the documented dtypes, and
+    ``split_docs`` counts the cut documents with a piece in the step, once each."""
+    feed, per_source = _feed_for(items)
+    shaper = BFDShaper(seq_len, window)
+    step = 0
+    while (plan := shaper.plan_step(feed, rows[step % len(rows)])) is not None:
+        assert plan.rows == rows[step % len(rows)] and plan.seq_len == seq_len
+        assert plan.row.dtype == np.int32 and plan.source.dtype == np.int32
+        for name in ("col", "doc", "start", "end", "pad"):
+            assert getattr(plan, name).dtype == np.int64, name
+        assert plan.eod.dtype == bool and plan.pad.shape == (plan.rows,)
+        assert np.all((plan.row >= 0) & (plan.row < plan.rows))
+        cut = {(int(s), int(d)) for s, d in zip(plan.source, plan.doc, strict=True)
+               if per_source[int(s)][int(d)] >= seq_len}
+        assert plan.stats["split_docs"] == len(cut)
+        assert plan.stats["pieces"] == len(plan.row)
+        step += 1
+
+
 def _rows(p) -> list[tuple]:
     """Each row's segments as (source, doc, start, end, eod, col), rows in plan order."""
     return [tuple((int(p.source[k]), int(p.doc[k]), int(p.start[k]), int(p.end[k]),
@@ -144,14 +167,13 @@ def test_cut_pieces_and_best_fit_decreasing_by_hand() -> None:
     assert n == 3
     assert b.tolist() == [1, 1, 0, 1, 0, 2]
     assert off.tolist() == [0, 5, 0, 8, 6, 0]
+    for bad in ([0, 3], [3, 11]):  # widths must be 1..capacity
+        with pytest.raises(ValueError, match="width"):
+            best_fit_decreasing(np.array(bad), 10)
 
 
-@settings(max_examples=100, deadline=None)
-@given(width=st.lists(st.integers(1, 40), min_size=0, max_size=200), cap=st.integers(40, 64))
-def test_best_fit_decreasing_matches_a_plain_scan(width, cap) -> None:
-    w = np.asarray(width, np.int64)
-    b, off, n = best_fit_decreasing(w, cap)
-    # reference: O(N * bins) scan, tie among equal remaining space -> most recent to reach it
+def _plain_scan_bfd(w: np.ndarray, cap: int) -> tuple[list[int], int]:
+    """Reference: O(N * bins) scan, tie among equal remaining space -> most recent to reach it."""
     left: list[int] = []
     reached: list[int] = []
     ref_b = [0] * len(w)
@@ -166,13 +188,35 @@ def test_best_fit_decreasing_matches_a_plain_scan(width, cap) -> None:
         left[j] -= int(w[i])
         reached[j] = clock
         ref_b[i] = j
-    assert b.tolist() == ref_b and n == len(left)
+    return ref_b, len(left)
+
+
+def _check_bfd(w: np.ndarray, cap: int) -> None:
+    b, off, n = best_fit_decreasing(w, cap)
+    ref_b, ref_n = _plain_scan_bfd(w, cap)
+    assert b.tolist() == ref_b and n == ref_n
+    assert b.dtype == np.int64 and off.dtype == np.int64
     filled = np.bincount(b, weights=w, minlength=n)
     assert np.all(filled <= cap)
-    for j in range(n):  # offsets tile each bin from 0
+    order = np.argsort(-w, kind="stable")
+    for j in range(n):  # offsets tile each bin from 0, in packing order
         m = np.flatnonzero(b == j)
         m = m[np.argsort(off[m])]
         assert np.array_equal(off[m], np.concatenate([[0], np.cumsum(w[m])[:-1]]))
+        assert np.array_equal(m, order[np.isin(order, m)])
+
+
+@settings(max_examples=100, deadline=None)
+@given(width=st.lists(st.integers(1, 40), min_size=0, max_size=200), cap=st.integers(40, 64))
+def test_best_fit_decreasing_matches_a_plain_scan(width, cap) -> None:
+    _check_bfd(np.asarray(width, np.int64), cap)
+
+
+@settings(max_examples=150, deadline=None)
+@given(raw=st.lists(st.integers(0, 10**6), min_size=0, max_size=120), cap=st.integers(1, 12))
+def test_best_fit_decreasing_small_capacities_and_full_items(raw, cap) -> None:
+    # many equal widths, items as wide as a bin, capacity 1: the stacks' tie rule matters
+    _check_bfd(np.asarray(raw, np.int64) % cap + 1, cap)
 
 
 @settings(max_examples=150, deadline=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -14,10 +15,11 @@ from mixbatch.config import OnExhausted, Unit
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.loader.feed import MixedFeed
 from mixbatch.loader.order import SourceOrder
-from mixbatch.plan.interleave import max_prefix_deviation
+from mixbatch.plan.interleave import Interleaver, max_prefix_deviation, tijdeman_delta
 from mixbatch.shape import IGNORE_INDEX, Docs, materialize
 from mixbatch.shape.buckets import (
     BucketShaper,
+    bucket_pieces,
     bucket_schedule,
     curriculum_odds,
     curriculum_targets,
@@ -85,6 +87,22 @@ def test_decompose_matches_reference(lengths, kmax, kmin_off) -> None:
     assert got == expected
 
 
+@settings(max_examples=100, deadline=None)
+@given(lengths=st.lists(st.integers(0, 3000), min_size=0, max_size=40),
+       kmax=st.integers(0, 11), kmin_off=st.integers(0, 11))
+def test_bucket_pieces_are_decompose_split_by_bucket(lengths, kmax, kmin_off) -> None:
+    L, lo = 1 << kmax, 1 << max(kmax - kmin_off, 0)
+    docs = Docs(np.zeros(len(lengths), np.int32), np.arange(len(lengths)) * 3,
+                np.asarray(lengths, np.int64))
+    pieces, tails = decompose(docs, L, lo)
+    parts, tails2 = bucket_pieces(docs, L, lo)
+    assert np.array_equal(tails, tails2) and len(parts) == kmax - (lo.bit_length() - 1) + 1
+    for b, (at, start) in enumerate(parts):
+        mine = pieces.log2 == (lo.bit_length() - 1) + b
+        assert np.array_equal(docs.doc[at], pieces.doc[mine])  # stream order in each bucket
+        assert np.array_equal(start, pieces.start[mine])
+
+
 # ------------------------------------------------------------------------ curricula
 
 
@@ -101,6 +119,51 @@ def test_schedule_follows_the_curriculum_within_one_batch(batches, curriculum) -
         counts[1:] = np.cumsum(np.eye(N.size)[order], axis=0)
     assert np.abs(counts - D).max() < 1.0
     assert np.array_equal(np.bincount(order, minlength=N.size), N)
+
+
+def _per_step_schedule(N: np.ndarray, odds: np.ndarray) -> np.ndarray:
+    """The rule one step at a time: one ``choose(1, increment)`` per step (the reference)."""
+    D = curriculum_targets(N, odds)
+    w = np.maximum(np.diff(D, axis=0), 0.0)
+    il = Interleaver(N.size)
+    return np.array([il.choose(1, w[n])[0] for n in range(int(N.sum()))], dtype=np.int64)
+
+
+def _prefix_deviation(order: np.ndarray, D: np.ndarray) -> float:
+    counts = np.zeros_like(D)
+    if len(order):
+        counts[1:] = np.cumsum(np.eye(D.shape[1])[order], axis=0)
+    return float(np.abs(counts - D).max())
+
+
+@settings(max_examples=100, deadline=None)
+@given(batches=st.lists(st.integers(0, 60), min_size=1, max_size=8),
+       curriculum=st.sampled_from(CURRICULA))
+def test_grouped_schedule_keeps_the_per_step_bound(batches, curriculum) -> None:
+    N = np.asarray(batches)
+    odds = curriculum_odds(curriculum, N.size)
+    D = curriculum_targets(N, odds)
+    active = int((N > 0).sum())
+    bound = 1.0 - tijdeman_delta(active) if active >= 2 else 0.0
+    calls = []
+    choose = Interleaver.choose
+
+    def counted(self, n, *args, **kwargs):
+        calls.append(n)
+        return choose(self, n, *args, **kwargs)
+
+    with mock.patch.object(Interleaver, "choose", counted):
+        grouped = bucket_schedule(N, odds)
+    # one call per run of equal increments: at most two per bucket (its linear part, and the
+    # step across its kink), not one per step
+    assert len(calls) <= 2 * active and sum(calls) == N.sum()
+    per_step = _per_step_schedule(N, odds)
+    for order in (grouped, per_step):
+        assert np.array_equal(np.bincount(order, minlength=N.size), N)  # exact at the end
+        assert _prefix_deviation(order, D) <= bound + 1e-9  # Tijdeman's bound, every prefix
+    if not np.array_equal(grouped, per_step):  # only ties broken apart by rounding differ
+        assert np.abs(np.cumsum(np.eye(N.size)[grouped] - np.eye(N.size)[per_step],
+                                axis=0)).max() <= 1
 
 
 def test_curriculum_exact_sequences() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mixbatch.audit import read_audit_log
+from mixbatch.audit import read_audit_log, summary_path
 from mixbatch.config import load_config
 from mixbatch.errors import DataError
 from mixbatch.loader.loader import MixedLoader
@@ -46,6 +46,33 @@ def test_stream_json_summary_and_audit_log(tmp_path: Path) -> None:
     assert got == expect
     tokens = sum(e - a for rec in records for _, _, a, e in rec["segments"])
     assert tokens == sum(src["tokens"] for src in s["sources"].values())
+    # the summary is written next to the log
+    saved = json.loads(summary_path(emit).read_text())
+    assert summary_path(emit).name == "audit.summary.json"
+    for key in ("sources", "padding_fraction", "truncated_tokens", "pieces_per_document",
+                "tokens_per_step", "rank_cost_imbalance", "skipped_documents",
+                "max_prefix_deviation"):
+        assert saved[key] == s[key]
+
+
+def test_audit_summary_after_resume_covers_the_whole_run(tmp_path: Path) -> None:
+    _cfg(tmp_path, batch={"batch_size": 8, "packing": "bfd"})
+    cfg = str(tmp_path / "c.yaml")
+    whole = tmp_path / "whole.jsonl"
+    assert _run("stream", cfg, "--steps", "30", "--emit", str(whole)).returncode == 0
+    log, state = tmp_path / "run.jsonl", tmp_path / "state.json"
+    assert _run("stream", cfg, "--steps", "12", "--state-out", str(state),
+                "--emit", str(log)).returncode == 0
+    assert _run("stream", cfg, "--steps", "18", "--state-in", str(state),
+                "--emit", str(log)).returncode == 0
+    a = json.loads(summary_path(whole).read_text())
+    b = json.loads(summary_path(log).read_text())
+    assert b["first_step"] == 12 and b["steps"] == 18
+    for key in ("padding_fraction", "truncated_tokens", "pieces_per_document",
+                "tokens_per_step"):
+        assert b[key] == a[key]
+    assert {n: v["tokens"] for n, v in b["sources"].items()} == {
+        n: v["tokens"] for n, v in a["sources"].items()}
 
 
 def test_stream_resume_with_other_world_size_appends_log(tmp_path: Path) -> None:

@@ -85,6 +85,20 @@ def stats_table(stats: dict, title: str) -> Table:
     return table
 
 
+def second_table(stats: dict) -> Table | None:
+    """Second lengths (2-D bucketing) of the sources that have them; ``None`` if none has."""
+    rows = {name: s["second"] for name, s in stats["sources"].items() if s.get("second")}
+    if not rows:
+        return None
+    table = Table(title="second lengths")
+    for c in ("source", "field", "min", "median", "mean", "p99", "max"):
+        table.add_column(c, justify="left" if c in ("source", "field") else "right")
+    for name, s in rows.items():
+        table.add_row(name, str(s["field"]), f"{s['min']:,}", f"{s['median']:,.1f}",
+                      f"{s['mean']:,.1f}", f"{s['p99']:,}", f"{s['max']:,}")
+    return table
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from mixbatch.config import load_config
     from mixbatch.stats import config_stats, open_stores, plot_lengths
@@ -98,6 +112,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(stats, indent=1) + "\n")
     else:
         out.print(stats_table(stats, f"store {stats['store']}"))
+        second = second_table(stats)
+        if second is not None:
+            out.print(second)
         if args.plot:
             out.print(f"length histogram: {stats['plot']}")
     return 0
@@ -154,7 +171,10 @@ def run_stream(cfg, steps: int, rank: int | None, world_size: int | None, state_
     seconds = time.perf_counter() - t0
     if state_out:
         save_state(loader.state_dict(), state_out)
-    return stream_summary(loader, first, done, fed, seconds)
+    summary = stream_summary(loader, first, done, fed, seconds)
+    if writer is not None:
+        writer.write_summary(summary)
+    return summary
 
 
 def stream_summary(loader, first: int, done: int, fed: int, seconds: float) -> dict:
@@ -207,7 +227,11 @@ def stream_table(summary: dict) -> Table:
                            + (f" (longest document {summary['max_document_length']:,} tokens)"
                               if unit == "tokens" else "")
                            + f" · padding {summary['padding_fraction']:.2%}"
+                           + (f" · second-length padding {summary['second_padding_fraction']:.2%}"
+                              if "second_padding_fraction" in summary else "")
                            + f" · truncated {summary['truncated_tokens']:,} tokens"
+                           + (f" · skipped {summary['skipped_documents']:,} documents"
+                              if summary.get("skipped_documents") else "")
                            + f" · {summary['pieces_per_document']:.2f} pieces/document"
                            + " · tokens/step {min:,}/{mean:,.0f}/{max:,}".format(
                                **summary["tokens_per_step"])

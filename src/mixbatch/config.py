@@ -63,6 +63,10 @@ class SourceConfig(_Strict):
     path: str | list[str]
     format: Format | TokenFormat | None = None
     text_field: str = "text"
+    # a second length per document for 2-D bucketing (`packing: pad_buckets` with
+    # `batch.second_buckets`), e.g. a target's length: the record field holding an integer >= 0,
+    # a string (its token count) or a list (its length); stored as second_lengths.npy
+    second_field: str | None = None
     split: Split = Split.FILE
     on_error: OnError = OnError.FAIL
     max_epochs: float | None = Field(default=None, gt=0)
@@ -82,6 +86,9 @@ class SourceConfig(_Strict):
     def _token_fields(self) -> SourceConfig:
         if self.format == TokenFormat.TOKENS and self.eod_id is None:
             raise ValueError("format 'tokens' needs `eod_id`: the token that ends each document")
+        if self.second_field is not None and (self.is_token_data or self.format == Format.TEXT):
+            raise ValueError(f"`second_field` needs records with fields (jsonl, parquet, arrow); "
+                             f"format {self.format.value!r} has none")
         return self
 
 
@@ -144,6 +151,13 @@ class BatchConfig(_Strict):
     # pad_buckets: number of length buckets, and the attention term of a row's cost
     num_buckets: int = Field(default=16, ge=1)
     quadratic: float = Field(default=0.0, ge=0)
+    # pad_buckets: budgets of a bucket's documents sorted by length together (0: stream order)
+    sort_pool: int = Field(default=16, ge=0)
+    # pad_buckets, 2-D: sub-buckets on the documents' second lengths (0: one dimension), the
+    # cost of one second-length position, and the longest second length kept (longer: skipped)
+    second_buckets: int = Field(default=0, ge=0)
+    second_weight: float = Field(default=1.0, ge=0)
+    second_max: int | None = Field(default=None, ge=0)
     # variable-row modes (buckets, pad_buckets): rows per step are a multiple of this; the
     # world size must divide it, so the global stream never depends on the world size
     row_multiple: int = Field(default=8, ge=1)

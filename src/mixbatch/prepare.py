@@ -4,9 +4,10 @@ Work is cut into *units* (a file, or a newline-aligned byte range of a large pla
 unit is tokenised by a worker process into a *part* under ``<store>/<source>/.parts/``; a part
 is finished when its summary ``<key>.json`` exists (written last, by rename). A rerun skips the
 finished parts, so an interrupted prepare resumes where it stopped. When every part of a source
-is finished, the parts are concatenated in input order into ``tokens.bin`` and ``offsets.npy``,
-and ``meta.json`` is written last. The order of documents is the order of the input files and of
-the records inside them, whatever the number of processes.
+is finished, the parts are concatenated in input order into ``tokens.bin`` and ``offsets.npy``
+(and ``second_lengths.npy`` for a source with ``second_field``), and ``meta.json`` is written
+last. The order of documents is the order of the input files and of the records inside them,
+whatever the number of processes.
 
 ``shard=(i, n)`` prepares only every n-th unit starting at i (over all sources) and does not
 merge: run n such jobs anywhere (Slurm arrays, Ray, Kubernetes) on a shared folder, then one
@@ -23,6 +24,7 @@ import queue
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -37,9 +39,11 @@ from mixbatch.io import (
     Format,
     OnError,
     ReadUnit,
+    SecondValues,
     SkipCounter,
     expand_paths,
     infer_format,
+    iter_records,
     iter_texts,
     plan_units,
 )
@@ -48,6 +52,7 @@ from mixbatch.store import (
     FORMAT_VERSION,
     META,
     OFFSETS,
+    SECOND_LENGTHS,
     SPANS,
     TOKENS,
     atomic_path,
@@ -80,6 +85,7 @@ class _Job:
     base_dir: Path
     eod_token: str | None
     dtype: str
+    second_field: str | None = None
 
 
 @dataclass
@@ -139,29 +145,36 @@ def _tokenizer_for(job: _Job) -> Tokenizer:
 
 
 def _run_unit(job: _Job) -> dict[str, Any]:
-    """Tokenise one unit into ``<key>.tokens`` + ``<key>.lengths.npy``, then write ``<key>.json``."""
+    """Tokenise one unit into ``<key>.tokens`` + ``<key>.lengths.npy`` (+ ``<key>.second.npy``
+    with a ``second_field``), then write ``<key>.json``."""
     tok = _tokenizer_for(job)
     dtype = np.dtype(job.dtype)
     skips = SkipCounter()
     lengths: list[np.ndarray] = []
+    seconds: list[np.ndarray] = []
     n_docs = n_toks = 0
     tok_path = job.part_dir / f"{job.key}.tokens"
     with atomic_path(tok_path) as tmp, open(tmp, "wb") as out:
-        for texts in iter_texts(job.unit, job.text_field, _split(job.split), OnError(job.on_error),
-                                skips):
+        for texts, second in _batches(job, skips):
             kept = [t for t in texts if t]
             if len(kept) < len(texts):
                 skips.add("empty_document", len(texts) - len(kept))
             if not kept:
                 continue
+            if second is not None:
+                second_lengths = second.lengths(lambda strings: tok.encode_batch(strings)[1])
+                if len(kept) < len(texts):  # an empty document goes with its second value
+                    second_lengths = second_lengths[np.fromiter(map(bool, texts), bool, len(texts))]
+                seconds.append(second_lengths)
             flat, lens = tok.encode_batch(kept)
             out.write(np.ascontiguousarray(flat, dtype=dtype).tobytes())
             lengths.append(lens)
             n_docs += len(kept)
             n_toks += int(lens.sum())
             _report(len(kept), int(lens.sum()))
-    save_npy_atomic(job.part_dir / f"{job.key}.lengths.npy",
-                    np.concatenate(lengths) if lengths else np.empty(0, dtype=np.int64))
+    save_npy_atomic(job.part_dir / f"{job.key}.lengths.npy", _concat(lengths))
+    if job.second_field is not None:
+        save_npy_atomic(job.part_dir / f"{job.key}.second.npy", _concat(seconds))
     unit = job.unit
     summary = {
         "key": job.key, "path": str(unit.path), "start": unit.start, "end": unit.end,
@@ -171,6 +184,20 @@ def _run_unit(job: _Job) -> dict[str, Any]:
     }
     write_json_atomic(job.part_dir / f"{job.key}.json", summary)
     return summary
+
+
+def _batches(job: _Job, skips: SkipCounter) -> Iterator[tuple[list[str], SecondValues | None]]:
+    """The unit's texts, each batch with its second values (``None`` without ``second_field``)."""
+    on_error = OnError(job.on_error)
+    if job.second_field is None:
+        for texts in iter_texts(job.unit, job.text_field, _split(job.split), on_error, skips):
+            yield texts, None
+    else:
+        yield from iter_records(job.unit, job.text_field, job.second_field, on_error, skips)
+
+
+def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays).astype(np.int64, copy=False) if arrays else np.empty(0, dtype=np.int64)
 
 
 def _split(value: str):
@@ -197,12 +224,19 @@ def source_format(name: str, src: SourceConfig, paths: list[Path]) -> Format:
     if len(formats) > 1:
         shown = ", ".join(sorted(f.value for f in formats))
         raise DataError(f"sources.{name}: files of several formats ({shown}); set `format:`")
-    return formats.pop()
+    fmt = formats.pop()
+    if fmt is Format.TEXT and src.second_field is not None:
+        raise ConfigError(f"sources.{name}.second_field: {paths[0]} is read as text (inferred from "
+                          "its name), which has no fields; second_field needs jsonl, parquet or "
+                          "arrow records")
+    return fmt
 
 
 def _fingerprint(src: SourceConfig, fmt: Format, tok: Tokenizer, dtype: np.dtype) -> str:
     data = {"format_version": FORMAT_VERSION, "format": fmt.value, "text_field": src.text_field,
             "split": src.split.value, "tokenizer": tok.identity(), "dtype": dtype.name}
+    if src.second_field is not None:  # absent otherwise, so that older stores stay up to date
+        data["second_field"] = src.second_field
     blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
@@ -243,8 +277,12 @@ def _up_to_date(folder: Path, fingerprint: str, files: list[dict[str, Any]]) -> 
         if was["mtime_ns"] != now["mtime_ns"] and file_digest(Path(now["path"])) != was["blake2b"]:
             return False
     try:  # the data files must still match the metadata
-        for fname, key in ((TOKENS, "tokens"), (OFFSETS, "index")):
-            want = meta["checksums"][key]
+        checksums = meta["checksums"]
+        files_of = [(TOKENS, "tokens"), (OFFSETS, "index")]
+        if meta.get("second_field") is not None:
+            files_of.append((SECOND_LENGTHS, "second_lengths"))
+        for fname, key in files_of:
+            want = checksums[key]
             p = folder / fname
             if p.stat().st_size != want["size"] or quick_digest(p) != want["quick"]:
                 return False
@@ -271,6 +309,7 @@ def _merge(name: str, folder: Path, jobs: list[_Job], files: list[dict[str, Any]
             examples[reason].extend(ex[: 5 - len(examples[reason])])
     lengths = [np.load(part_dir / f"{j.key}.lengths.npy") for j in jobs]
     all_lengths = np.concatenate(lengths) if lengths else np.empty(0, dtype=np.int64)
+    seconds = None if src.second_field is None else _part_seconds(part_dir, jobs, lengths)
     report.documents = len(all_lengths)
     report.tokens = int(all_lengths.sum())
     report.skipped, report.examples = dict(skipped), examples
@@ -300,18 +339,40 @@ def _merge(name: str, folder: Path, jobs: list[_Job], files: list[dict[str, Any]
     offsets = np.zeros(len(all_lengths) + 1, dtype=np.int64)
     np.cumsum(all_lengths, out=offsets[1:])
     save_npy_atomic(folder / OFFSETS, offsets)
+    checksums = {"tokens": describe_file(tokens_path), "index": describe_file(folder / OFFSETS)}
+    if seconds is not None:
+        save_npy_atomic(folder / SECOND_LENGTHS, seconds)
+        checksums["second_lengths"] = describe_file(folder / SECOND_LENGTHS)
     meta = {
         "format_version": FORMAT_VERSION, "source": name, "fingerprint": fingerprint,
         "format": fmt.value, "text_field": src.text_field, "split": src.split.value,
         "dtype": dtype.name, "tokenizer": tok.identity(), "documents": report.documents,
         "tokens": report.tokens, "files": file_meta, "skipped": report.skipped,
-        "skipped_examples": examples, "external": None,
-        "checksums": {"tokens": describe_file(tokens_path),
-                      "index": describe_file(folder / OFFSETS)},
+        "skipped_examples": examples, "external": None, "second_field": src.second_field,
+        "checksums": checksums,
     }
     write_json_atomic(folder / META, meta)
+    if seconds is None:  # left by an earlier build with a second_field
+        (folder / SECOND_LENGTHS).unlink(missing_ok=True)
     shutil.rmtree(part_dir, ignore_errors=True)
     return report
+
+
+def _part_seconds(part_dir: Path, jobs: list[_Job], lengths: list[np.ndarray]) -> np.ndarray:
+    """The parts' second lengths in order, each part checked against its document count."""
+    seconds = []
+    for j, lens in zip(jobs, lengths, strict=True):
+        path = part_dir / f"{j.key}.second.npy"
+        try:
+            part = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{path}: unreadable part ({e}); delete it and its .json to redo "
+                             "the part, or run `mixbatch prepare CONFIG --force`") from None
+        if part.shape != lens.shape:
+            raise StoreError(f"{path}: {part.shape[0] if part.ndim else 0} second lengths for "
+                             f"{len(lens)} documents; run `mixbatch prepare CONFIG --force`")
+        seconds.append(part)
+    return _concat(seconds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,7 +466,7 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
             key = _unit_key(unit, fp, st["size"], st["mtime_ns"])
             jobs.append(_Job(name, unit, key, part_dir, src.text_field, src.split.value,
                              (on_error or src.on_error).value, cfg.tokenizer, cfg.base_dir,
-                             cfg.eod_token, dtype.name))
+                             cfg.eod_token, dtype.name, src.second_field))
         plans[name] = (jobs, files, fp, fmt)
         pending.extend(j for j in jobs if not (part_dir / f"{j.key}.json").is_file())
 

@@ -13,10 +13,27 @@ from mixbatch.store import TokenStore, open_store
 PERCENTILES = (50, 90, 99)
 
 
+def second_stats(store: TokenStore) -> dict[str, Any] | None:
+    """Summary of a store's second lengths (``None`` without them): the field, min, median,
+    mean, p99 (lower value, as the token percentiles) and max."""
+    if store.second_lengths is None:
+        return None
+    x = np.asarray(store.second_lengths)
+    if not len(x):
+        return {"field": store.second_field, "min": 0, "median": 0.0, "mean": 0.0, "p99": 0,
+                "max": 0}
+    return {"field": store.second_field, "min": int(x.min()), "median": float(np.median(x)),
+            "mean": float(x.mean()), "p99": int(np.percentile(x, 99, method="lower")),
+            "max": int(x.max())}
+
+
 def store_stats(store: TokenStore) -> dict[str, Any]:
+    """Files, documents, tokens, length percentiles and skips of a store; with ``second``
+    (see :func:`second_stats`) when it has second lengths."""
     lengths = np.asarray(store.lengths)
     pct = (np.percentile(lengths, PERCENTILES, method="lower").astype(int).tolist()
            if len(lengths) else [0] * len(PERCENTILES))
+    second = second_stats(store)
     return {
         "files": len(store.meta.get("files", [])),
         "documents": len(store),
@@ -27,6 +44,7 @@ def store_stats(store: TokenStore) -> dict[str, Any]:
         "skipped": dict(store.meta.get("skipped", {})),
         "tokenizer": store.meta["tokenizer"]["name"],
         "dtype": store.meta["dtype"],
+        **({"second": second} if second is not None else {}),
     }
 
 

@@ -6,9 +6,11 @@ A store folder ``<store>/<source>/`` holds
   uint32), no end-of-document tokens: boundaries live in the offsets;
 - ``offsets.npy``: int64, ``documents + 1`` entries; document ``i`` is
   ``tokens[offsets[i]:offsets[i+1]]``;
+- ``second_lengths.npy`` (only for a source with ``second_field``): int64, one entry per
+  document, its second length for 2-D bucketing (e.g. a target's length);
 - ``meta.json``: format version, tokenizer identity and hash, counts, per-input-file checksums,
-  skipped records per reason, and the size and checksum of the two files above. It is written
-  last, by rename, so it is the commit point of a store.
+  skipped records per reason, ``second_field``, and the size and checksum of the files above. It
+  is written last, by rename, so it is the commit point of a store.
 
 Existing token data is read in place: a Megatron-LM indexed dataset (``.bin``/``.idx``) or a flat
 ``.npy``/``.bin`` token array split at an end-of-document token. For those, the folder holds a
@@ -37,6 +39,7 @@ META = "meta.json"
 TOKENS = "tokens.bin"
 OFFSETS = "offsets.npy"
 SPANS = "spans.npy"
+SECOND_LENGTHS = "second_lengths.npy"
 _QUICK = 1 << 20  # bytes hashed at each end of a file by the quick checksum
 
 
@@ -109,17 +112,21 @@ class TokenStore:
     """Read access to one source's documents: ``store[i]`` is document ``i`` as a token array.
 
     ``starts`` and ``lengths`` are int64 arrays (memory-mapped or derived from offsets);
-    ``tokens`` is a read-only ``np.memmap``. Nothing is loaded at once.
+    ``tokens`` is a read-only ``np.memmap``. ``second_lengths`` is the int64 second length of
+    each document (read-only, memory-mapped), or ``None`` when the source has no
+    ``second_field``. Nothing is loaded at once.
     """
 
     def __init__(self, name: str, path: Path, tokens: np.ndarray, starts: np.ndarray,
-                 lengths: np.ndarray, meta: dict[str, Any]) -> None:
+                 lengths: np.ndarray, meta: dict[str, Any],
+                 second_lengths: np.ndarray | None = None) -> None:
         self.name = name
         self.path = path
         self.tokens = tokens
         self.starts = starts
         self.lengths = lengths
         self.meta = meta
+        self.second_lengths = second_lengths
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -131,6 +138,16 @@ class TokenStore:
     @property
     def num_tokens(self) -> int:
         return int(self.meta["tokens"])
+
+    @property
+    def has_second(self) -> bool:
+        """Whether every document has a second length (``second_lengths`` is not ``None``)."""
+        return self.second_lengths is not None
+
+    @property
+    def second_field(self) -> str | None:
+        """The record field the second lengths were read from, or ``None``."""
+        return self.meta.get("second_field")
 
     @property
     def eod_id(self) -> int:
@@ -213,7 +230,32 @@ def open_store(folder: Path, verify: bool = False) -> TokenStore:
     if len(lengths) != meta["documents"]:
         raise StoreError(f"{idx_path}: {len(lengths)} documents, metadata says "
                          f"{meta['documents']}; run `mixbatch prepare CONFIG --force`")
-    return TokenStore(meta["source"], folder, tokens, starts, lengths, meta)
+    second = _open_second_lengths(folder, meta, verify)
+    return TokenStore(meta["source"], folder, tokens, starts, lengths, meta, second)
+
+
+def _open_second_lengths(folder: Path, meta: dict[str, Any], verify: bool) -> np.ndarray | None:
+    """The checked, memory-mapped ``second_lengths.npy`` of a store, or ``None`` if it has none."""
+    want = meta["checksums"].get("second_lengths")
+    path = folder / SECOND_LENGTHS
+    rebuild = "run `mixbatch prepare CONFIG --force` to rebuild the store"
+    if want is None:
+        if meta.get("second_field") is not None:
+            raise StoreError(f"{folder / META}: second_field {meta['second_field']!r} but no "
+                             f"{SECOND_LENGTHS} checksum; {rebuild}")
+        return None
+    _check_file(path, want, verify)
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{path}: not a readable .npy array ({e}); {rebuild}") from None
+    if arr.ndim != 1 or arr.dtype != np.int64:
+        raise StoreError(f"{path}: expected a 1-D int64 array, got shape {arr.shape} dtype "
+                         f"{arr.dtype}; {rebuild}")
+    if len(arr) != meta["documents"]:
+        raise StoreError(f"{path}: {len(arr)} second lengths, metadata says {meta['documents']} "
+                         f"documents; {rebuild}")
+    return arr.view(np.ndarray)
 
 
 # ---------------------------------------------------------------------------------------------

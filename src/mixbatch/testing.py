@@ -56,11 +56,12 @@ class ListFeed:
     """A finite document stream with a resumable position: a :class:`~mixbatch.shape.DocFeed`
     for shaper tests. ``pulls`` records the (first, end) documents of every ``take_covering``."""
 
-    def __init__(self, source, doc, length) -> None:
+    def __init__(self, source, doc, length, second=None) -> None:
         from mixbatch.shape.base import Docs
 
         self.docs = Docs(np.asarray(source, np.int32), np.asarray(doc, np.int64),
-                         np.asarray(length, np.int64))
+                         np.asarray(length, np.int64),
+                         None if second is None else np.asarray(second, np.int64))
         self.i = 0
         self.pulls: list[tuple[int, int]] = []
 

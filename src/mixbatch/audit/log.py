@@ -6,6 +6,11 @@
 store and ``[start, end)`` the span of its tokens placed in the row (end-of-document tokens are
 not counted; a segment that holds only an end token has ``start == end``). Everything a report or
 a check needs can be rebuilt from this file offline.
+
+Next to it, ``<name>.summary.json`` (:func:`summary_path`) holds the run's summary as the
+``stream`` command reports it: the mixture per source, padding, truncation, pieces per document,
+tokens per step, rank cost imbalance, skipped documents. The loader's counters are part of its
+state, so after a resume the summary covers the whole run, not only the resumed part.
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ def rows_of(plan: StepPlan, names: Sequence[str], step: int, rank: int) -> list[
     return out
 
 
+def summary_path(path: str | Path) -> Path:
+    """Where the summary of the audit log at ``path`` goes: ``audit.jsonl`` →
+    ``audit.summary.json``."""
+    return Path(path).with_suffix(".summary.json")
+
+
 class AuditWriter:
     """Appends the rows of each step to a JSONL file (flushed every step)."""
 
@@ -48,6 +59,14 @@ class AuditWriter:
         for rec in rows_of(plan, self.names, step, rank):
             self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
         self._f.flush()
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        """Write (replace) the run's summary next to the log; returns its path."""
+        from mixbatch.store import write_json_atomic
+
+        out = summary_path(self.path)
+        write_json_atomic(out, summary)
+        return out
 
     def close(self) -> None:
         self._f.close()

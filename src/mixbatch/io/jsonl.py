@@ -6,10 +6,14 @@ import json
 import re
 from collections.abc import Iterator
 
+import numpy as np
+
 from mixbatch.io.files import ReadUnit
 from mixbatch.io.formats import OnError
 from mixbatch.io.lines import LineNumbers, iter_line_blocks
+from mixbatch.io.second import EXPECTED, INT64_MAX, SecondValues
 from mixbatch.io.skips import (
+    BAD_SECOND_VALUE,
     INVALID_UTF8,
     MALFORMED_JSON,
     MISSING_FIELD,
@@ -32,20 +36,30 @@ _JSON_TYPE_NAMES = {
     type(None): "null",
     dict: "an object",
 }
+_SECOND_TYPE_NAMES = {**_JSON_TYPE_NAMES, float: "a float"}
 
 
-def iter_jsonl_texts(
-    unit: ReadUnit, text_field: str, on_error: OnError, skips: SkipCounter, batch_size: int
-) -> Iterator[list[str]]:
-    """Yield batches of ``record[text_field]`` for the JSON Lines records of ``unit``.
+def iter_jsonl_records(
+    unit: ReadUnit,
+    text_field: str,
+    on_error: OnError,
+    skips: SkipCounter,
+    batch_size: int,
+    second_field: str | None = None,
+) -> Iterator[tuple[list[str], SecondValues | None]]:
+    """Yield batches of ``record[text_field]`` for the JSON Lines records of ``unit``, each with
+    the batch's ``record[second_field]`` values (``None`` without a ``second_field``).
 
     Each line is decoded (strict UTF-8) and parsed on its own, so one bad line spoils only
     itself. Blank lines are ignored; empty texts are kept. A ``null`` value counts as a
     missing field. A text holding a lone surrogate (``"\\ud800"``) is invalid UTF-8 too: it
-    could not be encoded for the tokenizer.
+    could not be encoded for the tokenizer. A record whose second value is bad (see
+    :mod:`mixbatch.io.second`) is bad as a whole: its text is not yielded either.
     """
     numbers = LineNumbers(unit.path, unit.start)
     batch: list[str] = []
+    counts: list[int] = []
+    strings: list[str] = []
     local = 0
     for lines in iter_line_blocks(unit.path, unit.start, unit.end):
         for raw in lines:
@@ -83,21 +97,60 @@ def iter_jsonl_texts(
             if type(text) is not str:
                 _bad_value(record, text, text_field, numbers, local, on_error, skips)
                 continue
-            if not text.isascii() and _SURROGATE_ESCAPE.search(line) and not _encodable(text):
-                reject(
-                    on_error,
-                    skips,
-                    INVALID_UTF8,
-                    f"{numbers.where(local)}: field {text_field!r} holds a lone surrogate"
-                    " (\\ud800-\\udfff escape), which is not valid UTF-8",
-                )
+            if not text.isascii() and not _valid_string(
+                text, text_field, line, numbers, local, on_error, skips
+            ):
                 continue
+            if second_field is not None:
+                second = record.get(second_field, _MISSING)
+                if isinstance(second, str):
+                    if not second.isascii() and not _valid_string(
+                        second, second_field, line, numbers, local, on_error, skips
+                    ):
+                        continue
+                    counts.append(-1)
+                    strings.append(second)
+                elif isinstance(second, list):
+                    counts.append(len(second))
+                elif type(second) is int and 0 <= second <= INT64_MAX:  # bool is no length
+                    counts.append(second)
+                else:
+                    _bad_second(record, second, second_field, numbers, local, on_error, skips)
+                    continue
             batch.append(text)
             if len(batch) >= batch_size:
-                yield batch
-                batch = []
+                yield batch, _second_values(second_field, counts, strings)
+                batch, counts, strings = [], [], []
     if batch:
-        yield batch
+        yield batch, _second_values(second_field, counts, strings)
+
+
+def _second_values(second_field: str | None, counts: list[int], strings: list[str]) -> SecondValues | None:
+    if second_field is None:
+        return None
+    return SecondValues(np.array(counts, dtype=np.int64), strings)
+
+
+def _valid_string(
+    value: str,
+    field: str,
+    line: str,
+    numbers: LineNumbers,
+    local: int,
+    on_error: OnError,
+    skips: SkipCounter,
+) -> bool:
+    """False (after rejecting the record) when ``value`` holds a lone surrogate."""
+    if not _SURROGATE_ESCAPE.search(line) or _encodable(value):
+        return True
+    reject(
+        on_error,
+        skips,
+        INVALID_UTF8,
+        f"{numbers.where(local)}: field {field!r} holds a lone surrogate"
+        " (\\ud800-\\udfff escape), which is not valid UTF-8",
+    )
+    return False
 
 
 _scan_once = json.JSONDecoder().scan_once
@@ -145,6 +198,31 @@ def _malformed(
     reject(on_error, skips, MALFORMED_JSON, f"{numbers.where(local)}: malformed JSON ({detail}){hint}")
 
 
+def _missing(
+    record: dict, value: object, field: str, where: str, on_error: OnError, skips: SkipCounter
+) -> bool:
+    """Reject the record if ``value`` is missing or null; whether it was."""
+    if value is _MISSING:
+        fields = ", ".join(repr(k) for k in list(record)[:10])
+        more = ", ..." if len(record) > 10 else ""
+        reject(
+            on_error,
+            skips,
+            MISSING_FIELD,
+            f"{where}: no field {field!r} (fields: {fields or 'none'}{more})",
+        )
+    elif value is None:
+        reject(on_error, skips, MISSING_FIELD, f"{where}: field {field!r} is null")
+    else:
+        return False
+    return True
+
+
+def _shown(value: object) -> str:
+    shown = json.dumps(value, ensure_ascii=False)
+    return shown[:37] + "..." if len(shown) > 40 else shown
+
+
 def _bad_value(
     record: dict,
     text: object,
@@ -155,25 +233,33 @@ def _bad_value(
     skips: SkipCounter,
 ) -> None:
     where = numbers.where(local)
-    if text is _MISSING:
-        fields = ", ".join(repr(k) for k in list(record)[:10])
-        more = ", ..." if len(record) > 10 else ""
-        reject(
-            on_error,
-            skips,
-            MISSING_FIELD,
-            f"{where}: no field {text_field!r} (fields: {fields or 'none'}{more})",
-        )
-    elif text is None:
-        reject(on_error, skips, MISSING_FIELD, f"{where}: field {text_field!r} is null")
+    if _missing(record, text, text_field, where, on_error, skips):
+        return
+    kind = _JSON_TYPE_NAMES.get(type(text), type(text).__name__)
+    reject(
+        on_error,
+        skips,
+        NOT_A_STRING,
+        f"{where}: field {text_field!r} is {kind} ({_shown(text)}), expected a string",
+    )
+
+
+def _bad_second(
+    record: dict,
+    value: object,
+    field: str,
+    numbers: LineNumbers,
+    local: int,
+    on_error: OnError,
+    skips: SkipCounter,
+) -> None:
+    where = numbers.where(local)
+    if _missing(record, value, field, where, on_error, skips):
+        return
+    if isinstance(value, int) and not isinstance(value, bool):
+        problem = "negative" if value < 0 else "too large for int64"
+        message = f"{where}: field {field!r} is {value}, {problem}; {EXPECTED}"
     else:
-        kind = _JSON_TYPE_NAMES.get(type(text), type(text).__name__)
-        shown = json.dumps(text, ensure_ascii=False)
-        if len(shown) > 40:
-            shown = shown[:37] + "..."
-        reject(
-            on_error,
-            skips,
-            NOT_A_STRING,
-            f"{where}: field {text_field!r} is {kind} ({shown}), expected a string",
-        )
+        kind = _SECOND_TYPE_NAMES.get(type(value), type(value).__name__)
+        message = f"{where}: field {field!r} is {kind} ({_shown(value)}), {EXPECTED}"
+    reject(on_error, skips, BAD_SECOND_VALUE, message)

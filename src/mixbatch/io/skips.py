@@ -16,6 +16,8 @@ NOT_AN_OBJECT = "not_an_object"
 MISSING_FIELD = "missing_field"
 NOT_A_STRING = "not_a_string"
 INVALID_UTF8 = "invalid_utf8"
+#: a ``second_field`` value that is not an integer >= 0, a string or a list
+BAD_SECOND_VALUE = "bad_second_value"
 
 
 def one_line(text: str) -> str:

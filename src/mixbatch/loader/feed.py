@@ -45,6 +45,10 @@ class MixedFeed:
         self.ended = False
         self.max_deviation = 0.0  # largest |c_i(n) - W_i(n)| seen after any decision (in units)
         self._lengths = [np.asarray(s.lengths) for s in stores]
+        # second lengths (2-D bucketing) travel with the documents when every store has them
+        seconds = [getattr(s, "second_lengths", None) for s in stores]
+        self._second = (None if not stores or any(x is None for x in seconds)
+                        else [np.asarray(x) for x in seconds])
         self._mean_len = max(1.0, float(np.mean([max(s.num_tokens, 1) / max(len(s), 1)
                                                  for s in stores])))
 
@@ -101,10 +105,13 @@ class MixedFeed:
             m = src == s
             doc[m] = upcoming[s][rank_in_source[m]]
         length = np.empty(len(src), dtype=np.int64)
+        second = None if self._second is None else np.empty(len(src), dtype=np.int64)
         for s in np.flatnonzero(counts):
             m = src == s
             length[m] = self._lengths[s][doc[m]]
-        return Docs(src, doc, length)
+            if second is not None:
+                second[m] = self._second[s][doc[m]]  # type: ignore[index]
+        return Docs(src, doc, length, second)
 
     def _cut_at_exhaustion(self, src: np.ndarray, upcoming: list[np.ndarray]) -> int:
         """How many choices are valid: stop right after a source's last available document."""

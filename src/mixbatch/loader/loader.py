@@ -63,7 +63,9 @@ def build_shaper(cfg: Config) -> Shaper:
                             b.row_multiple, b.window_tokens)
     if packing == Packing.PAD_BUCKETS:
         return PadBucketShaper(b.seq_len, b.token_budget, b.num_buckets, b.quadratic,
-                               b.row_multiple, b.window_tokens)
+                               b.row_multiple, b.window_tokens, sort_pool=b.sort_pool,
+                               second_buckets=b.second_buckets, second_weight=b.second_weight,
+                               second_max=b.second_max, source_names=list(cfg.sources))
     raise ConfigError(f"batch.packing: {packing.value!r} is not available "
                       f"(choose one of {', '.join(p.value for p in Packing)})")
 
@@ -120,6 +122,7 @@ class MixedLoader:
         self.names = list(cfg.sources)
         self.stores = [(stores or {}).get(n) or open_store(cfg.store_dir / n) for n in self.names]
         self._check_tokenizers()
+        self._check_second_lengths()
         self.eod_id = self.stores[0].eod_id
         self.pad_id = int(self.stores[0].meta["tokenizer"].get("pad_id", self.eod_id))
         self.mixture: MixtureSchedule = build_mixture(cfg, self.stores)
@@ -132,6 +135,20 @@ class MixedLoader:
             shown = ", ".join(f"{n}: {h}" for n, h in hashes.items())
             raise ConfigError(f"sources were prepared with different tokenizers ({shown}); "
                               "prepare them all with one tokenizer")
+
+    def _check_second_lengths(self) -> None:
+        b = self.cfg.batch
+        if not b.second_buckets:
+            return
+        if b.packing != Packing.PAD_BUCKETS:
+            raise ConfigError(f"batch.second_buckets: 2-D bucketing is a pad_buckets option; "
+                              f"packing is {b.packing.value!r}")
+        missing = [n for n, s in zip(self.names, self.stores, strict=True)
+                   if getattr(s, "second_lengths", None) is None]
+        if missing:
+            raise ConfigError(f"batch.second_buckets: source(s) {', '.join(missing)} have no "
+                              "second lengths; set `second_field` on them and run "
+                              "`mixbatch prepare`")
 
     # ---- construction of the stream ------------------------------------------------------
     def reset(self) -> None:

@@ -1,8 +1,9 @@
 """Running totals of what the stream fed: O(K) counters, saved with the loader's state.
 
 They feed the ``stream`` report and the audit summary: tokens and documents per source, padding,
-truncation, pieces per document, tokens per step (min/mean/max), and the per-rank cost imbalance
-(largest rank cost over the mean, per step).
+truncation, pieces per document, tokens per step (min/mean/max), the per-rank cost imbalance
+(largest rank cost over the mean, per step), documents skipped by the shaper, and in 2-D
+bucketing the padding of the second lengths.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class RunStats:
     step_tokens_max: int = 0
     imbalance_max: float = 1.0
     imbalance_sum: float = 0.0
+    skipped_docs: int = 0  # documents a shaper skipped (pad_buckets: second length too long)
+    second_padding: int = 0  # 2-D bucketing: padding of the second lengths
+    second_positions: int = 0
 
     def __post_init__(self) -> None:
         self.tokens = self.tokens or [0] * self.k
@@ -45,6 +49,9 @@ class RunStats:
         self.padding += int(plan.pad.sum())
         self.positions += plan.rows * plan.seq_len
         self.truncated += int(plan.truncated)
+        self.skipped_docs += int(plan.stats.get("skipped_docs", 0))
+        self.second_padding += int(plan.stats.get("second_padding", 0))
+        self.second_positions += int(plan.stats.get("second_positions", 0))
         real = int(n_tok.sum())
         self.steps += 1
         self.step_tokens_min = real if self.step_tokens_min is None else min(
@@ -70,6 +77,9 @@ class RunStats:
             "rank_cost_imbalance": {"max": self.imbalance_max,
                                     "mean": self.imbalance_sum / self.steps if self.steps
                                     else 1.0},
+            "skipped_documents": self.skipped_docs,
+            **({"second_padding_fraction": self.second_padding / self.second_positions}
+               if self.second_positions else {}),
         }
 
     def state_dict(self) -> dict[str, Any]:

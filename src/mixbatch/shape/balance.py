@@ -77,18 +77,25 @@ def _check(labels: np.ndarray, costs: np.ndarray, world_size: int) -> tuple[np.n
 
 
 def _lpt(cost: np.ndarray, group: np.ndarray, quota: np.ndarray) -> np.ndarray:
-    """Costliest row first, to the least loaded rank with quota left for its group."""
+    """Costliest row first, to the least loaded rank with quota left for its group (ties to
+    the lower rank). A global batch has tens of rows over a few ranks: plain Python lists beat
+    a NumPy call per row here."""
     p = quota.shape[0]
-    left = quota.copy()
-    load = np.zeros(p)
-    owner = np.empty(len(cost), dtype=np.int64)
+    left = quota.T.tolist()  # left[g][r]: rows of group g that rank r may still take
+    load = [0.0] * p
+    owner = [0] * len(cost)
+    c, g = cost.tolist(), group.tolist()
+    ranks = range(p)
     for i in np.argsort(-cost, kind="stable").tolist():
-        g = group[i]
-        r = int(np.argmin(np.where(left[:, g] > 0, load, np.inf)))
-        owner[i] = r
-        left[r, g] -= 1
-        load[r] += cost[i]
-    return owner
+        q = left[g[i]]
+        best, least = -1, float("inf")
+        for r in ranks:
+            if q[r] > 0 and load[r] < least:
+                best, least = r, load[r]
+        owner[i] = best
+        q[best] -= 1
+        load[best] += c[i]
+    return np.asarray(owner, dtype=np.int64)
 
 
 def _exchange(owner: np.ndarray, cost: np.ndarray, group: np.ndarray, lo: np.ndarray,
@@ -159,4 +166,5 @@ def balance_rows(labels: np.ndarray, costs: np.ndarray, world_size: int) -> list
         other = _exchange(dealt, cost, group, lo, hi, p)
         if key(other) < key(best):
             best = other
-    return [np.flatnonzero(best == r) for r in range(p)]
+    order = np.argsort(best, kind="stable")  # rows by rank, ascending inside each
+    return np.split(order, np.cumsum(np.bincount(best, minlength=p))[:-1])

@@ -20,11 +20,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Docs:
-    """Documents in stream order: their source index, index in the source's store, length."""
+    """Documents in stream order: their source index, index in the source's store, length,
+    and, when every store has one, their second length (``second_lengths.npy``, used by
+    2-D bucketing)."""
 
     source: np.ndarray  # int32
     doc: np.ndarray  # int64
     length: np.ndarray  # int64
+    second: np.ndarray | None = None  # int64
 
     def __len__(self) -> int:
         return int(self.source.shape[0])
@@ -37,12 +40,16 @@ class Docs:
     def concat(parts: list[Docs]) -> Docs:
         if not parts:
             return Docs.empty()
+        second = None
+        if all(p.second is not None for p in parts):
+            second = np.concatenate([p.second for p in parts])  # type: ignore[misc]
         return Docs(np.concatenate([p.source for p in parts]),
                     np.concatenate([p.doc for p in parts]),
-                    np.concatenate([p.length for p in parts]))
+                    np.concatenate([p.length for p in parts]), second)
 
     def slice(self, a: int, b: int) -> Docs:
-        return Docs(self.source[a:b], self.doc[a:b], self.length[a:b])
+        return Docs(self.source[a:b], self.doc[a:b], self.length[a:b],
+                    None if self.second is None else self.second[a:b])
 
 
 class DocFeed(Protocol):
@@ -72,7 +79,8 @@ class StepPlan:
     Segment ``k`` puts tokens ``[start[k], end[k])`` of document ``doc[k]`` of source
     ``source[k]`` into row ``row[k]`` at column ``col[k]``; when ``eod[k]`` is set an
     end-of-document token follows it. Segments are ordered by row, then column. ``pad[r]`` is the
-    number of padding positions at the end of row ``r``.
+    number of padding positions at the end of row ``r``. ``second[k]`` (2-D bucketing only) is
+    the document's second length, e.g. its target's length, which the caller pads itself.
     """
 
     rows: int
@@ -87,6 +95,7 @@ class StepPlan:
     pad: np.ndarray  # int64, per row
     truncated: int = 0  # tokens dropped by this step (pad mode truncation)
     stats: dict[str, Any] = field(default_factory=dict)
+    second: np.ndarray | None = None  # int64, per segment (2-D bucketing)
 
     @property
     def width(self) -> np.ndarray:
@@ -113,7 +122,7 @@ class StepPlan:
         return StepPlan(len(rows), self.seq_len, new_index[self.row[pick]].astype(np.int32),
                         self.col[pick], self.source[pick], self.doc[pick], self.start[pick],
                         self.end[pick], self.eod[pick], self.pad[rows], self.truncated,
-                        dict(self.stats))
+                        dict(self.stats), None if self.second is None else self.second[pick])
 
 
 class Shaper(Protocol):

@@ -11,13 +11,18 @@ Implements the packing of Ding et al. 2024, "Fewer Truncations Improve Language 
    never cut.
 3. Pieces are packed into rows of ``seq_len`` positions by best-fit decreasing: widest piece
    first (ties in stream order); each goes into the open row with the smallest remaining space
-   that still fits it, else into a new row. The query "smallest remaining space >= w" is a
-   descent in a max segment tree over the capacities ``0..seq_len`` (the paper's OBFD), so a
-   window of N pieces packs in O(N log seq_len).
+   that still fits it (among rows with equal space, the last to reach it), else into a new
+   row. Pieces wider than ``seq_len / 2`` open a row each; for the rest, the query "smallest
+   remaining space >= w" is a bisection of the sorted list of distinct remaining spaces (at
+   most ``seq_len + 1`` of them; the paper's OBFD uses a segment tree over the same
+   ``0..seq_len``), so a window of N pieces packs in O(N log seq_len)
+   (:func:`best_fit_decreasing`).
 
 Rows are handed out in a keyed pseudo-random order within the window (BFD creates the rows of the
 longest pieces first, which would otherwise feed long documents first), ``rows`` per step; a step
 may end one window and start the next. Inside a row, segments keep their packing order; the rest is padding.
+A window is packed once into per-piece arrays sorted by (row, column), in :class:`StepPlan`'s
+dtypes; a step inside one window is views of them (a step across windows concatenates them).
 
 **Mixture bound.** The planner keeps the document stream within its bound over every prefix
 (DESIGN invariant 1). BFD only reorders documents *inside* a window, so once the rows of a window
@@ -41,13 +46,14 @@ the step cut into more than one piece (counted once per step that holds a piece 
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from mixbatch.errors import ConfigError, StateError
-from mixbatch.plan.permutation import derive_key, permute
+from mixbatch.plan.permutation import derive_key, keyed_order
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.window import WindowAnchor
 
@@ -69,103 +75,160 @@ def cut_pieces(length: np.ndarray, seq_len: int) -> tuple[np.ndarray, ...]:
     return k, start, end, eod
 
 
+def _stable_argsort(x: np.ndarray, bound: int) -> np.ndarray:
+    """``np.argsort(x, kind="stable")`` for integers in ``[0, bound)``; a radix sort on 16 bits
+    when they fit (several times faster than the merge sort numpy uses for 64-bit keys)."""
+    if bound <= 1 << 16:
+        x = x.astype(np.uint16)
+    return np.argsort(x, kind="stable")
+
+
+def _bfd_bins(width: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The packing of :func:`best_fit_decreasing` in packing order: ``(order, bin, n_bins)``,
+    ``order`` the items widest first (ties in input order) and ``bin[j]`` the bin of item
+    ``order[j]``; item ``order[j]`` is the ``j``-th to be packed."""
+    n = len(width)
+    left = capacity - width  # what an item leaves of a bin of its own
+    order = _stable_argsort(left, capacity + 1)  # widest first, ties in input order
+    left = left[order]
+    # wide items (> capacity / 2) come first and each opens a bin of its own, in order
+    n_wide = int(np.searchsorted(left, (capacity + 1) // 2))
+    # The open bins of each remaining capacity c form a stack, kept as a linked list:
+    # top[c] is its last bin to arrive (-1: none), below[b] the bin under b. Capacity
+    # ``capacity`` is the inexhaustible stack of fresh bins n_wide, n_wide + 1, ...
+    top = [-1] * (capacity + 1)
+    top[capacity] = n_wide
+    below = list(range(1, n + 1))
+    caps: list[int] = []  # distinct capacities with an open bin, ascending
+    if n_wide:
+        # the wide bins' capacities are sorted already, each run of equal ones in bin order
+        wide = left[:n_wide]
+        first = np.empty(n_wide, dtype=bool)
+        first[0] = True
+        np.not_equal(wide[1:], wide[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        below_wide = np.arange(-1, n_wide - 1, dtype=np.int64)
+        below_wide[starts] = -1
+        below[:n_wide] = below_wide.tolist()
+        caps = wide[starts].tolist()
+        for c, b in zip(caps, [*(starts[1:] - 1).tolist(), n_wide - 1], strict=True):
+            top[c] = b  # the last bin of each capacity is its stack's top
+    caps.append(capacity)  # 0 may be in caps, but never fits an item
+    bins: list[int] = []
+    find, enter, add = bisect.bisect_left, bisect.insort, bins.append
+    for w in (capacity - left[n_wide:]).tolist():
+        i = find(caps, w)  # the smallest remaining capacity that fits w (C bisection)
+        c = caps[i]
+        b = top[c]  # the last bin to reach c
+        top[c] = rest = below[b]
+        add(b)
+        c -= w
+        under = top[c]
+        below[b] = under
+        top[c] = b
+        if rest < 0:  # no open bin is left with the old capacity: drop it from caps
+            if under < 0 and (i == 0 or caps[i - 1] < c):
+                caps[i] = c  # the new capacity takes its place (still sorted)
+                continue
+            del caps[i]
+        if under < 0:  # b is the only open bin with its new capacity
+            enter(caps, c)
+    out = np.empty(n, dtype=np.int64)
+    out[:n_wide] = np.arange(n_wide)
+    out[n_wide:] = bins
+    return order, out, top[capacity]
+
+
 def best_fit_decreasing(width: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Pack items of ``width`` (1..capacity) into bins of ``capacity`` by best-fit decreasing.
 
     Returns ``(bin, offset, n_bins)``: each item's bin (bins numbered in creation order) and its
     offset inside the bin (items of a bin are laid out in packing order). Items go widest first,
     ties in input order; among bins with the same remaining space the last one to reach it wins.
-    A max segment tree over remaining capacities ``0..capacity`` (leaf ``c`` holds ``c`` while
-    some bin has exactly ``c`` left, else 0) answers "smallest remaining >= w" by one descent.
+
+    Items wider than ``capacity / 2`` never share a bin with each other, and every bin they
+    open has less than ``capacity / 2`` left, so they open one bin each (vectorised). The rest
+    go one by one: the distinct remaining capacities of open bins are kept in a sorted list,
+    so "smallest remaining >= w" is one C-level bisection (O(log L)); a capacity enters or
+    leaves the list only when its first bin arrives or its last bin leaves (at most ``L``
+    entries, so the list edit is a short memmove). Each capacity's bins are a stack (a linked
+    list over the bins; ``capacity`` itself is the stack of fresh bins), so the loop is list
+    indexing only. Offsets are computed afterwards, vectorised: the widths of the items packed
+    before into the same bin.
     """
     width = np.asarray(width, dtype=np.int64)
     n = len(width)
-    order = np.argsort(-width, kind="stable")
+    if n and (width.min() < 1 or width.max() > capacity):
+        raise ValueError(f"width: items must be 1..{capacity} wide, got "
+                         f"{width.min()}..{width.max()}")
+    order, bins, n_bins = _bfd_bins(width, capacity)
+    by_bin = order[_stable_argsort(bins, n_bins)]  # items by (bin, packing order)
+    w = width[by_bin]
+    before = np.cumsum(w) - w
+    counts = np.bincount(bins, minlength=n_bins)
+    first = np.cumsum(counts) - counts
     out_bin = np.empty(n, dtype=np.int64)
-    offset = np.zeros(n, dtype=np.int64)
-    # full-width items come first and each fills a bin of its own
-    n_full = int(np.count_nonzero(width == capacity))
-    out_bin[order[:n_full]] = np.arange(n_full)
-    n_bins = n_full
-    size = 1 << capacity.bit_length()  # leaves 0..capacity
-    tree = [0] * (2 * size)
-    bins: list[list[int]] = [[] for _ in range(capacity + 1)]
-    rest = order[n_full:]
-    bin_of: list[int] = []
-    off_of: list[int] = []
-    for w in width[rest].tolist():
-        if tree[1] >= w:
-            node = 1
-            while node < size:
-                node <<= 1
-                if tree[node] < w:
-                    node += 1
-            c = node - size
-            stack = bins[c]
-            b = stack.pop()
-            if not stack:  # capacity c has no bin left: clear its leaf
-                tree[node] = 0
-                node >>= 1
-                while node:
-                    left = tree[2 * node]
-                    right = tree[2 * node + 1]
-                    tree[node] = left if left > right else right
-                    node >>= 1
-        else:
-            b, c = n_bins, capacity
-            n_bins += 1
-        bin_of.append(b)
-        off_of.append(capacity - c)
-        left_over = c - w
-        if left_over > 0:
-            stack = bins[left_over]
-            if not stack:  # first bin with this capacity: set its leaf
-                node = size + left_over
-                tree[node] = left_over
-                node >>= 1
-                while node and tree[node] < left_over:
-                    tree[node] = left_over
-                    node >>= 1
-            stack.append(b)
-    out_bin[rest] = np.asarray(bin_of, dtype=np.int64)
-    offset[rest] = np.asarray(off_of, dtype=np.int64)
+    out_bin[order] = bins
+    offset = np.empty(n, dtype=np.int64)
+    offset[by_bin] = before - np.repeat(before[first], counts)
     return out_bin, offset, n_bins
 
 
 @dataclass(frozen=True)
 class _Window:
-    """The packed rows of one window; pieces sorted by (row, col), ``ptr`` indexes rows."""
+    """The packed rows of one window in :class:`StepPlan`'s dtypes; pieces sorted by
+    (row, col), ``ptr`` indexes rows, ``row`` is each piece's row in the window. For a piece
+    ``j`` of a document cut into several pieces, ``seen[j]`` is the position (in this order)
+    of the document's previous piece, -1 for its first; ``len(row)`` for other pieces. So
+    ``count(seen[a:b] < a)`` is the number of cut documents with a piece in ``[a, b)``."""
 
     n_rows: int
-    ptr: np.ndarray  # (n_rows + 1,) piece offsets of each row
-    col: np.ndarray
-    source: np.ndarray
-    doc: np.ndarray
-    start: np.ndarray
-    end: np.ndarray
-    eod: np.ndarray
-    cut: np.ndarray  # the piece's document has more than one piece
-    doc_key: np.ndarray  # the document's index in the window
-    filled: np.ndarray  # per row
+    ptr: list[int]  # (n_rows + 1) piece offsets of each row
+    row: np.ndarray  # int32
+    col: np.ndarray  # int64
+    source: np.ndarray  # int32
+    doc: np.ndarray  # int64
+    start: np.ndarray  # int64
+    end: np.ndarray  # int64
+    eod: np.ndarray  # bool
+    seen: np.ndarray  # int64
+    pad: np.ndarray  # int64, per row
 
     @staticmethod
     def pack(docs: Docs, seq_len: int) -> _Window:
         k, start, end, eod = cut_pieces(docs.length, seq_len)
         width = end - start + eod
-        row, col, n_rows = best_fit_decreasing(width, seq_len)
+        order, bins, n_rows = _bfd_bins(width, seq_len)
         # BFD creates the rows of the longest pieces first; hand rows out in a keyed order so
         # that a window does not feed its long documents first. The key comes from the window's
         # own documents: no extra state, the same order on replay.
         key = derive_key(0, "bfd-rows", int(docs.source[0]), int(docs.doc[0]), len(docs),
                          int(docs.length.sum()))
-        row = permute(row, n_rows, key)
-        order = np.lexsort((col, row))
-        counts = np.bincount(k, minlength=len(docs))
-        ptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=n_rows))])
-        filled = np.bincount(row, weights=width, minlength=n_rows).astype(np.int64)
-        k = k[order]
-        return _Window(n_rows, ptr, col[order], docs.source[k], docs.doc[k], start[order],
-                       end[order], eod[order], counts[k] > 1, k, filled)
+        row = keyed_order(n_rows, key)[bins]  # per piece, in packing order
+        by_row = _stable_argsort(row, n_rows)  # (row, packing order), i.e. (row, col)
+        row = row[by_row]
+        piece = order[by_row]
+        w = width[piece]
+        ptr = np.searchsorted(row, np.arange(n_rows + 1))  # no row is empty
+        before = np.cumsum(w) - w
+        col = before - before[ptr[row]]
+        pad = seq_len - np.add.reduceat(w, ptr[:-1])
+        k = k[piece]
+        n = len(piece)
+        seen = np.full(n, n, dtype=np.int64)
+        cut = np.flatnonzero(docs.length[k] >= seq_len)  # pieces of documents cut in two or more
+        if cut.size:
+            by_doc = cut[np.argsort(k[cut], kind="stable")]
+            new = np.empty(cut.size, dtype=bool)
+            new[0] = True
+            kc = k[by_doc]
+            np.not_equal(kc[1:], kc[:-1], out=new[1:])
+            seen[by_doc[0]] = -1
+            seen[by_doc[1:]] = np.where(new[1:], -1, by_doc[:-1])
+        return _Window(n_rows, ptr.tolist(), row.astype(np.int32), col,
+                       docs.source.astype(np.int32, copy=False)[k],
+                       docs.doc.astype(np.int64, copy=False)[k], start[piece], end[piece],
+                       eod[piece], seen, pad)
 
 
 class BFDShaper:
@@ -222,11 +285,20 @@ class BFDShaper:
 
     # ---- steps ---------------------------------------------------------------------------
     def plan_step(self, feed: DocFeed, rows: int) -> StepPlan | None:
-        if isinstance(rows, bool) or not isinstance(rows, int | np.integer) or rows < 1:
+        if type(rows) is not int:
+            if isinstance(rows, bool) or not isinstance(rows, np.integer):
+                raise ConfigError(f"rows: must be an integer >= 1, got {rows!r}")
+            rows = int(rows)
+        if rows < 1:
             raise ConfigError(f"rows: must be an integer >= 1, got {rows!r}")
-        L = self.seq_len
         if self._replay:
             self._replay_window(feed)
+        win, r0 = self._window, self._emitted
+        if win is not None and r0 + rows <= win.n_rows:  # the common step: inside one window
+            self._emitted = r1 = r0 + rows
+            if r1 == win.n_rows:
+                self._close_window()
+            return self._one_window(win, r0, r1, 0)
         parts: list[tuple[_Window, int, int]] = []
         got = windows = 0
         while got < rows:
@@ -241,34 +313,50 @@ class BFDShaper:
             self._emitted += take
             got += take
         if self._window is not None and self._emitted >= self._window.n_rows:
-            # used up exactly: the next step starts a new window from the feed's position
-            self._window = None
-            self._anchor.close()
-            self._emitted = 0
+            self._close_window()
         if got == 0:
             return None
-        return self._assemble(parts, rows, L, windows)
+        if len(parts) == 1 and got == rows:
+            return self._one_window(*parts[0], windows)
+        return self._assemble(parts, rows, self.seq_len, windows)
+
+    def _close_window(self) -> None:
+        """The window is used up exactly: the next step starts a new window from the feed."""
+        self._window = None
+        self._anchor.close()
+        self._emitted = 0
+
+    def _one_window(self, win: _Window, r0: int, r1: int, windows: int) -> StepPlan:
+        """The common step: ``rows`` rows of one window, as views of its arrays."""
+        a, b = win.ptr[r0], win.ptr[r1]
+        row = win.row[a:b]
+        if r0:
+            row = row - np.int32(r0)
+        split_docs = int(np.count_nonzero(win.seen[a:b] < a))
+        return StepPlan(r1 - r0, self.seq_len, row, win.col[a:b], win.source[a:b],
+                        win.doc[a:b], win.start[a:b], win.end[a:b], win.eod[a:b],
+                        win.pad[r0:r1], stats={"pieces": b - a, "split_docs": split_docs,
+                                               "windows": windows})
 
     @staticmethod
     def _assemble(parts: list[tuple[_Window, int, int]], rows: int, L: int,
                   windows: int) -> StepPlan:
-        fields: dict[str, list[np.ndarray]] = {k: [] for k in (
-            "row", "col", "source", "doc", "start", "end", "eod")}
+        """A step from the rows of several windows (or fewer rows than asked, at the end)."""
         pad = np.full(rows, L, dtype=np.int64)
-        split_docs = 0
-        base = 0
+        spans = []
+        split_docs = base = 0
         for win, r0, r1 in parts:
-            a, b = int(win.ptr[r0]), int(win.ptr[r1])
-            per_row = np.diff(win.ptr[r0:r1 + 1])
-            fields["row"].append(np.repeat(np.arange(base, base + r1 - r0), per_row))
-            for name in ("col", "source", "doc", "start", "end", "eod"):
-                fields[name].append(getattr(win, name)[a:b])
-            split_docs += len(np.unique(win.doc_key[a:b][win.cut[a:b]]))
-            pad[base:base + r1 - r0] = L - win.filled[r0:r1]
+            a, b = win.ptr[r0], win.ptr[r1]
+            spans.append((win, a, b, base - r0))
+            split_docs += int(np.count_nonzero(win.seen[a:b] < a))
+            pad[base:base + r1 - r0] = win.pad[r0:r1]
             base += r1 - r0
-        cat = {k: np.concatenate(v) for k, v in fields.items()}
-        return StepPlan(rows, L, cat["row"].astype(np.int32), cat["col"].astype(np.int64),
-                        cat["source"].astype(np.int32), cat["doc"].astype(np.int64),
-                        cat["start"], cat["end"], cat["eod"].astype(bool), pad,
-                        stats={"pieces": len(cat["row"]), "split_docs": split_docs,
+
+        def cat(name: str) -> np.ndarray:
+            return np.concatenate([getattr(win, name)[a:b] for win, a, b, _ in spans])
+
+        row = np.concatenate([win.row[a:b] + np.int32(shift) for win, a, b, shift in spans])
+        return StepPlan(rows, L, row, cat("col"), cat("source"), cat("doc"), cat("start"),
+                        cat("end"), cat("eod"), pad,
+                        stats={"pieces": len(row), "split_docs": split_docs,
                                "windows": windows})

@@ -32,7 +32,9 @@ piecewise linear: short buckets with large odds run out first. We follow it exac
 drawing at random: step ``n`` has target ``D_i(τ_n)`` with ``t(τ_n) = n``, and an
 :class:`~mixbatch.plan.interleave.Interleaver` (sample mode, weights
 ``D_i(τ_n) - D_i(τ_{n-1})`` at step ``n``) keeps every bucket within one batch of its target on
-every prefix (Tijdeman's bound). Odds, bucket 0 the shortest of ``B``:
+every prefix (Tijdeman's bound). These increments are constant between the kinks, so the
+interleaver is called once per run of equal increments (at most two per bucket), not per
+step. Odds, bucket 0 the shortest of ``B``:
 
 - ``uniform``: ``o_i = 1``; ``D_i ∝ N_i``, every batch equally likely, constant proportions.
 - ``natural``: ``∝`` tokens in the bucket. Every batch holds ``token_budget`` tokens, so tokens
@@ -86,26 +88,29 @@ from mixbatch.plan.interleave import Interleaver
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.window import WindowAnchor
 
-__all__ = ["BucketShaper", "Pieces", "WindowReplay", "bucket_schedule", "curriculum_odds",
-           "curriculum_targets", "decompose", "interleave_sources"]
+__all__ = ["BucketShaper", "Pieces", "WindowReplay", "bucket_pieces", "bucket_schedule",
+           "curriculum_odds", "curriculum_targets", "decompose", "interleave_sources"]
 
 WINDOW_BUDGETS = 256  # default window: this many token budgets (see the module docstring)
 
 # ------------------------------------------------------------------------ window replay
 
 
-PlanWindow = Callable[[Docs, bool], tuple[list[StepPlan], int]]
+#: ``(steps, truncated tokens)``, or ``(steps, truncated tokens, skipped documents)``
+PlanWindow = Callable[[Docs, bool], tuple[Any, ...]]
 
 
 class WindowReplay:
     """The resumable cursor of a shaper that plans a window of documents at once.
 
     ``plan(docs, run_start)`` turns a window into its steps and the tokens it truncated outside
-    them; it must be a pure function of its arguments. ``run_start`` is true when no step of
+    them (and, optionally, the documents it skipped outside them); it must be a pure function
+    of its arguments. ``run_start`` is true when no step of
     the run came before the window. State: ``window_start`` (the feed's state before the
     window), ``window_weights`` (the feed's ``weights`` then, if it has any), ``emitted``
     (steps of the window handed out), ``windows`` and ``steps`` (counters), ``carry_truncated``
-    (truncated tokens of step-less windows not yet reported). No documents, no pieces.
+    and ``carry_skipped`` (truncated tokens and skipped documents of step-less windows not yet
+    reported; a later step reports them). No documents, no pieces.
     """
 
     def __init__(self, window_tokens: int, extra_per_doc: int, plan: PlanWindow) -> None:
@@ -117,6 +122,7 @@ class WindowReplay:
         self._windows = 0
         self._steps_done = 0
         self._carry = 0
+        self._carry_skipped = 0
         self._window_truncated = 0
         self._plans: list[StepPlan] | None = None
         self._replay = False
@@ -126,20 +132,26 @@ class WindowReplay:
         """Truncated tokens of windows that had no step to report them on (stream end)."""
         return self._carry
 
+    @property
+    def unreported_skipped(self) -> int:
+        """Skipped documents of windows that had no step to report them on (stream end)."""
+        return self._carry_skipped
+
     def state_dict(self) -> dict[str, Any]:
         return {**self._anchor.state_dict(), "emitted": self._emitted,
                 "windows": self._windows, "steps": self._steps_done,
-                "carry_truncated": self._carry}
+                "carry_truncated": self._carry, "carry_skipped": self._carry_skipped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         try:
             ints = [int(state[k]) for k in ("emitted", "windows", "steps", "carry_truncated")]
+            ints.append(int(state.get("carry_skipped", 0)))
             if min(ints) < 0 or ints[0] > ints[2]:
                 raise ValueError("counters must be >= 0 and emitted <= steps")
             self._anchor.load_state_dict(state)
         except (KeyError, TypeError, ValueError) as e:
             raise StateError(f"shaper state: malformed ({type(e).__name__}: {e})") from None
-        self._emitted, self._windows, self._steps_done, self._carry = ints
+        self._emitted, self._windows, self._steps_done, self._carry, self._carry_skipped = ints
         self._plans = None
         self._replay = self._anchor.open
 
@@ -153,21 +165,26 @@ class WindowReplay:
             docs = self._anchor.pull(feed, self.window_tokens, self.extra_per_doc)
             if len(docs) == 0:
                 return None
-            self._plans, self._window_truncated = self._plan(docs, self._steps_done == 0)
+            planned = self._plan(docs, self._steps_done == 0)
+            self._plans, self._window_truncated = planned[0], planned[1]
             self._emitted = 0
-            if not self._plans:  # nothing to hand out: report its truncation with a later step
+            if not self._plans:  # nothing to hand out: report its losses with a later step
                 self._carry += self._window_truncated
+                self._carry_skipped += planned[2] if len(planned) > 2 else 0
                 self._close()
 
     def _emit(self) -> StepPlan:
         assert self._plans is not None
         plan = self._plans[self._emitted]
         extra = 0
+        stats = {**plan.stats, "window": self._windows, "window_step": self._emitted,
+                 "window_steps": len(self._plans)}
         if self._emitted == 0:
             extra = self._window_truncated + self._carry
             self._carry = 0
-        stats = {**plan.stats, "window": self._windows, "window_step": self._emitted,
-                 "window_steps": len(self._plans)}
+            if self._carry_skipped:
+                stats["skipped_docs"] = stats.get("skipped_docs", 0) + self._carry_skipped
+                self._carry_skipped = 0
         plan = dataclasses.replace(plan, truncated=plan.truncated + extra, stats=stats)
         self._emitted += 1
         self._steps_done += 1
@@ -186,7 +203,8 @@ class WindowReplay:
         """Pull the saved window again, exactly as the first time, and plan it again."""
         self._replay = False
         docs = self._anchor.replay(feed, self.window_tokens, self.extra_per_doc)
-        plans, truncated = self._plan(docs, self._steps_done - self._emitted == 0)
+        planned = self._plan(docs, self._steps_done - self._emitted == 0)
+        plans, truncated = planned[0], planned[1]
         if self._emitted > len(plans) or (self._emitted == len(plans) and plans):
             raise StateError(f"shaper state: {self._emitted} steps of the saved window were "
                              f"handed out, but replaying it gives {len(plans)}; the data or the "
@@ -211,31 +229,47 @@ class Pieces:
         return int(self.source.shape[0])
 
 
-def decompose(docs: Docs, seq_len: int, min_len: int) -> tuple[Pieces, np.ndarray]:
-    """Binary decomposition of every document (module docstring); also the tokens truncated
-    per document (``length mod min_len`` of the part below ``seq_len``)."""
+def bucket_pieces(docs: Docs, seq_len: int,
+                  min_len: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """The binary decomposition (module docstring) bucket by bucket: per bucket ``2^k``,
+    shortest first, the index in ``docs`` and the start offset of each of its pieces, in
+    stream order; also the tokens truncated per document (``length mod min_len`` of the part
+    below ``seq_len``)."""
     kmax, kmin = seq_len.bit_length() - 1, min_len.bit_length() - 1
-    n = docs.length.astype(np.int64)
+    n = docs.length.astype(np.int64, copy=False)
     q = n >> kmax
     r = n & (seq_len - 1)
-    index = np.arange(len(docs), dtype=np.int64)
+    out = []
+    if kmax > kmin:
+        # bit k of r (kmin <= k < kmax) is a piece of 2^k after the q pieces of seq_len and
+        # the larger bits: row k - kmin holds the documents' bit k
+        bits = ((r >> np.arange(kmin, kmax, dtype=np.int64)[:, None]) & 1).astype(bool)
+        for k in range(kmin, kmax):
+            has = np.flatnonzero(bits[k - kmin])
+            out.append((has, (q[has] << kmax) + ((r[has] >> (k + 1)) << (k + 1))))
     # q pieces of seq_len per document, at offsets 0, L, 2L, ...
-    top_doc = np.repeat(index, q)
-    top_off = (np.arange(top_doc.size, dtype=np.int64)
-               - np.repeat(np.cumsum(q) - q, q)) << kmax
-    parts_doc, parts_off, parts_k = [top_doc], [top_off], [np.full(top_doc.size, kmax)]
-    for k in range(kmax - 1, kmin - 1, -1):
-        has = np.flatnonzero((r >> k) & 1)
-        parts_doc.append(has)
-        parts_off.append((q[has] << kmax) + ((r[has] >> (k + 1)) << (k + 1)))
-        parts_k.append(np.full(has.size, k))
-    d = np.concatenate(parts_doc)
-    off = np.concatenate(parts_off)
-    k_all = np.concatenate(parts_k).astype(np.int64)
-    order = np.lexsort((off, d))
-    d, off, k_all = d[order], off[order], k_all[order]
-    pieces = Pieces(docs.source[d].astype(np.int32), docs.doc[d].astype(np.int64), off, k_all)
-    return pieces, r & (min_len - 1)
+    top = np.repeat(np.arange(len(n), dtype=np.int64), q)
+    out.append((top, (np.arange(top.size, dtype=np.int64) - np.repeat(np.cumsum(q) - q, q))
+                << kmax))
+    return out, r & (min_len - 1)
+
+
+def decompose(docs: Docs, seq_len: int, min_len: int) -> tuple[Pieces, np.ndarray]:
+    """Binary decomposition of every document (module docstring), all buckets in stream order
+    (document, then offset); also the tokens truncated per document (``length mod min_len``
+    of the part below ``seq_len``)."""
+    kmin = min_len.bit_length() - 1
+    parts, tails = bucket_pieces(docs, seq_len, min_len)
+    parts = parts[::-1]  # longest first: a document's pieces by offset, once sorted by document
+    d = np.concatenate([at for at, _ in parts])
+    order = np.argsort(d, kind="stable")
+    d = d[order]
+    off = np.concatenate([start for _, start in parts])[order]
+    k_all = np.repeat(np.arange(kmin + len(parts) - 1, kmin - 1, -1, dtype=np.int64),
+                      [len(at) for at, _ in parts])[order]
+    pieces = Pieces(docs.source.astype(np.int32, copy=False)[d],
+                    docs.doc.astype(np.int64, copy=False)[d], off, k_all)
+    return pieces, tails
 
 
 def interleave_sources(source: np.ndarray, num_sources: int) -> np.ndarray:
@@ -288,19 +322,34 @@ def curriculum_targets(batches: np.ndarray, odds: np.ndarray) -> np.ndarray:
     return D
 
 
+_RUN_RTOL = _RUN_ATOL = 1e-12  # steps whose normalised increments agree this closely share a run
+
+
 def bucket_schedule(batches: np.ndarray, odds: np.ndarray) -> np.ndarray:
     """The bucket of every step of one cycle with ``batches[i]`` batches of bucket ``i``:
-    within one batch of :func:`curriculum_targets` on every prefix, exact at the end."""
+    within one batch of :func:`curriculum_targets` on every prefix, exact at the end.
+
+    The targets are piecewise linear in the step, so their per-step increments are piecewise
+    constant: steps are grouped into runs of equal increments (equal to a relative and
+    absolute tolerance of 1e-12, which only absorbs rounding; a kink changes them by far more)
+    and each run is one :meth:`Interleaver.choose` call with the run's mean increment, so the
+    interleaver's target meets ``D`` at the end of every run. About ``2 B`` calls per cycle
+    instead of one per step."""
     N = np.asarray(batches, dtype=np.int64)
     D = curriculum_targets(N, odds)
     S = int(N.sum())
     if S == 0:
         return np.empty(0, dtype=np.int64)
     w = np.maximum(np.diff(D, axis=0), 0.0)
+    w /= w.sum(axis=1, keepdims=True)  # as Interleaver.choose normalises them
+    prev, nxt = w[:-1], w[1:]
+    same = (np.abs(nxt - prev) <= _RUN_ATOL + _RUN_RTOL * np.abs(prev)).all(axis=1)
+    starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    ends = np.append(starts[1:], S)
     il = Interleaver(N.size)
-    out = np.empty(S, dtype=np.int64)
-    for n in range(S):
-        out[n] = il.choose(1, w[n])[0]
+    out = np.concatenate([
+        il.choose(e - a, np.maximum(D[e] - D[a], 0.0) / (e - a))
+        for a, e in zip(starts.tolist(), ends.tolist(), strict=True)])
     if not np.array_equal(np.bincount(out, minlength=N.size), N):
         raise MixbatchInternalError("buckets: the curriculum schedule missed its batch counts")
     return out
@@ -394,21 +443,26 @@ class BucketShaper:
     def plan_window(self, docs: Docs, run_start: bool) -> tuple[list[StepPlan], int]:
         """All steps of one window, and the tokens it truncates (tails below ``min_len`` and
         bucket leftovers)."""
-        pieces, tails = decompose(docs, self.seq_len, self.min_len)
+        parts, tails = bucket_pieces(docs, self.seq_len, self.min_len)
         n_src = int(docs.source.max()) + 1 if len(docs) else 1
+        sources = docs.source.astype(np.int32, copy=False)
+        doc_ids = docs.doc.astype(np.int64, copy=False)
         B = self.kmax - self.kmin + 1
-        streams: list[np.ndarray] = []
         batches = np.zeros(B, dtype=np.int64)
         leftover = 0
-        for b in range(B):
+        # per bucket, its batches' pieces; a step's arrays are slices of these
+        per_bucket = []
+        for b, (at, offset) in enumerate(parts):
             k = self.kmin + b
-            idx = np.flatnonzero(pieces.log2 == k)
-            idx = idx[interleave_sources(pieces.source[idx], n_src)]
+            source = sources[at]
             rows = self.token_budget >> k
-            batches[b] = len(idx) // rows
+            batches[b] = len(at) // rows
             used = int(batches[b]) * rows
-            leftover += (len(idx) - used) << k
-            streams.append(idx[:used])
+            leftover += (len(at) - used) << k
+            sel = interleave_sources(source, n_src)[:used]
+            start = offset[sel]
+            per_bucket.append((rows, 1 << k, source[sel], doc_ids[at[sel]], start,
+                               start + (1 << k)))
         per_cycle = [batches // self.cycles + (c < batches % self.cycles)
                      for c in range(self.cycles)]
         order = np.concatenate([bucket_schedule(n, self.odds) for n in per_cycle])
@@ -418,18 +472,20 @@ class BucketShaper:
         truncated = int(tails.sum()) + leftover
         window_stats = {"window_tokens": int(docs.length.sum()), "window_tail": int(tails.sum()),
                         "window_leftover": leftover}
-        taken = np.zeros(B, dtype=np.int64)
+        most = self.token_budget >> self.kmin
+        row_index = np.arange(most, dtype=np.int32)
+        col, pad, eod = np.zeros(most, np.int64), np.zeros(most, np.int64), np.zeros(most, bool)
+        taken = [0] * B
         plans = []
         for j, b in enumerate(order.tolist()):
-            k = self.kmin + b
-            rows = self.token_budget >> k
-            sel = streams[b][taken[b] * rows:(taken[b] + 1) * rows]
+            rows, width, source, doc, start, end = per_bucket[b]
+            a = taken[b] * rows
+            z = a + rows
             taken[b] += 1
-            stats: dict[str, Any] = {"bucket_len": 1 << k}
+            stats: dict[str, Any] = {"bucket_len": width}
             if j == 0:
                 stats.update(window_stats)
-            plans.append(StepPlan(rows, 1 << k, np.arange(rows, dtype=np.int32),
-                                  np.zeros(rows, np.int64), pieces.source[sel], pieces.doc[sel],
-                                  pieces.start[sel], pieces.start[sel] + (1 << k),
-                                  np.zeros(rows, bool), np.zeros(rows, np.int64), 0, stats))
+            plans.append(StepPlan(rows, width, row_index[:rows], col[:rows], source[a:z],
+                                  doc[a:z], start[a:z], end[a:z], eod[:rows], pad[:rows], 0,
+                                  stats))
         return plans, truncated

@@ -11,7 +11,10 @@ Output (NumPy; the torch adapter wraps it in tensors), for ``R`` rows of ``L`` p
   -1 on padding;
 - ``cu_seqlens`` int32 (n+1,) and ``max_seqlen``: boundaries of every segment over the flattened
   R·L positions, for varlen attention; each row's padding run is one more sequence, so the last
-  entry is R·L.
+  entry is R·L;
+- with 2-D bucketing (``plan.second`` set) also ``second_lengths`` (R,) int64, each row's
+  second length (0 for an empty row), and ``max_second_len``: what the caller pads its second
+  sequences (e.g. targets read by ``doc_ids``) to.
 """
 
 from __future__ import annotations
@@ -63,7 +66,12 @@ def materialize(plan: StepPlan, stores: Sequence[TokenStore], eod_id: int,
     bounds = np.concatenate([seg_start[width > 0], pad_start[plan.pad > 0], [R * L]])
     bounds = np.unique(np.concatenate([[0], bounds]))
     lens = np.diff(bounds)
+    extra: dict[str, np.ndarray | int] = {}
+    if plan.second is not None:
+        per_row = np.bincount(plan.row, weights=plan.second, minlength=R).astype(np.int64)
+        extra = {"second_lengths": per_row, "max_second_len": int(per_row.max()) if R else 0}
     return {
+        **extra,
         "input_ids": flat.reshape(R, L),
         "labels": labels.reshape(R, L),
         "position_ids": pos_ids.reshape(R, L),

@@ -1,8 +1,9 @@
 r"""``packing: pad_buckets``: one document per row, padded, in length buckets (Lhotse / NeMo).
 
 After Lhotse's ``DynamicBucketingSampler`` (``lhotse/dataset/sampling/dynamic_bucketing.py``:
-``estimate_duration_buckets``, ``TimeConstraint``) and the bucketing of NeMo Canary (Żelasko et
-al., "Training and Inference Efficiency of Encoder-Decoder Speech Models", arXiv 2503.05931).
+``estimate_duration_buckets``, ``TimeConstraint``) and the 2-D bucketing of NeMo Canary
+(Żelasko et al., "Training and Inference Efficiency of Encoder-Decoder Speech Models", arXiv
+2503.05931: buckets over input length × output tokens, ``estimate_duration_bins_2d.py``).
 
 **Rows.** As in ``packing: pad``: a document shorter than ``seq_len`` takes its tokens and an
 end-of-document token (``e = n + 1`` positions); a longer one is cut to its first ``seq_len``
@@ -17,17 +18,37 @@ duplicate edges merge (fewer buckets on skewed data). Bucket ``b`` holds ``edge_
 edge_b``. Edges are a pure function of the window, so a resume recomputes them; they follow
 the data when the mixture changes.
 
+**Second dimension** (``second_buckets > 0``; NeMo's 2-D buckets). Every document also has a
+second length ``s`` (``second_lengths.npy`` of its store, e.g. the length of a target that the
+caller pads in its own collate). Inside every length bucket, the documents are cut again into
+``second_buckets`` sub-buckets by the same equal-token rule on ``s``, and a row costs both
+dimensions (below). ``s`` is never truncated: a document with ``s > second_max`` is skipped and
+counted (``stats["skipped_docs"]``, its tokens in ``truncated``); without ``second_max`` a
+document whose ``row_multiple`` rows alone exceed the budget is an error naming it.
+
 **Batches** (Lhotse's ``TimeConstraint`` with ``quadratic_duration``). Inside a bucket,
-documents stay in stream order and fill a batch greedily while
+documents fill a batch greedily while
 
-.. math:: R(b) \cdot (m + q\,m^2) \le \text{token\_budget}, \qquad R(b) = \lceil b / r \rceil r,
+.. math:: R(b) \cdot \big(c(m) + \lambda\, c(m_2)\big) \le \text{token\_budget}, \qquad
+          c(x) = x + q\,x^2, \qquad R(b) = \lceil b / r \rceil r,
 
-with ``m`` the padded width of the batch so far, ``q = quadratic`` (the attention term) and
-``r = row_multiple``: rows are always a multiple of ``row_multiple``, the missing ones empty
+with ``m`` the padded width of the batch so far, ``m_2`` its longest second length (0 in one
+dimension), ``q = quadratic`` (the attention term), ``λ = second_weight`` and ``r =
+row_multiple``: rows are always a multiple of ``row_multiple``, the missing ones empty
 (padding = whole row, counted) and costed. When the next document does not fit and the batch
 is not a whole number of ``r`` rows, it closes at the last multiple of ``r`` and the others
-open the next batch, so empty rows appear only in a bucket's last batch of a window.
-``row_multiple · (seq_len + q·seq_len²) <= token_budget`` is required.
+open the next batch. Unlike Lhotse, whose batch takes the document that breaks the budget
+before it stops, a batch never costs more than ``token_budget``.
+``row_multiple · c(seq_len) <= token_budget`` is required.
+
+**Sorted pools** (``sort_pool``; the "megabatch" of length-grouped samplers). With
+``sort_pool = P > 0`` a bucket's documents are taken in stream order in pools of about ``P``
+budgets of tokens; each pool is sorted by length (then second length; ties in stream order)
+before it is cut into batches, and the pool's batches are handed out in a keyed random order.
+Rows of a batch then have nearly equal lengths: on log-normal lengths (median 500, σ 1.2,
+seq_len 2048, budget 2048·32, 16 buckets) padding falls from 10.3 % (``sort_pool: 0``, stream
+order, as Lhotse) to 1.7 % with ``P = 16`` (the default), and the epoch takes fewer steps. Only
+the pool's last batch may be part-filled. ``sort_pool: 0`` keeps stream order in each bucket.
 
 **Order and mixture.** The batches of a window are handed out in an exact interleaving of the
 buckets by tokens (:class:`~mixbatch.plan.interleave.Interleaver`, token mode, one batch = one
@@ -35,34 +56,29 @@ indivisible unit, weights = each bucket's share of the window's tokens): after a
 bucket has fed its share of the tokens so far within one batch. Every document of a window is
 fed inside the window (no leftovers), so at every window boundary the documents fed are exactly
 those the feed planned, and the mixture is the feed's (within one document of the target).
-Inside a window a source can run ahead by at most what the buckets' order shifts; the tests
-measure it.
+Inside a window a source can run ahead by at most what the buckets' order (and the pools'
+sorting) shifts; the tests measure it.
 
 **Padding** per step is in ``StepPlan.pad`` and ``stats["pad_fraction"]``
-(``1 - real positions / (rows · width)``). Measured on log-normal lengths (median 300, σ 1.0,
-seq_len 4096, 200k documents, budget 4096·64 tokens, row_multiple 8): ``packing: pad`` pads
-88 % of positions; ``pad_buckets`` 23 % with 8 buckets, 13 % with 16, 7.8 % with 32.
-With budget 4096·16 and windows of 64 budgets, a source strayed inside a window at most about
-one budget of tokens from its share when one source's documents were 3× longer (0.7 budget
-with windows of 16 budgets, 1.7 with 256).
+(``1 - real positions / (rows · width)``); in two dimensions also ``stats["second_padding"]``
+and ``stats["second_width"]``. Measured on log-normal lengths (median 300, σ 1.0, seq_len
+4096, 200k documents, budget 4096·64 tokens, row_multiple 8, stream order): ``packing: pad``
+pads 88 % of positions; ``pad_buckets`` 23 % with 8 buckets, 13 % with 16, 7.8 % with 32.
 
 **State** is :class:`~mixbatch.shape.buckets.WindowReplay`'s (``O(K)``). ``plan_step``'s
 ``rows`` (the configured ``batch_size``) is ignored.
-
-**Not built: a second length dimension** (NeMo's 2D buckets of input length × output tokens,
-``estimate_duration_bins_2d.py``). Token stores hold one length per document, so it would need
-a second length array per source passed to the shaper; the edges would be cut per top-level
-bucket on the second length, and the batch cost would take both maxima.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from mixbatch.errors import ConfigError, MixbatchInternalError
+from mixbatch.errors import ConfigError, DataError, MixbatchInternalError
 from mixbatch.plan.interleave import Interleaver
+from mixbatch.plan.permutation import derive_key, keyed_order
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.buckets import WindowReplay
 
@@ -83,54 +99,85 @@ def equal_token_edges(e: np.ndarray, num_buckets: int) -> np.ndarray:
     return np.unique(s[pos])
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
 class PadBucketShaper:
     """``packing: pad_buckets`` (module docstring).
 
     Args:
         seq_len: longest row; longer documents are truncated (``batch.seq_len``).
-        token_budget: most cost per step, ``rows · (width + quadratic · width²)``.
+        token_budget: most cost per step, ``rows · (c(width) + second_weight · c(m_2))``.
         num_buckets: length buckets per window (``batch.num_buckets``).
-        quadratic: weight of the attention term (``batch.quadratic``).
+        quadratic: weight ``q`` of the attention term ``c(x) = x + q x²`` (``batch.quadratic``).
         row_multiple: every step's row count is a multiple of it.
-        window_tokens: tokens planned at once (default ``64 · token_budget``).
+        window_tokens: tokens planned at once (default ``256 · token_budget``).
         pad_to: row widths are rounded up to a multiple of it (capped at ``seq_len``).
+        sort_pool: budgets of a bucket's documents sorted together (0: stream order).
+        second_buckets: sub-buckets per length bucket on the second length (0: one dimension).
+        second_weight: ``λ``, the cost of one second-length position in first-length positions.
+        second_max: documents with a longer second length are skipped and counted.
+        source_names: names for error messages (index ``i`` names source ``i``).
     """
 
     name = "pad_buckets"
 
-    def __init__(self, seq_len: int, token_budget: int | None, num_buckets: int = 8,
+    def __init__(self, seq_len: int, token_budget: int | None, num_buckets: int = 16,
                  quadratic: float = 0.0, row_multiple: int = 8,
-                 window_tokens: int | None = None, pad_to: int = 8) -> None:
+                 window_tokens: int | None = None, pad_to: int = 8, sort_pool: int = 16,
+                 second_buckets: int = 0, second_weight: float = 1.0,
+                 second_max: int | None = None,
+                 source_names: Sequence[str] | None = None) -> None:
         for field, v in (("batch.seq_len", seq_len), ("batch.num_buckets", num_buckets),
                          ("batch.row_multiple", row_multiple), ("pad_to", pad_to)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not _is_int(v) or v < 1:
                 raise ConfigError(f"{field}: must be an integer >= 1, got {v!r}")
-        if not isinstance(quadratic, int | float) or not quadratic >= 0 \
-                or not np.isfinite(quadratic):
-            raise ConfigError(f"batch.quadratic: must be a finite number >= 0, got {quadratic!r}")
+        for field, v in (("batch.sort_pool", sort_pool),
+                         ("batch.second_buckets", second_buckets)):
+            if not _is_int(v) or v < 0:
+                raise ConfigError(f"{field}: must be an integer >= 0, got {v!r}")
+        for field, v in (("batch.quadratic", quadratic), ("batch.second_weight", second_weight)):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0 \
+                    or not np.isfinite(v):
+                raise ConfigError(f"{field}: must be a finite number >= 0, got {v!r}")
+        if second_max is not None and (not _is_int(second_max) or second_max < 0):
+            raise ConfigError(f"batch.second_max: must be an integer >= 0, got {second_max!r}")
         self.seq_len, self.num_buckets, self.quadratic = seq_len, num_buckets, float(quadratic)
-        self.row_multiple, self.pad_to = row_multiple, pad_to
+        self.row_multiple, self.pad_to, self.sort_pool = row_multiple, pad_to, sort_pool
+        self.second_buckets, self.second_weight = second_buckets, float(second_weight)
+        self.second_max = second_max
+        self.source_names = list(source_names) if source_names is not None else None
         least = row_multiple * self.cost(seq_len)
-        if token_budget is None or isinstance(token_budget, bool) \
-                or not isinstance(token_budget, int) or token_budget < least:
+        if token_budget is None or not _is_int(token_budget) or token_budget < least:
             raise ConfigError(f"batch.token_budget: {token_budget!r} cannot hold row_multiple = "
                               f"{row_multiple} rows of seq_len {seq_len} (cost "
                               f"{least:g} with quadratic {self.quadratic:g}); raise it to at "
                               f"least {int(np.ceil(least))}")
-        self.token_budget = token_budget
+        self.token_budget = int(token_budget)
+        if second_buckets and second_max is not None:
+            most = row_multiple * (self.cost(seq_len) + self.second_weight * self.cost(second_max))
+            if most > self.token_budget:
+                raise ConfigError(f"batch.second_max: {row_multiple} rows of seq_len {seq_len} "
+                                  f"and second length {second_max} cost {most:g} > token_budget "
+                                  f"{self.token_budget}; lower second_max or raise token_budget "
+                                  f"to {int(np.ceil(most))}")
         window_tokens = WINDOW_BUDGETS * token_budget if window_tokens is None else window_tokens
-        if isinstance(window_tokens, bool) or not isinstance(window_tokens, int) \
-                or window_tokens < 1:
+        if not _is_int(window_tokens) or window_tokens < 1:
             raise ConfigError(f"window_tokens: must be an integer >= 1, got {window_tokens!r}")
-        self.window = WindowReplay(window_tokens, 1, self.plan_window)
+        self.window = WindowReplay(int(window_tokens), 1, self.plan_window)
 
-    def cost(self, width: int) -> float:
-        """Cost of one row of ``width`` positions: ``width + quadratic · width²``."""
+    def cost(self, width: Any) -> Any:
+        """``c(x) = x + quadratic · x²`` (scalar or array): one row of ``width`` positions."""
         return width + self.quadratic * width * width
 
     def width(self, longest: int) -> int:
         """Row width of a batch whose longest row has ``longest`` positions."""
         return min(-(-longest // self.pad_to) * self.pad_to, self.seq_len)
+
+    def widths(self, e: np.ndarray) -> np.ndarray:
+        """:meth:`width` of every entry (vectorised)."""
+        return np.minimum(-(-np.asarray(e, np.int64) // self.pad_to) * self.pad_to, self.seq_len)
 
     # -- Shaper
     def plan_step(self, feed: DocFeed, rows: int) -> StepPlan | None:
@@ -145,49 +192,133 @@ class PadBucketShaper:
         self.window.load_state_dict(state)
 
     # -- planning (pure)
-    def cut_batches(self, e: np.ndarray) -> list[tuple[int, int]]:
-        """``[start, end)`` of each batch of one bucket's rows (lengths ``e``, stream order)."""
-        el = [int(x) for x in e]
-        n, r, budget = len(el), self.row_multiple, self.token_budget
-        out = []
+    def cut_batches(self, e: np.ndarray, second: np.ndarray | None = None
+                    ) -> list[tuple[int, int]]:
+        """``[start, end)`` of each batch of one bucket's rows (lengths ``e``, and ``second``
+        lengths in two dimensions), in the given order (module docstring: Batches).
+
+        The cost of the first ``b`` rows only grows with ``b``, so each batch is the longest
+        prefix that fits: one vectorised running maximum per batch, no loop over rows."""
+        e = np.asarray(e, dtype=np.int64)
+        n, r, budget = len(e), self.row_multiple, self.token_budget
+        row_cost = self.cost(self.widths(e).astype(np.float64))
+        if second is not None:
+            row2 = self.second_weight * self.cost(np.asarray(second, np.float64))
+        out: list[tuple[int, int]] = []
         i = 0
         while i < n:
-            m = b = 0
-            j = i
-            while j < n:
-                m2 = max(m, el[j])
-                if -(-(b + 1) // r) * r * self.cost(self.width(m2)) > budget:
+            first = row_cost[i] + (row2[i] if second is not None else 0.0)
+            g = int(budget // max(first, 1.0)) + r  # at most this many fit
+            while True:
+                j = min(n, i + g)
+                c = np.maximum.accumulate(row_cost[i:j])
+                if second is not None:
+                    c = c + np.maximum.accumulate(row2[i:j])
+                b = np.arange(1, j - i + 1, dtype=np.int64)
+                fits = (-(-b // r) * r) * c <= budget
+                if not fits.all():
+                    k = int(np.argmin(fits))
                     break
-                m, b, j = m2, b + 1, j + 1
-            if b == 0:  # excluded by the check of token_budget in __init__
+                if j == n:
+                    k = j - i
+                    break
+                g *= 2
+            if k == 0:  # excluded by the checks of token_budget and of every document
                 raise MixbatchInternalError("pad_buckets: a row does not fit the budget")
-            if j < n and b % r and b > r:
-                b -= b % r
-            out.append((i, i + b))
-            i += b
+            if i + k < n and k % r and k > r:
+                k -= k % r
+            out.append((i, i + k))
+            i += k
         return out
 
-    def plan_window(self, docs: Docs, run_start: bool) -> tuple[list[StepPlan], int]:
-        """All steps of one window (nothing is truncated outside the steps)."""
+    def _check_second(self, docs: Docs, e: np.ndarray) -> np.ndarray:
+        """Which documents are kept (second length within ``second_max``); raise on one that
+        cannot fit the budget at all."""
+        s = docs.second
+        if s is None:
+            raise ConfigError("batch.second_buckets: the documents have no second lengths; "
+                              "set `second_field` on every source and run `mixbatch prepare`")
+        keep = np.ones(len(docs), bool) if self.second_max is None else s <= self.second_max
+        alone = self.row_multiple * (self.cost(self.widths(e).astype(np.float64))
+                                     + self.second_weight * self.cost(s.astype(np.float64)))
+        bad = np.flatnonzero(keep & (alone > self.token_budget))
+        if bad.size:
+            k = int(bad[0])
+            src = int(docs.source[k])
+            name = self.source_names[src] if self.source_names else f"#{src}"
+            raise DataError(f"pad_buckets: document {int(docs.doc[k])} of source {name!r} has "
+                            f"second length {int(s[k])}: {self.row_multiple} rows of it cost "
+                            f"{alone[k]:g} > token_budget {self.token_budget}; raise "
+                            "batch.token_budget, or set batch.second_max to skip (and count) "
+                            f"such documents ({bad.size} in this window)")
+        return keep
+
+    def _buckets(self, e: np.ndarray, s: np.ndarray | None) -> np.ndarray:
+        """Bucket id of every row: by ``e``, then (two dimensions) by ``s`` inside each."""
+        bucket = np.searchsorted(equal_token_edges(e, self.num_buckets), e, side="left")
+        if s is None or self.second_buckets <= 1:
+            return bucket.astype(np.int64)
+        sub = np.zeros(len(e), dtype=np.int64)
+        for b in np.unique(bucket).tolist():
+            m = bucket == b
+            sub[m] = np.searchsorted(equal_token_edges(s[m], self.second_buckets), s[m],
+                                     side="left")
+        return bucket * self.second_buckets + sub
+
+    def _pools(self, idx: np.ndarray, tokens: np.ndarray, e: np.ndarray,
+               s: np.ndarray | None) -> list[np.ndarray]:
+        """A bucket's rows (window indices in stream order) in pools, each sorted by length."""
+        if self.sort_pool == 0 or len(idx) <= 1:
+            return [idx]
+        cum = np.cumsum(tokens[idx])
+        per = float(self.sort_pool) * self.token_budget
+        last = max(round(float(cum[-1]) / per), 1) - 1  # a short tail joins the pool before it
+        pool = np.minimum((cum - tokens[idx]) // per, last).astype(np.int64)
+        cuts = np.flatnonzero(np.diff(pool)) + 1
+        out = []
+        for part in np.split(idx, cuts):
+            keys = (part, e[part]) if s is None else (part, s[part], e[part])
+            out.append(part[np.lexsort(keys)])
+        return out
+
+    def plan_window(self, docs: Docs, run_start: bool) -> tuple[Any, ...]:
+        """All steps of one window; skipped documents (and their tokens, as truncated) are
+        reported with its first step, or with a later window's when every one is skipped."""
         del run_start
         L = self.seq_len
         e = np.minimum(docs.length + 1, L)
         eod = docs.length < L
         end = np.minimum(docs.length, L)
         cut = np.maximum(docs.length - L, 0)
-        edges = equal_token_edges(e, self.num_buckets)
-        bucket = np.searchsorted(edges, e, side="left")
+        two_d = self.second_buckets > 0
+        s = docs.second if two_d else None
+        keep = self._check_second(docs, e) if two_d else np.ones(len(docs), bool)
+        kept = np.flatnonzero(keep)
+        skipped_docs = len(docs) - len(kept)
+        skipped_tokens = int(docs.length[~keep].sum())
+        weight = e.astype(np.float64)
+        if s is not None:
+            weight = weight + self.second_weight * s
+        bucket = np.full(len(docs), -1, dtype=np.int64)
+        bucket[kept] = self._buckets(e[kept], None if s is None else s[kept])
+        key = derive_key(0, "pad-buckets", int(docs.source[0]), int(docs.doc[0]), len(docs),
+                         int(docs.length.sum())) if len(docs) else 0
         members: list[np.ndarray] = []  # per batch: document indices in the window
         batch_bucket: list[int] = []
-        for b in np.unique(bucket).tolist():
+        for b in np.unique(bucket[kept]).tolist():
             idx = np.flatnonzero(bucket == b)
-            for a, z in self.cut_batches(e[idx]):
-                members.append(idx[a:z])
-                batch_bucket.append(b)
-        tokens = np.array([int(e[m].sum()) for m in members], dtype=np.int64)
+            for p, pool in enumerate(self._pools(idx, weight, e, s)):
+                batches = [pool[a:z] for a, z in self.cut_batches(
+                    e[pool], None if s is None else s[pool])]
+                if self.sort_pool and len(batches) > 1:
+                    order = keyed_order(len(batches), derive_key(key, b, p))
+                    batches = [batches[k] for k in order.tolist()]
+                members.extend(batches)
+                batch_bucket.extend([b] * len(batches))
+        tokens = np.array([int(weight[m].sum()) for m in members], dtype=np.int64)
         order = _interleave_by_tokens(np.asarray(batch_bucket, dtype=np.int64), tokens)
         plans = []
-        for k in order.tolist():
+        for j, k in enumerate(order.tolist()):
             m = members[k]
             n = len(m)
             rows = -(-n // self.row_multiple) * self.row_multiple
@@ -195,13 +326,28 @@ class PadBucketShaper:
             pad = np.full(rows, width, dtype=np.int64)
             pad[:n] = width - e[m]
             padding = int(pad.sum())
-            stats = {"bucket": batch_bucket[k], "padding": padding,
-                     "pad_fraction": padding / (rows * width),
-                     "cost": rows * self.cost(width), "empty_rows": rows - n}
+            bucket_id = batch_bucket[k]
+            stats: dict[str, Any] = {"bucket": bucket_id, "padding": padding,
+                                     "pad_fraction": padding / (rows * width),
+                                     "empty_rows": rows - n}
+            cost = self.cost(float(width))
+            second = None
+            if s is not None:
+                second = s[m].astype(np.int64)
+                w2 = int(second.max())
+                stats.update(second_width=w2, second_padding=rows * w2 - int(second.sum()),
+                             second_positions=rows * w2)
+                cost += self.second_weight * self.cost(float(w2))
+            stats["cost"] = rows * cost
+            if j == 0 and skipped_docs:
+                stats["skipped_docs"] = skipped_docs
             plans.append(StepPlan(rows, width, np.arange(n, dtype=np.int32),
                                   np.zeros(n, np.int64), docs.source[m], docs.doc[m],
                                   np.zeros(n, np.int64), end[m], eod[m], pad,
-                                  int(cut[m].sum()), stats))
+                                  int(cut[m].sum()) + (skipped_tokens if j == 0 else 0), stats,
+                                  second))
+        if not plans:  # every document skipped: the window replay reports them later
+            return plans, skipped_tokens, skipped_docs
         return plans, 0
 
 
@@ -210,9 +356,10 @@ def _interleave_by_tokens(bucket: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     each bucket's batches keep their order."""
     if bucket.size == 0:
         return np.empty(0, dtype=np.int64)
-    K = int(bucket.max()) + 1
-    groups = [np.flatnonzero(bucket == b) for b in range(K)]
-    weights = np.bincount(bucket, weights=tokens, minlength=K)
+    ids, dense = np.unique(bucket, return_inverse=True)
+    K = len(ids)
+    groups = [np.flatnonzero(dense == b) for b in range(K)]
+    weights = np.bincount(dense, weights=tokens, minlength=K)
     il = Interleaver(K, unit="tokens")
     taken = np.zeros(K, dtype=np.int64)
     out: list[int] = []

@@ -15,8 +15,9 @@ Implements the packing of Ding et al. 2024, "Fewer Truncations Improve Language 
    row. Pieces wider than ``seq_len / 2`` open a row each; for the rest, the query "smallest
    remaining space >= w" is a bisection of the sorted list of distinct remaining spaces (at
    most ``seq_len + 1`` of them; the paper's OBFD uses a segment tree over the same
-   ``0..seq_len``), so a window of N pieces packs in O(N log seq_len)
-   (:func:`best_fit_decreasing`).
+   ``0..seq_len``), so a window of N pieces packs with O(N log seq_len) comparisons, plus at
+   most one list edit per piece, a C memmove of at most ``seq_len`` pointers
+   (:func:`best_fit_decreasing`; measured 4-5x faster than a pure-Python segment tree).
 
 Rows are handed out in a keyed pseudo-random order within the window (BFD creates the rows of the
 longest pieces first, which would otherwise feed long documents first), ``rows`` per step; a step

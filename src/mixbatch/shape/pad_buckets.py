@@ -51,8 +51,8 @@ together and cut again (``stats["bucket"] = -1``), so a window has about one par
 batch, not one per bucket. ``sort_pool: 0`` keeps stream order in each bucket and every
 bucket's own last batch (as Lhotse). Measured by ``benchmarks/bench_shaping.py`` (log-normal
 lengths, median 500, σ 1.2, seq_len 2048, budget 2048·32, 16 buckets, row_multiple 8): padding
-(max × rows − Σ) 10.3 % in stream order (Lhotse: 10.3 %), 1.2 % with ``P = 16`` (the
-default), and fewer steps than Lhotse.
+(max × rows − Σ) 10.3 % in stream order (Lhotse: 10.3 %), 1.7 % with ``P = 16`` (the
+default), in 611 steps (Lhotse: 648, two of them over the budget).
 
 **Order and mixture.** The batches of a window are handed out in an exact interleaving of the
 buckets by tokens (:class:`~mixbatch.plan.interleave.Interleaver`, token mode, one batch = one

@@ -254,6 +254,7 @@ def stream_table(summary: dict) -> Table:
 def cmd_demo(args: argparse.Namespace) -> int:
     import yaml
 
+    from mixbatch.audit import summary_path
     from mixbatch.config import load_config
     from mixbatch.demo import DEMO_STAGE_STEPS, build_corpus, demo_config
     from mixbatch.prepare import prepare
@@ -303,7 +304,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"{time.perf_counter() - t_search:.1f}s). Outputs:\n"
               f"  corpus  {work / 'corpus'}\n  config  {config_path}\n"
               f"  stores  {cfg.store_dir}\n  plot    {plot}\n  state   {state}\n"
-              f"  audit   {audit} (one line per row fed)\n"
+              f"  audit   {audit} (one line per row fed; the run's summary in "
+              f"{summary_path(audit).name})\n"
               f"  search  {search['design']} (design), {search['results']} (proxy runs),\n"
               f"          {search['mixture']} (chosen mixture), {search['config']} (config with "
               f"it),\n          {search['plots']} (plots)")

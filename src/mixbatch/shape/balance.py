@@ -98,44 +98,67 @@ def _lpt(cost: np.ndarray, group: np.ndarray, quota: np.ndarray) -> np.ndarray:
     return np.asarray(owner, dtype=np.int64)
 
 
-def _exchange(owner: np.ndarray, cost: np.ndarray, group: np.ndarray, lo: np.ndarray,
-              hi: np.ndarray, p: int) -> np.ndarray:
-    """Improve ``owner`` by pairwise swaps from the most loaded rank (module doc, step 2)."""
-    owner = owner.copy()
-    load = np.bincount(owner, weights=cost, minlength=p)
-    count = np.zeros((p, len(lo)), dtype=np.int64)
-    np.add.at(count, (owner, group), 1)
-    mean = float(cost.sum()) / p
-    good_enough = mean + min(_TOLERANCE * mean, float(cost.max(initial=0.0)))
+def _exchange(owner: list[int], cost: list[float], group: list[int], lo: list[int],
+              hi: list[int], p: int) -> list[int]:
+    """Improve ``owner`` by pairwise swaps from the most loaded rank (module doc, step 2).
+
+    Plain Python over lists: a global batch has tens of rows over a few ranks, where a NumPy
+    call per candidate matrix costs more than the loop over the pairs."""
+    owner = list(owner)
+    n = len(cost)
+    load = [0.0] * p
+    count = [[0] * len(lo) for _ in range(p)]
+    for i in range(n):
+        load[owner[i]] += cost[i]
+        count[owner[i]][group[i]] += 1
+    mean = sum(cost) / p
+    good_enough = mean + min(_TOLERANCE * mean, max(cost, default=0.0))
+    least_gain = 1e-4 * mean * mean  # less than a 0.01% move of the squared loads
     # a bounded number of swaps: most of the gain comes from the first few, and a training step
-    # must not wait on the tail (measured: 240 swaps of 32 rows cost ~10 ms a step)
-    for _ in range(len(cost) + p):
-        a = int(np.argmax(load))
-        if load[a] <= good_enough:  # mean is a lower bound on the optimum
+    # must not wait on the tail
+    for _ in range(n + p):
+        a = max(range(p), key=load.__getitem__)  # the first of the most loaded
+        la = load[a]
+        if la <= good_enough:  # mean is a lower bound on the optimum
             break
-        xa = np.flatnonzero(owner == a)
-        yb = np.flatnonzero(owner != a)
-        ga, gb, rb = group[xa][:, None], group[yb][None, :], owner[yb][None, :]
-        d = cost[xa][:, None] - cost[yb][None, :]
-        spread = load[a] - load[rb]
-        ok = (ga == gb) | ((count[a, ga] > lo[ga]) & (count[rb, ga] < hi[ga])
-                           & (count[rb, gb] > lo[gb]) & (count[a, gb] < hi[gb]))
-        ok &= (d > 0) & (d < spread)
-        if not ok.any():
+        ca = count[a]
+        best = -1.0
+        pick = (-1, -1)
+        for x in range(n):
+            if owner[x] != a:
+                continue
+            cx, gx = cost[x], group[x]
+            a_spare = ca[gx] > lo[gx]
+            for y in range(n):
+                b = owner[y]
+                if b == a:
+                    continue
+                d = cx - cost[y]
+                if d <= 0:
+                    continue
+                spread = la - load[b]
+                if d >= spread:
+                    continue
+                gy = group[y]
+                if gx != gy and not (a_spare and count[b][gx] < hi[gx]
+                                     and count[b][gy] > lo[gy] and ca[gy] < hi[gy]):
+                    continue
+                # the swap that lowers the sum of squared loads most: by 2·d·(spread − d)
+                gain = d * (spread - d)
+                if gain > best:
+                    best, pick = gain, (x, y)
+        if best < least_gain:  # no feasible swap (best < 0), or too small a one
             break
-        # the swap that lowers the sum of squared loads most: it falls by 2·d·(spread − d)
-        gain = np.where(ok, d * (spread - d), -np.inf)
-        i, j = np.unravel_index(int(np.argmax(gain)), gain.shape)
-        if gain[i, j] < 1e-4 * mean * mean:  # less than a 0.01% move of the squared loads
-            break
-        b, x, y, dd = int(rb[0, j]), int(xa[i]), int(yb[j]), float(d[i, j])
+        x, y = pick
+        b = owner[y]
+        dd = cost[x] - cost[y]
         owner[x], owner[y] = b, a
         load[a] -= dd
         load[b] += dd
-        count[a, group[x]] -= 1
-        count[b, group[x]] += 1
-        count[b, group[y]] -= 1
-        count[a, group[y]] += 1
+        count[a][group[x]] -= 1
+        count[b][group[x]] += 1
+        count[b][group[y]] -= 1
+        count[a][group[y]] += 1
     return owner
 
 
@@ -161,9 +184,11 @@ def balance_rows(labels: np.ndarray, costs: np.ndarray, world_size: int) -> list
         load = np.bincount(owner, weights=cost, minlength=p)
         return float(load.max()), float(np.sum(load * load))
 
-    best = _exchange(_lpt(cost, group, quota), cost, group, lo, hi, p)
+    c, g, lo_l, hi_l = cost.tolist(), group.tolist(), lo.tolist(), hi.tolist()
+    best = np.asarray(_exchange(_lpt(cost, group, quota).tolist(), c, g, lo_l, hi_l, p),
+                      dtype=np.int64)
     if len(cost) and key(best)[0] > key(dealt)[0]:  # rare: fall back on improving the deal
-        other = _exchange(dealt, cost, group, lo, hi, p)
+        other = np.asarray(_exchange(dealt.tolist(), c, g, lo_l, hi_l, p), dtype=np.int64)
         if key(other) < key(best):
             best = other
     order = np.argsort(best, kind="stable")  # rows by rank, ascending inside each

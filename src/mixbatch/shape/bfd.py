@@ -243,7 +243,7 @@ class BFDShaper:
                 raise ConfigError(f"batch.{field}: must be an integer >= 1, got {value!r}")
         self.seq_len = int(seq_len)
         self.pack_window = int(pack_window)
-        self._anchor = WindowAnchor()
+        self._anchor = WindowAnchor({"seq_len": self.seq_len, "pack_window": self.pack_window})
         self._emitted = 0
         self._window: _Window | None = None  # a cache of the packed rows, rebuilt on resume
         self._replay = False

@@ -113,11 +113,12 @@ class WindowReplay:
     reported; a later step reports them). No documents, no pieces.
     """
 
-    def __init__(self, window_tokens: int, extra_per_doc: int, plan: PlanWindow) -> None:
+    def __init__(self, window_tokens: int, extra_per_doc: int, plan: PlanWindow,
+                 settings: dict[str, Any] | None = None) -> None:
         self.window_tokens = window_tokens
         self.extra_per_doc = extra_per_doc
         self._plan = plan
-        self._anchor = WindowAnchor()
+        self._anchor = WindowAnchor(settings)
         self._emitted = 0
         self._windows = 0
         self._steps_done = 0
@@ -421,7 +422,10 @@ class BucketShaper:
         self.cycles, self.row_multiple = cycles, row_multiple
         self.kmin, self.kmax = min_len.bit_length() - 1, seq_len.bit_length() - 1
         self.odds = curriculum_odds(self.curriculum, self.kmax - self.kmin + 1)
-        self.window = WindowReplay(window_tokens, 0, self.plan_window)
+        self.window = WindowReplay(window_tokens, 0, self.plan_window, settings={
+            "seq_len": self.seq_len, "token_budget": self.token_budget, "min_len": self.min_len,
+            "curriculum": self.curriculum.value, "cycles": self.cycles,
+            "row_multiple": self.row_multiple, "window_tokens": window_tokens})
 
     # -- Shaper
     def plan_step(self, feed: DocFeed, rows: int) -> StepPlan | None:

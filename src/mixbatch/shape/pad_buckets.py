@@ -169,7 +169,12 @@ class PadBucketShaper:
         window_tokens = WINDOW_BUDGETS * token_budget if window_tokens is None else window_tokens
         if not _is_int(window_tokens) or window_tokens < 1:
             raise ConfigError(f"window_tokens: must be an integer >= 1, got {window_tokens!r}")
-        self.window = WindowReplay(int(window_tokens), 1, self.plan_window)
+        self.window = WindowReplay(int(window_tokens), 1, self.plan_window, settings={
+            "seq_len": seq_len, "token_budget": self.token_budget, "num_buckets": num_buckets,
+            "quadratic": self.quadratic, "row_multiple": row_multiple,
+            "window_tokens": int(window_tokens), "pad_to": pad_to, "sort_pool": sort_pool,
+            "second_buckets": second_buckets, "second_weight": self.second_weight,
+            "second_max": second_max})
 
     def cost(self, width: Any) -> Any:
         """``c(x) = x + quadratic · x²`` (scalar or array): one row of ``width`` positions."""

@@ -5,11 +5,17 @@ of documents or pieces in their state. They keep the feed's O(K) state from just
 window was pulled, and the mixture weights in force then; on resume they rewind the feed, pull
 the same window again (the feed is deterministic) and re-plan it, which gives exactly what an
 uninterrupted run planned. After the replay the feed is where it was after the first pull.
+
+A replay is only exact with the settings the window was planned with (``seq_len``, budget,
+buckets, ...): the state carries a digest of them, and loading a state whose window is still
+open into a shaper with other settings is refused (at a window boundary they may change).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from typing import Any
 
 import numpy as np
@@ -26,12 +32,23 @@ def feed_weights(feed: DocFeed) -> list[float] | None:
     return [float(x) for x in np.asarray(w, dtype=np.float64).ravel()]
 
 
-class WindowAnchor:
-    """The feed's position and weights at the start of the current window (or none)."""
+def settings_digest(settings: dict[str, Any] | None) -> str | None:
+    """A short, stable digest of a shaper's settings (``None`` for none)."""
+    if settings is None:
+        return None
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
-    def __init__(self) -> None:
+
+class WindowAnchor:
+    """The feed's position and weights at the start of the current window (or none), and the
+    digest of the settings that plan a window (module docstring)."""
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.start: dict[str, Any] | None = None
         self.weights: list[float] | None = None
+        self.settings = dict(settings) if settings is not None else None
+        self.digest = settings_digest(settings)
 
     @property
     def open(self) -> bool:
@@ -62,12 +79,20 @@ class WindowAnchor:
 
     def state_dict(self) -> dict[str, Any]:
         return {"window_start": copy.deepcopy(self.start),
-                "window_weights": None if self.weights is None else list(self.weights)}
+                "window_weights": None if self.weights is None else list(self.weights),
+                "settings": self.digest}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Read ``window_start`` / ``window_weights``; raise ValueError/TypeError if malformed."""
         start, weights = state["window_start"], state.get("window_weights")
         if start is not None and not isinstance(start, dict):
             raise TypeError("window_start must be a feed state (a mapping) or null")
+        saved = state.get("settings")
+        if start is not None and saved is not None and self.digest is not None \
+                and saved != self.digest:
+            shown = ", ".join(f"{k} {v}" for k, v in (self.settings or {}).items())
+            raise StateError("loader state: its open window was planned with other batch "
+                             f"settings than these ({shown}); resume with the settings it was "
+                             "saved with, or from a state saved at a window boundary")
         self.start = copy.deepcopy(start)
         self.weights = None if weights is None else [float(x) for x in weights]

@@ -573,7 +573,7 @@ def bench_corpus(corpus: Corpus, args: argparse.Namespace, budget: int,
                                     checks, findings)
     if not args.skip_hf:
         cmp_lines += hf_section(corpus, cfgs, args)
-    if all(getattr(st, "second_lengths", None) is not None for st in corpus.stores.values()):
+    if all(st.second_lengths is not None for st in corpus.stores.values()):
         cmp_lines += two_d_section(corpus, args, budget)
     bal, bal_profiles = balance_section(corpus, args, findings)
 

@@ -31,7 +31,8 @@ class MixedFeed:
     """Documents of K sources, interleaved to follow the weights exactly (see module doc)."""
 
     def __init__(self, stores: list[TokenStore], orders: list[SourceOrder], unit: Unit,
-                 on_exhausted: OnExhausted = OnExhausted.RENORMALIZE, chunk: int = 256) -> None:
+                 on_exhausted: OnExhausted = OnExhausted.RENORMALIZE, chunk: int = 256,
+                 second: bool = False) -> None:
         self.stores = stores
         self.orders = orders
         self.unit = unit
@@ -45,10 +46,9 @@ class MixedFeed:
         self.ended = False
         self.max_deviation = 0.0  # largest |c_i(n) - W_i(n)| seen after any decision (in units)
         self._lengths = [np.asarray(s.lengths) for s in stores]
-        # second lengths (2-D bucketing) travel with the documents when every store has them
-        seconds = [getattr(s, "second_lengths", None) for s in stores]
-        self._second = (None if not stores or any(x is None for x in seconds)
-                        else [np.asarray(x) for x in seconds])
+        # second lengths travel with the documents only for 2-D bucketing (``second``), which
+        # the loader allows only when every store has them
+        self._second = [np.asarray(s.second_lengths) for s in stores] if second else None
         self._mean_len = max(1.0, float(np.mean([max(s.num_tokens, 1) / max(len(s), 1)
                                                  for s in stores])))
 

@@ -144,7 +144,7 @@ class MixedLoader:
             raise ConfigError(f"batch.second_buckets: 2-D bucketing is a pad_buckets option; "
                               f"packing is {b.packing.value!r}")
         missing = [n for n, s in zip(self.names, self.stores, strict=True)
-                   if getattr(s, "second_lengths", None) is None]
+                   if s.second_lengths is None]
         if missing:
             raise ConfigError(f"batch.second_buckets: source(s) {', '.join(missing)} have no "
                               "second lengths; set `second_field` on them and run "
@@ -157,7 +157,8 @@ class MixedLoader:
         orders = [SourceOrder(n, len(s), cfg.seed, cfg.mixture.shuffle,
                               cfg.sources[n].max_epochs, cfg.holdout_docs(len(s)))
                   for n, s in zip(self.names, self.stores, strict=True)]
-        self.feed = MixedFeed(self.stores, orders, cfg.mixture.unit, cfg.mixture.on_exhausted)
+        self.feed = MixedFeed(self.stores, orders, cfg.mixture.unit, cfg.mixture.on_exhausted,
+                              second=cfg.batch.second_buckets > 0)
         self.shaper = build_shaper(cfg)
         self.step = 0
         self.tokens_planned = 0

@@ -17,7 +17,7 @@ Implements the packing of Ding et al. 2024, "Fewer Truncations Improve Language 
    most ``seq_len + 1`` of them; the paper's OBFD uses a segment tree over the same
    ``0..seq_len``), so a window of N pieces packs with O(N log seq_len) comparisons, plus at
    most one list edit per piece, a C memmove of at most ``seq_len`` pointers
-   (:func:`best_fit_decreasing`; measured 4-5x faster than a pure-Python segment tree).
+   (:func:`best_fit_decreasing`).
 
 Rows are handed out in a keyed pseudo-random order within the window (BFD creates the rows of the
 longest pieces first, which would otherwise feed long documents first), ``rows`` per step; a step

@@ -289,24 +289,23 @@ class PadBucketShaper:
             batches = [batches[k] for k in keyed_order(len(batches), key).tolist()]
         out.extend(batches)
 
+    @staticmethod
+    def _by_length(idx: np.ndarray, e: np.ndarray, s: np.ndarray | None) -> np.ndarray:
+        """``idx`` sorted by length (then second length), ties in the given order."""
+        keys = (idx, e[idx]) if s is None else (idx, s[idx], e[idx])
+        return idx[np.lexsort(keys)]
+
     def _pools(self, idx: np.ndarray, tokens: np.ndarray, e: np.ndarray,
-               s: np.ndarray | None, pool_tokens: float | None = None) -> list[np.ndarray]:
+               s: np.ndarray | None) -> list[np.ndarray]:
         """A bucket's rows (window indices in stream order) in pools, each sorted by length."""
         if self.sort_pool == 0 or len(idx) <= 1:
             return [idx]
-        if pool_tokens == np.inf:
-            keys = (idx, e[idx]) if s is None else (idx, s[idx], e[idx])
-            return [idx[np.lexsort(keys)]]
         cum = np.cumsum(tokens[idx])
         per = float(self.sort_pool) * self.token_budget
         last = max(round(float(cum[-1]) / per), 1) - 1  # a short tail joins the pool before it
         pool = np.minimum((cum - tokens[idx]) // per, last).astype(np.int64)
         cuts = np.flatnonzero(np.diff(pool)) + 1
-        out = []
-        for part in np.split(idx, cuts):
-            keys = (part, e[part]) if s is None else (part, s[part], e[part])
-            out.append(part[np.lexsort(keys)])
-        return out
+        return [self._by_length(part, e, s) for part in np.split(idx, cuts)]
 
     def plan_window(self, docs: Docs, run_start: bool) -> tuple[Any, ...]:
         """All steps of one window; skipped documents (and their tokens, as truncated) are
@@ -343,8 +342,7 @@ class PadBucketShaper:
                 self._shuffled(batches, derive_key(key, b, p), members)
                 batch_bucket.extend([b] * (len(members) - len(batch_bucket)))
         if leftover:  # sorted together and cut again: a few full batches, not one per pool
-            rest = self._pools(np.sort(np.concatenate(leftover)), weight, e, s,
-                               pool_tokens=np.inf)[0]
+            rest = self._by_length(np.sort(np.concatenate(leftover)), e, s)
             cuts = self.cut_batches(e[rest], None if s is None else s[rest])
             self._shuffled([rest[a:z] for a, z in cuts], derive_key(key, "rest"), members)
             batch_bucket.extend([-1] * (len(members) - len(batch_bucket)))

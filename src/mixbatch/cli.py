@@ -143,6 +143,7 @@ def run_stream(cfg, steps: int, rank: int | None, world_size: int | None, state_
                state_out: str | None, emit: str | None, progress: bool) -> dict:
     """Run the loader without a model; return the summary that ``stream`` prints."""
     from mixbatch.audit import AuditWriter
+    from mixbatch.audit.log import log_header
     from mixbatch.loader.loader import MixedLoader, load_state, save_state
     from mixbatch.progress import RateProgress
 
@@ -150,7 +151,8 @@ def run_stream(cfg, steps: int, rank: int | None, world_size: int | None, state_
     if state_in:
         loader.load_state_dict(load_state(state_in))
     first = loader.step
-    writer = AuditWriter(emit, loader.names, append=bool(state_in)) if emit else None
+    writer = (AuditWriter(emit, loader.names, append=bool(state_in), header=log_header(loader))
+              if emit else None)
     t0 = time.perf_counter()
     fed = 0
     done = 0
@@ -161,7 +163,7 @@ def run_stream(cfg, steps: int, rank: int | None, world_size: int | None, state_
                 n_real = int((batch["source_ids"] >= 0).sum())
                 fed += n_real
                 if writer is not None:
-                    writer.write(step.plan.select_rows(step.rows), step.index, loader.rank)
+                    writer.write_step(step, loader.rank)
                 bar.add(len(step.rows), n_real)
                 bar.advance()
                 done += 1
@@ -358,11 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.set_defaults(func=cmd_stream)
 
+    from mixbatch.audit.cli import add_audit_parsers
     from mixbatch.online.cli import add_online_parsers
     from mixbatch.search.cli import add_search_parsers
 
     add_search_parsers(sub)
     add_online_parsers(sub)
+    add_audit_parsers(sub)
 
     sp = sub.add_parser("demo", help="the main job end to end on the built-in corpus: prepare, "
                         "inspect, stream a two-stage schedule, a small mixture search")

@@ -7,6 +7,19 @@ store and ``[start, end)`` the span of its tokens placed in the row (end-of-docu
 not counted; a segment that holds only an end token has ``start == end``). Everything a report or
 a check needs can be rebuilt from this file offline.
 
+Two more kinds of line, written by ``mixbatch stream --emit`` and skipped by
+:func:`read_audit_log` (which yields row records only; :func:`iter_log` yields all three):
+
+- a header, the file's first line: ``{"audit_log": 1, "sources": [...], "documents": [...],
+  "identity": ..., "unit": ..., "packing": ..., "seq_len": ..., "d_model": ..., "world_size":
+  ..., "rank": ...}`` (:func:`log_header`): what the report needs to know about the run without
+  its config, and a digest of the data-defining config sections to tell a log from another
+  config;
+- one step record per step and rank after its rows: ``{"step", "rank", "weights": [...],
+  "truncated", "seq_len", "global_rows", "global_tokens", "global_pad", "cost", "global_cost"}``
+  (the target weights the planner used, the global step's totals, and this rank's compute cost
+  against the whole step's, cost(s) = s + s²/(6·d_model) per piece).
+
 Next to it, ``<name>.summary.json`` (:func:`summary_path`) holds the run's summary as the
 ``stream`` command reports it: the mixture per source, padding, truncation, pieces per document,
 tokens per step, rank cost imbalance, skipped documents. The loader's counters are part of its
@@ -46,18 +59,79 @@ def summary_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".summary.json")
 
 
-class AuditWriter:
-    """Appends the rows of each step to a JSONL file (flushed every step)."""
+#: version of the header line; bump when a field changes meaning
+LOG_VERSION = 1
+#: the config sections that define which rows a run feeds (weights may change on resume)
+IDENTITY_SECTIONS = ("seed", "sources", "batch", "holdout", "holdout_max")
 
-    def __init__(self, path: str | Path, names: Sequence[str], append: bool = False) -> None:
+
+def config_identity(cfg: Any) -> str:
+    """Digest of the config sections that decide what a run feeds; a log written under another
+    config has another identity."""
+    return str(cfg.fingerprint(*IDENTITY_SECTIONS))
+
+
+def log_header(loader: Any) -> dict[str, Any]:
+    """The header line of a stream's audit log (see the module docstring)."""
+    cfg = loader.cfg
+    return {"audit_log": LOG_VERSION, "sources": list(loader.names),
+            "documents": [int(o.n_docs) for o in loader.feed.orders],
+            "identity": config_identity(cfg), "unit": cfg.mixture.unit.value,
+            "packing": cfg.batch.packing.value, "seq_len": cfg.batch.seq_len,
+            "d_model": cfg.batch.d_model, "world_size": loader.world_size, "rank": loader.rank,
+            "seed": cfg.seed}
+
+
+def piece_cost(tokens: np.ndarray, d_model: int) -> np.ndarray:
+    """Compute cost of document pieces of ``tokens`` tokens: s + s²/(6·d_model) (as the rank
+    balancer counts it)."""
+    s = np.asarray(tokens, dtype=np.float64)
+    return s + s * s / (6.0 * d_model)
+
+
+def step_record(step: Any, rank: int, d_model: int) -> dict[str, Any]:
+    """The step record of a loader :class:`~mixbatch.loader.loader.Step` for ``rank``."""
+    plan: StepPlan = step.plan
+    n_tok = plan.end - plan.start
+    cost = piece_cost(plan.width, d_model)  # positions, end tokens included, as the balancer
+    mine = np.isin(plan.row, np.asarray(step.rows))
+    return {"step": int(step.index), "rank": int(rank),
+            "weights": [float(x) for x in np.asarray(step.weights, dtype=np.float64)],
+            "truncated": int(plan.truncated), "seq_len": int(plan.seq_len),
+            "global_rows": int(plan.rows), "global_tokens": int(n_tok.sum()),
+            "global_pad": int(plan.pad.sum()), "cost": float(cost[mine].sum()),
+            "global_cost": float(cost.sum())}
+
+
+class AuditWriter:
+    """Appends the rows of each step to a JSONL file (flushed every step).
+
+    With ``header`` (see :func:`log_header`) a new or empty file starts with that header line;
+    :meth:`write_step` also writes each step's record.
+    """
+
+    def __init__(self, path: str | Path, names: Sequence[str], append: bool = False,
+                 header: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.names = list(names)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not append or not self.path.exists() or self.path.stat().st_size == 0
         self._f: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+        self.d_model = int(header["d_model"]) if header else 4096
+        if header is not None and fresh:
+            self._f.write(json.dumps(header, separators=(",", ":")) + "\n")
 
     def write(self, plan: StepPlan, step: int, rank: int) -> None:
         for rec in rows_of(plan, self.names, step, rank):
             self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        self._f.flush()
+
+    def write_step(self, step: Any, rank: int) -> None:
+        """The rows of ``rank`` in a loader step, then the step's record."""
+        for rec in rows_of(step.plan.select_rows(step.rows), self.names, step.index, rank):
+            self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        self._f.write(json.dumps(step_record(step, rank, self.d_model),
+                                 separators=(",", ":")) + "\n")
         self._f.flush()
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
@@ -78,18 +152,46 @@ class AuditWriter:
         self.close()
 
 
-def read_audit_log(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Records of an audit log, checked; a bad line raises :class:`DataError` naming it."""
+ROW_KEYS = frozenset({"step", "rank", "row", "segments", "pad"})
+STEP_KEYS = frozenset({"step", "rank", "weights"})
+
+
+def iter_log(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(kind, record)`` for every line of an audit log, ``kind`` one of ``"header"``,
+    ``"row"``, ``"step"``; a bad line raises :class:`DataError` naming it (a cut last line says
+    the log is truncated)."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
+    try:
+        f = open(path, encoding="utf-8")  # noqa: SIM115
+    except OSError as e:
+        raise DataError(f"{path}: cannot read audit log ({e.strerror or e})") from None
+    with f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
+                if not line.endswith("\n"):
+                    raise DataError(f"{path}:{i}: truncated audit log (the last line is cut "
+                                    "off; was the run killed while writing?)") from None
                 raise DataError(f"{path}:{i}: not JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not {"step", "rank", "row", "segments", "pad"} <= set(rec):
+            if isinstance(rec, dict) and "audit_log" in rec:
+                if i != 1:
+                    raise DataError(f"{path}:{i}: a header line inside the log (two logs "
+                                    "concatenated?)")
+                yield "header", rec
+            elif isinstance(rec, dict) and set(rec) >= ROW_KEYS:
+                yield "row", rec
+            elif isinstance(rec, dict) and set(rec) >= STEP_KEYS:
+                yield "step", rec
+            else:
                 raise DataError(f"{path}:{i}: not an audit record (needs step, rank, row, "
                                 "segments, pad)")
+
+
+def read_audit_log(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Row records of an audit log, checked; a bad line raises :class:`DataError` naming it."""
+    for kind, rec in iter_log(path):
+        if kind == "row":
             yield rec

@@ -1,0 +1,102 @@
+""""Which documents, and which of their tokens, had the model seen by step T?"
+
+:func:`seen_spans` streams an audit log once (stopping at the first step after ``T``, since a
+log is written in step order) and yields every document's token spans seen in steps ``<= T``,
+contiguous pieces of one document merged. Memory stays bounded whatever the log's size: the
+spans still open are kept in a small LRU table (``open_limit`` documents; a document's pieces
+arrive close together in every packing mode, so an evicted one rarely comes back, and if it does
+it is simply reported as one more span), and distinct documents are counted with one bit per
+document when the log's header gives the source sizes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mixbatch.audit.log import iter_log
+from mixbatch.errors import ConfigError, DataError
+
+
+@dataclass
+class SeenTotals:
+    """Per source: tokens seen, spans reported, distinct documents (None without a header)."""
+
+    tokens: dict[str, int] = field(default_factory=dict)
+    spans: dict[str, int] = field(default_factory=dict)
+    documents: dict[str, int | None] = field(default_factory=dict)
+    last_step: int = -1
+
+
+def seen_spans(path: str | Path, step: int, source: str | None = None,
+               totals: SeenTotals | None = None, open_limit: int = 4096
+               ) -> Iterator[tuple[str, int, int, int]]:
+    """``(source, doc, start, end)`` of the tokens fed in steps ``<= step`` (all ranks the log
+    holds), in the order they were fed; ``totals`` (if given) is filled as the log is read."""
+    if step < 0:
+        raise ConfigError(f"--step: must be >= 0, got {step}")
+    totals = totals if totals is not None else SeenTotals()
+    bits: dict[str, np.ndarray] = {}
+    names: list[str] | None = None
+    opened: OrderedDict[tuple[str, int], list[int]] = OrderedDict()
+    for kind, rec in iter_log(path):
+        if kind == "header":
+            names = list(rec["sources"])
+            if source is not None and source not in names:
+                raise ConfigError(f"--source: {source!r} is not in the log (sources: "
+                                  f"{', '.join(names)})")
+            for n, d in zip(names, rec.get("documents", []), strict=False):
+                bits[n] = np.zeros((int(d) + 7) // 8 + 1, dtype=np.uint8)
+            continue
+        if kind != "row":
+            continue
+        s = int(rec["step"])
+        if s > step:
+            break
+        totals.last_step = max(totals.last_step, s)
+        for name, doc, a, e in rec["segments"]:
+            if source is not None and name != source:
+                continue
+            totals.tokens[name] = totals.tokens.get(name, 0) + (e - a)
+            if e <= a:
+                continue
+            b = bits.get(name)
+            if b is not None:
+                if doc // 8 >= len(b):
+                    raise DataError(f"{path}: step {s}: document {doc} of {name!r} is past the "
+                                    f"source's size in the log's header")
+                b[doc // 8] |= np.uint8(1 << (doc % 8))
+            key = (name, int(doc))
+            span = opened.get(key)
+            if span is not None and span[1] == a:
+                span[1] = e
+                opened.move_to_end(key)
+                continue
+            if span is not None:
+                yield _count(totals, key, span)
+                del opened[key]
+            opened[key] = [a, e]
+            if len(opened) > open_limit:
+                k, sp = opened.popitem(last=False)
+                yield _count(totals, k, sp)
+    while opened:
+        k, sp = opened.popitem(last=False)
+        yield _count(totals, k, sp)
+    if source is not None and names is None and source not in totals.tokens:
+        raise ConfigError(f"--source: {source!r} never appears in the log by step {step}")
+    for n in names or sorted(totals.tokens):
+        if source is not None and n != source:
+            continue
+        b = bits.get(n)
+        totals.documents[n] = (int(np.unpackbits(b).sum()) if b is not None else None)
+        totals.tokens.setdefault(n, 0)
+        totals.spans.setdefault(n, 0)
+
+
+def _count(totals: SeenTotals, key: tuple[str, int], span: list[int]) -> tuple[str, int, int, int]:
+    totals.spans[key[0]] = totals.spans.get(key[0], 0) + 1
+    return key[0], key[1], span[0], span[1]

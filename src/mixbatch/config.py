@@ -26,6 +26,7 @@ from pydantic import (
 
 from mixbatch.errors import ConfigError
 from mixbatch.io import Format, OnError, Split
+from mixbatch.mixup.spec import MixupSpec
 
 
 class Unit(str, Enum):
@@ -77,6 +78,12 @@ class SourceConfig(_Strict):
     @property
     def patterns(self) -> list[str]:
         return [self.path] if isinstance(self.path, str) else list(self.path)
+
+    @field_validator("path")
+    @classmethod
+    def _url_schemes(cls, v: str | list[str]) -> str | list[str]:
+        _check_url_paths([v] if isinstance(v, str) else v)
+        return v
 
     @property
     def is_token_data(self) -> bool:
@@ -166,6 +173,48 @@ class BatchConfig(_Strict):
     d_model: int = Field(default=4096, ge=1)
 
 
+class CacheConfig(_Strict):
+    """The local cache of token stores on object storage (``store: s3://...``)."""
+
+    dir: str | None = None  # default: $MIXBATCH_CACHE_DIR or ~/.cache/mixbatch
+    max_bytes: int | str = "50GB"  # cap of the cache folder (least recently used go first)
+    memory_bytes: int | str = "64MiB"  # blocks kept in each process's memory
+    prefetch_threads: int = Field(default=4, ge=1)
+    whole: bool = False  # download tokens.bin whole on open instead of by ranges
+    block_bytes: int | str = "1MiB"  # verified range of the stores prepare writes to a URL
+
+    @field_validator("max_bytes", "memory_bytes", "block_bytes")
+    @classmethod
+    def _size(cls, v: int | str) -> int:
+        from mixbatch.io.cache import parse_size
+
+        try:
+            return parse_size(v, "size")
+        except ConfigError:
+            raise ValueError("expected a size such as 20GB or 512MiB") from None
+
+
+def _block_bytes(value: int | str) -> int:
+    from mixbatch.io.cache import parse_size
+
+    n = parse_size(value, "cache.block_bytes")
+    if n < 8 or n % 8:
+        raise ConfigError(f"cache.block_bytes: {n} is not a positive multiple of 8 bytes")
+    return n
+
+
+def _check_url_paths(paths: list[str]) -> None:
+    """A URL's scheme must be one fsspec reads (its backend is checked when it is used)."""
+    from mixbatch.io.fs import check_scheme
+
+    for p in paths:
+        if isinstance(p, str) and "://" in p and not p.startswith("file://"):
+            try:
+                check_scheme(p)
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+
+
 class Config(_Strict):
     seed: int = 0
     tokenizer: str = "byte"
@@ -177,8 +226,18 @@ class Config(_Strict):
     sources: dict[str, SourceConfig]
     mixture: MixtureConfig = MixtureConfig()
     batch: BatchConfig = BatchConfig()
+    # sample mixing inside each batch (MixUp, CutMix, ...), applied by mixbatch.mixup.BatchMixer
+    mixup: MixupSpec | None = None
+    # local cache of a store on object storage (`store: s3://...`)
+    cache: CacheConfig | None = None
     # folder of the config file; relative paths are resolved against it
     base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, v: str) -> str:
+        _check_url_paths([v])
+        return v
 
     @field_validator("sources")
     @classmethod
@@ -229,7 +288,24 @@ class Config(_Strict):
 
     @property
     def store_dir(self) -> Path:
+        """The store folder; for a URL a :class:`~mixbatch.io.fs.RemotePath` that carries the
+        ``cache`` settings (``cfg.store_dir / name`` keeps them)."""
+        from mixbatch.io.fs import RemotePath, is_url
+
+        if is_url(self.store):
+            return RemotePath(self.store, self.cache_settings())  # type: ignore[return-value]
         return self.resolve(self.store)
+
+    def cache_settings(self) -> Any:
+        """The :class:`~mixbatch.io.cache.CacheSettings` of the ``cache`` section."""
+        from mixbatch.io.cache import CacheSettings, default_cache_dir, parse_size
+
+        c = self.cache or CacheConfig()
+        return CacheSettings(dir=self.resolve(c.dir) if c.dir else default_cache_dir(),
+                             max_bytes=parse_size(c.max_bytes, "cache.max_bytes"),
+                             memory_bytes=parse_size(c.memory_bytes, "cache.memory_bytes"),
+                             prefetch_threads=c.prefetch_threads, whole=c.whole,
+                             block_bytes=_block_bytes(c.block_bytes))
 
     @property
     def tokenizer_path(self) -> Path | None:

@@ -1,0 +1,193 @@
+"""Mixup losses: gradient checks in float64, reduction to cross-entropy, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck
+
+from mixbatch.errors import ConfigError, DataError
+from mixbatch.mixup import MixRecord, draw_record, mix_targets
+from mixbatch.mixup import losses as L
+
+D = torch.float64
+
+
+def _logits(b: int = 6, c: int = 5, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, c, generator=g, dtype=D).requires_grad_()
+
+
+def _rec(b: int = 6, seed: int = 0) -> MixRecord:
+    return draw_record(b, None, np.random.default_rng(seed), mixup_alpha=1.0, pairing="random")
+
+
+Y = torch.tensor([0, 1, 2, 3, 4, 0])
+
+
+def test_soft_and_mixed_ce_gradcheck_and_reduce_to_ce() -> None:
+    z = _logits()
+    rec = _rec()
+    soft = mix_targets(Y, rec, 5, dtype=D)
+    assert gradcheck(lambda t: L.soft_target_cross_entropy(t, soft), (z,))
+    assert gradcheck(lambda t: L.mixed_cross_entropy(t, Y, rec), (z,))
+    torch.testing.assert_close(L.mixed_cross_entropy(z, Y, rec), L.soft_target_cross_entropy(z, soft))
+    one_hot = F.one_hot(Y, 5).to(D)
+    torch.testing.assert_close(L.soft_target_cross_entropy(z, one_hot), F.cross_entropy(z, Y))
+    torch.testing.assert_close(L.mixed_cross_entropy(z, Y, MixRecord.identity(6)), F.cross_entropy(z, Y))
+
+
+def test_decoupled_mixup() -> None:
+    z = _logits()
+    yb = Y.flip(0)
+    lam = torch.tensor([0.3, 0.6, 0.9, 0.1, 0.5, 0.7], dtype=D)
+    for mode in ("all", "less", "more"):
+        assert gradcheck(lambda t, m=mode: L.decoupled_mixup_loss(t, Y, yb, lam, eta=0.5, mode=m), (z,))
+    # at lam = 1 the "less" regulariser is empty: plain cross-entropy (the paper's default mode)
+    at_one = L.decoupled_mixup_loss(z, Y, yb, 1.0, eta=0.5, mode="less")
+    torch.testing.assert_close(at_one, F.cross_entropy(z, Y))
+    # the decoupled softmax drops the other mixed class from the denominator
+    row = z[0:1].detach()
+    got = L.decoupled_mixup_loss(row, Y[:1], torch.tensor([3]), 0.4, eta=1.0, mode="all", reduction="none")
+    lp = row.log_softmax(1)
+    mce = -(0.4 * lp[0, 0] + 0.6 * lp[0, 3])
+    keep0 = [0, 1, 2, 4]
+    keep3 = [1, 2, 3, 4]
+    dm = -(row[0, 0] - row[0, keep0].logsumexp(0)) - (row[0, 3] - row[0, keep3].logsumexp(0))
+    torch.testing.assert_close(got, (mce + dm).view(1))
+    with pytest.raises(ConfigError, match="mode"):
+        L.decoupled_mixup_loss(z, Y, yb, 0.5, mode="both")
+    with pytest.raises(DataError, match="lam"):
+        L.decoupled_mixup_loss(z, Y, yb, 1.5)
+
+
+def test_rankmixup() -> None:
+    z, zm = _logits(seed=1), _logits(seed=2)
+    rec = _rec()
+    soft = mix_targets(Y, rec, 5, dtype=D)
+    for conf in ("logit", "prob"):
+        assert gradcheck(lambda a, b, c=conf: L.rankmixup_mrl_loss(a, Y, b, soft, confidence=c), (z, zm))
+    # lam = 1: every mixed target keeps a class at weight 1, the hinge is masked: plain CE
+    ident = mix_targets(Y, MixRecord.identity(6), 5, dtype=D)
+    torch.testing.assert_close(L.rankmixup_mrl_loss(z, Y, zm, ident, margin=5.0), F.cross_entropy(z, Y))
+    zm3 = torch.randn(3, 6, 5, dtype=D, requires_grad=True)
+    rel = torch.rand(3, 6, dtype=D) * 0.5 + 0.5
+    assert gradcheck(lambda a, b: L.rankmixup_mndcg_loss(a, Y, b, rel), (z, zm3))
+    with pytest.raises(DataError, match="mixed_logits"):
+        L.rankmixup_mndcg_loss(z, Y, zm, rel)
+
+
+def test_metrix() -> None:
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(6, 4, dtype=D, generator=g).requires_grad_()
+    em = torch.randn(6, 4, dtype=D, generator=g).requires_grad_()
+    rec = _rec()
+    lam = rec.lam.to(D)
+    assert gradcheck(lambda a, b: L.metrix_contrastive_loss(a, Y, b, Y, Y[rec.index], lam), (e, em))
+    # lam = 1 and the mixed rows are the clean ones: the mixed term adds the clean pairs again
+    clean = L.contrastive_pair_loss(e, Y)
+    both = L.metrix_contrastive_loss(e, Y, e, Y, Y, 1.0, weight=0.0)
+    torch.testing.assert_close(both, clean)
+
+
+def test_mochi() -> None:
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(4, 8, dtype=D, generator=g).requires_grad_()
+    k = torch.randn(4, 8, dtype=D, generator=g).requires_grad_()
+    queue = MoCo = L.MoCoQueue(8, 32, seed=1)
+    qk = MoCo.keys.to(D)
+    syn = L.mochi_synthesize(q, qk, n_hard=8, s=5, s_prime=3, generator=torch.Generator().manual_seed(3))
+    assert syn.shape == (4, 8, 8) and not syn.requires_grad
+    # the synthetic negatives are constants (gradients stopped, as in the paper)
+    assert gradcheck(lambda a, b: L.mochi_loss(a, b, qk, synthetic=syn), (q, k))
+    logits = L.mochi_logits(q, k, qk, n_hard=8, s=5, s_prime=3, generator=torch.Generator().manual_seed(3))
+    assert logits.shape == (4, 1 + 32 + 5 + 3)
+    plain = L.mochi_loss(q, k, qk, s=0, s_prime=0)
+    qn, kn = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    ref = F.cross_entropy(torch.cat([(qn * kn).sum(1, keepdim=True), qn @ qk.T], 1) / 0.2,
+                          torch.zeros(4, dtype=torch.long))
+    torch.testing.assert_close(plain, ref)
+    queue.enqueue(torch.randn(40, 8))
+    state = queue.state_dict()
+    assert state["ptr"] == 8
+    with pytest.raises(DataError, match="keys"):
+        queue.enqueue(torch.randn(2, 3))
+
+
+def test_supremix() -> None:
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(8, 5, dtype=D, generator=g).requires_grad_()
+    y = torch.tensor([0.0, 1.0, 1.0, 2.0, 3.0, 3.0, 4.0, 2.0], dtype=D)
+    assert gradcheck(lambda t: L.supremix_loss(t, y), (z,))
+    assert gradcheck(lambda t: L.supremix_loss(t, y, hard_pairs=False), (z,))
+    # hard pairs add negatives and positives: the loss changes
+    assert L.supremix_loss(z, y).item() != pytest.approx(L.supremix_loss(z, y, hard_pairs=False).item())
+    with pytest.raises(DataError, match="no anchor has a positive"):
+        L.supremix_loss(z, torch.arange(8, dtype=D), hard_pairs=False)
+
+
+def test_barlow_twins() -> None:
+    g = torch.Generator().manual_seed(0)
+    za, zb, zm = (torch.randn(10, 4, dtype=D, generator=g).requires_grad_() for _ in range(3))
+    perm = torch.randperm(10, generator=g)
+    assert gradcheck(lambda a, b, m: L.mixed_barlow_twins_regularizer(a, b, m, perm, 0.3), (za, zb, zm))
+    assert gradcheck(lambda a, b: L.barlow_twins_loss(a, b), (za, zb))
+    # lam = 1: the mixture is x_A itself, its correlations equal the targets
+    assert L.mixed_barlow_twins_regularizer(za, zb, za, perm, 1.0).item() == pytest.approx(0.0, abs=1e-20)
+    assert L.mixed_barlow_twins_regularizer(za, zb, zm, perm, 1.0).item() > 0
+
+
+def test_mixmatch_and_fixmatch() -> None:
+    zx, zu = _logits(seed=3), _logits(seed=4)
+    px = F.one_hot(Y, 5).to(D)
+    qu = L.sharpen(torch.rand(6, 5, dtype=D).softmax(1), 0.5)
+    assert gradcheck(lambda a, b: L.mixmatch_loss(a, px, b, qu), (zx, zu))
+    torch.testing.assert_close(L.mixmatch_loss(zx, px, zu, qu, lambda_u=0.0), F.cross_entropy(zx, Y))
+    p = torch.tensor([[0.6, 0.4]])
+    torch.testing.assert_close(L.sharpen(p, 0.5), torch.tensor([[0.36 / 0.52, 0.16 / 0.52]]))
+    x = torch.randn(4, 3)
+    u = [torch.randn(4, 3), torch.randn(4, 3)]
+    xm, pm, um, _ = L.mixmatch_mix(x, F.one_hot(Y[:4], 5).float(), u, qu[:4].float(), 0.75,
+                                    np.random.default_rng(0))
+    assert xm.shape == (4, 3) and um.shape == (8, 3) and torch.allclose(pm.sum(1), torch.ones(4))
+    zw, zs = _logits(seed=5), _logits(seed=6)
+    zw_conf = zw.detach() * 20
+    assert gradcheck(lambda a, b: L.fixmatch_loss(a, Y, zw_conf, b, threshold=0.5), (zx, zs))
+    torch.testing.assert_close(L.fixmatch_loss(zx, Y, zw, zs, threshold=1.0), F.cross_entropy(zx, Y))
+
+
+def test_dualmix_replay_pairs_across_sets() -> None:
+    x_new, x_mem = torch.randn(4, 3, 6, 6), torch.randn(3, 3, 6, 6)
+    out, soft, rec = L.dualmix_replay(x_new, torch.tensor([0, 1, 0, 1]), x_mem, torch.tensor([2, 3, 2]),
+                                      num_classes=4, rng=np.random.default_rng(0))
+    assert out.shape == (7, 3, 6, 6) and soft.shape == (7, 4)
+    assert bool((rec.index[:4] >= 4).all()) and bool((rec.index[4:] < 4).all())
+    with pytest.raises(DataError, match="x_mem"):
+        L.dualmix_replay(x_new, torch.tensor([0, 1, 0, 1]), torch.randn(2, 3, 5, 5), torch.tensor([2, 3]), 4)
+
+
+def test_adautomix_and_adaptivemix() -> None:
+    torch.manual_seed(0)
+    gen = L.MixMaskGenerator(1, hidden=2).double()
+    x = torch.randn(4, 1, 5, 5, dtype=D, requires_grad=True)
+    lam = torch.tensor([0.2, 0.5, 0.7, 0.9], dtype=D)
+    idx = torch.tensor([1, 0, 3, 2])
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        mixed, mask, lam_eff = L.adautomix_mix(gen, t, idx, lam)
+        cls = (mixed.mean((1, 2, 3)) * lam_eff).sum()
+        return L.adautomix_generator_loss(cls, mask, lam)
+
+    assert gradcheck(f, (x,))
+    with torch.no_grad():
+        for p in gen.parameters():
+            p.zero_()
+    _, _, lam_eff = L.adautomix_mix(gen, x, idx, lam)
+    torch.testing.assert_close(lam_eff, lam.clamp(1e-4, 1 - 1e-4))   # a blank generator keeps lam
+    fa, fb, fm = (torch.randn(4, 6, dtype=D, requires_grad=True) for _ in range(3))
+    assert gradcheck(lambda m: L.adaptivemix_loss(m, fa, fb, lam, noise_std=0.0), (fm,))
+    exact = lam[:, None] * fa + (1 - lam[:, None]) * fb
+    assert L.adaptivemix_loss(exact, fa, fb, lam, noise_std=0.0, normalize=False).item() == pytest.approx(0.0)
+    assert L.adaptivemix_loss(fm, fa, fb, lam, noise_std=0.0).item() > 0

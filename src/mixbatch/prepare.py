@@ -47,6 +47,8 @@ from mixbatch.io import (
     iter_texts,
     plan_units,
 )
+from mixbatch.io.fs import RemotePath
+from mixbatch.prepare_remote import input_identity, publish, remote_up_to_date, staging_root
 from mixbatch.progress import RateProgress
 from mixbatch.store import (
     FORMAT_VERSION,
@@ -180,7 +182,9 @@ def _run_unit(job: _Job) -> dict[str, Any]:
         "key": job.key, "path": str(unit.path), "start": unit.start, "end": unit.end,
         "documents": n_docs, "tokens": n_toks,
         "skipped": dict(skips.counts), "examples": {k: list(v) for k, v in skips.examples.items()},
-        "raw_blake2b": file_digest(unit.path, unit.start, unit.end),
+        "raw_blake2b": (input_identity(unit.path, unit.start, unit.end)
+                        if isinstance(unit.path, RemotePath)
+                        else file_digest(unit.path, unit.start, unit.end)),
     }
     write_json_atomic(job.part_dir / f"{job.key}.json", summary)
     return summary
@@ -241,8 +245,9 @@ def _fingerprint(src: SourceConfig, fmt: Format, tok: Tokenizer, dtype: np.dtype
     return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
-def _unit_key(unit: ReadUnit, fingerprint: str, size: int, mtime_ns: int) -> str:
-    blob = f"{unit.path}\0{unit.start}\0{unit.end}\0{size}\0{mtime_ns}\0{fingerprint}".encode()
+def _unit_key(unit: ReadUnit, fingerprint: str, size: int, mtime_ns: int, etag: str = "") -> str:
+    blob = f"{unit.path}\0{unit.start}\0{unit.end}\0{size}\0{mtime_ns}\0{fingerprint}"
+    blob = (blob + (f"\0{etag}" if etag else "")).encode()  # etag: remote inputs only
     return hashlib.blake2b(blob, digest_size=10).hexdigest()
 
 
@@ -251,6 +256,8 @@ def _file_states(paths: list[Path]) -> list[dict[str, Any]]:
     for p in paths:
         st = p.stat()
         out.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        if isinstance(p, RemotePath):  # an object's version tag identifies its bytes
+            out[-1]["etag"] = st.etag
     return out
 
 
@@ -272,8 +279,10 @@ def _up_to_date(folder: Path, fingerprint: str, files: list[dict[str, Any]]) -> 
     if [f["path"] for f in old] != [f["path"] for f in files]:
         return False
     for was, now in zip(old, files, strict=True):
-        if was["size"] != now["size"]:
+        if was["size"] != now["size"] or was.get("etag") != now.get("etag"):
             return False
+        if "etag" in now:  # a remote input: size and ETag say it all
+            continue
         if was["mtime_ns"] != now["mtime_ns"] and file_digest(Path(now["path"])) != was["blake2b"]:
             return False
     try:  # the data files must still match the metadata
@@ -435,6 +444,9 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
     tok = load_tokenizer(cfg.tokenizer, cfg.base_dir, cfg.eod_token)
     dtype = token_dtype(tok.vocab_size)
     root = cfg.store_dir
+    remote = root if isinstance(root, RemotePath) else None
+    if remote is not None:  # built in a local staging folder, then published
+        root = staging_root(remote)
     reports: dict[str, SourceReport] = {}
     plans: dict[str, tuple[list[_Job], list[dict[str, Any]], str, Format]] = {}
     pending: list[_Job] = []
@@ -451,6 +463,12 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
         fmt = source_format(name, src, paths)
         files = _file_states(paths)
         fp = _fingerprint(src, fmt, tok, dtype)
+        there = None if remote is None or force else remote_up_to_date(remote / name, fp, files)
+        if there is not None and not _up_to_date(folder, fp, files):
+            reports[name] = SourceReport(name, "up to date", len(files), there["documents"],
+                                         there["tokens"], there["skipped"],
+                                         there.get("skipped_examples", {}))
+            continue
         if _up_to_date(folder, fp, files):
             meta = json.loads((folder / META).read_text())
             reports[name] = SourceReport(name, "up to date", len(files), meta["documents"],
@@ -463,7 +481,7 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
         jobs = []
         for unit in plan_units(paths, fmt, src.split, chunk_bytes):
             st = states[str(unit.path)]
-            key = _unit_key(unit, fp, st["size"], st["mtime_ns"])
+            key = _unit_key(unit, fp, st["size"], st["mtime_ns"], st.get("etag", ""))
             jobs.append(_Job(name, unit, key, part_dir, src.text_field, src.split.value,
                              (on_error or src.on_error).value, cfg.tokenizer, cfg.base_dir,
                              cfg.eod_token, dtype.name, src.second_field))
@@ -485,6 +503,10 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
         else:
             reports[name] = SourceReport(name, "partial", len(files), units_done=done,
                                          units_total=len(jobs))
+    if remote is not None and shard is None:
+        for name, rep in reports.items():
+            if (root / name / META).is_file() and rep.status != "partial":
+                publish(root / name, remote / name)
     ordered = {n: reports[n] for n in cfg.sources if n in reports}
     return PrepareReport(ordered, time.perf_counter() - t0, len(pending))
 

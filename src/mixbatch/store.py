@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from mixbatch.errors import StoreError
+from mixbatch.io.fs import as_path, is_url
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -164,11 +165,51 @@ class TokenStore:
         starts = np.asarray(self.starts[docs])
         if len(docs) == 0:
             return np.empty(0, dtype=self.tokens.dtype), lens
+        if not isinstance(self.tokens, np.ndarray):  # a remote store: one fetch for all
+            lens64 = lens.astype(np.int64)
+            total = int(lens64.sum())
+            offsets = np.repeat(np.cumsum(lens64) - lens64, lens64)
+            index = np.repeat(starts.astype(np.int64), lens64) + (np.arange(total) - offsets)
+            return self.tokens[index], lens
         # one slice per document (not per token): concatenating views beats a fancy index
         # that builds an int64 index several times the size of the tokens it copies
         tok = self.tokens
         return np.concatenate([tok[s: s + n] for s, n in zip(starts.tolist(), lens.tolist(),
                                                              strict=True)]), lens
+
+
+    def span_source(self, docs: np.ndarray, start: np.ndarray,
+                    end: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Arrays ``(tokens, doc_start, doc)`` from which span ``k`` reads as
+        ``tokens[doc_start[doc[k]] + start[k] : doc_start[doc[k]] + end[k]]``.
+
+        For a local store this is ``(self.tokens, self.starts, docs)``, nothing copied. For a
+        store on object storage ``tokens`` is a plain array holding just these spans (their
+        blocks fetched at once), so a compiled gather kernel can read it like a memory map.
+        """
+        docs = np.asarray(docs, dtype=np.int64)
+        if isinstance(self.tokens, np.ndarray):
+            return self.tokens, np.asarray(self.starts), docs
+        start = np.asarray(start, dtype=np.int64)
+        n = np.asarray(end, dtype=np.int64) - start
+        n = np.maximum(n, 0)
+        first = np.asarray(self.starts[docs]).astype(np.int64) + start
+        total = int(n.sum())
+        offsets = np.cumsum(n) - n
+        index = np.repeat(first, n) + (np.arange(total, dtype=np.int64) - np.repeat(offsets, n))
+        return self.tokens[index], offsets - start, np.arange(len(docs), dtype=np.int64)
+
+    def prefetch(self, docs: np.ndarray) -> None:
+        """Start fetching the tokens of ``docs`` (the documents this process reads next) in the
+        background. A no-op for a local store; for a store on object storage the blocks that
+        hold them go to the cache, so that reading them later does not wait."""
+        tokens = self.tokens
+        if isinstance(tokens, np.ndarray) or not hasattr(tokens, "prefetch_blocks"):
+            return
+        docs = np.asarray(docs, dtype=np.int64)
+        if docs.size:
+            tokens.prefetch_blocks(tokens.blocks_of_spans(np.asarray(self.starts[docs]),
+                                                          np.asarray(self.lengths[docs])))
 
 
 def store_dir(root: Path, source: str) -> Path:
@@ -180,10 +221,21 @@ def read_meta(folder: Path) -> dict[str, Any]:
     if not meta_path.is_file():
         raise StoreError(f"{folder}: no token store here (no {META}); run `mixbatch prepare CONFIG`")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = meta_path.read_bytes()
+    except OSError as e:
         raise StoreError(f"{meta_path}: unreadable store metadata ({e}); "
                          "delete the folder and run `mixbatch prepare CONFIG` to rebuild it") from None
+    return parse_meta(raw, str(meta_path))
+
+
+def parse_meta(raw: bytes, where: str) -> dict[str, Any]:
+    """The checked contents of a ``meta.json`` (``where`` names it in errors)."""
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"{where}: unreadable store metadata ({e}); "
+                         "delete the folder and run `mixbatch prepare CONFIG` to rebuild it") from None
+    meta_path = where
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         got = meta.get("format_version") if isinstance(meta, dict) else None
         raise StoreError(f"{meta_path}: store format version {got!r}, this mixbatch reads "
@@ -204,8 +256,17 @@ def _check_file(path: Path, want: dict[str, Any], verify: bool) -> None:
         raise StoreError(f"{path}: full checksum does not match the store metadata; {rebuild}")
 
 
-def open_store(folder: Path, verify: bool = False) -> TokenStore:
-    """Open a prepared store folder, refusing files that do not match their metadata."""
+def open_store(folder: Path | str, verify: bool = False) -> TokenStore:
+    """Open a prepared store folder, refusing files that do not match their metadata.
+
+    ``folder`` may be a URL (``s3://bucket/store/web``) or a
+    :class:`~mixbatch.io.fs.RemotePath`: the store is then read by byte ranges through a
+    verified local cache (:mod:`mixbatch.io.remote_store`).
+    """
+    if is_url(folder):
+        from mixbatch.io.remote_store import open_remote_store
+
+        return open_remote_store(as_path(folder), verify)  # type: ignore[arg-type]
     folder = Path(folder)
     meta = read_meta(folder)
     checks: dict[str, dict[str, Any]] = meta["checksums"]

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from mixbatch.errors import DataError
 from mixbatch.io.files import ReadUnit
 from mixbatch.io.formats import OnError
+from mixbatch.io.fs import RemotePath, open_input
 from mixbatch.io.second import EXPECTED, INT64_MAX, SecondValues
 from mixbatch.io.skips import (
     BAD_SECOND_VALUE,
@@ -57,7 +58,7 @@ def _is_list(kind: pa.DataType) -> bool:
     return any(getattr(pa.types, name, lambda _: False)(kind) for name in checks)
 
 
-def _check_present(path: Path, schema: pa.Schema, field: str) -> None:
+def _check_present(path: Path | RemotePath, schema: pa.Schema, field: str) -> None:
     if schema.get_field_index(field) < 0:
         names = ", ".join(repr(name) for name in schema.names[:20])
         more = ", ..." if len(schema.names) > 20 else ""
@@ -65,14 +66,14 @@ def _check_present(path: Path, schema: pa.Schema, field: str) -> None:
         raise DataError(one_line(f"{path}: no column {field!r}{hint}; columns: {names or 'none'}{more}"))
 
 
-def _check_column(path: Path, schema: pa.Schema, text_field: str) -> None:
+def _check_column(path: Path | RemotePath, schema: pa.Schema, text_field: str) -> None:
     _check_present(path, schema, text_field)
     kind = schema.field(text_field).type
     if not _is_string(kind):
         raise DataError(one_line(f"{path}: column {text_field!r} has type {kind}, expected a string column"))
 
 
-def _check_second_column(path: Path, schema: pa.Schema, second_field: str) -> None:
+def _check_second_column(path: Path | RemotePath, schema: pa.Schema, second_field: str) -> None:
     _check_present(path, schema, second_field)
     kind = schema.field(second_field).type
     if not (_is_string(kind) or _is_integer(kind) or _is_list(kind) or pa.types.is_null(kind)):
@@ -96,7 +97,7 @@ def iter_parquet_records(
     batch's values of column ``second_field`` (``None`` without one)."""
     path = unit.path
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(open_input(path) if isinstance(path, RemotePath) else path)
     except _ARROW_ERRORS as exc:
         raise DataError(one_line(f"{path}: not a readable Parquet file ({_detail(exc)})")) from exc
     with parquet:
@@ -130,7 +131,8 @@ def iter_arrow_records(
     """
     path = unit.path
     try:
-        source = pa.memory_map(str(path), "r")
+        source = (pa.PythonFile(open_input(path), mode="r") if isinstance(path, RemotePath)
+                  else pa.memory_map(str(path), "r"))
     except _ARROW_ERRORS as exc:
         raise DataError(one_line(f"{path}: cannot read file ({_detail(exc)})")) from exc
     with source:
@@ -149,7 +151,7 @@ def iter_arrow_records(
         yield from _records(path, text_field, second_field, pairs, on_error, skips, batch_size)
 
 
-def _ipc_batches(path: Path, source: pa.MemoryMappedFile) -> Iterator:
+def _ipc_batches(path: Path | RemotePath, source: pa.NativeFile) -> Iterator:
     """Yield the schema, then the record batches, of an IPC file or stream."""
     try:
         reader = pa.ipc.open_file(source)
@@ -169,7 +171,7 @@ def _ipc_batches(path: Path, source: pa.MemoryMappedFile) -> Iterator:
         yield reader.get_batch(i)
 
 
-def _guarded(path: Path, batches: Iterable, what: str) -> Iterator:
+def _guarded(path: Path | RemotePath, batches: Iterable, what: str) -> Iterator:
     """``batches``, with a read error mid-file turned into a DataError."""
     iterator = iter(batches)
     while True:

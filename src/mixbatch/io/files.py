@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mixbatch.errors import ConfigError, DataError
 from mixbatch.io.formats import Format, Split
+from mixbatch.io.fs import RemotePath, as_path, expand_url, is_url, open_input
 from mixbatch.io.lines import cannot_read, compression_of, next_line_start, strip_compression_suffix
 from mixbatch.io.skips import one_line
 
@@ -27,10 +28,11 @@ def infer_format(path: Path) -> Format:
     ``.jsonl``, ``.json``, ``.ndjson`` (also ``.gz``/``.zst`` compressed) are JSONL,
     ``.parquet`` is Parquet, ``.arrow`` is Arrow IPC, anything else is text.
     """
-    name = strip_compression_suffix(Path(path).name).lower()
+    path = as_path(path)
+    name = strip_compression_suffix(path.name).lower()
     if name.endswith(_JSONL_SUFFIXES):
         return Format.JSONL
-    if compression_of(Path(path)) is None:
+    if compression_of(path) is None:
         if name.endswith(".parquet"):
             return Format.PARQUET
         if name.endswith(".arrow"):
@@ -42,13 +44,16 @@ def expand_paths(
     patterns: str | os.PathLike[str] | list[str],
     base_dir: Path,
     fmt: Format | None,
-) -> list[Path]:
+) -> list[Path | RemotePath]:
     """Expand a source's path patterns into an ordered list of absolute file paths.
 
     Each pattern is a file, a folder or a glob (``**`` matches folders recursively), relative
     to ``base_dir`` unless absolute (``~`` is expanded). A folder yields the files of format
     ``fmt`` inside it, recursively, sorted; with ``fmt=None`` its files must all share one
-    inferred format. A Hugging Face ``save_to_disk`` folder (``state.json`` listing
+    inferred format. A URL (``s3://``, ``gs://``, ``az://``, ``http(s)://``, ``hf://``) names an
+    object, every object under a prefix, or a glob, and yields
+    :class:`~mixbatch.io.fs.RemotePath` objects (see :mod:`mixbatch.io.fs`). A Hugging Face
+    ``save_to_disk`` folder (``state.json`` listing
     ``_data_files``) yields its ``.arrow`` files in ``state.json``'s order. Names starting with
     ``.`` or ``_`` inside folders are skipped. Glob matches are sorted; patterns keep the
     order given; a file named twice is kept at its first place.
@@ -61,14 +66,34 @@ def expand_paths(
         raise ConfigError("no path given: name at least one file, folder or glob pattern")
     fmt = None if fmt is None else Format(fmt)
     base = Path(os.path.abspath(os.path.expanduser(base_dir)))
-    seen: set[Path] = set()
-    result: list[Path] = []
+    seen: set[Path | RemotePath] = set()
+    result: list[Path | RemotePath] = []
     for pattern in patterns:
-        for path in _expand_pattern(str(pattern), base, fmt):
+        found = (_expand_url(str(pattern), fmt) if is_url(pattern)
+                 else _expand_pattern(str(pattern), base, fmt))
+        for path in found:
             if path not in seen:
                 seen.add(path)
                 result.append(path)
     return result
+
+
+def _expand_url(pattern: str, fmt: Format | None) -> list[RemotePath]:
+    files = expand_url(pattern)
+    if not _GLOB_CHARS.intersection(pattern.split("://", 1)[1]) and len(files) == 1 \
+            and files[0].url == RemotePath(pattern).url:
+        return files  # one object, named as it is
+    if fmt is not None:
+        files = [f for f in files if infer_format(f) is fmt]
+        if not files:
+            raise ConfigError(one_line(f"path {pattern!r}: no {fmt.value} files there"))
+        return files
+    formats = {infer_format(f) for f in files}
+    if len(formats) > 1:
+        found = ", ".join(sorted(k.value for k in formats))
+        raise ConfigError(one_line(f"path {pattern!r} names files of several formats ({found}); "
+                                   "set `format:`"))
+    return files
 
 
 def _expand_pattern(pattern: str, base: Path, fmt: Format | None) -> list[Path]:
@@ -205,7 +230,7 @@ class ReadUnit:
     it must report one.
     """
 
-    path: Path
+    path: Path | RemotePath
     fmt: Format
     start: int = 0
     end: int | None = None
@@ -224,12 +249,14 @@ def is_splittable(path: Path, fmt: Format, split: Split) -> bool:
     """Whether ``path`` can be cut into byte ranges at newlines: uncompressed JSONL, or text
     read one document per line."""
     fmt, split = Format(fmt), Split(split)
-    if compression_of(Path(path)) is not None:
+    if compression_of(as_path(path)) is not None:
         return False
     return fmt is Format.JSONL or (fmt is Format.TEXT and split is Split.LINE)
 
 
-def plan_units(paths: list[Path], fmt: Format, split: Split, chunk_bytes: int = 64 << 20) -> list[ReadUnit]:
+def plan_units(
+    paths: list[Path | RemotePath], fmt: Format, split: Split, chunk_bytes: int = 64 << 20
+) -> list[ReadUnit]:
     """Cut files into read units, in file order, deterministically.
 
     Uncompressed JSONL files and line-split text files larger than ``chunk_bytes`` become
@@ -241,7 +268,7 @@ def plan_units(paths: list[Path], fmt: Format, split: Split, chunk_bytes: int = 
     fmt, split = Format(fmt), Split(split)
     units: list[ReadUnit] = []
     for raw in paths:
-        path = Path(raw)
+        path = as_path(raw)
         if is_splittable(path, fmt, split):
             try:
                 size = path.stat().st_size
@@ -256,7 +283,7 @@ def plan_units(paths: list[Path], fmt: Format, split: Split, chunk_bytes: int = 
 
 def _line_ranges(path: Path, fmt: Format, size: int, chunk_bytes: int) -> list[ReadUnit]:
     starts = [0]
-    with open(path, "rb") as fh:
+    with open_input(path, 1 << 20) as fh:
         while True:
             nxt = next_line_start(fh, starts[-1] + chunk_bytes, size)
             if nxt >= size:

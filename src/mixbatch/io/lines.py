@@ -16,6 +16,7 @@ from pathlib import Path
 import zstandard
 
 from mixbatch.errors import DataError
+from mixbatch.io.fs import open_input
 from mixbatch.io.skips import one_line
 
 BLOCK_BYTES = 4 << 20
@@ -77,7 +78,7 @@ def iter_chunks(
     if kind is not None and (start != 0 or end is not None):
         raise ValueError(f"{path}: a compressed file cannot be read by byte range")
     try:
-        with open(path, "rb") as fh:
+        with open_input(path) as fh:
             if kind == "gzip":
                 yield from _gzip_chunks(fh, block_bytes)
             elif kind == "zstd":

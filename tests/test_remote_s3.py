@@ -56,7 +56,8 @@ def s3_env():
 
 def _texts(seed: int, n: int) -> list[str]:
     rng = np.random.default_rng(seed)
-    words = np.array("the a of data mix batch token store remote cache block range".split())
+    words = np.array(["the", "a", "of", "data", "mix", "batch", "token", "store", "remote",
+                      "cache", "block", "range"])
     return [" ".join(rng.choice(words, size=int(rng.integers(3, 300)))) for _ in range(n)]
 
 
@@ -324,7 +325,7 @@ def test_bad_remote_input_is_one_clear_line(corpus: dict, monkeypatch) -> None:
     reset_filesystems()
     try:
         cfg = config_from_dict(_cfg(corpus, remote_in=True, remote_store=False))
-        with pytest.raises(ConfigError, match="no credentials for s3://.*AWS_ACCESS_KEY_ID"):
+        with pytest.raises(ConfigError, match=r"no credentials for s3://.*AWS_ACCESS_KEY_ID"):
             prepare(cfg, workers=1)
     finally:
         reset_filesystems()

@@ -31,7 +31,9 @@ source from running ahead. The order is *not* a merge of the deadlines alone: a 
 run before its release, and that constraint binds often (a plain sort by deadline is a divisor
 method, and by Balinski and Young no divisor method stays within quota). So ``choose`` computes
 every job's release and deadline in closed form, vectorised, and runs the EDF merge as one heap
-push and one heap pop per decision on precomputed integer ranks.
+push and one heap pop per decision on precomputed integer ranks. That NumPy + heap form is the
+*reference*; the planner runs the same rule compiled (:mod:`mixbatch.plan.edf`, one O(K) pass
+per decision), and the tests check the two decision for decision.
 
 Token mode (one unit = one token, documents are indivisible)
 ------------------------------------------------------------
@@ -91,6 +93,7 @@ import numpy as np
 
 from mixbatch.errors import ConfigError, MixbatchInternalError, StateError
 from mixbatch.mixture.weights import normalize_weights
+from mixbatch.plan import edf
 
 __all__ = ["Interleaver", "Unit", "max_prefix_deviation", "tijdeman_delta"]
 
@@ -306,7 +309,8 @@ class Interleaver:
     when the current weights were set (``base``), the current weights and the units since.
     """
 
-    def __init__(self, num_sources: int, unit: Unit | str = Unit.SAMPLES) -> None:
+    def __init__(self, num_sources: int, unit: Unit | str = Unit.SAMPLES, *,
+                 compiled: bool = True) -> None:
         if isinstance(num_sources, bool) or not isinstance(num_sources, int) or num_sources < 1:
             raise ConfigError(f"num_sources: must be an integer >= 1, got {num_sources!r}")
         try:
@@ -315,6 +319,7 @@ class Interleaver:
             choices = ", ".join(repr(u.value) for u in Unit)
             raise ConfigError(f"unit: got {unit!r}, expected one of {choices}") from None
         k = num_sources
+        self.compiled = compiled  # False: the NumPy + heap reference (same decisions, slower)
         self._counts = np.zeros(k, dtype=np.int64)
         self._documents = np.zeros(k, dtype=np.int64)
         self._base = np.zeros(k, dtype=np.float64)
@@ -418,7 +423,12 @@ class Interleaver:
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
             raise ConfigError(f"n: must be an integer >= 0, got {n!r}")
         w = self._ready(weights, available)
-        out = _choose_samples(self._base, w, self._counts, self._segment_units, int(n))
+        if self.compiled:
+            positive = int(np.count_nonzero(w > 0))
+            out = edf.choose_samples(self._base, w, self._counts, np.int64(self._segment_units),
+                                     np.int64(n), tijdeman_delta(positive))
+        else:
+            out = _choose_samples(self._base, w, self._counts, self._segment_units, int(n))
         taken = np.bincount(out, minlength=self.num_sources)
         self._counts += taken
         self._documents += taken
@@ -460,9 +470,20 @@ class Interleaver:
                 raise ConfigError(f"upcoming[{i}]: expected a 1-D array of integer lengths")
             if arr.size and arr.min() < 1:
                 raise ConfigError(f"upcoming[{i}]: document lengths must be >= 1, got {arr.min()}")
-        out, lengths = _choose_tokens(
-            self._base, w, self._counts, self._segment_units, upcoming, int(max_docs), final
-        )
+        if self.compiled:
+            lens = [np.asarray(x, dtype=np.int64) if w[i] > 0 else np.empty(0, np.int64)
+                    for i, x in enumerate(upcoming)]
+            offsets = np.zeros(len(lens) + 1, dtype=np.int64)
+            np.cumsum([x.size for x in lens], out=offsets[1:])
+            fin = (np.zeros(len(lens), dtype=np.bool_) if final is None
+                   else np.asarray(final, dtype=np.bool_))
+            out, lengths = edf.choose_tokens(
+                self._base, w, self._counts, np.int64(self._segment_units),
+                np.concatenate(lens), offsets, fin, np.int64(max_docs))
+        else:
+            out, lengths = _choose_tokens(
+                self._base, w, self._counts, self._segment_units, upcoming, int(max_docs), final
+            )
         k = self.num_sources
         self._counts += np.bincount(out, weights=lengths, minlength=k).astype(np.int64)
         self._documents += np.bincount(out, minlength=k)
@@ -510,7 +531,8 @@ class Interleaver:
             )
         counts = _int_vector(state["counts"], k, "counts")
         documents = _int_vector(state["documents"], k, "documents")
-        base = _float_vector(state["base"], k, "base")
+        # a target may be below 0: a source dropped to weight 0 hands over its lead (set_weights)
+        base = _float_vector(state["base"], k, "base", negative=True)
         weights = state["weights"]
         if weights is not None:
             weights = _float_vector(weights, k, "weights")
@@ -550,12 +572,14 @@ def _int_vector(value, k: int, name: str) -> np.ndarray:
     return np.array(value, dtype=np.int64)
 
 
-def _float_vector(value, k: int, name: str) -> np.ndarray:
+def _float_vector(value, k: int, name: str, negative: bool = False) -> np.ndarray:
     if not isinstance(value, list | tuple) or len(value) != k:
         raise StateError(f"interleave state.{name}: expected a list of {k} numbers")
     for v in value:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-            raise StateError(f"interleave state.{name}: expected finite numbers >= 0, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+                or (v < 0 and not negative):
+            want = "finite numbers" if negative else "finite numbers >= 0"
+            raise StateError(f"interleave state.{name}: expected {want}, got {v!r}")
     return np.array(value, dtype=np.float64)
 
 

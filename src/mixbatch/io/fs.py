@@ -312,7 +312,9 @@ def classify(exc: BaseException, url: str) -> MixbatchError | None:
             "usual way (for S3: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
             "~/.aws/credentials), never in the config file"))
     if isinstance(exc, FileNotFoundError) or name == "NoSuchBucket":
-        what = "bucket does not exist" if "bucket" in detail.lower() else "not found"
+        low = detail.lower()
+        gone = name == "NoSuchBucket" or "bucket does not exist" in low or "no such bucket" in low
+        what = "bucket does not exist" if gone else "not found"
         return ConfigError(one_line(f"{url}: {what} ({detail})"))
     if isinstance(exc, PermissionError) or name in _PERMANENT_NAMES:
         return ConfigError(one_line(f"{url}: access denied ({detail}); check the credentials"))
@@ -323,9 +325,10 @@ def classify(exc: BaseException, url: str) -> MixbatchError | None:
     return None
 
 
-def with_retries(fn: Callable[[], T], url: str, policy: RetryPolicy = DEFAULT_RETRY,
+def with_retries(fn: Callable[[], T], url: str, policy: RetryPolicy | None = None,
                  what: str = "request") -> T:
     """``fn()``, retried on transient errors with exponential backoff and jitter."""
+    policy = policy or DEFAULT_RETRY
     last: BaseException | None = None
     for attempt in range(max(1, policy.tries)):
         if attempt:
@@ -345,7 +348,7 @@ def with_retries(fn: Callable[[], T], url: str, policy: RetryPolicy = DEFAULT_RE
 
 
 def read_range(path: RemotePath, start: int, end: int | None,
-               policy: RetryPolicy = DEFAULT_RETRY) -> bytes:
+               policy: RetryPolicy | None = None) -> bytes:
     """Bytes ``[start, end)`` of an object (to its end with ``end=None``), retried; a response
     of the wrong length is a transient error (retried), never returned."""
 
@@ -359,7 +362,7 @@ def read_range(path: RemotePath, start: int, end: int | None,
 
 
 def read_ranges(path: RemotePath, starts: list[int], ends: list[int],
-                policy: RetryPolicy = DEFAULT_RETRY) -> list[bytes]:
+                policy: RetryPolicy | None = None) -> list[bytes]:
     """Several ranges of one object, fetched concurrently where the backend can (``cat_ranges``);
     each range is checked for length and retried on its own."""
     fs = _fs(path)
@@ -395,7 +398,7 @@ class RangeReader(io.RawIOBase):
     object had is impossible, and :meth:`check_unchanged` tells whether it was replaced.
     """
 
-    def __init__(self, path: RemotePath, policy: RetryPolicy = DEFAULT_RETRY) -> None:
+    def __init__(self, path: RemotePath, policy: RetryPolicy | None = None) -> None:
         super().__init__()
         self.path = path
         self.policy = policy
@@ -468,7 +471,7 @@ def expand_url(pattern: str, options: Any = None) -> list[RemotePath]:
     assert scheme is not None
 
     def url_of(p: str) -> str:
-        return p if is_url(p) else f"{scheme}://{p}"
+        return p if is_url(p) else f"{scheme}://{p.lstrip('/')}"
 
     def listing() -> list[tuple[str, dict[str, Any]]]:
         if _GLOB_CHARS.intersection(path):
@@ -513,20 +516,20 @@ def walk_files(root: RemotePath) -> Iterator[RemotePath]:
 # ---------------------------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------------------------
-def upload_file(local: Path, dest: RemotePath, policy: RetryPolicy = DEFAULT_RETRY) -> None:
+def upload_file(local: Path, dest: RemotePath, policy: RetryPolicy | None = None) -> None:
     """Copy a local file to an object (one PUT or a multipart upload), retried."""
     fs = _fs(dest)
     with_retries(lambda: fs.put_file(str(local), dest.fs_path), dest.url, policy, "upload")
     fs.invalidate_cache(dest.fs_path)
 
 
-def write_bytes(dest: RemotePath, data: bytes, policy: RetryPolicy = DEFAULT_RETRY) -> None:
+def write_bytes(dest: RemotePath, data: bytes, policy: RetryPolicy | None = None) -> None:
     fs = _fs(dest)
     with_retries(lambda: fs.pipe_file(dest.fs_path, data), dest.url, policy, "upload")
     fs.invalidate_cache(dest.fs_path)
 
 
-def download_file(src: RemotePath, local: Path, policy: RetryPolicy = DEFAULT_RETRY) -> None:
+def download_file(src: RemotePath, local: Path, policy: RetryPolicy | None = None) -> None:
     """Copy an object to a local file, atomically (temporary name, then rename)."""
     tmp = local.with_name(f".{local.name}.dl-{os.getpid()}-{threading.get_ident()}")
     try:

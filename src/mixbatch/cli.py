@@ -48,7 +48,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     report = prepare(cfg, workers=args.workers, shard=args.shard, force=args.force,
                      on_error=OnError(args.on_error) if args.on_error else None,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, backend=args.backend,
+                     ray_address=args.ray_address)
     table = Table(title=f"prepare → {cfg.store_dir}")
     for col in ("source", "status", "files", "documents", "tokens", "skipped"):
         table.add_column(col, justify="right" if col in ("files", "documents", "tokens") else "left")
@@ -330,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--on-error", choices=("fail", "skip"), default=None,
                     help="override every source's on_error")
     sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--backend", choices=("local", "ray"), default="local",
+                    help="run the work units in a local process pool or as Ray tasks")
+    sp.add_argument("--ray-address", default=None,
+                    help="with --backend ray: the cluster to join (default: a local instance)")
     sp.set_defaults(func=cmd_prepare)
 
     sp = sub.add_parser("inspect", help="per-source documents, tokens and length percentiles")

@@ -438,8 +438,15 @@ def _prepare_token_data(name: str, src: SourceConfig, cfg: Config, folder: Path,
 # ---------------------------------------------------------------------------------------------
 def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] | None = None,
             force: bool = False, on_error: OnError | None = None, progress: bool = False,
-            chunk_bytes: int = 64 << 20) -> PrepareReport:
-    """Tokenise every source of ``cfg`` into ``cfg.store_dir``; see the module docstring."""
+            chunk_bytes: int = 64 << 20, backend: str = "local",
+            ray_address: str | None = None) -> PrepareReport:
+    """Tokenise every source of ``cfg`` into ``cfg.store_dir``; see the module docstring.
+
+    ``backend="ray"`` runs the work units as Ray tasks (:mod:`mixbatch.prepare_ray`), on a local
+    Ray instance or the cluster at ``ray_address``.
+    """
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"backend: {backend!r} is not one of local, ray")
     t0 = time.perf_counter()
     tok = load_tokenizer(cfg.tokenizer, cfg.base_dir, cfg.eod_token)
     dtype = token_dtype(tok.vocab_size)
@@ -493,7 +500,12 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
         pending = [j for k, j in enumerate(_all_jobs(plans)) if k % count == index
                    and not (j.part_dir / f"{j.key}.json").is_file()]
 
-    _run_jobs(pending, workers, progress)
+    if backend == "ray":
+        from mixbatch.prepare_ray import run_jobs_ray
+
+        run_jobs_ray(pending, workers, progress, remote, ray_address)
+    else:
+        _run_jobs(pending, workers, progress)
 
     for name, (jobs, files, fp, fmt) in plans.items():
         done = sum((j.part_dir / f"{j.key}.json").is_file() for j in jobs)
@@ -507,6 +519,10 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
         for name, rep in reports.items():
             if (root / name / META).is_file() and rep.status != "partial":
                 publish(root / name, remote / name)
+                if backend == "ray":
+                    from mixbatch.prepare_ray import clean_remote_parts
+
+                    clean_remote_parts(remote, name)
     ordered = {n: reports[n] for n in cfg.sources if n in reports}
     return PrepareReport(ordered, time.perf_counter() - t0, len(pending))
 

@@ -56,49 +56,65 @@ def mix_features(h: torch.Tensor, record: MixRecord) -> torch.Tensor:
 def apply_record(x: torch.Tensor, record: MixRecord, spatial_dims: int | None = None) -> torch.Tensor:
     """Mix ``x`` as ``record`` says: blend MixUp rows, paste CutMix boxes from the partner.
 
-    Boxes cut the last ``spatial_dims`` axes (default: 2, or 1 for ``(B, T)`` inputs). A new tensor is
-    returned; an untouched batch (every lam = 1) is returned as it is.
+    Boxes cut the last ``spatial_dims`` axes (default: 2, or 1 for ``(B, T)`` inputs). A new
+    tensor is returned (one copy of the batch in ``batch`` mode, as timm's in-place mixing
+    plus the copy it needs to keep the input); an untouched batch (every lam = 1) is returned
+    as it is. The decisions are taken on the small CPU record, so a GPU batch is never synced.
     """
     _check_batch(x, record)
-    rec = record.to(x.device)
-    if not bool((rec.lam < 1).any()):
+    rec = record.to("cpu") if record.lam.device.type != "cpu" else record
+    active = rec.lam < 1
+    if not bool(active.any()):
         return x
-    partner = x.index_select(0, rec.index)
-    blend = ~rec.cutmix & (rec.lam < 1)
-    if bool(blend.any()):
-        if not x.is_floating_point():
-            raise DataError(f"x: {x.dtype} values cannot be blended by MixUp; convert to float first "
-                            f"or use CutMix only")
-        w = torch.where(rec.cutmix, torch.ones_like(rec.lam), rec.lam).to(x.dtype)
-        w = w.view(-1, *([1] * (x.ndim - 1)))
-        out = x * w + partner * (1.0 - w)
-    else:
-        out = x.clone()
-    if bool(rec.cutmix.any()):
+    cut = rec.cutmix & active
+    blend = ~rec.cutmix & active
+    any_blend, any_cut = bool(blend.any()), bool(cut.any())
+    if any_blend and not x.is_floating_point():
+        raise DataError(f"x: {x.dtype} values cannot be blended by MixUp; convert to float first "
+                        f"or use CutMix only")
+    dev = x.device
+    index = rec.index.to(dev, non_blocking=True)
+    if any_cut:
         dims = spatial_dims if spatial_dims is not None else (2 if x.ndim >= 3 else 1)
         if dims not in (1, 2) or x.ndim < dims + 1:
             raise DataError(f"x: CutMix over {dims} axes needs at least {dims + 1} dims, "
                             f"got shape {tuple(x.shape)}")
-        h, w_ = (1, x.shape[-1]) if dims == 1 else (x.shape[-2], x.shape[-1])
-        boxes = rec.box
-        if bool(rec.cutmix.all()) and bool((boxes == boxes[0]).all()):
-            y1, y2, x1, x2 = (int(v) for v in boxes[0])
+        if not any_blend and bool(cut.all()) and bool((rec.box == rec.box[0]).all()):
+            # one box for the whole batch: copy the batch, then paste only the box
+            y1, y2, x1, x2 = (int(v) for v in rec.box[0])
+            out = x.clone()
             if dims == 1:
-                out[..., x1:x2] = partner[..., x1:x2]
+                out[..., x1:x2] = x[..., x1:x2].index_select(0, index)
             else:
-                out[..., y1:y2, x1:x2] = partner[..., y1:y2, x1:x2]
+                out[..., y1:y2, x1:x2] = x[..., y1:y2, x1:x2].index_select(0, index)
             return out
-        ys = torch.arange(h, device=x.device)
-        xs = torch.arange(w_, device=x.device)
-        my = (ys >= boxes[:, 0:1]) & (ys < boxes[:, 1:2])
-        mx = (xs >= boxes[:, 2:3]) & (xs < boxes[:, 3:4])
-        m = my[:, :, None] & mx[:, None, :] & rec.cutmix[:, None, None]
-        if dims == 1:
-            m = m[:, 0, :].view(m.shape[0], *([1] * (x.ndim - 2)), w_)
-        else:
-            m = m.view(m.shape[0], *([1] * (x.ndim - 3)), h, w_)
-        out = torch.where(m, partner, out)
-    return out
+    lam64 = rec.lam.to(torch.float64)
+    if any_blend and not any_cut and bool(blend.all()) and bool((lam64 == lam64[0]).all()):
+        # one lam for the whole batch (timm's and torchvision's batch mode): one new tensor
+        w0 = float(lam64[0])
+        return x.index_select(0, index).mul_(1.0 - w0).add_(x, alpha=w0)
+    # general case (pair / elem modes): one fused pass, out = partner + W (x - partner), where
+    # W is lam on MixUp rows, 1 on untouched rows and 0 inside / 1 outside the box on CutMix rows
+    partner = x.index_select(0, index)
+    w_row = torch.where(blend, lam64, torch.ones_like(lam64))
+    if not any_cut:
+        wt = w_row.to(device=dev, dtype=x.dtype).view(-1, *([1] * (x.ndim - 1)))
+        return partner.lerp_(x, wt)
+    h, w_ = (1, x.shape[-1]) if dims == 1 else (x.shape[-2], x.shape[-1])
+    boxes = rec.box.to(dev, non_blocking=True)
+    ys = torch.arange(h, device=dev)
+    xs = torch.arange(w_, device=dev)
+    my = (ys >= boxes[:, 0:1]) & (ys < boxes[:, 1:2]) & cut.to(dev, non_blocking=True)[:, None]
+    mx = (xs >= boxes[:, 2:3]) & (xs < boxes[:, 3:4])
+    inside = my[:, :, None] & mx[:, None, :]
+    if dims == 1:
+        inside = inside[:, 0, :].view(x.shape[0], *([1] * (x.ndim - 2)), w_)
+    else:
+        inside = inside.view(x.shape[0], *([1] * (x.ndim - 3)), h, w_)
+    if not x.is_floating_point():
+        return torch.where(inside, partner, x)
+    wt = w_row.to(device=dev, dtype=x.dtype).view(-1, *([1] * (inside.ndim - 1)))
+    return partner.lerp_(x, torch.where(inside, torch.zeros((), dtype=x.dtype, device=dev), wt))
 
 
 def _size(x: torch.Tensor, spatial_dims: int) -> tuple[int, ...] | None:

@@ -198,3 +198,14 @@ def test_records_are_valid(b: int, seed: int, mode: str, mix: float, cut: float,
     assert bool(((box[:, 2] <= box[:, 3]) & (box[:, 3] <= 5)).all())
     area = (box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2])
     torch.testing.assert_close(rec.lam[rec.cutmix], 1 - area.float() / 35)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_gpu_matches_cpu(mode: str) -> None:
+    x, y = _batch()
+    m = Mixup(0.8, 1.0, mode=mode, num_classes=5)
+    for seed in range(4):
+        rec = m.sample(x, np.random.default_rng(seed))
+        torch.testing.assert_close(apply_record(x.cuda(), rec).cpu(), apply_record(x, rec))
+        torch.testing.assert_close(mix_targets(y.cuda(), rec, 5).cpu(), mix_targets(y, rec, 5))

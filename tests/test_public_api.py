@@ -5,7 +5,8 @@ import importlib
 import mixbatch
 
 PACKAGES = ["mixbatch", "mixbatch.io", "mixbatch.shape", "mixbatch.plan", "mixbatch.torch",
-            "mixbatch.proxy", "mixbatch.mixture.policies", "mixbatch.audit"]
+            "mixbatch.proxy", "mixbatch.mixture.policies", "mixbatch.audit",
+            "mixbatch.mixup", "mixbatch.mixup.losses"]
 
 
 def test_all_is_importable() -> None:

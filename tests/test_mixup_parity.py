@@ -148,3 +148,17 @@ def test_torchvision_parity(tv2: ModuleType) -> None:
                         torch.tensor([[y1, y2, x1, x2]] * 6), torch.ones(6, dtype=torch.bool))
         torch.testing.assert_close(apply_record(x, rec), tx)
         torch.testing.assert_close(mix_targets(y, rec, 4), ty, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_timm_parity_uncorrected_lam_and_multi_label(timm_mixup: ModuleType, mode: str) -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 2, 9, 9, generator=g)
+    dense = (torch.rand(6, 4, generator=g) > 0.5).float()
+    for seed in range(6):
+        m = timm_mixup.Mixup(mixup_alpha=0.5, cutmix_alpha=1.0, mode=mode, correct_lam=False,
+                             label_smoothing=0.2, num_classes=4, multi_label=True)
+        tx, ty, rec = _timm_run(timm_mixup, m, x, dense, seed)
+        torch.testing.assert_close(apply_record(x, rec), tx, rtol=1e-5, atol=1e-6)
+        ours = mix_targets(dense, rec, 4, 0.2, multi_label=True)
+        torch.testing.assert_close(ours, ty, rtol=1e-5, atol=1e-6)

@@ -71,7 +71,8 @@ def test_concat_exact_small_example() -> None:
     assert p.row.tolist() == [0, 1, 1]
     assert list(zip(p.start.tolist(), p.end.tolist(), p.eod.tolist(), strict=True)) == [
         (0, 4, False), (4, 5, True), (0, 2, False)]
-    assert shaper.state_dict() == {"carry": [1, 0, 2, 2]}  # only its end token is left
+    # only its end token is left: source, doc, length, placed, span end, end token follows
+    assert shaper.state_dict() == {"carry": [1, 0, 2, 2, 2, 1]}
     p2 = shaper.plan_step(feed, 2)
     # row 0: the carried end token, then doc (0, 1); its end token opens row 1
     assert p2.row.tolist() == [0, 0, 1]

@@ -298,7 +298,13 @@ def test_every_token_fed_once_or_counted_truncated(items, prm) -> None:
         assert plans[0].seq_len == max(first_window)
 
 
-def test_sources_interleave_within_one_piece_in_every_bucket() -> None:
+def test_steps_follow_the_mixture_and_keep_each_source_in_order() -> None:
+    """One window, sources of very different lengths (so every bucket holds another mix), the
+    uniform curriculum: after every step each source's fed tokens are within one step's tokens
+    of its share of the window's fed tokens (measured 0.61 step), and inside every bucket each
+    source's pieces come in stream order. (A length curriculum, grow_p2, feeds the short
+    buckets first; here they hold mostly source 0, and the mixture follows the curriculum:
+    measured 22 steps off. The README says so.)"""
     rng = np.random.default_rng(3)
     n = 3000
     src = rng.integers(0, 3, n)
@@ -306,16 +312,19 @@ def test_sources_interleave_within_one_piece_in_every_bucket() -> None:
     lens = np.maximum(1, rng.lognormal(np.log(scale), 0.8)).astype(np.int64)
     feed = ListFeed(src, np.arange(n), lens)
     budget = 2048 * 4
-    shaper = BucketShaper(2048, budget, 32, "grow_p2", 1, 4, window_tokens=int(lens.sum()) + 1)
+    shaper = BucketShaper(2048, budget, 32, "uniform", 1, 4, window_tokens=int(lens.sum()) + 1)
     plans = _run_all(shaper, feed, None)
     assert {p.stats["window"] for p in plans} == {0}  # one window: all documents
-    pieces, _ = decompose(feed.docs, 2048, 32)
+    fed = np.array([np.bincount(p.source, weights=p.end - p.start, minlength=3) for p in plans])
+    c = np.cumsum(fed, axis=0)
+    share = c[-1] / c[-1].sum()
+    assert np.abs(c - share * c.sum(axis=1, keepdims=True)).max() <= budget
+    rank = {(s, d): i for i, (s, d) in enumerate(zip(src.tolist(), range(n), strict=True))}
     for k in range(5, 12):
-        mine = pieces.source[pieces.log2 == k]
-        share = np.bincount(mine, minlength=3) / max(len(mine), 1)
-        stream = np.concatenate([p.source for p in plans if p.seq_len == 1 << k] or [[]])
-        assert len(stream) > 0
-        assert max_prefix_deviation(stream.astype(np.int64), share) < 1.0
+        for s in range(3):
+            seen = [(rank[(s, int(d))], int(a)) for p in plans if p.seq_len == 1 << k
+                    for ss, d, a in zip(p.source, p.doc, p.start, strict=True) if ss == s]
+            assert seen == sorted(seen)
 
 
 def test_documents_below_min_len_are_reported_at_the_end() -> None:

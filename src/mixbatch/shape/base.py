@@ -20,17 +20,58 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Docs:
-    """Documents in stream order: their source index, index in the source's store, length,
-    and, when every store has one, their second length (``second_lengths.npy``, used by
-    2-D bucketing)."""
+    """Documents, or pieces of documents, in stream order: their source index, index in the
+    source's store, the whole document's length, and, when every store has one, its second
+    length (``second_lengths.npy``, used by 2-D bucketing).
+
+    In token mode the feed plans long documents as *pieces* (:class:`mixbatch.loader.feed.
+    MixedFeed`): entry ``k`` then holds tokens ``[start[k], end[k])`` of its document, followed
+    by the end-of-document token when ``eod[k]``; a document's pieces come in order. Without
+    ``start`` / ``end`` / ``eod`` every entry is a whole document (``[0, length)`` and its end
+    token); :attr:`span_start`, :attr:`span_end` and :attr:`span_eod` give the spans either way.
+    """
 
     source: np.ndarray  # int32
     doc: np.ndarray  # int64
-    length: np.ndarray  # int64
+    length: np.ndarray  # int64, the whole document's tokens
     second: np.ndarray | None = None  # int64
+    start: np.ndarray | None = None  # int64, the piece's first token
+    end: np.ndarray | None = None  # int64, the piece's end (exclusive)
+    eod: np.ndarray | None = None  # bool, the end-of-document token follows the piece
 
     def __len__(self) -> int:
         return int(self.source.shape[0])
+
+    @property
+    def pieces(self) -> bool:
+        """Whether the entries carry their own spans (else they are whole documents)."""
+        return self.start is not None
+
+    @property
+    def span_start(self) -> np.ndarray:
+        return self.start if self.start is not None else np.zeros(len(self), np.int64)
+
+    @property
+    def span_end(self) -> np.ndarray:
+        return self.end if self.end is not None else self.length.astype(np.int64, copy=False)
+
+    @property
+    def span_eod(self) -> np.ndarray:
+        return self.eod if self.eod is not None else np.ones(len(self), bool)
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """Tokens of each entry (its span, without the end token)."""
+        if self.start is None:
+            return self.length.astype(np.int64, copy=False)
+        return self.span_end - self.start
+
+    def positions(self, extra_per_doc: int) -> np.ndarray:
+        """Positions each entry takes: its tokens, plus ``extra_per_doc`` when its document's
+        end token follows it."""
+        if self.eod is None:
+            return self.tokens + extra_per_doc
+        return self.tokens + extra_per_doc * self.eod
 
     @staticmethod
     def empty() -> Docs:
@@ -38,18 +79,29 @@ class Docs:
 
     @staticmethod
     def concat(parts: list[Docs]) -> Docs:
+        parts = [p for p in parts if len(p)] or parts[:1]
         if not parts:
             return Docs.empty()
+        if len(parts) == 1:
+            return parts[0]
         second = None
         if all(p.second is not None for p in parts):
             second = np.concatenate([p.second for p in parts])  # type: ignore[misc]
+        spans: tuple[np.ndarray | None, ...] = (None, None, None)
+        if any(p.pieces for p in parts):
+            spans = (np.concatenate([p.span_start for p in parts]),
+                     np.concatenate([p.span_end for p in parts]),
+                     np.concatenate([p.span_eod for p in parts]))
         return Docs(np.concatenate([p.source for p in parts]),
                     np.concatenate([p.doc for p in parts]),
-                    np.concatenate([p.length for p in parts]), second)
+                    np.concatenate([p.length for p in parts]), second, *spans)
 
     def slice(self, a: int, b: int) -> Docs:
-        return Docs(self.source[a:b], self.doc[a:b], self.length[a:b],
-                    None if self.second is None else self.second[a:b])
+        def cut(x: np.ndarray | None) -> np.ndarray | None:
+            return None if x is None else x[a:b]
+
+        return Docs(self.source[a:b], self.doc[a:b], self.length[a:b], cut(self.second),
+                    cut(self.start), cut(self.end), cut(self.eod))
 
 
 class DocFeed(Protocol):
@@ -60,8 +112,9 @@ class DocFeed(Protocol):
         ...
 
     def take_covering(self, positions: int, extra_per_doc: int) -> Docs:
-        """The fewest next documents whose ``length + extra_per_doc`` add up to ``positions``
-        or more (fewer only when the stream has ended)."""
+        """The fewest next documents (or pieces) whose tokens, plus ``extra_per_doc`` for each
+        one followed by its end token (:meth:`Docs.positions`), add up to ``positions`` or more
+        (fewer only when the stream has ended)."""
         ...
 
     def state_dict(self) -> dict[str, Any]:

@@ -56,9 +56,10 @@ import numpy as np
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.plan.permutation import derive_key, keyed_order
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
+from mixbatch.shape.follow import follow_order
 from mixbatch.shape.window import WindowAnchor
 
-__all__ = ["BFDShaper", "best_fit_decreasing", "cut_pieces"]
+__all__ = ["BFDShaper", "best_fit_decreasing", "cut_pieces", "cut_spans"]
 
 
 def cut_pieces(length: np.ndarray, seq_len: int) -> tuple[np.ndarray, ...]:
@@ -67,13 +68,27 @@ def cut_pieces(length: np.ndarray, seq_len: int) -> tuple[np.ndarray, ...]:
     Returns per piece, in stream order: ``(doc index, start, end, eod)``; the piece holds tokens
     ``[start, end)`` and, when ``eod``, the end token after them."""
     length = np.asarray(length, dtype=np.int64)
-    n_pieces = (length + seq_len) // seq_len  # ceil((n + 1) / seq_len)
-    k = np.repeat(np.arange(len(length), dtype=np.int64), n_pieces)
+    return cut_spans(np.zeros(len(length), np.int64), length, np.ones(len(length), bool),
+                     seq_len)
+
+
+def cut_spans(start: np.ndarray, end: np.ndarray, eod: np.ndarray,
+              seq_len: int) -> tuple[np.ndarray, ...]:
+    """Cut spans (tokens ``[start, end)`` of a document, then its end token when ``eod``) into
+    pieces of <= ``seq_len`` positions, as :func:`cut_pieces` cuts whole documents; a piece
+    the feed planned (at most ``seq_len`` tokens) is cut at most once, before its end token.
+
+    Returns per piece, in stream order: ``(span index, start, end, eod)``."""
+    start = np.asarray(start, dtype=np.int64)
+    end = np.asarray(end, dtype=np.int64)
+    eod = np.asarray(eod, dtype=bool)
+    n_pieces = (end - start + eod + seq_len - 1) // seq_len
+    k = np.repeat(np.arange(len(start), dtype=np.int64), n_pieces)
     j = np.arange(len(k), dtype=np.int64) - np.repeat(np.cumsum(n_pieces) - n_pieces, n_pieces)
-    start = j * seq_len
-    end = np.minimum(start + seq_len, length[k])
-    eod = j == n_pieces[k] - 1
-    return k, start, end, eod
+    a = start[k] + j * seq_len
+    b = np.minimum(a + seq_len, end[k])
+    last = eod[k] & (j == n_pieces[k] - 1)
+    return k, a, b, last
 
 
 def _stable_argsort(x: np.ndarray, bound: int) -> np.ndarray:
@@ -197,15 +212,24 @@ class _Window:
 
     @staticmethod
     def pack(docs: Docs, seq_len: int) -> _Window:
-        k, start, end, eod = cut_pieces(docs.length, seq_len)
+        k, start, end, eod = cut_spans(docs.span_start, docs.span_end, docs.span_eod, seq_len)
         width = end - start + eod
         order, bins, n_rows = _bfd_bins(width, seq_len)
-        # BFD creates the rows of the longest pieces first; hand rows out in a keyed order so
-        # that a window does not feed its long documents first. The key comes from the window's
-        # own documents: no extra state, the same order on replay.
+        # Hand the rows out so that the mixture follows the planned stream step by step
+        # (mixbatch.shape.follow), equal rows in a keyed order; the key comes from the
+        # window's own documents: no extra state, the same order on replay.
         key = derive_key(0, "bfd-rows", int(docs.source[0]), int(docs.doc[0]), len(docs),
                          int(docs.length.sum()))
-        row = keyed_order(n_rows, key)[bins]  # per piece, in packing order
+        n_src = int(docs.source.max()) + 1
+        src_of = docs.source.astype(np.int64)[k[order]]  # per piece, in packing order
+        comp = np.bincount(bins * n_src + src_of, weights=(end - start)[order],
+                           minlength=n_rows * n_src).reshape(n_rows, n_src)
+        tie = np.empty(n_rows, dtype=np.int64)
+        tie[keyed_order(n_rows, key)] = np.arange(n_rows)
+        handed = follow_order(comp, tie, docs.source, docs.tokens)
+        row_of_bin = np.empty(n_rows, dtype=np.int64)
+        row_of_bin[handed] = np.arange(n_rows)
+        row = row_of_bin[bins]  # per piece, in packing order
         by_row = _stable_argsort(row, n_rows)  # (row, packing order), i.e. (row, col)
         row = row[by_row]
         piece = order[by_row]
@@ -219,10 +243,14 @@ class _Window:
         seen = np.full(n, n, dtype=np.int64)
         cut = np.flatnonzero(docs.length[k] >= seq_len)  # pieces of documents cut in two or more
         if cut.size:
-            by_doc = cut[np.argsort(k[cut], kind="stable")]
+            # a document's pieces may be several entries of the window (planned pieces)
+            _, doc_id = np.unique(np.stack([docs.source[k[cut]].astype(np.int64),
+                                            docs.doc[k[cut]]]), axis=1, return_inverse=True)
+            doc_id = doc_id.ravel()
+            by_doc = cut[np.argsort(doc_id, kind="stable")]
+            kc = np.sort(doc_id, kind="stable")
             new = np.empty(cut.size, dtype=bool)
             new[0] = True
-            kc = k[by_doc]
             np.not_equal(kc[1:], kc[:-1], out=new[1:])
             seen[by_doc[0]] = -1
             seen[by_doc[1:]] = np.where(new[1:], -1, by_doc[:-1])

@@ -86,6 +86,7 @@ from mixbatch.config import Curriculum
 from mixbatch.errors import ConfigError, MixbatchInternalError, StateError
 from mixbatch.plan.interleave import Interleaver
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
+from mixbatch.shape.follow import follow_counts
 from mixbatch.shape.window import WindowAnchor
 
 __all__ = ["BucketShaper", "Pieces", "WindowReplay", "bucket_pieces", "bucket_schedule",
@@ -114,10 +115,12 @@ class WindowReplay:
     """
 
     def __init__(self, window_tokens: int, extra_per_doc: int, plan: PlanWindow,
-                 settings: dict[str, Any] | None = None) -> None:
+                 settings: dict[str, Any] | None = None,
+                 on_close: Callable[[], None] | None = None) -> None:
         self.window_tokens = window_tokens
         self.extra_per_doc = extra_per_doc
         self._plan = plan
+        self._on_close = on_close
         self._anchor = WindowAnchor(settings)
         self._emitted = 0
         self._windows = 0
@@ -193,7 +196,14 @@ class WindowReplay:
             self._close()
         return plan
 
+    @property
+    def weights(self) -> list[float] | None:
+        """The feed's weights when the current window was pulled (None: the feed has none)."""
+        return self._anchor.weights
+
     def _close(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
         self._anchor.close()
         self._plans = None
         self._emitted = 0
@@ -237,7 +247,8 @@ def bucket_pieces(docs: Docs, seq_len: int,
     stream order; also the tokens truncated per document (``length mod min_len`` of the part
     below ``seq_len``)."""
     kmax, kmin = seq_len.bit_length() - 1, min_len.bit_length() - 1
-    n = docs.length.astype(np.int64, copy=False)
+    n = docs.tokens
+    base = docs.span_start  # a planned piece starts inside its document
     q = n >> kmax
     r = n & (seq_len - 1)
     out = []
@@ -247,11 +258,11 @@ def bucket_pieces(docs: Docs, seq_len: int,
         bits = ((r >> np.arange(kmin, kmax, dtype=np.int64)[:, None]) & 1).astype(bool)
         for k in range(kmin, kmax):
             has = np.flatnonzero(bits[k - kmin])
-            out.append((has, (q[has] << kmax) + ((r[has] >> (k + 1)) << (k + 1))))
+            out.append((has, base[has] + (q[has] << kmax) + ((r[has] >> (k + 1)) << (k + 1))))
     # q pieces of seq_len per document, at offsets 0, L, 2L, ...
     top = np.repeat(np.arange(len(n), dtype=np.int64), q)
-    out.append((top, (np.arange(top.size, dtype=np.int64) - np.repeat(np.cumsum(q) - q, q))
-                << kmax))
+    out.append((top, base[top] + ((np.arange(top.size, dtype=np.int64)
+                                   - np.repeat(np.cumsum(q) - q, q)) << kmax)))
     return out, r & (min_len - 1)
 
 
@@ -425,7 +436,15 @@ class BucketShaper:
         self.window = WindowReplay(window_tokens, 0, self.plan_window, settings={
             "seq_len": self.seq_len, "token_budget": self.token_budget, "min_len": self.min_len,
             "curriculum": self.curriculum.value, "cycles": self.cycles,
-            "row_multiple": self.row_multiple, "window_tokens": window_tokens})
+            "row_multiple": self.row_multiple, "window_tokens": window_tokens},
+            on_close=self._window_closed)
+        # tokens fed per source minus the target, at the current window's start (O(K)), and
+        # at its end once planned (module docstring: Sources)
+        self._drift: list[float] = []
+        self._drift_end: list[float] = []
+
+    def _window_closed(self) -> None:
+        self._drift = self._drift_end
 
     # -- Shaper
     def plan_step(self, feed: DocFeed, rows: int) -> StepPlan | None:
@@ -434,10 +453,17 @@ class BucketShaper:
         return self.window.next(feed)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.window.state_dict()
+        return {**self.window.state_dict(), "drift": list(self._drift)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.window.load_state_dict(state)
+        try:
+            drift = [float(x) for x in state.get("drift", [])]
+        except (TypeError, ValueError) as e:
+            raise StateError(f"shaper state: malformed drift ({e})") from None
+        if not all(np.isfinite(drift)):
+            raise StateError("shaper state: drift must be finite numbers")
+        self._drift = self._drift_end = drift
 
     @property
     def unreported_truncated(self) -> int:
@@ -453,43 +479,64 @@ class BucketShaper:
         doc_ids = docs.doc.astype(np.int64, copy=False)
         B = self.kmax - self.kmin + 1
         batches = np.zeros(B, dtype=np.int64)
+        avail = np.zeros((B, n_src), dtype=np.int64)
         leftover = 0
-        # per bucket, its batches' pieces; a step's arrays are slices of these
+        # per bucket: its pieces grouped by source (each source's in stream order)
         per_bucket = []
         for b, (at, offset) in enumerate(parts):
             k = self.kmin + b
             source = sources[at]
             rows = self.token_budget >> k
             batches[b] = len(at) // rows
-            used = int(batches[b]) * rows
-            leftover += (len(at) - used) << k
-            sel = interleave_sources(source, n_src)[:used]
-            start = offset[sel]
-            per_bucket.append((rows, 1 << k, source[sel], doc_ids[at[sel]], start,
-                               start + (1 << k)))
+            leftover += (len(at) - int(batches[b]) * rows) << k
+            by_source = np.argsort(source, kind="stable")
+            avail[b] = np.bincount(source, minlength=n_src)
+            first = np.cumsum(avail[b]) - avail[b]
+            per_bucket.append((rows, 1 << k, at[by_source], offset[by_source], first))
         per_cycle = [batches // self.cycles + (c < batches % self.cycles)
                      for c in range(self.cycles)]
         order = np.concatenate([bucket_schedule(n, self.odds) for n in per_cycle])
         if run_start and order.size:  # the longest batch first: out-of-memory shows at step 0
             first = int(np.argmax(order == order.max()))
             order = np.concatenate([order[first:first + 1], order[:first], order[first + 1:]])
+        # which sources fill each step: the ones furthest behind the planned stream (of the
+        # tokens that are fed: tails excluded), so the mixture follows it step by step
+        step_rows = np.array([per_bucket[b][0] for b in order.tolist()], dtype=np.int64)
+        sizes = np.array([1 << (self.kmin + b) for b in range(B)], dtype=np.int64)
+        drift = np.zeros(n_src)
+        drift[:min(n_src, len(self._drift))] = self._drift[:n_src]
+        fed = docs.tokens - tails
+        w = self.window.weights
+        if w is not None and len(w) >= n_src and sum(w[:n_src]) > 0:
+            target = np.asarray(w[:n_src], dtype=np.float64) / sum(w[:n_src])
+        else:  # no mixture weights: the window's own composition
+            target = np.bincount(sources, weights=fed, minlength=n_src)
+            target = target / max(target.sum(), 1)
+        take = follow_counts(order, step_rows, sizes, avail, sources, fed, drift, target,
+                             slack=self.seq_len) \
+            if order.size else avail[:0]
+        fed_now = (take * sizes[order][:, None]).sum(axis=0)
+        self._drift_end = (drift + fed_now - target * fed_now.sum()).tolist()
         truncated = int(tails.sum()) + leftover
-        window_stats = {"window_tokens": int(docs.length.sum()), "window_tail": int(tails.sum()),
-                        "window_leftover": leftover}
+        window_stats = {"window_tokens": int(docs.tokens.sum()),
+                        "window_tail": int(tails.sum()), "window_leftover": leftover}
         most = self.token_budget >> self.kmin
         row_index = np.arange(most, dtype=np.int32)
         col, pad, eod = np.zeros(most, np.int64), np.zeros(most, np.int64), np.zeros(most, bool)
-        taken = [0] * B
+        taken = np.zeros((B, n_src), dtype=np.int64)
         plans = []
         for j, b in enumerate(order.tolist()):
-            rows, width, source, doc, start, end = per_bucket[b]
-            a = taken[b] * rows
-            z = a + rows
-            taken[b] += 1
+            rows, width, at, offset, first = per_bucket[b]
+            n = take[j]
+            lo = first + taken[b]
+            pick = np.sort(np.concatenate([np.arange(x, x + m) for x, m in
+                                           zip(lo.tolist(), n.tolist(), strict=True) if m]))
+            taken[b] += n
+            entry, start = at[pick], offset[pick]
             stats: dict[str, Any] = {"bucket_len": width}
             if j == 0:
                 stats.update(window_stats)
-            plans.append(StepPlan(rows, width, row_index[:rows], col[:rows], source[a:z],
-                                  doc[a:z], start[a:z], end[a:z], eod[:rows], pad[:rows], 0,
-                                  stats))
+            plans.append(StepPlan(rows, width, row_index[:rows], col[:rows], sources[entry],
+                                  doc_ids[entry], start, start + width, eod[:rows], pad[:rows],
+                                  0, stats))
         return plans, truncated

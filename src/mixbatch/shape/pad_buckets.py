@@ -85,6 +85,7 @@ from mixbatch.plan.interleave import Interleaver
 from mixbatch.plan.permutation import derive_key, keyed_order
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.buckets import WindowReplay
+from mixbatch.shape.follow import follow_order
 
 __all__ = ["PadBucketShaper", "equal_token_edges"]
 
@@ -312,16 +313,17 @@ class PadBucketShaper:
         reported with its first step, or with a later window's when every one is skipped."""
         del run_start
         L = self.seq_len
-        e = np.minimum(docs.length + 1, L)
-        eod = docs.length < L
-        end = np.minimum(docs.length, L)
-        cut = np.maximum(docs.length - L, 0)
+        tokens, start = docs.tokens, docs.span_start
+        e = np.minimum(tokens + docs.span_eod, L)
+        eod = docs.span_eod & (tokens < L)
+        end = start + np.minimum(tokens, L)
+        cut = np.maximum(tokens - L, 0)
         two_d = self.second_buckets > 0
         s = docs.second if two_d else None
         keep = self._check_second(docs, e) if two_d else np.ones(len(docs), bool)
         kept = np.flatnonzero(keep)
         skipped_docs = len(docs) - len(kept)
-        skipped_tokens = int(docs.length[~keep].sum())
+        skipped_tokens = int(tokens[~keep].sum())
         weight = e.astype(np.float64)
         if s is not None:
             weight = weight + self.second_weight * s
@@ -352,8 +354,20 @@ class PadBucketShaper:
         counts = np.array([len(m) for m in members], dtype=np.int64)
         firsts = np.cumsum(counts) - counts
         flat = np.concatenate(members)
-        tokens = np.add.reduceat(weight[flat], firsts).astype(np.int64)
-        order = _interleave_by_tokens(np.asarray(batch_bucket, dtype=np.int64), tokens)
+        batch_tokens = np.add.reduceat(weight[flat], firsts).astype(np.int64)
+        by_bucket = _interleave_by_tokens(np.asarray(batch_bucket, dtype=np.int64), batch_tokens)
+        # hand the batches out so that the sources follow the planned stream step by step
+        # (mixbatch.shape.follow); among equal choices, in the buckets' interleaving
+        n_src = int(docs.source.max()) + 1
+        fed = np.where(keep, end - start, 0)
+        which = np.repeat(np.arange(len(members)), counts)
+        comp = np.bincount(which * n_src + docs.source[flat].astype(np.int64),
+                           weights=fed[flat], minlength=len(members) * n_src
+                           ).reshape(len(members), n_src)
+        tie = np.empty(len(members), dtype=np.int64)
+        tie[by_bucket] = np.arange(len(members))
+        order = follow_order(comp, tie, docs.source, fed, group=np.asarray(batch_bucket),
+                             size=batch_tokens)
         # every per-document array once, in step order; a step's arrays are slices of them
         flat = np.concatenate([members[k] for k in order.tolist()])
         counts = counts[order]
@@ -365,6 +379,7 @@ class PadBucketShaper:
         padding_of = rows_of * width_of - np.add.reduceat(e_f, firsts)
         cut_of = np.add.reduceat(cut[flat], firsts)
         src_f, doc_f, end_f, eod_f = docs.source[flat], docs.doc[flat], end[flat], eod[flat]
+        start_f = start[flat]
         cost_of = rows_of * self.cost(width_of.astype(np.float64))
         if s is not None:
             s_f = s[flat].astype(np.int64)
@@ -395,7 +410,8 @@ class PadBucketShaper:
                 if skipped_docs:
                     stats["skipped_docs"] = skipped_docs
             plans.append(StepPlan(rows, width, row_ids[:n], zeros[:n], src_f[a:a + n],
-                                  doc_f[a:a + n], zeros[:n], end_f[a:a + n], eod_f[a:a + n], pad,
+                                  doc_f[a:a + n], start_f[a:a + n], end_f[a:a + n], eod_f[a:a + n],
+                                  pad,
                                   truncated, stats, second))
         return plans, 0
 

@@ -35,7 +35,10 @@ def main(work: Path) -> dict:
     cfg = load_config(work / "config.yaml")
     prepare(cfg)
 
-    loader = MixbatchDataLoader(cfg, num_workers=0, max_steps=20)
+    # fields: what the batches carry (default: input_ids, labels, position_ids, cu_seqlens,
+    # max_seqlen); source_ids tells which source every token came from
+    loader = MixbatchDataLoader(cfg, num_workers=0, max_steps=20,
+                                fields=["input_ids", "labels", "source_ids"])
     web = list(cfg.sources).index("web")
     fed = {0: 0, 1: 0}
     for batch in loader:

@@ -25,7 +25,8 @@ def test_dataset_tensors_match_loader(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     ref = MixedLoader(cfg)
     expect = [ref.batch_of(s) for s in ref.steps(5)]
-    got = list(torch.utils.data.DataLoader(MixbatchDataset(cfg, max_steps=5), batch_size=None))
+    got = list(torch.utils.data.DataLoader(MixbatchDataset(cfg, max_steps=5, fields="all"),
+                                           batch_size=None))
     assert len(got) == 5
     for e, g in zip(expect, got, strict=True):
         assert g["input_ids"].dtype == torch.int64 and g["cu_seqlens"].dtype == torch.int32

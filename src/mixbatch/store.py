@@ -133,8 +133,8 @@ class TokenStore:
         return int(self.lengths.shape[0])
 
     def __getitem__(self, i: int) -> np.ndarray:
-        s = int(self.starts[i])
-        return self.tokens[s: s + int(self.lengths[i])]
+        s = self.starts[i]  # NumPy integers index directly: no int() round trips
+        return self.tokens[s: s + self.lengths[i]]
 
     @property
     def num_tokens(self) -> int:
@@ -283,7 +283,8 @@ def open_store(folder: Path | str, verify: bool = False) -> TokenStore:
     # a plain ndarray over the mapping: np.memmap's Python-level __getitem__ costs ~2x per read
     tokens = (np.memmap(tok_path, dtype=dtype, mode="r", offset=offset, shape=(n_tok,))
               .view(np.ndarray) if n_tok else np.empty(0, dtype=dtype))
-    index = np.load(idx_path, mmap_mode="r", allow_pickle=False)
+    # a plain ndarray over the mapping (as for the tokens): np.memmap's item access is slower
+    index = np.load(idx_path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
     if external is None:
         starts, lengths = index[:-1], np.diff(index)
     else:

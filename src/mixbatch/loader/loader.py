@@ -5,6 +5,13 @@ which documents, which spans, which rows. Only the tokens of its own rows are re
 state of the global stream at a step boundary resumes the job at any world size or worker
 count, and it is small: the interleaver's counters, one counter per source, the shaper's carry.
 
+Steps are planned in *blocks* where the shaper allows it (``concat``: a step of ``n·R`` rows is
+``n`` steps of ``R`` rows of the same token line): one feed call and one token read cover
+``block_steps`` steps while the weights stay the same. The state stays the state of a step
+boundary: a block's planned but unused steps are dropped (and the feed rewound by replaying the
+used ones from the block's start) before a state is taken or the weights change, so the stream
+is the same for every block size (the tests check it against ``block_steps=1``).
+
 Rows of a global step go to ranks so that every rank's micro-batch holds its share of every
 source (each row counted under its main source) within one row; with ``batch.balance`` (the
 default) the rows are also balanced by compute cost (:func:`mixbatch.shape.balance.balance_rows`),
@@ -13,9 +20,10 @@ else dealt round-robin (:func:`mixbatch.plan.partition.partition_batch`).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,16 +45,21 @@ from mixbatch.shape import (
     PadShaper,
     Shaper,
     StepPlan,
-    materialize,
 )
 from mixbatch.shape.balance import balance_rows, row_costs
+from mixbatch.shape.materialize import expand, materialize_compact, token_dtype
 from mixbatch.store import TokenStore, open_store
 
-STATE_FORMAT = "mixbatch.loader/1"
+STATE_FORMAT = "mixbatch.loader/2"
+#: formats this loader resumes from (/1 had no ``replay``)
+READS_FORMATS = ("mixbatch.loader/1", STATE_FORMAT)
 
 
 #: packing modes whose steps have a varying number of rows (a multiple of batch.row_multiple)
 VARIABLE_ROWS = (Packing.BUCKETS, Packing.PAD_BUCKETS)
+#: packing modes where one step of n·R rows is exactly n steps of R rows (planned in blocks)
+BLOCKABLE = (Packing.CONCAT,)
+BLOCK_STEPS = 64  # steps planned per block (concat), while the weights stay the same
 
 
 def build_shaper(cfg: Config) -> Shaper:
@@ -78,6 +91,53 @@ class Step:
     plan: StepPlan  # global rows
     rows: np.ndarray  # this rank's rows (indices into the global plan), in micro-batch order
     weights: np.ndarray  # the target weights used for this step
+    block: _Block | None = None  # the block it was planned in (its tokens are read at once)
+    offset: int = 0  # its place in the block
+
+
+class _Block:
+    """Steps planned together: the feed and shaper state before them (to rewind), their
+    plans, and, once a batch is asked for, the compact batch of this rank's rows of all of them
+    (one read), which each step slices."""
+
+    def __init__(self, start: dict[str, Any], plan: StepPlan, plans: list[StepPlan],
+                 weights: list[float]) -> None:
+        self.start = start
+        self.weights = weights
+        self.plan = plan
+        self.plans = plans
+        self.used = 0  # steps handed out
+        self.compact: dict[str, Any] | None = None
+        self.rows_per_step = 0
+        self._row_seq = self._seq_len = np.empty(0, np.int64)
+
+    def read(self, stores: Sequence[TokenStore], eod_id: int, pad_id: int, dtype: np.dtype,
+             rows_per_step: int) -> None:
+        """Read the tokens of every step at once (all rows: one rank)."""
+        c = self.compact = materialize_compact(self.plan, stores, eod_id, pad_id, dtype)
+        self.rows_per_step = rows_per_step
+        L = c["input_ids"].shape[1]
+        cu = c["cu_seqlens"]
+        self._row_seq = np.searchsorted(cu, np.arange(self.plan.rows + 1) * L).tolist()
+        self._seq_len = np.diff(cu)
+
+    def step_batch(self, j: int) -> dict[str, Any]:
+        """The compact batch of step ``j`` of the block: views of the block's (sequences never
+        cross a row)."""
+        c, r = self.compact, self.rows_per_step
+        assert c is not None
+        r0 = j * r
+        a, b = self._row_seq[r0], self._row_seq[r0 + r]
+        L = c["input_ids"].shape[1]
+        cu = c["cu_seqlens"][a:b + 1] - np.int32(r0 * L)
+        out = {"input_ids": c["input_ids"][r0:r0 + r], "cu_seqlens": cu,
+               "seq_source": c["seq_source"][a:b], "seq_doc": c["seq_doc"][a:b],
+               "max_seqlen": int(self._seq_len[a:b].max()) if b > a else 0}
+        if "second_lengths" in c:
+            per_row = c["second_lengths"][r0:r0 + r]
+            out["second_lengths"] = per_row
+            out["max_second_len"] = int(per_row.max()) if r else 0
+        return out
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -102,7 +162,8 @@ class MixedLoader:
     """
 
     def __init__(self, cfg: Config, rank: int | None = None, world_size: int | None = None,
-                 stores: dict[str, TokenStore] | None = None) -> None:
+                 stores: dict[str, TokenStore] | None = None,
+                 block_steps: int = BLOCK_STEPS) -> None:
         if rank is None or world_size is None:
             r, w = _dist_rank_world()
             rank = r if rank is None else rank
@@ -117,7 +178,10 @@ class MixedLoader:
         elif cfg.batch.batch_size % world_size:
             raise ConfigError(f"batch.batch_size: {cfg.batch.batch_size} global rows cannot be "
                               f"split evenly over world size {world_size}")
+        if isinstance(block_steps, bool) or not isinstance(block_steps, int) or block_steps < 1:
+            raise ConfigError(f"block_steps: must be an integer >= 1, got {block_steps!r}")
         self.cfg = cfg
+        self.block_steps = block_steps
         self.rank, self.world_size = rank, world_size
         self.names = list(cfg.sources)
         self.stores = [(stores or {}).get(n) or open_store(cfg.store_dir / n) for n in self.names]
@@ -125,6 +189,7 @@ class MixedLoader:
         self._check_second_lengths()
         self.eod_id = self.stores[0].eod_id
         self.pad_id = int(self.stores[0].meta["tokenizer"].get("pad_id", self.eod_id))
+        self.token_dtype = token_dtype(self.stores, self.eod_id, self.pad_id)
         self.mixture: MixtureSchedule = build_mixture(cfg, self.stores)
         self.reset()
 
@@ -158,12 +223,16 @@ class MixedLoader:
                               cfg.sources[n].max_epochs, cfg.holdout_docs(len(s)))
                   for n, s in zip(self.names, self.stores, strict=True)]
         self.feed = MixedFeed(self.stores, orders, cfg.mixture.unit, cfg.mixture.on_exhausted,
-                              second=cfg.batch.second_buckets > 0)
+                              second=cfg.batch.second_buckets > 0,
+                              piece_len=cfg.batch.seq_len,  # token mode: pieces of <= seq_len
+                              unit_multiple=(cfg.batch.min_len if cfg.batch.packing
+                                             == Packing.BUCKETS else 1))
         self.shaper = build_shaper(cfg)
         self.step = 0
         self.tokens_planned = 0
         self.stats = RunStats(len(self.names))
         self.override: np.ndarray | None = None
+        self._block: _Block | None = None
 
     @property
     def fed_tokens(self) -> np.ndarray:
@@ -184,7 +253,9 @@ class MixedLoader:
 
         The interleaver keeps integrating its target from the current counts: no jump, no
         restart. The weights stay in force, across resume too, until set again."""
-        self.override = self.mixture.vector(weights)
+        w = self.mixture.vector(weights)
+        self._drop_block()
+        self.override = w
 
     def current_weights(self) -> np.ndarray:
         if self.override is not None:
@@ -194,22 +265,65 @@ class MixedLoader:
     # ---- iteration -----------------------------------------------------------------------
     def next_step(self) -> Step | None:
         """Plan the next global step (no tokens read); None at the end of the stream."""
+        block = self._block
+        if block is None or block.used >= len(block.plans):
+            self._block = block = self._plan_block()
+            if block is None:
+                return None
+        w = self.current_weights()
+        plan = block.plans[block.used]
+        offset = block.used
+        block.used += 1
+        if block.used == len(block.plans):  # the feed is at this step's end: nothing to rewind
+            self._block = None
+        return self._emit(plan, w, block, offset)
+
+    def _plan_block(self) -> _Block | None:
+        """Plan the next steps: a block of them where the packing and the weights allow."""
         w = self.current_weights()
         self.feed.set_weights(w)
-        plan = self.shaper.plan_step(self.feed, self.cfg.batch.batch_size)
+        R = self.cfg.batch.batch_size
+        n = 1
+        if self.cfg.batch.packing in BLOCKABLE and self.block_steps > 1:
+            n = (self.block_steps if self.override is not None else self.mixture.steps_constant(
+                self.step, self.tokens_planned, self.block_steps, R * self.cfg.batch.seq_len))
+        start = ({"feed": self.feed.state_dict(), "shaper": self.shaper.state_dict()}
+                 if n > 1 else {})
+        plan = self.shaper.plan_step(self.feed, R * n)
         if plan is None:
             return None
-        labels = plan.row_source(len(self.names))
-        costs = row_costs(plan, self.cfg.batch.d_model)
-        if self.cfg.batch.balance and self.world_size > 1:
-            parts = balance_rows(labels, costs, self.world_size)
+        plans = [plan] if n == 1 else _split_rows(plan, R)
+        return _Block(start, plan, plans, [float(x) for x in w])
+
+    def _drop_block(self) -> None:
+        """Forget the planned steps not handed out yet; rewind the feed and the shaper to the
+        end of the last step handed out (replaying the used steps from the block's start)."""
+        block, self._block = self._block, None
+        if block is None or block.used >= len(block.plans) or not block.start:
+            return
+        self.feed.load_state_dict(copy.deepcopy(block.start["feed"]))
+        self.shaper.load_state_dict(copy.deepcopy(block.start["shaper"]))
+        if block.used:
+            self.shaper.plan_step(self.feed, self.cfg.batch.batch_size * block.used)
+
+    def _emit(self, plan: StepPlan, w: np.ndarray, block: _Block | None, offset: int) -> Step:
+        R = plan.rows
+        if self.world_size == 1:
+            rows = np.arange(R, dtype=np.int64)
+            costs = None
         else:
-            labels[labels < 0] = len(self.names)  # empty rows: a group of their own
-            parts = partition_batch(labels, self.world_size)
-        rows = np.sort(parts[self.rank])
-        self.stats.add(plan, np.array([costs[p].sum() for p in parts]))
+            labels = plan.row_source(len(self.names))
+            row_cost = row_costs(plan, self.cfg.batch.d_model)
+            if self.cfg.batch.balance:
+                parts = balance_rows(labels, row_cost, self.world_size)
+            else:
+                labels[labels < 0] = len(self.names)  # empty rows: a group of their own
+                parts = partition_batch(labels, self.world_size)
+            rows = np.sort(parts[self.rank]).astype(np.int64)
+            costs = np.array([row_cost[p].sum() for p in parts])
+        self.stats.add(plan, costs)
         self.tokens_planned += int(plan.width.sum())
-        step = Step(self.step, plan, np.asarray(rows, dtype=np.int64), w)
+        step = Step(self.step, plan, rows, w, block, offset)
         self.step += 1
         return step
 
@@ -222,12 +336,27 @@ class MixedLoader:
             yield step
             k += 1
 
-    def batch_of(self, step: Step, rows: np.ndarray | None = None) -> dict[str, Any]:
-        """Read the tokens of this rank's rows (or of ``rows``) of a planned step."""
-        sub = step.plan.select_rows(step.rows if rows is None else rows)
-        batch = materialize(sub, self.stores, self.eod_id, self.pad_id)
+    def compact_of(self, step: Step, rows: np.ndarray | None = None) -> dict[str, Any]:
+        """The compact batch (:func:`mixbatch.shape.materialize.materialize_compact`) of this
+        rank's rows (or of ``rows``) of a planned step; tokens in the stores' dtype."""
+        block = step.block
+        if rows is None and block is not None and self.world_size == 1:
+            if block.compact is None:  # one read for every step of the block
+                block.read(self.stores, self.eod_id, self.pad_id, self.token_dtype,
+                           step.plan.rows)
+            batch = block.step_batch(step.offset)
+        else:
+            sub = step.plan.select_rows(step.rows if rows is None else rows)
+            batch = materialize_compact(sub, self.stores, self.eod_id, self.pad_id,
+                                        self.token_dtype)
         batch["step"] = step.index
         return batch
+
+    def batch_of(self, step: Step, rows: np.ndarray | None = None,
+                 fields: str | Sequence[str] | None = "all") -> dict[str, Any]:
+        """Read the tokens of this rank's rows (or of ``rows``) of a planned step: the fields
+        asked for (default: all) as NumPy arrays."""
+        return expand(self.compact_of(step, rows), fields)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for step in self.steps():
@@ -249,21 +378,58 @@ class MixedLoader:
                         for n, s in zip(self.names, self.stores, strict=True)],
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        """The global stream's position: O(K) numbers, the same on every rank."""
-        return {
+    def snapshot(self) -> tuple:
+        """The position after the last step handed out, cheaply (no copies of the block's
+        start, which is never changed): :meth:`state_from` turns it into a state dict. For
+        callers that may need the state of any step (the torch adapter keeps one per batch)."""
+        block = self._block
+        if block is not None and block.start and 0 < block.used < len(block.plans):
+            where: tuple = ("replay", block.start, block.used, block.weights)
+        else:
+            if block is not None and block.used == 0:  # nothing handed out: rewind for free
+                self.feed.load_state_dict(copy.deepcopy(block.start["feed"]))
+                self.shaper.load_state_dict(copy.deepcopy(block.start["shaper"]))
+                self._block = None
+            where = ("plain", self.feed.state_dict(), self.shaper.state_dict())
+        override = None if self.override is None else self.override.tolist()
+        return (self.step, self.tokens_planned, where, override, copy.copy(self.stats))
+
+    def state_from(self, snapshot: tuple) -> dict[str, Any]:
+        """The state dict of a :meth:`snapshot` (a fresh copy: free to change)."""
+        step, tokens, where, override, stats = snapshot
+        replay = None
+        if where[0] == "replay":
+            feed, shaper = where[1]["feed"], where[1]["shaper"]
+            replay = {"steps": where[2], "weights": list(where[3])}
+        else:
+            feed, shaper = where[1], where[2]
+        return copy.deepcopy({
             "format": STATE_FORMAT,
             "fingerprint": self.fingerprint(),
-            "step": self.step,
-            "tokens_planned": self.tokens_planned,
-            "feed": self.feed.state_dict(),
-            "shaper": self.shaper.state_dict(),
-            "weights_override": None if self.override is None else self.override.tolist(),
-            "stats": self.stats.state_dict(),
-        }
+            "step": step,
+            "tokens_planned": tokens,
+            "feed": feed,
+            "shaper": shaper,
+            "replay": replay,
+            "weights_override": override,
+            "stats": stats.state_dict(),
+        })
+
+    def state_dict(self, canonical: bool = False) -> dict[str, Any]:
+        """The global stream's position: O(K) numbers, the same on every rank.
+
+        Inside a block of planned steps the feed and shaper are already past the steps handed
+        out, so the state holds their position at the block's start and ``replay``: the steps
+        of the block already handed out and the weights they were planned with; loading it
+        replays them (one plan call). ``canonical=True`` rewinds now instead and gives the
+        plain step-boundary form (what a ``block_steps=1`` loader would save); both resume
+        the same stream."""
+        if canonical:
+            self._drop_block()
+        return self.state_from(self.snapshot())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in READS_FORMATS:
             got = state.get("format") if isinstance(state, dict) else type(state).__name__
             raise StateError(f"loader state: not a mixbatch loader state (format {got!r}, "
                              f"expected {STATE_FORMAT!r})")
@@ -277,8 +443,24 @@ class MixedLoader:
             ov = state["weights_override"]
             self.override = None if ov is None else self.mixture.vector(np.asarray(ov, float))
             self.stats.load_state_dict(state["stats"])
+            replay = state.get("replay")
+            if replay is not None:
+                self._replay(int(replay["steps"]), np.asarray(replay["weights"], np.float64))
         except (KeyError, TypeError, ValueError) as e:
             raise StateError(f"loader state: malformed ({type(e).__name__}: {e})") from None
+
+    def _replay(self, steps: int, weights: np.ndarray) -> None:
+        """Move the feed and shaper past ``steps`` steps planned with ``weights`` (a state
+        saved inside a block)."""
+        if self.cfg.batch.packing not in BLOCKABLE:
+            raise StateError(f"loader state: a block replay, but packing "
+                             f"{self.cfg.batch.packing.value!r} plans no blocks")
+        if steps < 1 or weights.shape != (len(self.names),) or not np.all(weights >= 0) \
+                or not np.isclose(weights.sum(), 1.0):
+            raise StateError("loader state: replay needs steps >= 1 and one weight per source "
+                             "summing to 1")
+        self.feed.set_weights(weights)
+        self.shaper.plan_step(self.feed, self.cfg.batch.batch_size * steps)
 
     def _check_fingerprint(self, saved: Any) -> None:
         now = self.fingerprint()
@@ -302,6 +484,23 @@ class MixedLoader:
             raise StateError("loader state belongs to another configuration: "
                              + "; ".join(changed)
                              + " (weights and schedules may change on resume; these may not)")
+
+
+def _split_rows(plan: StepPlan, rows: int) -> list[StepPlan]:
+    """A plan of ``n·rows`` rows as ``n`` plans of ``rows`` rows (segments are ordered by row);
+    steps that hold no segment (the stream ended before them) are dropped."""
+    n = plan.rows // rows
+    cut = np.searchsorted(plan.row, np.arange(n + 1) * rows).tolist()
+    out = []
+    for j in range(n):
+        a, b = cut[j], cut[j + 1]
+        if a == b:
+            break
+        out.append(StepPlan(rows, plan.seq_len, plan.row[a:b] - np.int32(j * rows), plan.col[a:b],
+                            plan.source[a:b], plan.doc[a:b], plan.start[a:b], plan.end[a:b],
+                            plan.eod[a:b], plan.pad[j * rows:(j + 1) * rows],
+                            second=None if plan.second is None else plan.second[a:b]))
+    return out
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from mixbatch.config import Config, Unit
 from mixbatch.errors import ConfigError
-from mixbatch.mixture.schedule import Schedule, Stage
+from mixbatch.mixture.schedule import Interpolation, Schedule, Stage
 from mixbatch.mixture.weights import (
     normalize_weights,
     temperature_weights,
@@ -40,6 +40,32 @@ class MixtureSchedule:
             return self.schedule.weights_at(tokens if self.by_tokens else step)
         assert self.fixed is not None
         return self.fixed
+
+    def steps_constant(self, step: int, tokens: int, limit: int,
+                       tokens_per_step: int | None = None) -> int:
+        """How many steps from ``step`` on (at most ``limit``, at least 1) keep today's weights.
+
+        ``tokens_per_step``: the positions every step adds to the token clock, when that is
+        fixed (``concat``); without it a schedule by tokens gives 1."""
+        sched = self.schedule
+        if sched is None:
+            return max(limit, 1)
+        by_tokens = self.by_tokens
+        t = tokens if by_tokens else step
+        bounds = sched.boundaries
+        j = sched.stage_index(t)
+        last = len(sched.stages) - 1
+        ramp = sched.interpolation is Interpolation.LINEAR and j < min(last, len(bounds))
+        if ramp:
+            return 1
+        if j >= len(bounds) or j >= last:  # the last stage: constant from here on
+            return max(limit, 1)
+        gap = bounds[j] - t
+        if by_tokens:
+            if not tokens_per_step:
+                return 1
+            gap = -(-gap // tokens_per_step)
+        return int(max(1, min(limit, gap)))
 
     def vector(self, weights: Mapping[str, float] | Sequence[float] | np.ndarray) -> np.ndarray:
         """A user's weights (by name or in source order) as a normalised vector."""

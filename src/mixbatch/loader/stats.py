@@ -12,8 +12,27 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from mixbatch.shape.base import StepPlan
+
+
+@njit(cache=True, nogil=True)
+def _step_counts(source: np.ndarray, start: np.ndarray, end: np.ndarray, eod: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Per source: real tokens and documents started; segments holding tokens; real tokens."""
+    tok = np.zeros(k, np.int64)
+    started = np.zeros(k, np.int64)
+    pieces = 0
+    for j in range(source.size):
+        n = end[j] - start[j]
+        s = source[j]
+        tok[s] += n
+        if start[j] == 0 and (n > 0 or eod[j]):
+            started[s] += 1
+        if n > 0:
+            pieces += 1
+    return tok, started, pieces, tok.sum()
 
 
 @dataclass
@@ -39,20 +58,18 @@ class RunStats:
         self.docs = self.docs or [0] * self.k
 
     def add(self, plan: StepPlan, rank_costs: np.ndarray | None = None) -> None:
-        n_tok = plan.end - plan.start
-        tok = np.bincount(plan.source, weights=n_tok, minlength=self.k).astype(np.int64)
-        started = np.bincount(plan.source[(plan.start == 0) & (plan.width > 0)],
-                              minlength=self.k)
-        self.tokens = (np.asarray(self.tokens) + tok).tolist()
-        self.docs = (np.asarray(self.docs) + started).tolist()
-        self.pieces += int((n_tok > 0).sum())
+        tok, started, pieces, real = _step_counts(plan.source, plan.start, plan.end, plan.eod,
+                                                  self.k)
+        self.tokens = [a + b for a, b in zip(self.tokens, tok.tolist(), strict=True)]
+        self.docs = [a + b for a, b in zip(self.docs, started.tolist(), strict=True)]
+        self.pieces += int(pieces)
         self.padding += int(plan.pad.sum())
         self.positions += plan.rows * plan.seq_len
         self.truncated += int(plan.truncated)
         self.skipped_docs += int(plan.stats.get("skipped_docs", 0))
         self.second_padding += int(plan.stats.get("second_padding", 0))
         self.second_positions += int(plan.stats.get("second_positions", 0))
-        real = int(n_tok.sum())
+        real = int(real)
         self.steps += 1
         self.step_tokens_min = real if self.step_tokens_min is None else min(
             self.step_tokens_min, real)

@@ -1,82 +1,200 @@
 """Turn a :class:`StepPlan` into token arrays, reading only the planned spans.
 
-Output (NumPy; the torch adapter wraps it in tensors), for ``R`` rows of ``L`` positions:
+Two forms of one batch.
 
-- ``input_ids`` (R, L) int64: tokens, ``eod_id`` after each finished document, ``pad_id`` after;
+**Compact** (:func:`materialize_compact`, what the loader builds and ships): for ``R`` rows of
+``L`` positions,
+
+- ``input_ids`` (R, L) in the stores' token dtype (uint16 for vocabularies below 65,536; wider
+  or signed only when a store, ``eod_id`` or ``pad_id`` needs it): tokens, ``eod_id`` after each
+  finished document, ``pad_id`` after;
+- ``cu_seqlens`` int32 (S+1,): boundaries of the S sequences of the flattened R·L positions,
+  every segment and each row's padding run (so the last entry is R·L), for varlen attention;
+- ``seq_source`` int32 / ``seq_doc`` int64 (S,): the source and the document of each sequence,
+  -1 for a padding run;
+- ``max_seqlen``; with 2-D bucketing also ``second_lengths`` (R,) and ``max_second_len``.
+
+**Fields** (:func:`expand`, or :func:`mixbatch.torch.to_device` on the device after the copy),
+derived from the compact form by a few vectorised operations:
+
+- ``input_ids`` as int64;
 - ``labels`` (R, L) int64: ``input_ids`` with -100 at padding and at the first position of every
   segment, the convention of Hugging Face models that shift labels inside the loss
   (``DataCollatorWithFlattening``): no position is trained to predict across a document boundary;
 - ``position_ids`` (R, L): 0, 1, ... restarting at every segment (0 on padding);
 - ``source_ids`` / ``doc_ids`` (R, L): the source index and the document's index in its store,
   -1 on padding;
-- ``cu_seqlens`` int32 (n+1,) and ``max_seqlen``: boundaries of every segment over the flattened
-  R·L positions, for varlen attention; each row's padding run is one more sequence, so the last
-  entry is R·L;
-- with 2-D bucketing (``plan.second`` set) also ``second_lengths`` (R,) int64, each row's
-  second length (0 for an empty row), and ``max_second_len``: what the caller pads its second
-  sequences (e.g. targets read by ``doc_ids``) to.
+- ``cu_seqlens``, ``max_seqlen`` (and the second lengths) as in the compact form.
+
+:func:`materialize` is the full form, every field (today's batch dict).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
+from numba import njit
 
+from mixbatch.errors import ConfigError
 from mixbatch.shape.base import StepPlan
 from mixbatch.store import TokenStore
 
 IGNORE_INDEX = -100
 
+#: every field a batch can carry; ``fields="all"`` asks for these
+ALL_FIELDS = ("input_ids", "labels", "position_ids", "source_ids", "doc_ids", "cu_seqlens",
+              "max_seqlen")
+#: the default: what a Hugging Face or varlen-attention trainer reads
+DEFAULT_FIELDS = ("input_ids", "labels", "position_ids", "cu_seqlens", "max_seqlen")
+#: keys of the compact form besides the fields it shares
+COMPACT_KEYS = ("input_ids", "cu_seqlens", "seq_source", "seq_doc", "max_seqlen")
+_PASS = ("step", "second_lengths", "max_second_len")
 
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenated ``arange(s, s + c)`` for every pair, vectorised."""
-    total = int(counts.sum())
-    if total == 0:
-        return np.empty(0, np.int64)
-    offsets = np.repeat(np.cumsum(counts) - counts, counts)
-    return np.repeat(starts, counts) + (np.arange(total, dtype=np.int64) - offsets)
+
+def resolve_fields(fields: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``None`` (the default set), ``"all"``, or names from :data:`ALL_FIELDS`."""
+    if fields is None:
+        return DEFAULT_FIELDS
+    if isinstance(fields, str):
+        if fields == "all":
+            return ALL_FIELDS
+        fields = [fields]
+    out = tuple(fields)
+    unknown = [f for f in out if f not in ALL_FIELDS]
+    if unknown:
+        raise ConfigError(f"fields: unknown field(s) {', '.join(map(repr, unknown))} "
+                          f"(choose from {', '.join(ALL_FIELDS)}, or 'all')")
+    if not out:
+        raise ConfigError("fields: ask for at least one field")
+    return out
+
+
+def token_dtype(stores: Sequence[TokenStore], eod_id: int, pad_id: int) -> np.dtype:
+    """The narrowest dtype that holds every store's tokens and the end and pad ids."""
+    dt = np.result_type(*(s.tokens.dtype for s in stores)) if stores else np.dtype(np.int64)
+    for v in (eod_id, pad_id):
+        if not np.can_cast(np.min_scalar_type(v), dt):
+            dt = np.promote_types(dt, np.min_scalar_type(v))
+    return np.dtype(dt)
+
+
+@njit(cache=True, nogil=True)
+def _gather(out: np.ndarray, tokens: np.ndarray, doc_start: np.ndarray, pos: np.ndarray,
+            doc: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
+    """``out[pos[k] : pos[k] + n_k] = tokens[doc_start[doc[k]] + start[k] : ... + end[k]]``."""
+    for k in range(pos.size):
+        a = doc_start[doc[k]] + start[k]
+        n = end[k] - start[k]
+        p = pos[k]
+        for j in range(n):
+            out[p + j] = tokens[a + j]
+
+
+def materialize_compact(plan: StepPlan, stores: Sequence[TokenStore], eod_id: int,
+                        pad_id: int, dtype: np.dtype | None = None) -> dict[str, Any]:
+    """The compact batch of ``plan`` (module docstring); tokens are read for its segments only."""
+    R, L = plan.rows, plan.seq_len
+    dt = token_dtype(stores, eod_id, pad_id) if dtype is None else dtype
+    flat = np.full(R * L, pad_id, dtype=dt)
+    seg_start = plan.row.astype(np.int64) * L + plan.col
+    n_tok = plan.end - plan.start
+    sources = np.unique(plan.source) if len(plan.source) else plan.source
+    for s in sources.tolist():
+        m = plan.source == s
+        store = stores[s]
+        _gather(flat, store.tokens, np.asarray(store.starts), seg_start[m], plan.doc[m],
+                plan.start[m], plan.end[m])
+    flat[(seg_start + n_tok)[plan.eod]] = eod_id
+    # sequences: every segment that takes positions, then each row's padding run
+    width = n_tok + plan.eod
+    real = width > 0
+    pad_rows = np.flatnonzero(plan.pad > 0)
+    starts = np.concatenate([seg_start[real], pad_rows * L + (L - plan.pad[pad_rows])])
+    src = np.concatenate([plan.source[real].astype(np.int32), np.full(len(pad_rows), -1, np.int32)])
+    doc = np.concatenate([plan.doc[real], np.full(len(pad_rows), -1, np.int64)])
+    order = np.argsort(starts, kind="stable")
+    cu = np.empty(len(starts) + 1, dtype=np.int32)
+    cu[:-1] = starts[order]
+    cu[-1] = R * L
+    if len(starts) and cu[0] != 0:  # positions no sequence covers (never produced by a shaper)
+        cu = np.concatenate([[0], cu]).astype(np.int32)
+        src = np.concatenate([[-1], src[order]]).astype(np.int32)
+        doc = np.concatenate([[-1], doc[order]])
+    else:
+        src, doc = src[order], doc[order]
+    out: dict[str, Any] = {
+        "input_ids": flat.reshape(R, L),
+        "cu_seqlens": cu,
+        "seq_source": src,
+        "seq_doc": doc,
+        "max_seqlen": int(np.diff(cu).max()) if len(cu) > 1 else 0,
+    }
+    if plan.second is not None:
+        per_row = np.bincount(plan.row, weights=plan.second, minlength=R).astype(np.int64)
+        out["second_lengths"] = per_row
+        out["max_second_len"] = int(per_row.max()) if R else 0
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _expand(ids: np.ndarray, cu: np.ndarray, seq_source: np.ndarray, seq_doc: np.ndarray,
+            labels: np.ndarray, pos: np.ndarray, src: np.ndarray, doc: np.ndarray,
+            want: np.ndarray) -> None:
+    """One pass over the sequences, writing the per-position fields asked for in ``want``
+    (labels, position_ids, source_ids, doc_ids); arrays not asked for may be empty."""
+    for q in range(cu.size - 1):
+        a, b = cu[q], cu[q + 1]
+        s = seq_source[q]
+        pad = s < 0
+        if want[0]:
+            if pad:
+                for p in range(a, b):
+                    labels[p] = IGNORE_INDEX
+            elif b > a:
+                labels[a] = IGNORE_INDEX
+                for p in range(a + 1, b):
+                    labels[p] = ids[p]
+        if want[1]:
+            for p in range(a, b):
+                pos[p] = 0 if pad else p - a
+        if want[2]:
+            for p in range(a, b):
+                src[p] = s
+        if want[3]:
+            d = seq_doc[q]
+            for p in range(a, b):
+                doc[p] = d
+
+
+_PER_POSITION = ("labels", "position_ids", "source_ids", "doc_ids")
+
+
+def expand(compact: dict[str, Any], fields: str | Iterable[str] | None = "all") -> dict[str, Any]:
+    """The fields asked for (default: all), as NumPy arrays, from a compact batch."""
+    want = resolve_fields(fields)
+    ids = compact["input_ids"]
+    R, L = ids.shape
+    out: dict[str, Any] = {k: compact[k] for k in _PASS if k in compact}
+    flags = np.array([f in want for f in _PER_POSITION])
+    if flags.any():
+        empty = np.empty(0, np.int64)
+        made = [np.empty(R * L, np.int64) if f else empty for f in flags]
+        _expand(ids.reshape(-1), compact["cu_seqlens"], compact["seq_source"],
+                compact["seq_doc"], *made, flags)
+        for name, arr, f in zip(_PER_POSITION, made, flags, strict=True):
+            if f:
+                out[name] = arr.reshape(R, L)
+    if "input_ids" in want:
+        out["input_ids"] = ids.astype(np.int64)
+    for k in ("cu_seqlens", "max_seqlen"):
+        if k in want:
+            out[k] = compact[k]
+    return out
 
 
 def materialize(plan: StepPlan, stores: Sequence[TokenStore], eod_id: int,
                 pad_id: int) -> dict[str, np.ndarray | int]:
-    R, L = plan.rows, plan.seq_len
-    flat = np.full(R * L, pad_id, dtype=np.int64)
-    src_ids = np.full(R * L, -1, dtype=np.int64)
-    doc_ids = np.full(R * L, -1, dtype=np.int64)
-    pos_ids = np.zeros(R * L, dtype=np.int64)
-    seg_start = plan.row.astype(np.int64) * L + plan.col
-    n_tok = plan.end - plan.start
-    width = n_tok + plan.eod
-    for s in np.unique(plan.source):
-        m = plan.source == s
-        store = stores[int(s)]
-        src_index = _ranges(np.asarray(store.starts[plan.doc[m]]) + plan.start[m], n_tok[m])
-        flat[_ranges(seg_start[m], n_tok[m])] = store.tokens[src_index]
-    flat[(seg_start + n_tok)[plan.eod]] = eod_id
-    covered = _ranges(seg_start, width)
-    src_ids[covered] = np.repeat(plan.source, width)
-    doc_ids[covered] = np.repeat(plan.doc, width)
-    pos_ids[covered] = covered - np.repeat(seg_start, width)
-    labels = flat.copy()
-    labels[src_ids < 0] = IGNORE_INDEX
-    labels[seg_start[width > 0]] = IGNORE_INDEX
-    # varlen boundaries: every segment, plus each row's padding run
-    pad_start = np.arange(R, dtype=np.int64) * L + (L - plan.pad)
-    bounds = np.concatenate([seg_start[width > 0], pad_start[plan.pad > 0], [R * L]])
-    bounds = np.unique(np.concatenate([[0], bounds]))
-    lens = np.diff(bounds)
-    extra: dict[str, np.ndarray | int] = {}
-    if plan.second is not None:
-        per_row = np.bincount(plan.row, weights=plan.second, minlength=R).astype(np.int64)
-        extra = {"second_lengths": per_row, "max_second_len": int(per_row.max()) if R else 0}
-    return {
-        **extra,
-        "input_ids": flat.reshape(R, L),
-        "labels": labels.reshape(R, L),
-        "position_ids": pos_ids.reshape(R, L),
-        "source_ids": src_ids.reshape(R, L),
-        "doc_ids": doc_ids.reshape(R, L),
-        "cu_seqlens": bounds.astype(np.int32),
-        "max_seqlen": int(lens.max()) if len(lens) else 0,
-    }
+    """Every field of the batch of ``plan`` (module docstring), as NumPy arrays."""
+    return expand(materialize_compact(plan, stores, eod_id, pad_id), "all")

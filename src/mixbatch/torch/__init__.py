@@ -1,6 +1,7 @@
 """PyTorch side of mixbatch: data adapters and the feedback that online policies feed on."""
 
-from mixbatch.torch.data import MixbatchDataLoader, MixbatchDataset, to_tensors
+from mixbatch.torch.data import MixbatchDataLoader, MixbatchDataset
+from mixbatch.torch.device import to_device, to_tensors
 from mixbatch.torch.feedback import (
     all_reduce_feedback,
     per_source_grads,
@@ -13,5 +14,6 @@ __all__ = [
     "all_reduce_feedback",
     "per_source_grads",
     "per_source_mean",
+    "to_device",
     "to_tensors",
 ]

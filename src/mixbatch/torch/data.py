@@ -1,73 +1,66 @@
-"""PyTorch adapters: an ``IterableDataset`` of ready batches, and a loader that tracks state.
+"""PyTorch adapters: a loader with its own token-reading workers, and an ``IterableDataset``.
 
-``MixbatchDataset`` yields whole micro-batches (use ``batch_size=None`` in the DataLoader): dicts
-of tensors ``input_ids``, ``labels``, ``position_ids``, ``source_ids``, ``doc_ids`` (R, L),
-``cu_seqlens`` (int32) and ``max_seqlen`` for varlen attention, plus ``step``.
+``MixbatchDataLoader`` (the fast path). The main process plans the global stream (compiled, in
+blocks) and hands each step's plan to one of ``num_workers`` processes that only read tokens
+(:mod:`mixbatch.torch.workers`); with 0 workers it reads them itself. Batches cross processes
+compact (tokens in the stores' dtype, a small sequence table) and the fields asked for are
+derived after: on the CPU, or on ``device`` after a ``non_blocking`` copy
+(:func:`mixbatch.torch.device.to_device`). ``fields`` (default: ``input_ids``, ``labels``,
+``position_ids``, ``cu_seqlens``, ``max_seqlen``; ``"all"`` adds ``source_ids`` and
+``doc_ids``) keeps the batch to what a trainer reads. ``transform`` runs on each compact batch
+in the worker (on-the-fly work that should run in parallel). ``state_dict()`` is the global
+stream's position after the last batch handed out: it resumes at any number of workers and any
+world size.
 
-With ``num_workers = n``, worker ``w`` reads the steps ``start + w, start + w + n, ...`` (every
-worker plans the whole global stream, which is cheap, and reads tokens only for its own steps);
-the DataLoader's round-robin over workers gives the steps back in order.
-
-State, two ways:
-
-- ``MixbatchDataLoader`` wraps ``torch.utils.data.DataLoader``; each batch carries the global
-  stream's state after it, and ``state_dict()`` returns the state after the last batch handed
-  out. That state resumes at any number of workers and any world size.
-- ``torchdata.stateful_dataloader.StatefulDataLoader`` calls the dataset's ``state_dict`` in each
-  worker; resuming it needs the same number of workers (its own rule).
+``MixbatchDataset`` is for a plain ``torch.utils.data.DataLoader`` (``batch_size=None``) or
+torchdata's ``StatefulDataLoader``: with ``num_workers = n`` every worker plans the stream
+itself (cheap) and reads the steps ``start + w, start + w + n, ...``, which the DataLoader's
+round-robin gives back in order. ``StatefulDataLoader`` resumes it with the same number of
+workers (its own rule).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from mixbatch.config import Config
+from mixbatch.errors import ConfigError
 from mixbatch.loader.loader import MixedLoader
+from mixbatch.shape.base import StepPlan
+from mixbatch.shape.materialize import materialize_compact, resolve_fields
+from mixbatch.store import open_store
+from mixbatch.torch.device import fields_on_cpu, to_device, to_tensors
+from mixbatch.torch.workers import TASK_BYTES, StepReaders
 
-STATE_KEY = "_mixbatch_state"
+__all__ = ["MixbatchDataLoader", "MixbatchDataset", "to_tensors"]
 
-
-def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
-    """Batches are built whole by the dataset: nothing to collate or convert."""
-    return batch
-
-
-def to_tensors(batch: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in batch.items():
-        if isinstance(v, np.ndarray):
-            out[k] = torch.from_numpy(np.ascontiguousarray(v))
-        else:
-            out[k] = v
-    return out
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class MixbatchDataset(IterableDataset):
-    """This rank's batches of the mixed stream; see the module docstring."""
+    """This rank's batches of the mixed stream, as tensors; see the module docstring."""
 
     def __init__(self, cfg: Config, rank: int | None = None, world_size: int | None = None,
-                 state: dict[str, Any] | None = None, carry_state: bool = False,
-                 max_steps: int | None = None) -> None:
+                 state: dict[str, Any] | None = None, max_steps: int | None = None,
+                 fields: str | Iterable[str] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.max_steps = max_steps
-        self.carry_state = carry_state
+        self.fields = resolve_fields(fields)
         self._start: dict[str, Any] | None = copy.deepcopy(state)
         self._lane_offset: int | None = None
-        self._last: dict[str, Any] | None = None
-
-    def _loader(self) -> MixedLoader:
-        return MixedLoader(self.cfg, self.rank, self.world_size)
+        self._loader: MixedLoader | None = None
+        self._last: tuple | None = None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        loader = self._loader()
+        loader = self._loader = MixedLoader(self.cfg, self.rank, self.world_size)
         if self._start is not None:
             loader.load_state_dict(self._start)
         info = get_worker_info()
@@ -81,16 +74,16 @@ class MixbatchDataset(IterableDataset):
                 return
             if (step.index - lane0) % nw != wid:
                 continue
-            batch = to_tensors(loader.batch_of(step))
-            self._last = loader.state_dict()
-            if self.carry_state:
-                batch[STATE_KEY] = self._last
+            batch = fields_on_cpu(loader.compact_of(step), self.fields)
+            self._last = loader.snapshot()
             yield batch
 
     # torchdata's Stateful protocol (called inside each worker by StatefulDataLoader)
     def state_dict(self) -> dict[str, Any]:
-        return {"loader": self._last if self._last is not None else self._start,
-                "lane_offset": self._lane_offset}
+        loader = self._loader
+        state = (loader.state_from(self._last) if loader is not None and self._last is not None
+                 else self._start)
+        return {"loader": state, "lane_offset": self._lane_offset}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._start = copy.deepcopy(state["loader"])
@@ -98,31 +91,131 @@ class MixbatchDataset(IterableDataset):
         self._last = None
 
 
+class _Reader:
+    """Reads the compact batch of a plan (picklable: a worker opens its own stores)."""
+
+    def __init__(self, loader: MixedLoader) -> None:
+        self.stores = loader.stores
+        self.paths = [s.path for s in loader.stores]
+        self.eod_id, self.pad_id, self.dtype = loader.eod_id, loader.pad_id, loader.token_dtype
+
+    def __getstate__(self) -> dict[str, Any]:  # a spawned worker maps the stores itself
+        return {**self.__dict__, "stores": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.stores = [open_store(p) for p in self.paths]
+
+    def __call__(self, plan: StepPlan) -> dict[str, Any]:
+        return materialize_compact(plan, self.stores, self.eod_id, self.pad_id, self.dtype)
+
+
+_OPTIONS = ("pin_memory", "prefetch_factor", "device", "non_blocking")
+
+
 class MixbatchDataLoader:
-    """A ``DataLoader`` over :class:`MixbatchDataset` whose ``state_dict`` is the global stream's
-    position after the last batch it handed out: resume with any ``num_workers``/world size."""
+    """Batches of this rank as tensors, with ``state_dict()`` after the last one handed out.
+
+    Args:
+        cfg, rank, world_size: as :class:`~mixbatch.loader.loader.MixedLoader`.
+        num_workers: processes that read tokens (0: the main process does).
+        state: a state to resume from (any worker count or world size).
+        max_steps: stop after this many steps from where it starts (after a resume: from the
+            resume point).
+        fields: the batch's fields (module docstring).
+        transform: a function of the compact batch (NumPy arrays), run in the worker.
+        pin_memory: pin the compact tensors (for a fast ``non_blocking`` copy to a GPU).
+        device: move each batch there and derive the fields there.
+        prefetch_factor: steps in flight per worker (2).
+    """
 
     def __init__(self, cfg: Config, rank: int | None = None, world_size: int | None = None,
                  num_workers: int = 0, state: dict[str, Any] | None = None,
-                 max_steps: int | None = None, **loader_kwargs: Any) -> None:
+                 max_steps: int | None = None, fields: str | Iterable[str] | None = None,
+                 transform: Transform | None = None, **options: Any) -> None:
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise ConfigError(f"MixbatchDataLoader: unknown option(s) {', '.join(unknown)} "
+                              f"(accepted: {', '.join(_OPTIONS)})")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(f"num_workers: must be an integer >= 0, got {num_workers!r}")
+        if max_steps is not None and (isinstance(max_steps, bool) or max_steps < 0):
+            raise ConfigError(f"max_steps: must be an integer >= 0, got {max_steps!r}")
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.num_workers = num_workers
         self.max_steps = max_steps
-        self.loader_kwargs = loader_kwargs
+        self.fields = resolve_fields(fields)
+        self.transform = transform
+        self.pin_memory = bool(options.get("pin_memory", False))
+        self.device = options.get("device")
+        if self.device is not None:
+            to_device({"input_ids": torch.zeros(1, 1), "cu_seqlens": torch.zeros(2, dtype=torch.int32),
+                       "seq_source": torch.zeros(1, dtype=torch.int32),
+                       "seq_doc": torch.zeros(1, dtype=torch.int64), "max_seqlen": 1},
+                      self.device, ["input_ids"])  # an unavailable device fails here, clearly
+        self.non_blocking = bool(options.get("non_blocking", True))
+        self.prefetch = int(options.get("prefetch_factor", 2))
         self._state = copy.deepcopy(state)
+        self._loader: MixedLoader | None = None
+        self._last: tuple | None = None
+        self.worker_pids: list[int] = []
+
+    def _finish(self, compact: dict[str, Any]) -> dict[str, Any]:
+        if self.device is not None:
+            t = to_tensors(compact)
+            if self.pin_memory and torch.cuda.is_available():
+                t = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+            return to_device(t, self.device, self.fields, self.non_blocking)
+        batch = fields_on_cpu(compact, self.fields)
+        if self.pin_memory and torch.cuda.is_available():
+            batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v
+                     for k, v in batch.items()}
+        return batch
+
+    def _steps(self, loader: MixedLoader) -> Iterator[Any]:
+        end = None if self.max_steps is None else loader.step + self.max_steps
+        while end is None or loader.step < end:
+            step = loader.next_step()
+            if step is None:
+                return
+            yield step
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        ds = MixbatchDataset(self.cfg, self.rank, self.world_size, state=self._state,
-                             carry_state=True, max_steps=self.max_steps)
-        kwargs = {"persistent_workers": False, "collate_fn": _as_is, **self.loader_kwargs}
-        dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, **kwargs)
-        for batch in dl:
-            self._state = batch.pop(STATE_KEY)
-            yield batch
+        if self.pin_memory and not torch.cuda.is_available():
+            warnings.warn("pin_memory: no CUDA device here, batches are not pinned",
+                          stacklevel=2)
+        loader = self._loader = MixedLoader(self.cfg, self.rank, self.world_size)
+        if self._state is not None:
+            loader.load_state_dict(self._state)
+        if self.num_workers == 0:
+            for step in self._steps(loader):
+                compact = loader.compact_of(step)
+                if self.transform is not None:
+                    compact = self.transform(compact)
+                self._last = loader.snapshot()
+                yield self._finish(compact)
+            return
+        readers = StepReaders(self.num_workers, _Reader(loader), self.transform, self.prefetch)
+        self.worker_pids = readers.pids()
+        try:
+            whole = loader.world_size == 1  # every row is this rank's: no selection
+            plans = ((s.index, s.plan if whole else s.plan.select_rows(s.rows), loader.snapshot())
+                     for s in self._steps(loader))
+            R, L = loader.cfg.batch.batch_size, loader.cfg.batch.seq_len
+            per_task = max(1, min(16, TASK_BYTES // max(1, R * L * loader.token_dtype.itemsize)))
+            for compact, snap in readers.map(plans, per_task):
+                self._last = snap
+                yield self._finish(compact)
+        finally:
+            readers.close()
 
     def state_dict(self) -> dict[str, Any] | None:
+        if self._loader is not None and self._last is not None:
+            self._state = self._loader.state_from(self._last)
+            self._last = None
         return copy.deepcopy(self._state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._state = copy.deepcopy(state)
+        self._last = None

@@ -1,0 +1,164 @@
+"""MixbatchDataLoader's token-reading workers: same batches as in-process, compact batches derived
+on a device, failures named, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mixbatch.errors import ConfigError, MixbatchError
+from mixbatch.loader.loader import MixedLoader
+from mixbatch.shape.materialize import DEFAULT_FIELDS
+from mixbatch.torch import MixbatchDataLoader, to_device
+from test_loader import _cfg
+
+
+def _np(batch: dict) -> dict:
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("packing", ["concat", "bfd", "pad_buckets"])
+def test_workers_give_the_in_process_batches(tmp_path: Path, packing: str) -> None:
+    extra = {"token_budget": 1024, "window_tokens": 4096} if packing == "pad_buckets" else {}
+    cfg = _cfg(tmp_path, batch={"packing": packing, **extra})
+    ref = MixedLoader(cfg)
+    want = [ref.batch_of(s) for s in ref.steps(23)]
+    for workers in (0, 1, 3):
+        got = [_np(b) for b in MixbatchDataLoader(cfg, num_workers=workers, max_steps=23,
+                                                  fields="all")]
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert g.keys() == w.keys()
+            for k in w:
+                assert np.array_equal(np.asarray(g[k]), np.asarray(w[k])), (workers, k)
+
+
+def test_default_fields_and_transform_in_workers(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    seen = []
+
+    def mark(batch: dict) -> dict:  # runs in the worker, on the compact batch
+        batch["worker_pid"] = os.getpid()
+        seen.append(batch["input_ids"].dtype)
+        return batch
+
+    batches = list(MixbatchDataLoader(cfg, num_workers=2, max_steps=6, transform=mark))
+    assert len(batches) == 6
+    assert set(batches[0]) == {*DEFAULT_FIELDS, "step"}
+    assert all(b["input_ids"].dtype == torch.int64 for b in batches)
+    assert [b["step"] for b in batches] == list(range(6))
+    # the transform ran in two worker processes, not here
+    assert not seen
+
+
+def test_state_after_each_batch_resumes(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    straight = [b["input_ids"] for b in MixbatchDataLoader(cfg, num_workers=0, max_steps=30)]
+    dl = MixbatchDataLoader(cfg, num_workers=2, max_steps=30)
+    it = iter(dl)
+    head = [next(it)["input_ids"] for _ in range(13)]
+    state = json.loads(json.dumps(dl.state_dict()))
+    assert state["step"] == 13
+    it.close()
+    tail = [b["input_ids"] for b in MixbatchDataLoader(cfg, num_workers=1, state=state,
+                                                       max_steps=17)]
+    assert all(torch.equal(a, b) for a, b in zip(head + tail, straight, strict=True))
+
+
+def test_to_device_derives_the_numpy_fields(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, batch={"packing": "bfd", "pack_window": 8})
+    loader = MixedLoader(cfg)
+    for step in loader.steps(5):
+        compact = loader.compact_of(step)
+        want = loader.batch_of(step)
+        got = to_device(compact, "cpu", "all")
+        for k in ("input_ids", "labels", "position_ids", "source_ids", "doc_ids", "cu_seqlens"):
+            assert got[k].dtype == (torch.int32 if k == "cu_seqlens" else torch.int64)
+            assert np.array_equal(got[k].numpy(), want[k]), k
+        assert got["max_seqlen"] == want["max_seqlen"]
+
+
+def test_loader_on_a_device(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    on_cpu = list(MixbatchDataLoader(cfg, max_steps=3, device="cpu"))
+    plain = list(MixbatchDataLoader(cfg, max_steps=3))
+    for a, b in zip(on_cpu, plain, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in ("input_ids", "labels", "position_ids"))
+
+
+def test_bad_options_are_named(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    with pytest.raises(ConfigError, match="unknown field"):
+        MixbatchDataLoader(cfg, fields=["input_ids", "token_type_ids"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            MixbatchDataLoader(cfg, device="cuda")
+    with pytest.raises(ConfigError, match="not a device"):
+        MixbatchDataLoader(cfg, device="warp-drive")
+    with pytest.raises(ConfigError, match=r"unknown option.*shuffle"):
+        MixbatchDataLoader(cfg, shuffle=True)
+    with pytest.raises(ConfigError, match="num_workers"):
+        MixbatchDataLoader(cfg, num_workers=-1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _shm() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def test_a_killed_worker_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    before = _shm()
+    dl = MixbatchDataLoader(cfg, num_workers=2)  # an endless stream
+    it = iter(dl)
+    next(it)
+    pids = list(dl.worker_pids)
+    os.kill(pids[1], signal.SIGKILL)
+    t0 = time.monotonic()
+    with pytest.raises(MixbatchError, match=r"worker 1 \(pid \d+\) died with exit code -9"):
+        for _ in range(10_000):
+            next(it)
+    assert time.monotonic() - t0 < 30
+    for pid in pids:  # the other worker was stopped too
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid)
+    assert _shm() <= before  # no shared-memory segment left behind
+
+
+def test_an_error_in_a_worker_names_it(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+
+    def broken(batch: dict) -> dict:
+        raise ValueError("augmentation failed on purpose")
+
+    with pytest.raises(MixbatchError, match="worker 0 failed: ValueError: augmentation failed"):
+        list(MixbatchDataLoader(cfg, num_workers=2, max_steps=4, transform=broken))
+
+
+def test_workers_stop_when_iteration_stops(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    dl = MixbatchDataLoader(cfg, num_workers=2)
+    it = iter(dl)
+    next(it)
+    pids = list(dl.worker_pids)
+    it.close()
+    assert not any(_alive(p) for p in pids)

@@ -182,6 +182,7 @@ class CacheConfig(_Strict):
     prefetch_threads: int = Field(default=4, ge=1)
     whole: bool = False  # download tokens.bin whole on open instead of by ranges
     block_bytes: int | str = "1MiB"  # verified range of the stores prepare writes to a URL
+    verify_cached: bool = False  # hash cached blocks again when first read by a process
 
     @field_validator("max_bytes", "memory_bytes", "block_bytes")
     @classmethod
@@ -305,7 +306,8 @@ class Config(_Strict):
                              max_bytes=parse_size(c.max_bytes, "cache.max_bytes"),
                              memory_bytes=parse_size(c.memory_bytes, "cache.memory_bytes"),
                              prefetch_threads=c.prefetch_threads, whole=c.whole,
-                             block_bytes=_block_bytes(c.block_bytes))
+                             block_bytes=_block_bytes(c.block_bytes),
+                             verify_cached=c.verify_cached)
 
     @property
     def tokenizer_path(self) -> Path | None:

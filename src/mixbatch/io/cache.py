@@ -70,7 +70,9 @@ class CacheSettings:
     ``memory_bytes``: blocks kept in each process's memory; ``prefetch_threads``: background
     fetches per store; ``whole``: download ``tokens.bin`` whole when a store is opened (then
     read it memory-mapped) instead of fetching blocks as they are needed; ``block_bytes``: the
-    verified block (one cache file) of the stores ``prepare`` writes to a URL.
+    verified block (one cache file) of the stores ``prepare`` writes to a URL; ``verify_cached``:
+    check a cached block's checksum again when a process first reads it (a block is always
+    verified before it is cached, and its size is always checked).
     """
 
     dir: Path = field(default_factory=default_cache_dir)
@@ -81,6 +83,8 @@ class CacheSettings:
     whole: bool = False
     #: block size (verified range) of the stores written to a URL by ``prepare``
     block_bytes: int = 1 << 20
+    #: hash every cached block again when a process first reads it (bit rot on the local disk)
+    verify_cached: bool = False
 
     def check(self, block_bytes: int) -> None:
         """:class:`ConfigError` when the folder is not writable or the cap is below one block."""

@@ -311,7 +311,9 @@ class RemoteTokens:
         data = self.cache.read(f"tokens.{b}")
         if data is None:
             return None
-        if not self._ok(b, data):  # damaged on disk: never served, fetched again
+        bad = len(data) != self._expected_len(b) or (
+            self.cache.settings.verify_cached and not self._ok(b, data))
+        if bad:  # damaged on disk: never served, fetched again
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.cache.path(f"tokens.{b}"))
             return None

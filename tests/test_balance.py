@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from mixbatch.errors import ConfigError
 from mixbatch.plan.partition import partition_batch
-from mixbatch.shape.balance import balance_rows, row_costs
+from mixbatch.shape.balance import balance_rows, row_costs, row_labels_costs
 from mixbatch.shape.base import StepPlan
 
 
@@ -107,3 +107,18 @@ def test_row_costs_by_hand() -> None:
     assert np.allclose(row_costs(plan, d), expected)
     with pytest.raises(ConfigError, match="d_model"):
         row_costs(plan, 0)
+
+
+def test_compiled_labels_and_costs_equal_the_plan_methods() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        rows, k, n = int(rng.integers(1, 12)), int(rng.integers(1, 5)), int(rng.integers(0, 40))
+        row = np.sort(rng.integers(0, rows, n)).astype(np.int32)
+        start = np.zeros(n, np.int64)
+        end = rng.integers(0, 50, n).astype(np.int64)
+        eod = rng.random(n) < 0.5
+        plan = StepPlan(rows, 64, row, np.zeros(n, np.int64), rng.integers(0, k, n).astype(np.int32),
+                        np.arange(n, dtype=np.int64), start, end, eod, np.zeros(rows, np.int64))
+        labels, costs = row_labels_costs(plan.row, plan.source, plan.width, rows, k, 96)
+        assert np.array_equal(labels, plan.row_source(k))
+        assert np.allclose(costs, row_costs(plan, 96), rtol=1e-12)

@@ -46,7 +46,7 @@ from mixbatch.shape import (
     Shaper,
     StepPlan,
 )
-from mixbatch.shape.balance import balance_rows, row_costs
+from mixbatch.shape.balance import balanced_owner, row_labels_costs
 from mixbatch.shape.materialize import expand, materialize_compact, token_dtype
 from mixbatch.store import TokenStore, open_store
 
@@ -312,15 +312,17 @@ class MixedLoader:
             rows = np.arange(R, dtype=np.int64)
             costs = None
         else:
-            labels = plan.row_source(len(self.names))
-            row_cost = row_costs(plan, self.cfg.batch.d_model)
+            labels, row_cost = row_labels_costs(plan.row, plan.source, plan.width, R,
+                                                len(self.names), self.cfg.batch.d_model)
             if self.cfg.batch.balance:
-                parts = balance_rows(labels, row_cost, self.world_size)
+                owner = balanced_owner(labels, row_cost, self.world_size)
+                rows = np.flatnonzero(owner == self.rank)
+                costs = np.bincount(owner, weights=row_cost, minlength=self.world_size)
             else:
                 labels[labels < 0] = len(self.names)  # empty rows: a group of their own
                 parts = partition_batch(labels, self.world_size)
-            rows = np.sort(parts[self.rank]).astype(np.int64)
-            costs = np.array([row_cost[p].sum() for p in parts])
+                rows = np.sort(parts[self.rank]).astype(np.int64)
+                costs = np.array([row_cost[p].sum() for p in parts])
         self.stats.add(plan, costs)
         self.tokens_planned += int(plan.width.sum())
         step = Step(self.step, plan, rows, w, block, offset)

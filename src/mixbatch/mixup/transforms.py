@@ -95,26 +95,26 @@ def apply_record(x: torch.Tensor, record: MixRecord, spatial_dims: int | None = 
         return x.index_select(0, index).mul_(1.0 - w0).add_(x, alpha=w0)
     # general case (pair / elem modes): one fused pass, out = partner + W (x - partner), where
     # W is lam on MixUp rows, 1 on untouched rows and 0 inside / 1 outside the box on CutMix rows
-    partner = x.index_select(0, index)
     w_row = torch.where(blend, lam64, torch.ones_like(lam64))
-    if not any_cut:
-        wt = w_row.to(device=dev, dtype=x.dtype).view(-1, *([1] * (x.ndim - 1)))
-        return partner.lerp_(x, wt)
-    h, w_ = (1, x.shape[-1]) if dims == 1 else (x.shape[-2], x.shape[-1])
-    boxes = rec.box.to(dev, non_blocking=True)
-    ys = torch.arange(h, device=dev)
-    xs = torch.arange(w_, device=dev)
-    my = (ys >= boxes[:, 0:1]) & (ys < boxes[:, 1:2]) & cut.to(dev, non_blocking=True)[:, None]
-    mx = (xs >= boxes[:, 2:3]) & (xs < boxes[:, 3:4])
-    inside = my[:, :, None] & mx[:, None, :]
-    if dims == 1:
-        inside = inside[:, 0, :].view(x.shape[0], *([1] * (x.ndim - 2)), w_)
+    if any_cut:
+        h, w_ = (1, x.shape[-1]) if dims == 1 else (x.shape[-2], x.shape[-1])
+        boxes = rec.box.to(dev, non_blocking=True)
+        ys = torch.arange(h, device=dev)
+        xs = torch.arange(w_, device=dev)
+        my = (ys >= boxes[:, 0:1]) & (ys < boxes[:, 1:2]) & cut.to(dev, non_blocking=True)[:, None]
+        mx = (xs >= boxes[:, 2:3]) & (xs < boxes[:, 3:4])
+        inside = my[:, :, None] & mx[:, None, :]
+        if dims == 1:
+            inside = inside[:, 0, :].view(x.shape[0], *([1] * (x.ndim - 2)), w_)
+        else:
+            inside = inside.view(x.shape[0], *([1] * (x.ndim - 3)), h, w_)
+        if not x.is_floating_point():
+            return torch.where(inside, x.index_select(0, index), x)
+        wt = w_row.to(device=dev, dtype=x.dtype).view(-1, *([1] * (inside.ndim - 1)))
+        weight = torch.where(inside, torch.zeros((), dtype=x.dtype, device=dev), wt)
     else:
-        inside = inside.view(x.shape[0], *([1] * (x.ndim - 3)), h, w_)
-    if not x.is_floating_point():
-        return torch.where(inside, partner, x)
-    wt = w_row.to(device=dev, dtype=x.dtype).view(-1, *([1] * (inside.ndim - 1)))
-    return partner.lerp_(x, torch.where(inside, torch.zeros((), dtype=x.dtype, device=dev), wt))
+        weight = w_row.to(device=dev, dtype=x.dtype).view(-1, *([1] * (x.ndim - 1)))
+    return x.index_select(0, index).lerp_(x, weight)
 
 
 def _size(x: torch.Tensor, spatial_dims: int) -> tuple[int, ...] | None:

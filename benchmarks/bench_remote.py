@@ -39,7 +39,16 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, header, human, log, run_in_workdir, table, wait_until_quiet
+from _common import (
+    REPO,
+    background_summary,
+    header,
+    human,
+    log,
+    run_in_workdir,
+    table,
+    wait_until_quiet,
+)
 
 PACKAGES = ("mixbatch", "numpy", "fsspec", "s3fs", "moto", "litdata", "torch")
 
@@ -318,7 +327,8 @@ def bench(args: argparse.Namespace, root: Path) -> str:
                                       f"{args.steps} steps of {args.batch}x{args.seq_len}",
                              "prepare": f"local {t_local:.1f}s, to S3 {t_remote:.1f}s "
                                         "(2 processes)",
-                             "LitData": lit_note, "MosaicML Streaming": mosaic_note})
+                             "LitData": lit_note, "MosaicML Streaming": mosaic_note,
+                             "background load": background_summary()})
     return head + "\n\n" + table(
         ("system", "where", "workers", "cache", "tokens", "seconds", "tokens/s",
          "vs local read path (same workers)"), rows)

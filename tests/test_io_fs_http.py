@@ -86,7 +86,7 @@ def test_http_source_prepares_the_local_store(tmp_path: Path, monkeypatch) -> No
         assert len(open_store(tmp_path / "from_http" / "web")) == 150
         bad = config_from_dict({"store": str(tmp_path / "x"), "sources": {"web": {
             "path": f"http://127.0.0.1:{server.server_port}/missing.jsonl"}}})
-        with pytest.raises(ConfigError, match="missing.jsonl"):
+        with pytest.raises(ConfigError, match=r"missing\.jsonl"):
             prepare(bad, workers=1)
     finally:
         server.shutdown()

@@ -165,3 +165,187 @@ def choose_tokens(base: np.ndarray, w: np.ndarray, counts: np.ndarray, tau0: np.
             rel[best] = NEVER
             dl[best] = np.inf
     return src_out[:n], len_out[:n]
+
+
+# ------------------------------------------------------------------ weights known in advance
+#
+# A *path* gives the weights ahead: after the absolute clock ``pb[s]`` (units since the stream
+# began: decisions, or tokens) the weights are ``pw[s]``. Segment 0 is the planner's current one
+# (it began at clock ``c0`` with target ``base`` and weights ``w``); segment ``s >= 1`` begins at
+# ``pb[s - 1]`` with the target reached there. The target of source ``i`` is piecewise linear,
+# ``T_i(u) = A[s, i] + W[s, i] (u - c[s])`` on segment ``s``, and releases and deadlines are read
+# off it, so the rule anticipates every change on the path (Tijdeman's theorem is for weights
+# that vary over time and are known in advance: the bound holds across the changes). A deadline
+# is the pair (clock where its segment begins, offset inside it), so that it is computed the same
+# whichever segment a call starts in.
+
+
+@njit(cache=True, nogil=True)
+def _segments(base: np.ndarray, w: np.ndarray, c0: np.int64, pb: np.ndarray,
+              pw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Starts ``c`` (S+1,), targets at the starts ``A`` (S+1, K) and weights ``W`` (S+1, K)."""
+    s_n = pb.size + 1
+    k = base.size
+    c = np.empty(s_n, np.int64)
+    a = np.empty((s_n, k))
+    ww = np.empty((s_n, k))
+    c[0] = c0
+    a[0] = base
+    ww[0] = w
+    for s in range(1, s_n):
+        c[s] = pb[s - 1]
+        length = float(c[s] - c[s - 1])
+        for i in range(k):
+            a[s, i] = a[s - 1, i] + ww[s - 1, i] * length
+            ww[s, i] = pw[s - 1, i]
+    return c, a, ww
+
+
+@njit(cache=True, nogil=True)
+def _path_release(c: np.ndarray, a: np.ndarray, ww: np.ndarray, i: int, level: float,
+                  s0: int) -> tuple[np.int64, int]:
+    """First integer clock where ``T_i`` reaches ``level`` (``NEVER`` if never), searching from
+    segment ``s0``; also the segment it lies in."""
+    s_n = c.size
+    for s in range(s0, s_n):
+        last = s == s_n - 1
+        if not last and a[s + 1, i] < level:
+            continue
+        if ww[s, i] <= 0:
+            if a[s, i] >= level:
+                return c[s], s
+            continue
+        m = first_reach(a[s, i], ww[s, i], level, np.int64(0))
+        if m >= NEVER:
+            return np.int64(NEVER), s
+        return c[s] + m, s
+    return np.int64(NEVER), s_n - 1
+
+
+@njit(cache=True, nogil=True)
+def _path_deadline(c: np.ndarray, a: np.ndarray, ww: np.ndarray, i: int, level: float,
+                   s0: int) -> tuple[np.int64, float]:
+    """Where ``T_i`` reaches ``level``: (start of its segment, offset inside it); (NEVER, inf)
+    if never."""
+    s_n = c.size
+    for s in range(s0, s_n):
+        last = s == s_n - 1
+        if not last and a[s + 1, i] < level:
+            continue
+        if ww[s, i] <= 0:
+            if a[s, i] >= level:
+                return c[s], 0.0
+            continue
+        return c[s], (level - a[s, i]) / ww[s, i]
+    return np.int64(NEVER), np.inf
+
+
+@njit(cache=True, nogil=True)
+def _earlier(sa: np.int64, va: float, sb: np.int64, vb: float) -> bool:
+    return sa < sb or (sa == sb and va < vb)
+
+
+@njit(cache=True, nogil=True)
+def choose_samples_path(base: np.ndarray, w: np.ndarray, counts: np.ndarray, units: np.int64,
+                        c0: np.int64, n: np.int64, delta: float, live: np.ndarray,
+                        pb: np.ndarray, pw: np.ndarray) -> np.ndarray:
+    """Sources of the next ``n`` decisions with the weights ahead on a path (see above).
+
+    ``units``: decisions so far (the absolute clock); ``c0``: where the current segment began;
+    ``live``: the sources the path ever gives weight (a source at 0 now may still be owed or
+    ahead by less than a unit: it stays in the rule, with no hand-over)."""
+    k = base.size
+    c, a, ww = _segments(base, w, c0, pb, pw)
+    out = np.empty(n, np.int64)
+    rel = np.full(k, NEVER, np.int64)
+    dseg = np.full(k, NEVER, np.int64)
+    dval = np.full(k, np.inf)
+    seg = np.zeros(k, np.int64)
+    cnt = counts.astype(np.float64)
+    for i in range(k):
+        if live[i]:
+            rel[i], seg[i] = _path_release(c, a, ww, i, cnt[i] + delta, 0)
+            dseg[i], dval[i] = _path_deadline(c, a, ww, i, cnt[i] + 1.0 - delta, 0)
+    for t in range(n):
+        u = units + 1 + t
+        best = -1
+        for i in range(k):
+            if rel[i] <= u and (best < 0 or _earlier(dseg[i], dval[i], dseg[best], dval[best])):
+                best = i
+        if best < 0:
+            for i in range(k):
+                if live[i] and (best < 0 or rel[i] < rel[best] or (
+                        rel[i] == rel[best] and _earlier(dseg[i], dval[i], dseg[best],
+                                                         dval[best]))):
+                    best = i
+        out[t] = best
+        cnt[best] += 1.0
+        rel[best], seg[best] = _path_release(c, a, ww, best, cnt[best] + delta, seg[best])
+        dseg[best], dval[best] = _path_deadline(c, a, ww, best, cnt[best] + 1.0 - delta, 0)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def choose_tokens_path(base: np.ndarray, w: np.ndarray, counts: np.ndarray, units: np.int64,
+                       c0: np.int64, lengths: np.ndarray, offsets: np.ndarray,
+                       final: np.ndarray, max_docs: np.int64, live: np.ndarray, pb: np.ndarray,
+                       pw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`choose_tokens` with the weights ahead on a path; ``units``: tokens so far."""
+    k = base.size
+    c, a, ww = _segments(base, w, c0, pb, pw)
+    src_out = np.empty(max_docs, np.int64)
+    len_out = np.empty(max_docs, np.int64)
+    pos = offsets[:-1].copy()
+    start = counts.astype(np.int64).copy()
+    rel = np.full(k, NEVER, np.int64)
+    dseg = np.full(k, NEVER, np.int64)
+    dval = np.full(k, np.inf)
+    seg = np.zeros(k, np.int64)
+    stop_at = np.int64(NEVER)
+    for i in range(k):
+        if not live[i]:
+            continue
+        total = np.int64(0)
+        for j in range(offsets[i], offsets[i + 1]):
+            total += lengths[j]
+        if not final[i]:
+            r, _ = _path_release(c, a, ww, i, float(start[i] + total), 0)
+            if r < stop_at:
+                stop_at = r
+        if pos[i] < offsets[i + 1]:
+            rel[i], seg[i] = _path_release(c, a, ww, i, float(start[i]), 0)
+            dseg[i], dval[i] = _path_deadline(c, a, ww, i, float(start[i] + lengths[pos[i]]), 0)
+    clock = units
+    n = 0
+    while n < max_docs:
+        if stop_at <= clock:
+            break
+        best = -1
+        for i in range(k):
+            if rel[i] <= clock and (best < 0 or _earlier(dseg[i], dval[i], dseg[best],
+                                                         dval[best])):
+                best = i
+        if best < 0:
+            for i in range(k):
+                if live[i] and pos[i] < offsets[i + 1] and (
+                        best < 0 or rel[i] < rel[best]
+                        or (rel[i] == rel[best] and _earlier(dseg[i], dval[i], dseg[best],
+                                                             dval[best]))):
+                    best = i
+            if best < 0 or stop_at < rel[best]:
+                break
+        ln = lengths[pos[best]]
+        src_out[n] = best
+        len_out[n] = ln
+        n += 1
+        clock += ln
+        start[best] += ln
+        pos[best] += 1
+        if pos[best] < offsets[best + 1]:
+            rel[best], seg[best] = _path_release(c, a, ww, best, float(start[best]), seg[best])
+            dseg[best], dval[best] = _path_deadline(c, a, ww, best,
+                                                    float(start[best] + lengths[pos[best]]), 0)
+        else:
+            rel[best] = NEVER
+            dseg[best], dval[best] = np.int64(NEVER), np.inf
+    return src_out[:n], len_out[:n]

@@ -88,6 +88,7 @@ import enum
 import heapq
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -95,7 +96,7 @@ from mixbatch.errors import ConfigError, MixbatchInternalError, StateError
 from mixbatch.mixture.weights import normalize_weights
 from mixbatch.plan import edf
 
-__all__ = ["Interleaver", "Unit", "max_prefix_deviation", "tijdeman_delta"]
+__all__ = ["Interleaver", "Unit", "WeightPath", "max_prefix_deviation", "tijdeman_delta"]
 
 _STATE_VERSION = 1
 _NEVER = 1 << 53  # a release this late never comes (and float64 counts are exact below it)
@@ -297,6 +298,30 @@ def _choose_tokens(base, w, counts, tau0, upcoming, max_docs, final=None):
 # ---------------------------------------------------------------------------------- planner
 
 
+@dataclass(frozen=True)
+class WeightPath:
+    """Weights known in advance, in the planner's clock (units since the stream began:
+    decisions, or tokens): ``weights[s]`` apply from clock ``starts[s]`` (``starts[0] == 0``)
+    until the next start. A schedule's stages, for the rule to read ahead."""
+
+    starts: np.ndarray  # int64 (S,), 0 then increasing
+    weights: np.ndarray  # float64 (S, K)
+
+    def __post_init__(self) -> None:
+        b = np.asarray(self.starts, dtype=np.int64).reshape(-1)
+        w = np.asarray(self.weights, dtype=np.float64)
+        if w.ndim != 2 or w.shape[0] != b.size or b.size == 0:
+            raise ConfigError("path: one weight vector per stage, at least one stage")
+        if b[0] != 0 or np.any(np.diff(b) <= 0):
+            raise ConfigError("path: stages must start at 0 and increase strictly")
+        object.__setattr__(self, "starts", b)
+        object.__setattr__(self, "weights", w)
+
+    def at(self, clock: int) -> np.ndarray:
+        """The weights in force at ``clock``."""
+        return self.weights[int(np.searchsorted(self.starts, clock, side="right")) - 1]
+
+
 class Interleaver:
     """The planner's mixing state and rule: O(K) numbers, exact resume, vectorised choices.
 
@@ -407,22 +432,71 @@ class Interleaver:
         return self._weights
 
     # -- decisions
+    def _path(self, path: WeightPath | None, available) -> tuple[np.ndarray, np.ndarray] | None:
+        """The path's changes still ahead (after the current clock), weights normalised."""
+        if path is None:
+            return None
+        ahead = path.starts > self.total
+        if not ahead.any():
+            return np.empty(0, np.int64), np.empty((0, self.num_sources))
+        pw = np.stack([normalize_weights(row, available) for row in path.weights[ahead]])
+        return path.starts[ahead], pw
+
+    @staticmethod
+    def _live(w: np.ndarray, path: WeightPath | None) -> np.ndarray:
+        return (w > 0) if path is None else (w > 0) | (path.weights > 0).any(axis=0)
+
+    def _advance(self, units: int, ahead: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Count ``units`` more units; crossing a change on the path starts its segment at the
+        target reached there (no hand-over: the rule saw the change coming)."""
+        if ahead is None or not ahead[0].size:
+            self._segment_units += units
+            return
+        assert self._weights is not None
+        end = self.total  # counts are already updated
+        c0 = end - units - self._segment_units
+        base, w, start = self._base, self._weights, c0
+        for b, row in zip(ahead[0].tolist(), ahead[1], strict=True):
+            if b > end:
+                break
+            base = base + w * np.float64(b - start)
+            w, start = row, b
+        self._base, self._weights, self._segment_units = base, w, end - start
+
     def choose(
         self,
         n: int,
         weights: Sequence[float] | np.ndarray | None = None,
         available: Sequence[bool] | np.ndarray | None = None,
+        path: WeightPath | None = None,
     ) -> np.ndarray:
-        """The sources of the next ``n`` samples (int64 array), weights constant over them.
+        """The sources of the next ``n`` samples (int64 array).
 
         ``weights`` (default: the current ones) are normalised over ``available``. Equal to
         ``n`` single decisions of the rule, and to any split of ``n`` into smaller calls.
+        ``path``: the weights ahead (:class:`WeightPath`); the rule then anticipates those
+        changes and stays within its bound across them. Without it the weights are constant
+        over the call.
         """
         if self._unit is not Unit.SAMPLES:
             raise StateError("unit: choose() is for sample mode; use choose_tokens()")
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
             raise ConfigError(f"n: must be an integer >= 0, got {n!r}")
         w = self._ready(weights, available)
+        ahead = self._path(path, available)
+        if ahead is not None:
+            # every source the path ever gives weight stays in the rule (and counts in delta),
+            # so that nothing depends on where calls begin
+            live = self._live(w, path)
+            c0 = self.total - self._segment_units
+            out = edf.choose_samples_path(self._base, w, self._counts, np.int64(self.total),
+                                          np.int64(c0), np.int64(n),
+                                          tijdeman_delta(int(live.sum())), live, *ahead)
+            taken = np.bincount(out, minlength=self.num_sources)
+            self._counts += taken
+            self._documents += taken
+            self._advance(int(n), ahead)
+            return out
         if self.compiled:
             positive = int(np.count_nonzero(w > 0))
             out = edf.choose_samples(self._base, w, self._counts, np.int64(self._segment_units),
@@ -442,8 +516,12 @@ class Interleaver:
         max_docs: int,
         available: Sequence[bool] | np.ndarray | None = None,
         final: Sequence[bool] | np.ndarray | None = None,
+        path: WeightPath | None = None,
     ) -> np.ndarray:
         """The sources of up to ``max_docs`` next documents, in order (int64 array).
+
+        ``path``: the weights ahead, as for :meth:`choose` (token clock); sources that get
+        weight later on the path must list their lengths too.
 
         ``final[i]`` (optional) says ``upcoming[i]`` is everything source ``i`` has left (it
         reaches its cap): the rule then never waits for a further document of it.
@@ -470,16 +548,24 @@ class Interleaver:
                 raise ConfigError(f"upcoming[{i}]: expected a 1-D array of integer lengths")
             if arr.size and arr.min() < 1:
                 raise ConfigError(f"upcoming[{i}]: document lengths must be >= 1, got {arr.min()}")
-        if self.compiled:
-            lens = [np.asarray(x, dtype=np.int64) if w[i] > 0 else np.empty(0, np.int64)
+        ahead = self._path(path, available)
+        if self.compiled or ahead is not None:
+            live = self._live(w, path)
+            lens = [np.asarray(x, dtype=np.int64) if live[i] else np.empty(0, np.int64)
                     for i, x in enumerate(upcoming)]
             offsets = np.zeros(len(lens) + 1, dtype=np.int64)
             np.cumsum([x.size for x in lens], out=offsets[1:])
             fin = (np.zeros(len(lens), dtype=np.bool_) if final is None
                    else np.asarray(final, dtype=np.bool_))
-            out, lengths = edf.choose_tokens(
-                self._base, w, self._counts, np.int64(self._segment_units),
-                np.concatenate(lens), offsets, fin, np.int64(max_docs))
+            if ahead is None:
+                out, lengths = edf.choose_tokens(
+                    self._base, w, self._counts, np.int64(self._segment_units),
+                    np.concatenate(lens), offsets, fin, np.int64(max_docs))
+            else:
+                c0 = self.total - self._segment_units
+                out, lengths = edf.choose_tokens_path(
+                    self._base, w, self._counts, np.int64(self.total), np.int64(c0),
+                    np.concatenate(lens), offsets, fin, np.int64(max_docs), live, *ahead)
         else:
             out, lengths = _choose_tokens(
                 self._base, w, self._counts, self._segment_units, upcoming, int(max_docs), final
@@ -487,7 +573,7 @@ class Interleaver:
         k = self.num_sources
         self._counts += np.bincount(out, weights=lengths, minlength=k).astype(np.int64)
         self._documents += np.bincount(out, minlength=k)
-        self._segment_units += int(lengths.sum())
+        self._advance(int(lengths.sum()), ahead)
         return out
 
     # -- state

@@ -22,6 +22,7 @@ i.i.d. document draws; deviations there are in tokens and as a fraction of the l
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import shlex
@@ -68,6 +69,11 @@ def timed(fn, repeat=1):
 
 def ours_one_call(w, n):
     return Interleaver(len(w)).choose(n, w)
+
+
+def reference_one_call(w, n):
+    """The NumPy + heap form the compiled rule replaced (its test oracle)."""
+    return Interleaver(len(w), compiled=False).choose(n, w)
 
 
 def ours_batches(w, n, batch=1024):
@@ -139,9 +145,12 @@ def sample_mode(args):
             rate = f"{count / dt:,.0f}" if dt else "-"
             rows.append([str(k), rule, f"{count:,}" if out is not None else "-", dev, rate, note])
 
-        ours_one_call(w, 10_000)  # warm-up
+        ours_one_call(w, 10_000)  # warm-up (compiles once, then cached)
         out, dt = timed(lambda w=w: ours_one_call(w, n), repeat=3)
-        add("ours (Tijdeman), one call", out, dt, n, f"bound {bound:.3f}")
+        add("ours (Tijdeman, compiled), one call", out, dt, n, f"bound {bound:.3f}")
+        ref, dt = timed(lambda w=w: reference_one_call(w, n))
+        add("ours, NumPy + heap reference", ref, dt, n,
+            "same decisions" if np.array_equal(ref, out) else "DIFFERENT decisions")
         out, dt = timed(lambda w=w: ours_batches(w, n), repeat=3)
         add("ours, calls of 1024", out, dt, n)
         m = args.megatron
@@ -183,11 +192,18 @@ def token_mode(args):
                 cursor[s] += 1
             return res
 
-        plan = Interleaver(k, unit="tokens")
-        out, dt = timed(lambda w=w, plan=plan, lengths=lengths: plan.choose_tokens(w, lengths, n))
+        Interleaver(k, unit="tokens").choose_tokens(w, lengths, 10)  # warm-up (compile)
+        out, dt = timed(lambda w=w, k=k, lengths=lengths: Interleaver(
+            k, unit="tokens").choose_tokens(w, lengths, n), repeat=3)
         dev = max_prefix_deviation(out, w, lengths_of(out))
-        rows.append([str(k), "ours (document EDF)", f"{out.size:,}", f"{dev:,.0f}",
+        rows.append([str(k), "ours (document EDF, compiled)", f"{out.size:,}", f"{dev:,.0f}",
                      f"{dev / longest:.3f}", f"{out.size / dt:,.0f}"])
+        ref, dt = timed(lambda w=w, k=k, lengths=lengths: Interleaver(
+            k, unit="tokens", compiled=False).choose_tokens(w, lengths, n))
+        rows.append([str(k), "ours, NumPy + heap reference"
+                     + ("" if np.array_equal(ref, out) else " (DIFFERENT decisions)"),
+                     f"{ref.size:,}", f"{dev:,.0f}", f"{dev / longest:.3f}",
+                     f"{ref.size / dt:,.0f}"])
         # i.i.d. document draws by weight: how HF / torchdata mix documents.
         draws = np.random.default_rng(SEED).choice(k, size=n, p=w)
         counts = np.bincount(draws, minlength=k)
@@ -202,6 +218,39 @@ def token_mode(args):
         ["K", "rule", "documents", "max deviation", "/ longest doc", "documents/s"],
         rows,
     )
+
+
+def scheduled_changes(args):
+    """Abrupt stage changes (sources dropping to 0 and back) every few hundred decisions: the
+    largest |c_i(n) - W_i(n)| against the integrated schedule, when the planner reads the
+    stages ahead (WeightPath) and when it is only told the weights at each change."""
+    from mixbatch.plan.interleave import WeightPath
+
+    rows = []
+    n = min(args.decisions, 200_000)
+    for k in (3, 8, 30):
+        worst = {"read ahead": 0.0, "told at each change": 0.0}
+        for trial in range(5):
+            rng = np.random.default_rng(SEED + trial)
+            starts = np.concatenate([[0], np.sort(rng.choice(np.arange(1, n), 400, replace=False))])
+            w = rng.dirichlet(np.full(k, 0.5), size=starts.size)
+            w[rng.random(w.shape) < 0.3] = 0.0
+            w[w.sum(axis=1) == 0, 0] = 1.0
+            w /= w.sum(axis=1, keepdims=True)
+            path = WeightPath(starts, w)
+            stage = np.searchsorted(starts, np.arange(n), side="right") - 1
+            target = np.cumsum(w[stage], axis=0)
+            for how in worst:
+                plan = Interleaver(k)
+                cuts = np.concatenate([starts, [n]])
+                parts = [plan.choose(int(b - a), w[j], path=path if how == "read ahead" else None)
+                         for j, (a, b) in enumerate(itertools.pairwise(cuts))]
+                c = np.cumsum(np.eye(k)[np.concatenate(parts)], axis=0)
+                worst[how] = max(worst[how], float(np.abs(c - target).max()))
+        for how, dev in worst.items():
+            rows.append([str(k), how, f"{dev:.3f}", f"{1 - 1 / (2 * k - 2):.3f}"])
+    print_table(f"Scheduled changes: 400 abrupt stage changes in {n:,} decisions, 5 seeds "
+                "(worst over them)", ["K", "planner", "max |c_i - W_i|", "Tijdeman's bound"], rows)
 
 
 def main(argv=None):
@@ -219,6 +268,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     sample_mode(args)
     token_mode(args)
+    scheduled_changes(args)
     print(f"total {time.perf_counter() - t0:.1f} s")
 
 

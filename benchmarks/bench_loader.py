@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="rows per batch")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader workers")
     p.add_argument("--batches", type=int, default=300, help="batches per throughput run")
+    p.add_argument("--burn-batches", type=int, default=200,
+                   help="batches per run with 5 ms of CPU work per batch (workers' speed-up)")
     p.add_argument("--ceiling-batches", type=int, default=6000,
                    help="batches per memmap run (it is fast: more batches, a steadier clock)")
     p.add_argument("--hf-batches", type=int, default=100,
@@ -296,11 +298,22 @@ def plan_materialize(cfg, n: int) -> Iterator[Any]:
     from mixbatch.loader.loader import MixedLoader
 
     loader = MixedLoader(cfg)
-    return (loader.batch_of(s) for s in loader.steps(n))
+    return (loader.compact_of(s) for s in loader.steps(n))
 
 
-def _identity(batch: Any) -> Any:
+def burn_5ms(batch: Any) -> Any:
+    """5 ms of CPU work per batch, standing in for on-the-fly tokenisation or augmentation."""
+    t = time.process_time()
+    while time.process_time() - t < 0.005:
+        pass
     return batch
+
+
+def with_packing(cfg, packing: str):
+    extra = {"packing": packing}
+    if packing == "pad_buckets":
+        extra["token_budget"] = cfg.batch.batch_size * cfg.batch.seq_len
+    return cfg.model_copy(update={"batch": cfg.batch.model_copy(update=extra)})
 
 
 def state_diff(a: Any, b: Any, path: str = "") -> str:
@@ -330,7 +343,7 @@ def fast_forward(cfg_ff, factor: int, targets: list[int]) -> tuple[dict[int, dic
     want = sorted({t // factor for t in targets})
     for _ in loader.steps(want[-1]):
         if loader.step in want:
-            s = loader.state_dict()
+            s = loader.state_dict(canonical=True)
             s["step"] = loader.step * factor
             states[loader.step * factor] = s
             log(f"  fast-forward: state at step {loader.step * factor:,} "
@@ -346,20 +359,34 @@ def bench_mixbatch(cfg, args, workdir: Path) -> dict[str, Any]:
     n, B, L = args.batches, args.batch, args.seq_len
     res: dict[str, Any] = {"throughput": [], "resume": []}
     cases = [("MixedLoader.steps (plan only, NumPy)", "", lambda: plan_only(cfg, n)),
-             ("MixedLoader.steps + batch_of (NumPy)", "", lambda: plan_materialize(cfg, n))]
+             ("MixedLoader.steps + compact_of (NumPy)", "", lambda: plan_materialize(cfg, n))]
     cases += [("MixbatchDataLoader", str(w), (lambda w=w: mixbatch_iter(cfg, w, n)))
               for w in args.workers]
-    cases.append(("MixbatchDataLoader, collate_fn=identity", "0",
-                  lambda: mixbatch_iter(cfg, 0, n, collate_fn=_identity)))
+    cases += [("MixbatchDataLoader, fields=all", "0",
+               lambda: mixbatch_iter(cfg, 0, n, fields="all"))]
+    cases += [("MixbatchDataLoader, pin_memory=True", str(w),
+               (lambda w=w: mixbatch_iter(cfg, w, n, pin_memory=True)))
+              for w in sorted({args.workers[0], args.workers[-1]})]
+    for packing in ("bfd", "pad_buckets"):
+        pc = with_packing(cfg, packing)
+        cases += [(f"MixbatchDataLoader, packing={packing}", str(w),
+                   (lambda w=w, pc=pc: mixbatch_iter(pc, w, n)))
+                  for w in sorted({args.workers[0], args.workers[-1]})]
     for name, workers, make in cases:
         log(f"mixbatch: {name} {workers}")
         res["throughput"].append(("mixbatch", name, workers, "tokens, exact prefix",
                                   throughput(make, n, args.repeat)))
+    # 5 ms of CPU per batch in the workers (on-the-fly work): do workers add speed?
+    res["burn"] = []
+    for w in args.workers:
+        log(f"mixbatch: transform=5 ms of CPU, {w} workers")
+        res["burn"].append((w, throughput(lambda w=w: mixbatch_iter(
+            cfg, w, args.burn_batches, transform=burn_5ms), args.burn_batches, args.repeat)))
 
     # mixing: tokens per source in each batch, and a check that source_ids match the letters
     log("mixbatch: mixing check")
     counts = []
-    for b in mixbatch_iter(cfg, 0, args.share_batches):
+    for b in mixbatch_iter(cfg, 0, args.share_batches, fields="all"):
         src = b["source_ids"].numpy()
         counts.append(np.bincount(src[src >= 0], minlength=len(NAMES)))
         ids = b["input_ids"].numpy()
@@ -400,7 +427,7 @@ def bench_mixbatch(cfg, args, workdir: Path) -> dict[str, Any]:
     small = MixedLoader(cfg)
     for _ in small.steps(args.ff_factor):
         pass
-    real = small.state_dict()
+    real = small.state_dict(canonical=True)
     targets = sorted({int(s) for s in args.resume_steps})
     bad = [t for t in targets if t % args.ff_factor]
     if bad:
@@ -410,8 +437,8 @@ def bench_mixbatch(cfg, args, workdir: Path) -> dict[str, Any]:
     states, ff_seconds = fast_forward(cfg_ff, args.ff_factor, sorted(set(targets) | {args.ff_factor}))
     ff1 = states[args.ff_factor]
     same = {k: state_diff(real[k], ff1[k]) for k in ("feed", "shaper")}
-    b_real = next(mixbatch_iter(cfg, 0, 1, state=real))
-    b_ff = next(mixbatch_iter(cfg, 0, 1, state=ff1))
+    b_real = next(mixbatch_iter(cfg, 0, 1, state=real, fields="all"))
+    b_ff = next(mixbatch_iter(cfg, 0, 1, state=ff1, fields="all"))
     same["next batch"] = "identical" if all(
         torch.equal(b_real[k], b_ff[k]) for k in ("input_ids", "source_ids", "doc_ids")) else "DIFFERENT"
     res["ff"] = {"same": same, "seconds": ff_seconds, "steps": targets[-1],
@@ -869,11 +896,43 @@ def report(args, info, ceiling, mb, lit, hf, stm) -> str:
         f"whole run, per wall second (200% = both cores busy), and per batch (the first included): on a "
         f"busy machine CPU per batch moves less than wall time; - for runs under 0.3 s, too short "
         f"for the clock-tick counters). Outputs differ: the anchors and the "
-        f"ceiling give one (B, L) uint16 tensor (datasets: int64); MixbatchDataLoader gives five "
-        f"(B, L) int64 tensors (input_ids, labels, position_ids, source_ids, doc_ids) plus "
-        f"cu_seqlens, max_seqlen and the loader state after the batch. The two MixedLoader rows "
-        f"are mixbatch without torch: planning only, and planning + reading the tokens.",
+        f"ceiling give one (B, L) uint16 tensor (datasets: int64); MixbatchDataLoader gives, by "
+        f"default, three (B, L) int64 tensors (input_ids, labels, position_ids) plus cu_seqlens "
+        f"and max_seqlen (fields=all adds source_ids and doc_ids), and keeps the state after "
+        f"every batch. The two MixedLoader rows are mixbatch without torch: planning only, and "
+        f"planning + reading the tokens into the compact batch (uint16 tokens + sequence table). "
+        f"bfd and pad_buckets rows: the same data and seq_len (pad_buckets: token_budget = "
+        f"{B}x{L} positions, so steps hold fewer rows of shorter width; tokens/s counts real "
+        f"tokens for those rows, below).",
     ]
+    lit_mixed = [r for r in thr if r[0] == "LitData" and r[1].startswith("Combined")]
+    if lit_mixed:
+        lm = {r[2]: r[4].best for r in lit_mixed}
+        ref = lm.get("0") or next(iter(lm.values()))
+        ref_rate = (ref["n"] - 1) * tok / ref["rest"]
+        vrows = []
+        for _lib, what, workers, _mixing, t in mb["throughput"]:
+            if not what.startswith("MixbatchDataLoader"):
+                continue
+            b = t.best
+            vrows.append([what, workers, human((b["n"] - 1) * tok / b["rest"]),
+                          f"{(b['n'] - 1) * tok / b['rest'] / ref_rate:.2f}x"])
+        out += ["", "## Against LitData CombinedStreamingDataset(weights), 0 workers, same run", "",
+                table(["mixbatch loader", "workers", "positions/s", "vs LitData mixed"], vrows,
+                      align="llrr"),
+                "", "Targets (issue): concat at 0 workers >= 1.0x; bfd and pad_buckets >= 0.5x. "
+                "Positions/s for pad_buckets counts B x seq_len per batch like every other row, "
+                "although its batches are budgets of real tokens plus padding of varying shape."]
+    if mb.get("burn"):
+        b0 = next(t.best for w, t in mb["burn"] if w == 0)
+        r0 = (b0["n"] - 1) / b0["rest"]
+        brows = [[str(w), f"{(t.best['n'] - 1) / t.best['rest']:.1f}",
+                  f"{(t.best['n'] - 1) / t.best['rest'] / r0:.2f}x",
+                  ", ".join(fmt_s(r["rest"]) for r in t.runs) + (" *" if t.noisy() else "")]
+                 for w, t in mb["burn"]]
+        out += ["", "## Workers with 5 ms of CPU work per batch (`transform=`, run in the workers)",
+                "", table(["workers", "batches/s", "vs 0 workers", "runs"], brows, align="lrrl"),
+                "", "Target (issue): 2 workers >= 1.7x 0 workers on the 2-core box."]
     # mixing
     srows = []
     parts = [("mixbatch", "MixbatchDataLoader, token-deficit rule", mb["share"], args.share_batches)]

@@ -37,7 +37,7 @@ import numpy as np
 from mixbatch.config import OnExhausted, Unit
 from mixbatch.errors import ConfigError, MixbatchInternalError, StateError
 from mixbatch.loader.order import SourceOrder
-from mixbatch.plan.interleave import Interleaver
+from mixbatch.plan.interleave import Interleaver, WeightPath
 from mixbatch.shape.base import Docs
 from mixbatch.store import TokenStore
 
@@ -96,6 +96,10 @@ class MixedFeed:
         # (``packing: buckets`` trains on pieces of 2^k >= min_len only, and drops the rest)
         self.unit_multiple = max(int(unit_multiple), 1)
         self.weights = np.full(self.K, 1.0 / self.K)
+        # a schedule's stages in the planner's clock, read ahead by the rule (set by the loader
+        # when the schedule's clock is the planner's); its weights then replace ``weights``
+        self.path: WeightPath | None = None
+        self._avail = np.ones(self.K, dtype=bool)
         self.ended = False
         self.max_deviation = 0.0  # largest |c_i(n) - W_i(n)| seen after any decision (in units)
         self._lengths = [np.asarray(s.lengths) for s in stores]
@@ -115,8 +119,10 @@ class MixedFeed:
         """Weights over the sources still available, or None when the stream has ended."""
         avail = np.array([o.available(int(c)) != 0 for o, c in zip(self.orders, self.consumed,
                                                                      strict=True)])
-        w = np.where(avail, self.weights, 0.0)
-        if self.on_exhausted == OnExhausted.STOP and np.any(~avail & (self.weights > 0)):
+        self._avail = avail
+        base = self.weights if self.path is None else self.path.at(self.planner.total)
+        w = np.where(avail, base, 0.0)
+        if self.on_exhausted == OnExhausted.STOP and np.any(~avail & (base > 0)):
             return None
         total = w.sum()
         return None if total <= 0 else w / total
@@ -136,6 +142,9 @@ class MixedFeed:
                             np.int64), lens, np.ones(len(docs), bool))
             return units, left is not None and len(docs) == left
         per = np.maximum((lens + L - 1) // L, 1)  # pieces of <= L tokens, at least one
+        enough = int(np.searchsorted(np.cumsum(per), part + look)) + 1  # documents needed
+        if enough < len(docs):
+            docs, lens, per = docs[:enough], lens[:enough], per[:enough]
         k = np.repeat(np.arange(len(docs), dtype=np.int64), per)
         j = np.arange(len(k), dtype=np.int64) - np.repeat(np.cumsum(per) - per, per)
         start = j * L
@@ -155,18 +164,22 @@ class MixedFeed:
         and we list twice as many. A prefix of choices does not depend on the look-ahead once
         the rule has not stopped, so a replan of fewer choices gives the same prefix."""
         look = n if look is None else look
+        path, avail = self.path, self._avail
+        live = w > 0 if path is None else (w > 0) | ((path.weights > 0).any(axis=0) & avail)
         while True:
-            listed = [self._upcoming(i, look) if w[i] > 0 else (_Pieces.empty(), False)
+            listed = [self._upcoming(i, look) if live[i] else (_Pieces.empty(), False)
                       for i in range(self.K)]
             upcoming = [u for u, _ in listed]
             if self.unit != Unit.TOKENS:
-                return np.asarray(self.planner.choose(n, w), dtype=np.int32), upcoming, look
+                src = self.planner.choose(n, w, avail if path is not None else None, path=path)
+                return np.asarray(src, dtype=np.int32), upcoming, look
             saved = self.planner.state_dict()
             # an empty document (possible in token data read in place) still takes one position
             lens = [self._units(u.end - u.start) for u in upcoming]
             final = [f for _, f in listed]
-            src = self.planner.choose_tokens(w, lens, n, final=final)
-            listed_all = all(len(u) < look for i, u in enumerate(upcoming) if w[i] > 0)
+            src = self.planner.choose_tokens(w, lens, n, avail if path is not None else None,
+                                             final=final, path=path)
+            listed_all = all(len(u) < look for i, u in enumerate(upcoming) if live[i])
             if len(src) >= n or listed_all or look >= self.max_look:
                 return np.asarray(src, dtype=np.int32), upcoming, look
             self.planner.load_state_dict(saved)
@@ -290,7 +303,13 @@ class MixedFeed:
         onehot = np.zeros((len(docs), self.K))
         onehot[np.arange(len(docs)), docs.source] = units
         c = c0.astype(np.float64) + np.cumsum(onehot, axis=0)
-        target = t0 + np.cumsum(units)[:, None] * w[None, :]
+        if self.path is None:
+            target = t0 + np.cumsum(units)[:, None] * w[None, :]
+        else:  # the stages read ahead: the target bends where they change
+            u0 = int(c0.sum())
+            clocks = u0 + np.cumsum(units)
+            g = self.path.integral(np.concatenate([[u0], clocks]), self._avail)
+            target = t0 + (g[1:] - g[0])
         self.max_deviation = max(self.max_deviation, float(np.abs(c - target).max()))
 
     # ---- DocFeed -------------------------------------------------------------------------

@@ -50,10 +50,22 @@ step. Odds, bucket 0 the shortest of ``B``:
 The run's first step comes from the longest bucket that has a batch (its first batch moves to
 the front, as in OLMo-core), so an out-of-memory error shows at step 0.
 
-**Sources.** Inside a window, the pieces of each bucket are ordered by an ``Interleaver``
-over sources with weights = each source's share of that bucket's pieces in the window: every
-prefix of every bucket stream holds each source within one piece of its share; a source's
-pieces keep their stream order.
+**Sources.** The curriculum fixes each step's bucket; which sources fill it is chosen so that
+the mixture follows the target step by step (:func:`mixbatch.shape.follow.follow_counts`):
+piece by piece, the step takes the next piece (in stream order) of the source furthest behind
+``w_i · t`` at the step's end, where ``t`` counts the tokens fed and ``w`` are the feed's
+weights when the window was pulled. A source may not run more than ``seq_len`` tokens ahead of
+its proportional part of a bucket, so a bucket's last steps are not left with one source. What
+is ahead or behind at a window's end (``drift`` in the state, ``K`` numbers) carries into the
+next window's target. In token mode the feed plans pieces of at most ``seq_len`` tokens and
+counts each for its tokens rounded down to a multiple of ``min_len`` (the tokens this mode
+trains on), so tails below ``min_len`` do not bias the mixture. Still, the part of each bucket
+that fills no whole batch is dropped per window, and it falls mostly on the sources that hold
+the short buckets; the carried drift can only choose which pieces are dropped. Measured
+(``benchmarks/bench_step_mixture.py``, real text, seq_len 512, budget 8 · 512, uniform
+curriculum): at most 0.5 step's tokens off at any step boundary (31 steps before); a
+length curriculum (``grow_p2``) feeds the short buckets first, and when sources differ in
+length the mixture follows the curriculum (tests: 22 steps off on synthetic sources).
 
 **Window and leftovers.** The shaper pulls documents covering ``window_tokens`` tokens, plans
 all of that window's steps at once, and hands them out one by one. A bucket's pieces that do
@@ -67,8 +79,8 @@ below min_len 64 are 6.4 % of the tokens (25 % with min_len 256, the paper's def
 leftovers 5.5 % with windows of 64 budgets, 2.3 % with 256 (the default), 0.7 % with 1024.
 
 **State** (:class:`WindowReplay`): the feed's position before the window, the steps of the
-window already handed out, a few counters, and the feed's weights when the window was pulled
-(``O(K)``). Resume replays the window from the feed and skips the steps already handed out.
+window already handed out, a few counters, the feed's weights when the window was pulled and
+the ``drift`` per source at the window's start (``O(K)``). Resume replays the window from the feed and skips the steps already handed out.
 A mixture change (schedule, online policy) therefore takes effect at the next window. The
 ``rows`` argument of ``plan_step`` (the configured ``batch_size``) is ignored: the rows of a
 step are ``token_budget / 2^k``.

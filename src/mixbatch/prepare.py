@@ -47,7 +47,7 @@ from mixbatch.io import (
     iter_texts,
     plan_units,
 )
-from mixbatch.io.fs import RemotePath
+from mixbatch.io.fs import RemotePath, apply_storage_env, storage_env
 from mixbatch.prepare_remote import input_identity, publish, remote_up_to_date, staging_root
 from mixbatch.progress import RateProgress
 from mixbatch.store import (
@@ -125,9 +125,11 @@ _TOKENIZERS: dict[tuple[str, str, str | None], Tokenizer] = {}
 _PROGRESS: Any = None  # a multiprocessing queue in worker processes, or a callable in-process
 
 
-def _init_worker(progress_queue: Any) -> None:
+def _init_worker(progress_queue: Any, env: dict[str, str] | None = None) -> None:
     global _PROGRESS
     _PROGRESS = progress_queue
+    if env is not None:  # the parent's object-storage variables now, not the forkserver's
+        apply_storage_env(env)
 
 
 def _report(docs: int, toks: int) -> None:
@@ -558,7 +560,7 @@ def _run_jobs(jobs: list[_Job], workers: int | None, show: bool) -> None:
         ctx.set_forkserver_preload(["mixbatch.prepare"])  # workers fork with it imported
         q = ctx.Queue()
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(q,)) as pool:
+                                 initargs=(q, storage_env())) as pool:
             futures: set[Future] = {pool.submit(_run_unit, j) for j in jobs}
             try:
                 while futures:

@@ -274,6 +274,27 @@ def reset_filesystems() -> None:
             clear()
 
 
+#: environment variables that configure the backends (endpoints, credentials, regions)
+ENV_PREFIXES = ("AWS_", "S3_", "GOOGLE_", "GCS", "CLOUDSDK_", "AZURE_", "HF_", "FSSPEC_",
+                "MIXBATCH_")
+
+
+def storage_env() -> dict[str, str]:
+    """The backends' environment variables of this process, for its own worker processes."""
+    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
+
+
+def apply_storage_env(env: dict[str, str]) -> None:
+    """Make this process's backend variables exactly ``env`` (a worker forked from a
+    long-lived server process has that process's old ones) and forget stale backends."""
+    if env == storage_env():
+        return
+    for k in [k for k in os.environ if k.startswith(ENV_PREFIXES) and k not in env]:
+        del os.environ[k]
+    os.environ.update(env)
+    reset_filesystems()
+
+
 def _fs(path: RemotePath) -> Any:
     return fs_of(path.url)[0]
 

@@ -168,3 +168,35 @@ def test_block_steps_is_checked(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     with pytest.raises(ConfigError, match="block_steps"):
         MixedLoader(cfg, block_steps=0)
+
+
+def test_scheduled_changes_are_read_ahead_by_the_planner(tmp_path: Path) -> None:
+    """A schedule by tokens in token mode (or by steps in sample mode with pad) is read ahead:
+    across abrupt stage changes (a source dropping to 0 and coming back) the planner stays
+    within one unit (a piece of <= seq_len tokens; one sample) of the integrated schedule."""
+    stages = [{"until_tokens": 3000, "weights": {"s0": 1.0}},
+              {"until_tokens": 3500, "weights": {"s1": 0.5, "s2": 0.5}},
+              {"until_tokens": 9000, "weights": {"s0": 0.2, "s2": 0.8}},
+              {"weights": {"s0": 0.3, "s1": 0.3, "s2": 0.4}}]
+    cfg = _cfg(tmp_path, {"unit": "tokens", "schedule": stages})
+    loader = MixedLoader(cfg)
+    assert loader.feed.path is not None
+    list(loader.steps(60))
+    assert loader.feed.planner.total > 9000
+    assert loader.feed.max_deviation <= cfg.batch.seq_len
+
+    by_step = [{"until_step": 3, "weights": {"s0": 1.0}},
+               {"until_step": 5, "weights": {"s1": 0.5, "s2": 0.5}},
+               {"weights": {"s0": 0.2, "s2": 0.8}}]
+    cfg = _cfg(tmp_path / "pad", {"unit": "samples", "schedule": by_step},
+               batch={"packing": "pad", "batch_size": 6})
+    loader = MixedLoader(cfg)
+    assert loader.feed.path is not None
+    plans = [s.plan for s in loader.steps(12)]
+    assert loader.feed.max_deviation <= 1.0
+    # the first stage is all s0: its 3 steps hold s0 only; the stage changes at step 3 exactly
+    assert all(np.all(p.source == 0) for p in plans[:3])
+    assert not np.any(plans[3].source == 0)
+    # online weights end the read-ahead
+    loader.set_weights([1, 1, 1])
+    assert loader.feed.path is None

@@ -30,12 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from mixbatch.config import Config, Packing
+from mixbatch.config import Config, Packing, Unit
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.loader.feed import MixedFeed
 from mixbatch.loader.mixture import MixtureSchedule, build_mixture
 from mixbatch.loader.order import SourceOrder
 from mixbatch.loader.stats import RunStats
+from mixbatch.mixture.schedule import Interpolation
+from mixbatch.plan.interleave import WeightPath
 from mixbatch.plan.partition import partition_batch
 from mixbatch.shape import (
     BFDShaper,
@@ -233,6 +235,7 @@ class MixedLoader:
         self.stats = RunStats(len(self.names))
         self.override: np.ndarray | None = None
         self._block: _Block | None = None
+        self.feed.path = self.weight_path()
 
     @property
     def fed_tokens(self) -> np.ndarray:
@@ -256,6 +259,30 @@ class MixedLoader:
         w = self.mixture.vector(weights)
         self._drop_block()
         self.override = w
+        self.feed.path = None  # the schedule no longer applies
+
+    def weight_path(self) -> WeightPath | None:
+        """The schedule's stages in the planner's own clock, for the rule to read ahead, where
+        the two clocks are the same: a schedule by tokens in token mode (its boundaries then
+        count the planned tokens of documents: no end-of-document tokens, no padding), or by
+        steps in sample mode with ``packing: pad`` (``batch_size`` decisions a step). None for
+        other schedules and for linear interpolation: those are told the weights step by step
+        (README: which bound holds when)."""
+        sched = self.mixture.schedule
+        if sched is None or sched.interpolation is Interpolation.LINEAR:
+            return None
+        unit = self.cfg.mixture.unit
+        if self.mixture.by_tokens and unit == Unit.TOKENS:
+            scale = 1
+        elif (not self.mixture.by_tokens and unit == Unit.SAMPLES
+              and self.cfg.batch.packing == Packing.PAD):
+            scale = self.cfg.batch.batch_size
+        else:
+            return None
+        bounds = list(sched.boundaries)
+        starts = [0] + [b * scale for b in bounds]
+        return WeightPath(np.array(starts, np.int64),
+                          np.stack([sched.weights_at(t) for t in [0, *bounds]]))
 
     def current_weights(self) -> np.ndarray:
         if self.override is not None:
@@ -285,7 +312,8 @@ class MixedLoader:
         R = self.cfg.batch.batch_size
         n = 1
         if self.cfg.batch.packing in BLOCKABLE and self.block_steps > 1:
-            n = (self.block_steps if self.override is not None else self.mixture.steps_constant(
+            ahead = self.override is not None or self.feed.path is not None  # no step-wise change
+            n = (self.block_steps if ahead else self.mixture.steps_constant(
                 self.step, self.tokens_planned, self.block_steps, R * self.cfg.batch.seq_len))
         start = ({"feed": self.feed.state_dict(), "shaper": self.shaper.state_dict()}
                  if n > 1 else {})
@@ -444,6 +472,8 @@ class MixedLoader:
             self.tokens_planned = int(state["tokens_planned"])
             ov = state["weights_override"]
             self.override = None if ov is None else self.mixture.vector(np.asarray(ov, float))
+            if self.override is not None:
+                self.feed.path = None
             self.stats.load_state_dict(state["stats"])
             replay = state.get("replay")
             if replay is not None:

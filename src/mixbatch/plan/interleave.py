@@ -321,6 +321,20 @@ class WeightPath:
         """The weights in force at ``clock``."""
         return self.weights[int(np.searchsorted(self.starts, clock, side="right")) - 1]
 
+    def integral(self, clocks: np.ndarray, available=None) -> np.ndarray:
+        """``∫_0^u w(t) dt`` at each clock ``u`` (rows renormalised over ``available``)."""
+        rows = self.weights
+        if available is not None:
+            rows = np.where(np.asarray(available, dtype=bool), rows, 0.0)
+            total = rows.sum(axis=1, keepdims=True)
+            rows = np.divide(rows, total, out=np.zeros_like(rows), where=total > 0)
+        length = np.diff(self.starts).astype(np.float64)
+        at_start = np.concatenate([np.zeros((1, rows.shape[1])),
+                                   np.cumsum(rows[:-1] * length[:, None], axis=0)])
+        clocks = np.asarray(clocks, dtype=np.int64)
+        s = np.searchsorted(self.starts, clocks, side="right") - 1
+        return at_start[s] + rows[s] * (clocks - self.starts[s]).astype(np.float64)[:, None]
+
 
 class Interleaver:
     """The planner's mixing state and rule: O(K) numbers, exact resume, vectorised choices.
@@ -422,8 +436,15 @@ class Interleaver:
         self._weights = w
         self._segment_units = 0
 
-    def _ready(self, weights, available) -> np.ndarray:
+    def _ready(self, weights, available, path: WeightPath | None = None) -> np.ndarray:
         if weights is not None:
+            if path is not None and self._weights is not None:
+                # on a path the caller's weights are the stage's, normalised its own way: the
+                # last bits may differ from the path's row the rule switched to by itself
+                w = normalize_weights(weights, available)
+                if w.shape == self._weights.shape and np.allclose(w, self._weights, rtol=0,
+                                                                  atol=1e-12):
+                    return self._weights
             self.set_weights(weights, available)
         elif available is not None:
             raise ConfigError("available: pass it together with weights")
@@ -443,8 +464,14 @@ class Interleaver:
         return path.starts[ahead], pw
 
     @staticmethod
-    def _live(w: np.ndarray, path: WeightPath | None) -> np.ndarray:
-        return (w > 0) if path is None else (w > 0) | (path.weights > 0).any(axis=0)
+    def _live(w: np.ndarray, path: WeightPath | None, available=None) -> np.ndarray:
+        """Sources in the rule: weight now, or (available and) weight somewhere on the path."""
+        if path is None:
+            return w > 0
+        later = (path.weights > 0).any(axis=0)
+        if available is not None:
+            later &= np.asarray(available, dtype=bool)
+        return (w > 0) | later
 
     def _advance(self, units: int, ahead: tuple[np.ndarray, np.ndarray] | None) -> None:
         """Count ``units`` more units; crossing a change on the path starts its segment at the
@@ -482,12 +509,12 @@ class Interleaver:
             raise StateError("unit: choose() is for sample mode; use choose_tokens()")
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
             raise ConfigError(f"n: must be an integer >= 0, got {n!r}")
-        w = self._ready(weights, available)
+        w = self._ready(weights, available, path)
         ahead = self._path(path, available)
         if ahead is not None:
             # every source the path ever gives weight stays in the rule (and counts in delta),
             # so that nothing depends on where calls begin
-            live = self._live(w, path)
+            live = self._live(w, path, available)
             c0 = self.total - self._segment_units
             out = edf.choose_samples_path(self._base, w, self._counts, np.int64(self.total),
                                           np.int64(c0), np.int64(n),
@@ -536,7 +563,7 @@ class Interleaver:
             raise StateError("unit: choose_tokens() is for token mode; use choose()")
         if isinstance(max_docs, bool) or not isinstance(max_docs, int | np.integer) or max_docs < 0:
             raise ConfigError(f"max_docs: must be an integer >= 0, got {max_docs!r}")
-        w = self._ready(weights, available)
+        w = self._ready(weights, available, path)
         if len(upcoming) != self.num_sources:
             raise ConfigError(
                 f"upcoming: expected {self.num_sources} arrays (one per source), "
@@ -550,7 +577,7 @@ class Interleaver:
                 raise ConfigError(f"upcoming[{i}]: document lengths must be >= 1, got {arr.min()}")
         ahead = self._path(path, available)
         if self.compiled or ahead is not None:
-            live = self._live(w, path)
+            live = self._live(w, path, available)
             lens = [np.asarray(x, dtype=np.int64) if live[i] else np.empty(0, np.int64)
                     for i, x in enumerate(upcoming)]
             offsets = np.zeros(len(lens) + 1, dtype=np.int64)

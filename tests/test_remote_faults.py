@@ -209,3 +209,27 @@ def test_with_retries_passes_permanent_errors_at_once() -> None:
     assert len(calls) == 1 and e.value.exit_code == 2
     with pytest.raises(ConfigError, match="faulty://bucket/none: not found"):
         read_range(RemotePath("faulty://bucket/none"), 0, 3)
+
+
+def test_prefetch_plan_fetches_a_planned_step(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from mixbatch.store import prefetch_plan
+
+    ref, url, _ = _remote(tmp_path)
+    store = open_store(url)
+    plan = SimpleNamespace(source=np.array([0, 0, 0]), doc=np.array([3, 150, 77]))
+    prefetch_plan([store], plan)
+    store.tokens.wait_prefetch()
+    fetched = store.tokens.fetched_bytes
+    assert fetched > 0
+    assert np.array_equal(store.gather(plan.doc)[0], ref.gather(plan.doc)[0])
+    assert store.tokens.fetched_bytes == fetched  # read from what was prefetched
+    prefetch_plan([ref], plan)  # local store: nothing to do
+
+
+def test_token_data_at_a_url_is_refused(tmp_path: Path) -> None:
+    cfg = config_from_dict({"store": str(tmp_path / "s"), "sources": {"old": {
+        "path": "s3://bucket/megatron/corpus", "format": "megatron"}}})
+    with pytest.raises(ConfigError, match="read in place from local files"):
+        prepare(cfg, workers=1)

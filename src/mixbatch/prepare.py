@@ -47,7 +47,7 @@ from mixbatch.io import (
     iter_texts,
     plan_units,
 )
-from mixbatch.io.fs import RemotePath, apply_storage_env, storage_env
+from mixbatch.io.fs import RemotePath, apply_storage_env, is_url, storage_env
 from mixbatch.prepare_remote import input_identity, publish, remote_up_to_date, staging_root
 from mixbatch.progress import RateProgress
 from mixbatch.store import (
@@ -391,6 +391,10 @@ def _part_seconds(part_dir: Path, jobs: list[_Job], lengths: list[np.ndarray]) -
 # ---------------------------------------------------------------------------------------------
 def _prepare_token_data(name: str, src: SourceConfig, cfg: Config, folder: Path,
                         tok: Tokenizer) -> SourceReport:
+    remote = [p for p in src.patterns if is_url(p)]
+    if remote:
+        raise ConfigError(f"sources.{name}.path: {remote[0]}: token data ({src.format.value}) is "
+                          "read in place from local files; copy it to a local path")
     paths = [cfg.resolve(p) for p in src.patterns]
     if len(paths) != 1:
         raise DataError(f"sources.{name}.path: token data takes one path, got {len(paths)}")

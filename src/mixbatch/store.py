@@ -212,6 +212,17 @@ class TokenStore:
                                                           np.asarray(self.lengths[docs])))
 
 
+def prefetch_plan(stores: list[TokenStore], plan: Any) -> None:
+    """Start fetching every document a planned step will read (``plan.source``/``plan.doc``, as
+    in a :class:`~mixbatch.shape.base.StepPlan`): the loader's prefetch hook, called for the
+    step ``k`` steps ahead of the one being read. A no-op for local stores."""
+    source = np.asarray(plan.source)
+    if not len(source):
+        return
+    for s in np.unique(source).tolist():
+        stores[s].prefetch(np.asarray(plan.doc)[source == s])
+
+
 def store_dir(root: Path, source: str) -> Path:
     return Path(root) / source
 

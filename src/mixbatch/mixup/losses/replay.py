@@ -1,12 +1,14 @@
 """DualMix-style mixing of the incoming stream with replayed samples.
 
 "DualMix: Unleashing the Potential of Data Augmentation for Online Class-Incremental Learning"
-(2023) mixes the samples of the current stream with samples from the replay memory so that old
-and new classes meet in one mixed example, and trains on the mixed labels. This function draws
-that cross-set pairing: every incoming row is mixed with a memory row and every memory row with
-an incoming row, by MixUp (``lam ~ Beta(a, a)``) or, with probability ``cutmix_prob``, CutMix.
-Our reading of the method: its two mixing levels are MixUp/CutMix in input space and the
-matching mixed targets; the authors' exact probabilities were not checked against their code.
+(Fan et al., 2023) has two parts: Enhanced Mixup (EnMix), which mixes *augmented* samples and
+their labels together, and Adaptive Mixup (AdpMix), which mixes samples of old classes (from the
+replay memory) with samples of new classes (from the stream) and adjusts the label mixing ratio
+against the class imbalance. :func:`dualmix_replay` draws the cross-set pairing both parts rest
+on: every incoming row is mixed with a memory row and every memory row with an incoming row, by
+MixUp (``lam ~ Beta(a, a)``) or, with probability ``cutmix_prob``, CutMix, with labels mixed at
+the same ``lam`` (pass augmented views as ``x_new`` / ``x_mem`` for EnMix). AdpMix's adaptive
+label ratio is not implemented: its formula was not checked against the paper here.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mixbatch.errors import ConfigError, DataError
+from mixbatch.errors import ConfigError, DataError, StateError
 from mixbatch.mixup import (
     CutMix,
     ManifoldMixup,
@@ -209,3 +209,25 @@ def test_gpu_matches_cpu(mode: str) -> None:
         rec = m.sample(x, np.random.default_rng(seed))
         torch.testing.assert_close(apply_record(x.cuda(), rec).cpu(), apply_record(x, rec))
         torch.testing.assert_close(mix_targets(y.cuda(), rec, 5).cpu(), mix_targets(y, rec, 5))
+
+
+def test_mixers_resume_from_their_state() -> None:
+    import json
+
+    x, y = _batch()
+    net = _Net()
+    makers = [lambda: Mixup(0.8, 1.0, mode="elem", num_classes=5, seed=9),
+              lambda: MixUp(alpha=1.0, num_classes=5, seed=9),
+              lambda: ManifoldMixup(net, ["block"], num_classes=5, seed=9)]
+    for make in makers:
+        a = make()
+        for _ in range(3):
+            a(x, y)
+        state = json.loads(json.dumps(a.state_dict()))
+        straight = [a(x, y)[0] for _ in range(2)]
+        b = make()
+        b.load_state_dict(state)
+        for want in straight:
+            assert torch.equal(b(x, y)[0], want)
+    with pytest.raises(StateError, match="state"):
+        Mixup(num_classes=5).load_state_dict({"rng": 1})

@@ -20,7 +20,7 @@ from mixbatch.errors import ConfigError
 from mixbatch.mixup.record import MixRecord
 from mixbatch.mixup.sampling import draw_record
 from mixbatch.mixup.targets import check_labels, mix_targets
-from mixbatch.mixup.transforms import mix_features
+from mixbatch.mixup.transforms import _load_rng_state, _rng_state, mix_features
 
 __all__ = ["ManifoldMixup"]
 
@@ -88,3 +88,10 @@ class ManifoldMixup:
         finally:
             handle.remove()
         return out, y, record
+
+    def state_dict(self) -> dict:
+        """The generator's position (JSON-safe), for an exact resume."""
+        return _rng_state(self.rng)
+
+    def load_state_dict(self, state: dict) -> None:
+        _load_rng_state(self.rng, state)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mixbatch.errors import ConfigError, DataError
+from mixbatch.errors import ConfigError, DataError, StateError
 from mixbatch.mixup.record import MixRecord
 from mixbatch.mixup.sampling import BoxRule, MixMode, draw_record
 from mixbatch.mixup.targets import check_labels, mix_targets
@@ -204,6 +204,24 @@ class Mixup:
         out, y, _ = self.mix(x, target)
         return out, y
 
+    def state_dict(self) -> dict:
+        """The generator's position (JSON-safe): load it to continue the same stream of records."""
+        return _rng_state(self.rng)
+
+    def load_state_dict(self, state: dict) -> None:
+        _load_rng_state(self.rng, state)
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return {"bit_generator": dict(rng.bit_generator.state)}
+
+
+def _load_rng_state(rng: np.random.Generator, state: dict) -> None:
+    try:
+        rng.bit_generator.state = state["bit_generator"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise StateError(f"state: not a mixer state ({e})") from None
+
 
 class _TorchvisionStyle:
     """Shared front end of :class:`MixUp` and :class:`CutMix` (torchvision v2 behaviour)."""
@@ -232,6 +250,12 @@ class _TorchvisionStyle:
         self.last_record = record
         k = self.num_classes if labels.ndim == 1 else labels.shape[1]
         return apply_record(x, record), mix_targets(labels, record, k)
+
+    def state_dict(self) -> dict:
+        return _rng_state(self.rng)
+
+    def load_state_dict(self, state: dict) -> None:
+        _load_rng_state(self.rng, state)
 
 
 class MixUp(_TorchvisionStyle):

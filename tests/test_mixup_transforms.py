@@ -19,6 +19,7 @@ from mixbatch.mixup import (
     apply_record,
     cutmix,
     draw_record,
+    mix_attention_mask,
     mix_features,
     mix_targets,
     mixup,
@@ -127,6 +128,13 @@ def test_mix_features_any_shape() -> None:
     lam = rec.lam.view(-1, 1, 1)
     torch.testing.assert_close(out, lam * emb + (1 - lam) * emb[rec.index])
     assert torch.equal(mix_features(emb, MixRecord.identity(4)), emb)
+    lengths = torch.tensor([7, 3, 5, 1])
+    mask = torch.arange(7)[None, :] < lengths[:, None]
+    merged = mix_attention_mask(mask, rec)
+    for i in range(4):
+        j = int(rec.index[i]) if bool(rec.mixed[i]) else i
+        assert merged[i].sum() == max(lengths[i], lengths[j])
+    torch.testing.assert_close(mix_attention_mask(mask.long(), rec), merged.long())
 
 
 def test_bad_input_names_the_argument() -> None:

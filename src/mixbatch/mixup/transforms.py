@@ -27,7 +27,8 @@ from mixbatch.mixup.record import MixRecord
 from mixbatch.mixup.sampling import BoxRule, MixMode, draw_record
 from mixbatch.mixup.targets import check_labels, mix_targets
 
-__all__ = ["CutMix", "MixUp", "Mixup", "apply_record", "cutmix", "mix_features", "mixup"]
+__all__ = ["CutMix", "MixUp", "Mixup", "apply_record", "cutmix", "mix_attention_mask", "mix_features",
+           "mixup"]
 
 
 def _check_batch(x: torch.Tensor, record: MixRecord, name: str = "x") -> None:
@@ -51,6 +52,18 @@ def mix_features(h: torch.Tensor, record: MixRecord) -> torch.Tensor:
     rec = record.to(h.device)
     w = rec.lam.to(h.dtype).view(-1, *([1] * (h.ndim - 1)))
     return h * w + h.index_select(0, rec.index) * (1.0 - w)
+
+
+def mix_attention_mask(mask: torch.Tensor, record: MixRecord) -> torch.Tensor:
+    """The attention / padding mask of rows mixed at the embedding level: a position is valid
+    when it is valid in the row or, for a mixed row, in its partner (``mask | mask[index]``)."""
+    _check_batch(mask, record, "mask")
+    rec = record.to(mask.device)
+    partner = mask.index_select(0, rec.index)
+    mixed = rec.mixed.view(-1, *([1] * (mask.ndim - 1)))
+    if mask.dtype == torch.bool:
+        return mask | (partner & mixed)
+    return torch.where(mixed, torch.maximum(mask, partner), mask)
 
 
 def apply_record(x: torch.Tensor, record: MixRecord, spatial_dims: int | None = None) -> torch.Tensor:

@@ -72,14 +72,15 @@ def step_deviation(loader, steps: int) -> tuple[np.ndarray, int, float, int]:
     return worst, n, time.perf_counter() - t0, biggest
 
 
-def run_mode(name: str, sources: dict, work: Path, steps: int, seq_len: int) -> dict:
+def run_mode(name: str, sources: dict, work: Path, steps: int, seq_len: int,
+             seed: int = 0) -> dict:
     from mixbatch.config import config_from_dict
     from mixbatch.loader.loader import MixedLoader
     from mixbatch.prepare import prepare
 
     picked = {n: sources[n] for n in WEIGHTS}
     cfg = config_from_dict({
-        "seed": 0, "tokenizer": "byte", "store": str(work / "store"), "sources": picked,
+        "seed": seed, "tokenizer": "byte", "store": str(work / "store"), "sources": picked,
         "mixture": {"unit": "tokens", "weights": WEIGHTS},
         "batch": {"seq_len": seq_len, "batch_size": 8, **MODES[name]}}, base_dir=work)
     prepare(cfg, workers=1)
@@ -117,6 +118,7 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--demo", action="store_true", help="also run the demo's config")
     ap.add_argument("--demo-steps", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=0, help="the loader's seed (reading orders)")
     ap.add_argument("--label", default="", help="a name for this run in the table")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
@@ -126,8 +128,8 @@ def main() -> None:
     sources = corpus(args.work, args.max_bytes)
     print(header("bench_step_mixture: the mixture at every step boundary", ["numpy"],
                  {"mixbatch imported from": str(Path(mixbatch.__file__).parent),
-                  "label": args.label or "-"}))
-    results = [run_mode(m, sources, args.work, args.steps, args.seq_len)
+                  "label": args.label or "-", "seed": str(args.seed)}))
+    results = [run_mode(m, sources, args.work, args.steps, args.seq_len, args.seed)
                for m in args.modes.split(",")]
     if args.demo:
         results.append(run_demo(sources, args.work, args.demo_steps))

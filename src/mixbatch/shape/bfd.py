@@ -6,8 +6,9 @@ Implements the packing of Ding et al. 2024, "Fewer Truncations Improve Language 
 1. A *window* is the fewest next documents that cover ``pack_window * seq_len`` positions; a
    document of ``n`` tokens takes ``n + 1`` positions (its tokens and one end-of-document token).
 2. Every document (or planned piece, :func:`cut_spans`) is cut into pieces of at most
-   ``seq_len`` positions, and these are the only cuts: ``ceil((n + 1) / seq_len)`` pieces, all of ``seq_len`` positions but the last, which
-   holds the end token (it may hold the end token only). A document shorter than ``seq_len`` is
+   ``seq_len`` positions, and these are the only cuts: ``ceil((n + 1) / seq_len)`` pieces,
+   all of ``seq_len`` positions but the last, which holds the end token (it may hold the end
+   token only). A document shorter than ``seq_len`` is
    never cut.
 3. Pieces are packed into rows of ``seq_len`` positions by best-fit decreasing: widest piece
    first (ties in stream order); each goes into the open row with the smallest remaining space

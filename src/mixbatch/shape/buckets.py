@@ -54,8 +54,9 @@ the front, as in OLMo-core), so an out-of-memory error shows at step 0.
 the mixture follows the target step by step (:func:`mixbatch.shape.follow.follow_counts`):
 piece by piece, the step takes the next piece (in stream order) of the source furthest behind
 ``w_i · t`` at the step's end, where ``t`` counts the tokens fed and ``w`` are the feed's
-weights when the window was pulled. A source may not run more than ``seq_len`` tokens ahead of
-its proportional part of a bucket, so a bucket's last steps are not left with one source. What
+weights when the window was pulled. The counts are planned twice: freely, then with no source
+more than ``seq_len`` tokens ahead of its pace in a bucket (the free plan's share of the bucket,
+spread evenly over its steps), so a bucket's last steps are not left with one source. What
 is ahead or behind at a window's end (``drift`` in the state, ``K`` numbers) carries into the
 next window's target. In token mode the feed plans pieces of at most ``seq_len`` tokens and
 counts each for its tokens rounded down to a multiple of ``min_len`` (the tokens this mode
@@ -63,7 +64,8 @@ trains on), so tails below ``min_len`` do not bias the mixture. Still, the part 
 that fills no whole batch is dropped per window, and it falls mostly on the sources that hold
 the short buckets; the carried drift can only choose which pieces are dropped. Measured
 (``benchmarks/bench_step_mixture.py``, real text, seq_len 512, budget 8 · 512, uniform
-curriculum): at most 0.5 step's tokens off at any step boundary (31 steps before); a
+curriculum, seeds 0-2): at most 0.69 step's tokens off at any step boundary (31-153 steps
+before); a
 length curriculum (``grow_p2``) feeds the short buckets first, and when sources differ in
 length the mixture follows the curriculum (tests: 22 steps off on synthetic sources).
 
@@ -80,10 +82,10 @@ leftovers 5.5 % with windows of 64 budgets, 2.3 % with 256 (the default), 0.7 % 
 
 **State** (:class:`WindowReplay`): the feed's position before the window, the steps of the
 window already handed out, a few counters, the feed's weights when the window was pulled and
-the ``drift`` per source at the window's start (``O(K)``). Resume replays the window from the feed and skips the steps already handed out.
-A mixture change (schedule, online policy) therefore takes effect at the next window. The
-``rows`` argument of ``plan_step`` (the configured ``batch_size``) is ignored: the rows of a
-step are ``token_budget / 2^k``.
+the ``drift`` per source at the window's start (``O(K)``). Resume replays the window from the
+feed and skips the steps already handed out. A mixture change (schedule, online policy)
+therefore takes effect at the next window. The ``rows`` argument of ``plan_step`` (the
+configured ``batch_size``) is ignored: the rows of a step are ``token_budget / 2^k``.
 """
 
 from __future__ import annotations

@@ -145,21 +145,21 @@ def follow_order(composition: np.ndarray, tie: np.ndarray, stream_source: np.nda
 @numba.njit(cache=True, nogil=True)
 def _follow_counts(step_group: np.ndarray, step_items: np.ndarray, item_tokens: np.ndarray,
                    avail: np.ndarray, cum_t: np.ndarray, cum_s: np.ndarray, src: np.ndarray,
-                   c0: np.ndarray, weights: np.ndarray,
+                   c0: np.ndarray, weights: np.ndarray, pace: np.ndarray,
                    slack: float) -> np.ndarray:  # pragma: no cover (compiled)
     n_steps = step_group.shape[0]
     n_groups, k = avail.shape
     p_last = src.shape[0]
     linear = weights.shape[0] > 0
     left = avail.copy()
-    # items each group hands out over the window, and so far: a source may run ahead of its
-    # proportional part of a group by at most `slack` tokens, so that a group's last steps
-    # are not left with one source only
+    # items each group hands out so far, against `pace` (what each source gives each group
+    # over the window): a source may run ahead of its pace by at most `slack` tokens, so
+    # that a group's last steps are not left with one source only
     group_done = np.zeros(n_groups, dtype=np.float64)
     held = np.zeros(n_groups, dtype=np.float64)
     for g in range(n_groups):
         for i in range(k):
-            held[g] += avail[g, i]
+            held[g] += pace[g, i]
     out = np.zeros((n_steps, k), dtype=np.int64)
     c = c0.copy()
     target = np.zeros(k, dtype=np.float64)
@@ -187,7 +187,7 @@ def _follow_counts(step_group: np.ndarray, step_items: np.ndarray, item_tokens: 
             for i in range(k):
                 if left[g, i] <= 0:
                     continue
-                ahead = (avail[g, i] - left[g, i] + 1 - avail[g, i] * share) * size
+                ahead = (avail[g, i] - left[g, i] + 1 - pace[g, i] * share) * size
                 score = target[i] - c[i]
                 if ahead > slack:
                     score -= 1e18  # only when no source within its slack has items left
@@ -211,15 +211,27 @@ def follow_counts(step_group: np.ndarray, step_items: np.ndarray, item_tokens: n
     its target at the step's end, so the running composition follows the target as closely as
     the groups' contents allow. The target is the stream's ``C_i(t)`` (module docstring), or
     ``weights[i] · t`` when ``weights`` are given; ``offset[i]`` is how far ahead of it source
-    ``i`` already is (from earlier windows). Returns ``(steps, K)`` counts;
+    ``i`` already is (from earlier windows). With a finite ``slack`` (tokens) the counts are
+    planned twice: first freely, then with no source more than ``slack`` ahead of its pace in
+    a group, the pace being the first plan's share of that group spread evenly over the
+    group's steps (so a group's last steps are not left with the sources nobody wanted).
+    Returns ``(steps, K)`` counts;
     ``sum(step_items)`` must not exceed what the groups hold."""
     k = avail.shape[1]
     cum_t, cum_s = stream_composition(stream_source, stream_tokens, k)
     c0 = np.zeros(k) if offset is None else np.asarray(offset, dtype=np.float64)
     w = np.empty(0) if weights is None else np.asarray(weights, dtype=np.float64)
-    return _follow_counts(np.ascontiguousarray(step_group, dtype=np.int64),
-                          np.ascontiguousarray(step_items, dtype=np.int64),
-                          np.ascontiguousarray(item_tokens, dtype=np.float64),
-                          np.ascontiguousarray(avail, dtype=np.int64), cum_t, cum_s,
-                          np.ascontiguousarray(stream_source, dtype=np.int64),
-                          np.ascontiguousarray(c0), np.ascontiguousarray(w), float(slack))
+    args = (np.ascontiguousarray(step_group, dtype=np.int64),
+            np.ascontiguousarray(step_items, dtype=np.int64),
+            np.ascontiguousarray(item_tokens, dtype=np.float64),
+            np.ascontiguousarray(avail, dtype=np.int64), cum_t, cum_s,
+            np.ascontiguousarray(stream_source, dtype=np.int64),
+            np.ascontiguousarray(c0), np.ascontiguousarray(w))
+    # first without a pace: what each source would give each group over the window when it
+    # follows the target alone; then with that as the pace, within `slack`
+    free = _follow_counts(*args, np.ascontiguousarray(avail, dtype=np.float64), np.inf)
+    if not np.isfinite(slack):
+        return free
+    pace = np.zeros(avail.shape, dtype=np.float64)
+    np.add.at(pace, args[0], free)
+    return _follow_counts(*args, pace, float(slack))

@@ -119,4 +119,122 @@ def add_audit_parsers(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print the totals as JSON")
     sp.set_defaults(func=cmd_seen)
 
+    _add_more(sub)
     return p
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer, dedup
+# ---------------------------------------------------------------------------------------------
+def cmd_tokenizer(args: argparse.Namespace) -> int:
+    from mixbatch.audit.bpe_files import load_bpe
+    from mixbatch.audit.tokenizer_mix import config_samples, infer_mixture
+    from mixbatch.config import load_config
+
+    cfg = load_config(args.config)
+    bpe = load_bpe(args.tokenizer, args.pattern)
+    samples = config_samples(cfg, args.sample_bytes, seed=cfg.seed)
+    res = infer_mixture(bpe, samples, merges=args.merges)
+    data = res.to_dict()
+    if args.plot:
+        from mixbatch.audit.report import pyplot
+
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(res.names) + 2), 3.4))
+        ax.bar(res.names, res.solution.proportions)
+        ax.set_ylabel("share of training bytes")
+        ax.set_title(f"inferred mixture of {Path(args.tokenizer).name} "
+                     f"({res.solution.merges_used:,} merges)")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=90)
+        plt.close(fig)
+        data["plot"] = args.plot
+    if args.json:
+        sys.stdout.write(json.dumps(data, indent=1) + "\n")
+        return 0
+    table = Table(title=f"mixture inferred from {args.tokenizer}",
+                  caption=f"{data['merges_used']:,} of {data['merges_asked']:,} merges used · "
+                          f"{data['constraints']:,} constraints · {data['passes']} passes · "
+                          f"residual (total slack) {data['residual']:.4g}"
+                          + ("" if data["converged"] else " · NOT converged"))
+    for c in ("category", "share of bytes", "sample bytes"):
+        table.add_column(c, justify="left" if c == "category" else "right")
+    for n, v in data["proportions"].items():
+        table.add_row(n, f"{v:.2%}", f"{data['sample_bytes'][n]:,}")
+    out.print(table)
+    return 0
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from mixbatch.config import load_config
+    from mixbatch.dedup import DedupConfig, find_duplicates, source_texts
+    from mixbatch.errors import ConfigError
+
+    cfg = load_config(args.config)
+    dc = getattr(cfg, "dedup", None) or DedupConfig()
+    over: dict[str, Any] = {}
+    if args.scope:
+        over["scope"] = args.scope
+    if args.threshold is not None or args.num_perm is not None or dc.near is None:
+        near = dict(dc.near.model_dump()) if dc.near is not None else {}
+        if args.threshold is not None:
+            near["threshold"] = args.threshold
+        if args.num_perm is not None:
+            near["num_perm"] = args.num_perm
+        over["near"] = None if args.no_near else near
+    try:
+        dc = DedupConfig.model_validate({**dc.model_dump(), **over})
+    except ValueError as e:
+        raise ConfigError(f"dedup: {str(e).splitlines()[-1].strip()}") from None
+    for name, src in cfg.sources.items():
+        if src.is_token_data:
+            raise ConfigError(f"sources.{name}: token data has no text to compare")
+    texts = {n: source_texts(cfg, n) for n in cfg.sources}
+    dups, raw = find_duplicates(texts, dc, keep_texts=True)
+    data = dups.report(examples=args.examples, texts=raw)
+    data["settings"] = dc.model_dump(mode="json")
+    if args.json:
+        sys.stdout.write(json.dumps(data, indent=1) + "\n")
+        return 0
+    table = Table(title=f"duplicates ({dc.scope.value})")
+    for c in ("source", "documents", "exact", "near", *dups.names):
+        table.add_column(c, justify="left" if c == "source" else "right")
+    for n, s in data["sources"].items():
+        table.add_row(n, f"{s['documents']:,}", f"{s['exact_duplicates']:,}",
+                      f"{s['near_duplicates']:,}", *(f"{data['overlap'][n][m]:,}"
+                                                     for m in dups.names))
+    out.print(table)
+    out.print("overlap: documents of the row's source that have a duplicate in the column's")
+    for ex in data["examples"]:
+        out.print(f"  {ex['reason']}: {ex['dropped']['source']}#{ex['dropped']['doc']} "
+                  f"= {ex['kept']['source']}#{ex['kept']['doc']}  "
+                  f"{ex['dropped'].get('text', '')[:60]!r}")
+    return 0
+
+
+def _add_more(sub: Any) -> None:
+    sp = sub.add_parser("tokenizer", help="infer a BPE tokenizer's training mixture over the "
+                                          "config's sources (Hayase et al. 2024)")
+    sp.add_argument("tokenizer", metavar="TOKENIZER",
+                    help="tokenizer.json, merges.txt (or a folder with vocab.json + merges.txt), "
+                         "or a tiktoken ranks file")
+    sp.add_argument("--config", required=True, help="its sources are the categories")
+    sp.add_argument("--merges", type=_positive_int, default=30_000, metavar="N",
+                    help="use the first N merges (default %(default)s)")
+    sp.add_argument("--sample-bytes", type=_positive_int, default=10 << 20, metavar="B",
+                    help="text per category (default 10 MiB)")
+    sp.add_argument("--pattern", default=None, help="split regex of a tiktoken file (default: "
+                                                    "GPT-2 / cl100k / o200k by vocabulary size)")
+    sp.add_argument("--plot", default=None, metavar="F.png", help="bar chart of the proportions")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_tokenizer)
+
+    sp = sub.add_parser("dedup", help="exact and near duplicates within and across sources")
+    sp.add_argument("config")
+    sp.add_argument("--scope", choices=("global", "local"), default=None)
+    sp.add_argument("--threshold", type=float, default=None, help="near: Jaccard threshold")
+    sp.add_argument("--num-perm", type=int, default=None, help="near: MinHash permutations")
+    sp.add_argument("--no-near", action="store_true", help="exact duplicates only")
+    sp.add_argument("--examples", type=int, default=5, help="example pairs to show")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_dedup)

@@ -1,0 +1,161 @@
+"""What a BPE tokenizer reveals about the mixture it was trained on.
+
+"Data Mixture Inference: What do BPE Tokenizers Reveal about their Training Data?" (Hayase,
+Liu et al., 2024): given the tokenizer's ordered merges and one sample of text per candidate
+category, solve for the category proportions (in bytes) under which every merge was the most
+frequent pair when it was chosen. The steps: pre-tokenise each sample with the tokenizer's own
+pre-tokenisation into word counts (:mod:`~mixbatch.audit.bpe_files`), replay the merges over
+the words (:mod:`~mixbatch.audit.bpe_counts`, compiled), and solve the linear program with lazy
+constraint generation and HiGHS (:mod:`~mixbatch.audit.mixture_lp`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixbatch.audit.bpe_counts import merge_table, pair_events
+from mixbatch.audit.bpe_files import BPETokenizer, load_bpe
+from mixbatch.audit.mixture_lp import Solution, build_replay, solve_mixture
+from mixbatch.errors import ConfigError, DataError
+
+#: text per pre-tokenizer call (the library returns a list of every piece)
+_CHUNK = 1 << 20
+
+
+def word_counts(texts: Iterable[str], bpe: BPETokenizer) -> tuple[Counter[str], int]:
+    """Pre-tokenised words of ``texts`` with their counts, and the UTF-8 bytes read."""
+    words: Counter[str] = Counter()
+    n_bytes = 0
+    buf: list[str] = []
+    size = 0
+    for text in texts:
+        n_bytes += len(text.encode("utf-8"))
+        buf.append(text)
+        size += len(text)
+        if size >= _CHUNK:
+            for t in buf:
+                words.update(bpe.pretokenize(t))
+            buf, size = [], 0
+    for t in buf:
+        words.update(bpe.pretokenize(t))
+    return words, n_bytes
+
+
+@dataclass
+class Inference:
+    """The inferred proportions and the solver's account of them."""
+
+    names: list[str]
+    solution: Solution
+    merges_asked: int
+    sample_bytes: dict[str, int]
+    tokenizer: str
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.solution
+        return {"proportions": {n: float(v) for n, v in zip(self.names, s.proportions,
+                                                             strict=True)},
+                "merges_used": s.merges_used, "merges_asked": self.merges_asked,
+                "residual": s.residual, "constraints": s.constraints, "passes": s.passes,
+                "converged": s.converged, "sample_bytes": self.sample_bytes,
+                "alpha_pairs": {n: float(v) for n, v in zip(self.names, s.alpha, strict=True)},
+                "tokenizer": self.tokenizer, "unit": "bytes"}
+
+
+def infer_mixture(bpe: BPETokenizer | str | Path, samples: Mapping[str, Iterable[str]],
+                  merges: int | None = 30_000, per_step: int = 10, per_pass: int = 2000,
+                  max_passes: int = 200) -> Inference:
+    """Estimate the byte proportions of the categories ``samples`` (name → texts) in the
+    training data of ``bpe`` from its first ``merges`` merges (all when None)."""
+    if not isinstance(bpe, BPETokenizer):
+        bpe = load_bpe(bpe)
+    if len(samples) < 1:
+        raise ConfigError("mixture inference needs at least one category")
+    if merges is not None and merges < 1:
+        raise ConfigError(f"--merges: must be >= 1, got {merges}")
+    chosen = bpe.merges[:merges] if merges is not None else bpe.merges
+    names = list(samples)
+    counted = {n: word_counts(samples[n], bpe) for n in names}
+    for n, (words, n_bytes) in counted.items():
+        if n_bytes == 0 or not words:
+            raise DataError(f"category {n!r}: empty sample (no text)")
+    # symbol ids: the merge list's tokens first, then every character of the samples
+    ids: dict[str, int] = {}
+    triples = []
+    for a, b in chosen:
+        for s in (a, b, a + b):
+            if s not in ids:
+                ids[s] = len(ids)
+        triples.append((ids[a], ids[b], ids[a + b]))
+    for words, _ in counted.values():
+        for w in words:
+            for ch in w:
+                if ch not in ids:
+                    ids[ch] = len(ids)
+    table = merge_table(triples, len(ids))
+    events = []
+    for n in names:
+        words, n_bytes = counted[n]
+        flat = np.fromiter((ids[ch] for w in words for ch in w), dtype=np.int64)
+        lens = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
+        off = np.zeros(len(lens) + 1, dtype=np.int64)
+        np.cumsum(lens, out=off[1:])
+        cnt = np.fromiter(words.values(), dtype=np.int64, count=len(words))
+        ev = pair_events(flat, off, cnt, table, n_bytes)
+        if ev.pairs0 < len(chosen):
+            raise DataError(f"category {n!r}: the sample ({n_bytes:,} bytes) holds {ev.pairs0:,} "
+                            f"symbol pairs, fewer than the {len(chosen):,} merges asked; give "
+                            "more text or fewer --merges")
+        events.append(ev)
+    replay = build_replay(events, table.merge_key)
+    sol = solve_mixture(replay, per_step=per_step, per_pass=per_pass, max_passes=max_passes)
+    return Inference(names, sol, len(chosen), {n: counted[n][1] for n in names}, str(bpe.path))
+
+
+def _keep(seed: int, name: str, index: int, rate: float) -> bool:
+    h = hashlib.blake2b(f"{seed}\0{name}\0{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2.0**64 < rate
+
+
+def config_samples(cfg: Any, max_bytes: int, seed: int = 0) -> dict[str, list[str]]:
+    """Up to ``max_bytes`` of raw text per source of ``cfg``: documents kept by a keyed coin
+    (rate = max_bytes / the source's file bytes), so that the sample spreads over the whole
+    source rather than being its first files."""
+    from mixbatch.io import OnError, SkipCounter, iter_texts, plan_units
+    from mixbatch.prepare import source_format, source_paths
+
+    out: dict[str, list[str]] = {}
+    for name, src in cfg.sources.items():
+        if src.is_token_data:
+            raise ConfigError(f"sources.{name}: token data has no text to sample; mixture "
+                              "inference needs raw text sources")
+        paths = source_paths(name, src, cfg)
+        fmt = source_format(name, src, paths)
+        total = sum(p.stat().st_size for p in paths) or 1
+        rate = min(1.0, 1.2 * max_bytes / total)
+        texts: list[str] = []
+        size = 0
+        k = 0
+        skips = SkipCounter()
+        for unit in plan_units(paths, fmt, src.split, 64 << 20):
+            for batch in iter_texts(unit, src.text_field, src.split, OnError.SKIP, skips):
+                for t in batch:
+                    k += 1
+                    if t and (rate >= 1.0 or _keep(seed, name, k, rate)):
+                        texts.append(t)
+                        size += len(t.encode("utf-8"))
+                        if size >= max_bytes:
+                            break
+                if size >= max_bytes:
+                    break
+            if size >= max_bytes:
+                break
+        out[name] = texts
+    return out

@@ -1,0 +1,162 @@
+"""Mixture inference from BPE merges: exact answers where the answer is known, every file
+format, bad input."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+from conftest import write_config, write_jsonl
+from mixbatch.audit.bpe_counts import merge_table, pair_events
+from mixbatch.audit.bpe_files import byte_chars, load_bpe
+from mixbatch.audit.tokenizer_mix import infer_mixture
+from mixbatch.errors import DataError
+
+LETTERS = {"a": "abcdefg", "b": "hijklmn", "c": "opqrstu"}
+
+
+def _texts(letters: str, n_bytes: int, seed: int) -> list[str]:
+    """Word salad over ``letters`` with a skewed (Zipf-like) word distribution."""
+    rng = np.random.default_rng(seed)
+    vocab = ["".join(rng.choice(list(letters), size=int(rng.integers(2, 8))))
+             for _ in range(400)]
+    p = 1.0 / np.arange(1, len(vocab) + 1)
+    p /= p.sum()
+    out, size = [], 0
+    while size < n_bytes:
+        line = " ".join(rng.choice(vocab, size=40, p=p)) + "\n"
+        out.append(line)
+        size += len(line)
+    return out
+
+
+def _train(texts: list[str], merges: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=256 + merges, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    return tok
+
+
+@pytest.fixture(scope="module")
+def cats() -> dict[str, list[str]]:
+    return {k: _texts(v, 60_000, i) for i, (k, v) in enumerate(LETTERS.items())}
+
+
+def test_one_category_tokenizer_infers_all_of_it(cats, tmp_path: Path) -> None:
+    _train(cats["b"], 200).save(str(tmp_path / "tok.json"))
+    res = infer_mixture(tmp_path / "tok.json", cats, merges=200)
+    d = res.to_dict()
+    assert d["proportions"]["b"] == pytest.approx(1.0, abs=1e-9)
+    assert d["residual"] == pytest.approx(0.0, abs=1e-6) and d["converged"]
+    assert d["merges_used"] == 200
+
+
+def test_known_mixture_recovered_from_the_training_text(cats, tmp_path: Path) -> None:
+    # train on known byte shares of the three categories; the samples are that very text
+    share = {"a": 0.5, "b": 0.3, "c": 0.2}
+    train: dict[str, list[str]] = {}
+    for k, texts in cats.items():
+        budget, size, kept = share[k] * 90_000, 0, []
+        for t in texts:
+            if size + len(t) > budget:
+                break
+            kept.append(t)
+            size += len(t)
+        train[k] = kept
+    truth = np.array([sum(map(len, train[k])) for k in cats], dtype=float)
+    truth /= truth.sum()
+    _train([t for k in cats for t in train[k]], 300).save(str(tmp_path / "mix.json"))
+    res = infer_mixture(tmp_path / "mix.json", train, merges=300)
+    est = res.solution.proportions
+    assert np.mean((est - truth) ** 2) < 1e-5, (est, truth)
+    assert abs(est.sum() - 1) < 1e-9
+
+
+def test_pair_counts_follow_the_merges() -> None:
+    # symbols a=0, b=1, c=2; merges (a,b)->3, (3,c)->4; word "abcab" x2, "ab" x1
+    table = merge_table([(0, 1, 3), (3, 2, 4)], 5)
+    words = np.array([0, 1, 2, 0, 1, 0, 1])
+    ev = pair_events(words, np.array([0, 5, 7]), np.array([2, 1]), table, n_bytes=7)
+
+    def counts_before(t: int) -> dict[int, int]:
+        m = ev.t < t
+        out: dict[int, int] = {}
+        for k, d in zip(ev.key[m].tolist(), ev.delta[m].tolist(), strict=True):
+            out[k] = out.get(k, 0) + d
+        return {k: v for k, v in out.items() if v}
+
+    key = lambda a, b: a * 5 + b  # noqa: E731
+    assert counts_before(1) == {key(0, 1): 5, key(1, 2): 2, key(2, 0): 2}
+    assert counts_before(2) == {key(3, 2): 2, key(2, 3): 2}
+    assert counts_before(3) == {key(4, 3): 2}
+    assert ev.pairs0 == 9
+
+
+def test_every_file_format_gives_the_same_merges(cats, tmp_path: Path) -> None:
+    tok = _train(cats["a"] + cats["c"], 150)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    folder = tmp_path / "gpt2style"
+    folder.mkdir()
+    tok.model.save(str(folder))  # vocab.json + merges.txt
+    want = load_bpe(tmp_path / "tokenizer.json").merges
+    assert load_bpe(folder).merges == want
+    assert load_bpe(folder / "merges.txt").merges == want
+    # a tiktoken ranks file: token bytes (base64) and rank = id
+    inverse = {c: b for b, c in enumerate(byte_chars())}
+    vocab = json.loads((folder / "vocab.json").read_text())
+    lines = [base64.b64encode(bytes(inverse[ch] for ch in s)).decode() + f" {i}"
+             for s, i in sorted(vocab.items(), key=lambda kv: kv[1])]
+    (tmp_path / "ranks.tiktoken").write_text("\n".join(lines) + "\n")
+    assert load_bpe(tmp_path / "ranks.tiktoken").merges == want
+    # and the same words: the GPT-2 split pattern matches tokenizers' ByteLevel regex here
+    bpe_tt = load_bpe(tmp_path / "ranks.tiktoken")
+    text = "Hello world, it's 2024!\n  indented"
+    assert bpe_tt.pretokenize(text) == load_bpe(tmp_path / "tokenizer.json").pretokenize(text)
+
+
+def test_bad_input_is_one_clear_error(cats, tmp_path: Path) -> None:
+    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wp.save(str(tmp_path / "wp.json"))
+    with pytest.raises(DataError, match="WordPiece tokenizer, not BPE"):
+        load_bpe(tmp_path / "wp.json")
+    _train(cats["a"], 200).save(str(tmp_path / "tok.json"))
+    with pytest.raises(DataError, match="'b': empty sample"):
+        infer_mixture(tmp_path / "tok.json", {"a": cats["a"], "b": []}, merges=100)
+    with pytest.raises(DataError, match="fewer than the 200 merges"):
+        infer_mixture(tmp_path / "tok.json", {"a": cats["a"], "b": ["hi there"]}, merges=200)
+    (tmp_path / "junk.tiktoken").write_text("not base64 at all\n")
+    with pytest.raises(DataError, match=r"junk\.tiktoken:1"):
+        load_bpe(tmp_path / "junk.tiktoken")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mixbatch", *args], capture_output=True,
+                          text=True)
+
+
+def test_cli_json_and_plot(cats, tmp_path: Path) -> None:
+    sources = {}
+    for k, texts in cats.items():
+        write_jsonl(tmp_path / f"{k}.jsonl", texts)
+        sources[k] = {"path": f"{k}.jsonl"}
+    cfg = write_config(tmp_path / "c.yaml", {"sources": sources})
+    _train(cats["c"], 120).save(str(tmp_path / "tok.json"))
+    r = _run("audit", "tokenizer", str(tmp_path / "tok.json"), "--config", str(cfg),
+             "--merges", "120", "--plot", str(tmp_path / "bar.png"), "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert set(d["proportions"]) == {"a", "b", "c"} and d["merges_used"] == 120
+    assert d["proportions"]["c"] == pytest.approx(1.0, abs=1e-9)
+    assert (tmp_path / "bar.png").read_bytes()[:4] == b"\x89PNG"
+    r = _run("audit", "tokenizer", str(tmp_path / "missing.json"), "--config", str(cfg))
+    assert r.returncode == 1 and "no such tokenizer file" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -77,9 +77,11 @@ def test_batch_mixer_is_a_function_of_seed_and_step() -> None:
 
 def test_token_batches_carry_the_record_for_embedding_mixing() -> None:
     spec = _cfg(mixup_alpha=1.0, pairing="random")
-    batch = {"input_ids": torch.randint(0, 100, (4, 16)), "labels": torch.randint(0, 100, (4, 16))}
+    batch = {"input_ids": torch.randint(0, 100, (4, 16)), "labels": torch.randint(0, 100, (4, 16)),
+             "cu_seqlens": torch.tensor([0, 5, 16, 20, 32, 40, 48, 64], dtype=torch.int32)}
     out = BatchMixer(spec, seed=1)(batch, 0)
     assert torch.equal(out["input_ids"], batch["input_ids"])            # ids are never blended
+    assert out["mix_lam"].shape == (4,) and torch.equal(out["cu_seqlens"], batch["cu_seqlens"])
     rec = MixRecord.from_batch(out)
     emb = torch.nn.Embedding(100, 8)(out["input_ids"])
     mixed = mix_features(emb, rec)                                       # the model mixes here

@@ -78,13 +78,19 @@ class BatchMixer:
         if not isinstance(batch, Mapping):
             raise DataError(f"batch: expected a dict of tensors, got {type(batch).__name__}")
         s = self.spec
-        sizes = {k: int(v.shape[0]) for k, v in batch.items() if isinstance(v, torch.Tensor) and v.ndim >= 1}
-        if not sizes:
+        keys = self._keys(batch) if s.level is MixLevel.INPUT else []
+        # the rows: those of the mixed tensors and the labels; for token batches, of the ids
+        # (packed batches also carry per-document tensors such as cu_seqlens, left as they are)
+        named = [*keys, *([s.target] if s.target is not None and s.target in batch else [])]
+        if not named:
+            named = [k for k in ("input_ids", "tokens") if isinstance(batch.get(k), torch.Tensor)][:1] or [
+                next((k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.ndim >= 1), "")]
+        if not named[0]:
             raise DataError("batch: no tensor with a batch axis to mix")
+        sizes = {k: int(batch[k].shape[0]) for k in named}
         if len(set(sizes.values())) > 1:
             raise DataError(f"batch: tensors disagree on the batch size ({sizes})")
-        b = next(iter(sizes.values()))
-        keys = self._keys(batch) if s.level is MixLevel.INPUT else []
+        b = sizes[named[0]]
         size = None
         if s.cutmix_alpha > 0 or s.cutmix_minmax is not None:
             if not keys:

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from mixbatch.dedup import DedupConfig
 from mixbatch.errors import ConfigError
 from mixbatch.io import Format, OnError, Split
 from mixbatch.mixup.spec import MixupSpec
@@ -225,6 +226,8 @@ class Config(_Strict):
     holdout: float = Field(default=0.0, ge=0, lt=1)
     holdout_max: int = Field(default=256, ge=1)
     sources: dict[str, SourceConfig]
+    # drop exact / near duplicates at prepare time (mixbatch.dedup); none when absent
+    dedup: DedupConfig | None = None
     mixture: MixtureConfig = MixtureConfig()
     batch: BatchConfig = BatchConfig()
     # sample mixing inside each batch (MixUp, CutMix, ...), applied by mixbatch.mixup.BatchMixer

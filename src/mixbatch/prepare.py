@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from mixbatch.config import Config, SourceConfig, TokenFormat
+from mixbatch.dedup import drop_records, plan_drops
 from mixbatch.errors import ConfigError, DataError, MixbatchError, StoreError
 from mixbatch.io import (
     Format,
@@ -88,6 +89,7 @@ class _Job:
     eod_token: str | None
     dtype: str
     second_field: str | None = None
+    drop: tuple[int, ...] = ()  # duplicates to drop (mixbatch.dedup.DropPlan)
 
 
 @dataclass
@@ -159,7 +161,8 @@ def _run_unit(job: _Job) -> dict[str, Any]:
     n_docs = n_toks = 0
     tok_path = job.part_dir / f"{job.key}.tokens"
     with atomic_path(tok_path) as tmp, open(tmp, "wb") as out:
-        for texts, second in _batches(job, skips):
+        for texts, second in drop_records(_batches(job, skips), job.drop, skips,
+                                          str(job.unit.path)):
             kept = [t for t in texts if t]
             if len(kept) < len(texts):
                 skips.add("empty_document", len(texts) - len(kept))
@@ -463,6 +466,7 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
     reports: dict[str, SourceReport] = {}
     plans: dict[str, tuple[list[_Job], list[dict[str, Any]], str, Format]] = {}
     pending: list[_Job] = []
+    drops = plan_drops(cfg, on_error, chunk_bytes)  # None without `dedup:`
 
     for name, src in cfg.sources.items():
         folder = root / name
@@ -476,6 +480,7 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
         fmt = source_format(name, src, paths)
         files = _file_states(paths)
         fp = _fingerprint(src, fmt, tok, dtype)
+        fp = drops.fingerprint(name, fp) if drops is not None else fp
         there = None if remote is None or force else remote_up_to_date(remote / name, fp, files)
         if there is not None and not _up_to_date(folder, fp, files):
             reports[name] = SourceReport(name, "up to date", len(files), there["documents"],
@@ -497,7 +502,8 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
             key = _unit_key(unit, fp, st["size"], st["mtime_ns"], st.get("etag", ""))
             jobs.append(_Job(name, unit, key, part_dir, src.text_field, src.split.value,
                              (on_error or src.on_error).value, cfg.tokenizer, cfg.base_dir,
-                             cfg.eod_token, dtype.name, src.second_field))
+                             cfg.eod_token, dtype.name, src.second_field,
+                             drops.unit_drops(name, unit) if drops is not None else ()))
         plans[name] = (jobs, files, fp, fmt)
         pending.extend(j for j in jobs if not (part_dir / f"{j.key}.json").is_file())
 

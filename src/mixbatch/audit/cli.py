@@ -166,7 +166,9 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
-    from mixbatch.config import load_config
+    from pydantic import ValidationError
+
+    from mixbatch.config import format_validation_error, load_config
     from mixbatch.dedup import DedupConfig, find_duplicates, source_texts
     from mixbatch.errors import ConfigError
 
@@ -184,8 +186,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         over["near"] = None if args.no_near else near
     try:
         dc = DedupConfig.model_validate({**dc.model_dump(), **over})
-    except ValueError as e:
-        raise ConfigError(f"dedup: {str(e).splitlines()[-1].strip()}") from None
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, "dedup (config and options)")) from None
     for name, src in cfg.sources.items():
         if src.is_token_data:
             raise ConfigError(f"sources.{name}: token data has no text to compare")

@@ -284,8 +284,8 @@ class _Program:
         return alpha, vt, vp, obj
 
 
-def solve_mixture(replay: Replay, per_step: int = 5, per_pass: int = 1 << 40,
-                  max_passes: int = 200, tol: float = 1e-4) -> Solution:
+def solve_mixture(replay: Replay, per_step: int = 20, per_pass: int = 1 << 40,
+                  max_passes: int = 100, tol: float = 1e-4) -> Solution:
     """Lazy constraint generation until a replay under the solution finds no violated row."""
     n_cat = len(replay.pairs0)
     alpha = np.full(n_cat, 1.0 / n_cat)

@@ -70,8 +70,8 @@ class Inference:
 
 
 def infer_mixture(bpe: BPETokenizer | str | Path, samples: Mapping[str, Iterable[str]],
-                  merges: int | None = 30_000, per_step: int = 10, per_pass: int = 2000,
-                  max_passes: int = 200) -> Inference:
+                  merges: int | None = 30_000, per_step: int = 20, per_pass: int = 1 << 40,
+                  max_passes: int = 100) -> Inference:
     """Estimate the byte proportions of the categories ``samples`` (name → texts) in the
     training data of ``bpe`` from its first ``merges`` merges (all when None)."""
     if not isinstance(bpe, BPETokenizer):

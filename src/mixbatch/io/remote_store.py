@@ -183,6 +183,13 @@ class RemoteTokens:
     def __len__(self) -> int:
         return self.shape[0]
 
+    @property
+    def _numba_type_(self) -> Any:
+        # asked by a compiled kernel handed this object instead of an array: say what to do
+        raise StoreError(f"{self.url}: this store is read by byte ranges, which the caller's "
+                         "compiled read path does not take; set `cache: {whole: true}` (one "
+                         "download, then a memory map) or read through TokenStore.span_source")
+
     def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         raise TypeError(f"{self.url}: a remote token array is not read whole; index it "
                         "(or open the store with `cache.whole: true`)")

@@ -313,7 +313,9 @@ def test_bad_remote_input_is_one_clear_line(corpus: dict, monkeypatch) -> None:
     blocker.write_text("x")
     for cache, message in [({"dir": str(blocker / "sub")}, "not writable"),
                            ({"dir": str(tmp / "c"), "max_bytes": 1000, "block_bytes": "4KiB"},
-                            "smaller than one range")]:
+                            "smaller than one range"),
+                           ({"dir": str(tmp / "c"), "max_bytes": 8192, "whole": True},
+                            "which `whole: true` downloads whole")]:
         cfg = config_from_dict(_cfg(corpus, remote_in=False, remote_store=True, cache=cache))
         with pytest.raises(ConfigError, match=message):
             open_store(cfg.store_dir / "web")

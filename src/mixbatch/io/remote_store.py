@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from mixbatch.errors import StoreError
+from mixbatch.errors import ConfigError, StoreError
 from mixbatch.io.cache import CacheSettings, StoreCache, check_writable
 from mixbatch.io.fs import (
     RemoteError,
@@ -433,6 +433,9 @@ def open_remote_store(url: RemotePath, verify: bool = False) -> Any:
                           "object changed since the store was written; prepare the store again")
     dtype = np.dtype(meta["dtype"])
     if settings.whole or verify:
+        if settings.max_bytes < want:
+            raise ConfigError(f"cache.max_bytes: {settings.max_bytes} bytes is smaller than "
+                              f"{tok_url} ({want} bytes), which `whole: true` downloads whole")
         local = _whole_file(tok_url, checks["tokens"], cache, TOKENS)
         n_tok = want // dtype.itemsize
         tokens: Any = (np.memmap(local, dtype=dtype, mode="r", shape=(n_tok,)).view(np.ndarray)
@@ -485,6 +488,8 @@ def _whole_file(src: RemotePath, want: dict[str, Any], cache: StoreCache, name: 
                     marker.unlink(missing_ok=True)
                     os.replace(tmp, path)
                     marker.write_text(digest)
+                    os.utime(path)
+                    cache.evict()  # keep the cap (this file is the newest: evicted last)
                     return path
                 got = tmp.stat().st_size
             finally:

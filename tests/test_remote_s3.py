@@ -343,6 +343,11 @@ def test_cli_exit_codes(corpus: dict, s3_env: dict) -> None:
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert load_config(tmp / "ok.yaml").store_dir.url == f"s3://{bucket}/stores"
+    r = subprocess.run([sys.executable, "-m", "mixbatch", "inspect", str(tmp / "ok.yaml"), "--json"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout)
+    assert stats["store"] == f"s3://{bucket}/stores" and stats["documents"] == 290
     for over, code, message in [
         ({"store": "ftpx://x/y"}, 2, "unknown scheme 'ftpx'"),
         ({"sources": {"web": {"path": f"s3://{bucket}/raw/zzz/*.jsonl"}}}, 2, "matches no files"),

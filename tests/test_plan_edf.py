@@ -8,6 +8,7 @@ Both are driven through the same calls: chunks of any size (block boundaries), w
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -130,7 +131,7 @@ def test_samples_read_ahead_keeps_tijdemans_bound_across_changes(k, seed, data):
     plan = Interleaver(k)
     out = []
     cuts = sorted(set(data.draw(st.lists(st.integers(0, n), max_size=6))) | {0, n})
-    for a, b in zip(cuts, cuts[1:], strict=False):  # any chunking, weights from the path
+    for a, b in itertools.pairwise(cuts):  # any chunking, weights from the path
         out.append(plan.choose(b - a, path.at(a), path=path))
     src = np.concatenate(out)
     c = np.cumsum(np.eye(k)[src], axis=0)
@@ -147,7 +148,7 @@ def test_read_ahead_is_the_same_for_every_chunking_and_resume(k, seed, data):
     whole = Interleaver(k)
     want = whole.choose(n, path.at(0), path=path)
     parts, plan, done = [], Interleaver(k), 0
-    for cut in sorted(set(data.draw(st.lists(st.integers(1, n - 1), max_size=8)))) + [n]:
+    for cut in [*sorted(set(data.draw(st.lists(st.integers(1, n - 1), max_size=8)))), n]:
         parts.append(plan.choose(cut - done, path.at(done), path=path))
         state = json.loads(json.dumps(plan.state_dict()))
         plan = Interleaver(k)

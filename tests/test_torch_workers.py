@@ -162,3 +162,20 @@ def test_workers_stop_when_iteration_stops(tmp_path: Path) -> None:
     pids = list(dl.worker_pids)
     it.close()
     assert not any(_alive(p) for p in pids)
+
+
+def test_mixup_section_adds_the_record_per_step(tmp_path: Path) -> None:
+    """A `mixup:` section (embedding level for token batches): every batch carries the mixing
+    record of its step, the same with workers and after a resume."""
+    cfg = _cfg(tmp_path, mixup={"mixup_alpha": 0.4, "level": "embedding", "mode": "elem"})
+    plain = list(MixbatchDataLoader(cfg, max_steps=6))
+    keys = sorted(k for k in plain[0] if k.startswith("mix_"))
+    assert keys and "mix_lam" in keys
+    assert not torch.equal(plain[0]["mix_lam"], plain[1]["mix_lam"])  # a new draw every step
+    workers = list(MixbatchDataLoader(cfg, num_workers=2, max_steps=6))
+    dl = MixbatchDataLoader(cfg, max_steps=3)
+    head = list(dl)
+    tail = list(MixbatchDataLoader(cfg, state=dl.state_dict(), max_steps=3))
+    for a, b, c in zip(plain, workers, head + tail, strict=True):
+        for k in keys:
+            assert torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]), k

@@ -8,7 +8,9 @@ derived after: on the CPU, or on ``device`` after a ``non_blocking`` copy
 (:func:`mixbatch.torch.device.to_device`). ``fields`` (default: ``input_ids``, ``labels``,
 ``position_ids``, ``cu_seqlens``, ``max_seqlen``; ``"all"`` adds ``source_ids`` and
 ``doc_ids``) keeps the batch to what a trainer reads. ``transform`` runs on each compact batch
-in the worker (on-the-fly work that should run in parallel). ``state_dict()`` is the global
+in the worker (on-the-fly work that should run in parallel). A ``mixup:`` section in the config
+adds each step's mixing record (:class:`mixbatch.mixup.BatchMixer`, drawn from the seed and the
+step, so resume is exact) to the batches. ``state_dict()`` is the global
 stream's position after the last batch handed out: it resumes at any number of workers and any
 world size.
 
@@ -58,6 +60,7 @@ class MixbatchDataset(IterableDataset):
         self._lane_offset: int | None = None
         self._loader: MixedLoader | None = None
         self._last: tuple | None = None
+        self._mixer = _mixer(cfg)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         loader = self._loader = MixedLoader(self.cfg, self.rank, self.world_size)
@@ -76,7 +79,7 @@ class MixbatchDataset(IterableDataset):
                 continue
             batch = fields_on_cpu(loader.compact_of(step), self.fields)
             self._last = loader.snapshot()
-            yield batch
+            yield _mix(self._mixer, batch)
 
     # torchdata's Stateful protocol (called inside each worker by StatefulDataLoader)
     def state_dict(self) -> dict[str, Any]:
@@ -89,6 +92,21 @@ class MixbatchDataset(IterableDataset):
         self._start = copy.deepcopy(state["loader"])
         self._lane_offset = state.get("lane_offset")
         self._last = None
+
+
+def _mixer(cfg: Config) -> Any:
+    """The config's in-batch sample mixing (``mixup:``), or None."""
+    spec = getattr(cfg, "mixup", None)
+    if spec is None:
+        return None
+    from mixbatch.mixup import BatchMixer
+
+    return BatchMixer(spec, cfg.seed)
+
+
+def _mix(mixer: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """The mixing record of the batch's step (a function of seed and step: resume is exact)."""
+    return batch if mixer is None else mixer(batch, int(batch["step"]))
 
 
 class _Reader:
@@ -160,18 +178,19 @@ class MixbatchDataLoader:
         self._loader: MixedLoader | None = None
         self._last: tuple | None = None
         self.worker_pids: list[int] = []
+        self._mixer = _mixer(cfg)
 
     def _finish(self, compact: dict[str, Any]) -> dict[str, Any]:
         if self.device is not None:
             t = to_tensors(compact)
             if self.pin_memory and torch.cuda.is_available():
                 t = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
-            return to_device(t, self.device, self.fields, self.non_blocking)
+            return _mix(self._mixer, to_device(t, self.device, self.fields, self.non_blocking))
         batch = fields_on_cpu(compact, self.fields)
         if self.pin_memory and torch.cuda.is_available():
             batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v
                      for k, v in batch.items()}
-        return batch
+        return _mix(self._mixer, batch)
 
     def _steps(self, loader: MixedLoader) -> Iterator[Any]:
         end = None if self.max_steps is None else loader.step + self.max_steps

@@ -6,8 +6,9 @@ state of the global stream at a step boundary resumes the job at any world size 
 count, and it is small: the interleaver's counters, one counter per source, the shaper's carry.
 
 Steps are planned in *blocks* where the shaper allows it (``concat``: a step of ``n·R`` rows is
-``n`` steps of ``R`` rows of the same token line): one feed call and one token read cover
-``block_steps`` steps while the weights stay the same. The state stays the state of a step
+``n`` steps of ``R`` rows of the same token line): one feed call and one token read cover up to
+``block_steps`` steps while the weights stay the same (blocks grow 1, 2, 4, ... from a start or a
+resume, so the first batch comes quickly). The state stays the state of a step
 boundary: a block's planned but unused steps are dropped (and the feed rewound by replaying the
 used ones from the block's start) before a state is taken or the weights change, so the stream
 is the same for every block size (the tests check it against ``block_steps=1``).
@@ -235,6 +236,7 @@ class MixedLoader:
         self.stats = RunStats(len(self.names))
         self.override: np.ndarray | None = None
         self._block: _Block | None = None
+        self._grow = 1  # the size of the next block (doubles up to block_steps)
         self.feed.path = self.weight_path()
 
     @property
@@ -312,9 +314,13 @@ class MixedLoader:
         R = self.cfg.batch.batch_size
         n = 1
         if self.cfg.batch.packing in BLOCKABLE and self.block_steps > 1:
+            # blocks grow 1, 2, 4, ... up to block_steps: the first batch after a start or a
+            # resume comes quickly
+            size = self._grow
+            self._grow = min(2 * size, self.block_steps)
             ahead = self.override is not None or self.feed.path is not None  # no step-wise change
-            n = (self.block_steps if ahead else self.mixture.steps_constant(
-                self.step, self.tokens_planned, self.block_steps, R * self.cfg.batch.seq_len))
+            n = (size if ahead else self.mixture.steps_constant(
+                self.step, self.tokens_planned, size, R * self.cfg.batch.seq_len))
         start = ({"feed": self.feed.state_dict(), "shaper": self.shaper.state_dict()}
                  if n > 1 else {})
         plan = self.shaper.plan_step(self.feed, R * n)

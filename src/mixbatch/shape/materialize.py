@@ -140,35 +140,47 @@ def materialize_compact(plan: StepPlan, stores: Sequence[TokenStore], eod_id: in
 
 @njit(cache=True, nogil=True)
 def _expand(ids: np.ndarray, cu: np.ndarray, seq_source: np.ndarray, seq_doc: np.ndarray,
-            labels: np.ndarray, pos: np.ndarray, src: np.ndarray, doc: np.ndarray,
-            want: np.ndarray) -> None:
-    """One pass over the sequences, writing the per-position fields asked for in ``want``
-    (labels, position_ids, source_ids, doc_ids); arrays not asked for may be empty."""
+            ids64: np.ndarray, labels: np.ndarray, pos: np.ndarray, src: np.ndarray,
+            doc: np.ndarray, want: np.ndarray) -> None:
+    """Write the per-position fields asked for in ``want`` (input_ids as int64, labels,
+    position_ids, source_ids, doc_ids); arrays not asked for may be empty. Simple loops over
+    positions (vectorised by the compiler), then one pass over the sequences for what differs
+    per sequence."""
+    n = ids.size
+    if want[0] and want[1]:
+        for p in range(n):
+            v = ids[p]
+            ids64[p] = v
+            labels[p] = v
+    elif want[0]:
+        for p in range(n):
+            ids64[p] = ids[p]
+    elif want[1]:
+        for p in range(n):
+            labels[p] = ids[p]
     for q in range(cu.size - 1):
-        a, b = cu[q], cu[q + 1]
+        a = np.int64(cu[q])
+        b = np.int64(cu[q + 1])
         s = seq_source[q]
         pad = s < 0
-        if want[0]:
+        if want[1]:
             if pad:
-                for p in range(a, b):
-                    labels[p] = IGNORE_INDEX
+                labels[a:b] = IGNORE_INDEX
             elif b > a:
                 labels[a] = IGNORE_INDEX
-                for p in range(a + 1, b):
-                    labels[p] = ids[p]
-        if want[1]:
-            for p in range(a, b):
-                pos[p] = 0 if pad else p - a
         if want[2]:
-            for p in range(a, b):
-                src[p] = s
+            if pad:
+                pos[a:b] = 0
+            else:
+                for p in range(a, b):
+                    pos[p] = p - a
         if want[3]:
-            d = seq_doc[q]
-            for p in range(a, b):
-                doc[p] = d
+            src[a:b] = s
+        if want[4]:
+            doc[a:b] = seq_doc[q]
 
 
-_PER_POSITION = ("labels", "position_ids", "source_ids", "doc_ids")
+_PER_POSITION = ("input_ids", "labels", "position_ids", "source_ids", "doc_ids")
 
 
 def expand(compact: dict[str, Any], fields: str | Iterable[str] | None = "all") -> dict[str, Any]:
@@ -181,13 +193,11 @@ def expand(compact: dict[str, Any], fields: str | Iterable[str] | None = "all") 
     if flags.any():
         empty = np.empty(0, np.int64)
         made = [np.empty(R * L, np.int64) if f else empty for f in flags]
-        _expand(ids.reshape(-1), compact["cu_seqlens"], compact["seq_source"],
-                compact["seq_doc"], *made, flags)
+        _expand(np.ascontiguousarray(ids).reshape(-1), compact["cu_seqlens"],
+                compact["seq_source"], compact["seq_doc"], *made, flags)
         for name, arr, f in zip(_PER_POSITION, made, flags, strict=True):
             if f:
                 out[name] = arr.reshape(R, L)
-    if "input_ids" in want:
-        out["input_ids"] = ids.astype(np.int64)
     for k in ("cu_seqlens", "max_seqlen"):
         if k in want:
             out[k] = compact[k]

@@ -78,7 +78,10 @@ class WindowAnchor:
         self.start = self.weights = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"window_start": copy.deepcopy(self.start),
+        # the window's start is never changed once taken (a replay loads a copy of it), so it
+        # is shared, not copied: a loader takes a state every step (MixedLoader.state_from
+        # copies the whole state when it hands one out)
+        return {"window_start": self.start,
                 "window_weights": None if self.weights is None else list(self.weights),
                 "settings": self.digest}
 

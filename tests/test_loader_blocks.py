@@ -66,9 +66,11 @@ MIXTURES = {
 }
 
 
+@pytest.mark.parametrize("packing", ["concat", "bfd"])
 @pytest.mark.parametrize("mixture", list(MIXTURES))
-def test_blocks_equal_single_steps(tmp_path: Path, mixture: str) -> None:
-    cfg = _cfg(tmp_path, MIXTURES[mixture])
+def test_blocks_equal_single_steps(tmp_path: Path, mixture: str, packing: str) -> None:
+    cfg = _cfg(tmp_path, MIXTURES[mixture],
+               batch={"packing": packing, **({"pack_window": 8} if packing == "bfd" else {})})
     one = MixedLoader(cfg, block_steps=1)
     for block in (2, 7, 64):
         assert [s.plan.width.sum() for s in MixedLoader(cfg, block_steps=block).steps(3)] \
@@ -126,9 +128,10 @@ def _fresh(cfg, state) -> MixedLoader:
     return ld
 
 
+@pytest.mark.parametrize("packing", ["concat", "bfd"])
 @pytest.mark.parametrize("world", [2, 4])
-def test_blocks_with_ranks_resume(tmp_path: Path, world: int) -> None:
-    cfg = _cfg(tmp_path)
+def test_blocks_with_ranks_resume(tmp_path: Path, world: int, packing: str) -> None:
+    cfg = _cfg(tmp_path, batch={"packing": packing})
     assert_resumes(lambda: MixedLoader(cfg, rank=world - 1, world_size=world, block_steps=16),
                    total=40, cut_points=[0, 3, 16, 39])
     _same(_batches(MixedLoader(cfg, rank=1, world_size=world, block_steps=16), 30),

@@ -60,8 +60,10 @@ READS_FORMATS = ("mixbatch.loader/1", STATE_FORMAT)
 
 #: packing modes whose steps have a varying number of rows (a multiple of batch.row_multiple)
 VARIABLE_ROWS = (Packing.BUCKETS, Packing.PAD_BUCKETS)
-#: packing modes where one step of n·R rows is exactly n steps of R rows (planned in blocks)
-BLOCKABLE = (Packing.CONCAT,)
+#: packing modes where one step of n·R rows is exactly n steps of R rows (planned in blocks):
+#: concat cuts one token line into rows; bfd hands out the rows of its windows in an order that
+#: does not depend on the step size
+BLOCKABLE = (Packing.CONCAT, Packing.BFD)
 BLOCK_STEPS = 64  # steps planned per block (concat), while the weights stay the same
 
 

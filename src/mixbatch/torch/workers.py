@@ -149,7 +149,12 @@ class StepReaders:
                 if not group:
                     break
                 wire = _stack([g[1] for g in group])
-                self.conns[seq % self.n].send((seq, [g[0] for g in group], wire))
+                w = seq % self.n
+                try:
+                    self.conns[w].send((seq, [g[0] for g in group], wire))
+                except OSError:  # a broken pipe: the worker is gone
+                    self.procs[w].join(timeout=self.poll_interval)
+                    raise self._died(w) from None
                 in_flight.append((seq, [g[2] for g in group]))
                 seq += 1
             if not in_flight:

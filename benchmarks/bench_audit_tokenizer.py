@@ -173,7 +173,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer trials (a smoke run)")
     ap.add_argument("--trials", type=int, default=20)
-    ap.add_argument("--axis-trials", type=int, default=5, help="trials per point of the axes")
+    ap.add_argument("--axis-trials", type=int, default=4, help="trials per point of the axes")
+    ap.add_argument("--big-trials", type=int, default=2, help="trials at 3,000 merges")
     ap.add_argument("--gpt2-wheel", type=Path, default=None)
     ap.add_argument("--gpt2-merges", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
@@ -197,7 +198,8 @@ def main() -> None:
     rows = []
     settings = [(5, 3e5, 1000, trials), (10, 3e5, 1000, trials)]
     settings += [(5, b, 1000, axis_trials) for b in (1e5, 1e6)]
-    settings += [(5, 3e5, m, axis_trials) for m in (100, 300, 3000)]
+    settings += [(5, 3e5, m, axis_trials) for m in (100, 300)]
+    settings += [(5, 3e5, 3000, 2 if args.quick else args.big_trials)]  # ~2 min a trial here
     for n_cat, sb, merges, tr in settings:
         log(f"setting n={n_cat} sample={sb:.0e} merges={merges} trials={tr}")
         r = run_setting(pools, cache, n_cat, sb, merges, train_bytes, tr, args.seed + n_cat,

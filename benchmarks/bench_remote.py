@@ -16,8 +16,9 @@ each one pass (one run: ratios, not absolute speeds):
   over the S3 store opened with ``cache.whole: true`` (cold: download included; warm).
 - **LitData** (``StreamingDataset`` + ``TokensLoader``, sequences of ``seq_len``): the same
   tokens optimised once, read from local disk and from the same S3 server (cold, warm cache).
-- **MosaicML Streaming**: run only when ``.venv-streaming`` exists; otherwise reported as not
-  run.
+- **MosaicML Streaming** (``StreamingDataset`` over MDS shards of ``seq_len`` rows, written to
+  the same server by ``MDSWriter``): local disk, S3 cold and warm; runs under
+  ``.venv-streaming`` as a child process, and is reported as not run when that venv is missing.
 
     .venv-bench/bin/python benchmarks/bench_remote.py [--mb 24] [--steps 400]
 """
@@ -64,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--max-wait", type=float, default=60)
     p.add_argument("--skip-litdata", action="store_true")
+    p.add_argument("--skip-streaming", action="store_true")
+    p.add_argument("--streaming-python", type=Path, default=REPO / ".venv-streaming/bin/python",
+                   help="python of the venv that has mosaicml-streaming")
+    p.add_argument("--streaming-child", type=Path, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -248,6 +253,69 @@ def litdata_runs(root: Path, args, results: list) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# MosaicML Streaming (its own venv: it pins numpy<2.2), run as a child process
+# ---------------------------------------------------------------------------------------------
+def streaming_child(job: Path) -> None:
+    """Runs under .venv-streaming: MDS shards of the same tokens, uploaded to the same server,
+    read from local disk and from S3 (cold, warm); writes the rows as JSON."""
+    spec = json.loads(job.read_text())
+    from bench_loader import _stub_torchvision
+
+    _stub_torchvision()
+    from streaming import MDSWriter, StreamingDataLoader, StreamingDataset
+    from streaming.base.util import clean_stale_shared_memory
+
+    L, B, steps, root = spec["seq_len"], spec["batch"], spec["steps"], Path(spec["root"])
+    local = root / "mds"
+    with MDSWriter(out=(str(local), "s3://bench/mds"), columns={"input_ids": f"ndarray:uint16:{L}"},
+                   size_limit=1 << 22, keep_local=True) as w:
+        for path in spec["tokens"]:
+            tok = np.fromfile(path, dtype=np.uint16)
+            for row in tok[: len(tok) // L * L].reshape(-1, L):
+                w.write({"input_ids": row})
+    rows = []
+
+    def run(workers: int, **where: str) -> tuple[int, float]:
+        clean_stale_shared_memory()
+        t0 = time.perf_counter()
+        ds = StreamingDataset(batch_size=B, shuffle=True, shuffle_seed=0, **where)
+        n = 0
+        for b in StreamingDataLoader(ds, batch_size=B, num_workers=workers):
+            n += int(b["input_ids"].numel())
+            if n >= steps * B * L:
+                break
+        return n, time.perf_counter() - t0
+
+    for w in (0, 2):
+        wait_until_quiet()
+        rows.append(["MosaicML Streaming", "local disk", w, "-", *run(w, local=str(local))])
+        cache = root / f"mds-cache-{w}"
+        for state in ("cold", "warm"):
+            wait_until_quiet()
+            rows.append(["MosaicML Streaming", "S3", w, state,
+                         *run(w, remote="s3://bench/mds", local=str(cache))])
+    (root / "streaming.json").write_text(json.dumps(rows))
+
+
+def streaming_runs(root: Path, args, results: list) -> str:
+    python = args.streaming_python
+    if not python.exists():
+        return "not run: .venv-streaming is not built on this machine (`make bench-streaming-env`)"
+    job = root / "streaming-job.json"
+    job.write_text(json.dumps({"seq_len": args.seq_len, "batch": args.batch, "steps": args.steps,
+                               "root": str(root), "tokens": [
+                                   str(root / "store_local" / k / "tokens.bin")
+                                   for k in ("web", "code")]}))
+    r = subprocess.run([str(python), __file__, "--streaming-child", str(job)], text=True,
+                       capture_output=True, cwd=REPO)
+    if r.returncode != 0:
+        tail = " ".join(r.stderr.strip().splitlines()[-1:])[:200]
+        return f"failed: {tail}"
+    results.extend(tuple(row) for row in json.loads((root / "streaming.json").read_text()))
+    return "run (MDS shards of 4 MiB, sequences of seq_len, same server)"
+
+
+# ---------------------------------------------------------------------------------------------
 def bench(args: argparse.Namespace, root: Path) -> str:
     from mixbatch.io.fs import reset_filesystems
     from mixbatch.prepare import prepare
@@ -306,10 +374,10 @@ def bench(args: argparse.Namespace, root: Path) -> str:
             except Exception as e:  # an anchor that cannot read from this server: say so
                 lit_note = f"failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
                 log(f"litdata: {lit_note}")
-        streaming = REPO / ".venv-streaming" / "bin" / "python"
-        mosaic_note = ("not run: this script does not drive it yet" if streaming.exists()
-                       else "not run: .venv-streaming is not built on this machine "
-                            "(`make bench-streaming-env`)")
+        mosaic_note = "skipped (--skip-streaming)"
+        if not args.skip_streaming:
+            mosaic_note = streaming_runs(root, args, results)
+            log(f"streaming: {mosaic_note}")
     finally:
         server.terminate()
         server.wait()
@@ -336,6 +404,9 @@ def bench(args: argparse.Namespace, root: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.streaming_child is not None:
+        streaming_child(args.streaming_child)
+        return
 
     def setup(workdir: Path) -> None:
         for p in workdir.glob("cache-*"):

@@ -100,7 +100,7 @@ from mixbatch.config import Curriculum
 from mixbatch.errors import ConfigError, MixbatchInternalError, StateError
 from mixbatch.plan.interleave import Interleaver
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
-from mixbatch.shape.follow import follow_counts
+from mixbatch.shape.follow import Drift, follow_counts
 from mixbatch.shape.window import WindowAnchor
 
 __all__ = ["BucketShaper", "Pieces", "WindowReplay", "bucket_pieces", "bucket_schedule",
@@ -451,14 +451,12 @@ class BucketShaper:
             "seq_len": self.seq_len, "token_budget": self.token_budget, "min_len": self.min_len,
             "curriculum": self.curriculum.value, "cycles": self.cycles,
             "row_multiple": self.row_multiple, "window_tokens": window_tokens},
-            on_close=self._window_closed)
-        # tokens fed per source minus the target, at the current window's start (O(K)), and
-        # at its end once planned (module docstring: Sources)
-        self._drift: list[float] = []
-        self._drift_end: list[float] = []
+            on_close=self._drift_close)
+        # tokens fed per source minus the target, window to window (module docstring: Sources)
+        self.drift = Drift()
 
-    def _window_closed(self) -> None:
-        self._drift = self._drift_end
+    def _drift_close(self) -> None:
+        self.drift.close()
 
     # -- Shaper
     def plan_step(self, feed: DocFeed, rows: int) -> StepPlan | None:
@@ -467,17 +465,14 @@ class BucketShaper:
         return self.window.next(feed)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.window.state_dict(), "drift": list(self._drift)}
+        return {**self.window.state_dict(), "drift": self.drift.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.window.load_state_dict(state)
         try:
-            drift = [float(x) for x in state.get("drift", [])]
+            self.drift.load_state_dict(state.get("drift", []))
         except (TypeError, ValueError) as e:
             raise StateError(f"shaper state: malformed drift ({e})") from None
-        if not all(np.isfinite(drift)):
-            raise StateError("shaper state: drift must be finite numbers")
-        self._drift = self._drift_end = drift
 
     @property
     def unreported_truncated(self) -> int:
@@ -517,20 +512,13 @@ class BucketShaper:
         # tokens that are fed: tails excluded), so the mixture follows it step by step
         step_rows = np.array([per_bucket[b][0] for b in order.tolist()], dtype=np.int64)
         sizes = np.array([1 << (self.kmin + b) for b in range(B)], dtype=np.int64)
-        drift = np.zeros(n_src)
-        drift[:min(n_src, len(self._drift))] = self._drift[:n_src]
+        drift = self.drift.offset(n_src)
         fed = docs.tokens - tails
-        w = self.window.weights
-        if w is not None and len(w) >= n_src and sum(w[:n_src]) > 0:
-            target = np.asarray(w[:n_src], dtype=np.float64) / sum(w[:n_src])
-        else:  # no mixture weights: the window's own composition
-            target = np.bincount(sources, weights=fed, minlength=n_src)
-            target = target / max(target.sum(), 1)
+        target = Drift.weights(self.window.weights, sources, fed, n_src)
         take = follow_counts(order, step_rows, sizes, avail, sources, fed, drift, target,
                              slack=self.seq_len) \
             if order.size else avail[:0]
-        fed_now = (take * sizes[order][:, None]).sum(axis=0)
-        self._drift_end = (drift + fed_now - target * fed_now.sum()).tolist()
+        self.drift.planned(drift, (take * sizes[order][:, None]).sum(axis=0), target)
         truncated = int(tails.sum()) + leftover
         window_stats = {"window_tokens": int(docs.tokens.sum()),
                         "window_tail": int(tails.sum()), "window_leftover": leftover}

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["follow_counts", "follow_order", "stream_composition"]
+__all__ = ["Drift", "follow_counts", "follow_order", "stream_composition"]
 
 
 def stream_composition(source: np.ndarray, tokens: np.ndarray,
@@ -235,3 +235,50 @@ def follow_counts(step_group: np.ndarray, step_items: np.ndarray, item_tokens: n
     pace = np.zeros(avail.shape, dtype=np.float64)
     np.add.at(pace, args[0], free)
     return _follow_counts(*args, pace, float(slack))
+
+
+class Drift:
+    """Tokens fed per source minus the mixture target, carried from window to window.
+
+    A windowed shaper plans a window against ``w_i · t - drift_i`` (``t``: tokens it feeds in
+    the window), where ``drift`` is what the windows before left over; after planning it knows
+    the drift at the window's end, which becomes the next window's once the window closes.
+    The state is ``K`` numbers (the drift at the current window's start)."""
+
+    def __init__(self) -> None:
+        self.start: list[float] = []
+        self.end: list[float] = []
+
+    def offset(self, k: int) -> np.ndarray:
+        out = np.zeros(k)
+        n = min(k, len(self.start))
+        out[:n] = self.start[:n]
+        return out
+
+    @staticmethod
+    def weights(feed_weights: list[float] | None, source: np.ndarray, tokens: np.ndarray,
+                k: int) -> np.ndarray:
+        """The target weights: the feed's when the window was pulled, else (a feed without
+        weights) the window's own composition."""
+        if feed_weights is not None and len(feed_weights) >= k and sum(feed_weights[:k]) > 0:
+            w = np.asarray(feed_weights[:k], dtype=np.float64)
+            return w / w.sum()
+        w = np.bincount(source, weights=tokens, minlength=k).astype(np.float64)[:k]
+        return w / max(w.sum(), 1.0)
+
+    def planned(self, offset: np.ndarray, fed: np.ndarray, weights: np.ndarray) -> None:
+        """The window's plan feeds ``fed`` tokens per source."""
+        self.end = (offset + fed - weights * fed.sum()).tolist()
+
+    def close(self) -> None:
+        self.start = self.end
+
+    def state_dict(self) -> list[float]:
+        return list(self.start)
+
+    def load_state_dict(self, value: object) -> None:
+        """Raise ValueError / TypeError when malformed."""
+        drift = [float(x) for x in value]  # type: ignore[attr-defined]
+        if not all(np.isfinite(drift)):
+            raise ValueError("drift must be finite numbers")
+        self.start = self.end = drift

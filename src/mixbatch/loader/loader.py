@@ -51,7 +51,7 @@ from mixbatch.shape import (
 )
 from mixbatch.shape.balance import balanced_owner, row_labels_costs
 from mixbatch.shape.materialize import expand, materialize_compact, token_dtype
-from mixbatch.store import TokenStore, open_store
+from mixbatch.store import TokenStore, open_store, prefetch_plan
 
 STATE_FORMAT = "mixbatch.loader/2"
 #: formats this loader resumes from (/1 had no ``replay``)
@@ -195,6 +195,7 @@ class MixedLoader:
         self.eod_id = self.stores[0].eod_id
         self.pad_id = int(self.stores[0].meta["tokenizer"].get("pad_id", self.eod_id))
         self.token_dtype = token_dtype(self.stores, self.eod_id, self.pad_id)
+        self.remote = any(not isinstance(s.tokens, np.ndarray) for s in self.stores)
         self.mixture: MixtureSchedule = build_mixture(cfg, self.stores)
         self.reset()
 
@@ -328,6 +329,8 @@ class MixedLoader:
         plan = self.shaper.plan_step(self.feed, R * n)
         if plan is None:
             return None
+        if self.remote:  # stores at a URL: start fetching the block's documents now
+            prefetch_plan(self.stores, plan)
         plans = [plan] if n == 1 else _split_rows(plan, R)
         return _Block(start, plan, plans, [float(x) for x in w])
 

@@ -103,9 +103,10 @@ def materialize_compact(plan: StepPlan, stores: Sequence[TokenStore], eod_id: in
     sources = np.unique(plan.source) if len(plan.source) else plan.source
     for s in sources.tolist():
         m = plan.source == s
-        store = stores[s]
-        _gather(flat, store.tokens, np.asarray(store.starts), seg_start[m], plan.doc[m],
-                plan.start[m], plan.end[m])
+        start, end = plan.start[m], plan.end[m]
+        # a local store hands out its memory map; a store at a URL the fetched spans
+        tokens, doc_start, doc = stores[s].span_source(plan.doc[m], start, end)
+        _gather(flat, tokens, doc_start, seg_start[m], doc, start, end)
     flat[(seg_start + n_tok)[plan.eod]] = eod_id
     # sequences: every segment that takes positions, then each row's padding run
     width = n_tok + plan.eod

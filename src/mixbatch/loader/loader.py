@@ -50,7 +50,7 @@ from mixbatch.shape import (
     StepPlan,
 )
 from mixbatch.shape.balance import balanced_owner, row_labels_costs
-from mixbatch.shape.materialize import expand, materialize_compact, token_dtype
+from mixbatch.shape.materialize import expand, materialize_compact, split_compact, token_dtype
 from mixbatch.store import TokenStore, open_store, prefetch_plan
 
 STATE_FORMAT = "mixbatch.loader/2"
@@ -112,37 +112,13 @@ class _Block:
         self.plan = plan
         self.plans = plans
         self.used = 0  # steps handed out
-        self.compact: dict[str, Any] | None = None
-        self.rows_per_step = 0
-        self._row_seq = self._seq_len = np.empty(0, np.int64)
+        self.batches: list[dict[str, Any]] | None = None
 
     def read(self, stores: Sequence[TokenStore], eod_id: int, pad_id: int, dtype: np.dtype,
              rows_per_step: int) -> None:
-        """Read the tokens of every step at once (all rows: one rank)."""
-        c = self.compact = materialize_compact(self.plan, stores, eod_id, pad_id, dtype)
-        self.rows_per_step = rows_per_step
-        L = c["input_ids"].shape[1]
-        cu = c["cu_seqlens"]
-        self._row_seq = np.searchsorted(cu, np.arange(self.plan.rows + 1) * L).tolist()
-        self._seq_len = np.diff(cu)
-
-    def step_batch(self, j: int) -> dict[str, Any]:
-        """The compact batch of step ``j`` of the block: views of the block's (sequences never
-        cross a row)."""
-        c, r = self.compact, self.rows_per_step
-        assert c is not None
-        r0 = j * r
-        a, b = self._row_seq[r0], self._row_seq[r0 + r]
-        L = c["input_ids"].shape[1]
-        cu = c["cu_seqlens"][a:b + 1] - np.int32(r0 * L)
-        out = {"input_ids": c["input_ids"][r0:r0 + r], "cu_seqlens": cu,
-               "seq_source": c["seq_source"][a:b], "seq_doc": c["seq_doc"][a:b],
-               "max_seqlen": int(self._seq_len[a:b].max()) if b > a else 0}
-        if "second_lengths" in c:
-            per_row = c["second_lengths"][r0:r0 + r]
-            out["second_lengths"] = per_row
-            out["max_second_len"] = int(per_row.max()) if r else 0
-        return out
+        """Read the tokens of every step at once (all rows: one rank), then cut per step."""
+        compact = materialize_compact(self.plan, stores, eod_id, pad_id, dtype)
+        self.batches = split_compact(compact, [rows_per_step] * len(self.plans))
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -382,10 +358,11 @@ class MixedLoader:
         rank's rows (or of ``rows``) of a planned step; tokens in the stores' dtype."""
         block = step.block
         if rows is None and block is not None and self.world_size == 1:
-            if block.compact is None:  # one read for every step of the block
+            if block.batches is None:  # one read for every step of the block
                 block.read(self.stores, self.eod_id, self.pad_id, self.token_dtype,
                            step.plan.rows)
-            batch = block.step_batch(step.offset)
+            assert block.batches is not None
+            batch = dict(block.batches[step.offset])
         else:
             sub = step.plan.select_rows(step.rows if rows is None else rows)
             batch = materialize_compact(sub, self.stores, self.eod_id, self.pad_id,

@@ -139,6 +139,27 @@ def materialize_compact(plan: StepPlan, stores: Sequence[TokenStore], eod_id: in
     return out
 
 
+def split_compact(batch: dict[str, Any], rows: Sequence[int]) -> list[dict[str, Any]]:
+    """A compact batch of several steps' rows (in order) cut back into one per step, as views
+    (sequences never cross a row)."""
+    ids, cu = batch["input_ids"], batch["cu_seqlens"]
+    L = ids.shape[1]
+    edges = np.cumsum([0, *rows])
+    cut = np.searchsorted(cu, edges * L).tolist()
+    lens = np.diff(cu)
+    out = []
+    for j in range(len(rows)):
+        r0, r1, a, b = int(edges[j]), int(edges[j + 1]), cut[j], cut[j + 1]
+        one = {"input_ids": ids[r0:r1], "cu_seqlens": cu[a:b + 1] - np.int32(r0 * L),
+               "seq_source": batch["seq_source"][a:b], "seq_doc": batch["seq_doc"][a:b],
+               "max_seqlen": int(lens[a:b].max()) if b > a else 0}
+        if "second_lengths" in batch:
+            one["second_lengths"] = batch["second_lengths"][r0:r1]
+            one["max_second_len"] = int(one["second_lengths"].max()) if r1 > r0 else 0
+        out.append(one)
+    return out
+
+
 @njit(cache=True, nogil=True)
 def _expand(ids: np.ndarray, cu: np.ndarray, seq_source: np.ndarray, seq_doc: np.ndarray,
             ids64: np.ndarray, labels: np.ndarray, pos: np.ndarray, src: np.ndarray,

@@ -28,6 +28,7 @@ import numpy as np
 
 from mixbatch.errors import MixbatchError
 from mixbatch.shape.base import StepPlan
+from mixbatch.shape.materialize import split_compact
 
 _PLAN_KEYS = ("row", "col", "source", "doc", "start", "end", "eod", "pad")
 TASK_BYTES = 1 << 18  # tokens a task reads at most (several steps per message when small)
@@ -47,27 +48,6 @@ def _stack(plans: list[StepPlan]) -> dict[str, Any]:
     return d
 
 
-def _unstack(batch: dict[str, Any], rows: list[int]) -> list[dict[str, Any]]:
-    """The compact batch of stacked plans, cut back into one batch per step (rows in order;
-    sequences never cross a row)."""
-    ids, cu = batch["input_ids"], batch["cu_seqlens"]
-    L = ids.shape[1]
-    edges = np.cumsum([0, *rows])
-    cut = np.searchsorted(cu, edges * L).tolist()
-    lens = np.diff(cu)
-    out = []
-    for j in range(len(rows)):
-        r0, r1, a, b = int(edges[j]), int(edges[j + 1]), cut[j], cut[j + 1]
-        sub = cu[a:b + 1] - np.int32(r0 * L)
-        one = {"input_ids": ids[r0:r1], "cu_seqlens": sub, "seq_source": batch["seq_source"][a:b],
-               "seq_doc": batch["seq_doc"][a:b], "max_seqlen": int(lens[a:b].max()) if b > a else 0}
-        if "second_lengths" in batch:
-            one["second_lengths"] = batch["second_lengths"][r0:r1]
-            one["max_second_len"] = int(one["second_lengths"].max()) if r1 > r0 else 0
-        out.append(one)
-    return out
-
-
 def _plan_from_wire(d: dict[str, Any]) -> StepPlan:
     return StepPlan(int(sum(d["rows"])), d["seq_len"], *(d[k] for k in _PLAN_KEYS),
                     second=d["second"])
@@ -85,7 +65,7 @@ def _worker_main(conn: Any, reader: Callable[[StepPlan], dict[str, Any]],
             return
         seq, indices, wire = task
         try:
-            batches = _unstack(reader(_plan_from_wire(wire)), wire["rows"])
+            batches = split_compact(reader(_plan_from_wire(wire)), wire["rows"])
             for b, index in zip(batches, indices, strict=True):
                 b["step"] = index
             if transform is not None:

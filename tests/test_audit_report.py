@@ -216,3 +216,27 @@ def test_bad_logs_give_one_line(run, tmp_path: Path) -> None:
     assert r.returncode == 2 and "'nope' is not in the log" in r.stderr
     r = _run("audit", "report", str(tmp_path / "missing.jsonl"))
     assert r.returncode == 1 and "no such audit log" in r.stderr
+
+
+def test_report_of_a_training_run_folder_uses_its_weights(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from mixbatch.online import train_online
+    from mixbatch.proxy import ProxyConfig
+
+    cfg = _cfg(tmp_path, holdout=0.2)
+    proxy = ProxyConfig.from_dict({"n_layer": 1, "d_model": 32, "n_head": 2, "seq_len": 64,
+                                   "batch_size": 4, "steps": 12, "lr": 1e-2, "warmup": 2,
+                                   "eval_tokens": 256, "eval_every": 6, "device": "cpu",
+                                   "threads": 1})
+    run = tmp_path / "run"
+    train_online(cfg, proxy, {"name": "odm"}, target="s2", run_dir=run)
+    r = _run("audit", "report", str(run), "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["weights_logged"] and data["steps"] == 12
+    lines = (run / "weights.csv").read_text().splitlines()
+    head = lines[0].split(",")
+    last = dict(zip(head, lines[-1].split(","), strict=True))
+    for n in ("s0", "s1", "s2"):
+        assert data["sources"][n]["target_last_step"] == pytest.approx(float(last[f"weight_{n}"]))
+    assert (run / "audit-report" / "report.html").is_file()

@@ -30,7 +30,7 @@ def _positive_int(value: str) -> int:
 # ---------------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
     from mixbatch.audit.report import write_report
-    from mixbatch.audit.trace import log_files, read_trace
+    from mixbatch.audit.trace import log_files, read_trace, run_weights
 
     cfg = None
     if args.config:
@@ -38,9 +38,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config)
     paths = [p for item in args.run_or_log for p in log_files(item)]
-    trace = read_trace(paths, cfg)
+    folders = [Path(item) for item in args.run_or_log if Path(item).is_dir()]
+    weights = run_weights(folders[0]) if folders else None  # a training run's weights.csv
+    trace = read_trace(paths, cfg, weights)
     first = Path(args.run_or_log[0])
-    dest = Path(args.out) if args.out else (first if first.is_dir() else
+    dest = Path(args.out) if args.out else (first / "audit-report" if first.is_dir() else
                                             first.with_name(first.stem + "-report"))
     data = write_report(trace, dest)
     if args.json:
@@ -105,8 +107,8 @@ def add_audit_parsers(subparsers: Any) -> argparse.ArgumentParser:
                     help="an audit log (stream --emit), or a run folder; several: one per rank")
     sp.add_argument("--config", default=None, help="check the log belongs to this config")
     sp.add_argument("--out", default=None, metavar="DIR",
-                    help="where the report goes (default: LOG-report/ beside the log, or the run "
-                         "folder)")
+                    help="where the report goes (default: LOG-report/ beside the log, or "
+                         "RUN/audit-report/)")
     sp.add_argument("--json", action="store_true", help="print the report's numbers as JSON")
     sp.set_defaults(func=cmd_report)
 

@@ -175,8 +175,36 @@ def _load_summary(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def read_trace(paths: list[Path], cfg: Any = None) -> RunTrace:
-    """Stream the logs once into a :class:`RunTrace` (checked against ``cfg`` when given)."""
+def run_weights(folder: Path) -> dict[str, dict[int, float]] | None:
+    """Target weights per step from a training run folder's ``weights.csv`` (``step``,
+    ``weight_<source>``, ...), or None when the folder has none."""
+    path = Path(folder) / "weights.csv"
+    if not path.is_file():
+        return None
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        return None
+    head = lines[0].split(",")
+    cols = {h.removeprefix("weight_"): i for i, h in enumerate(head) if h.startswith("weight_")}
+    out: dict[str, dict[int, float]] = {n: {} for n in cols}
+    for k, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        f = line.split(",")
+        try:
+            step = int(f[0])
+            for n, i in cols.items():
+                out[n][step] = float(f[i])
+        except (ValueError, IndexError):
+            raise DataError(f"{path}:{k}: not a weights row (step, weight_<source>, ...)") from None
+    return out
+
+
+def read_trace(paths: list[Path], cfg: Any = None,
+               weights_by_source: dict[str, dict[int, float]] | None = None) -> RunTrace:
+    """Stream the logs once into a :class:`RunTrace` (checked against ``cfg`` when given);
+    ``weights_by_source`` (a training run's :func:`run_weights`) gives the target weights per
+    step when the logs have no step records."""
     headers: list[dict[str, Any]] = []
     names: list[str] | None = None
     per_step: dict[int, dict[str, Any]] = {}
@@ -278,6 +306,9 @@ def read_trace(paths: list[Path], cfg: Any = None) -> RunTrace:
             global_cost[j] = float(rec.get("global_cost", 0.0))
     if weights is not None and not seen_w.all():
         weights = None  # a log that mixes steps with and without records: use the summary
+    if (weights is None and weights_by_source and all(n in weights_by_source for n in names)
+            and all(int(s_) in weights_by_source[n] for n in names for s_ in steps)):
+        weights = np.array([[weights_by_source[n][int(s_)] for n in names] for s_ in steps])
     if not default_len and (seq_len == 0).any():
         # no header and no step records: the longest logged row is the row length
         seq_len[:] = max(int(tokens.sum(axis=1).max(initial=0)), 1)

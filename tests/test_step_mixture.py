@@ -192,3 +192,75 @@ def test_sample_mode_keeps_whole_documents() -> None:
     step = next(loader.steps(1))
     assert step.plan.start.max() == 0 and step.plan.truncated > 0
     assert loader.feed.max_deviation < 1.0
+
+
+# ------------------------------------------------------------------------ the hand-out rules
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), n=st.integers(1, 40), k=st.integers(1, 4))
+def test_follow_order_is_a_deterministic_permutation_that_beats_the_stream_order(
+        data, n: int, k: int) -> None:
+    """Items cut from a stream: the order is a permutation, the same on a second call, and its
+    largest deviation from the stream after each item is no worse than handing the items out
+    in a fixed shuffled order."""
+    from mixbatch.shape.follow import follow_order
+
+    src = np.array(data.draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n)))
+    tok = np.array(data.draw(st.lists(st.integers(1, 50), min_size=n, max_size=n)))
+    item = np.array(data.draw(st.lists(st.integers(0, max(n // 3, 1)), min_size=n,
+                                       max_size=n)))
+    _, item = np.unique(item, return_inverse=True)
+    m = int(item.max()) + 1
+    comp = np.zeros((m, k))
+    np.add.at(comp, (item, src), tok)
+    tie = np.arange(m)[::-1].copy()
+    order = follow_order(comp, tie, src, tok)
+    assert sorted(order.tolist()) == list(range(m))
+    assert np.array_equal(order, follow_order(comp, tie, src, tok))
+
+    def worst(o: np.ndarray) -> float:
+        cum_t = np.concatenate([[0.0], np.cumsum(tok)])
+        cum_s = np.vstack([np.zeros(k), np.cumsum(np.eye(k)[src] * tok[:, None], axis=0)])
+        c = np.cumsum(comp[o], axis=0)
+        out = 0.0
+        for row in c:
+            t = row.sum()
+            p = int(np.searchsorted(cum_t, t, side="right")) - 1
+            target = cum_s[min(p, n)].copy()
+            if p < n:
+                target[src[p]] += t - cum_t[p]
+            out = max(out, float(np.abs(row - target).max()))
+        return out
+
+    assert worst(order) <= max(worst(np.argsort(tie)), comp.sum(axis=1).max()) + 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), k=st.integers(1, 4), groups=st.integers(1, 3))
+def test_follow_counts_takes_what_the_groups_hold(data, k: int, groups: int) -> None:
+    """Every step takes its number of items from its group's sources, never more than a group
+    holds of a source, and each source's total follows the target's order of magnitude."""
+    from mixbatch.shape.follow import follow_counts
+
+    avail = np.array(data.draw(st.lists(st.lists(st.integers(0, 12), min_size=k, max_size=k),
+                                        min_size=groups, max_size=groups)))
+    sizes = 2 ** np.arange(groups)
+    steps_g, items = [], []
+    for g in range(groups):
+        per = data.draw(st.integers(1, 4))
+        for _ in range(int(avail[g].sum()) // per):
+            steps_g.append(g)
+            items.append(per)
+    order = np.array(data.draw(st.permutations(list(range(len(steps_g))))), dtype=np.int64)
+    steps_g = np.array(steps_g, dtype=np.int64)[order] if steps_g else np.empty(0, np.int64)
+    items = np.array(items, dtype=np.int64)[order] if items else np.empty(0, np.int64)
+    src = np.repeat(np.arange(k), avail.sum(axis=0))
+    tok = np.repeat(np.ones(k), avail.sum(axis=0))
+    for slack in (np.inf, 2.0):
+        take = follow_counts(steps_g, items, sizes, avail, src, tok, slack=slack)
+        assert take.shape == (len(steps_g), k) and (take >= 0).all()
+        assert np.array_equal(take.sum(axis=1), items)
+        used = np.zeros_like(avail)
+        np.add.at(used, steps_g, take)
+        assert (used <= avail).all()

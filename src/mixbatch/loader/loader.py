@@ -404,7 +404,7 @@ class MixedLoader:
         if block is not None and block.start and 0 < block.used < len(block.plans):
             where: tuple = ("replay", block.start, block.used, block.weights)
         else:
-            if block is not None and block.used == 0:  # nothing handed out: rewind for free
+            if block is not None and block.start and block.used == 0:  # nothing handed out
                 self.feed.load_state_dict(copy.deepcopy(block.start["feed"]))
                 self.shaper.load_state_dict(copy.deepcopy(block.start["shaper"]))
                 self._block = None

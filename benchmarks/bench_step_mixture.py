@@ -52,8 +52,9 @@ def corpus(work: Path, max_bytes: int) -> dict[str, dict]:
 
 
 def step_deviation(loader, steps: int) -> tuple[np.ndarray, int, float, int]:
-    """Largest |c_i - W_i| (tokens) per source over every step boundary; steps run; seconds;
-    largest step (tokens)."""
+    """Largest |c_i - W_i| per source over every step boundary (tokens; by samples: documents
+    started); steps run; seconds; largest step (tokens or documents)."""
+    samples = loader.cfg.mixture.unit.value == "samples"
     k = len(loader.names)
     c = np.zeros(k)
     target = np.zeros(k)
@@ -63,7 +64,8 @@ def step_deviation(loader, steps: int) -> tuple[np.ndarray, int, float, int]:
     t0 = time.perf_counter()
     for step in loader.steps(steps):
         p = step.plan
-        tok = np.bincount(p.source, weights=p.end - p.start, minlength=k)
+        unit = ((p.start == 0) & (p.end > p.start)) if samples else p.end - p.start
+        tok = np.bincount(p.source, weights=unit, minlength=k)
         c += tok
         target += np.asarray(step.weights, dtype=np.float64) * tok.sum()
         worst = np.maximum(worst, np.abs(c - target))
@@ -73,7 +75,7 @@ def step_deviation(loader, steps: int) -> tuple[np.ndarray, int, float, int]:
 
 
 def run_mode(name: str, sources: dict, work: Path, steps: int, seq_len: int,
-             seed: int = 0) -> dict:
+             seed: int = 0, unit: str = "tokens") -> dict:
     from mixbatch.config import config_from_dict
     from mixbatch.loader.loader import MixedLoader
     from mixbatch.prepare import prepare
@@ -81,7 +83,7 @@ def run_mode(name: str, sources: dict, work: Path, steps: int, seq_len: int,
     picked = {n: sources[n] for n in WEIGHTS}
     cfg = config_from_dict({
         "seed": seed, "tokenizer": "byte", "store": str(work / "store"), "sources": picked,
-        "mixture": {"unit": "tokens", "weights": WEIGHTS},
+        "mixture": {"unit": unit, "weights": WEIGHTS},
         "batch": {"seq_len": seq_len, "batch_size": 8, **MODES[name]}}, base_dir=work)
     prepare(cfg, workers=1)
     loader = MixedLoader(cfg)
@@ -119,6 +121,8 @@ def main() -> None:
     ap.add_argument("--demo", action="store_true", help="also run the demo's config")
     ap.add_argument("--demo-steps", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0, help="the loader's seed (reading orders)")
+    ap.add_argument("--unit", choices=["tokens", "samples"], default="tokens",
+                    help="mix by tokens (deviation in tokens) or by samples (in documents)")
     ap.add_argument("--label", default="", help="a name for this run in the table")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
@@ -128,12 +132,21 @@ def main() -> None:
     sources = corpus(args.work, args.max_bytes)
     print(header("bench_step_mixture: the mixture at every step boundary", ["numpy"],
                  {"mixbatch imported from": str(Path(mixbatch.__file__).parent),
-                  "label": args.label or "-", "seed": str(args.seed)}))
-    results = [run_mode(m, sources, args.work, args.steps, args.seq_len, args.seed)
+                  "label": args.label or "-", "seed": str(args.seed), "unit": args.unit}))
+    results = [run_mode(m, sources, args.work, args.steps, args.seq_len, args.seed, args.unit)
                for m in args.modes.split(",")]
     if args.demo:
         results.append(run_demo(sources, args.work, args.demo_steps))
     print()
+    if args.unit == "samples":  # deviation in documents; no target of the issue applies
+        print("| mode | steps | largest step (documents) | " +
+              " | ".join(f"max dev {n} (documents)" for n in WEIGHTS) + " | seconds |")
+        print("|---|---:|---:|" + "---:|" * len(WEIGHTS) + "---:|")
+        for r in results:
+            cells = " | ".join(f"{x:,.1f}" for x in r["worst"])
+            print(f"| {r['mode']} | {r['steps']} | {r['step_tokens']:,} | {cells} | "
+                  f"{r['seconds']:.1f} |")
+        return
     print("| mode | steps | largest step tokens | " +
           " | ".join(f"max dev {n} (tokens)" for n in WEIGHTS) +
           " | max dev / seq_len | target | met | seconds |")

@@ -64,7 +64,7 @@ import numpy as np
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.plan.permutation import derive_key, keyed_order
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
-from mixbatch.shape.follow import follow_order
+from mixbatch.shape.follow import by_samples, follow_order
 from mixbatch.shape.window import WindowAnchor
 
 __all__ = ["BFDShaper", "best_fit_decreasing", "cut_pieces", "cut_spans"]
@@ -219,7 +219,7 @@ class _Window:
     pad: np.ndarray  # int64, per row
 
     @staticmethod
-    def pack(docs: Docs, seq_len: int) -> _Window:
+    def pack(docs: Docs, seq_len: int, samples: bool = False) -> _Window:
         k, start, end, eod = cut_spans(docs.span_start, docs.span_end, docs.span_eod, seq_len)
         width = end - start + eod
         order, bins, n_rows = _bfd_bins(width, seq_len)
@@ -230,11 +230,14 @@ class _Window:
                          int(docs.length.sum()))
         n_src = int(docs.source.max()) + 1
         src_of = docs.source.astype(np.int64)[k[order]]  # per piece, in packing order
-        comp = np.bincount(bins * n_src + src_of, weights=(end - start)[order],
+        # by tokens a row counts its tokens; by samples (``samples``) the documents it starts
+        unit = (start == docs.span_start[k]).astype(np.float64) if samples else end - start
+        comp = np.bincount(bins * n_src + src_of, weights=unit[order],
                            minlength=n_rows * n_src).reshape(n_rows, n_src)
         tie = np.empty(n_rows, dtype=np.int64)
         tie[keyed_order(n_rows, key)] = np.arange(n_rows)
-        handed = follow_order(comp, tie, docs.source, docs.tokens)
+        handed = follow_order(comp, tie, docs.source,
+                              np.ones(len(docs)) if samples else docs.tokens)
         row_of_bin = np.empty(n_rows, dtype=np.int64)
         row_of_bin[handed] = np.arange(n_rows)
         row = row_of_bin[bins]  # per piece, in packing order
@@ -305,14 +308,15 @@ class BFDShaper:
         """Pull and pack the next window; False when the stream has ended."""
         docs = self._anchor.pull(feed, self.pack_window * self.seq_len, 1)
         self._emitted = 0
-        self._window = _Window.pack(docs, self.seq_len) if len(docs) else None
+        self._window = _Window.pack(docs, self.seq_len, by_samples(feed)) if len(docs) \
+            else None
         return self._window is not None
 
     def _replay_window(self, feed: DocFeed) -> None:
         """Rebuild the saved window: rewind the feed, pull and pack it again (module doc)."""
         docs = self._anchor.replay(feed, self.pack_window * self.seq_len, 1)
         self._replay = False
-        window = _Window.pack(docs, self.seq_len) if len(docs) else None
+        window = _Window.pack(docs, self.seq_len, by_samples(feed)) if len(docs) else None
         if window is None or self._emitted > window.n_rows:
             rows = 0 if window is None else window.n_rows
             raise StateError(f"loader state: the bfd window holds {rows} rows but "

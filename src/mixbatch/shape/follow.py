@@ -33,7 +33,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["Drift", "follow_counts", "follow_order", "stream_composition"]
+__all__ = ["Drift", "by_samples", "follow_counts", "follow_order", "stream_composition"]
+
+
+def by_samples(feed: object) -> bool:
+    """Whether the feed mixes by samples (documents) rather than by tokens: a windowed
+    shaper then follows the stream's documents, not its tokens."""
+    unit = getattr(feed, "unit", None)
+    return getattr(unit, "value", unit) == "samples"
 
 
 def stream_composition(source: np.ndarray, tokens: np.ndarray,

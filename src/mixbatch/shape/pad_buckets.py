@@ -94,7 +94,7 @@ from mixbatch.plan.interleave import Interleaver
 from mixbatch.plan.permutation import derive_key, keyed_order
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.buckets import WindowReplay
-from mixbatch.shape.follow import follow_order
+from mixbatch.shape.follow import by_samples, follow_order
 
 __all__ = ["PadBucketShaper", "equal_token_edges"]
 
@@ -185,6 +185,7 @@ class PadBucketShaper:
             "window_tokens": int(window_tokens), "pad_to": pad_to, "sort_pool": sort_pool,
             "second_buckets": second_buckets, "second_weight": self.second_weight,
             "second_max": second_max})
+        self._samples = False  # the feed mixes by samples: follow its documents, not tokens
 
     def cost(self, width: Any) -> Any:
         """``c(x) = x + quadratic · x²`` (scalar or array): one row of ``width`` positions."""
@@ -202,6 +203,7 @@ class PadBucketShaper:
     def plan_step(self, feed: DocFeed, rows: int) -> StepPlan | None:
         """The next step (``rows`` is ignored: the budget decides a step's rows)."""
         del rows
+        self._samples = by_samples(feed)
         return self.window.next(feed)
 
     def state_dict(self) -> dict[str, Any]:
@@ -368,7 +370,8 @@ class PadBucketShaper:
         # hand the batches out so that the sources follow the planned stream step by step
         # (mixbatch.shape.follow); among equal choices, in the buckets' interleaving
         n_src = int(docs.source.max()) + 1
-        fed = np.where(keep, end - start, 0)
+        # by tokens a batch counts its tokens; by samples its documents
+        fed = np.where(keep, 1 if self._samples else end - start, 0)
         which = np.repeat(np.arange(len(members)), counts)
         comp = np.bincount(which * n_src + docs.source[flat].astype(np.int64),
                            weights=fed[flat], minlength=len(members) * n_src

@@ -266,14 +266,14 @@ def test_cache_warm_reads_fetch_nothing_and_respect_the_cap(corpus: dict) -> Non
     assert url in str(capped.path)
 
 
-def _read_worker(args: tuple) -> bytes:
+def _read_worker(args: tuple) -> tuple[bytes, int]:
     data, env, docs = args
     os.environ.update(env)
     from mixbatch.config import config_from_dict as make
     from mixbatch.store import open_store as open_
 
     store = open_(make(data).store_dir / "web")
-    return store.gather(np.asarray(docs))[0].tobytes()
+    return store.gather(np.asarray(docs))[0].tobytes(), store.tokens.fetched_bytes
 
 
 def test_processes_share_one_cache(corpus: dict, s3_env: dict) -> None:
@@ -286,8 +286,11 @@ def test_processes_share_one_cache(corpus: dict, s3_env: dict) -> None:
     jobs = [(data, s3_env, rng.permutation(len(ref))[:120].tolist()) for _ in range(4)]
     with mp.get_context("spawn").Pool(4) as pool:
         got = pool.map(_read_worker, jobs)
-    for (_, _, docs), tokens in zip(jobs, got, strict=True):
+    for (_, _, docs), (tokens, _) in zip(jobs, got, strict=True):
         assert tokens == ref.gather(np.asarray(docs))[0].tobytes()
+    # each block crossed the network once for the whole node, however the processes met
+    size = (Path(local.store) / "web" / "tokens.bin").stat().st_size
+    assert 0 < sum(fetched for _, fetched in got) <= size
     root = corpus["tmp"] / "cache" / "stores"
     leftovers = [p for p in root.rglob(".*") if p.name != ".lock" and not p.name.endswith(".verified")]
     assert not leftovers  # no temporary files left behind

@@ -26,10 +26,12 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mixbatch.errors import ConfigError
 
@@ -113,6 +115,8 @@ class StoreCache:
         self.root = self.base / "stores" / key
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.root / ".lock"
+        self._lock_file: Any = None
+        self._lock_pid = -1
         self._mu = threading.Lock()
         self._usage = self.usage()  # this process's estimate: last scan + its own writes
         self._written = 0  # bytes written since the last scan
@@ -156,15 +160,52 @@ class StoreCache:
         if over:
             self.evict()
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_lock_file=None, _lock_pid=-1, _mu=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._mu = threading.Lock()
+
+    def _lock_fd(self) -> Any:
+        # one descriptor per process, never closed while in use: closing any descriptor of a
+        # file drops every POSIX record lock the process holds on it
+        with self._mu:
+            if self._lock_pid != os.getpid():
+                self._lock_file = open(self._lock_path, "a+b")  # noqa: SIM115
+                self._lock_pid = os.getpid()
+            return self._lock_file
+
+    def try_lock(self, index: int) -> bool:
+        """Take the record lock of block ``index`` if no other process holds it."""
+        try:
+            fcntl.lockf(self._lock_fd(), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, index)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EAGAIN, errno.EDEADLK):
+                return False
+            raise
+        return True
+
+    def unlock(self, index: int) -> None:
+        fcntl.lockf(self._lock_fd(), fcntl.LOCK_UN, 1, index)
+
     @contextmanager
     def locked(self, index: int) -> Iterator[None]:
-        """Hold the record lock of block ``index`` (other processes wait for it)."""
-        with open(self._lock_path, "a+b") as f:
-            fcntl.lockf(f, fcntl.LOCK_EX, 1, index)
-            try:
-                yield
-            finally:
-                fcntl.lockf(f, fcntl.LOCK_UN, 1, index)
+        """Hold the record lock of block ``index`` (other processes wait for it).
+
+        Waiting polls the lock instead of blocking on it: the kernel's deadlock check counts
+        locks per process, so a process whose prefetch thread holds one block while its main
+        thread waits for another could be refused (EDEADLK) although no one waits forever."""
+        pause = 0.001
+        while not self.try_lock(index):
+            time.sleep(pause)
+            pause = min(0.05, pause * 2)
+        try:
+            yield
+        finally:
+            self.unlock(index)
 
     def usage(self) -> int:
         return sum(size for _, _, size in _files(self.base))

@@ -282,7 +282,7 @@ class RemoteTokens:
                     waits.append((b, ev))
         try:
             if to_fetch:
-                out.update(self._fetch(to_fetch))
+                out.update(self._fetch_shared(to_fetch))
         finally:
             with self._mu:
                 for b in to_fetch:
@@ -326,8 +326,37 @@ class RemoteTokens:
             return None
         return np.frombuffer(data, dtype=self.dtype)
 
+    def _fetch_shared(self, blocks: list[int]) -> dict[int, np.ndarray]:
+        """Fetch blocks once per node: those no other process is fetching are locked and
+        fetched here; for the others, wait for their lock, then read what that process cached
+        (or fetch it, if it failed)."""
+        mine = [b for b in blocks if self.cache.try_lock(b)]
+        out: dict[int, np.ndarray] = {}
+        try:
+            # another process may have cached a block between the look on disk and the lock
+            todo = []
+            for b in mine:
+                data = self._from_disk(b)
+                if data is None:
+                    todo.append(b)
+                else:
+                    out[b] = data
+            if todo:
+                out.update(self._fetch(todo))
+        finally:
+            for b in mine:
+                self.cache.unlock(b)
+        for b in blocks:
+            if b in out:
+                continue
+            with self.cache.locked(b):
+                data = self._from_disk(b)
+                out[b] = data if data is not None else self._fetch([b])[b]
+        return out
+
     def _fetch(self, blocks: list[int]) -> dict[int, np.ndarray]:
-        """Fetch blocks from the server (runs of neighbours in one request), verify, cache."""
+        """Fetch blocks from the server (runs of neighbours in one request), verify, cache;
+        the caller holds their record locks."""
         out: dict[int, np.ndarray] = {}
         runs: list[list[int]] = []
         for b in sorted(blocks):
@@ -345,8 +374,7 @@ class RemoteTokens:
                 piece = body[lo: lo + self._expected_len(b)]
                 if not self._ok(b, piece):
                     piece = self._refetch(b)
-                with self.cache.locked(b):
-                    self.cache.write(f"tokens.{b}", piece)
+                self.cache.write(f"tokens.{b}", piece)
                 out[b] = np.frombuffer(piece, dtype=self.dtype)
         return out
 

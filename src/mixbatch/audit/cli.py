@@ -136,7 +136,8 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     bpe = load_bpe(args.tokenizer, args.pattern)
     samples = config_samples(cfg, args.sample_bytes, seed=cfg.seed)
-    res = infer_mixture(bpe, samples, merges=args.merges)
+    res = infer_mixture(bpe, samples, merges=args.merges, per_step=args.per_step,
+                        max_passes=args.max_passes)
     data = res.to_dict()
     if args.plot:
         from mixbatch.audit.report import pyplot
@@ -229,6 +230,11 @@ def _add_more(sub: Any) -> None:
                     help="text per category (default 10 MiB)")
     sp.add_argument("--pattern", default=None, help="split regex of a tiktoken file (default: "
                                                     "GPT-2 / cl100k / o200k by vocabulary size)")
+    sp.add_argument("--per-step", type=_positive_int, default=20, metavar="K",
+                    help="violated rows added per merge and pass (default %(default)s)")
+    sp.add_argument("--max-passes", type=_positive_int, default=100, metavar="P",
+                    help="stop after P solve passes; the output says whether it converged "
+                         "(default %(default)s)")
     sp.add_argument("--plot", default=None, metavar="F.png", help="bar chart of the proportions")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_tokenizer)

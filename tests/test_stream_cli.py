@@ -27,7 +27,7 @@ def test_stream_json_summary_and_audit_log(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["steps"] == 40 and s["unit"] == "tokens"
-    assert s["max_prefix_deviation"] <= s["max_document_length"]
+    assert s["max_prefix_deviation"] <= s["max_unit_length"] <= s["max_document_length"]
     for name, w in {"s0": 0.5, "s1": 0.3, "s2": 0.2}.items():
         assert s["sources"][name]["target"] == pytest.approx(w)
         assert abs(s["sources"][name]["realised"] - w) < 0.05

@@ -203,6 +203,9 @@ def stream_summary(loader, first: int, done: int, fed: int, seconds: float) -> d
         "rank": loader.rank, "world_size": loader.world_size, "sources": sources,
         "max_prefix_deviation": loader.feed.max_deviation,
         "max_document_length": int(max(int(np.max(s.lengths)) for s in loader.stores)),
+        # the planner's unit in token mode: a piece of at most piece_len tokens of a document
+        "max_unit_length": min(int(max(int(np.max(s.lengths)) for s in loader.stores)),
+                               loader.feed.piece_len or 1 << 62),
         **loader.stats.summary(), "tokens_fed_this_rank": fed,
         "seconds": seconds, "tokens_per_second": fed / seconds if seconds else 0.0,
         "ended": loader.feed.ended,
@@ -227,7 +230,7 @@ def stream_table(summary: dict) -> Table:
     table = Table(title=f"stream: steps {summary['first_step']}..{summary['first_step'] + summary['steps']}"
                   f" (rank {summary['rank']}/{summary['world_size']})",
                   caption=(f"largest prefix deviation {summary['max_prefix_deviation']:.2f} {unit}"
-                           + (f" (longest document {summary['max_document_length']:,} tokens)"
+                           + (f" (bound: one piece, at most {summary['max_unit_length']:,} tokens)"
                               if unit == "tokens" else "")
                            + f" · padding {summary['padding_fraction']:.2%}"
                            + (f" · second-length padding {summary['second_padding_fraction']:.2%}"

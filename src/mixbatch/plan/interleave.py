@@ -47,8 +47,9 @@ is non-preemptive EDF on jobs of utilisation exactly 1, so a document finishes a
 .. math:: -(1 - w_i) l_i \le W_i(T) - c_i(T) \le (1 - w_i) l_i + w_i L_B \le L_{max}
 
 where ``l_i`` is the length of source ``i``'s document being waited on or just emitted and
-``L_max`` the longest document: within one document. (Lower side: a document is only taken
-when released. Upper side: ``W_i`` at the start of a document is at most ``W_i`` at its
+``L_max`` the longest document: within one document. (The loader's feed hands the rule
+*pieces* of at most ``seq_len`` tokens of each document, so there the bound is one piece.)
+(Lower side: a document is only taken when released. Upper side: ``W_i`` at the start of a document is at most ``W_i`` at its
 deadline plus ``w_i L_B`` minus ``w_i l``.) The deviation is extremal at document boundaries,
 so checking those checks every token prefix.
 

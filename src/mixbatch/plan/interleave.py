@@ -49,9 +49,9 @@ is non-preemptive EDF on jobs of utilisation exactly 1, so a document finishes a
 where ``l_i`` is the length of source ``i``'s document being waited on or just emitted and
 ``L_max`` the longest document: within one document. (The loader's feed hands the rule
 *pieces* of at most ``seq_len`` tokens of each document, so there the bound is one piece.)
-(Lower side: a document is only taken when released. Upper side: ``W_i`` at the start of a document is at most ``W_i`` at its
-deadline plus ``w_i L_B`` minus ``w_i l``.) The deviation is extremal at document boundaries,
-so checking those checks every token prefix.
+(Lower side: a document is only taken when released. Upper side: ``W_i`` at the start of a
+document is at most ``W_i`` at its deadline plus ``w_i L_B`` minus ``w_i l``.) The deviation
+is extremal at document boundaries, so checking those checks every token prefix.
 
 Weight changes
 --------------

@@ -24,8 +24,9 @@ ties broken by the sum of squares of the same differences, then by a keyed rank 
 equal composition keep a pseudo-random order). At the window's end every item is handed out,
 so the window boundary is exact as before. The result is a pure function of the window.
 
-Cost: ``O(n² K log P)`` for ``n`` items of a window of ``P`` pieces, compiled with numba (a
-window of a few hundred rows takes well under a millisecond).
+Cost: ``O(n·q·(K + log P))`` for ``n`` items of ``q`` kinds (items of the same composition,
+group and size score alike, so only each kind's next item is a candidate; rows holding one
+full piece of one source are one kind), compiled with numba.
 """
 
 from __future__ import annotations
@@ -57,23 +58,30 @@ def stream_composition(source: np.ndarray, tokens: np.ndarray,
 @numba.njit(cache=True, nogil=True)
 def _follow(comp: np.ndarray, total: np.ndarray, tie: np.ndarray, cum_t: np.ndarray,
             cum_s: np.ndarray, src: np.ndarray, group: np.ndarray, size: np.ndarray,
-            share: np.ndarray, slack: np.ndarray) -> np.ndarray:  # pragma: no cover
+            share: np.ndarray, slack: np.ndarray, members: np.ndarray,
+            first: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """The greedy over *kinds* of items: items of one kind (same composition, group and size)
+    score the same, so only each kind's next member (lowest ``tie``) is a candidate; the
+    members of kind ``q`` are ``members[first[q]:first[q + 1]]``, by ``tie``."""
     n, k = comp.shape
+    n_kinds = first.shape[0] - 1
+    nxt = first[:-1].copy()
     p_last = src.shape[0]
-    used = np.zeros(n, dtype=np.bool_)
     c = np.zeros(k, dtype=np.float64)
     g_count = np.zeros(share.shape[0], dtype=np.float64)
     out = np.empty(n, dtype=np.int64)
     t = 0.0
     for step in range(n):
         best = -1
+        b_kind = -1
         b_max = np.inf
         b_sq = np.inf
         b_tie = 0
         b_held = True
-        for j in range(n):
-            if used[j]:
+        for q in range(n_kinds):
+            if nxt[q] >= first[q + 1]:
                 continue
+            j = members[nxt[q]]
             tj = t + total[j]
             # an item whose group would run more than its slack ahead of the group's share
             # waits, unless every item left is held back
@@ -101,14 +109,26 @@ def _follow(comp: np.ndarray, total: np.ndarray, tie: np.ndarray, cum_t: np.ndar
                 sq += d * d
             if (b_held and not held) or worst < b_max or (
                     worst == b_max and (sq < b_sq or (sq == b_sq and tie[j] < b_tie))):
-                best, b_max, b_sq, b_tie, b_held = j, worst, sq, tie[j], held
-        used[best] = True
+                best, b_kind, b_max, b_sq, b_tie, b_held = j, q, worst, sq, tie[j], held
+        nxt[b_kind] += 1
         out[step] = best
         for i in range(k):
             c[i] += comp[best, i]
         t += total[best]
         g_count[group[best]] += size[best]
     return out
+
+
+def _kinds(comp: np.ndarray, gid: np.ndarray, sizes: np.ndarray,
+           tie: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Items grouped by kind (composition, group, size), each kind's members by ``tie``:
+    ``(members, first)`` as :func:`_follow` reads them."""
+    key = np.column_stack([comp, gid.astype(np.float64), sizes.astype(np.float64)])
+    _, kind = np.unique(key, axis=0, return_inverse=True)
+    kind = kind.ravel()
+    members = np.lexsort((tie, kind))
+    first = np.searchsorted(kind[members], np.arange(int(kind.max()) + 2))
+    return members.astype(np.int64), first.astype(np.int64)
 
 
 def follow_order(composition: np.ndarray, tie: np.ndarray, stream_source: np.ndarray,
@@ -144,9 +164,12 @@ def follow_order(composition: np.ndarray, tie: np.ndarray, stream_source: np.nda
         slack = np.zeros(per.size)
         np.maximum.at(slack, gid, sizes)
         slack *= 2.0
-    return _follow(comp, total, np.ascontiguousarray(tie, dtype=np.int64), cum_t, cum_s,
-                   np.ascontiguousarray(stream_source, dtype=np.int64), gid,
-                   np.ascontiguousarray(sizes), share, slack)
+    tie = np.ascontiguousarray(tie, dtype=np.int64)
+    sizes = np.ascontiguousarray(sizes, dtype=np.float64)
+    members, first = _kinds(comp, gid, sizes, tie)
+    return _follow(comp, total, tie, cum_t, cum_s,
+                   np.ascontiguousarray(stream_source, dtype=np.int64), gid, sizes, share,
+                   slack, members, first)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -27,6 +27,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -140,6 +141,7 @@ def minhash(norms: Sequence[str], num_perm: int = 128, ngram: int = 5, seed: int
     return _signatures(data, off, ngram, a, b)
 
 
+@lru_cache(maxsize=64)
 def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.5) -> tuple[int, int]:
     """Bands b and rows r (b·r ≤ num_perm) minimising the weighted false-positive and
     false-negative areas of P(candidate | s) = 1 − (1 − s^r)^b (datasketch's rule)."""
@@ -218,13 +220,19 @@ class Duplicates:
     near_pairs: list[tuple[int, int, float]] = field(default_factory=list)
     bands_rows: tuple[int, int] | None = None
 
+    def example_ids(self, examples: int) -> set[int]:
+        """Global indices of the documents :meth:`report` shows (to fetch their texts)."""
+        dup = np.flatnonzero(self.reason != "")[:examples]
+        return {int(g) for g in dup} | {int(self.keeper[g]) for g in dup}
+
     def dropped(self, name: str) -> dict[int, str]:
         """Document index → reason of the dropped documents of source ``name``."""
         i = self.names.index(name)
         m = (self.source == i) & (self.reason != "")
         return dict(zip(self.doc[m].tolist(), self.reason[m].tolist(), strict=True))
 
-    def report(self, examples: int = 5, texts: Sequence[str] | None = None) -> dict[str, Any]:
+    def report(self, examples: int = 5, texts: Mapping[int, str] | Sequence[str] | None = None
+               ) -> dict[str, Any]:
         """``{"sources": {name: {"documents", "exact_duplicates", "near_duplicates"}},
         "overlap": {a: {b: documents of a also in b}}, "examples": [...]}``.
 
@@ -276,44 +284,67 @@ class Duplicates:
 
 
 def find_duplicates(texts_by_source: Mapping[str, Iterable[str]], config: DedupConfig,
-                    keep_texts: bool = False) -> tuple[Duplicates, list[str] | None]:
-    """Duplicates among all documents of ``texts_by_source`` (name → texts in order)."""
+                    keep_texts: bool = False, batch: int = 4096
+                    ) -> tuple[Duplicates, list[str] | None]:
+    """Duplicates among all documents of ``texts_by_source`` (name → texts in order).
+
+    Streams the texts in batches and keeps per document only its exact key (16 bytes) and, with
+    ``near``, its signature (4·num_perm bytes), never the text (unless ``keep_texts``)."""
     names = list(texts_by_source)
+    local = config.scope is DedupScope.LOCAL
+    nc = config.near
     src_l: list[np.ndarray] = []
-    norms: list[str] = []
     raw: list[str] | None = [] if keep_texts else None
-    for i, n in enumerate(names):
+    first: dict[tuple[int, bytes], int] = {}
+    keeper_l: list[int] = []
+    exact_dup: list[int] = []
+    sigs: list[np.ndarray] = []
+    live_l: list[np.ndarray] = []
+    g = 0
+
+    def flush(norms: list[str], ids: list[int]) -> None:
+        if nc is not None and norms:
+            sigs.append(minhash(norms, nc.num_perm, nc.ngram, nc.seed))
+            live_l.append(np.asarray(ids, dtype=np.int64))
+
+    for i, name in enumerate(names):
         count = 0
-        for t in texts_by_source[n]:
-            norms.append(normalise(t))
+        pending: list[str] = []
+        pending_ids: list[int] = []
+        for t in texts_by_source[name]:
+            norm = normalise(t)
             if raw is not None:
                 raw.append(t)
+            keeper_l.append(g)
+            if norm:
+                dup = False
+                if config.exact:
+                    f = first.setdefault((i if local else -1, exact_key(norm)), g)
+                    if f != g:
+                        keeper_l[g] = f
+                        exact_dup.append(g)
+                        dup = True
+                if not dup:
+                    pending.append(norm)
+                    pending_ids.append(g)
+                    if len(pending) >= batch:
+                        flush(pending, pending_ids)
+                        pending, pending_ids = [], []
+            g += 1
             count += 1
+        flush(pending, pending_ids)
         src_l.append(np.full(count, i, dtype=np.int64))
     source = np.concatenate(src_l) if src_l else np.zeros(0, np.int64)
-    doc = np.concatenate([np.arange(len(s)) for s in src_l]) if src_l else np.zeros(0, np.int64)
-    n = len(norms)
-    keeper = np.arange(n)
+    doc = np.concatenate([np.arange(len(x)) for x in src_l]) if src_l else np.zeros(0, np.int64)
+    n = g
+    keeper = np.asarray(keeper_l, dtype=np.int64)
     reason = np.full(n, "", dtype=object)
-    local = config.scope is DedupScope.LOCAL
-    empty = np.fromiter((not t for t in norms), dtype=bool, count=n)
-    if config.exact and n:
-        keys = [exact_key(t) for t in norms]
-        first: dict[tuple[int, bytes], int] = {}
-        for g, key in enumerate(keys):
-            if empty[g]:
-                continue
-            slot = (int(source[g]) if local else -1, key)
-            f = first.setdefault(slot, g)
-            if f != g:
-                keeper[g] = f
-                reason[g] = EXACT
+    reason[np.asarray(exact_dup, dtype=np.int64)] = EXACT
     near_pairs: list[tuple[int, int, float]] = []
     bands_rows = None
-    if config.near is not None and n:
-        nc = config.near
-        live = np.flatnonzero((reason == "") & ~empty)
-        sig = minhash([norms[g] for g in live], nc.num_perm, nc.ngram, nc.seed)
+    if nc is not None and live_l:
+        live = np.concatenate(live_l)
+        sig = np.concatenate(sigs)
         bands_rows = lsh_params(nc.threshold, nc.num_perm)
         cand = candidate_pairs(sig, *bands_rows)
         if len(cand):
@@ -323,8 +354,8 @@ def find_duplicates(texts_by_source: Mapping[str, Iterable[str]], config: DedupC
                 ok &= source[live[cand[:, 0]]] == source[live[cand[:, 1]]]
             cand, est = cand[ok], est[ok]
             root = _components(len(live), cand)
-            for (i, j), e in zip(cand.tolist(), est.tolist(), strict=True):
-                near_pairs.append((int(live[i]), int(live[j]), float(e)))
+            for (a_, b_), e in zip(cand.tolist(), est.tolist(), strict=True):
+                near_pairs.append((int(live[a_]), int(live[b_]), float(e)))
             dup = root != np.arange(len(live))
             keeper[live[dup]] = live[root[dup]]
             reason[live[dup]] = NEAR
@@ -381,17 +412,12 @@ def plan_drops(cfg: Any, on_error: Any = None, chunk_bytes: int = 64 << 20) -> D
     if dc is None:
         return None
     where: list[tuple[str, tuple[str, int, int | None], int]] = []
-    texts: dict[str, list[str]] = {}
-    for name, src in cfg.sources.items():
-        if src.is_token_data:
-            texts[name] = []
-            continue
-        if src.second_field is not None:
-            raise ConfigError(f"dedup: source {name!r} has a second_field; dropping duplicates "
-                              "of records with second values is not supported")
+
+    def records(name: str, src: Any) -> Iterator[str]:
+        """The source's texts in prepare's order, noting where each one is (read unit, position
+        in the unit)."""
         paths = source_paths(name, src, cfg)
         fmt = source_format(name, src, paths)
-        mine: list[str] = []
         skips = SkipCounter()
         for unit in plan_units(paths, fmt, src.split, chunk_bytes):
             uid = _unit_id(unit)
@@ -399,10 +425,16 @@ def plan_drops(cfg: Any, on_error: Any = None, chunk_bytes: int = 64 << 20) -> D
             for batch in iter_texts(unit, src.text_field, src.split, on_error or src.on_error,
                                     skips):
                 for t in batch:
-                    mine.append(t)
                     where.append((name, uid, pos))
                     pos += 1
-        texts[name] = mine
+                    yield t
+
+    texts: dict[str, Iterable[str]] = {}
+    for name, src in cfg.sources.items():
+        if src.second_field is not None and not src.is_token_data:
+            raise ConfigError(f"dedup: source {name!r} has a second_field; dropping duplicates "
+                              "of records with second values is not supported")
+        texts[name] = [] if src.is_token_data else records(name, src)
     dups, _ = find_duplicates(texts, dc)
     units: dict[str, dict[tuple[str, int, int | None], list[int]]] = {}
     for g in np.flatnonzero(dups.reason != "").tolist():

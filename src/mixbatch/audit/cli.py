@@ -194,9 +194,17 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     for name, src in cfg.sources.items():
         if src.is_token_data:
             raise ConfigError(f"sources.{name}: token data has no text to compare")
-    texts = {n: source_texts(cfg, n) for n in cfg.sources}
-    dups, raw = find_duplicates(texts, dc, keep_texts=True)
-    data = dups.report(examples=args.examples, texts=raw)
+    dups, _ = find_duplicates({n: source_texts(cfg, n) for n in cfg.sources}, dc)
+    wanted = dups.example_ids(args.examples)
+    shown: dict[int, str] = {}
+    if wanted:  # a second pass for the few texts shown, instead of holding every text
+        g = 0
+        for n in cfg.sources:
+            for t in source_texts(cfg, n):
+                if g in wanted:
+                    shown[g] = t
+                g += 1
+    data = dups.report(examples=args.examples, texts=shown)
     data["settings"] = dc.model_dump(mode="json")
     if args.json:
         sys.stdout.write(json.dumps(data, indent=1) + "\n")

@@ -12,8 +12,9 @@ each one pass (one run: ratios, not absolute speeds):
   by verified byte ranges with a cold cache, the same with prefetch ``--lookahead`` steps ahead,
   and a warm cache; 0 workers, and 2 worker processes that each read every other step (as
   DataLoader workers do) sharing one cache folder.
-- **whole loader**: ``mixbatch.torch`` DataLoader (0 and 2 workers) over the local store and
-  over the S3 store opened with ``cache.whole: true`` (cold: download included; warm).
+- **loader**: ``mixbatch.torch`` DataLoader (0 and 2 workers) over the local store, over the
+  S3 store opened with ``cache.whole: true`` (cold: download included; warm), and over the S3
+  store read by ranges (the loader prefetches each planned block of steps; cold, warm).
 - **LitData** (``StreamingDataset`` + ``TokensLoader``, sequences of ``seq_len``): the same
   tokens optimised once, read from local disk and from the same S3 server (cold, warm cache).
 - **MosaicML Streaming** (``StreamingDataset`` over MDS shards of ``seq_len`` rows, written to
@@ -365,6 +366,11 @@ def bench(args: argparse.Namespace, root: Path) -> str:
             add("mixbatch loader (torch)", "S3 whole store", w, "warm",
                 lambda w=w, c=cache: whole_loader(config(root, remote, c, args, whole=True),
                                                   args.steps, w))
+            cache = root / f"cache-loader-ranges-{w}"
+            add("mixbatch loader (torch)", "S3 ranges", w, "cold",
+                lambda w=w, c=cache: whole_loader(config(root, remote, c, args), args.steps, w))
+            add("mixbatch loader (torch)", "S3 ranges", w, "warm",
+                lambda w=w, c=cache: whole_loader(config(root, remote, c, args), args.steps, w))
         lit_note = "run"
         if args.skip_litdata:
             lit_note = "skipped (--skip-litdata)"

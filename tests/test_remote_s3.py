@@ -18,7 +18,7 @@ import pytest
 
 from conftest import write_config, write_jsonl
 from mixbatch.config import config_from_dict, load_config
-from mixbatch.errors import ConfigError, StoreError
+from mixbatch.errors import ConfigError
 from mixbatch.io.fs import RemotePath, reset_filesystems
 from mixbatch.loader.loader import MixedLoader
 from mixbatch.prepare import prepare
@@ -107,21 +107,6 @@ def _same(a: list[dict], b: list[dict]) -> None:
             assert np.array_equal(np.asarray(x[k]), np.asarray(y[k])), k
 
 
-def _loader_or_skip(cfg) -> MixedLoader:
-    """A loader over a remote store read by ranges; skipped while the loader's read path hands
-    ``store.tokens`` to a compiled kernel without asking ``TokenStore.span_source`` first."""
-    loader = MixedLoader(cfg)
-    probe = MixedLoader(cfg)
-    step = probe.next_step()
-    try:
-        probe.batch_of(step)
-    except StoreError as e:  # the compiled gather was handed the remote token array
-        if "compiled read path" in str(e):
-            pytest.skip("the loader's materialize does not call TokenStore.span_source yet")
-        raise
-    return loader
-
-
 @pytest.mark.parametrize("whole", [True, False], ids=["whole", "ranges"])
 def test_s3_sources_and_store_give_the_local_batches_and_resume(corpus: dict, whole: bool) -> None:
     local = config_from_dict(_cfg(corpus, remote_in=False, remote_store=False))
@@ -139,7 +124,7 @@ def test_s3_sources_and_store_give_the_local_batches_and_resume(corpus: dict, wh
         lo = (Path(local.store) / name / "tokens.bin").read_bytes()
         assert corpus["fs"].cat_file(f"{corpus['bucket']}/stores/{name}/tokens.bin") == lo
     straight_local = _batches(MixedLoader(local), 30)
-    remote_loader = _loader_or_skip(remote)
+    remote_loader = MixedLoader(remote)
     assert isinstance(remote_loader.stores[0].path, RemotePath)
     _same(_batches(remote_loader, 30), straight_local)
     # resume: a remote run cut at step 12 continues like the local straight run

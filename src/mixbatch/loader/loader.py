@@ -206,7 +206,7 @@ class MixedLoader:
                   for n, s in zip(self.names, self.stores, strict=True)]
         self.feed = MixedFeed(self.stores, orders, cfg.mixture.unit, cfg.mixture.on_exhausted,
                               second=cfg.batch.second_buckets > 0,
-                              piece_len=cfg.batch.seq_len,  # token mode: pieces of <= seq_len
+                              chunk=1024, piece_len=cfg.batch.seq_len,  # pieces: <= seq_len
                               unit_multiple=(cfg.batch.min_len if cfg.batch.packing
                                              == Packing.BUCKETS else 1))
         self.shaper = build_shaper(cfg)

@@ -123,7 +123,8 @@ def plot_ranks(tr: RunTrace, path: Path) -> Path:
     axes[0].set_xlabel("rank")
     axes[0].legend(fontsize=8)
     axes[1].plot(tr.steps, tr.rank_balance())
-    axes[1].set_title("rank compute balance per step (max / mean cost)")
+    axes[1].set_title("rank compute balance per step", fontsize=10)
+    axes[1].set_ylabel(tr.balance_kind(), fontsize=7)
     axes[1].set_xlabel("step")
     return _save(fig, path)
 
@@ -172,8 +173,8 @@ def write_report(tr: RunTrace, out: Path) -> dict[str, Any]:
     facts = (f"steps {data['first_step']}..{data['last_step']} ({data['steps']} steps), ranks "
              f"{data['ranks']} of world size {data['world_size']}, unit {tr.unit}; padding "
              f"{data['padding_fraction']:.2%}; truncated "
-             f"{'not logged' if trunc is None else f'{trunc:,} tokens'}; rank cost max/mean "
-             f"{data['rank_cost_imbalance']['max']:.3f}")
+             f"{'not logged' if trunc is None else f'{trunc:,} tokens'}; rank balance "
+             f"({data['rank_balance_kind']}): max {data['rank_cost_imbalance']['max']:.3f}")
     logs = ", ".join(html.escape(p) for p in data["logs"])
     page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<title>mixbatch run report</title>"

@@ -101,6 +101,15 @@ class RunTrace:
             out[int(w)] = float(self.pad[m].sum() / pos) if pos else 0.0
         return out
 
+    def balance_kind(self) -> str:
+        """What :meth:`rank_balance` measures with the logs given."""
+        if len(self.ranks) > 1:
+            return "largest rank cost / mean rank cost"
+        if self.global_cost is not None and self.world_size > 1:
+            return (f"rank {self.ranks[0]}'s cost / mean rank cost (the other ranks' logs were "
+                    "not given)")
+        return "one rank"
+
     def rank_balance(self) -> np.ndarray:
         """Per step: the largest rank cost over the mean rank cost (1.0 = perfect)."""
         if len(self.ranks) > 1:
@@ -129,6 +138,7 @@ class RunTrace:
             "padding_fraction": float(self.pad.sum() / tot_pos) if tot_pos else 0.0,
             "padding_by_bucket": {str(k): v for k, v in self.padding_by_bucket().items()},
             "truncated_tokens": int(self.truncated.sum()) if (self.truncated >= 0).all() else None,
+            "rank_balance_kind": self.balance_kind(),
             "rank_cost_imbalance": {"max": float(self.rank_balance().max(initial=1.0)),
                                     "mean": float(self.rank_balance().mean())
                                     if len(self.steps) else 1.0},

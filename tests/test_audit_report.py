@@ -243,3 +243,16 @@ def test_report_of_a_training_run_folder_uses_its_weights(tmp_path: Path) -> Non
     for n in ("s0", "s1", "s2"):
         assert data["sources"][n]["target_last_step"] == pytest.approx(float(last[f"weight_{n}"]))
     assert (run / "audit-report" / "report.html").is_file()
+
+
+def test_seen_with_held_out_documents(tmp_path: Path) -> None:
+    # with a holdout the trained documents are spread over the whole store's indices
+    _cfg(tmp_path, holdout=0.2)
+    log = tmp_path / "a.jsonl"
+    assert _run("stream", str(tmp_path / "c.yaml"), "--steps", "30", "--emit",
+                str(log)).returncode == 0
+    totals = SeenTotals()
+    spans = list(seen_spans(log, 29, totals=totals))
+    docs = {(s, d) for s, d, _, _ in spans}
+    for n in ("s0", "s1", "s2"):
+        assert totals.documents[n] == len({d for s, d in docs if s == n})

@@ -11,10 +11,11 @@ Two more kinds of line, written by ``mixbatch stream --emit`` and skipped by
 :func:`read_audit_log` (which yields row records only; :func:`iter_log` yields all three):
 
 - a header, the file's first line: ``{"audit_log": 1, "sources": [...], "documents": [...],
-  "identity": ..., "unit": ..., "packing": ..., "seq_len": ..., "d_model": ..., "world_size":
-  ..., "rank": ...}`` (:func:`log_header`): what the report needs to know about the run without
-  its config, and a digest of the data-defining config sections to tell a log from another
-  config;
+  "store_documents": [...], "identity": ..., "unit": ..., "packing": ..., "seq_len": ...,
+  "d_model": ..., "world_size": ..., "rank": ...}`` (:func:`log_header`; ``documents``: those
+  the run draws from, held-out ones excluded): what the report needs to know about the run
+  without its config, and a digest of the data-defining config sections to tell a log from
+  another config;
 - one step record per step and rank after its rows: ``{"step", "rank", "weights": [...],
   "truncated", "seq_len", "global_rows", "global_tokens", "global_pad", "cost", "global_cost"}``
   (the target weights the planner used, the global step's totals, and this rank's compute cost
@@ -76,6 +77,7 @@ def log_header(loader: Any) -> dict[str, Any]:
     cfg = loader.cfg
     return {"audit_log": LOG_VERSION, "sources": list(loader.names),
             "documents": [int(o.n_docs) for o in loader.feed.orders],
+            "store_documents": [int(o.n_store) for o in loader.feed.orders],
             "identity": config_identity(cfg), "unit": cfg.mixture.unit.value,
             "packing": cfg.batch.packing.value, "seq_len": cfg.batch.seq_len,
             "d_model": cfg.batch.d_model, "world_size": loader.world_size, "rank": loader.rank,

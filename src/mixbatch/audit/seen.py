@@ -49,7 +49,8 @@ def seen_spans(path: str | Path, step: int, source: str | None = None,
             if source is not None and source not in names:
                 raise ConfigError(f"--source: {source!r} is not in the log (sources: "
                                   f"{', '.join(names)})")
-            for n, d in zip(names, rec.get("documents", []), strict=False):
+            sizes = rec.get("store_documents", rec.get("documents", []))
+            for n, d in zip(names, sizes, strict=False):
                 bits[n] = np.zeros((int(d) + 7) // 8 + 1, dtype=np.uint8)
             continue
         if kind != "row":

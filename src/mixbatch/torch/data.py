@@ -221,8 +221,9 @@ class MixbatchDataLoader:
             whole = loader.world_size == 1  # every row is this rank's: no selection
             plans = ((s.index, s.plan if whole else s.plan.select_rows(s.rows), loader.snapshot())
                      for s in self._steps(loader))
-            R, L = loader.cfg.batch.batch_size, loader.cfg.batch.seq_len
-            per_task = max(1, min(16, TASK_BYTES // max(1, R * L * loader.token_dtype.itemsize)))
+            b = loader.cfg.batch  # a step's positions: rows x seq_len, or a budget's worth
+            positions = b.token_budget or b.batch_size * b.seq_len
+            per_task = max(1, min(16, TASK_BYTES // max(1, positions * loader.token_dtype.itemsize)))
             for compact, snap in readers.map(plans, per_task):
                 self._last = snap
                 yield self._finish(compact)

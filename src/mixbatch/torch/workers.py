@@ -63,9 +63,11 @@ def _worker_main(conn: Any, reader: Callable[[StepPlan], dict[str, Any]],
             return
         if task is None:
             return
-        seq, indices, wire = task
+        seq, indices, wires = task
         try:
-            batches = split_compact(reader(_plan_from_wire(wire)), wire["rows"])
+            batches = []  # one read per run of steps of one width
+            for wire in wires:
+                batches += split_compact(reader(_plan_from_wire(wire)), wire["rows"])
             for b, index in zip(batches, indices, strict=True):
                 b["step"] = index
             if transform is not None:
@@ -108,30 +110,31 @@ class StepReaders:
     def map(self, steps: Iterator[tuple[int, StepPlan, Any]], per_task: int = 1
             ) -> Iterator[tuple[dict[str, Any], Any]]:
         """For each ``(index, plan, tag)`` in order, yield ``(compact batch, tag)``; a task
-        carries ``per_task`` consecutive steps of one width (fewer messages)."""
+        carries ``per_task`` consecutive steps (fewer messages), each run of steps of one width
+        stacked into one plan (one read)."""
         in_flight: deque[tuple[int, list[Any]]] = deque()
         seq = 0
         done = False
-        held: tuple[int, StepPlan, Any] | None = None
         while True:
             while not done and len(in_flight) < self.n * self.prefetch:
                 group: list[tuple[int, StepPlan, Any]] = []
                 while len(group) < per_task:
-                    item = held if held is not None else next(steps, None)
-                    held = None
+                    item = next(steps, None)
                     if item is None:
                         done = True
-                        break
-                    if group and item[1].seq_len != group[0][1].seq_len:
-                        held = item  # another width: it starts the next task
                         break
                     group.append(item)
                 if not group:
                     break
-                wire = _stack([g[1] for g in group])
+                runs: list[list[StepPlan]] = []
+                for g in group:
+                    if runs and runs[-1][-1].seq_len == g[1].seq_len:
+                        runs[-1].append(g[1])
+                    else:
+                        runs.append([g[1]])
                 w = seq % self.n
                 try:
-                    self.conns[w].send((seq, [g[0] for g in group], wire))
+                    self.conns[w].send((seq, [g[0] for g in group], [_stack(r) for r in runs]))
                 except OSError:  # a broken pipe: the worker is gone
                     self.procs[w].join(timeout=self.poll_interval)
                     raise self._died(w) from None

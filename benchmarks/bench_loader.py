@@ -956,7 +956,8 @@ def report(args, info, ceiling, mb, lit, hf, stm) -> str:
         f"c_i: tokens (positions, end-of-document tokens included) fed from source i; n: all tokens "
         f"fed. An anchor's row is one {L}-token block of one source (source read from its letters); "
         f"mixbatch's rows mix documents of several sources (counted per position from source_ids, "
-        f"checked against the letters). mixbatch's bound is one document: documents here are up to "
+        f"checked against the letters). mixbatch's planner bound is one piece of at most "
+        f"seq_len = {L} tokens (long documents are planned as pieces); documents here are up to "
         f"{human(max_doc)} tokens long (mean "
         + ", ".join(f"{n} {info[n]['mean']:.0f}" for n in NAMES) + ").",
     ]

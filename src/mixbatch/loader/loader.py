@@ -7,8 +7,8 @@ count, and it is small: the interleaver's counters, one counter per source, the 
 
 Steps are planned in *blocks* where the shaper allows it (``concat``: a step of ``n·R`` rows is
 ``n`` steps of ``R`` rows of the same token line): one feed call and one token read cover up to
-``block_steps`` steps while the weights stay the same (blocks grow 1, 2, 4, ... from a start or a
-resume, so the first batch comes quickly). The state stays the state of a step
+``block_steps`` steps while the weights stay the same (blocks grow 8, 16, 32, ... from a start
+or a resume, so the first batch comes quickly). The state stays the state of a step
 boundary: a block's planned but unused steps are dropped (and the feed rewound by replaying the
 used ones from the block's start) before a state is taken or the weights change, so the stream
 is the same for every block size (the tests check it against ``block_steps=1``).
@@ -215,7 +215,7 @@ class MixedLoader:
         self.stats = RunStats(len(self.names))
         self.override: np.ndarray | None = None
         self._block: _Block | None = None
-        self._grow = 1  # the size of the next block (doubles up to block_steps)
+        self._grow = min(8, self.block_steps)  # the next block's size (doubles to block_steps)
         self.feed.path = self.weight_path()
 
     @property
@@ -293,7 +293,7 @@ class MixedLoader:
         R = self.cfg.batch.batch_size
         n = 1
         if self.cfg.batch.packing in BLOCKABLE and self.block_steps > 1:
-            # blocks grow 1, 2, 4, ... up to block_steps: the first batch after a start or a
+            # blocks grow 8, 16, 32, ... up to block_steps: the first batch after a start or a
             # resume comes quickly
             size = self._grow
             self._grow = min(2 * size, self.block_steps)

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mixbatch.plan import edf
-from mixbatch.plan.interleave import Interleaver, _first_reach
+from mixbatch.plan.interleave import Interleaver
+from mixbatch.plan.reference import first_reach as _first_reach
 
 weights = st.floats(1e-3, 1.0) | st.just(0.0) | st.floats(1e-12, 1e-6)
 

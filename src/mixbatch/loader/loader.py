@@ -33,6 +33,7 @@ import numpy as np
 
 from mixbatch.config import Config, Packing, Unit
 from mixbatch.errors import ConfigError, StateError
+from mixbatch.loader.blocks import Block, split_rows
 from mixbatch.loader.feed import MixedFeed
 from mixbatch.loader.mixture import MixtureSchedule, build_mixture
 from mixbatch.loader.order import SourceOrder
@@ -50,7 +51,7 @@ from mixbatch.shape import (
     StepPlan,
 )
 from mixbatch.shape.balance import balanced_owner, row_labels_costs
-from mixbatch.shape.materialize import expand, materialize_compact, split_compact, token_dtype
+from mixbatch.shape.materialize import expand, materialize_compact, token_dtype
 from mixbatch.store import TokenStore, open_store, prefetch_plan
 
 STATE_FORMAT = "mixbatch.loader/2"
@@ -96,29 +97,8 @@ class Step:
     plan: StepPlan  # global rows
     rows: np.ndarray  # this rank's rows (indices into the global plan), in micro-batch order
     weights: np.ndarray  # the target weights used for this step
-    block: _Block | None = None  # the block it was planned in (its tokens are read at once)
+    block: Block | None = None  # the block it was planned in (its tokens are read at once)
     offset: int = 0  # its place in the block
-
-
-class _Block:
-    """Steps planned together: the feed and shaper state before them (to rewind), their
-    plans, and, once a batch is asked for, the compact batch of this rank's rows of all of them
-    (one read), which each step slices."""
-
-    def __init__(self, start: dict[str, Any], plan: StepPlan, plans: list[StepPlan],
-                 weights: list[float]) -> None:
-        self.start = start
-        self.weights = weights
-        self.plan = plan
-        self.plans = plans
-        self.used = 0  # steps handed out
-        self.batches: list[dict[str, Any]] | None = None
-
-    def read(self, stores: Sequence[TokenStore], eod_id: int, pad_id: int, dtype: np.dtype,
-             rows_per_step: int) -> None:
-        """Read the tokens of every step at once (all rows: one rank), then cut per step."""
-        compact = materialize_compact(self.plan, stores, eod_id, pad_id, dtype)
-        self.batches = split_compact(compact, [rows_per_step] * len(self.plans))
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -214,7 +194,7 @@ class MixedLoader:
         self.tokens_planned = 0
         self.stats = RunStats(len(self.names))
         self.override: np.ndarray | None = None
-        self._block: _Block | None = None
+        self._block: Block | None = None
         self._grow = min(8, self.block_steps)  # the next block's size (doubles to block_steps)
         self.feed.path = self.weight_path()
 
@@ -286,7 +266,7 @@ class MixedLoader:
             self._block = None
         return self._emit(plan, w, block, offset)
 
-    def _plan_block(self) -> _Block | None:
+    def _plan_block(self) -> Block | None:
         """Plan the next steps: a block of them where the packing and the weights allow."""
         w = self.current_weights()
         self.feed.set_weights(w)
@@ -307,8 +287,8 @@ class MixedLoader:
             return None
         if self.remote:  # stores at a URL: start fetching the block's documents now
             prefetch_plan(self.stores, plan)
-        plans = [plan] if n == 1 else _split_rows(plan, R)
-        return _Block(start, plan, plans, [float(x) for x in w])
+        plans = [plan] if n == 1 else split_rows(plan, R)
+        return Block(start, plan, plans, [float(x) for x in w])
 
     def _drop_block(self) -> None:
         """Forget the planned steps not handed out yet; rewind the feed and the shaper to the
@@ -321,7 +301,7 @@ class MixedLoader:
         if block.used:
             self.shaper.plan_step(self.feed, self.cfg.batch.batch_size * block.used)
 
-    def _emit(self, plan: StepPlan, w: np.ndarray, block: _Block | None, offset: int) -> Step:
+    def _emit(self, plan: StepPlan, w: np.ndarray, block: Block | None, offset: int) -> Step:
         R = plan.rows
         if self.world_size == 1:
             rows = np.arange(R, dtype=np.int64)
@@ -504,23 +484,6 @@ class MixedLoader:
             raise StateError("loader state belongs to another configuration: "
                              + "; ".join(changed)
                              + " (weights and schedules may change on resume; these may not)")
-
-
-def _split_rows(plan: StepPlan, rows: int) -> list[StepPlan]:
-    """A plan of ``n·rows`` rows as ``n`` plans of ``rows`` rows (segments are ordered by row);
-    steps that hold no segment (the stream ended before them) are dropped."""
-    n = plan.rows // rows
-    cut = np.searchsorted(plan.row, np.arange(n + 1) * rows).tolist()
-    out = []
-    for j in range(n):
-        a, b = cut[j], cut[j + 1]
-        if a == b:
-            break
-        out.append(StepPlan(rows, plan.seq_len, plan.row[a:b] - np.int32(j * rows), plan.col[a:b],
-                            plan.source[a:b], plan.doc[a:b], plan.start[a:b], plan.end[a:b],
-                            plan.eod[a:b], plan.pad[j * rows:(j + 1) * rows],
-                            second=None if plan.second is None else plan.second[a:b]))
-    return out
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:

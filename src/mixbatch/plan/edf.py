@@ -21,7 +21,7 @@ stops and asks for more lengths, unless the source is ``final``.
 
 The release of a level is the smallest integer ``m`` with ``base + w m >= level`` in float64,
 computed in closed form and corrected by a binary search where rounding makes the estimate
-off (the same definition as ``interleave._first_reach``).
+off (the same definition as ``reference.first_reach``).
 """
 
 from __future__ import annotations

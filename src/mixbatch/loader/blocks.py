@@ -1,0 +1,58 @@
+"""Blocks: consecutive steps planned with one shaper call and read with one gather.
+
+Where a packing's step of ``n·R`` rows is exactly ``n`` steps of ``R`` rows (``concat`` cuts one
+token line into rows; ``bfd`` hands out its windows' rows in an order that does not depend on
+the step size), the loader plans several steps at once (:class:`Block`) and cuts the plan into
+steps (:func:`split_rows`). A block keeps the feed's and shaper's state from before it, so the
+loader can rewind to the end of any step handed out (a state inside a block is that start and
+how many steps were used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mixbatch.shape.base import StepPlan
+from mixbatch.shape.materialize import materialize_compact, split_compact
+from mixbatch.store import TokenStore
+
+
+class Block:
+    """Steps planned together: the feed and shaper state before them (to rewind), their
+    plans, and, once a batch is asked for, the compact batch of this rank's rows of all of them
+    (one read), which each step slices."""
+
+    def __init__(self, start: dict[str, Any], plan: StepPlan, plans: list[StepPlan],
+                 weights: list[float]) -> None:
+        self.start = start
+        self.weights = weights
+        self.plan = plan
+        self.plans = plans
+        self.used = 0  # steps handed out
+        self.batches: list[dict[str, Any]] | None = None
+
+    def read(self, stores: Sequence[TokenStore], eod_id: int, pad_id: int, dtype: np.dtype,
+             rows_per_step: int) -> None:
+        """Read the tokens of every step at once (all rows: one rank), then cut per step."""
+        compact = materialize_compact(self.plan, stores, eod_id, pad_id, dtype)
+        self.batches = split_compact(compact, [rows_per_step] * len(self.plans))
+
+
+def split_rows(plan: StepPlan, rows: int) -> list[StepPlan]:
+    """A plan of ``n·rows`` rows as ``n`` plans of ``rows`` rows (segments are ordered by row);
+    steps that hold no segment (the stream ended before them) are dropped."""
+    n = plan.rows // rows
+    cut = np.searchsorted(plan.row, np.arange(n + 1) * rows).tolist()
+    out = []
+    for j in range(n):
+        a, b = cut[j], cut[j + 1]
+        if a == b:
+            break
+        out.append(StepPlan(rows, plan.seq_len, plan.row[a:b] - np.int32(j * rows), plan.col[a:b],
+                            plan.source[a:b], plan.doc[a:b], plan.start[a:b], plan.end[a:b],
+                            plan.eod[a:b], plan.pad[j * rows:(j + 1) * rows],
+                            second=None if plan.second is None else plan.second[a:b]))
+    return out

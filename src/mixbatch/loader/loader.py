@@ -293,13 +293,12 @@ class MixedLoader:
     def _drop_block(self) -> None:
         """Forget the planned steps not handed out yet; rewind the feed and the shaper to the
         end of the last step handed out (replaying the used steps from the block's start)."""
-        block, self._block = self._block, None
-        if block is None or block.used >= len(block.plans) or not block.start:
+        block, self._block = self._block, None  # an open block has used 1 .. len - 1 steps
+        if block is None:
             return
         self.feed.load_state_dict(copy.deepcopy(block.start["feed"]))
         self.shaper.load_state_dict(copy.deepcopy(block.start["shaper"]))
-        if block.used:
-            self.shaper.plan_step(self.feed, self.cfg.batch.batch_size * block.used)
+        self._replay(block.used, np.asarray(block.weights, np.float64))
 
     def _emit(self, plan: StepPlan, w: np.ndarray, block: Block | None, offset: int) -> Step:
         R = plan.rows
@@ -380,14 +379,10 @@ class MixedLoader:
         """The position after the last step handed out, cheaply (no copies of the block's
         start, which is never changed): :meth:`state_from` turns it into a state dict. For
         callers that may need the state of any step (the torch adapter keeps one per batch)."""
-        block = self._block
-        if block is not None and block.start and 0 < block.used < len(block.plans):
+        block = self._block  # open only between two steps of one block (next_step)
+        if block is not None:
             where: tuple = ("replay", block.start, block.used, block.weights)
         else:
-            if block is not None and block.start and block.used == 0:  # nothing handed out
-                self.feed.load_state_dict(copy.deepcopy(block.start["feed"]))
-                self.shaper.load_state_dict(copy.deepcopy(block.start["shaper"]))
-                self._block = None
             where = ("plain", self.feed.state_dict(), self.shaper.state_dict())
         override = None if self.override is None else self.override.tolist()
         return (self.step, self.tokens_planned, where, override, copy.copy(self.stats))

@@ -103,70 +103,6 @@ def choose_samples(base: np.ndarray, w: np.ndarray, counts: np.ndarray, m0: np.i
     return out
 
 
-@njit(cache=True, nogil=True)
-def choose_tokens(base: np.ndarray, w: np.ndarray, counts: np.ndarray, tau0: np.int64,
-                  lengths: np.ndarray, offsets: np.ndarray, final: np.ndarray,
-                  max_docs: np.int64) -> tuple[np.ndarray, np.ndarray]:
-    """Sources and lengths of up to ``max_docs`` next documents from clock ``tau0``.
-
-    ``lengths[offsets[i]:offsets[i+1]]`` are source ``i``'s next document lengths (>= 1);
-    ``final[i]``: that list is all source ``i`` has left."""
-    k = base.size
-    src_out = np.empty(max_docs, np.int64)
-    len_out = np.empty(max_docs, np.int64)
-    pos = offsets[:-1].copy()  # next listed document of each source
-    start = counts.astype(np.int64).copy()
-    rel = np.full(k, NEVER, np.int64)
-    dl = np.full(k, np.inf)
-    stop_at = np.int64(NEVER)  # the earliest release of a sentinel that is not final
-    for i in range(k):
-        if w[i] <= 0:
-            continue
-        total = np.int64(0)
-        for j in range(offsets[i], offsets[i + 1]):
-            total += lengths[j]
-        if not final[i]:
-            r = first_reach(base[i], w[i], float(start[i] + total), np.int64(0))
-            r = max(r, tau0)
-            if r < stop_at:
-                stop_at = r
-        if pos[i] < offsets[i + 1]:
-            rel[i] = max(first_reach(base[i], w[i], float(start[i]), np.int64(0)), tau0)
-            dl[i] = (float(start[i] + lengths[pos[i]]) - base[i]) / w[i]
-    clock = tau0
-    n = 0
-    while n < max_docs:
-        if stop_at <= clock:
-            break
-        best = -1
-        for i in range(k):
-            if rel[i] <= clock and (best < 0 or dl[i] < dl[best]):
-                best = i
-        if best < 0:  # nothing released: the job released soonest, unless it is a sentinel
-            for i in range(k):
-                if w[i] > 0 and pos[i] < offsets[i + 1] and (
-                        best < 0 or rel[i] < rel[best]
-                        or (rel[i] == rel[best] and dl[i] < dl[best])):
-                    best = i
-            if best < 0 or stop_at < rel[best]:  # at equal releases a real job goes first
-                break
-        ln = lengths[pos[best]]
-        src_out[n] = best
-        len_out[n] = ln
-        n += 1
-        clock += ln
-        start[best] += ln
-        pos[best] += 1
-        if pos[best] < offsets[best + 1]:
-            rel[best] = max(first_reach(base[best], w[best], float(start[best]), np.int64(0)),
-                            tau0)
-            dl[best] = (float(start[best] + lengths[pos[best]]) - base[best]) / w[best]
-        else:
-            rel[best] = NEVER
-            dl[best] = np.inf
-    return src_out[:n], len_out[:n]
-
-
 # ------------------------------------------------------------------ weights known in advance
 #
 # A *path* gives the weights ahead: after the absolute clock ``pb[s]`` (units since the stream
@@ -286,11 +222,14 @@ def choose_samples_path(base: np.ndarray, w: np.ndarray, counts: np.ndarray, uni
 
 
 @njit(cache=True, nogil=True)
-def choose_tokens_path(base: np.ndarray, w: np.ndarray, counts: np.ndarray, units: np.int64,
-                       c0: np.int64, lengths: np.ndarray, offsets: np.ndarray,
-                       final: np.ndarray, max_docs: np.int64, live: np.ndarray, pb: np.ndarray,
-                       pw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`choose_tokens` with the weights ahead on a path; ``units``: tokens so far."""
+def choose_tokens(base: np.ndarray, w: np.ndarray, counts: np.ndarray, units: np.int64,
+                  c0: np.int64, lengths: np.ndarray, offsets: np.ndarray, final: np.ndarray,
+                  max_docs: np.int64, live: np.ndarray, pb: np.ndarray,
+                  pw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sources and lengths of up to ``max_docs`` next documents (token mode; module doc), with
+    the weights ahead on a path (none: constant weights). ``units``: tokens so far; ``c0``:
+    where the current segment began; ``lengths[offsets[i]:offsets[i+1]]``: source ``i``'s
+    next document lengths (>= 1); ``final[i]``: that list is all source ``i`` has left."""
     k = base.size
     c, a, ww = _segments(base, w, c0, pb, pw)
     src_out = np.empty(max_docs, np.int64)

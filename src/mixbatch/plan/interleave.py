@@ -399,15 +399,13 @@ class Interleaver:
             np.cumsum([x.size for x in lens], out=offsets[1:])
             fin = (np.zeros(len(lens), dtype=np.bool_) if final is None
                    else np.asarray(final, dtype=np.bool_))
-            if ahead is None:
-                out, lengths = edf.choose_tokens(
-                    self._base, w, self._counts, np.int64(self._segment_units),
-                    np.concatenate(lens), offsets, fin, np.int64(max_docs))
-            else:
-                c0 = self.total - self._segment_units
-                out, lengths = edf.choose_tokens_path(
-                    self._base, w, self._counts, np.int64(self.total), np.int64(c0),
-                    np.concatenate(lens), offsets, fin, np.int64(max_docs), live, *ahead)
+            # constant weights are a path with no change ahead
+            pb, pw = ahead if ahead is not None else (np.empty(0, np.int64),
+                                                      np.empty((0, self.num_sources)))
+            c0 = self.total - self._segment_units
+            out, lengths = edf.choose_tokens(
+                self._base, w, self._counts, np.int64(self.total), np.int64(c0),
+                np.concatenate(lens), offsets, fin, np.int64(max_docs), live, pb, pw)
         else:
             out, lengths = reference.choose_tokens(
                 self._base, w, self._counts, self._segment_units, upcoming, int(max_docs), final

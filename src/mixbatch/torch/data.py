@@ -37,7 +37,7 @@ from mixbatch.loader.loader import MixedLoader
 from mixbatch.shape.base import StepPlan
 from mixbatch.shape.materialize import materialize_compact, resolve_fields
 from mixbatch.store import open_store
-from mixbatch.torch.device import fields_on_cpu, to_device, to_tensors
+from mixbatch.torch.device import check_device, fields_on_cpu, to_device, to_tensors
 from mixbatch.torch.workers import TASK_BYTES, StepReaders
 
 __all__ = ["MixbatchDataLoader", "MixbatchDataset", "to_tensors"]
@@ -168,10 +168,7 @@ class MixbatchDataLoader:
         self.pin_memory = bool(options.get("pin_memory", False))
         self.device = options.get("device")
         if self.device is not None:
-            to_device({"input_ids": torch.zeros(1, 1), "cu_seqlens": torch.zeros(2, dtype=torch.int32),
-                       "seq_source": torch.zeros(1, dtype=torch.int32),
-                       "seq_doc": torch.zeros(1, dtype=torch.int64), "max_seqlen": 1},
-                      self.device, ["input_ids"])  # an unavailable device fails here, clearly
+            check_device(self.device)  # an unavailable device fails here, clearly
         self.non_blocking = bool(options.get("non_blocking", True))
         self.prefetch = int(options.get("prefetch_factor", 2))
         self._state = copy.deepcopy(state)

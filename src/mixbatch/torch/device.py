@@ -22,15 +22,10 @@ from mixbatch.shape.materialize import IGNORE_INDEX, expand, resolve_fields
 _TENSOR_KEYS = ("input_ids", "cu_seqlens", "seq_source", "seq_doc", "second_lengths")
 
 
-def compact_tensors(compact: dict[str, Any]) -> dict[str, Any]:
-    """A compact batch with its arrays as CPU tensors (no copy)."""
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
-            for k, v in compact.items()}
-
-
 def to_tensors(batch: dict[str, Any]) -> dict[str, Any]:
-    """Every NumPy array of a batch as a tensor (no copy)."""
-    return compact_tensors(batch)
+    """Every NumPy array of a batch (compact or not) as a CPU tensor (no copy)."""
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+            for k, v in batch.items()}
 
 
 def fields_on_cpu(compact: dict[str, Any], fields: str | Iterable[str] | None) -> dict[str, Any]:
@@ -38,7 +33,8 @@ def fields_on_cpu(compact: dict[str, Any], fields: str | Iterable[str] | None) -
     return to_tensors(expand(compact, fields))
 
 
-def _device(device: str | torch.device) -> torch.device:
+def check_device(device: str | torch.device) -> torch.device:
+    """The device, or one clear error when it does not exist or is not available here."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -62,8 +58,8 @@ def to_device(batch: dict[str, Any], device: str | torch.device,
     ``"all"``, or names. Per-position fields are int64 on the device; ``cu_seqlens`` int32.
     """
     want = resolve_fields(fields)
-    dev = _device(device)
-    t = compact_tensors(batch) if any(isinstance(v, np.ndarray) for v in batch.values()) \
+    dev = check_device(device)
+    t = to_tensors(batch) if any(isinstance(v, np.ndarray) for v in batch.values()) \
         else batch
     moved = {k: t[k].to(dev, non_blocking=non_blocking) for k in _TENSOR_KEYS if k in t}
     ids = moved["input_ids"]

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from mixbatch.atomic import atomic_path, save_npy, write_json
 from mixbatch.config import Config, SourceConfig, TokenFormat
 from mixbatch.dedup import drop_records, plan_drops
 from mixbatch.errors import ConfigError, DataError, MixbatchError, StoreError
@@ -58,15 +59,12 @@ from mixbatch.store import (
     SECOND_LENGTHS,
     SPANS,
     TOKENS,
-    atomic_path,
     describe_file,
     file_digest,
     flat_token_spans,
     open_flat_tokens,
     quick_digest,
     read_megatron_index,
-    save_npy_atomic,
-    write_json_atomic,
 )
 from mixbatch.tokenizer import Tokenizer, load_tokenizer, token_dtype
 
@@ -179,9 +177,9 @@ def _run_unit(job: _Job) -> dict[str, Any]:
             n_docs += len(kept)
             n_toks += int(lens.sum())
             _report(len(kept), int(lens.sum()))
-    save_npy_atomic(job.part_dir / f"{job.key}.lengths.npy", _concat(lengths))
+    save_npy(job.part_dir / f"{job.key}.lengths.npy", _concat(lengths))
     if job.second_field is not None:
-        save_npy_atomic(job.part_dir / f"{job.key}.second.npy", _concat(seconds))
+        save_npy(job.part_dir / f"{job.key}.second.npy", _concat(seconds))
     unit = job.unit
     summary = {
         "key": job.key, "path": str(unit.path), "start": unit.start, "end": unit.end,
@@ -191,7 +189,7 @@ def _run_unit(job: _Job) -> dict[str, Any]:
                         if isinstance(unit.path, RemotePath)
                         else file_digest(unit.path, unit.start, unit.end)),
     }
-    write_json_atomic(job.part_dir / f"{job.key}.json", summary)
+    write_json(job.part_dir / f"{job.key}.json", summary)
     return summary
 
 
@@ -352,10 +350,10 @@ def _merge(name: str, folder: Path, jobs: list[_Job], files: list[dict[str, Any]
                 shutil.copyfileobj(part, out, 16 << 20)
     offsets = np.zeros(len(all_lengths) + 1, dtype=np.int64)
     np.cumsum(all_lengths, out=offsets[1:])
-    save_npy_atomic(folder / OFFSETS, offsets)
+    save_npy(folder / OFFSETS, offsets)
     checksums = {"tokens": describe_file(tokens_path), "index": describe_file(folder / OFFSETS)}
     if seconds is not None:
-        save_npy_atomic(folder / SECOND_LENGTHS, seconds)
+        save_npy(folder / SECOND_LENGTHS, seconds)
         checksums["second_lengths"] = describe_file(folder / SECOND_LENGTHS)
     meta = {
         "format_version": FORMAT_VERSION, "source": name, "fingerprint": fingerprint,
@@ -365,7 +363,7 @@ def _merge(name: str, folder: Path, jobs: list[_Job], files: list[dict[str, Any]
         "skipped_examples": examples, "external": None, "second_field": src.second_field,
         "checksums": checksums,
     }
-    write_json_atomic(folder / META, meta)
+    write_json(folder / META, meta)
     if seconds is None:  # left by an earlier build with a second_field
         (folder / SECOND_LENGTHS).unlink(missing_ok=True)
     shutil.rmtree(part_dir, ignore_errors=True)
@@ -427,7 +425,7 @@ def _prepare_token_data(name: str, src: SourceConfig, cfg: Config, folder: Path,
     if len(spans) == 0:
         raise DataError(f"sources.{name}: no documents in {path}")
     folder.mkdir(parents=True, exist_ok=True)
-    save_npy_atomic(folder / SPANS, spans)
+    save_npy(folder / SPANS, spans)
     ident = tok.identity() | {"eod_id": int(eod)}
     meta = {
         "format_version": FORMAT_VERSION, "source": name, "format": src.format.value,
@@ -437,7 +435,7 @@ def _prepare_token_data(name: str, src: SourceConfig, cfg: Config, folder: Path,
         "external": {"kind": src.format.value, "tokens": str(bin_path), "header_bytes": header},
         "checksums": {"tokens": describe_file(bin_path), "index": describe_file(folder / SPANS)},
     }
-    write_json_atomic(folder / META, meta)
+    write_json(folder / META, meta)
     return SourceReport(name, files=len(inputs), documents=meta["documents"],
                         tokens=meta["tokens"], units_done=1, units_total=1)
 

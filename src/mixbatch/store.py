@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,29 +44,6 @@ _QUICK = 1 << 20  # bytes hashed at each end of a file by the quick checksum
 # ---------------------------------------------------------------------------------------------
 # files: atomic writes and checksums
 # ---------------------------------------------------------------------------------------------
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it over ``path`` on success."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-
-
 def file_digest(path: Path, start: int = 0, end: int | None = None) -> str:
     """blake2b of the bytes ``[start, end)`` of a file, read in blocks."""
     h = hashlib.blake2b(digest_size=16)

@@ -12,17 +12,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from mixbatch.checks import positive_int
+
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,15 +224,15 @@ def _add_more(sub: Any) -> None:
                     help="tokenizer.json, merges.txt (or a folder with vocab.json + merges.txt), "
                          "or a tiktoken ranks file")
     sp.add_argument("--config", required=True, help="its sources are the categories")
-    sp.add_argument("--merges", type=_positive_int, default=30_000, metavar="N",
+    sp.add_argument("--merges", type=positive_int, default=30_000, metavar="N",
                     help="use the first N merges (default %(default)s)")
-    sp.add_argument("--sample-bytes", type=_positive_int, default=10 << 20, metavar="B",
+    sp.add_argument("--sample-bytes", type=positive_int, default=10 << 20, metavar="B",
                     help="text per category (default 10 MiB)")
     sp.add_argument("--pattern", default=None, help="split regex of a tiktoken file (default: "
                                                     "GPT-2 / cl100k / o200k by vocabulary size)")
-    sp.add_argument("--per-step", type=_positive_int, default=20, metavar="K",
+    sp.add_argument("--per-step", type=positive_int, default=20, metavar="K",
                     help="violated rows added per merge and pass (default %(default)s)")
-    sp.add_argument("--max-passes", type=_positive_int, default=100, metavar="P",
+    sp.add_argument("--max-passes", type=positive_int, default=100, metavar="P",
                     help="stop after P solve passes; the output says whether it converged "
                          "(default %(default)s)")
     sp.add_argument("--plot", default=None, metavar="F.png", help="bar chart of the proportions")

@@ -138,10 +138,10 @@ class AuditWriter:
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """Write (replace) the run's summary next to the log; returns its path."""
-        from mixbatch.store import write_json_atomic
+        from mixbatch.atomic import write_json
 
         out = summary_path(self.path)
-        write_json_atomic(out, summary)
+        write_json(out, summary)
         return out
 
     def close(self) -> None:

@@ -81,7 +81,8 @@ def publish_store(folder: Path, dest: RemotePath, block_bytes: int = BLOCK_BYTES
     Otherwise ``dest/meta.json`` is removed first, the data files and ``blocks.npy`` are
     uploaded, and the new ``meta.json`` (with a ``blocks`` entry) goes last.
     """
-    from mixbatch.store import META, OFFSETS, SECOND_LENGTHS, TOKENS, describe_file, save_npy_atomic
+    from mixbatch.atomic import save_npy
+    from mixbatch.store import META, OFFSETS, SECOND_LENGTHS, TOKENS, describe_file
 
     meta = json.loads((folder / META).read_text(encoding="utf-8"))
     if meta.get("external") is not None:
@@ -89,7 +90,7 @@ def publish_store(folder: Path, dest: RemotePath, block_bytes: int = BLOCK_BYTES
                          "point the source at the data's URL instead")
     blocks_path = folder / BLOCKS
     digests = block_digests(folder / TOKENS, block_bytes)
-    save_npy_atomic(blocks_path, digests)
+    save_npy(blocks_path, digests)
     meta["blocks"] = {"bytes": block_bytes, "count": len(digests)}
     meta["checksums"]["blocks"] = describe_file(blocks_path)
     body = (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode()

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mixbatch.checks import choice
 from mixbatch.errors import ConfigError
 from mixbatch.mixture.weights import weights_from_mapping
 
@@ -56,16 +57,6 @@ class Interpolation(enum.Enum):
 
     CONSTANT = "constant"
     LINEAR = "linear"
-
-
-def _enum(cls: type[enum.Enum], value: object, field_name: str) -> enum.Enum:
-    if isinstance(value, cls):
-        return value
-    try:
-        return cls(value)
-    except ValueError:
-        choices = ", ".join(repr(m.value) for m in cls)
-        raise ConfigError(f"{field_name}: got {value!r}, expected one of {choices}") from None
 
 
 @dataclass(frozen=True)
@@ -93,11 +84,11 @@ class Schedule:
     _bounds: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "by", _enum(ScheduleClock, self.by, "schedule.by"))
+        object.__setattr__(self, "by", choice(ScheduleClock, "schedule.by", self.by))
         object.__setattr__(
             self,
             "interpolation",
-            _enum(Interpolation, self.interpolation, "schedule.interpolation"),
+            choice(Interpolation, "schedule.interpolation", self.interpolation),
         )
         sources = tuple(self.sources)
         if not sources:

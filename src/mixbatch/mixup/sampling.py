@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from mixbatch.checks import choice
 from mixbatch.errors import ConfigError, DataError
 from mixbatch.mixup.record import MixRecord
 
@@ -52,14 +53,6 @@ class BoxRule(str, enum.Enum):
     TORCHVISION = "torchvision"
 
 
-def _enum(cls: type[enum.Enum], value: object, name: str) -> enum.Enum:
-    try:
-        return cls(value)
-    except ValueError:
-        choices = ", ".join(repr(m.value) for m in cls)  # type: ignore[attr-defined]
-        raise ConfigError(f"{name}: unknown value {value!r} (choose one of {choices})") from None
-
-
 def rng_for(seed: int, step: int) -> np.random.Generator:
     """The generator of one step: a pure function of ``(seed, step)``, so resume stays exact."""
     if step < 0:
@@ -70,8 +63,8 @@ def rng_for(seed: int, step: int) -> np.random.Generator:
 def partner_index(batch_size: int, pairing: Pairing | str, mode: MixMode | str,
                   rng: np.random.Generator) -> np.ndarray:
     """Partner of every row; in ``pair`` mode an involution (partner of the partner is the row)."""
-    pairing = _enum(Pairing, pairing, "pairing")
-    mode = _enum(MixMode, mode, "mode")
+    pairing = choice(Pairing, "pairing", pairing)
+    mode = choice(MixMode, "mode", mode)
     b = batch_size
     if mode is MixMode.PAIR:
         if b % 2:
@@ -154,8 +147,8 @@ def draw_record(
     An alpha of 0 switches that kind off (timm's convention); a negative alpha, or both alphas
     off, is a :class:`ConfigError`.
     """
-    mode = _enum(MixMode, mode, "mode")
-    rule = _enum(BoxRule, box_rule, "box_rule")
+    mode = choice(MixMode, "mode", mode)
+    rule = choice(BoxRule, "box_rule", box_rule)
     if batch_size < 1:
         raise DataError(f"x: empty batch (batch size {batch_size})")
     if cutmix_minmax is not None:

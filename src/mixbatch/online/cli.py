@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mixbatch.checks import positive_int
 from mixbatch.errors import ConfigError, MixbatchError
 
 __all__ = ["add_online_parsers", "cmd_report", "cmd_train", "main", "proxy_settings"]
@@ -44,16 +45,6 @@ def proxy_settings(pairs: Sequence[str]) -> dict[str, Any]:
         except yaml.YAMLError:
             raise ConfigError(f"--proxy {key.strip()}: cannot read the value {value!r}") from None
     return out
-
-
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -121,7 +112,7 @@ def add_online_parsers(subparsers: Any) -> None:
 
     sp = subparsers.add_parser("train", help="train the proxy model with an online mixture policy")
     sp.add_argument("config")
-    sp.add_argument("--steps", type=_positive, required=True, help="optimizer steps")
+    sp.add_argument("--steps", type=positive_int, required=True, help="optimizer steps")
     sp.add_argument("--policy", default=None, metavar="NAME",
                     help=f"{policy_choices()}, or none for the static mixture (default: the "
                          "config's mixture.policy)")
@@ -135,7 +126,7 @@ def add_online_parsers(subparsers: Any) -> None:
                     help="proxy model/optimiser setting (repeatable), e.g. d_model=64 lr=3e-3")
     sp.add_argument("--resume", action="store_true",
                     help="continue from RUN_DIR/checkpoint.pt when it exists")
-    sp.add_argument("--checkpoint-every", type=_positive, default=None, metavar="K",
+    sp.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="K",
                     help="also save the checkpoint every K steps")
     sp.add_argument("--no-audit", action="store_true", help="do not write audit.jsonl")
     sp.set_defaults(func=cmd_train)

@@ -30,6 +30,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from mixbatch.checks import positive_int
 from mixbatch.errors import ConfigError
 
 __all__ = [
@@ -68,16 +69,6 @@ def _tokens(value: str) -> float:
             from None
     if not (n > 0 and math.isfinite(n)):
         raise argparse.ArgumentTypeError(f"token count must be positive, got {value!r}")
-    return n
-
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return n
 
 
@@ -286,15 +277,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # proxy settings shared by run and merge
 # ---------------------------------------------------------------------------------------------
 _PROXY_FLAGS = (  # flag, ProxyConfig field, type, help
-    ("--steps", "steps", _positive_int, "training steps per proxy"),
-    ("--layers", "n_layer", _positive_int, "transformer layers"),
-    ("--d-model", "d_model", _positive_int, "model width"),
-    ("--heads", "n_head", _positive_int, "attention heads"),
-    ("--seq-len", "seq_len", _positive_int, "tokens per row (default: the proxy's, else batch:)"),
-    ("--batch-size", "batch_size", _positive_int, "rows per step"),
+    ("--steps", "steps", positive_int, "training steps per proxy"),
+    ("--layers", "n_layer", positive_int, "transformer layers"),
+    ("--d-model", "d_model", positive_int, "model width"),
+    ("--heads", "n_head", positive_int, "attention heads"),
+    ("--seq-len", "seq_len", positive_int, "tokens per row (default: the proxy's, else batch:)"),
+    ("--batch-size", "batch_size", positive_int, "rows per step"),
     ("--lr", "lr", float, "peak learning rate"),
-    ("--eval-tokens", "eval_tokens", _positive_int, "held-out tokens scored per source"),
-    ("--threads", "threads", _positive_int, "torch threads per proxy (default: 1 when runs "
+    ("--eval-tokens", "eval_tokens", positive_int, "held-out tokens scored per source"),
+    ("--threads", "threads", positive_int, "torch threads per proxy (default: 1 when runs "
                                             "share the machine)"),
     ("--device", "device", str, "auto, cpu or cuda (default auto)"),
 )
@@ -574,7 +565,7 @@ def demo_search(cfg: Any, stats: dict, work: Path, config_path: Path,
 def _add_backend_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--backend", choices=("local", "ray"), default="local",
                     help="local: a process pool here; ray: Ray tasks (default %(default)s)")
-    sp.add_argument("--workers", type=_positive_int, default=1,
+    sp.add_argument("--workers", type=positive_int, default=1,
                     help="proxies at a time (default %(default)s)")
     sp.add_argument("--ray-address", metavar="ADDR", default=None,
                     help="an existing Ray cluster (default: start a local one)")
@@ -593,7 +584,7 @@ def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
 
     sp = sub.add_parser("design", help="draw candidate mixtures around the token prior (RegMix)")
     sp.add_argument("config", help="config whose sources (prepared) give the token prior")
-    sp.add_argument("--n", type=_positive_int, required=True, help="number of mixtures")
+    sp.add_argument("--n", type=positive_int, required=True, help="number of mixtures")
     sp.add_argument("--out", required=True, metavar="DESIGN.csv")
     sp.add_argument("--seed", type=int, default=REGMIX_SEED, help="default %(default)s (RegMix)")
     sp.add_argument("--tokens", type=_tokens, default=None, metavar="T",
@@ -623,8 +614,8 @@ def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
 
     sp = sub.add_parser("optimize", help="simulate mixtures, average the predicted best")
     sp.add_argument("model", metavar="MODEL.json")
-    sp.add_argument("--n-sim", type=_positive_int, default=N_SIM)
-    sp.add_argument("--top-k", type=_positive_int, default=TOP_K)
+    sp.add_argument("--n-sim", type=positive_int, default=N_SIM)
+    sp.add_argument("--top-k", type=positive_int, default=TOP_K)
     sp.add_argument("--out", required=True, metavar="MIXTURE.yaml")
     sp.add_argument("--seed", type=int, default=SIM_SEED)
     sp.add_argument("--prior", metavar="CONFIG|name=tokens,...",
@@ -657,9 +648,9 @@ def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
                                       "on the union (Na et al. 2024)")
     sp.add_argument("config", help="config whose sources (prepared, holdout > 0) are the units")
     sp.add_argument("--out", required=True, metavar="MERGE.json")
-    sp.add_argument("--seed-steps", type=_positive_int, default=None,
+    sp.add_argument("--seed-steps", type=positive_int, default=None,
                     help="steps of the seed model on the uniform mixture (default: --steps)")
-    sp.add_argument("--subsets", type=_positive_int, default=None, metavar="N",
+    sp.add_argument("--subsets", type=positive_int, default=None, metavar="N",
                     help="N random subsets (default: every pair and a few triples)")
     sp.add_argument("--subset-seed", type=int, default=0)
     _add_backend_flags(sp)

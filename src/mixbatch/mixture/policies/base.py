@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
 
+from mixbatch.checks import integer, real
 from mixbatch.errors import ConfigError, StateError
 
 __all__ = [
@@ -190,61 +190,8 @@ class PolicySettings:
 
     def check(self) -> None:
         """Raise ``ConfigError`` (message starting with the field name) for a bad value."""
-        _real("min_weight", self.min_weight, lo=0.0)
-        _integer("every", self.every, lo=1)
-
-
-def _real(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
-          lo_open: bool = False, hi_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise ConfigError(f"{name}: must be {'>' if lo_open else '>='} {lo}, got {value!r}")
-    if hi is not None and (v > hi or (hi_open and v == hi)):
-        raise ConfigError(f"{name}: must be {'<' if hi_open else '<='} {hi}, got {value!r}")
-    return v
-
-
-def _integer(name: str, value: Any, *, lo: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ConfigError(f"{name}: expected an integer, got {value!r}")
-    if lo is not None and value < lo:
-        raise ConfigError(f"{name}: must be >= {lo}, got {value!r}")
-    return int(value)
-
-
-def _boolean(name: str, value: Any) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
-    return bool(value)
-
-
-def _choice(cls: type[enum.Enum], name: str, value: Any) -> enum.Enum:
-    if isinstance(value, cls):
-        return value
-    try:
-        return cls(value)
-    except ValueError:
-        choices = ", ".join(repr(m.value) for m in cls)
-        raise ConfigError(f"{name}: got {value!r}, expected one of {choices}") from None
-
-
-def _vector(name: str, value: Any, length: int | None = None) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        arr = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected a list of numbers, got {value!r}") from None
-    if arr.ndim != 1 or arr.size == 0 or (length is not None and arr.size != length):
-        want = f"{length} numbers (one per source)" if length is not None else "a flat list"
-        raise ConfigError(f"{name}: expected {want}, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ConfigError(f"{name}: values must be finite, got {arr.tolist()}")
-    return tuple(float(x) for x in arr)
+        real("min_weight", self.min_weight, lo=0.0)
+        integer("every", self.every, lo=1)
 
 
 def _jsonable(value: Any) -> Any:

@@ -35,13 +35,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mixbatch.checks import real, vector
 from mixbatch.mixture.policies.base import (
     Feedback,
     Policy,
     PolicySettings,
-    _real,
     _simplex,
-    _vector,
 )
 
 __all__ = ["DGA", "DGASettings"]
@@ -65,10 +64,10 @@ class DGASettings(PolicySettings):
 
     def check(self) -> None:
         super().check()
-        _real("eta", self.eta, lo=0.0, lo_open=True)
+        real("eta", self.eta, lo=0.0, lo_open=True)
         if self.ema is not None:
-            _real("ema", self.ema, lo=0.0, hi=1.0, hi_open=True)
-        object.__setattr__(self, "initial", _vector("initial", self.initial))
+            real("ema", self.ema, lo=0.0, hi=1.0, hi_open=True)
+        object.__setattr__(self, "initial", vector("initial", self.initial))
 
 
 class DGA(Policy):

@@ -43,16 +43,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mixbatch.checks import choice, real, vector
 from mixbatch.errors import ConfigError
 from mixbatch.mixture.policies.base import (
     Feedback,
     Policy,
     PolicySettings,
-    _choice,
-    _real,
     _simplex,
     _softmax,
-    _vector,
 )
 
 __all__ = ["DoReMi", "DoReMiSettings", "Excess"]
@@ -85,10 +83,10 @@ class DoReMiSettings(PolicySettings):
 
     def check(self) -> None:
         super().check()
-        _real("eta", self.eta, lo=0.0, lo_open=True)
-        _real("smoothing", self.smoothing, lo=0.0, hi=1.0)
-        object.__setattr__(self, "excess", _choice(Excess, "excess", self.excess))
-        object.__setattr__(self, "initial", _vector("initial", self.initial))
+        real("eta", self.eta, lo=0.0, lo_open=True)
+        real("smoothing", self.smoothing, lo=0.0, hi=1.0)
+        object.__setattr__(self, "excess", choice(Excess, "excess", self.excess))
+        object.__setattr__(self, "initial", vector("initial", self.initial))
 
 
 class DoReMi(Policy):

@@ -46,15 +46,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mixbatch.checks import choice, integer, real, vector
 from mixbatch.mixture.policies.base import (
     Feedback,
     Policy,
     PolicySettings,
-    _choice,
-    _integer,
-    _real,
     _softmax,
-    _vector,
 )
 
 __all__ = [
@@ -118,9 +115,9 @@ class _FLADSettings(PolicySettings):
 
     def check(self) -> None:
         super().check()
-        object.__setattr__(self, "reward", _choice(Reward, "reward", self.reward))
-        object.__setattr__(self, "initial_reward", _vector("initial_reward", self.initial_reward))
-        _real("beta", self.beta, lo=0.0, hi=1.0, lo_open=True)
+        object.__setattr__(self, "reward", choice(Reward, "reward", self.reward))
+        object.__setattr__(self, "initial_reward", vector("initial_reward", self.initial_reward))
+        real("beta", self.beta, lo=0.0, hi=1.0, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -139,7 +136,7 @@ class EXP3FLADSettings(_FLADSettings):
 
     def check(self) -> None:
         super().check()
-        _integer("accumulation", self.accumulation, lo=1)
+        integer("accumulation", self.accumulation, lo=1)
 
 
 @dataclass(frozen=True)
@@ -165,7 +162,7 @@ class _FLAD(Policy):
         return frozenset({"grads", "target_grad"})
 
     def _check_settings(self, settings: _FLADSettings) -> None:  # type: ignore[override]
-        _vector("initial_reward", settings.initial_reward, self.num_sources)
+        vector("initial_reward", settings.initial_reward, self.num_sources)
 
     def _initial_reward(self) -> np.ndarray:
         r = self.settings.initial_reward

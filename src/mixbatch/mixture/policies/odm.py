@@ -54,16 +54,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mixbatch.checks import choice, integer, real, vector
 from mixbatch.mixture.policies.base import (
     Feedback,
     Policy,
     PolicySettings,
-    _choice,
-    _integer,
-    _real,
     _simplex,
     _softmax,
-    _vector,
 )
 
 __all__ = ["ODM", "ODMSettings", "ODMVariant", "exploration_rate"]
@@ -103,10 +100,10 @@ class ODMSettings(PolicySettings):
 
     def check(self) -> None:
         super().check()
-        _integer("warmup", self.warmup, lo=0)
-        _real("smoothing", self.smoothing, lo=0.0, hi=1.0, hi_open=True)
-        object.__setattr__(self, "variant", _choice(ODMVariant, "variant", self.variant))
-        object.__setattr__(self, "initial", _vector("initial", self.initial))
+        integer("warmup", self.warmup, lo=0)
+        real("smoothing", self.smoothing, lo=0.0, hi=1.0, hi_open=True)
+        object.__setattr__(self, "variant", choice(ODMVariant, "variant", self.variant))
+        object.__setattr__(self, "initial", vector("initial", self.initial))
 
 
 class ODM(Policy):

@@ -45,18 +45,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mixbatch.checks import boolean, choice, integer, real, vector
 from mixbatch.errors import ConfigError
 from mixbatch.mixture.policies.base import (
     Feedback,
     Policy,
     PolicySettings,
-    _boolean,
-    _choice,
-    _integer,
-    _real,
     _simplex,
     _softmax,
-    _vector,
 )
 
 __all__ = ["SkillIt", "SkillItSettings", "WindowReduce", "estimate_graph"]
@@ -113,13 +109,13 @@ class SkillItSettings(PolicySettings):
     def check(self) -> None:
         super().check()
         object.__setattr__(self, "graph", _matrix("graph", self.graph))
-        _real("eta", self.eta, lo=0.0, lo_open=True)
-        _integer("window", self.window, lo=1)
-        _boolean("normalize_loss", self.normalize_loss)
-        _boolean("eta_schedule", self.eta_schedule)
-        object.__setattr__(self, "reduce", _choice(WindowReduce, "reduce", self.reduce))
-        _real("edge_weight", self.edge_weight)
-        object.__setattr__(self, "initial", _vector("initial", self.initial))
+        real("eta", self.eta, lo=0.0, lo_open=True)
+        integer("window", self.window, lo=1)
+        boolean("normalize_loss", self.normalize_loss)
+        boolean("eta_schedule", self.eta_schedule)
+        object.__setattr__(self, "reduce", choice(WindowReduce, "reduce", self.reduce))
+        real("edge_weight", self.edge_weight)
+        object.__setattr__(self, "initial", vector("initial", self.initial))
 
 
 class SkillIt(Policy):

@@ -42,6 +42,14 @@ def test_valid_config_and_defaults(two_sources: Path) -> None:
         ({"sources": {"web": {"path": "w", "format": "csv"}}}, "sources.web.format"),
         ({"batch": {"seq_len": 1}}, "batch.seq_len: Input should be greater than or equal to 2"),
         ({"batch": {"packing": "zip"}}, "batch.packing: Input should be 'concat', 'pad'"),
+        ({"batch": {"pack_window": 8}},
+         "batch.pack_window: not a setting of packing 'concat' (only of 'bfd')"),
+        ({"batch": {"packing": "buckets", "token_budget": 512, "batch_size": 4}},
+         "batch.batch_size: not a setting of packing 'buckets' (only of 'concat', 'pad', 'bfd')"),
+        ({"batch": {"packing": "pad_buckets"}}, "batch.token_budget: Field required"),
+        ({"batch": {"packing": "bfd", "pack_window": 0}},
+         "batch.pack_window: Input should be greater than or equal to 1"),
+        ({"batch": {"packing": "pad", "colour": 1}}, "batch.colour: unknown key"),
         ({"mixture": {"weights": {"web": 1, "books": 1}}},
          "weight for undeclared source 'books'"),
         ({"mixture": {"schedule": [{"until_step": 5, "weights": {"nope": 1}}]}},
@@ -92,3 +100,25 @@ def test_cli_path_matching_nothing_exit_2(tmp_path: Path) -> None:
                        capture_output=True, text=True)
     assert r.returncode == 2, r.stderr
     assert "missing/*.jsonl" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("packing", [p.value for p in Packing])
+def test_each_packing_mode_takes_its_own_settings(tmp_path: Path, packing: str) -> None:
+    from mixbatch.config import BATCH_CLASSES
+
+    budget = {"token_budget": 1024} if packing in ("buckets", "pad_buckets") else {}
+    cfg = load_config(_cfg(tmp_path, {**BASE, "batch": {"packing": packing, **budget}}))
+    assert type(cfg.batch) is BATCH_CLASSES[Packing(packing)]
+    assert cfg.batch.packing is Packing(packing)
+    assert cfg.batch.variable_rows == (packing in ("buckets", "pad_buckets"))
+    assert cfg.batch.step_positions == (1024 if budget else 8 * cfg.batch.seq_len)
+    # every key of every other mode that this mode lacks is refused, naming the mode
+    own = set(type(cfg.batch).model_fields)
+    for other in BATCH_CLASSES.values():
+        for key in set(other.model_fields) - own:
+            with pytest.raises(ConfigError, match=f"batch.{key}: not a setting of packing"):
+                load_config(_cfg(tmp_path, {**BASE, "batch": {"packing": packing, **budget,
+                                                              key: 1}}))
+    # the settings round-trip through the dump a state or a search records
+    again = load_config(_cfg(tmp_path, {**BASE, "batch": cfg.batch.model_dump(mode="json")}))
+    assert again.batch == cfg.batch

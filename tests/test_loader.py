@@ -31,6 +31,8 @@ def _cfg(tmp: Path, **over) -> object:
             "batch": {"seq_len": 64, "batch_size": 4, "packing": "concat"}}
     for k, v in over.items():
         data[k] = {**data[k], **v} if isinstance(v, dict) and k in data else v
+    if data["batch"]["packing"] in ("buckets", "pad_buckets"):
+        del data["batch"]["batch_size"]  # rows per step follow the token budget
     cfg = load_config(write_config(tmp / "c.yaml", data))
     prepare(cfg, workers=1)
     return cfg

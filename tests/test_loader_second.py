@@ -101,10 +101,7 @@ def test_second_buckets_need_second_lengths_and_pad_buckets(tmp_path: Path) -> N
     prepare(plain, workers=1)
     with pytest.raises(ConfigError, match=r"second_buckets: source\(s\) p0, p1 have no second"):
         MixedLoader(plain, rank=0, world_size=1)
-    data["batch"].update(packing="bfd")
-    for src in data["sources"].values():
-        src["second_field"] = "target"
-    other = load_config(write_config(tmp_path / "bfd.yaml", data))
-    prepare(other, workers=1)
-    with pytest.raises(ConfigError, match="2-D bucketing is a pad_buckets option"):
-        MixedLoader(other, rank=0, world_size=1)
+    data["batch"] = {"seq_len": 256, "packing": "bfd", "second_buckets": 3}
+    with pytest.raises(ConfigError, match="batch.second_buckets: not a setting of packing 'bfd' "
+                                          r"\(only of 'pad_buckets'\)"):
+        load_config(write_config(tmp_path / "bfd.yaml", data))

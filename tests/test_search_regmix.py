@@ -34,10 +34,8 @@ PILE_PRIOR = {
 
 
 def _data_dir() -> Path | None:
-    for d in (Path(__file__).parents[2] / "shared/data/regmix", Path("/work/shared/data/regmix")):
-        if (d / "train_mixture_1m.csv").is_file():
-            return d
-    return None
+    d = Path(__file__).resolve().parents[2] / "shared/data/regmix"
+    return d if (d / "train_mixture_1m.csv").is_file() else None
 
 
 DATA = _data_dir()

@@ -11,7 +11,7 @@ from mixbatch.errors import ConfigError, StateError
 from mixbatch.shape.base import Docs, StepPlan
 from mixbatch.shape.bfd import BFDShaper, best_fit_decreasing, cut_pieces
 from mixbatch.shape.materialize import IGNORE_INDEX, materialize
-from mixbatch.testing import ListFeed
+from mixbatch.testing import ListFeed, ShaperRun, assert_resumes
 from mixbatch.testing import feed_from_items as _feed_for
 from mixbatch.testing import toy_stores as _stores
 
@@ -228,19 +228,16 @@ def test_best_fit_decreasing_small_capacities_and_full_items(raw, cap) -> None:
 def test_bfd_resume_equals_straight_run(items, seq_len, window, rows, cut_frac) -> None:
     straight = _run(BFDShaper(seq_len, window), _feed_for(items)[0], rows)
     cut = round(cut_frac * len(straight))
+    # O(K) state: a feed position and a counter
+    assert_resumes(lambda: ShaperRun(BFDShaper(seq_len, window), _feed_for(items)[0], rows),
+                   10**6, [cut], max_numbers=12)
     feed, _ = _feed_for(items)
     shaper = BFDShaper(seq_len, window)
-    head = _run(shaper, feed, rows, cut)
-    saved = json.loads(json.dumps({"feed": feed.state_dict(), "shaper": shaper.state_dict()}))
-    assert len(json.dumps(saved["shaper"])) < 200  # O(K): a feed position and a counter
-    feed2, _ = _feed_for(items)
-    feed2.load_state_dict(saved["feed"])  # the loader's order: feed, then shaper
+    _run(shaper, feed, rows, cut)
+    saved = json.loads(json.dumps(shaper.state_dict()))
     shaper2 = BFDShaper(seq_len, window)
-    shaper2.load_state_dict(saved["shaper"])
-    assert shaper2.state_dict() == saved["shaper"]  # saving again before a step is the same
-    tail = _run(shaper2, feed2, rows)
-    assert head + tail == straight
-    assert feed2.i == len(items)
+    shaper2.load_state_dict(saved)
+    assert shaper2.state_dict() == saved  # saving again before a step is the same
 
 
 def test_bfd_resume_restores_the_feed_position_after_the_window() -> None:
@@ -279,25 +276,17 @@ def test_bfd_resume_replays_a_window_with_its_own_weights() -> None:
     lengths = [5 + (11 * i) % 23 for i in range(60)]
     schedule = [np.array([1.0, 0.0]) if s < 3 else np.array([0.0, 1.0]) for s in range(200)]
 
-    def run(feed, shaper, first, last):
-        out = []
-        for s in range(first, last):
-            feed.set_weights(schedule[s])
-            p = shaper.plan_step(feed, 2)
-            if p is None:
-                break
-            out.append(_signature(p))
-        return out
+    def set_weights(run, step):
+        run.feed.set_weights(schedule[step])
 
-    straight = run(WeightedFeed(lengths), BFDShaper(16, 16), 0, 200)
-    feed, shaper = WeightedFeed(lengths), BFDShaper(16, 16)
-    head = run(feed, shaper, 0, 5)  # the weights change at step 3, inside the first window
-    state = json.loads(json.dumps({"feed": feed.state_dict(), "shaper": shaper.state_dict()}))
+    def make():
+        return ShaperRun(BFDShaper(16, 16), WeightedFeed(lengths), 2, before_step=set_weights)
+
+    first = make()
+    first.step(5)  # the weights change at step 3, inside the first window
+    state = first.state_dict()
     assert state["shaper"]["window_weights"] == [1.0, 0.0] and state["shaper"]["emitted"] == 10
-    feed2, shaper2 = WeightedFeed(lengths), BFDShaper(16, 16)
-    feed2.load_state_dict(state["feed"])
-    shaper2.load_state_dict(state["shaper"])
-    assert head + run(feed2, shaper2, 5, 200) == straight
+    assert_resumes(make, 200, [5, 2, 9])
 
 
 @settings(max_examples=100, deadline=None)

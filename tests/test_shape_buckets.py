@@ -25,24 +25,11 @@ from mixbatch.shape.buckets import (
     curriculum_targets,
     decompose,
 )
-from mixbatch.testing import ListFeed
+from mixbatch.testing import ListFeed, ShaperRun, assert_resumes
 from mixbatch.testing import feed_from_items as _feed_for
 from mixbatch.testing import toy_stores as _stores
 
 CURRICULA = ["uniform", "natural", "grow_p2", "grow_linear"]
-
-
-def _signature(p) -> tuple:
-    return (p.rows, p.seq_len, p.row.tolist(), p.source.tolist(), p.doc.tolist(),
-            p.start.tolist(), p.end.tolist(), p.eod.tolist(), p.pad.tolist(), p.truncated)
-
-
-def _leaves(obj) -> int:
-    if isinstance(obj, dict):
-        return sum(_leaves(v) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return sum(_leaves(v) for v in obj)
-    return 1
 
 
 def _reference_pieces(n: int, L: int, lo: int) -> tuple[list[tuple[int, int]], int]:
@@ -369,28 +356,12 @@ def test_truncated_fraction_on_lognormal_lengths() -> None:
 # ------------------------------------------------------------------------ resume
 
 
-def _resume_check(make_shaper, make_feed, cuts) -> None:
-    shaper, feed = make_shaper(), make_feed()
-    straight = [_signature(p) for p in _run_all(shaper, feed, None)]
-    for cut in cuts:
-        cut = min(cut, len(straight))
-        shaper, feed = make_shaper(), make_feed()
-        head = [_signature(shaper.plan_step(feed, 8)) for _ in range(cut)]
-        state = json.loads(json.dumps({"feed": feed.state_dict(), "shaper": shaper.state_dict()}))
-        assert _leaves(state) <= 16  # O(1) here: no documents, no pieces
-        shaper, feed = make_shaper(), make_feed()
-        feed.load_state_dict(state["feed"])
-        shaper.load_state_dict(state["shaper"])
-        tail = [_signature(p) for p in _run_all(shaper, feed, None)]
-        assert head + tail == straight, f"resume at step {cut} differs"
-
-
 @settings(max_examples=80, deadline=None)
 @given(items=docs_strategy, prm=params, cuts=st.lists(st.integers(0, 40), min_size=1, max_size=3))
 def test_resume_equals_straight_run(items, prm, cuts) -> None:
-    def make_feed():
-        return _feed_for(items)[0]
-    _resume_check(lambda: _make(prm), make_feed, cuts)
+    # O(1) state here: no documents, no pieces
+    assert_resumes(lambda: ShaperRun(_make(prm), _feed_for(items)[0]), 10**6, cuts,
+                   max_numbers=16)
 
 
 def test_resume_with_weights_changing_inside_a_window() -> None:
@@ -409,33 +380,22 @@ def test_resume_with_weights_changing_inside_a_window() -> None:
     def make_shaper():
         return BucketShaper(32, 128, 4, "grow_p2", 1, 2, window_tokens=128 * 12)
 
-    def run(shaper, feed, first, n):
-        out = []
-        for step in range(first, first + n):
-            feed.set_weights(weights(step))
-            out.append(_signature(shaper.plan_step(feed, 8)))
-        return out
+    def set_weights(run, step):
+        run.feed.set_weights(weights(step))
 
-    total = 30
-    straight = run(make_shaper(), make_feed(), 0, total)
-    for cut in (1, 4, 7, 13, 20):
-        shaper, feed = make_shaper(), make_feed()
-        head = run(shaper, feed, 0, cut)
-        state = json.loads(json.dumps({"feed": feed.state_dict(), "shaper": shaper.state_dict()}))
-        assert state["shaper"]["window_weights"] is not None or state["shaper"]["emitted"] == 0
-        shaper, feed = make_shaper(), make_feed()
-        feed.load_state_dict(state["feed"])
-        shaper.load_state_dict(state["shaper"])
-        assert head + run(shaper, feed, cut, total - cut) == straight
+    def make():
+        return ShaperRun(make_shaper(), make_feed(), before_step=set_weights)
+
+    assert_resumes(make, 30, [1, 4, 7, 13, 20])
+    first = make()
+    head = first.step(4)
+    state = json.loads(json.dumps(first.state_dict()))
+    assert state["shaper"]["window_weights"] is not None
     # control: replaying with the resumed step's weights instead gives another stream
-    shaper, feed = make_shaper(), make_feed()
-    head = run(shaper, feed, 0, 4)
-    state = json.loads(json.dumps({"feed": feed.state_dict(), "shaper": shaper.state_dict()}))
     state["shaper"]["window_weights"] = None
-    shaper, feed = make_shaper(), make_feed()
-    feed.load_state_dict(state["feed"])
-    shaper.load_state_dict(state["shaper"])
-    assert head + run(shaper, feed, 4, total - 4) != straight
+    second = make()
+    second.load_state_dict(state)
+    assert head + second.step(26) != make().step(30)
 
 
 def test_malformed_state_is_refused() -> None:

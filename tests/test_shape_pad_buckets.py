@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,14 +10,9 @@ from hypothesis import strategies as st
 from mixbatch.errors import ConfigError
 from mixbatch.shape import IGNORE_INDEX, PadShaper, materialize
 from mixbatch.shape.pad_buckets import PadBucketShaper, equal_token_edges
-from mixbatch.testing import ListFeed
+from mixbatch.testing import ListFeed, ShaperRun, assert_resumes
 from mixbatch.testing import feed_from_items as _feed_for
 from mixbatch.testing import toy_stores as _stores
-
-
-def _signature(p) -> tuple:
-    return (p.rows, p.seq_len, p.row.tolist(), p.source.tolist(), p.doc.tolist(),
-            p.start.tolist(), p.end.tolist(), p.eod.tolist(), p.pad.tolist(), p.truncated)
 
 
 def _run_all(shaper, feed, rows_hint=8):
@@ -256,17 +249,7 @@ def test_padding_well_below_pad_mode_on_lognormal_lengths() -> None:
 @settings(max_examples=80, deadline=None)
 @given(items=docs_strategy, prm=params, cuts=st.lists(st.integers(0, 30), min_size=1, max_size=3))
 def test_resume_equals_straight_run(items, prm, cuts) -> None:
-    straight = [_signature(p) for p in _run_all(_make(prm), _feed_for(items)[0])]
-    for cut in cuts:
-        cut = min(cut, len(straight))
-        shaper, feed = _make(prm), _feed_for(items)[0]
-        head = [_signature(shaper.plan_step(feed, 8)) for _ in range(cut)]
-        state = json.loads(json.dumps({"feed": feed.state_dict(), "shaper": shaper.state_dict()}))
-        shaper, feed = _make(prm), _feed_for(items)[0]
-        feed.load_state_dict(state["feed"])
-        shaper.load_state_dict(state["shaper"])
-        tail = [_signature(p) for p in _run_all(shaper, feed)]
-        assert head + tail == straight, f"resume at step {cut} differs"
+    assert_resumes(lambda: ShaperRun(_make(prm), _feed_for(items)[0]), 10**6, cuts)
 
 
 # ------------------------------------------------------------------------ bad input
@@ -449,15 +432,8 @@ def test_two_d_materialises_second_lengths_and_resumes() -> None:
     n = len(p.row)
     assert b["second_lengths"].tolist() == p.second.tolist() + [0] * (p.rows - n)
     assert b["max_second_len"] == int(p.second.max())
-    for cut in (1, len(straight) // 2):
-        shaper, feed = make(), ListFeed(src, doc, lens, second)
-        head = [_signature(shaper.plan_step(feed, 8)) for _ in range(cut)]
-        state = json.loads(json.dumps({"feed": feed.state_dict(), "shaper": shaper.state_dict()}))
-        shaper, feed = make(), ListFeed(src, doc, lens, second)
-        feed.load_state_dict(state["feed"])
-        shaper.load_state_dict(state["shaper"])
-        tail = [_signature(q) for q in _run_all(shaper, feed)]
-        assert head + tail == [_signature(q) for q in straight]
+    assert_resumes(lambda: ShaperRun(make(), ListFeed(src, doc, lens, second)), len(straight),
+                   [1, len(straight) // 2])
 
 
 def test_two_d_skips_and_counts_too_long_second_lengths() -> None:

@@ -47,7 +47,8 @@ def _loader(lengths: list[list[int]], weights: list[float], mode: str, seq_len: 
         "seed": 1, "store": "unused",
         "sources": {n: {"path": f"{n}.jsonl"} for n in names},
         "mixture": {"unit": unit, "weights": dict(zip(names, weights, strict=True))},
-        "batch": {"seq_len": seq_len, "batch_size": 8, **extra}})
+        "batch": {"seq_len": seq_len, **({} if "token_budget" in extra else {"batch_size": 8}),
+                  **extra}})
     stores = dict(zip(names, toy_stores(lengths), strict=True))
     return MixedLoader(cfg, stores=stores)
 

@@ -298,7 +298,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.print(f"6. resume from {state} at world size 2 and run stage 2 (annealing on prose)")
     s2 = run_stream(cfg, DEMO_STAGE_STEPS, 0, 2, str(state), str(state), str(audit), False)
     out.print(stream_table(s2))
-    from mixbatch.search.cli import demo_search
+    from mixbatch.demo.search import demo_search
 
     t_search = time.perf_counter()
     search = demo_search(cfg, stats, work, config_path, progress=not args.no_progress)

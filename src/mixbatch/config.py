@@ -12,13 +12,15 @@ import hashlib
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -137,41 +139,141 @@ class Curriculum(str, Enum):
     GROW_LINEAR = "grow_linear"
 
 
-class BatchConfig(_Strict):
-    """How planned documents become rows (``packing``) and how rows go to ranks.
-
-    Fields used by one packing mode only are ignored by the others.
-    """
+class _BatchCommon(_Strict):
+    """Settings of every packing mode. Each mode is its own class below, so a setting given to a
+    mode that does not use it is an error (``batch.pack_window: not a setting of packing
+    'concat'``), never silently ignored."""
 
     seq_len: int = Field(default=1024, ge=2)
-    batch_size: int = Field(default=8, ge=1)  # rows per global step (fixed-shape modes)
-    packing: Packing = Packing.CONCAT
-    # bfd: rows packed together in one best-fit-decreasing window
-    pack_window: int = Field(default=256, ge=1)
-    # buckets (dataset decomposition) and pad_buckets: tokens per global step, and the tokens
-    # planned together in one window (default: 256 budgets)
-    token_budget: int | None = Field(default=None, ge=2)
-    window_tokens: int | None = Field(default=None, ge=2)
-    # buckets: piece lengths 2^k for min_len <= 2^k <= seq_len
-    min_len: int = Field(default=64, ge=1)
-    curriculum: Curriculum = Curriculum.UNIFORM
-    cycles: int = Field(default=1, ge=1)
-    # pad_buckets: number of length buckets, and the attention term of a row's cost
-    num_buckets: int = Field(default=16, ge=1)
-    quadratic: float = Field(default=0.0, ge=0)
-    # pad_buckets: budgets of a bucket's documents sorted by length together (0: stream order)
-    sort_pool: int = Field(default=16, ge=0)
-    # pad_buckets, 2-D: sub-buckets on the documents' second lengths (0: one dimension), the
-    # cost of one second-length position, and the longest second length kept (longer: skipped)
-    second_buckets: int = Field(default=0, ge=0)
-    second_weight: float = Field(default=1.0, ge=0)
-    second_max: int | None = Field(default=None, ge=0)
-    # variable-row modes (buckets, pad_buckets): rows per step are a multiple of this; the
-    # world size must divide it, so the global stream never depends on the world size
-    row_multiple: int = Field(default=8, ge=1)
     # rank balance: cost(s) = s + s^2 / (6 * d_model) per document piece of length s
     balance: bool = True
     d_model: int = Field(default=4096, ge=1)
+    # refuse a configuration whose one step would need more bytes than this (default: from
+    # $MIXBATCH_MAX_STEP_BYTES, else a share of this machine's memory; see mixbatch.limits)
+    max_step_bytes: int | None = Field(default=None, ge=1)
+
+    @property
+    def variable_rows(self) -> bool:
+        """Whether steps have a varying number of rows (a multiple of ``row_multiple``)."""
+        return False
+
+    @property
+    def two_d(self) -> bool:
+        """Whether documents are bucketed on a second length too (pad_buckets only)."""
+        return False
+
+    @property
+    def unit_multiple(self) -> int:
+        """Document pieces are planned in multiples of this many tokens (buckets: ``min_len``)."""
+        return 1
+
+    @property
+    def step_positions(self) -> int:
+        """Positions of one global step: ``batch_size · seq_len``, or the token budget."""
+        raise NotImplementedError
+
+
+class _FixedRows(_BatchCommon):
+    batch_size: int = Field(default=8, ge=1)  # rows per global step
+
+    @property
+    def step_positions(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+class ConcatBatch(_FixedRows):
+    """``concat``: one token line cut into rows of ``seq_len``; documents continue across rows."""
+
+    packing: Literal[Packing.CONCAT] = Packing.CONCAT
+
+
+class PadBatch(_FixedRows):
+    """``pad``: one document (piece) per row, padded to ``seq_len``."""
+
+    packing: Literal[Packing.PAD] = Packing.PAD
+
+
+class BfdBatch(_FixedRows):
+    """``bfd``: documents packed whole into rows by best-fit decreasing over a window."""
+
+    packing: Literal[Packing.BFD] = Packing.BFD
+    pack_window: int = Field(default=256, ge=1)  # rows packed together in one window
+
+
+class _TokenBudget(_BatchCommon):
+    # tokens per global step (required), and the tokens planned together in one window
+    # (default: 256 budgets)
+    token_budget: int = Field(ge=2)
+    window_tokens: int | None = Field(default=None, ge=2)
+    # rows per step are a multiple of this; the world size must divide it, so the global stream
+    # never depends on the world size
+    row_multiple: int = Field(default=8, ge=1)
+
+    @property
+    def variable_rows(self) -> bool:
+        return True
+
+    @property
+    def step_positions(self) -> int:
+        return self.token_budget
+
+
+class BucketsBatch(_TokenBudget):
+    """``buckets``: dataset decomposition into pieces of 2^k tokens, one length per step."""
+
+    packing: Literal[Packing.BUCKETS] = Packing.BUCKETS
+    min_len: int = Field(default=64, ge=1)  # piece lengths 2^k for min_len <= 2^k <= seq_len
+    curriculum: Curriculum = Curriculum.UNIFORM
+    cycles: int = Field(default=1, ge=1)
+
+    @property
+    def unit_multiple(self) -> int:
+        return self.min_len
+
+
+class PadBucketsBatch(_TokenBudget):
+    """``pad_buckets``: documents whole, padded within length buckets, rows per step by cost."""
+
+    packing: Literal[Packing.PAD_BUCKETS] = Packing.PAD_BUCKETS
+    num_buckets: int = Field(default=16, ge=1)  # length buckets
+    quadratic: float = Field(default=0.0, ge=0)  # the attention term of a row's cost
+    # budgets of a bucket's documents sorted by length together (0: stream order)
+    sort_pool: int = Field(default=16, ge=0)
+    # 2-D: sub-buckets on the documents' second lengths (0: one dimension), the cost of one
+    # second-length position, and the longest second length kept (longer: skipped, counted)
+    second_buckets: int = Field(default=0, ge=0)
+    second_weight: float = Field(default=1.0, ge=0)
+    second_max: int | None = Field(default=None, ge=0)
+
+    @property
+    def two_d(self) -> bool:
+        return self.second_buckets > 0
+
+
+#: the batch class of each packing mode
+BATCH_CLASSES: dict[Packing, type[_BatchCommon]] = {
+    Packing.CONCAT: ConcatBatch, Packing.PAD: PadBatch, Packing.BFD: BfdBatch,
+    Packing.BUCKETS: BucketsBatch, Packing.PAD_BUCKETS: PadBucketsBatch,
+}
+
+
+def _packing_of(value: Any) -> str | None:
+    """The tag of a ``batch`` value: its ``packing`` (``concat`` when not given)."""
+    if isinstance(value, dict):
+        p = value.get("packing", Packing.CONCAT)
+        return p.value if isinstance(p, Packing) else p if isinstance(p, str) else None
+    p = getattr(value, "packing", None)
+    return p.value if isinstance(p, Packing) else None
+
+
+BatchConfig = Annotated[
+    Annotated[ConcatBatch, Tag("concat")] | Annotated[PadBatch, Tag("pad")]
+    | Annotated[BfdBatch, Tag("bfd")] | Annotated[BucketsBatch, Tag("buckets")]
+    | Annotated[PadBucketsBatch, Tag("pad_buckets")],
+    Discriminator(_packing_of, custom_error_type="packing",
+                  custom_error_message="Input should be " + ", ".join(
+                      repr(p.value) for p in Packing))]
+"""``batch:``: one class per packing mode, chosen by ``packing`` (a tagged union)."""
 
 
 class CacheConfig(_Strict):
@@ -229,7 +331,7 @@ class Config(_Strict):
     # drop exact / near duplicates at prepare time (mixbatch.dedup); none when absent
     dedup: DedupConfig | None = None
     mixture: MixtureConfig = MixtureConfig()
-    batch: BatchConfig = BatchConfig()
+    batch: BatchConfig = ConcatBatch()
     # sample mixing inside each batch (MixUp, CutMix, ...), applied by mixbatch.mixup.BatchMixer
     mixup: MixupSpec | None = None
     # local cache of a store on object storage (`store: s3://...`)
@@ -329,17 +431,40 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
 
 
+_PACKING_VALUES = {p.value for p in Packing}
+
+
+def _wrong_mode(key: str, mode: str) -> str:
+    """The message for a ``batch`` key that packing ``mode`` does not take."""
+    owners = [p.value for p, cls in BATCH_CLASSES.items() if key in cls.model_fields]
+    if not owners:
+        return "unknown key"
+    return (f"not a setting of packing {mode!r} (only of "
+            f"{', '.join(repr(o) for o in owners)}); remove it or change `packing`")
+
+
 def format_validation_error(err: ValidationError, origin: str) -> str:
     """One line per problem: ``origin: field.path: message (got VALUE)``."""
     lines = []
     for e in err.errors(include_url=False):
-        loc = _loc(tuple(p for p in e["loc"] if p not in ("str", "list[str]")))
+        parts = tuple(p for p in e["loc"] if p not in ("str", "list[str]"))
+        value = e.get("input")
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        at = parts.index("batch") if "batch" in parts else -1
+        if at >= 0 and len(parts) > at + 1 and parts[at + 1] in _PACKING_VALUES:
+            mode = parts[at + 1]  # the union's tag: not a key the user wrote
+            parts = parts[:at + 1] + parts[at + 2:]
+            if e["type"] == "extra_forbidden" and len(parts) == at + 2:
+                msg = _wrong_mode(str(parts[-1]), mode)
+        elif e["type"] == "packing":  # no such packing mode: point at the key
+            parts = (*parts, "packing")
+            value = value.get("packing") if isinstance(value, dict) else value
+        loc = _loc(parts)
+        if e["type"] == "extra_forbidden" and not msg.startswith("not a setting"):
             msg = "unknown key"
         got = ""
         if loc and e["type"] not in ("extra_forbidden", "missing") and "input" in e:
-            text = repr(e["input"])
+            text = repr(value)
             got = f" (got {text if len(text) <= 60 else text[:57] + '...'})"
         lines.append(f"{origin}: {loc + ': ' if loc else ''}{msg}{got}")
     # pydantic reports every member of a union; the first line is the most direct one

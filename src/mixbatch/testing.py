@@ -21,25 +21,82 @@ def step_signature(loader: MixedLoader, n: int) -> list[tuple]:
     return out
 
 
-def assert_resumes(make: Callable[[], MixedLoader], total: int, cut_points: list[int]) -> None:
-    """Straight run == run to a cut, save (through JSON), load into a fresh loader, continue.
+def plan_signature(p: Any) -> tuple:
+    """Everything a :class:`~mixbatch.shape.StepPlan` feeds, as plain values (for ``==``)."""
+    return (p.rows, p.seq_len, p.row.tolist(), p.col.tolist(), p.source.tolist(),
+            p.doc.tolist(), p.start.tolist(), p.end.tolist(), p.eod.tolist(), p.pad.tolist(),
+            p.truncated)
 
-    Also checks that the state stays O(K): at most ``20·K + 64`` numbers, whatever the step.
+
+class ShaperRun:
+    """A shaper and its feed as one resumable stage (for :func:`assert_resumes`).
+
+    ``step(n)`` plans the next ``n`` steps (fewer at the stream's end) and returns their
+    :func:`plan_signature`; ``before_step(run, index)``, if given, runs before each step (e.g.
+    to set the feed's weights as a schedule would). The state is the loader's: the feed's, then
+    the shaper's.
     """
-    straight = step_signature(make(), total)
+
+    def __init__(self, shaper: Any, feed: Any, rows: int = 8,
+                 before_step: Callable[[ShaperRun, int], None] | None = None) -> None:
+        self.shaper, self.feed, self.rows = shaper, feed, rows
+        self.before_step = before_step
+        self.index = 0
+
+    def step(self, n: int) -> list[tuple]:
+        out = []
+        for _ in range(n):
+            if self.before_step is not None:
+                self.before_step(self, self.index)
+            p = self.shaper.plan_step(self.feed, self.rows)
+            if p is None:
+                break
+            out.append(plan_signature(p))
+            self.index += 1
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "feed": self.feed.state_dict(),
+                "shaper": self.shaper.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.index = state["index"]
+        self.feed.load_state_dict(state["feed"])  # the loader's order: feed, then shaper
+        self.shaper.load_state_dict(state["shaper"])
+
+
+def _run(stage: Any, n: int) -> list:
+    return step_signature(stage, n) if isinstance(stage, MixedLoader) else stage.step(n)
+
+
+def assert_resumes(make: Callable[[], Any], total: int, cut_points: list[int], *,
+                   max_numbers: int | None = None) -> None:
+    """Straight run == run to a cut, save (through JSON), load into a fresh stage, continue.
+
+    ``make()`` builds a fresh stage: a :class:`~mixbatch.loader.MixedLoader`, or anything with
+    ``step(n) -> list`` (records of the next ``n`` steps, fewer at the stream's end),
+    ``state_dict()`` and ``load_state_dict()``, such as :class:`ShaperRun`. Also checks that
+    the state stays small: at most ``max_numbers`` numbers (default for a loader ``20·K + 64``
+    with ``K`` sources, whatever the step).
+    """
+    straight = _run(make(), total)
     for cut in cut_points:
+        cut = min(cut, len(straight))
         first = make()
-        head = step_signature(first, cut)
+        head = _run(first, cut)
         state = json.loads(json.dumps(first.state_dict()))
-        k = len(first.names)
-        if _leaves(state) > 20 * k + 64:
-            raise AssertionError(f"state at step {cut} holds {_leaves(state)} numbers for {k} sources")
+        limit = max_numbers
+        if limit is None and isinstance(first, MixedLoader):
+            limit = 20 * len(first.names) + 64
+        if limit is not None and _leaves(state) > limit:
+            raise AssertionError(f"state at step {cut} holds {_leaves(state)} numbers "
+                                 f"(at most {limit} expected)")
         second = make()
         second.load_state_dict(state)
-        tail = step_signature(second, total - cut)
+        tail = _run(second, len(straight) - cut)
         if head + tail != straight:
-            bad = next(i for i, (a, b) in enumerate(zip(head + tail, straight, strict=False))
-                       if a != b)
+            bad = next((i for i, (a, b) in enumerate(zip(head + tail, straight, strict=False))
+                        if a != b), min(len(head + tail), len(straight)))
             raise AssertionError(f"resume at step {cut} differs from the straight run at step {bad}")
 
 
@@ -83,6 +140,11 @@ class ListFeed:
 
     def load_state_dict(self, state: dict) -> None:
         self.i = int(state["i"])
+
+    weights = None  # a fixed list: no mixture to set
+
+    def set_weights(self, weights: np.ndarray) -> None:
+        raise TypeError("ListFeed has no mixture weights")
 
 
 def toy_stores(lengths_per_source: list[list[int]]):

@@ -59,8 +59,6 @@ STATE_FORMAT = "mixbatch.loader/2"
 READS_FORMATS = ("mixbatch.loader/1", STATE_FORMAT)
 
 
-#: packing modes whose steps have a varying number of rows (a multiple of batch.row_multiple)
-VARIABLE_ROWS = (Packing.BUCKETS, Packing.PAD_BUCKETS)
 #: packing modes where one step of n·R rows is exactly n steps of R rows (planned in blocks):
 #: concat cuts one token line into rows; bfd hands out the rows of its windows in an order that
 #: does not depend on the step size
@@ -131,7 +129,7 @@ class MixedLoader:
             world_size = w if world_size is None else world_size
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} / world size {world_size}: need 0 <= rank < world size")
-        if cfg.batch.packing in VARIABLE_ROWS:
+        if cfg.batch.variable_rows:
             if cfg.batch.row_multiple % world_size:
                 raise ConfigError(f"batch.row_multiple: steps of {cfg.batch.packing.value} have a "
                                   f"multiple of {cfg.batch.row_multiple} rows, which world size "
@@ -164,12 +162,8 @@ class MixedLoader:
                               "prepare them all with one tokenizer")
 
     def _check_second_lengths(self) -> None:
-        b = self.cfg.batch
-        if not b.second_buckets:
+        if not self.cfg.batch.two_d:
             return
-        if b.packing != Packing.PAD_BUCKETS:
-            raise ConfigError(f"batch.second_buckets: 2-D bucketing is a pad_buckets option; "
-                              f"packing is {b.packing.value!r}")
         missing = [n for n, s in zip(self.names, self.stores, strict=True)
                    if s.second_lengths is None]
         if missing:
@@ -185,10 +179,9 @@ class MixedLoader:
                               cfg.sources[n].max_epochs, cfg.holdout_docs(len(s)))
                   for n, s in zip(self.names, self.stores, strict=True)]
         self.feed = MixedFeed(self.stores, orders, cfg.mixture.unit, cfg.mixture.on_exhausted,
-                              second=cfg.batch.second_buckets > 0,
+                              second=cfg.batch.two_d,
                               chunk=1024, piece_len=cfg.batch.seq_len,  # pieces: <= seq_len
-                              unit_multiple=(cfg.batch.min_len if cfg.batch.packing
-                                             == Packing.BUCKETS else 1))
+                              unit_multiple=cfg.batch.unit_multiple)
         self.shaper = build_shaper(cfg)
         self.step = 0
         self.tokens_planned = 0
@@ -270,7 +263,7 @@ class MixedLoader:
         """Plan the next steps: a block of them where the packing and the weights allow."""
         w = self.current_weights()
         self.feed.set_weights(w)
-        R = self.cfg.batch.batch_size
+        R = self.cfg.batch.step_positions // self.cfg.batch.seq_len  # buckets: rows by budget
         n = 1
         if self.cfg.batch.packing in BLOCKABLE and self.block_steps > 1:
             # blocks grow 8, 16, 32, ... up to block_steps: the first batch after a start or a
@@ -279,7 +272,7 @@ class MixedLoader:
             self._grow = min(2 * size, self.block_steps)
             ahead = self.override is not None or self.feed.path is not None  # no step-wise change
             n = (size if ahead else self.mixture.steps_constant(
-                self.step, self.tokens_planned, size, R * self.cfg.batch.seq_len))
+                self.step, self.tokens_planned, size, self.cfg.batch.step_positions))
         start = ({"feed": self.feed.state_dict(), "shaper": self.shaper.state_dict()}
                  if n > 1 else {})
         plan = self.shaper.plan_step(self.feed, R * n)

@@ -34,7 +34,6 @@ from mixbatch.checks import positive_int
 from mixbatch.errors import ConfigError
 
 __all__ = [
-    "MeanOfModels",
     "add_search_parsers",
     "cmd_design",
     "cmd_evaluate",
@@ -42,7 +41,6 @@ __all__ = [
     "cmd_merge",
     "cmd_optimize",
     "cmd_run",
-    "demo_search",
     "parse_prior",
 ]
 
@@ -406,157 +404,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
         out.print(t)
     out.print(f"report: {path}")
     return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# the demo's search (called by `mixbatch demo`)
-# ---------------------------------------------------------------------------------------------
-# the demo's proxies: about 5 s each on one quiet core, so 24 of them on 2 workers take ~1 min
-DEMO_SEARCH_RUNS = 24
-DEMO_PROXY = {"n_layer": 1, "d_model": 64, "n_head": 2, "seq_len": 128, "batch_size": 8,
-              "steps": 300, "lr": 3e-3, "warmup": 20, "eval_tokens": 8192, "device": "cpu"}
-
-
-class MeanOfModels:
-    """The mean of per-source regressors' predictions: a model of the mean held-out loss.
-
-    RegMix fits one regressor per loss column. The mean loss over sources sums convex
-    per-source curves, which a linear model cannot represent and 24 runs do not teach trees;
-    each source's own loss is far easier to learn (it falls with that source's weight). Duck-
-    types :class:`~mixbatch.search.regress.FittedModel` for :func:`~mixbatch.search.optimize`.
-    """
-
-    def __init__(self, models: list[Any], target: str = "val/mean") -> None:
-        self.models = models
-        self.names = models[0].names
-        self.prior = models[0].prior
-        self.target = target
-
-    def predict(self, x: np.ndarray, threads: int = 0) -> np.ndarray:
-        return np.mean([m.predict(x, threads=threads) for m in self.models], axis=0)
-
-
-def demo_search(cfg: Any, stats: dict, work: Path, config_path: Path,
-                progress: bool = True) -> dict:
-    """Steps 7-11 of ``mixbatch demo``: RegMix on the built-in corpus (design, proxy runs on
-    the local backend, LightGBM and linear fits, optimisation, plots, and a proxy trained on
-    the chosen mixture to check it). Writes the demo config with the chosen mixture and returns
-    the paths written (``config``: that config)."""
-    import yaml
-
-    from mixbatch.proxy import ProxyConfig
-    from mixbatch.search.design import design_mixtures, write_design_csv
-    from mixbatch.search.optimize import mixture_block, optimize, write_mixture_yaml
-    from mixbatch.search.plots import plot_predicted_vs_actual, plot_weights
-    from mixbatch.search.regress import correlations, cross_validate, fit, save_model
-    from mixbatch.search.results import read_results_csv
-    from mixbatch.search.runner import (
-        LOSS_PREFIX,
-        MEAN_COLUMN,
-        ProxyTask,
-        run_proxy_tasks,
-        run_search,
-    )
-
-    folder = work / "search"
-    folder.mkdir(parents=True, exist_ok=True)
-    names = list(cfg.sources)
-    tokens = np.array([float(stats["sources"][n]["tokens"]) for n in names])
-    design = design_mixtures(names, tokens, DEMO_SEARCH_RUNS)
-    design_csv = write_design_csv(folder / "design.csv", design)
-    out.print(f"7. mixbatch search design: {len(design)} candidate mixtures around the token "
-              f"prior (RegMix's Dirichlet generator) → {design_csv}")
-    results_csv = folder / "results.csv"
-    for stale in (results_csv, results_csv.with_name(results_csv.name + ".run.json")):
-        stale.unlink(missing_ok=True)  # the demo starts its search afresh
-    proxy = ProxyConfig.from_dict(DEMO_PROXY)
-    out.print(f"8. mixbatch search run: one proxy per mixture ({proxy.n_layer} layer, width "
-              f"{proxy.d_model}, {proxy.steps} steps x {proxy.batch_size} x {proxy.seq_len} "
-              f"tokens), local process pool, 2 workers")
-    run = run_search(cfg, design_csv, results_csv, backend="local", workers=2, proxy=proxy,
-                     progress=progress)
-    per_run = np.mean([r.seconds for r in run.results.values()])
-    out.print(f"   {len(run.results)} proxies in {run.seconds:.1f}s ({per_run:.1f}s each) → "
-              f"{results_csv}")
-
-    table = read_results_csv(results_csv, names)
-    x = table.weights
-    y_mean = table.losses[MEAN_COLUMN]
-    prior = design.prior
-    kinds = ("lightgbm", "linear")
-    models: dict[str, list[Any]] = {k: [] for k in kinds}
-    oof: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
-    fits = Table(title=f"9. mixbatch search fit: one regressor per source's held-out loss, "
-                       f"{len(table)} runs (5-fold CV Spearman)",
-                 caption=f"{MEAN_COLUMN}: the mean of the per-source predictions against the "
-                         "measured mean loss, out of fold")
-    fits.add_column("target")
-    for k in kinds:
-        fits.add_column(k, justify="right")
-    for n in names:
-        target = f"{LOSS_PREFIX}{n}"
-        y = table.losses[target]
-        row = [target]
-        for k in kinds:
-            cv, pred = cross_validate(x, y, table.names, k, folds=5)
-            model = fit(x, y, table.names, k, target, prior=prior)
-            model.cv, model.prior_from = cv, "token share"
-            save_model(model, folder / "models" / f"{k}_{n}.json")
-            models[k].append(model)
-            oof[k].append(pred)
-            row.append(_fmt(cv and cv["spearman"], ".3f"))
-        fits.add_row(*row)
-    plots = folder / "plots"
-    mean_cv = {}
-    for k in kinds:
-        pred = np.mean(oof[k], axis=0)
-        mean_cv[k] = correlations(pred, y_mean)[0]
-        plot_predicted_vs_actual(pred, y_mean, plots / f"cv_{k}.png",
-                                 title=f"{k}, 5-fold CV: {MEAN_COLUMN} (mean of per-source models)")
-    fits.add_row(MEAN_COLUMN, *(_fmt(mean_cv[k], ".3f") for k in kinds), style="bold")
-    out.print(fits)
-
-    optima = {k: optimize(MeanOfModels(models[k]), prior=prior) for k in kinds}
-    best = max(kinds, key=lambda k: mean_cv[k] if math.isfinite(mean_cv[k]) else -math.inf)
-    chosen = optima[best]
-    mixture_yaml = write_mixture_yaml(folder / "mixture.yaml", chosen)
-    plot_weights(chosen.names, chosen.weights, chosen.prior, plots / "chosen_vs_prior.png",
-                 title=f"chosen mixture ({best}) vs prior", prior_label="prior (token share)")
-
-    # check the choice: a proxy on the chosen mixture, one on the prior (same settings)
-    checks = {"chosen": dict(zip(names, chosen.weights.tolist(), strict=True)),
-              "prior": dict(zip(names, prior.tolist(), strict=True))}
-    measured = {}
-    for task, res, error in run_proxy_tasks(
-            cfg, [ProxyTask(k, k, proxy, w) for k, w in checks.items()], "local", 2):
-        if error is not None:
-            raise ConfigError(f"demo: the proxy on the {task.label} mixture failed: {error}")
-        measured[task.key] = res.val_loss_mean
-    best_run = int(np.argmin(y_mean))
-    opt = Table(title=f"10. mixbatch search optimize: mean of the {chosen.top_k} best of "
-                      f"{chosen.n_sim:,} simulated mixtures, minimising the predicted "
-                      f"{MEAN_COLUMN}; chosen by {best} (higher CV Spearman on {MEAN_COLUMN})",
-                caption=(f"{MEAN_COLUMN} of a proxy trained on it: chosen "
-                         f"{measured['chosen']:.4f} (predicted {chosen.predicted:.4f}), prior "
-                         f"{measured['prior']:.4f}; the {len(table)} design runs: best "
-                         f"{y_mean[best_run]:.4f} (index {table.index[best_run]}), median "
-                         f"{np.median(y_mean):.4f}"))
-    for c in ("source", "prior (token share)", "chosen (lightgbm)", "chosen (linear)",
-              "chosen / prior"):
-        opt.add_column(c, justify="left" if c == "source" else "right")
-    for i, n in sorted(enumerate(chosen.names), key=lambda t: -chosen.weights[t[0]]):
-        opt.add_row(n, f"{chosen.prior[i]:.4f}", f"{optima['lightgbm'].weights[i]:.4f}",
-                    f"{optima['linear'].weights[i]:.4f}",
-                    f"{chosen.weights[i] / chosen.prior[i]:.2f}x")
-    out.print(opt)
-
-    data = yaml.safe_load(config_path.read_text())
-    data["mixture"] = {**mixture_block(chosen.names, chosen.weights)["mixture"]}
-    chosen_config = work / "demo_chosen.yaml"
-    chosen_config.write_text(yaml.safe_dump(data, sort_keys=False))
-    return {"design": design_csv, "results": results_csv, "mixture": mixture_yaml,
-            "config": chosen_config, "plots": plots, "chosen": checks["chosen"],
-            "measured": measured, "best_run": float(y_mean[best_run])}
 
 
 # ---------------------------------------------------------------------------------------------

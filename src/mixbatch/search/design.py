@@ -28,10 +28,9 @@ two different grid rows differ by at least ``2 m`` in L1.
 The generator is a pure function of its arguments: the same inputs give the same design.
 
 [ours] The released 1M training mixtures (``sail-sg/regmix:data/train_mixture_1m.csv``) are
-denser than the released script's defaults produce: 9.3 non-zero domains per row (at 0.001)
-against 6.2 here, e.g. enron_emails non-zero in 31% of rows against 7%. Temperature 0.1 with
-strengths in [1, 5] matches them better (9.5 per row); we keep the script's defaults, which is
-what RegMix documents, and note that its runs were probably drawn with other settings.
+denser than the released script's defaults produce (``benchmarks/RESULTS.md``, "Figures that
+were in source comments"); we keep the script's defaults, which is what RegMix documents, and
+note that its runs were probably drawn with other settings.
 """
 
 from __future__ import annotations

@@ -303,3 +303,22 @@ def load_model(path: str | Path) -> FittedModel:
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
     return FittedModel.from_dict(data, str(path))
+
+
+class MeanOfModels:
+    """The mean of per-source regressors' predictions: a model of the mean held-out loss.
+
+    RegMix fits one regressor per loss column. The mean loss over sources sums convex
+    per-source curves, which a linear model cannot represent and 24 runs do not teach trees;
+    each source's own loss is far easier to learn (it falls with that source's weight). Duck-
+    types :class:`FittedModel` for :func:`~mixbatch.search.optimize.optimize`.
+    """
+
+    def __init__(self, models: list[Any], target: str = "val/mean") -> None:
+        self.models = models
+        self.names = models[0].names
+        self.prior = models[0].prior
+        self.target = target
+
+    def predict(self, x: np.ndarray, threads: int = 0) -> np.ndarray:
+        return np.mean([m.predict(x, threads=threads) for m in self.models], axis=0)

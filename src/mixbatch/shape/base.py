@@ -124,6 +124,17 @@ class DocFeed(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    @property
+    def weights(self) -> np.ndarray | None:
+        """The mixture weights the feed plans with now (``None``: a feed without a mixture,
+        e.g. one fixed document list). A shaper that replays a window sets the weights the
+        window was first pulled with, then restores these."""
+        ...
+
+    def set_weights(self, weights: np.ndarray) -> None:
+        """Plan with ``weights`` from now on (only called on a feed whose ``weights`` is set)."""
+        ...
+
 
 @dataclass
 class StepPlan:

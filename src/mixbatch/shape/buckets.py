@@ -75,23 +75,22 @@ not fill a whole batch at the end of a window (fewer than ``token_budget`` token
 so at most ``B · token_budget`` per window) are counted as truncated. A window's truncated
 tokens are reported in ``StepPlan.truncated`` of its first step and split in its ``stats``
 (``window_tail``, ``window_leftover``, ``window_tokens``); a window without a step passes them
-on, and at the end of a finite stream the rest is :attr:`WindowReplay.unreported`. Measured on
-log-normal lengths (median 300, σ 1.0, seq_len 4096, budget 4096·64, 200k documents): tails
-below min_len 64 are 6.4 % of the tokens (25 % with min_len 256, the paper's default);
-leftovers 5.5 % with windows of 64 budgets, 2.3 % with 256 (the default), 0.7 % with 1024.
+on, and at the end of a finite stream the rest is
+:attr:`~mixbatch.shape.window.WindowReplay.unreported`. Larger windows leave less over and a
+smaller ``min_len`` drops less; the measured shares are in ``benchmarks/RESULTS.md``
+(bench_shaping).
 
-**State** (:class:`WindowReplay`): the feed's position before the window, the steps of the
-window already handed out, a few counters, the feed's weights when the window was pulled and
-the ``drift`` per source at the window's start (``O(K)``). Resume replays the window from the
-feed and skips the steps already handed out. A mixture change (schedule, online policy)
-therefore takes effect at the next window. The ``rows`` argument of ``plan_step`` (the
-configured ``batch_size``) is ignored: the rows of a step are ``token_budget / 2^k``.
+**State** (:class:`~mixbatch.shape.window.WindowReplay`): the feed's position before the
+window, the steps of the window already handed out, a few counters, the feed's weights when the
+window was pulled and the ``drift`` per source at the window's start (``O(K)``). Resume replays
+the window from the feed and skips the steps already handed out. A mixture change (schedule,
+online policy) therefore takes effect at the next window. A step's rows are
+``token_budget / 2^k`` (a ``buckets`` batch takes no ``batch_size``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -101,141 +100,10 @@ from mixbatch.errors import ConfigError, MixbatchInternalError, StateError
 from mixbatch.plan.interleave import Interleaver
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.follow import Drift, follow_counts
-from mixbatch.shape.window import WindowAnchor
+from mixbatch.shape.window import WINDOW_BUDGETS, WindowReplay
 
-__all__ = ["BucketShaper", "Pieces", "WindowReplay", "bucket_pieces", "bucket_schedule",
+__all__ = ["BucketShaper", "Pieces", "bucket_pieces", "bucket_schedule",
            "curriculum_odds", "curriculum_targets", "decompose", "interleave_sources"]
-
-WINDOW_BUDGETS = 256  # default window: this many token budgets (see the module docstring)
-
-# ------------------------------------------------------------------------ window replay
-
-
-#: ``(steps, truncated tokens)``, or ``(steps, truncated tokens, skipped documents)``
-PlanWindow = Callable[[Docs, bool], tuple[Any, ...]]
-
-
-class WindowReplay:
-    """The resumable cursor of a shaper that plans a window of documents at once.
-
-    ``plan(docs, run_start)`` turns a window into its steps and the tokens it truncated outside
-    them (and, optionally, the documents it skipped outside them); it must be a pure function
-    of its arguments. ``run_start`` is true when no step of
-    the run came before the window. State: ``window_start`` (the feed's state before the
-    window), ``window_weights`` (the feed's ``weights`` then, if it has any), ``emitted``
-    (steps of the window handed out), ``windows`` and ``steps`` (counters), ``carry_truncated``
-    and ``carry_skipped`` (truncated tokens and skipped documents of step-less windows not yet
-    reported; a later step reports them). No documents, no pieces.
-    """
-
-    def __init__(self, window_tokens: int, extra_per_doc: int, plan: PlanWindow,
-                 settings: dict[str, Any] | None = None,
-                 on_close: Callable[[], None] | None = None) -> None:
-        self.window_tokens = window_tokens
-        self.extra_per_doc = extra_per_doc
-        self._plan = plan
-        self._on_close = on_close
-        self._anchor = WindowAnchor(settings)
-        self._emitted = 0
-        self._windows = 0
-        self._steps_done = 0
-        self._carry = 0
-        self._carry_skipped = 0
-        self._window_truncated = 0
-        self._plans: list[StepPlan] | None = None
-        self._replay = False
-
-    @property
-    def unreported(self) -> int:
-        """Truncated tokens of windows that had no step to report them on (stream end)."""
-        return self._carry
-
-    @property
-    def unreported_skipped(self) -> int:
-        """Skipped documents of windows that had no step to report them on (stream end)."""
-        return self._carry_skipped
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**self._anchor.state_dict(), "emitted": self._emitted,
-                "windows": self._windows, "steps": self._steps_done,
-                "carry_truncated": self._carry, "carry_skipped": self._carry_skipped}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        try:
-            ints = [int(state[k]) for k in ("emitted", "windows", "steps", "carry_truncated")]
-            ints.append(int(state.get("carry_skipped", 0)))
-            if min(ints) < 0 or ints[0] > ints[2]:
-                raise ValueError("counters must be >= 0 and emitted <= steps")
-            self._anchor.load_state_dict(state)
-        except (KeyError, TypeError, ValueError) as e:
-            raise StateError(f"shaper state: malformed ({type(e).__name__}: {e})") from None
-        self._emitted, self._windows, self._steps_done, self._carry, self._carry_skipped = ints
-        self._plans = None
-        self._replay = self._anchor.open
-
-    # -- stepping
-    def next(self, feed: DocFeed) -> StepPlan | None:
-        if self._replay:
-            self._replay_window(feed)
-        while True:
-            if self._plans is not None and self._emitted < len(self._plans):
-                return self._emit()
-            docs = self._anchor.pull(feed, self.window_tokens, self.extra_per_doc)
-            if len(docs) == 0:
-                return None
-            planned = self._plan(docs, self._steps_done == 0)
-            self._plans, self._window_truncated = planned[0], planned[1]
-            self._emitted = 0
-            if not self._plans:  # nothing to hand out: report its losses with a later step
-                self._carry += self._window_truncated
-                self._carry_skipped += planned[2] if len(planned) > 2 else 0
-                self._close()
-
-    def _emit(self) -> StepPlan:
-        assert self._plans is not None
-        plan = self._plans[self._emitted]
-        extra = 0
-        stats = {**plan.stats, "window": self._windows, "window_step": self._emitted,
-                 "window_steps": len(self._plans)}
-        if self._emitted == 0:
-            extra = self._window_truncated + self._carry
-            self._carry = 0
-            if self._carry_skipped:
-                stats["skipped_docs"] = stats.get("skipped_docs", 0) + self._carry_skipped
-                self._carry_skipped = 0
-        plan = dataclasses.replace(plan, truncated=plan.truncated + extra, stats=stats)
-        self._emitted += 1
-        self._steps_done += 1
-        if self._emitted == len(self._plans):
-            self._close()
-        return plan
-
-    @property
-    def weights(self) -> list[float] | None:
-        """The feed's weights when the current window was pulled (None: the feed has none)."""
-        return self._anchor.weights
-
-    def _close(self) -> None:
-        if self._on_close is not None:
-            self._on_close()
-        self._anchor.close()
-        self._plans = None
-        self._emitted = 0
-        self._windows += 1
-        self._window_truncated = 0
-
-    def _replay_window(self, feed: DocFeed) -> None:
-        """Pull the saved window again, exactly as the first time, and plan it again."""
-        self._replay = False
-        docs = self._anchor.replay(feed, self.window_tokens, self.extra_per_doc)
-        planned = self._plan(docs, self._steps_done - self._emitted == 0)
-        plans, truncated = planned[0], planned[1]
-        if self._emitted > len(plans) or (self._emitted == len(plans) and plans):
-            raise StateError(f"shaper state: {self._emitted} steps of the saved window were "
-                             f"handed out, but replaying it gives {len(plans)}; the data or the "
-                             "batch settings changed since the state was saved")
-        self._plans, self._window_truncated = plans, truncated
-
 
 # ------------------------------------------------------------------------ decomposition
 

@@ -51,10 +51,8 @@ Rows of a batch then have nearly equal lengths. A pool's last batch, when it has
 ``row_multiple`` more rows, is not handed out as is: the window's such leftovers are sorted
 together and cut again (``stats["bucket"] = -1``), so a window has about one part-filled
 batch, not one per bucket. ``sort_pool: 0`` keeps stream order in each bucket and every
-bucket's own last batch (as Lhotse). Measured by ``benchmarks/bench_shaping.py`` (log-normal
-lengths, median 500, σ 1.2, seq_len 2048, budget 2048·32, 16 buckets, row_multiple 8): padding
-(max × rows − Σ) 10.3 % in stream order (Lhotse: 10.3 %), 1.7 % with ``P = 16`` (the
-default), in 611 steps (Lhotse: 648, two of them over the budget).
+bucket's own last batch (as Lhotse). ``benchmarks/bench_shaping.py`` measures the padding of
+both against Lhotse's bucketing sampler (``benchmarks/RESULTS.md``).
 
 **Order and mixture.** The batches of a window are handed out so that the sources follow the
 planned stream step by step (:func:`mixbatch.shape.follow.follow_order`: next the batch that
@@ -67,18 +65,15 @@ documents as pieces of at most ``seq_len`` tokens, so a long document fills seve
 (pieces in order) instead of being truncated. Every document of a window is fed inside the
 window (no leftovers), so at every window boundary the mixture is the feed's (within one
 piece of the target). Inside a window a batch's own mix bounds what any order can do (a step
-of one bucket whose pieces come from one source moves that source by a whole step): on real
-text (``benchmarks/bench_step_mixture.py``, seq_len 512, budget 8 · 512) the largest
-deviation at a step boundary was 2.07 ``seq_len`` (2,768 ``seq_len`` before pieces and this
-order); the property tests check one step's tokens.
+of one bucket whose pieces come from one source moves that source by a whole step):
+``benchmarks/bench_step_mixture.py`` measures the largest deviation at a step boundary on real
+text; the property tests check one step's tokens.
 
 **Padding** per step is in ``StepPlan.pad`` and ``stats["pad_fraction"]``
 (``1 - real positions / (rows · width)``); in two dimensions also ``stats["second_padding"]``
-and ``stats["second_width"]``. Measured on log-normal lengths (median 300, σ 1.0, seq_len
-4096, 200k documents, budget 4096·64 tokens, row_multiple 8, stream order): ``packing: pad``
-pads 88 % of positions; ``pad_buckets`` 23 % with 8 buckets, 13 % with 16, 7.8 % with 32.
+and ``stats["second_width"]``; bench_shaping compares it with ``packing: pad``.
 
-**State** is :class:`~mixbatch.shape.buckets.WindowReplay`'s (``O(K)``). ``plan_step``'s
+**State** is :class:`~mixbatch.shape.window.WindowReplay`'s (``O(K)``). ``plan_step``'s
 ``rows`` (the configured ``batch_size``) is ignored.
 """
 
@@ -93,12 +88,11 @@ from mixbatch.errors import ConfigError, DataError, MixbatchInternalError
 from mixbatch.plan.interleave import Interleaver
 from mixbatch.plan.permutation import derive_key, keyed_order
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
-from mixbatch.shape.buckets import WindowReplay
 from mixbatch.shape.follow import by_samples, follow_order
+from mixbatch.shape.window import WINDOW_BUDGETS, WindowReplay
 
 __all__ = ["PadBucketShaper", "equal_token_edges"]
 
-WINDOW_BUDGETS = 256  # budgets per window: larger windows leave fewer part-filled batches
 
 
 def equal_token_edges(e: np.ndarray, num_buckets: int) -> np.ndarray:

@@ -14,30 +14,33 @@ open into a shaper with other settings is refused (at a window boundary they may
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from mixbatch.atomic import json_digest
 from mixbatch.errors import StateError
-from mixbatch.shape.base import DocFeed, Docs
+from mixbatch.shape.base import DocFeed, Docs, StepPlan
+
+#: the default window of ``buckets`` and ``pad_buckets``: this many token budgets (the larger,
+#: the fewer part-filled steps; see those modules and bench_shaping)
+WINDOW_BUDGETS = 256
+
+#: ``(steps, truncated tokens)``, or ``(steps, truncated tokens, skipped documents)``
+PlanWindow = Callable[[Docs, bool], tuple[Any, ...]]
 
 
 def feed_weights(feed: DocFeed) -> list[float] | None:
-    """The feed's current mixture weights, if it has any (``MixedFeed`` does)."""
-    w = getattr(feed, "weights", None)
-    if w is None or not hasattr(feed, "set_weights"):
-        return None
-    return [float(x) for x in np.asarray(w, dtype=np.float64).ravel()]
+    """The feed's current mixture weights as a list (``None`` for a feed without a mixture)."""
+    w = feed.weights
+    return None if w is None else [float(x) for x in np.asarray(w, dtype=np.float64).ravel()]
 
 
 def settings_digest(settings: dict[str, Any] | None) -> str | None:
     """A short, stable digest of a shaper's settings (``None`` for none)."""
-    if settings is None:
-        return None
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    return None if settings is None else json_digest(settings)
 
 
 class WindowAnchor:
@@ -68,10 +71,10 @@ class WindowAnchor:
         now = feed_weights(feed)
         feed.load_state_dict(copy.deepcopy(self.start))
         if self.weights is not None and now is not None:
-            feed.set_weights(np.asarray(self.weights))  # type: ignore[attr-defined]
+            feed.set_weights(np.asarray(self.weights))
         docs = feed.take_covering(positions, extra_per_doc)
         if now is not None:
-            feed.set_weights(np.asarray(now))  # type: ignore[attr-defined]
+            feed.set_weights(np.asarray(now))
         return docs
 
     def close(self) -> None:
@@ -99,3 +102,129 @@ class WindowAnchor:
                              "saved with, or from a state saved at a window boundary")
         self.start = copy.deepcopy(start)
         self.weights = None if weights is None else [float(x) for x in weights]
+
+
+#: ``(steps, truncated tokens)``, or ``(steps, truncated tokens, skipped documents)``
+PlanWindow = Callable[[Docs, bool], tuple[Any, ...]]
+
+
+class WindowReplay:
+    """The resumable cursor of a shaper that plans a window of documents at once.
+
+    ``plan(docs, run_start)`` turns a window into its steps and the tokens it truncated outside
+    them (and, optionally, the documents it skipped outside them); it must be a pure function
+    of its arguments. ``run_start`` is true when no step of
+    the run came before the window. State: ``window_start`` (the feed's state before the
+    window), ``window_weights`` (the feed's ``weights`` then, if it has any), ``emitted``
+    (steps of the window handed out), ``windows`` and ``steps`` (counters), ``carry_truncated``
+    and ``carry_skipped`` (truncated tokens and skipped documents of step-less windows not yet
+    reported; a later step reports them). No documents, no pieces.
+    """
+
+    def __init__(self, window_tokens: int, extra_per_doc: int, plan: PlanWindow,
+                 settings: dict[str, Any] | None = None,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self.window_tokens = window_tokens
+        self.extra_per_doc = extra_per_doc
+        self._plan = plan
+        self._on_close = on_close
+        self._anchor = WindowAnchor(settings)
+        self._emitted = 0
+        self._windows = 0
+        self._steps_done = 0
+        self._carry = 0
+        self._carry_skipped = 0
+        self._window_truncated = 0
+        self._plans: list[StepPlan] | None = None
+        self._replay = False
+
+    @property
+    def unreported(self) -> int:
+        """Truncated tokens of windows that had no step to report them on (stream end)."""
+        return self._carry
+
+    @property
+    def unreported_skipped(self) -> int:
+        """Skipped documents of windows that had no step to report them on (stream end)."""
+        return self._carry_skipped
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self._anchor.state_dict(), "emitted": self._emitted,
+                "windows": self._windows, "steps": self._steps_done,
+                "carry_truncated": self._carry, "carry_skipped": self._carry_skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            ints = [int(state[k]) for k in ("emitted", "windows", "steps", "carry_truncated")]
+            ints.append(int(state.get("carry_skipped", 0)))
+            if min(ints) < 0 or ints[0] > ints[2]:
+                raise ValueError("counters must be >= 0 and emitted <= steps")
+            self._anchor.load_state_dict(state)
+        except (KeyError, TypeError, ValueError) as e:
+            raise StateError(f"shaper state: malformed ({type(e).__name__}: {e})") from None
+        self._emitted, self._windows, self._steps_done, self._carry, self._carry_skipped = ints
+        self._plans = None
+        self._replay = self._anchor.open
+
+    # -- stepping
+    def next(self, feed: DocFeed) -> StepPlan | None:
+        if self._replay:
+            self._replay_window(feed)
+        while True:
+            if self._plans is not None and self._emitted < len(self._plans):
+                return self._emit()
+            docs = self._anchor.pull(feed, self.window_tokens, self.extra_per_doc)
+            if len(docs) == 0:
+                return None
+            planned = self._plan(docs, self._steps_done == 0)
+            self._plans, self._window_truncated = planned[0], planned[1]
+            self._emitted = 0
+            if not self._plans:  # nothing to hand out: report its losses with a later step
+                self._carry += self._window_truncated
+                self._carry_skipped += planned[2] if len(planned) > 2 else 0
+                self._close()
+
+    def _emit(self) -> StepPlan:
+        assert self._plans is not None
+        plan = self._plans[self._emitted]
+        extra = 0
+        stats = {**plan.stats, "window": self._windows, "window_step": self._emitted,
+                 "window_steps": len(self._plans)}
+        if self._emitted == 0:
+            extra = self._window_truncated + self._carry
+            self._carry = 0
+            if self._carry_skipped:
+                stats["skipped_docs"] = stats.get("skipped_docs", 0) + self._carry_skipped
+                self._carry_skipped = 0
+        plan = dataclasses.replace(plan, truncated=plan.truncated + extra, stats=stats)
+        self._emitted += 1
+        self._steps_done += 1
+        if self._emitted == len(self._plans):
+            self._close()
+        return plan
+
+    @property
+    def weights(self) -> list[float] | None:
+        """The feed's weights when the current window was pulled (None: the feed has none)."""
+        return self._anchor.weights
+
+    def _close(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
+        self._anchor.close()
+        self._plans = None
+        self._emitted = 0
+        self._windows += 1
+        self._window_truncated = 0
+
+    def _replay_window(self, feed: DocFeed) -> None:
+        """Pull the saved window again, exactly as the first time, and plan it again."""
+        self._replay = False
+        docs = self._anchor.replay(feed, self.window_tokens, self.extra_per_doc)
+        planned = self._plan(docs, self._steps_done - self._emitted == 0)
+        plans, truncated = planned[0], planned[1]
+        if self._emitted > len(plans) or (self._emitted == len(plans) and plans):
+            raise StateError(f"shaper state: {self._emitted} steps of the saved window were "
+                             f"handed out, but replaying it gives {len(plans)}; the data or the "
+                             "batch settings changed since the state was saved")
+        self._plans, self._window_truncated = plans, truncated

@@ -218,8 +218,7 @@ class MixbatchDataLoader:
             whole = loader.world_size == 1  # every row is this rank's: no selection
             plans = ((s.index, s.plan if whole else s.plan.select_rows(s.rows), loader.snapshot())
                      for s in self._steps(loader))
-            b = loader.cfg.batch  # a step's positions: rows x seq_len, or a budget's worth
-            positions = b.token_budget or b.batch_size * b.seq_len
+            positions = loader.cfg.batch.step_positions
             per_task = max(1, min(16, TASK_BYTES // max(1, positions * loader.token_dtype.itemsize)))
             for compact, snap in readers.map(plans, per_task):
                 self._last = snap

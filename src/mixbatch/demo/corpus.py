@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixbatch.atomic import atomic_path
+
 MAN_ROOT = Path("/usr/share/man")
 
 
@@ -110,13 +112,11 @@ class DomainSummary:
 def _write_jsonl(path: Path, records: Iterable[dict[str, str]]) -> tuple[int, int]:
     opener = gzip.open if path.name.endswith(".gz") else open
     n = size = 0
-    tmp = path.with_name(path.name + ".tmp")
-    with opener(tmp, "wt", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, opener(tmp, "wt", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
             n += 1
             size += len(r["text"].encode("utf-8"))
-    tmp.replace(path)
     return n, size
 
 

@@ -13,13 +13,9 @@ from mixbatch.config import load_config
 from mixbatch.errors import ConfigError
 from mixbatch.prepare import prepare
 from mixbatch.proxy import ProxyConfig
-from mixbatch.search.results import read_results_csv
-from mixbatch.search.runner import (
-    SearchRunError,
-    read_design_csv,
-    result_columns,
-    run_search,
-)
+from mixbatch.search.results import read_design_csv, read_results_csv
+from mixbatch.search.results_file import result_columns
+from mixbatch.search.runner import SearchRunError, run_search
 
 # Three sources with disjoint alphabets, so that the mixture moves every loss.
 ALPHABETS = {"lower": "abcdefghijklm ", "upper": "NOPQRSTUVWXYZ ", "digits": "0123456789+-*/ "}
@@ -196,7 +192,7 @@ def test_bad_design_and_settings_are_config_errors(setup, tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="holdout is 0"):
         run_search(cfg.model_copy(update={"holdout": 0.0}), setup["design"],
                    tmp_path / "o.csv", proxy=_proxy(), progress=False)
-    with pytest.raises(ConfigError, match="unknown 'dask'"):
+    with pytest.raises(ConfigError, match="got 'dask', expected one of 'local', 'ray'"):
         run_search(cfg, setup["design"], tmp_path / "o.csv", backend="dask", progress=False)
     with pytest.raises(ConfigError, match="workers must be >= 1"):
         run_search(cfg, setup["design"], tmp_path / "o.csv", workers=0, progress=False)

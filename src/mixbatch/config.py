@@ -8,8 +8,6 @@ Relative paths are resolved against the folder of the config file. YAML is read 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from mixbatch.atomic import json_digest
 from mixbatch.dedup import DedupConfig
 from mixbatch.errors import ConfigError
 from mixbatch.io import Format, OnError, Split
@@ -423,8 +422,7 @@ class Config(_Strict):
         data = self.model_dump(mode="json")
         if sections:
             data = {k: data[k] for k in sections}
-        blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.blake2b(blob, digest_size=8).hexdigest()
+        return json_digest(data)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

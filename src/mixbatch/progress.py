@@ -1,7 +1,8 @@
-"""A progress bar that shows units done plus documents/s and tokens/s (rich, on stderr)."""
+"""Progress bars on stderr (rich): units done with documents/s and tokens/s, or runs done."""
 
 from __future__ import annotations
 
+import sys
 import time
 from types import TracebackType
 
@@ -61,3 +62,33 @@ class RateProgress:
         dt = max(time.perf_counter() - self._t0, 1e-9)
         rates = f"{human(self.docs / dt)} docs/s {human(self.tokens / dt)} tok/s"
         self._progress.update(self._task, rates=rates)
+
+
+class RunProgress:
+    """Runs done of a known total (proxy runs), with ETA and the last run's result, on stderr;
+    :meth:`say` prints a line (a failure) above the bar."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.console = Console(stderr=True, highlight=False)
+        self.enabled = enabled
+        self.bar = Progress(TextColumn("[bold]proxy runs"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[last]}"), console=self.console,
+                            disable=not enabled)
+        self.task = self.bar.add_task("runs", total=total, last="")
+
+    def __enter__(self) -> RunProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def advance(self, last: str) -> None:
+        self.bar.update(self.task, advance=1, last=last)
+
+    def say(self, line: str) -> None:
+        if self.enabled:
+            self.bar.console.print(line, markup=False, soft_wrap=True)
+        else:
+            print(line, file=sys.stderr, flush=True)

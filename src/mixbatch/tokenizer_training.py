@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from mixbatch.atomic import atomic_path
 from mixbatch.config import Config
 from mixbatch.errors import ConfigError
 from mixbatch.io import SkipCounter, iter_texts, plan_units
@@ -79,7 +80,6 @@ def train_bpe(text_batches: Iterable[list[str]], vocab_size: int, out: Path,
     tok.train_from_iterator((t for batch in text_batches for t in batch), trainer=trainer)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tok.save(str(tmp))
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        tok.save(str(tmp))
     return out

@@ -79,6 +79,7 @@ def demo_search(cfg: Any, stats: dict, work: Path, config_path: Path,
     import yaml
 
     from mixbatch.proxy import ProxyConfig
+    from mixbatch.search.backends import ProxyTask, run_proxy_tasks
     from mixbatch.search.design import design_mixtures, write_design_csv
     from mixbatch.search.optimize import mixture_block, optimize, write_mixture_yaml
     from mixbatch.search.plots import plot_predicted_vs_actual, plot_weights
@@ -90,13 +91,8 @@ def demo_search(cfg: Any, stats: dict, work: Path, config_path: Path,
         save_model,
     )
     from mixbatch.search.results import read_results_csv
-    from mixbatch.search.runner import (
-        LOSS_PREFIX,
-        MEAN_COLUMN,
-        ProxyTask,
-        run_proxy_tasks,
-        run_search,
-    )
+    from mixbatch.search.results_file import LOSS_PREFIX, MEAN_COLUMN
+    from mixbatch.search.runner import run_search
 
     folder = work / "search"
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,12 @@
 """Offline mixture search (RegMix): design proxy-run mixtures, fit a regressor, choose a mixture.
 
-``design`` draws candidate mixtures, ``results`` reads proxy-run results, ``regress`` fits and
-saves regressors, ``optimize`` simulates and averages the predicted best, ``plots`` draws them,
-``cli`` holds the ``mixbatch search`` commands. ``runner`` (``run_search``: proxies over a
-process pool or Ray) and ``merge`` (``merge_ablation``) import torch, so they are imported from
-their modules, not from here. LightGBM is imported only when it is used.
+``design`` draws candidate mixtures, ``results`` reads designs and proxy-run results,
+``results_file`` writes a running search's results, ``regress`` fits and saves regressors,
+``optimize`` simulates and averages the predicted best, ``plots`` draws them, ``cli`` holds the
+``mixbatch search`` commands. ``backends`` (proxies in this process, a process pool or Ray),
+``runner`` (``run_search``: one proxy per design row) and ``merge`` (``merge_ablation``) import
+torch when they run, so they are imported from their modules, not from here. LightGBM is
+imported only when it is used.
 """
 
 from mixbatch.search.design import Design, DesignSettings, design_mixtures, write_design_csv

@@ -30,6 +30,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from mixbatch.atomic import write_json
 from mixbatch.checks import positive_int
 from mixbatch.errors import ConfigError
 
@@ -330,7 +331,8 @@ def _load_search_config(path: str) -> Any:
 # run
 # ---------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from mixbatch.search.runner import MEAN_COLUMN, run_search
+    from mixbatch.search.results_file import MEAN_COLUMN
+    from mixbatch.search.runner import run_search
 
     cfg = _load_search_config(args.config)
     proxy = _proxy_from_args(args)
@@ -396,9 +398,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
                             ray_address=args.ray_address, progress=not args.no_progress)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json(path, report.to_dict())
     _notes(report.notes)
     for t in merge_tables(report):
         out.print(t)

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from mixbatch.atomic import write_json
 from mixbatch.errors import ConfigError
 
 __all__ = [
@@ -284,9 +285,7 @@ def save_model(model: FittedModel, path: str | Path) -> Path:
     """Write the model as JSON (no pickle); LightGBM's text model is embedded as a string."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_nan_to_none(model.to_dict()), indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json(path, _nan_to_none(model.to_dict()))
     return path
 
 

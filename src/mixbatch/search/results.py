@@ -38,9 +38,11 @@ from mixbatch.errors import ConfigError
 
 __all__ = [
     "RESERVED_COLUMNS",
+    "DesignRow",
     "RunTable",
     "Target",
     "parse_target",
+    "read_design_csv",
     "read_mixtures_and_losses",
     "read_results",
     "read_results_csv",
@@ -405,3 +407,39 @@ def read_results(results: str | Path | None = None, *, mixtures: str | Path | No
     if mixtures is None or losses is None:
         raise ConfigError("give a results CSV, or both --mixtures and --losses")
     return read_mixtures_and_losses(mixtures, losses, sources)
+
+
+# ---------------------------------------------------------------------------------------------
+# the design a search runs
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DesignRow:
+    """One candidate mixture: its design index and ``{source: weight}`` (every source)."""
+
+    index: int
+    weights: dict[str, float]
+
+
+def read_design_csv(path: str | Path, sources: Sequence[str]) -> list[DesignRow]:
+    """Rows of a design CSV (``index`` + one weight column per source), in file order.
+
+    The weight columns must be exactly ``sources`` (any order). Weights are kept as written
+    (a design from ``search design`` sums to exactly 1; the loader normalises anyway).
+    """
+    data = _read_csv(path)
+    extra = [c for c in data.header if c != "index" and ("/" in c or c in ("tokens", "seconds"))]
+    if extra:
+        raise ConfigError(f"{data.path}: a design has only 'index' and weight columns, found "
+                          f"{', '.join(extra)} (is this a results file?)")
+    names = [c for c in data.header if c != "index"]
+    _check_sources(str(data.path), names, list(sources))
+    index = _index(data)
+    cols = {n: _column(data, n, allow_nan=False) for n in names}
+    rows = []
+    for i, (idx, line) in enumerate(zip(index.tolist(), data.lines, strict=True)):
+        w = {n: float(cols[n][i]) for n in sources}
+        if any(v < 0 for v in w.values()) or not sum(w.values()) > 0:
+            raise ConfigError(f"{data.path}:{line}: weights must be >= 0 and not all 0, got "
+                              f"{w}")
+        rows.append(DesignRow(int(idx), w))
+    return rows

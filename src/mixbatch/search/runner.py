@@ -4,15 +4,7 @@ RegMix (Liu et al. 2024, arXiv 2407.01492) trains one small proxy per candidate 
 regresses the proxies' validation losses on the mixture weights. :func:`run_search` is that
 loop: each row of a design CSV (``mixbatch search design``) becomes one
 :func:`~mixbatch.proxy.train_proxy` call with the row's weights, and each finished run becomes
-one line of the results CSV::
-
-    index, <source>..., val/<source>..., val/mean, tokens, seconds
-
-(weights as in the design; ``val/<source>`` the token-mean held-out loss of each source;
-``val/mean`` the mean over every scored token, which is the mean over sources when each scores
-``eval_tokens``; ``tokens`` the tokens trained on; ``seconds`` the run's wall time). Loss
-columns contain ``/``, so :func:`~mixbatch.search.results.read_results_csv` reads the file as it
-grows and ``mixbatch search fit RESULTS.csv --target val/<source>`` fits on it.
+one line of the results CSV (its columns: :mod:`mixbatch.search.results_file`).
 
 **Resumable.** The results file (:mod:`mixbatch.search.results_file`) gets one whole line per
 finished run; a restart runs only the rows not in it, and refuses a file of another search.

@@ -33,6 +33,7 @@ from rich.table import Table
 from mixbatch.atomic import write_json
 from mixbatch.checks import positive_int
 from mixbatch.errors import ConfigError
+from mixbatch.search.design import prior_from_spec
 
 __all__ = [
     "add_search_parsers",
@@ -42,7 +43,6 @@ __all__ = [
     "cmd_merge",
     "cmd_optimize",
     "cmd_run",
-    "parse_prior",
 ]
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -76,55 +76,18 @@ def _notes(notes: Any) -> None:
         err.print(f"note: {note}", markup=False, soft_wrap=True)
 
 
-def _config_tokens(path: str | Path) -> tuple[list[str], np.ndarray, Any]:
-    """Source names, their prepared token counts, and the config."""
-    from mixbatch.config import load_config
-    from mixbatch.stats import config_stats
-
-    cfg = load_config(path)
-    stats = config_stats(cfg)
-    names = list(cfg.sources)
-    return names, np.array([float(stats["sources"][n]["tokens"]) for n in names]), cfg
-
-
-def parse_prior(spec: str, names: tuple[str, ...] | list[str]) -> np.ndarray:
-    """The simulation prior over ``names`` from a config file (its sources' prepared token
-    counts) or from ``name=count,name=count`` (token counts or shares; normalised)."""
-    names = list(names)
-    if "=" not in spec and (spec.endswith((".yaml", ".yml")) or Path(spec).is_file()):
-        cfg_names, tokens, _ = _config_tokens(spec)
-        counts = dict(zip(cfg_names, tokens, strict=True))
-        origin = spec
-    else:
-        counts, origin = {}, "--prior"
-        for part in spec.split(","):
-            name, eq, value = part.strip().rpartition("=")
-            try:
-                counts[name.strip()] = float(value)
-            except ValueError:
-                raise ConfigError(f"--prior: expected name=tokens,name=tokens,... or a config "
-                                  f"file, got {part.strip()!r}") from None
-            if not eq or not name.strip():
-                raise ConfigError(f"--prior: expected name=tokens, got {part.strip()!r}")
-    missing = [n for n in names if n not in counts]
-    extra = [n for n in counts if n not in names]
-    if missing or extra:
-        raise ConfigError(f"{origin}: prior sources do not match the model's: "
-                          + "; ".join(([f"missing {', '.join(missing)}"] if missing else [])
-                                      + ([f"unexpected {', '.join(extra)}"] if extra else [])))
-    p = np.array([counts[n] for n in names], dtype=np.float64)
-    if not (np.isfinite(p).all() and (p > 0).all()):
-        raise ConfigError(f"{origin}: every source needs a positive token count for the prior")
-    return p / p.sum()
-
-
 # ---------------------------------------------------------------------------------------------
 # design
 # ---------------------------------------------------------------------------------------------
 def cmd_design(args: argparse.Namespace) -> int:
-    from mixbatch.search.design import DesignSettings, design_mixtures, write_design_csv
+    from mixbatch.search.design import (
+        DesignSettings,
+        config_token_counts,
+        design_mixtures,
+        write_design_csv,
+    )
 
-    names, tokens, cfg = _config_tokens(args.config)
+    names, tokens, cfg = config_token_counts(args.config)
     settings = DesignSettings()
     default_epochs = args.max_epochs if args.max_epochs is not None else settings.max_epochs
     epochs = {n: (cfg.sources[n].max_epochs if cfg.sources[n].max_epochs is not None
@@ -165,7 +128,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     target = table.resolve_target(args.target)
     x, y, table = table.xy(target)
     if args.prior:
-        prior, prior_from = parse_prior(args.prior, table.names), args.prior
+        prior, prior_from = prior_from_spec(args.prior, table.names), args.prior
     else:
         prior, prior_from = x.mean(axis=0), "mean training mixture"
         table = table.select(np.ones(len(table), dtype=bool),
@@ -212,7 +175,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from mixbatch.search.regress import load_model
 
     model = load_model(args.model)
-    prior = parse_prior(args.prior, model.names) if args.prior else None
+    prior = prior_from_spec(args.prior, model.names) if args.prior else None
     t0 = time.perf_counter()
     opt = optimize(model, n_sim=args.n_sim, top_k=args.top_k, seed=args.seed, prior=prior)
     path = write_mixture_yaml(args.out, opt)

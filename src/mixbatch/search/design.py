@@ -51,8 +51,10 @@ __all__ = [
     "REGMIX_SEED",
     "Design",
     "DesignSettings",
+    "config_token_counts",
     "design_mixtures",
     "epoch_caps",
+    "prior_from_spec",
     "token_prior",
     "write_design_csv",
 ]
@@ -256,3 +258,45 @@ def write_design_csv(path: str | Path, design: Design) -> Path:
             writer.writerow([int(i), *(f"{x:.{digits}f}".rstrip("0").rstrip(".") or "0"
                                        for x in row)])
     return path
+
+
+def config_token_counts(path: str | Path) -> tuple[list[str], np.ndarray, Any]:
+    """Source names, their prepared token counts, and the config at ``path``."""
+    from mixbatch.config import load_config
+    from mixbatch.stats import config_stats
+
+    cfg = load_config(path)
+    stats = config_stats(cfg)
+    names = list(cfg.sources)
+    return names, np.array([float(stats["sources"][n]["tokens"]) for n in names]), cfg
+
+
+def prior_from_spec(spec: str, names: tuple[str, ...] | list[str]) -> np.ndarray:
+    """The simulation prior over ``names`` from a config file (its sources' prepared token
+    counts) or from ``name=count,name=count`` (token counts or shares; normalised)."""
+    names = list(names)
+    if "=" not in spec and (spec.endswith((".yaml", ".yml")) or Path(spec).is_file()):
+        cfg_names, tokens, _ = config_token_counts(spec)
+        counts = dict(zip(cfg_names, tokens, strict=True))
+        origin = spec
+    else:
+        counts, origin = {}, "--prior"
+        for part in spec.split(","):
+            name, eq, value = part.strip().rpartition("=")
+            try:
+                counts[name.strip()] = float(value)
+            except ValueError:
+                raise ConfigError(f"--prior: expected name=tokens,name=tokens,... or a config "
+                                  f"file, got {part.strip()!r}") from None
+            if not eq or not name.strip():
+                raise ConfigError(f"--prior: expected name=tokens, got {part.strip()!r}")
+    missing = [n for n in names if n not in counts]
+    extra = [n for n in counts if n not in names]
+    if missing or extra:
+        raise ConfigError(f"{origin}: prior sources do not match the model's: "
+                          + "; ".join(([f"missing {', '.join(missing)}"] if missing else [])
+                                      + ([f"unexpected {', '.join(extra)}"] if extra else [])))
+    p = np.array([counts[n] for n in names], dtype=np.float64)
+    if not (np.isfinite(p).all() and (p > 0).all()):
+        raise ConfigError(f"{origin}: every source needs a positive token count for the prior")
+    return p / p.sum()

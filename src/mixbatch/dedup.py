@@ -34,6 +34,8 @@ import numpy as np
 from numba import njit
 from pydantic import BaseModel, ConfigDict, Field
 
+from mixbatch.atomic import json_digest
+
 EXACT = "duplicate_exact"
 NEAR = "duplicate_near"
 
@@ -444,9 +446,8 @@ def plan_drops(cfg: Any, on_error: Any = None, chunk_bytes: int = 64 << 20) -> D
     frozen = {n: {u: tuple(sorted(v)) for u, v in d.items()} for n, d in units.items()}
     digests = {}
     for name in cfg.sources:
-        blob = repr((dc.model_dump(mode="json"), sorted(frozen.get(name, {}).items(),
-                                                        key=lambda kv: repr(kv[0]))))
-        digests[name] = hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
+        digests[name] = json_digest([dc.model_dump(mode="json"),
+                                     sorted(frozen.get(name, {}).items(), key=lambda kv: repr(kv[0]))])
     return DropPlan(frozen, digests, dups.report(examples=0))
 
 

@@ -21,3 +21,16 @@ def test_all_is_importable() -> None:
 
 def test_top_level_surface() -> None:
     assert {"load_config", "open_store", "MixedLoader", "ConfigError"} <= set(mixbatch.__all__)
+
+
+def test_the_package_ships_its_type_annotations() -> None:
+    """PEP 561: a ``py.typed`` marker beside the package, listed as package data."""
+    import tomllib
+    from pathlib import Path
+
+    import mixbatch
+
+    assert (Path(mixbatch.__file__).parent / "py.typed").is_file()
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "py.typed" in project["tool"]["setuptools"]["package-data"]["mixbatch"]

@@ -12,7 +12,8 @@ Formulas: MixUp ``x~ = lam x_i + (1 - lam) x_j`` ("mixup: Beyond Empirical Risk 
 eq. 1); CutMix ``x~ = M * x_i + (1 - M) * x_j`` with M zero inside the box ("CutMix:
 Regularization Strategy to Train Strong Classifiers with Localizable Features", eq. 1).
 Unlike timm, the input is not modified in place, and ``elem``/``pair`` modes run without a
-Python loop over rows (one masked ``where`` for all boxes).
+Python loop over rows: boxes and masks are built for a block of rows at once and blended by
+one ``lerp`` (see :func:`apply_record`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from mixbatch.errors import ConfigError, DataError, StateError
+from mixbatch.mixup.kernels import fits_kernel, mix_rows
 from mixbatch.mixup.record import MixRecord
 from mixbatch.mixup.sampling import BoxRule, MixMode, draw_record
 from mixbatch.mixup.targets import check_labels, mix_targets
@@ -66,13 +68,81 @@ def mix_attention_mask(mask: torch.Tensor, record: MixRecord) -> torch.Tensor:
     return torch.where(mixed, torch.maximum(mask, partner), mask)
 
 
+#: bytes of partner rows gathered at a time on CPU: the gathered block stays in cache while it is
+#: blended, so each element is read twice and written once from memory (as timm's row loop,
+#: minus its second copy of the batch); a GPU takes the whole batch in one pass
+_BLOCK_BYTES = 1 << 21
+
+
+def _box_mask(boxes: torch.Tensor, cut: torch.Tensor, size: tuple[int, int], ndim: int,
+              dims: int) -> torch.Tensor:
+    """bool ``(k, 1.., H, W)``: inside the CutMix box of each CutMix row (all False elsewhere)."""
+    h, w = size
+    dev = boxes.device
+    ys = torch.arange(h, device=dev)
+    xs = torch.arange(w, device=dev)
+    my = (ys >= boxes[:, 0:1]) & (ys < boxes[:, 1:2]) & cut[:, None]
+    mx = (xs >= boxes[:, 2:3]) & (xs < boxes[:, 3:4])
+    inside = my[:, :, None] & mx[:, None, :]
+    k = boxes.shape[0]
+    if dims == 1:
+        return inside[:, 0, :].view(k, *([1] * (ndim - 2)), w)
+    return inside.view(k, *([1] * (ndim - 3)), h, w)
+
+
+def _blend_block(x: torch.Tensor, partner: torch.Tensor, w_row: torch.Tensor, cut: torch.Tensor | None,
+                 boxes: torch.Tensor | None, dims: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """One block of rows: ``lerp(partner, x, W)``, W zero inside the CutMix boxes."""
+    kw = {} if out is None else {"out": out}
+    if cut is None:
+        weight: torch.Tensor | float = w_row.view(-1, *([1] * (x.ndim - 1)))
+    else:
+        size = (1, x.shape[-1]) if dims == 1 else (x.shape[-2], x.shape[-1])
+        inside = _box_mask(boxes, cut, size, x.ndim, dims)
+        if not x.is_floating_point():
+            return torch.where(inside, partner, x, **kw)
+        weight = torch.where(inside, 0.0, w_row.view(-1, *([1] * (inside.ndim - 1))))
+    return torch.lerp(partner, x, weight, **kw)
+
+
+def _blend_rows(x: torch.Tensor, index: torch.Tensor, w_row: torch.Tensor, cut: torch.Tensor | None,
+                boxes: torch.Tensor, dims: int) -> torch.Tensor:
+    """``out[r] = x[index[r]] + W[r] (x[r] - x[index[r]])`` for all rows, in cache-sized blocks.
+
+    ``W`` is ``w_row[r]`` (lam on MixUp rows, 1 on untouched rows) except inside the box of a
+    CutMix row, where it is 0. Each block of rows is handled by whole-tensor ops (one gather, one
+    mask, one ``lerp``); only the blocking loop is in Python.
+    """
+    dev = x.device
+    b = x.shape[0]
+    w_dev = w_row.to(device=dev, dtype=x.dtype if x.is_floating_point() else torch.float32,
+                     non_blocking=True)
+    if cut is not None:
+        boxes = boxes.to(dev, non_blocking=True)
+        cut = cut.to(dev, non_blocking=True)
+    if x.requires_grad and torch.is_grad_enabled():
+        # autograd does not flow through out=: one block, a new tensor
+        return _blend_block(x, x.index_select(0, index), w_dev, cut, boxes, dims)
+    out = torch.empty_like(x)
+    row_bytes = max(1, x[0].numel() * x.element_size())
+    step = b if dev.type != "cpu" else max(2, _BLOCK_BYTES // row_bytes)
+    for s in range(0, b, step):
+        e = min(b, s + step)
+        _blend_block(x[s:e], x.index_select(0, index[s:e]), w_dev[s:e], None if cut is None else cut[s:e],
+                     None if cut is None else boxes[s:e], dims, out=out[s:e])
+    return out
+
+
 def apply_record(x: torch.Tensor, record: MixRecord, spatial_dims: int | None = None) -> torch.Tensor:
     """Mix ``x`` as ``record`` says: blend MixUp rows, paste CutMix boxes from the partner.
 
     Boxes cut the last ``spatial_dims`` axes (default: 2, or 1 for ``(B, T)`` inputs). A new
-    tensor is returned (one copy of the batch in ``batch`` mode, as timm's in-place mixing
-    plus the copy it needs to keep the input); an untouched batch (every lam = 1) is returned
-    as it is. The decisions are taken on the small CPU record, so a GPU batch is never synced.
+    tensor is returned, written in one pass: float32/64 CPU batches by the compiled kernel of
+    :mod:`mixbatch.mixup.kernels` (a CutMix row copies only its box from the partner), other
+    batches by one ``lerp`` of each row with its gathered partner (blocked to the cache on
+    CPU, the whole batch at once on a GPU). A batch-wide CutMix box copies the batch and pastes
+    the box; an untouched batch (every lam = 1) is returned as it is. The decisions are taken
+    on the small CPU record, so a GPU batch is never synced.
     """
     _check_batch(x, record)
     rec = record.to("cpu") if record.lam.device.type != "cpu" else record
@@ -87,8 +157,8 @@ def apply_record(x: torch.Tensor, record: MixRecord, spatial_dims: int | None = 
                         f"or use CutMix only")
     dev = x.device
     index = rec.index.to(dev, non_blocking=True)
+    dims = spatial_dims if spatial_dims is not None else (2 if x.ndim >= 3 else 1)
     if any_cut:
-        dims = spatial_dims if spatial_dims is not None else (2 if x.ndim >= 3 else 1)
         if dims not in (1, 2) or x.ndim < dims + 1:
             raise DataError(f"x: CutMix over {dims} axes needs at least {dims + 1} dims, "
                             f"got shape {tuple(x.shape)}")
@@ -101,33 +171,10 @@ def apply_record(x: torch.Tensor, record: MixRecord, spatial_dims: int | None = 
             else:
                 out[..., y1:y2, x1:x2] = x[..., y1:y2, x1:x2].index_select(0, index)
             return out
-    lam64 = rec.lam.to(torch.float64)
-    if any_blend and not any_cut and bool(blend.all()) and bool((lam64 == lam64[0]).all()):
-        # one lam for the whole batch (timm's and torchvision's batch mode): one new tensor
-        w0 = float(lam64[0])
-        return x.index_select(0, index).mul_(1.0 - w0).add_(x, alpha=w0)
-    # general case (pair / elem modes): one fused pass, out = partner + W (x - partner), where
-    # W is lam on MixUp rows, 1 on untouched rows and 0 inside / 1 outside the box on CutMix rows
-    w_row = torch.where(blend, lam64, torch.ones_like(lam64))
-    if any_cut:
-        h, w_ = (1, x.shape[-1]) if dims == 1 else (x.shape[-2], x.shape[-1])
-        boxes = rec.box.to(dev, non_blocking=True)
-        ys = torch.arange(h, device=dev)
-        xs = torch.arange(w_, device=dev)
-        my = (ys >= boxes[:, 0:1]) & (ys < boxes[:, 1:2]) & cut.to(dev, non_blocking=True)[:, None]
-        mx = (xs >= boxes[:, 2:3]) & (xs < boxes[:, 3:4])
-        inside = my[:, :, None] & mx[:, None, :]
-        if dims == 1:
-            inside = inside[:, 0, :].view(x.shape[0], *([1] * (x.ndim - 2)), w_)
-        else:
-            inside = inside.view(x.shape[0], *([1] * (x.ndim - 3)), h, w_)
-        if not x.is_floating_point():
-            return torch.where(inside, x.index_select(0, index), x)
-        wt = w_row.to(device=dev, dtype=x.dtype).view(-1, *([1] * (inside.ndim - 1)))
-        weight = torch.where(inside, torch.zeros((), dtype=x.dtype, device=dev), wt)
-    else:
-        weight = w_row.to(device=dev, dtype=x.dtype).view(-1, *([1] * (x.ndim - 1)))
-    return x.index_select(0, index).lerp_(x, weight)
+    w_row = torch.where(blend, rec.lam.to(torch.float64), torch.ones((), dtype=torch.float64))
+    if fits_kernel(x):
+        return mix_rows(x, rec.index, w_row, cut, rec.box, dims)
+    return _blend_rows(x, index, w_row, cut if any_cut else None, rec.box, dims)
 
 
 def _size(x: torch.Tensor, spatial_dims: int) -> tuple[int, ...] | None:

@@ -162,12 +162,15 @@ def train_classifier(method: str, data: Split, seed: int, steps: int, bs: int = 
     if method == "AdAutoMixup":
         extra["gen"] = L.MixMaskGenerator(1, hidden=8)
         extra["gopt"] = torch.optim.Adam(extra["gen"].parameters(), lr=1e-3)
+        extra["teacher"] = L.EmaTeacher(model, momentum=0.999)
     for step, idx in enumerate(batches(len(data.y_train), bs, steps, rng)):
         x, y = data.x_train[idx], data.y_train[idx]
         loss = _classification_loss(method, model, x, y, rng, step, steps, extra)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if "teacher" in extra:
+            extra["teacher"].update(model, L.ema_momentum(step, steps))
     return model
 
 
@@ -215,14 +218,18 @@ def _classification_loss(method: str, model: Net, x: torch.Tensor, y: torch.Tens
         g = torch.Generator().manual_seed(int(rng.integers(2**31)))
         return ce + L.adaptivemix_loss(fm, fa, fb, rec.lam, noise_std=0.05, generator=g)
     if method == "AdAutoMixup":
-        gen, gopt = extra["gen"], extra["gopt"]
+        gen, gopt, teacher = extra["gen"], extra["gopt"], extra["teacher"]
         index = torch.from_numpy(rng.permutation(x.shape[0]))
         lam = torch.from_numpy(rng.beta(1.0, 1.0, x.shape[0]).astype(np.float32))
-        # generator step: make the mixture hard for the current classifier, keeping its share
+        # generator step, scored by the EMA teacher: adversarial on even steps (hard mixtures,
+        # cosine term), cooperative on odd ones; the share of the mask is kept near lam
         xm, mask, lam_eff = L.adautomix_mix(gen, x, index, lam)
         y_mix = lam_eff[:, None] * F.one_hot(y, 10) + (1 - lam_eff[:, None]) * F.one_hot(y[index], 10)
-        cls_loss = L.soft_target_cross_entropy(model(xm), y_mix)
-        g_loss = L.adautomix_generator_loss(cls_loss, mask, lam, weight=10.0)
+        t_out = teacher(torch.cat([xm, x, x[index]]))
+        t_mix, t_a, t_b = t_out.chunk(3)
+        cos = L.adautomix_cosine_term(t_mix, [t_a, t_b], [lam, 1 - lam])
+        g_loss = L.adautomix_generator_loss(L.soft_target_cross_entropy(t_mix, y_mix), cos, beta=0.3,
+                                            adversarial=step % 2 == 0, mask=mask, lam=lam, lam_weight=10.0)
         gopt.zero_grad(set_to_none=True)
         g_loss.backward()
         gopt.step()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.autograd import gradcheck
 
 from mixbatch.errors import ConfigError, DataError
@@ -175,10 +178,17 @@ def test_adautomix_and_adaptivemix() -> None:
     lam = torch.tensor([0.2, 0.5, 0.7, 0.9], dtype=D)
     idx = torch.tensor([1, 0, 3, 2])
 
+    teacher = L.EmaTeacher(nn.Sequential(nn.Flatten(), nn.Linear(25, 3)).double())
+    y3 = torch.tensor([0, 1, 2, 0])
+
     def f(t: torch.Tensor) -> torch.Tensor:
         mixed, mask, lam_eff = L.adautomix_mix(gen, t, idx, lam)
-        cls = (mixed.mean((1, 2, 3)) * lam_eff).sum()
-        return L.adautomix_generator_loss(cls, mask, lam)
+        out = teacher(torch.cat([mixed, t, t[idx]]))
+        t_mix, t_a, t_b = out.chunk(3)
+        soft = lam_eff[:, None] * F.one_hot(y3, 3) + (1 - lam_eff[:, None]) * F.one_hot(y3[idx], 3)
+        cos = L.adautomix_cosine_term(t_mix, [t_a, t_b], [lam, 1 - lam])
+        return L.adautomix_generator_loss(L.soft_target_cross_entropy(t_mix, soft), cos, beta=0.3,
+                                          mask=mask, lam=lam, lam_weight=2.0)
 
     assert gradcheck(f, (x,))
     with torch.no_grad():
@@ -191,3 +201,48 @@ def test_adautomix_and_adaptivemix() -> None:
     exact = lam[:, None] * fa + (1 - lam[:, None]) * fb
     assert L.adaptivemix_loss(exact, fa, fb, lam, noise_std=0.0, normalize=False).item() == pytest.approx(0.0)
     assert L.adaptivemix_loss(fm, fa, fb, lam, noise_std=0.0).item() > 0
+
+
+def test_adautomix_teacher_and_objective() -> None:
+    """The EMA teacher follows psi^ <- xi psi^ + (1 - xi) psi; the generator's objective is
+    -beta L_amce + (1 - beta) L_cos on adversarial steps and L_amce on cooperative ones."""
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).double()
+    teacher = L.EmaTeacher(student, momentum=0.9)
+    before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    student(torch.randn(8, 4, dtype=D))                        # moves the batch-norm statistics
+    teacher.update(student)
+    for name, p in student.named_parameters():
+        torch.testing.assert_close(teacher.model.state_dict()[name], 0.9 * before[name] + 0.1 * p.detach())
+    torch.testing.assert_close(teacher.model[1].running_mean, student[1].running_mean)
+    state = teacher.state_dict()
+    other = L.EmaTeacher(student)
+    other.load_state_dict(state)
+    assert other.momentum == 0.9 and torch.equal(other.model[0].weight, teacher.model[0].weight)
+    with pytest.raises(DataError, match="student"):
+        teacher.update(nn.Linear(4, 3).double())
+    # momentum: 0.999 at the start, 0.999999 at the end, increasing along a cosine
+    m = [L.ema_momentum(t, 10) for t in range(11)]
+    assert m[0] == pytest.approx(0.999) and m[-1] == pytest.approx(0.999999)
+    assert m[5] == pytest.approx((0.999 + 0.999999) / 2)
+    assert all(a < b for a, b in itertools.pairwise(m))
+    with pytest.raises(ConfigError, match="momentum"):
+        L.EmaTeacher(student, momentum=1.5)
+    # cosine term: identical outputs give sum_k lam_k; the objective's two forms
+    z = torch.randn(5, 3, dtype=D, requires_grad=True)
+    assert L.adautomix_cosine_term(z, [z, z], [0.3, 0.7]).item() == pytest.approx(1.0)
+    other_z, w = torch.randn(5, 3, dtype=D), torch.rand(5, dtype=D)
+    assert gradcheck(lambda t: L.adautomix_cosine_term(t, [other_z, -other_z], [w, 0.4]), (z,))
+    amce, cos = torch.tensor(2.0, dtype=D), torch.tensor(0.5, dtype=D)
+    assert L.adautomix_generator_loss(amce, cos, beta=0.3).item() == pytest.approx(-0.6 + 0.35)
+    assert L.adautomix_generator_loss(amce, cos, adversarial=False).item() == pytest.approx(2.0)
+    with pytest.raises(ConfigError, match="cosine"):
+        L.adautomix_generator_loss(amce)
+    with pytest.raises(ConfigError, match="beta"):
+        L.adautomix_generator_loss(amce, cos, beta=2.0)
+    with pytest.raises(DataError, match="lams"):
+        L.adautomix_cosine_term(z, [z, z], [0.5])

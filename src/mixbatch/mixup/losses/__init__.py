@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from mixbatch.mixup.losses.adversarial import MixMaskGenerator, adautomix_generator_loss, adautomix_mix
+from mixbatch.mixup.losses.adversarial import (
+    EmaTeacher,
+    MixMaskGenerator,
+    adautomix_cosine_term,
+    adautomix_generator_loss,
+    adautomix_mix,
+    ema_momentum,
+)
 from mixbatch.mixup.losses.calibration import rankmixup_mndcg_loss, rankmixup_mrl_loss
 from mixbatch.mixup.losses.classification import (
     decoupled_mixup_loss,
@@ -24,15 +31,18 @@ from mixbatch.mixup.losses.replay import dualmix_replay
 from mixbatch.mixup.losses.semi import fixmatch_loss, guess_labels, mixmatch_loss, mixmatch_mix, sharpen
 
 __all__ = [
+    "EmaTeacher",
     "MixMaskGenerator",
     "MoCoQueue",
     "adaptivemix_loss",
+    "adautomix_cosine_term",
     "adautomix_generator_loss",
     "adautomix_mix",
     "barlow_twins_loss",
     "contrastive_pair_loss",
     "decoupled_mixup_loss",
     "dualmix_replay",
+    "ema_momentum",
     "fixmatch_loss",
     "guess_labels",
     "metrix_contrastive_loss",

@@ -420,15 +420,22 @@ def online_incremental(method: str, seed: int, iters: int = 3) -> float:
     mem_y = torch.empty(0, dtype=torch.long)
     seen = 0
     for task in range(5):
+        # AdpMix's class counts: what training draws from, the memory for the old classes and
+        # the stream of this task for the new ones
+        stream_counts = torch.zeros(10, dtype=torch.long)
         mine = np.flatnonzero((data.y_train.numpy() // 2) == task)
         for start in range(0, len(mine), 10):
             idx = mine[rng.permutation(len(mine))][start:start + 10] if start == 0 else mine[start:start + 10]
             x, y = data.x_train[idx], data.y_train[idx]
+            stream_counts += torch.bincount(y, minlength=10)
+            counts = stream_counts + torch.bincount(mem_y, minlength=10)
             for _ in range(iters):
                 if len(mem_y) >= 10:
                     r = rng.choice(len(mem_y), 10, replace=False)
-                    if method == "ER + DualMix":
-                        xm, ym, _ = L.dualmix_replay(x, y, mem_x[r], mem_y[r], num_classes=10, rng=rng)
+                    if method.startswith("ER + DualMix"):
+                        adp = counts if method.endswith("(AdpMix)") else None
+                        xm, ym, _ = L.dualmix_replay(x, y, mem_x[r], mem_y[r], num_classes=10, rng=rng,
+                                                     class_counts=adp)
                         loss = (F.cross_entropy(model(torch.cat([x, mem_x[r]])), torch.cat([y, mem_y[r]]))
                                 + L.soft_target_cross_entropy(model(xm), ym))
                     else:
@@ -604,7 +611,7 @@ def main() -> None:
                 table(["method", "accuracy %", "per seed"], rows)]
     if "oci" in parts:
         rows = []
-        for method in ("ER", "ER + DualMix"):
+        for method in ("ER", "ER + DualMix", "ER + DualMix (AdpMix)"):
             r = [online_incremental(method, s) for s in seeds]
             log(f"oci {method}: {r}")
             rows.append([method, ms(r, 2, 100), " ".join(f"{v * 100:.1f}" for v in r)])

@@ -246,3 +246,38 @@ def test_adautomix_teacher_and_objective() -> None:
         L.adautomix_generator_loss(amce, cos, beta=2.0)
     with pytest.raises(DataError, match="lams"):
         L.adautomix_cosine_term(z, [z, z], [0.5])
+
+
+def test_dualmix_adaptive_label_ratio() -> None:
+    """Remix's rule as AdpMix's label ratio: a mixture mostly of a frequent class that holds a
+    share of a rare class is labelled rare; balanced pairs keep the pixel ratio."""
+    lam = torch.tensor([0.3, 0.8, 0.3, 0.9, 0.4, 0.6])
+    n_own = torch.tensor([300, 300, 10, 10, 50, 50])
+    n_partner = torch.tensor([10, 10, 300, 300, 40, 40])
+    got = L.adaptive_label_ratio(lam, n_own, n_partner, kappa=3.0, tau=0.5)
+    torch.testing.assert_close(got, torch.tensor([0.0, 0.8, 0.3, 1.0, 0.4, 0.6]))
+    # stream (new classes 2, 3: frequent) against memory (old classes 0, 1: rare)
+    x_new, x_mem = torch.randn(6, 1, 4, 4), torch.randn(4, 1, 4, 4)
+    y_new, y_mem = torch.tensor([2, 3, 2, 3, 2, 3]), torch.tensor([0, 1, 0, 1])
+    counts = torch.tensor([5, 5, 100, 100])
+    out, soft, rec = L.dualmix_replay(x_new, y_new, x_mem, y_mem, num_classes=4, rng=np.random.default_rng(1),
+                                      class_counts=counts)
+    out2, plain, rec2 = L.dualmix_replay(x_new, y_new, x_mem, y_mem, 4, rng=np.random.default_rng(1))
+    assert torch.equal(rec.lam, rec2.lam) and torch.equal(out, out2)   # same draws, same images
+    y = torch.cat([y_new, y_mem])
+    lam_y = L.adaptive_label_ratio(rec.lam, counts[y], counts[y[rec.index]])
+    for i in range(10):
+        assert soft[i, y[i]] >= lam_y[i] - 1e-6 and soft[i].sum() == pytest.approx(1.0)
+        assert plain[i, y[i]] >= rec.lam[i] - 1e-6
+    new_rows = torch.arange(6)
+    # a new-class row that keeps < tau of its pixels is labelled entirely as its old partner
+    moved = new_rows[rec.lam[:6] < 0.5]
+    assert len(moved) > 0 and bool((soft[moved].gather(1, y[moved, None]) == 0).all())
+    with pytest.raises(DataError, match="class_counts"):
+        L.dualmix_replay(x_new, y_new, x_mem, y_mem, num_classes=4, class_counts=torch.ones(3))
+    with pytest.raises(DataError, match="class_counts"):
+        L.adaptive_label_ratio(lam, n_own * 0, n_partner)
+    with pytest.raises(ConfigError, match="kappa"):
+        L.adaptive_label_ratio(lam, n_own, n_partner, kappa=0.5)
+    with pytest.raises(ConfigError, match="alpha"):
+        L.dualmix_replay(x_new, y_new, x_mem, y_mem, num_classes=4, alpha=0.0)

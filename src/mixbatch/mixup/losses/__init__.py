@@ -27,13 +27,14 @@ from mixbatch.mixup.losses.contrastive import (
 )
 from mixbatch.mixup.losses.gan import adaptivemix_loss
 from mixbatch.mixup.losses.metric import contrastive_pair_loss, metrix_contrastive_loss
-from mixbatch.mixup.losses.replay import dualmix_replay
+from mixbatch.mixup.losses.replay import adaptive_label_ratio, dualmix_replay
 from mixbatch.mixup.losses.semi import fixmatch_loss, guess_labels, mixmatch_loss, mixmatch_mix, sharpen
 
 __all__ = [
     "EmaTeacher",
     "MixMaskGenerator",
     "MoCoQueue",
+    "adaptive_label_ratio",
     "adaptivemix_loss",
     "adautomix_cosine_term",
     "adautomix_generator_loss",

@@ -363,7 +363,8 @@ def regression(method: str, seed: int, steps: int) -> float:
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     for idx in batches(len(data.y_train), 64, steps, rng):
         z = model(data.x_train[idx])
-        loss = L.supremix_loss(z, data.y_train[idx].float(), hard_pairs=method == "SupReMix")
+        loss = L.supremix_loss(z, data.y_train[idx].float(), hard_pairs=method.startswith("SupReMix"),
+                               distance_weight=method.endswith("distance weights"))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -595,7 +596,7 @@ def main() -> None:
                 table(["method", "probe accuracy %", "per seed"], rows)]
     if "reg" in parts:
         rows = []
-        for method in ("SupCon (regression)", "SupReMix"):
+        for method in ("SupCon (regression)", "SupReMix", "SupReMix + distance weights"):
             r = [regression(method, s, args.steps) for s in seeds]
             log(f"reg {method}: {r}")
             rows.append([method, ms(r, 3), " ".join(f"{v:.3f}" for v in r)])

@@ -281,3 +281,50 @@ def test_dualmix_adaptive_label_ratio() -> None:
         L.adaptive_label_ratio(lam, n_own, n_partner, kappa=0.5)
     with pytest.raises(ConfigError, match="alpha"):
         L.dualmix_replay(x_new, y_new, x_mem, y_mem, num_classes=4, alpha=0.0)
+
+
+def test_supremix_distance_weights() -> None:
+    """Negatives enter the denominator as w exp(s / t), w = |y_i - y_n| / mean |y_i - y_n'|."""
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(6, 4, dtype=D, generator=g).requires_grad_()
+    y = torch.tensor([0.0, 0.0, 1.0, 2.0, 4.0, 4.0], dtype=D)
+    for hard in (True, False):
+        assert gradcheck(lambda t, h=hard: L.supremix_loss(t, y, hard_pairs=h, distance_weight=True), (z,))
+    # every negative at the same label distance: all weights are 1, the loss is unchanged
+    # (with hard pairs the mixed negatives sit at half the distance: weights 4/3 and 2/3)
+    y2 = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 1.0], dtype=D)
+    torch.testing.assert_close(L.supremix_loss(z, y2, hard_pairs=False, distance_weight=True),
+                               L.supremix_loss(z, y2, hard_pairs=False))
+    from mixbatch.mixup.losses.contrastive import _negative_log_weights
+
+    eye = torch.eye(6, dtype=torch.bool)
+    same = (y2[:, None] == y2[None, :]) & ~eye
+    w = _negative_log_weights(y2, same, eye, 0.5, 13).exp()
+    neg = ~same & ~eye
+    torch.testing.assert_close(w[:, :6][neg], torch.full((18,), 4 / 3, dtype=D))
+    torch.testing.assert_close(w[:, 6:12][neg], torch.full((18,), 2 / 3, dtype=D))
+    assert bool((w[:, :6][~neg] == 1).all()) and bool((w[:, 12] == 1).all())
+    # by hand, plain SupCon part (hard_pairs off): anchor 0's only positive is row 1
+    t = 0.1
+    zn = F.normalize(z.detach(), dim=1)
+    s = zn @ zn.T / t
+    d = (y[0] - y).abs()
+    neg = [2, 3, 4, 5]
+    w = d[neg] / d[neg].mean()
+    den = torch.exp(s[0, 1]) + (w * torch.exp(s[0, neg])).sum()
+    per = L.supremix_loss(z.detach(), y, hard_pairs=False, distance_weight=True)
+    manual0 = -(s[0, 1] - torch.log(den))
+    # rebuild all anchors the same way and compare the mean
+    total = []
+    for i in range(6):
+        pos = [k for k in range(6) if k != i and y[k] == y[i]]
+        if not pos:
+            continue
+        ng = [k for k in range(6) if y[k] != y[i]]
+        wi = (y[i] - y[ng]).abs() / (y[i] - y[ng]).abs().mean()
+        den_i = torch.exp(s[i, pos]).sum() + (wi * torch.exp(s[i, ng])).sum()
+        total.append(-(s[i, pos] - torch.log(den_i)).mean())
+    assert total[0].item() == pytest.approx(manual0.item())
+    torch.testing.assert_close(per, torch.stack(total).mean())
+    # far negatives count more: the weighted loss differs from the unweighted one
+    assert per.item() != pytest.approx(L.supremix_loss(z.detach(), y, hard_pairs=False).item())

@@ -10,7 +10,14 @@
   label is not the anchor's) are hard negatives, and anchor-exclusive mixtures of the nearest
   labels below and above, ``normalize(lam z_j + (1 - lam) z_k)`` with
   ``lam = (y_k - y_i) / (y_k - y_j)`` (their label equals the anchor's), are hard positives;
-  the loss is SupCon's ``-mean_p log(exp(s_ip / t) / sum_a exp(s_ia / t))``.
+  the loss is SupCon's ``-mean_p log(exp(s_ip / t) / sum_a exp(s_ia / t))``. With
+  ``distance_weight=True`` each negative ``n`` of anchor ``i`` (real or mixed, label ``y_n``)
+  enters the denominator as ``w_in exp(s_in / t)`` with ``w_in = |y_i - y_n| / mean_n' |y_i -
+  y_n'|``: negatives far from the anchor in label space are pushed harder than near ones
+  (mean weight 1 per anchor, so the loss keeps its scale), which is how we read the paper's
+  ordinality-aware weighting of negatives by label distance; a mixed negative's label is
+  ``lam_neg y_i + (1 - lam_neg) y_k``, so its distance is ``(1 - lam_neg) |y_i - y_k|``.
+  Positives (real and mixed, at label distance <= ``tol``) keep weight 1.
 - Mixed Barlow Twins, "Guarding Barlow Twins Against Overfitting with Mixed Samples" (Bandara
   et al., 2023), with ``x_m = lam x_A + (1 - lam) x_B[perm]`` and batch-standardised
   embeddings: ``C_mA = z_m^T z_A / N`` should equal ``lam C_AA + (1 - lam) C_{B[perm]A}`` (same
@@ -118,11 +125,13 @@ def mochi_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, **kwargs: 
 
 
 def supremix_loss(z: torch.Tensor, y: torch.Tensor, temperature: float = 0.1, lam_neg: float = 0.5,
-                  tol: float = 0.0, hard_pairs: bool = True) -> torch.Tensor:
+                  tol: float = 0.0, hard_pairs: bool = True, distance_weight: bool = False) -> torch.Tensor:
     """Supervised contrastive regression loss with SupReMix's mixed hard pairs.
 
     ``z`` (B, D) embeddings, ``y`` (B,) real labels; samples within ``tol`` of the anchor's label
-    are positives. ``hard_pairs=False`` gives the plain supervised contrastive loss.
+    are positives. ``hard_pairs=False`` gives the plain supervised contrastive loss;
+    ``distance_weight=True`` weights every negative by its label distance to the anchor
+    (module docstring).
     """
     if z.ndim != 2 or y.shape != (z.shape[0],):
         raise DataError(f"y: expected ({z.shape[0]},) labels for embeddings {tuple(z.shape)}, "
@@ -158,6 +167,9 @@ def supremix_loss(z: torch.Tensor, y: torch.Tensor, temperature: float = 0.1, la
         pos_masks.append(ok[:, None])
     all_logits = torch.cat(logits, dim=1)
     pos = torch.cat(pos_masks, dim=1)
+    if distance_weight:
+        all_logits = all_logits + _negative_log_weights(y, same, eye, lam_neg if hard_pairs else None,
+                                                        all_logits.shape[1])
     log_prob = all_logits - torch.logsumexp(all_logits, dim=1, keepdim=True)
     n_pos = pos.sum(1)
     has = n_pos > 0
@@ -165,6 +177,25 @@ def supremix_loss(z: torch.Tensor, y: torch.Tensor, temperature: float = 0.1, la
         raise DataError("y: no anchor has a positive (every label is unique and hard_pairs is off)")
     per = -torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(1) / n_pos.clamp_min(1)
     return per[has].mean()
+
+
+def _negative_log_weights(y: torch.Tensor, same: torch.Tensor, eye: torch.Tensor, lam_neg: float | None,
+                          width: int) -> torch.Tensor:
+    """``log w`` for every column of the SupReMix logits: ``w = d / mean(d)`` over the anchor's
+    negatives (real: ``d = |y_i - y_k|``; mixed: ``(1 - lam_neg) |y_i - y_k|``), 0 elsewhere."""
+    dist = (y[:, None] - y[None, :]).abs()
+    neg = ~same & ~eye
+    d = [torch.where(neg, dist, torch.zeros_like(dist))]
+    masks = [neg]
+    if lam_neg is not None:
+        d.append(torch.where(neg, (1 - lam_neg) * dist, torch.zeros_like(dist)))
+        masks.append(neg)
+    d_all, m_all = torch.cat(d, dim=1), torch.cat(masks, dim=1)
+    mean = d_all.sum(1, keepdim=True) / m_all.sum(1, keepdim=True).clamp_min(1)
+    ratio = d_all.clamp_min(1e-12) / mean.clamp_min(1e-12)
+    logw = torch.where(m_all, torch.log(ratio), torch.zeros_like(d_all))
+    pad = width - logw.shape[1]
+    return torch.cat([logw, logw.new_zeros(logw.shape[0], pad)], dim=1) if pad else logw
 
 
 def _standardise(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -89,10 +89,15 @@ def test_metrix() -> None:
     rec = _rec()
     lam = rec.lam.to(D)
     assert gradcheck(lambda a, b: L.metrix_contrastive_loss(a, Y, b, Y, Y[rec.index], lam), (e, em))
-    # lam = 1 and the mixed rows are the clean ones: the mixed term adds the clean pairs again
+    assert gradcheck(lambda a: L.contrastive_pair_loss(a, Y), (e,))
     clean = L.contrastive_pair_loss(e, Y)
-    both = L.metrix_contrastive_loss(e, Y, e, Y, Y, 1.0, weight=0.0)
-    torch.testing.assert_close(both, clean)
+    torch.testing.assert_close(L.metrix_contrastive_loss(e, Y, em, Y, Y, 0.3, weight=0.0), clean)
+    # lam = 1: a mixed row is its first source only, the partner's class plays no part
+    other = torch.tensor([4, 3, 2, 1, 0, 2])
+    torch.testing.assert_close(L.metrix_contrastive_loss(e, Y, em, Y, other, 1.0),
+                               L.metrix_contrastive_loss(e, Y, em, Y, Y, 1.0))
+    assert L.metrix_contrastive_loss(e, Y, em, Y, other, 0.5).item() != pytest.approx(
+        L.metrix_contrastive_loss(e, Y, em, Y, Y, 0.5).item())
 
 
 def test_mochi() -> None:
@@ -107,6 +112,8 @@ def test_mochi() -> None:
     assert gradcheck(lambda a, b: L.mochi_loss(a, b, qk, synthetic=syn), (q, k))
     logits = L.mochi_logits(q, k, qk, n_hard=8, s=5, s_prime=3, generator=torch.Generator().manual_seed(3))
     assert logits.shape == (4, 1 + 32 + 5 + 3)
+    again = L.mochi_synthesize(q, qk, n_hard=8, s=5, s_prime=3, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(syn, again)                       # the same generator seed, the same negatives
     plain = L.mochi_loss(q, k, qk, s=0, s_prime=0)
     qn, kn = F.normalize(q, dim=1), F.normalize(k, dim=1)
     ref = F.cross_entropy(torch.cat([(qn * kn).sum(1, keepdim=True), qn @ qk.T], 1) / 0.2,

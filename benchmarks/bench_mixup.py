@@ -552,6 +552,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="device of the speed table (cpu, cuda)")
     ap.add_argument("--only", default="", help="comma list of parts: cls,metric,ssl,reg,semi,oci,speed")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the box is shared)")
+    ap.add_argument("--methods", default="", help="comma list: only these classification methods")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     every = {"cls", "metric", "ssl", "reg", "semi", "oci", "speed"}
@@ -566,7 +567,7 @@ def main() -> None:
         for long_tail in (False, True):
             name = "long-tail digits (imbalance 10)" if long_tail else "digits"
             rows = []
-            for method in CLASSIFICATION:
+            for method in [m for m in CLASSIFICATION if not args.methods or m in args.methods.split(",")]:
                 res = []
                 t0 = time.perf_counter()
                 for seed in seeds:

@@ -3,8 +3,10 @@
 "Adversarial AutoMixup" (Qin et al., ICLR 2024). A generator G_phi produces a mixing mask
 ``M = G(x_i, x_j, lam)`` in [0, 1]^{H x W} and the mixed image ``x~ = M x_i + (1 - M) x_j``
 (AutoMix's form, "AutoMix: Unveiling the Power of Mixup for Stronger Classifiers"), labelled
-``y~ = lam~ y_i + (1 - lam~) y_j``. The three parts, as the paper states them and its authors'
-implementation (openmixup's ``AdAutoMix``) computes them:
+``y~ = lam~ y_i + (1 - lam~) y_j``. The three parts, as the paper's abstract names them (an
+adversarially trained generator, an EMA teacher, a cosine similarity term) and as its authors'
+released implementation computes them (openmixup's ``AdAutoMix.forward_train`` and
+``forward_k``; the paper's body, and so its equation numbers, could not be consulted here):
 
 - the classifier psi minimises the mixed cross-entropy ``L_amce(psi) = CE(psi(x~), y~)`` on the
   generator's (detached) mixtures, plus the plain cross-entropy of the clean batch;

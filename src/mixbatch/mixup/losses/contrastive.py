@@ -14,10 +14,12 @@
   ``distance_weight=True`` each negative ``n`` of anchor ``i`` (real or mixed, label ``y_n``)
   enters the denominator as ``w_in exp(s_in / t)`` with ``w_in = |y_i - y_n| / mean_n' |y_i -
   y_n'|``: negatives far from the anchor in label space are pushed harder than near ones
-  (mean weight 1 per anchor, so the loss keeps its scale), which is how we read the paper's
-  ordinality-aware weighting of negatives by label distance; a mixed negative's label is
-  ``lam_neg y_i + (1 - lam_neg) y_k``, so its distance is ``(1 - lam_neg) |y_i - y_k|``.
-  Positives (real and mixed, at label distance <= ``tol``) keep weight 1.
+  (mean weight 1 per anchor, so the loss keeps its scale). The paper weights negatives by
+  their label distance for ordinality; its body could not be consulted here, so this form
+  (weights in the denominator, normalised per anchor) is this library's, not a transcription
+  of the paper's equation. A mixed negative's label is ``lam_neg y_i + (1 - lam_neg) y_k``, so
+  its distance is ``(1 - lam_neg) |y_i - y_k|``. Positives (real and mixed, at label distance
+  <= ``tol``) keep weight 1.
 - Mixed Barlow Twins, "Guarding Barlow Twins Against Overfitting with Mixed Samples" (Bandara
   et al., 2023), with ``x_m = lam x_A + (1 - lam) x_B[perm]`` and batch-standardised
   embeddings: ``C_mA = z_m^T z_A / N`` should equal ``lam C_AA + (1 - lam) C_{B[perm]A}`` (same

@@ -9,19 +9,21 @@ pairing both parts rest on: every incoming row is mixed with a memory row and ev
 with an incoming row, by MixUp (``lam ~ Beta(a, a)``) or, with probability ``cutmix_prob``,
 CutMix (pass augmented views as ``x_new`` / ``x_mem`` for EnMix).
 
-With ``class_counts`` (the number of samples of each class seen so far) the label ratio is
-adapted as AdpMix does. The rule applied is the rebalancing rule of "Remix: Rebalanced Mixup"
-(Chou et al., ECCV 2020 workshops, eq. 3), the imbalance-aware label ratio DualMix's AdpMix
-builds on, for a row ``i`` mixed with ``j``:
+With ``class_counts`` (the number of samples of each class that training draws from) the
+label ratio is adapted to the imbalance, AdpMix's aim. The rule applied is the rebalancing
+rule of "Remix: Rebalanced Mixup" (Chou et al., ECCV 2020 workshops), an imbalance-aware label
+ratio of the kind AdpMix describes, for a row ``i`` mixed with ``j``:
 
     lam_y = 0    if n_i / n_j >= kappa and lam < tau      (the rarer partner gets the label)
     lam_y = 1    if n_i / n_j <= 1 / kappa and 1 - lam < tau
     lam_y = lam  otherwise
 
-so a mixture dominated in pixels by a frequent (new) class but holding a share of a rare (old)
-class is labelled as the rare class. The images are still mixed at ``lam`` (the record keeps
-it); the returned targets carry ``lam_y``. DualMix's own statement of AdpMix could not be
-compared equation by equation here; ``kappa = 3`` and ``tau = 0.5`` are Remix's defaults.
+so a mixture in which a class at least ``kappa`` times rarer (an old class, from the memory)
+holds more than ``1 - tau`` of the pixels is labelled entirely as that rare class. The images
+are still mixed at ``lam`` (the record keeps it); the returned targets carry ``lam_y``.
+DualMix's own equation for AdpMix could not be consulted here (only its abstract), so this is
+Remix's rule standing in for it, not a transcription; ``kappa = 3`` and ``tau = 0.5`` are
+Remix's defaults.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ Formulas: MixUp ``x~ = lam x_i + (1 - lam) x_j`` ("mixup: Beyond Empirical Risk 
 eq. 1); CutMix ``x~ = M * x_i + (1 - M) * x_j`` with M zero inside the box ("CutMix:
 Regularization Strategy to Train Strong Classifiers with Localizable Features", eq. 1).
 Unlike timm, the input is not modified in place, and ``elem``/``pair`` modes run without a
-Python loop over rows: boxes and masks are built for a block of rows at once and blended by
-one ``lerp`` (see :func:`apply_record`).
+Python loop over rows: float32/64 CPU batches go through one compiled pass
+(:mod:`mixbatch.mixup.kernels`), other batches through masks built for a block of rows at once
+and one ``lerp`` per block (see :func:`apply_record`).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def _blend_block(x: torch.Tensor, partner: torch.Tensor, w_row: torch.Tensor, cu
     """One block of rows: ``lerp(partner, x, W)``, W zero inside the CutMix boxes."""
     kw = {} if out is None else {"out": out}
     if cut is None:
-        weight: torch.Tensor | float = w_row.view(-1, *([1] * (x.ndim - 1)))
+        weight = w_row.view(-1, *([1] * (x.ndim - 1)))
     else:
         size = (1, x.shape[-1]) if dims == 1 else (x.shape[-2], x.shape[-1])
         inside = _box_mask(boxes, cut, size, x.ndim, dims)

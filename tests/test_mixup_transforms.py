@@ -277,3 +277,15 @@ def test_kernel_mixup_rows_of_any_shape() -> None:
         x = torch.randn(shape, generator=g)
         torch.testing.assert_close(apply_record(x, rec), mix_features(x, rec))
         torch.testing.assert_close(apply_record(x.double(), rec), mix_features(x.double(), rec))
+
+
+def test_records_pointing_outside_the_batch_are_refused() -> None:
+    """The compiled pass reads by index: a hand-made record that points outside the batch or
+    the image is a DataError naming the field."""
+    x, _ = _batch(4)
+    ok = draw_record(4, (10, 12), np.random.default_rng(0), mixup_alpha=0.0, cutmix_alpha=1.0, mode="elem")
+    bad_index = MixRecord(ok.lam.clamp(max=0.5), torch.tensor([1, 0, 3, 4]), ok.box, ok.cutmix)
+    bad_box = MixRecord(ok.lam.clamp(max=0.5), ok.index, torch.tensor([[0, 11, 0, 4]] * 4), ok.cutmix)
+    for rec, field in ((bad_index, "record.index"), (bad_box, "record.box")):
+        with pytest.raises(DataError, match=field):
+            apply_record(x, rec)

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from numba import njit
 
-__all__ = ["fits_kernel", "mix_rows"]
+from mixbatch.errors import DataError
+
+__all__ = ["check_bounds", "fits_kernel", "mix_rows"]
 
 
 @njit(cache=True, nogil=True)
@@ -57,10 +59,22 @@ def mix_rows(x: torch.Tensor, index: torch.Tensor, w_row: torch.Tensor, cut: tor
         view = x.reshape(b, -1, x.shape[-2], x.shape[-1])
     else:  # 1-D boxes run along the last axis; MixUp-only rows of any shape are flat
         view = x.reshape(b, -1, 1, x.shape[-1] if x.ndim >= 2 else 1)
+    idx = index.numpy().astype(np.int64, copy=False)
+    box = boxes.numpy().astype(np.int64, copy=False)
+    cut_np = cut.numpy().astype(np.bool_, copy=False)
+    check_bounds(idx, box[cut_np], b, view.shape[2], view.shape[3])
     out = torch.empty_like(view)
     dt = view.numpy().dtype
     lam64 = w_row.to(torch.float64).numpy()
-    _mix_rows(view.numpy(), out.numpy(), index.numpy().astype(np.int64, copy=False),
-              lam64.astype(dt), (1.0 - lam64).astype(dt), boxes.numpy().astype(np.int64, copy=False),
-              cut.numpy().astype(np.bool_, copy=False))
+    _mix_rows(view.numpy(), out.numpy(), idx, lam64.astype(dt), (1.0 - lam64).astype(dt), box, cut_np)
     return out.view(x.shape)
+
+
+def check_bounds(index: np.ndarray, boxes: np.ndarray, b: int, h: int, w: int) -> None:
+    """Refuse a record whose partners lie outside the batch or whose boxes (of the CutMix rows)
+    leave the ``(h, w)`` extent they cut, naming the field; the compiled pass does not check."""
+    if index.shape != (b,) or (b and (index.min() < 0 or index.max() >= b)):
+        raise DataError(f"record.index: partners must lie within [0, {b}) for a batch of {b}")
+    if boxes.size and not ((boxes[:, 0] >= 0) & (boxes[:, 0] <= boxes[:, 1]) & (boxes[:, 1] <= h)
+                           & (boxes[:, 2] >= 0) & (boxes[:, 2] <= boxes[:, 3]) & (boxes[:, 3] <= w)).all():
+        raise DataError(f"record.box: CutMix boxes must lie within the ({h}, {w}) extent they cut")

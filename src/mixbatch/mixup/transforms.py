@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mixbatch.errors import ConfigError, DataError, StateError
-from mixbatch.mixup.kernels import fits_kernel, mix_rows
+from mixbatch.mixup.kernels import check_bounds, fits_kernel, mix_rows
 from mixbatch.mixup.record import MixRecord
 from mixbatch.mixup.sampling import BoxRule, MixMode, draw_record
 from mixbatch.mixup.targets import check_labels, mix_targets
@@ -159,19 +159,20 @@ def apply_record(x: torch.Tensor, record: MixRecord, spatial_dims: int | None = 
     dev = x.device
     index = rec.index.to(dev, non_blocking=True)
     dims = spatial_dims if spatial_dims is not None else (2 if x.ndim >= 3 else 1)
-    if any_cut:
-        if dims not in (1, 2) or x.ndim < dims + 1:
-            raise DataError(f"x: CutMix over {dims} axes needs at least {dims + 1} dims, "
-                            f"got shape {tuple(x.shape)}")
-        if not any_blend and bool(cut.all()) and bool((rec.box == rec.box[0]).all()):
-            # one box for the whole batch: copy the batch, then paste only the box
-            y1, y2, x1, x2 = (int(v) for v in rec.box[0])
-            out = x.clone()
-            if dims == 1:
-                out[..., x1:x2] = x[..., x1:x2].index_select(0, index)
-            else:
-                out[..., y1:y2, x1:x2] = x[..., y1:y2, x1:x2].index_select(0, index)
-            return out
+    if any_cut and (dims not in (1, 2) or x.ndim < dims + 1):
+        raise DataError(f"x: CutMix over {dims} axes needs at least {dims + 1} dims, "
+                        f"got shape {tuple(x.shape)}")
+    size = ((1, x.shape[-1]) if dims == 1 else (x.shape[-2], x.shape[-1])) if any_cut else (1, 1)
+    check_bounds(rec.index.numpy(), rec.box[cut].numpy(), x.shape[0], *size)
+    if any_cut and not any_blend and bool(cut.all()) and bool((rec.box == rec.box[0]).all()):
+        # one box for the whole batch: copy the batch, then paste only the box
+        y1, y2, x1, x2 = (int(v) for v in rec.box[0])
+        out = x.clone()
+        if dims == 1:
+            out[..., x1:x2] = x[..., x1:x2].index_select(0, index)
+        else:
+            out[..., y1:y2, x1:x2] = x[..., y1:y2, x1:x2].index_select(0, index)
+        return out
     w_row = torch.where(blend, rec.lam.to(torch.float64), torch.ones((), dtype=torch.float64))
     if fits_kernel(x):
         return mix_rows(x, rec.index, w_row, cut, rec.box, dims)

@@ -37,6 +37,7 @@ def test_normalized_sums_to_one(w):
         ([float("nan"), 1], r"weights\.web: weight must be a finite number"),
         ([float("inf"), 1], r"weights\.web: weight must be a finite number"),
         ([0, 0], r"weights: all weights are 0"),
+        ([1e308, 1e308], r"weights: the weights sum to more than the largest float"),
         ([1], r"weights: expected 2 weights"),
         ([[1, 2]], r"weights: expected a flat list"),
         (["a", 1], r"weights: expected a list of numbers"),
@@ -103,3 +104,12 @@ def test_temperature_errors(tau):
 def test_temperature_size_errors():
     with pytest.raises(ConfigError, match=r"sizes\.b"):
         temperature_weights([1, -2], 0.5, ["a", "b"])
+
+
+def test_huge_weights_never_give_empty_shares():
+    """Weights of 1e308 once overflowed the sum into shares of 0 (an empty stream)."""
+    np.testing.assert_allclose(normalize_weights([1e308, 1e307]), [1 / 1.1, 0.1 / 1.1])
+    with pytest.raises(ConfigError, match="sum to more than the largest float"):
+        normalize_weights([1e308, 1e308, 1])
+    with pytest.raises(ConfigError, match="sum to more than the largest float"):
+        weights_from_mapping({"a": 1.7e308, "b": 1.7e308}, ["a", "b"])

@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from mixbatch.checks import positive_int
 from mixbatch.errors import ConfigError, MixbatchError
 
 # piped output gets a wide console, so tables are not cut to 80 columns
@@ -327,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("prepare", help="tokenise every source into token stores")
     sp.add_argument("config")
-    sp.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    sp.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
     sp.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                     help="prepare only the I-th of N slices of the input; a plain run merges")
     sp.add_argument("--force", action="store_true", help="rebuild even if up to date")
@@ -351,14 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="tokenizer_command", required=True, metavar="ACTION")
     sp = tp.add_parser("train", help="train a byte-level BPE on the configured sources")
     sp.add_argument("config")
-    sp.add_argument("--vocab-size", type=int, required=True)
+    sp.add_argument("--vocab-size", type=positive_int, required=True)
     sp.add_argument("--out", required=True, metavar="PATH")
-    sp.add_argument("--max-docs", type=int, default=None, help="train on at most N documents")
+    sp.add_argument("--max-docs", type=positive_int, default=None, help="train on at most N documents")
     sp.set_defaults(func=cmd_tokenizer_train)
 
     sp = sub.add_parser("stream", help="run the loader without a model and report the mixture")
     sp.add_argument("config")
-    sp.add_argument("--steps", type=int, required=True)
+    sp.add_argument("--steps", type=positive_int, required=True)
     sp.add_argument("--rank", type=int, default=None)
     sp.add_argument("--world-size", type=int, default=None)
     sp.add_argument("--state-in", metavar="F", help="resume from a saved state")
@@ -379,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="the main job end to end on the built-in corpus: prepare, "
                         "inspect, stream a two-stage schedule, a small mixture search")
     sp.add_argument("--workdir", default="demo-out")
-    sp.add_argument("--max-bytes", type=int, default=4 << 20, help="text per domain")
-    sp.add_argument("--workers", type=int, default=None)
+    sp.add_argument("--max-bytes", type=positive_int, default=4 << 20, help="text per domain")
+    sp.add_argument("--workers", type=positive_int, default=None)
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_demo)
     return p

@@ -2,9 +2,10 @@
 
 A weight vector has one entry per source, in the order of the source list. Entries are finite
 and non-negative, and at least one is positive. A zero weight is allowed: that source is never
-chosen. Normalisation divides by the sum over the *available* sources, so that marking a source
-as exhausted (``on_exhausted: renormalize``) spreads its share over the others in proportion to
-their weights.
+chosen. The sum must be finite too (``1e308`` twice overflows it), since every share is a
+division by it. Normalisation divides by the sum over the *available* sources, so that marking a
+source as exhausted (``on_exhausted: renormalize``) spreads its share over the others in
+proportion to their weights.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ def validate_weights(
         raise ConfigError(f"{_label(field, names, i)}: weight must be >= 0, got {arr[i]}")
     if not allow_all_zero and not (arr > 0).any():
         raise ConfigError(f"{field}: all weights are 0; give at least one source a positive weight")
+    with np.errstate(over="ignore"):
+        total = arr.sum()
+    if not np.isfinite(total):
+        # every consumer divides by the sum: an infinite one would turn every share into 0
+        raise ConfigError(f"{field}: the weights sum to more than the largest float "
+                          f"(largest {arr.max():g}); give relative weights such as 0.7 and 0.3")
     return arr
 
 

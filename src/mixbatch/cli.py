@@ -7,6 +7,7 @@ A :class:`~mixbatch.errors.MixbatchError` is printed as one line, never as a tra
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -141,84 +142,19 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # stream
 # ---------------------------------------------------------------------------------------------
-def run_stream(cfg, steps: int, rank: int | None, world_size: int | None, state_in: str | None,
-               state_out: str | None, emit: str | None, progress: bool) -> dict:
-    """Run the loader without a model; return the summary that ``stream`` prints."""
-    from mixbatch.audit import AuditWriter
-    from mixbatch.audit.log import log_header
-    from mixbatch.loader.loader import MixedLoader, load_state, save_state
-    from mixbatch.progress import RateProgress
-
-    loader = MixedLoader(cfg, rank=rank, world_size=world_size)
-    if state_in:
-        loader.load_state_dict(load_state(state_in))
-    first = loader.step
-    writer = (AuditWriter(emit, loader.names, append=bool(state_in), header=log_header(loader))
-              if emit else None)
-    t0 = time.perf_counter()
-    fed = 0
-    done = 0
-    try:
-        with RateProgress("streaming", total=steps, enabled=progress) as bar:
-            for step in loader.steps(steps):
-                batch = loader.batch_of(step)
-                n_real = int((batch["source_ids"] >= 0).sum())
-                fed += n_real
-                if writer is not None:
-                    writer.write_step(step, loader.rank)
-                bar.add(len(step.rows), n_real)
-                bar.advance()
-                done += 1
-    finally:
-        if writer is not None:
-            writer.close()
-    seconds = time.perf_counter() - t0
-    if state_out:
-        save_state(loader.state_dict(), state_out)
-    summary = stream_summary(loader, first, done, fed, seconds)
-    if writer is not None:
-        writer.write_summary(summary)
-    return summary
-
-
-def stream_summary(loader, first: int, done: int, fed: int, seconds: float) -> dict:
-    import numpy as np
-
-    planner = loader.feed.planner
-    counts = planner.counts.astype(float)
-    target = planner.target
-    docs = loader.fed_docs.astype(float)
-    toks = loader.fed_tokens.astype(float)
-    sources = {}
-    for i, name in enumerate(loader.names):
-        sources[name] = {
-            "target": float(target[i] / target.sum()) if target.sum() else 0.0,
-            "realised": float(counts[i] / counts.sum()) if counts.sum() else 0.0,
-            "samples_share": float(docs[i] / docs.sum()) if docs.sum() else 0.0,
-            "tokens_share": float(toks[i] / toks.sum()) if toks.sum() else 0.0,
-            "documents": int(docs[i]), "tokens": int(toks[i]),
-            "epochs": float(loader.feed.consumed[i] / max(loader.feed.orders[i].n_docs, 1)),
-        }
-    return {
-        "unit": loader.cfg.mixture.unit.value, "steps": done, "first_step": first,
-        "rank": loader.rank, "world_size": loader.world_size, "sources": sources,
-        "max_prefix_deviation": loader.feed.max_deviation,
-        "max_document_length": int(max(int(np.max(s.lengths)) for s in loader.stores)),
-        # the planner's unit in token mode: a piece of at most piece_len tokens of a document
-        "max_unit_length": min(int(max(int(np.max(s.lengths)) for s in loader.stores)),
-                               loader.feed.piece_len or 1 << 62),
-        **loader.stats.summary(), "tokens_fed_this_rank": fed,
-        "seconds": seconds, "tokens_per_second": fed / seconds if seconds else 0.0,
-        "ended": loader.feed.ended,
-    }
-
-
 def cmd_stream(args: argparse.Namespace) -> int:
+    from mixbatch.audit.stream import run_stream
     from mixbatch.config import load_config
 
     cfg = load_config(args.config)
     summary = run_stream(cfg, args.steps, args.rank, args.world_size, args.state_in,
-                         args.state_out, args.emit, args.progress)
+                         args.state_out, args.emit, args.progress, args.save_every)
+    cut = summary.get("log_cut")
+    if cut:
+        err.print(f"{args.emit}: cut back to step {summary['first_step']} of the state: "
+                  f"{cut['records']} record(s) written after it"
+                  + (f", a torn last line of {cut['torn_bytes']} bytes" if cut["torn_bytes"]
+                     else ""), markup=False, soft_wrap=True)
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=1) + "\n")
         return 0
@@ -262,6 +198,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import yaml
 
     from mixbatch.audit import summary_path
+    from mixbatch.audit.stream import run_stream
     from mixbatch.config import load_config
     from mixbatch.demo import DEMO_STAGE_STEPS, build_corpus, demo_config
     from mixbatch.prepare import prepare
@@ -363,7 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rank", type=int, default=None)
     sp.add_argument("--world-size", type=int, default=None)
     sp.add_argument("--state-in", metavar="F", help="resume from a saved state")
-    sp.add_argument("--state-out", metavar="F", help="save the state at the end")
+    sp.add_argument("--state-out", metavar="F", help="save the state at the end (atomically)")
+    sp.add_argument("--save-every", type=positive_int, default=None, metavar="N",
+                    help="also save the state every N steps; resume with --state-in F: the "
+                    "--emit log is cut back to the state's step")
     sp.add_argument("--emit", metavar="F.jsonl", help="write the audit log (one line per row)")
     sp.add_argument("--progress", action="store_true")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -396,11 +336,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MixbatchError as e:
         err.print(f"mixbatch: error: {e}", markup=False, soft_wrap=True)
         return e.exit_code
+    except BrokenPipeError:
+        return 0
+    except OSError as e:  # disk full, no permission, ...: one line naming the path
+        err.print(f"mixbatch: error: {os_error_line(e)}", markup=False, soft_wrap=True)
+        return 1
     except KeyboardInterrupt:
         err.print("mixbatch: interrupted", markup=False)
         return 130
-    except BrokenPipeError:
-        return 0
+
+
+#: what to do about an OS error, by errno
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free space there or write somewhere else, then run again "
+                  "(finished work is kept)",
+    errno.EDQUOT: "the disk quota is used up: free space or write somewhere else",
+    errno.EACCES: "permission denied: make it writable/readable for this user or choose "
+                  "another path",
+    errno.EPERM: "operation not permitted: check the owner and permissions of the path",
+    errno.EROFS: "the filesystem is read-only: write somewhere else",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "it is a folder, a file was expected: give a file path",
+    errno.ENAMETOOLONG: "a name is too long (at most 255 bytes per name): use a shorter one",
+    errno.EEXIST: "it already exists and is in the way: move it or choose another path",
+    errno.ENOENT: "it does not exist: check the path",
+    errno.EIO: "the device reported an I/O error: check the disk",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error: the path(s), the system's words, and what to do."""
+    where = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    what = e.strerror or str(e)
+    hint = _OS_HINTS.get(e.errno or -1, "")
+    return (f"{where}: " if where else "") + what + (f"; {hint}" if hint else "")
+
+
+def __getattr__(name: str):  # run_stream / stream_summary moved to mixbatch.audit.stream
+    if name in ("run_stream", "stream_summary"):
+        from mixbatch.audit import stream
+
+        return getattr(stream, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _exit() -> None:  # pragma: no cover

@@ -30,7 +30,9 @@ state, so after a resume the summary covers the whole run, not only the resumed 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -106,10 +108,13 @@ def step_record(step: Any, rank: int, d_model: int) -> dict[str, Any]:
 
 
 class AuditWriter:
-    """Appends the rows of each step to a JSONL file (flushed every step).
+    """Appends the rows of each step to a JSONL file.
 
     With ``header`` (see :func:`log_header`) a new or empty file starts with that header line;
-    :meth:`write_step` also writes each step's record.
+    :meth:`write_step` also writes each step's record. Each step goes out in one ``write`` of
+    whole lines and is flushed; :meth:`sync` also ``fsync``-s, which a run does before it saves
+    a state, so that the log on disk always reaches the saved step (a kill can leave more rows
+    than the state, never fewer: :func:`cut_log` cuts them on resume).
     """
 
     def __init__(self, path: str | Path, names: Sequence[str], append: bool = False,
@@ -121,20 +126,24 @@ class AuditWriter:
         self._f: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
         self.d_model = int(header["d_model"]) if header else 4096
         if header is not None and fresh:
-            self._f.write(json.dumps(header, separators=(",", ":")) + "\n")
+            self._put([header])
+
+    def _put(self, records: list[dict[str, Any]]) -> None:
+        self._f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+        self._f.flush()
 
     def write(self, plan: StepPlan, step: int, rank: int) -> None:
-        for rec in rows_of(plan, self.names, step, rank):
-            self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
-        self._f.flush()
+        self._put(rows_of(plan, self.names, step, rank))
 
     def write_step(self, step: Any, rank: int) -> None:
         """The rows of ``rank`` in a loader step, then the step's record."""
-        for rec in rows_of(step.plan.select_rows(step.rows), self.names, step.index, rank):
-            self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
-        self._f.write(json.dumps(step_record(step, rank, self.d_model),
-                                 separators=(",", ":")) + "\n")
+        rows = rows_of(step.plan.select_rows(step.rows), self.names, step.index, rank)
+        self._put([*rows, step_record(step, rank, self.d_model)])
+
+    def sync(self) -> None:
+        """Flush and ``fsync`` the log: what was written survives a crash of the machine."""
         self._f.flush()
+        os.fsync(self._f.fileno())
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """Write (replace) the run's summary next to the log; returns its path."""
@@ -154,14 +163,90 @@ class AuditWriter:
         self.close()
 
 
+@dataclass(frozen=True)
+class LogCut:
+    """What :func:`cut_log` removed: whole records of steps at or after the cut, and the bytes
+    of a torn last line (a kill in the middle of a write)."""
+
+    kept: int
+    records: int
+    torn_bytes: int
+
+    def __str__(self) -> str:
+        parts = [f"{self.records} record(s) of steps after the saved state"] if self.records else []
+        if self.torn_bytes:
+            parts.append(f"a torn last line ({self.torn_bytes} bytes)")
+        return " and ".join(parts) or "nothing"
+
+
+def cut_log(path: str | Path, before_step: int) -> LogCut:
+    """Cut the audit log at ``path`` back to the records of steps ``< before_step`` (the header
+    stays), dropping a torn last line too; in place, by one ``truncate``. A missing file is
+    nothing to cut. A resumed run calls this with its state's step before it appends, so the
+    log and the state agree whatever point a kill interrupted."""
+    path = Path(path)
+    try:
+        f = open(path, "r+b")  # noqa: SIM115
+    except FileNotFoundError:
+        return LogCut(0, 0, 0)
+    except OSError as e:
+        raise DataError(f"{path}: cannot open the audit log to cut it back to step "
+                        f"{before_step} ({e.strerror or e}); check its permissions") from None
+    with f:
+        keep_end = 0
+        kept = records = torn = 0
+        pos = 0
+        for i, line in enumerate(f, 1):
+            start, pos = pos, pos + len(line)
+            if not line.endswith(b"\n"):
+                torn = len(line)  # the last line, cut off by a kill
+                break
+            if records:
+                records += 1  # after the cut point everything goes (steps only grow)
+                continue
+            if not line.strip():
+                keep_end = pos
+                continue
+            try:
+                rec = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise DataError(f"{path}:{i}: not JSON ({e}); cannot resume this log") from None
+            if isinstance(rec, dict) and "audit_log" in rec:
+                keep_end = pos
+                continue
+            step = rec.get("step") if isinstance(rec, dict) else None
+            if isinstance(step, bool) or not isinstance(step, int):
+                raise DataError(f"{path}:{i}: not an audit record (no integer step)")
+            if step >= before_step:
+                records = 1
+                keep_end = start
+                continue
+            kept += 1
+            keep_end = pos
+        if records or torn:
+            f.truncate(keep_end)
+            f.flush()
+            os.fsync(f.fileno())
+    return LogCut(kept, records, torn)
+
+
 ROW_KEYS = frozenset({"step", "rank", "row", "segments", "pad"})
 STEP_KEYS = frozenset({"step", "rank", "weights"})
 
 
-def iter_log(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+@dataclass
+class TornTail:
+    """Counts the torn last lines that :func:`iter_log` dropped (0 or 1 per log read)."""
+
+    lines: int = 0
+    bytes: int = 0
+
+
+def iter_log(path: str | Path, torn: TornTail | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(kind, record)`` for every line of an audit log, ``kind`` one of ``"header"``,
-    ``"row"``, ``"step"``; a bad line raises :class:`DataError` naming it (a cut last line says
-    the log is truncated)."""
+    ``"row"``, ``"step"``; a bad line raises :class:`DataError` naming it. A cut last line (a
+    kill in the middle of a write) says the log is truncated, or, with ``torn``, is dropped and
+    counted there: never read as a record, never glued to another."""
     path = Path(path)
     try:
         f = open(path, encoding="utf-8")  # noqa: SIM115
@@ -174,6 +259,10 @@ def iter_log(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
+                if not line.endswith("\n") and torn is not None:
+                    torn.lines += 1
+                    torn.bytes += len(line.encode("utf-8"))
+                    return
                 if not line.endswith("\n"):
                     raise DataError(f"{path}:{i}: truncated audit log (the last line is cut "
                                     "off; was the run killed while writing?)") from None

@@ -1,0 +1,114 @@
+"""``mixbatch stream``: run the loader without a model, log what it feeds, and summarise it.
+
+A stream resumes the way a training run does. With ``save_every`` the loader's state is saved
+(atomically) every that many steps, after the audit log has been flushed and ``fsync``-ed up to
+that step, so the log on disk never falls behind a saved state. A resumed run cuts the log back
+to the state's step (:func:`mixbatch.audit.log.cut_log`) before it appends: whatever point a
+kill interrupted, the resumed log equals an uninterrupted run's, row for row.
+
+The final state is saved before the summary is written; a failed save (disk full, no
+permission) leaves the previous state file whole, so the work up to its step is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixbatch.atomic import write_text
+from mixbatch.errors import ConfigError
+
+__all__ = ["run_stream", "save_loader_state", "stream_summary"]
+
+
+def save_loader_state(state: dict[str, Any], path: str | Path) -> None:
+    """Write a loader state atomically (fsync, then rename): the old file or the new one."""
+    write_text(path, json.dumps(state, indent=1) + "\n")
+
+
+def run_stream(cfg: Any, steps: int, rank: int | None, world_size: int | None,
+               state_in: str | None, state_out: str | None, emit: str | None, progress: bool,
+               save_every: int | None = None) -> dict[str, Any]:
+    """Run the loader without a model for ``steps`` steps; return the summary that ``stream``
+    prints (with ``log_cut``: what a resume cut from the log, if anything)."""
+    from mixbatch.audit.log import AuditWriter, cut_log, log_header
+    from mixbatch.loader.loader import MixedLoader, load_state
+    from mixbatch.progress import RateProgress
+
+    if save_every is not None and (save_every < 1 or not state_out):
+        raise ConfigError("--save-every: needs --state-out and a number of steps >= 1")
+    loader = MixedLoader(cfg, rank=rank, world_size=world_size)
+    if state_in:
+        loader.load_state_dict(load_state(state_in))
+    first = loader.step
+    cut = cut_log(emit, first) if emit and state_in else None
+    writer = (AuditWriter(emit, loader.names, append=bool(state_in), header=log_header(loader))
+              if emit else None)
+
+    def save() -> None:
+        if writer is not None:
+            writer.sync()  # the log reaches the step first: it may run ahead, never behind
+        save_loader_state(loader.state_dict(), state_out)  # type: ignore[arg-type]
+
+    t0 = time.perf_counter()
+    fed = done = 0
+    try:
+        with RateProgress("streaming", total=steps, enabled=progress) as bar:
+            for step in loader.steps(steps):
+                batch = loader.batch_of(step)
+                n_real = int((batch["source_ids"] >= 0).sum())
+                fed += n_real
+                if writer is not None:
+                    writer.write_step(step, loader.rank)
+                bar.add(len(step.rows), n_real)
+                bar.advance()
+                done += 1
+                if save_every is not None and done % save_every == 0 and done < steps:
+                    save()
+        if state_out:
+            save()
+    finally:
+        if writer is not None:
+            writer.close()
+    seconds = time.perf_counter() - t0
+    summary = stream_summary(loader, first, done, fed, seconds)
+    if writer is not None:
+        writer.write_summary(summary)
+    if cut is not None and (cut.records or cut.torn_bytes):
+        summary["log_cut"] = {"records": cut.records, "torn_bytes": cut.torn_bytes}
+    return summary
+
+
+def stream_summary(loader: Any, first: int, done: int, fed: int, seconds: float) -> dict[str, Any]:
+    """The mixture, padding, truncation and speed of a stream (what ``stream`` reports)."""
+    planner = loader.feed.planner
+    counts = planner.counts.astype(float)
+    target = planner.target
+    docs = loader.fed_docs.astype(float)
+    toks = loader.fed_tokens.astype(float)
+    sources = {}
+    for i, name in enumerate(loader.names):
+        sources[name] = {
+            "target": float(target[i] / target.sum()) if target.sum() else 0.0,
+            "realised": float(counts[i] / counts.sum()) if counts.sum() else 0.0,
+            "samples_share": float(docs[i] / docs.sum()) if docs.sum() else 0.0,
+            "tokens_share": float(toks[i] / toks.sum()) if toks.sum() else 0.0,
+            "documents": int(docs[i]), "tokens": int(toks[i]),
+            "epochs": float(loader.feed.consumed[i] / max(loader.feed.orders[i].n_docs, 1)),
+        }
+    longest = int(max(int(np.max(s.lengths)) for s in loader.stores))
+    return {
+        "unit": loader.cfg.mixture.unit.value, "steps": done, "first_step": first,
+        "rank": loader.rank, "world_size": loader.world_size, "sources": sources,
+        "max_prefix_deviation": loader.feed.max_deviation,
+        "max_document_length": longest,
+        # the planner's unit in token mode: a piece of at most piece_len tokens of a document
+        "max_unit_length": min(longest, loader.feed.piece_len or 1 << 62),
+        **loader.stats.summary(), "tokens_fed_this_rank": fed,
+        "seconds": seconds, "tokens_per_second": fed / seconds if seconds else 0.0,
+        "ended": loader.feed.ended,
+    }

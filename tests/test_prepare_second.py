@@ -73,7 +73,7 @@ def test_jsonl_int_string_and_list_values(tmp_path: Path) -> None:
     assert _texts(store) == ["a", "bb", "ccc", "dddd", "eeeee", "ffffff"]
     meta = json.loads((cfg.store_dir / "s" / "meta.json").read_text())
     assert meta["second_field"] == "target"
-    assert set(meta["checksums"]) == {"tokens", "index", "second_lengths"}
+    assert set(meta["checksums"]) == {"tokens", "index", "second_lengths", "block_sums"}
     size = (cfg.store_dir / "s" / SECOND_LENGTHS).stat().st_size
     assert meta["checksums"]["second_lengths"]["size"] == size
 
@@ -85,7 +85,7 @@ def test_source_without_second_field_has_none(tmp_path: Path) -> None:
     store = open_store(cfg.store_dir / "s")
     assert store.second_lengths is None and not store.has_second and store.second_field is None
     assert not (cfg.store_dir / "s" / SECOND_LENGTHS).exists()
-    assert set(store.meta["checksums"]) == {"tokens", "index"}
+    assert set(store.meta["checksums"]) == {"tokens", "index", "block_sums"}
 
 
 def test_second_field_may_be_the_text_field(tmp_path: Path) -> None:

@@ -60,7 +60,8 @@ def test_metadata_contents(two_sources: Path) -> None:
     assert [Path(f["path"]).name for f in meta["files"]] == ["a.jsonl", "b.jsonl"]
     assert all(len(f["blake2b"]) == 32 for f in meta["files"])
     assert sum(f["tokens"] for f in meta["files"]) == meta["tokens"]
-    assert set(meta["checksums"]) == {"tokens", "index"}
+    assert set(meta["checksums"]) == {"tokens", "index", "block_sums"}
+    assert meta["block_sums"]["count"] == -(-meta["checksums"]["tokens"]["size"] // (1 << 20))
 
 
 def test_store_refuses_mismatched_files(two_sources: Path) -> None:

@@ -69,14 +69,18 @@ class FolderLock:
     """Exclusive lock of a folder for one writer; a context manager.
 
     ``what`` names the folder in messages ("store", "run folder"); ``wait`` is how many seconds
-    to wait for the holder before giving up (0: give up at once).
+    to wait for the holder before giving up (0: give up at once). ``shared`` takes a shared lock
+    instead: any number of shared holders (e.g. ``prepare --shard`` jobs, each writing its own
+    parts) together, but never with an exclusive one.
     """
 
-    def __init__(self, folder: str | Path, what: str = "folder", wait: float = 0.0) -> None:
+    def __init__(self, folder: str | Path, what: str = "folder", wait: float = 0.0,
+                 shared: bool = False) -> None:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self.what = what
         self.wait = float(wait)
+        self.shared = shared
         self._fd: int | None = None
 
     @property
@@ -94,7 +98,7 @@ class FolderLock:
                               f"({e.strerror or e}); check that the folder is writable") from None
         deadline = time.monotonic() + self.wait
         try:
-            while not _try_lock(fd):
+            while not _try_lock(fd, self.shared):
                 if time.monotonic() >= deadline:
                     info = holder_of(self.folder)
                     raise LockedError(
@@ -105,8 +109,9 @@ class FolderLock:
                     "command": " ".join(os.path.basename(a) if i == 0 else a
                                         for i, a in enumerate(sys.argv)),
                     "since": time.time()}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+            if not self.shared:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         except BaseException:
             os.close(fd)
             raise
@@ -117,8 +122,9 @@ class FolderLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)  # no stale name left for the next reader
+        if not self.shared:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # no stale name left for the next reader
         os.close(fd)  # closing drops the flock
 
     def __enter__(self) -> FolderLock:
@@ -129,13 +135,13 @@ class FolderLock:
         self.release()
 
 
-def _try_lock(fd: int) -> bool:
+def _try_lock(fd: int, shared: bool = False) -> bool:
     try:
         import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: filelock's Windows lock instead
+    except ImportError:  # pragma: no cover - not POSIX
         return _try_lock_windows(fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     except OSError as e:  # pragma: no cover - a filesystem without locks (some NFS setups)

@@ -50,6 +50,7 @@ from mixbatch.io import (
     plan_units,
 )
 from mixbatch.io.fs import RemotePath, apply_storage_env, is_url, storage_env
+from mixbatch.lock import FolderLock, exit_with_parent, remove_leftovers
 from mixbatch.prepare_remote import input_identity, publish, remote_up_to_date, staging_root
 from mixbatch.progress import RateProgress
 from mixbatch.store import (
@@ -63,9 +64,10 @@ from mixbatch.store import (
     file_digest,
     flat_token_spans,
     open_flat_tokens,
-    quick_digest,
+    open_store,
     read_megatron_index,
 )
+from mixbatch.store_blocks import BLOCK_BYTES, BLOCKS, block_digests, default_hash
 from mixbatch.tokenizer import Tokenizer, load_tokenizer, token_dtype
 
 PARTS = ".parts"
@@ -127,6 +129,7 @@ _PROGRESS: Any = None  # a multiprocessing queue in worker processes, or a calla
 
 def _init_worker(progress_queue: Any, env: dict[str, str] | None = None) -> None:
     global _PROGRESS
+    exit_with_parent()  # a kill -9 of prepare ends its workers too
     _PROGRESS = progress_queue
     if env is not None:  # the parent's object-storage variables now, not the forkserver's
         apply_storage_env(env)
@@ -216,10 +219,15 @@ def _split(value: str):
 # ---------------------------------------------------------------------------------------------
 # planning
 # ---------------------------------------------------------------------------------------------
-def source_paths(name: str, src: SourceConfig, cfg: Config) -> list[Path]:
-    """The input files of a text source; a pattern that matches nothing names the field."""
+def source_paths(name: str, src: SourceConfig, cfg: Config,
+                 skips: SkipCounter | None = None) -> list[Path]:
+    """The input files of a text source; a pattern that matches nothing names the field.
+    Symbolic links out of the source's folder are skipped (counted in ``skips``) unless the
+    source sets ``follow_symlinks: true``."""
     try:
-        return expand_paths(src.patterns, cfg.base_dir, src.format)
+        return expand_paths(src.patterns, cfg.base_dir, src.format,
+                            follow_symlinks=bool(getattr(src, "follow_symlinks", False)),
+                            skips=skips)
     except ConfigError as e:
         raise ConfigError(f"sources.{name}.path: {e}") from None
 
@@ -248,10 +256,12 @@ def _fingerprint(src: SourceConfig, fmt: Format, tok: Tokenizer, dtype: np.dtype
     return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
-def _unit_key(unit: ReadUnit, fingerprint: str, size: int, mtime_ns: int, etag: str = "") -> str:
+def _unit_key(unit: ReadUnit, fingerprint: str, size: int, mtime_ns: int, etag: str = "",
+              ctime_ns: int = 0) -> str:
     blob = f"{unit.path}\0{unit.start}\0{unit.end}\0{size}\0{mtime_ns}\0{fingerprint}"
-    blob = (blob + (f"\0{etag}" if etag else "")).encode()  # etag: remote inputs only
-    return hashlib.blake2b(blob, digest_size=10).hexdigest()
+    blob += f"\0{etag}" if etag else ""  # etag: remote inputs only
+    blob += f"\0c{ctime_ns}" if ctime_ns else ""  # a restored mtime does not restore the ctime
+    return hashlib.blake2b(blob.encode(), digest_size=10).hexdigest()
 
 
 def _file_states(paths: list[Path]) -> list[dict[str, Any]]:
@@ -261,13 +271,19 @@ def _file_states(paths: list[Path]) -> list[dict[str, Any]]:
         out.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
         if isinstance(p, RemotePath):  # an object's version tag identifies its bytes
             out[-1]["etag"] = st.etag
+        else:  # the change time: set by the kernel on every write, never by utime()
+            out[-1]["ctime_ns"] = st.st_ctime_ns
     return out
 
 
 def _up_to_date(folder: Path, fingerprint: str, files: list[dict[str, Any]]) -> bool:
-    """True when the store was built from these very files with these settings.
+    """True when the store was built from these very files with these settings, and its files
+    pass verification (every field checked, every block of ``tokens.bin`` hashed).
 
-    A file whose size matches but whose mtime moved (touched, copied) is compared by checksum.
+    What is trusted: an input whose size, mtime and ctime are those recorded is taken as
+    unchanged. A same-size edit whose mtime was set back still moves the ctime (the kernel sets
+    it on every write; no call sets it back), so such a file, or one touched or copied, is
+    compared by its content checksum.
     """
     meta_path = folder / META
     if not meta_path.is_file():
@@ -286,19 +302,16 @@ def _up_to_date(folder: Path, fingerprint: str, files: list[dict[str, Any]]) -> 
             return False
         if "etag" in now:  # a remote input: size and ETag say it all
             continue
-        if was["mtime_ns"] != now["mtime_ns"] and file_digest(Path(now["path"])) != was["blake2b"]:
+        moved = was["mtime_ns"] != now["mtime_ns"] or was.get("ctime_ns") != now["ctime_ns"]
+        if moved and file_digest(Path(now["path"])) != was["blake2b"]:
             return False
-    try:  # the data files must still match the metadata
-        checksums = meta["checksums"]
-        files_of = [(TOKENS, "tokens"), (OFFSETS, "index")]
-        if meta.get("second_field") is not None:
-            files_of.append((SECOND_LENGTHS, "second_lengths"))
-        for fname, key in files_of:
-            want = checksums[key]
-            p = folder / fname
-            if p.stat().st_size != want["size"] or quick_digest(p) != want["quick"]:
-                return False
-    except (OSError, KeyError):
+    if meta.get("block_sums") is None:  # built before block checksums: rebuilt once
+        return False
+    try:  # the data files must still match the metadata, block by block
+        store = open_store(folder)
+        if store.verifier is not None:
+            store.verifier.verify_all()
+    except (StoreError, OSError):
         return False
     return True
 
@@ -308,12 +321,13 @@ def _up_to_date(folder: Path, fingerprint: str, files: list[dict[str, Any]]) -> 
 # ---------------------------------------------------------------------------------------------
 def _merge(name: str, folder: Path, jobs: list[_Job], files: list[dict[str, Any]],
            fingerprint: str, tok: Tokenizer, dtype: np.dtype, src: SourceConfig,
-           fmt: Format) -> SourceReport:
+           fmt: Format, file_skips: SkipCounter | None = None) -> SourceReport:
     part_dir = folder / PARTS
     summaries = [json.loads((part_dir / f"{j.key}.json").read_text()) for j in jobs]
     report = SourceReport(name, files=len(files), units_done=len(jobs), units_total=len(jobs))
-    skipped: Counter[str] = Counter()
-    examples: dict[str, list[str]] = {}
+    skipped: Counter[str] = Counter(file_skips.counts if file_skips else {})
+    examples: dict[str, list[str]] = {k: list(v) for k, v in
+                                      (file_skips.examples if file_skips else {}).items()}
     for s in summaries:
         skipped.update(s["skipped"])
         for reason, ex in s["examples"].items():
@@ -327,7 +341,8 @@ def _merge(name: str, folder: Path, jobs: list[_Job], files: list[dict[str, Any]
     report.skipped, report.examples = dict(skipped), examples
     if report.documents == 0:
         detail = f" ({', '.join(f'{k}: {v}' for k, v in skipped.items())} skipped)" if skipped else ""
-        raise DataError(f"sources.{name}: no documents in {len(files)} file(s){detail}")
+        shown = ", ".join(f["path"] for f in files[:3]) + (", ..." if len(files) > 3 else "")
+        raise DataError(f"sources.{name}: no documents in {len(files)} file(s): {shown}{detail}")
 
     # per-input-file checksums: blake2b of the file, or of its chunks' digests when it was split
     per_file: dict[str, list[dict[str, Any]]] = {}
@@ -352,6 +367,7 @@ def _merge(name: str, folder: Path, jobs: list[_Job], files: list[dict[str, Any]
     np.cumsum(all_lengths, out=offsets[1:])
     save_npy(folder / OFFSETS, offsets)
     checksums = {"tokens": describe_file(tokens_path), "index": describe_file(folder / OFFSETS)}
+    block_sums = _write_block_sums(folder, tokens_path, checksums)
     if seconds is not None:
         save_npy(folder / SECOND_LENGTHS, seconds)
         checksums["second_lengths"] = describe_file(folder / SECOND_LENGTHS)
@@ -361,13 +377,24 @@ def _merge(name: str, folder: Path, jobs: list[_Job], files: list[dict[str, Any]
         "dtype": dtype.name, "tokenizer": tok.identity(), "documents": report.documents,
         "tokens": report.tokens, "files": file_meta, "skipped": report.skipped,
         "skipped_examples": examples, "external": None, "second_field": src.second_field,
-        "checksums": checksums,
+        "checksums": checksums, "block_sums": block_sums,
     }
     write_json(folder / META, meta)
     if seconds is None:  # left by an earlier build with a second_field
         (folder / SECOND_LENGTHS).unlink(missing_ok=True)
     shutil.rmtree(part_dir, ignore_errors=True)
     return report
+
+
+def _write_block_sums(folder: Path, tokens_path: Path,
+                      checksums: dict[str, Any]) -> dict[str, Any]:
+    """Write ``block_sums.npy`` for a token file, add its checksum; the ``block_sums`` entry of
+    ``meta.json`` (:mod:`mixbatch.store_blocks`)."""
+    name = default_hash()
+    digests = block_digests(tokens_path, name, BLOCK_BYTES)
+    save_npy(folder / BLOCKS, digests)
+    checksums["block_sums"] = describe_file(folder / BLOCKS)
+    return {"bytes": BLOCK_BYTES, "hash": name, "count": len(digests)}
 
 
 def _part_seconds(part_dir: Path, jobs: list[_Job], lengths: list[np.ndarray]) -> np.ndarray:
@@ -415,6 +442,9 @@ def _prepare_token_data(name: str, src: SourceConfig, cfg: Config, folder: Path,
     else:
         if not path.is_file():
             raise DataError(f"sources.{name}.path: {path} not found")
+        if path.suffix not in (".npy", ".bin"):
+            raise DataError(f"sources.{name}.path: {path}: a flat token array is a .npy or a "
+                            "raw .bin file; rename it")
         arr, header = open_flat_tokens(path, src.dtype)
         dtype, n_tok, bin_path, inputs = arr.dtype, len(arr), path, [path]
         eod = int(src.eod_id)  # validated by the config
@@ -426,6 +456,8 @@ def _prepare_token_data(name: str, src: SourceConfig, cfg: Config, folder: Path,
         raise DataError(f"sources.{name}: no documents in {path}")
     folder.mkdir(parents=True, exist_ok=True)
     save_npy(folder / SPANS, spans)
+    checksums = {"tokens": describe_file(bin_path), "index": describe_file(folder / SPANS)}
+    block_sums = _write_block_sums(folder, bin_path, checksums)
     ident = tok.identity() | {"eod_id": int(eod)}
     meta = {
         "format_version": FORMAT_VERSION, "source": name, "format": src.format.value,
@@ -433,7 +465,7 @@ def _prepare_token_data(name: str, src: SourceConfig, cfg: Config, folder: Path,
         "tokens": int(spans[:, 1].sum()), "skipped": {}, "skipped_examples": {},
         "files": [{"path": str(p), **describe_file(p, full=False)} for p in inputs],
         "external": {"kind": src.format.value, "tokens": str(bin_path), "header_bytes": header},
-        "checksums": {"tokens": describe_file(bin_path), "index": describe_file(folder / SPANS)},
+        "checksums": checksums, "block_sums": block_sums,
     }
     write_json(folder / META, meta)
     return SourceReport(name, files=len(inputs), documents=meta["documents"],
@@ -454,27 +486,53 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
     """
     if backend not in ("local", "ray"):
         raise ConfigError(f"backend: {backend!r} is not one of local, ray")
-    t0 = time.perf_counter()
-    tok = load_tokenizer(cfg.tokenizer, cfg.base_dir, cfg.eod_token)
-    dtype = token_dtype(tok.vocab_size)
+    for name in cfg.sources:
+        check_source_name(name)
     root = cfg.store_dir
     remote = root if isinstance(root, RemotePath) else None
     if remote is not None:  # built in a local staging folder, then published
         root = staging_root(remote)
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root}: the store path is a file, not a folder; set `store:` to a "
+                         "folder (it is created if missing)")
+    # one merging writer per store; shard jobs share it (each writes its own parts)
+    with FolderLock(root, "store", shared=shard is not None):
+        if shard is None:
+            remove_leftovers(root)  # temporary files of a killed prepare
+        return _prepare(cfg, root, remote, workers, shard, force, on_error, progress,
+                        chunk_bytes, backend, ray_address)
+
+
+def check_source_name(name: str) -> None:
+    """A source's name is its store folder's name: refuse one no filesystem can hold."""
+    if "\0" in name or len(name.encode("utf-8", "surrogatepass")) > 255:
+        raise ConfigError(f"sources.{name[:40]!r}{'...' if len(name) > 40 else ''}: a source "
+                          "name is a folder name: no NUL byte, at most 255 bytes")
+
+
+def _prepare(cfg: Config, root: Path, remote: RemotePath | None, workers: int | None,
+             shard: tuple[int, int] | None, force: bool, on_error: OnError | None,
+             progress: bool, chunk_bytes: int, backend: str,
+             ray_address: str | None) -> PrepareReport:
+    t0 = time.perf_counter()
+    tok = load_tokenizer(cfg.tokenizer, cfg.base_dir, cfg.eod_token)
+    dtype = token_dtype(tok.vocab_size)
     reports: dict[str, SourceReport] = {}
-    plans: dict[str, tuple[list[_Job], list[dict[str, Any]], str, Format]] = {}
+    plans: dict[str, tuple[list[_Job], list[dict[str, Any]], str, Format, SkipCounter]] = {}
     pending: list[_Job] = []
     drops = plan_drops(cfg, on_error, chunk_bytes)  # None without `dedup:`
 
     for name, src in cfg.sources.items():
         folder = root / name
         if force and folder.exists():
+            (folder / META).unlink(missing_ok=True)  # the commit point goes first
             shutil.rmtree(folder)
         if src.is_token_data:
             if shard is None:
                 reports[name] = _prepare_token_data(name, src, cfg, folder, tok)
             continue
-        paths = source_paths(name, src, cfg)
+        file_skips = SkipCounter()
+        paths = source_paths(name, src, cfg, file_skips)
         fmt = source_format(name, src, paths)
         files = _file_states(paths)
         fp = _fingerprint(src, fmt, tok, dtype)
@@ -486,6 +544,7 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
                                          there.get("skipped_examples", {}))
             continue
         if _up_to_date(folder, fp, files):
+            shutil.rmtree(folder / PARTS, ignore_errors=True)  # left by a kill after the commit
             meta = json.loads((folder / META).read_text())
             reports[name] = SourceReport(name, "up to date", len(files), meta["documents"],
                                          meta["tokens"], meta["skipped"],
@@ -497,12 +556,15 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
         jobs = []
         for unit in plan_units(paths, fmt, src.split, chunk_bytes):
             st = states[str(unit.path)]
-            key = _unit_key(unit, fp, st["size"], st["mtime_ns"], st.get("etag", ""))
+            key = _unit_key(unit, fp, st["size"], st["mtime_ns"], st.get("etag", ""),
+                            st.get("ctime_ns", 0))
             jobs.append(_Job(name, unit, key, part_dir, src.text_field, src.split.value,
                              (on_error or src.on_error).value, cfg.tokenizer, cfg.base_dir,
                              cfg.eod_token, dtype.name, src.second_field,
                              drops.unit_drops(name, unit) if drops is not None else ()))
-        plans[name] = (jobs, files, fp, fmt)
+        plans[name] = (jobs, files, fp, fmt, file_skips)
+        if shard is None:
+            _remove_stale_parts(part_dir, {j.key for j in jobs})
         pending.extend(j for j in jobs if not (part_dir / f"{j.key}.json").is_file())
 
     if shard is not None:
@@ -517,11 +579,11 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
     else:
         _run_jobs(pending, workers, progress)
 
-    for name, (jobs, files, fp, fmt) in plans.items():
+    for name, (jobs, files, fp, fmt, file_skips) in plans.items():
         done = sum((j.part_dir / f"{j.key}.json").is_file() for j in jobs)
         if shard is None and done == len(jobs):
             reports[name] = _merge(name, root / name, jobs, files, fp, tok, dtype,
-                                   cfg.sources[name], fmt)
+                                   cfg.sources[name], fmt, file_skips)
         else:
             reports[name] = SourceReport(name, "partial", len(files), units_done=done,
                                          units_total=len(jobs))
@@ -537,7 +599,14 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
     return PrepareReport(ordered, time.perf_counter() - t0, len(pending))
 
 
-def _all_jobs(plans: dict[str, tuple[list[_Job], Any, Any, Any]]) -> list[_Job]:
+def _remove_stale_parts(part_dir: Path, keys: set[str]) -> None:
+    """Delete the parts of work units this run does not have (inputs or settings changed)."""
+    for p in part_dir.iterdir():
+        if p.is_file() and p.name.split(".", 1)[0] not in keys and not p.name.startswith("."):
+            p.unlink(missing_ok=True)
+
+
+def _all_jobs(plans: dict[str, tuple[list[_Job], Any, Any, Any, Any]]) -> list[_Job]:
     return [j for jobs, *_ in plans.values() for j in jobs]
 
 

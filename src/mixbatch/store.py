@@ -31,6 +31,8 @@ import numpy as np
 
 from mixbatch.errors import StoreError
 from mixbatch.io.fs import as_path, is_url
+from mixbatch.store_blocks import BLOCKS, BlockVerifier
+from mixbatch.store_meta import check_index, check_meta, external_tokens_path
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -94,7 +96,8 @@ class TokenStore:
 
     def __init__(self, name: str, path: Path, tokens: np.ndarray, starts: np.ndarray,
                  lengths: np.ndarray, meta: dict[str, Any],
-                 second_lengths: np.ndarray | None = None) -> None:
+                 second_lengths: np.ndarray | None = None,
+                 verifier: BlockVerifier | None = None) -> None:
         self.name = name
         self.path = path
         self.tokens = tokens
@@ -102,12 +105,21 @@ class TokenStore:
         self.lengths = lengths
         self.meta = meta
         self.second_lengths = second_lengths
+        #: checks each block of the token file the first time it is read (None: no checksums)
+        self.verifier = verifier
+
+    def _verify(self, starts: Any, lengths: Any) -> None:
+        v = self.verifier
+        if v is not None and not v.done:
+            v.spans(starts, lengths)
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
 
     def __getitem__(self, i: int) -> np.ndarray:
         s = self.starts[i]  # NumPy integers index directly: no int() round trips
+        if self.verifier is not None and not self.verifier.done:
+            self._verify([s], [self.lengths[i]])
         return self.tokens[s: s + self.lengths[i]]
 
     @property
@@ -139,6 +151,7 @@ class TokenStore:
         starts = np.asarray(self.starts[docs])
         if len(docs) == 0:
             return np.empty(0, dtype=self.tokens.dtype), lens
+        self._verify(starts, lens)
         if not isinstance(self.tokens, np.ndarray):  # a remote store: one fetch for all
             lens64 = lens.astype(np.int64)
             total = int(lens64.sum())
@@ -163,6 +176,9 @@ class TokenStore:
         """
         docs = np.asarray(docs, dtype=np.int64)
         if isinstance(self.tokens, np.ndarray):
+            if self.verifier is not None and not self.verifier.done and len(docs):
+                s0 = np.asarray(start, dtype=np.int64)
+                self._verify(np.asarray(self.starts[docs]) + s0, np.asarray(end) - s0)
             return self.tokens, np.asarray(self.starts), docs
         start = np.asarray(start, dtype=np.int64)
         n = np.asarray(end, dtype=np.int64) - start
@@ -225,24 +241,45 @@ def parse_meta(raw: bytes, where: str) -> dict[str, Any]:
         got = meta.get("format_version") if isinstance(meta, dict) else None
         raise StoreError(f"{meta_path}: store format version {got!r}, this mixbatch reads "
                          f"{FORMAT_VERSION}; run `mixbatch prepare CONFIG --force` to rebuild it")
-    return meta
+    return check_meta(meta, meta_path)
 
 
 def _check_file(path: Path, want: dict[str, Any], verify: bool) -> None:
     rebuild = "run `mixbatch prepare CONFIG --force` to rebuild the store"
-    if not path.is_file():
-        raise StoreError(f"{path}: missing, but listed in the store metadata; {rebuild}")
-    size = path.stat().st_size
-    if size != want["size"]:
-        raise StoreError(f"{path}: {size} bytes, the store metadata says {want['size']}; {rebuild}")
-    if quick_digest(path) != want["quick"]:
-        raise StoreError(f"{path}: checksum does not match the store metadata; {rebuild}")
-    if verify and "blake2b" in want and file_digest(path) != want["blake2b"]:
-        raise StoreError(f"{path}: full checksum does not match the store metadata; {rebuild}")
+    try:
+        if not path.is_file():
+            raise StoreError(f"{path}: missing, but listed in the store metadata; {rebuild}")
+        size = path.stat().st_size
+        if size != want["size"]:
+            raise StoreError(f"{path}: {size} bytes, the store metadata says {want['size']}; "
+                             f"{rebuild}")
+        if quick_digest(path) != want["quick"]:
+            raise StoreError(f"{path}: checksum does not match the store metadata; {rebuild}")
+        if verify and "blake2b" in want and file_digest(path) != want["blake2b"]:
+            raise StoreError(f"{path}: full checksum does not match the store metadata; "
+                             f"{rebuild}")
+    except OSError as e:
+        raise StoreError(f"{path}: cannot read this store file ({e.strerror or e}); check its "
+                         "permissions, or rebuild the store") from None
 
 
-def open_store(folder: Path | str, verify: bool = False) -> TokenStore:
+def _load_array(path: Path, mmap: bool = True) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise StoreError(f"{path}: not a readable .npy array ({e}); run `mixbatch prepare "
+                         "CONFIG --force` to rebuild the store") from None
+    return arr.view(np.ndarray) if mmap else arr
+
+
+def open_store(folder: Path | str, verify: bool = False, root: Path | None = None) -> TokenStore:
     """Open a prepared store folder, refusing files that do not match their metadata.
+
+    Every field of ``meta.json`` and the index are checked first
+    (:mod:`mixbatch.store_meta`); ``root``, when given, is the source's configured path, inside
+    which existing token data read in place must lie. With block checksums in the store, each
+    block of the token file is verified the first time it is read (``verify=True``: all of
+    them now, and every file hashed in full).
 
     ``folder`` may be a URL (``s3://bucket/store/web``) or a
     :class:`~mixbatch.io.fs.RemotePath`: the store is then read by byte ranges through a
@@ -254,31 +291,61 @@ def open_store(folder: Path | str, verify: bool = False) -> TokenStore:
         return open_remote_store(as_path(folder), verify)  # type: ignore[arg-type]
     folder = Path(folder)
     meta = read_meta(folder)
+    where = str(folder / META)
     checks: dict[str, dict[str, Any]] = meta["checksums"]
     external = meta.get("external")
     dtype = np.dtype(meta["dtype"])
     if external is None:
         tok_path, idx_path = folder / TOKENS, folder / OFFSETS
     else:
-        tok_path, idx_path = Path(external["tokens"]), folder / SPANS
+        tok_path, idx_path = external_tokens_path(meta, where, root), folder / SPANS
     _check_file(tok_path, checks["tokens"], verify)
     _check_file(idx_path, checks["index"], verify)
     offset = int(external.get("header_bytes", 0)) if external else 0
-    n_tok = (tok_path.stat().st_size - offset) // dtype.itemsize
+    size = tok_path.stat().st_size
+    if offset > size or (size - offset) % dtype.itemsize:
+        raise StoreError(f"{tok_path}: {size} bytes after a header of {offset} do not hold whole "
+                         f"{dtype.name} tokens; run `mixbatch prepare CONFIG --force`")
+    n_tok = (size - offset) // dtype.itemsize
+    if external is None and n_tok != meta["tokens"]:
+        raise StoreError(f"{tok_path}: {n_tok} tokens, the store metadata says "
+                         f"{meta['tokens']}; run `mixbatch prepare CONFIG --force`")
     # a plain ndarray over the mapping: np.memmap's Python-level __getitem__ costs ~2x per read
-    tokens = (np.memmap(tok_path, dtype=dtype, mode="r", offset=offset, shape=(n_tok,))
-              .view(np.ndarray) if n_tok else np.empty(0, dtype=dtype))
-    # a plain ndarray over the mapping (as for the tokens): np.memmap's item access is slower
-    index = np.load(idx_path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
+    try:
+        tokens = (np.memmap(tok_path, dtype=dtype, mode="r", offset=offset, shape=(n_tok,))
+                  .view(np.ndarray) if n_tok else np.empty(0, dtype=dtype))
+    except OSError as e:
+        raise StoreError(f"{tok_path}: cannot map the token file ({e.strerror or e})") from None
+    index = _load_array(idx_path)
+    check_index(index, external is not None, n_tok, meta["documents"], str(idx_path))
     if external is None:
         starts, lengths = index[:-1], np.diff(index)
     else:
         starts, lengths = index[:, 0], index[:, 1]
-    if len(lengths) != meta["documents"]:
-        raise StoreError(f"{idx_path}: {len(lengths)} documents, metadata says "
-                         f"{meta['documents']}; run `mixbatch prepare CONFIG --force`")
     second = _open_second_lengths(folder, meta, verify)
-    return TokenStore(meta["source"], folder, tokens, starts, lengths, meta, second)
+    verifier = _block_verifier(folder, meta, tok_path, tokens, offset, verify)
+    return TokenStore(meta["source"], folder, tokens, starts, lengths, meta, second, verifier)
+
+
+def _block_verifier(folder: Path, meta: dict[str, Any], tok_path: Path, tokens: np.ndarray,
+                    header: int, verify: bool) -> BlockVerifier | None:
+    """The verifier of the token file's blocks, or ``None`` for a store without block sums."""
+    sums = meta.get("block_sums")
+    if sums is None:
+        return None
+    path = folder / BLOCKS
+    _check_file(path, meta["checksums"]["block_sums"], verify)
+    digests = _load_array(path, mmap=False)
+    if digests.dtype != np.uint64 or digests.ndim != 1 or len(digests) != sums["count"]:
+        raise StoreError(f"{path}: expected {sums['count']} uint64 block checksums, got "
+                         f"{digests.dtype} {digests.shape}; run `mixbatch prepare CONFIG --force`")
+    raw = (np.memmap(tok_path, dtype=np.uint8, mode="r").view(np.ndarray)
+           if tok_path.stat().st_size else np.empty(0, np.uint8))
+    v = BlockVerifier(tok_path, raw, tokens, header, digests, int(sums["bytes"]),
+                      sums["hash"], int(meta["tokenizer"]["vocab_size"]))
+    if verify:
+        v.verify_all()
+    return v
 
 
 def _open_second_lengths(folder: Path, meta: dict[str, Any], verify: bool) -> np.ndarray | None:
@@ -292,17 +359,16 @@ def _open_second_lengths(folder: Path, meta: dict[str, Any], verify: bool) -> np
                              f"{SECOND_LENGTHS} checksum; {rebuild}")
         return None
     _check_file(path, want, verify)
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise StoreError(f"{path}: not a readable .npy array ({e}); {rebuild}") from None
+    arr = _load_array(path)
     if arr.ndim != 1 or arr.dtype != np.int64:
         raise StoreError(f"{path}: expected a 1-D int64 array, got shape {arr.shape} dtype "
                          f"{arr.dtype}; {rebuild}")
     if len(arr) != meta["documents"]:
         raise StoreError(f"{path}: {len(arr)} second lengths, metadata says {meta['documents']} "
                          f"documents; {rebuild}")
-    return arr.view(np.ndarray)
+    if len(arr) and int(arr.min()) < 0:
+        raise StoreError(f"{path}: negative second lengths; {rebuild}")
+    return arr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from mixbatch.errors import ConfigError, DataError
 from mixbatch.io.formats import Format, Split
 from mixbatch.io.fs import RemotePath, as_path, expand_url, is_url, open_input
 from mixbatch.io.lines import cannot_read, compression_of, next_line_start, strip_compression_suffix
-from mixbatch.io.skips import one_line
+from mixbatch.io.skips import SkipCounter, one_line
 
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 _GLOB_CHARS = frozenset("*?[")
@@ -44,6 +44,9 @@ def expand_paths(
     patterns: str | os.PathLike[str] | list[str],
     base_dir: Path,
     fmt: Format | None,
+    *,
+    follow_symlinks: bool = False,
+    skips: SkipCounter | None = None,
 ) -> list[Path | RemotePath]:
     """Expand a source's path patterns into an ordered list of absolute file paths.
 
@@ -58,6 +61,12 @@ def expand_paths(
     ``.`` or ``_`` inside folders are skipped. Glob matches are sorted; patterns keep the
     order given; a file named twice is kept at its first place.
 
+    Symbolic links met inside a folder (or matched by a glob) are followed only when their
+    target lies inside that folder (the glob's fixed part), unless ``follow_symlinks``: a link
+    out of it (say to ``/etc``) is skipped as ``symlink_outside_folder``, a link to nothing as
+    ``dangling_symlink``, both counted in ``skips`` with the link's path. A file named directly
+    is read wherever it is.
+
     Raises :class:`ConfigError` naming a pattern that matches no file.
     """
     if isinstance(patterns, str | os.PathLike):
@@ -69,8 +78,9 @@ def expand_paths(
     seen: set[Path | RemotePath] = set()
     result: list[Path | RemotePath] = []
     for pattern in patterns:
+        links = _Links(follow_symlinks, skips if skips is not None else SkipCounter())
         found = (_expand_url(str(pattern), fmt) if is_url(pattern)
-                 else _expand_pattern(str(pattern), base, fmt))
+                 else _expand_pattern(str(pattern), base, fmt, links))
         for path in found:
             if path not in seen:
                 seen.add(path)
@@ -96,12 +106,50 @@ def _expand_url(pattern: str, fmt: Format | None) -> list[RemotePath]:
     return files
 
 
-def _expand_pattern(pattern: str, base: Path, fmt: Format | None) -> list[Path]:
+@dataclass
+class _Links:
+    """How symbolic links are treated while a pattern is expanded, and what was skipped."""
+
+    follow: bool
+    skips: SkipCounter
+
+    def allowed(self, path: Path, root: Path) -> bool:
+        """Whether to read ``path`` (a file or folder met under ``root``): not a link, or a
+        link whose target exists and (unless following all) lies inside ``root``."""
+        if not path.is_symlink():
+            return True
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            self.skips.add("dangling_symlink", 1, f"{path}: a symbolic link to nothing")
+            return False
+        if self.follow:
+            return True
+        inside = root.resolve()
+        if target == inside or inside in target.parents:
+            return True
+        self.skips.add("symlink_outside_folder", 1,
+                       f"{path}: links to {target}, outside {root} (set `follow_symlinks: true` "
+                       "to read it)")
+        return False
+
+
+def _glob_root(full: Path) -> Path:
+    """The folder part of a glob pattern before its first wildcard."""
+    parts = []
+    for part in full.parts:
+        if _GLOB_CHARS.intersection(part):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path("/")
+
+
+def _expand_pattern(pattern: str, base: Path, fmt: Format | None, links: _Links) -> list[Path]:
     full = Path(os.path.normpath(base / os.path.expanduser(pattern)))
     if full.is_file():
         return [full]
     if full.is_dir():
-        files = _expand_folder(full, fmt)
+        files = _expand_folder(full, fmt, links)
         if not files:
             what = f"{fmt.value} files" if fmt is not None else "data files"
             raise ConfigError(one_line(f"path {pattern!r}: folder {full} holds no {what}"))
@@ -109,9 +157,12 @@ def _expand_pattern(pattern: str, base: Path, fmt: Format | None) -> list[Path]:
     if not _GLOB_CHARS.intersection(pattern):
         raise ConfigError(one_line(f"path {pattern!r} does not exist (looked for {full})"))
     files: list[Path] = []
+    root = _glob_root(full)
     for match in sorted((Path(m) for m in glob.glob(str(full), recursive=True)), key=_order):
+        if not links.allowed(match, root):
+            continue
         if match.is_dir():
-            files.extend(_expand_folder(match, fmt))
+            files.extend(_expand_folder(match, fmt, links, root))
         elif match.is_file():
             files.append(match)
     if not files:
@@ -124,8 +175,9 @@ def _order(path: Path) -> tuple[str, ...]:
     return path.parts
 
 
-def _expand_folder(folder: Path, fmt: Format | None) -> list[Path]:
-    files = list(_walk(folder, fmt, set()))
+def _expand_folder(folder: Path, fmt: Format | None, links: _Links,
+                   root: Path | None = None) -> list[Path]:
+    files = list(_walk(folder, fmt, set(), links, folder if root is None else root))
     if fmt is not None:
         return [f for f in files if infer_format(f) is fmt]
     formats: dict[Format, int] = {}
@@ -140,7 +192,8 @@ def _expand_folder(folder: Path, fmt: Format | None) -> list[Path]:
     return files
 
 
-def _walk(folder: Path, fmt: Format | None, visited: set[tuple[int, int]]) -> Iterable[Path]:
+def _walk(folder: Path, fmt: Format | None, visited: set[tuple[int, int]], links: _Links,
+          root: Path) -> Iterable[Path]:
     try:
         stat = folder.stat()
         key = (stat.st_dev, stat.st_ino)
@@ -166,8 +219,10 @@ def _walk(folder: Path, fmt: Format | None, visited: set[tuple[int, int]]) -> It
         if entry.name.startswith(_IGNORED_PREFIXES):
             continue
         path = Path(entry.path)
+        if entry.is_symlink() and not links.allowed(path, root):
+            continue
         if entry.is_dir():
-            yield from _walk(path, fmt, visited)
+            yield from _walk(path, fmt, visited, links, root)
         elif entry.is_file():
             yield path
 

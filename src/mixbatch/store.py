@@ -233,8 +233,8 @@ def parse_meta(raw: bytes, where: str) -> dict[str, Any]:
     """The checked contents of a ``meta.json`` (``where`` names it in errors)."""
     try:
         meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StoreError(f"{where}: unreadable store metadata ({e}); "
+    except ValueError as e:  # bad UTF-8 or JSON, or an integer of thousands of digits
+        raise StoreError(f"{where}: unreadable store metadata ({str(e)[:120]}); "
                          "delete the folder and run `mixbatch prepare CONFIG` to rebuild it") from None
     meta_path = where
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:

@@ -426,7 +426,7 @@ def _prepare_token_data(name: str, src: SourceConfig, cfg: Config, folder: Path,
     paths = [cfg.resolve(p) for p in src.patterns]
     if len(paths) != 1:
         raise DataError(f"sources.{name}.path: token data takes one path, got {len(paths)}")
-    path = paths[0]
+    path = Path(os.path.abspath(paths[0]))  # meta.json keeps absolute paths only
     header = 0
     if src.format == TokenFormat.MEGATRON:
         prefix = path.with_suffix("") if path.suffix in (".bin", ".idx") else path
@@ -634,7 +634,8 @@ def _run_jobs(jobs: list[_Job], workers: int | None, show: bool) -> None:
                 _PROGRESS = None
             return
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["mixbatch.prepare"])  # workers fork with it imported
+        # workers fork with prepare imported; the forkserver dies with this process
+        ctx.set_forkserver_preload(["mixbatch._die_with_parent", "mixbatch.prepare"])
         q = ctx.Queue()
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(q, storage_env())) as pool:

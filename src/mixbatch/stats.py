@@ -9,6 +9,7 @@ import numpy as np
 
 from mixbatch.config import Config
 from mixbatch.store import TokenStore, open_store
+from mixbatch.store_meta import token_data_root
 
 PERCENTILES = (50, 90, 99)
 
@@ -49,7 +50,9 @@ def store_stats(store: TokenStore) -> dict[str, Any]:
 
 
 def open_stores(cfg: Config, verify: bool = False) -> dict[str, TokenStore]:
-    return {name: open_store(cfg.store_dir / name, verify=verify) for name in cfg.sources}
+    """Every source's store; token data read in place must lie in its configured folder."""
+    return {name: open_store(cfg.store_dir / name, verify=verify,
+                             root=token_data_root(cfg, name)) for name in cfg.sources}
 
 
 def config_stats(cfg: Config, verify: bool = False) -> dict[str, Any]:

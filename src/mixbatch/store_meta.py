@@ -13,6 +13,7 @@ Each problem is one :class:`~mixbatch.errors.StoreError` line naming the file an
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import numpy as np
 
 from mixbatch.errors import StoreError
 
-__all__ = ["TOKEN_DTYPES", "check_index", "check_meta", "external_tokens_path"]
+__all__ = ["TOKEN_DTYPES", "check_index", "check_meta", "external_tokens_path",
+           "token_data_root"]
 
 #: the token dtypes a store can hold (ours: uint16/uint32; Megatron and flat arrays: the rest)
 TOKEN_DTYPES = frozenset({"uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64",
@@ -153,3 +155,12 @@ def check_index(index: np.ndarray, external: bool, n_tok: int, documents: int,
             bad = int(np.flatnonzero(step < 0)[0]) + a
             raise StoreError(f"{where}: offsets decrease at document {bad} ({int(index[bad])} "
                              f"-> {int(index[bad + 1])}); {_REBUILD}")
+
+
+def token_data_root(cfg: Any, name: str) -> Path | None:
+    """The folder that a source's existing token data must lie in (the folder of its configured
+    path), or ``None`` for a source that is tokenised by ``prepare``."""
+    src = cfg.sources[name]
+    if not src.is_token_data or not src.patterns:
+        return None
+    return Path(os.path.abspath(cfg.resolve(src.patterns[0]))).parent

@@ -57,11 +57,13 @@ def test_second_prepare_is_refused_naming_the_first(tmp_path: Path, capsys) -> N
 
 
 def test_two_prepare_processes_race_one_wins(tmp_path: Path) -> None:
-    cfg_path = _config(tmp_path, docs=40_000)
-    args = [sys.executable, "-m", "mixbatch", "prepare", str(cfg_path), "--no-progress",
-            "--workers", "1"]
-    first = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    cfg_path = _config(tmp_path, docs=4000)
+    slow = ("import sys, time; import mixbatch.prepare as p; from mixbatch.config import "
+            "load_config\nrun = p._run_unit\np._run_unit = lambda job: (time.sleep(2), "
+            "run(job))[1]\np.prepare(load_config(sys.argv[1]), workers=1)")
+    first = subprocess.Popen([sys.executable, "-c", slow, str(cfg_path)], env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [sys.executable, "-m", "mixbatch", "prepare", str(cfg_path), "--no-progress"]
     lock = tmp_path / "store" / ".mixbatch.lock"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and first.poll() is None:
@@ -74,7 +76,7 @@ def test_two_prepare_processes_race_one_wins(tmp_path: Path) -> None:
     assert second.returncode == 1 and f"process {first.pid}" in second.stderr, second.stderr
     assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr
     store = open_store(tmp_path / "store" / "s", verify=True)
-    assert len(store) == 40_000
+    assert len(store) == 4000
 
 
 def test_next_run_removes_what_a_dead_run_left(tmp_path: Path) -> None:

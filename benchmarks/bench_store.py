@@ -12,6 +12,13 @@ arrays:
 - sequential documents: ``np.array(store[i])`` for every ``i`` in order;
 - sequential tokens: the whole token array copied out in 1M-token slices (``store.tokens``).
 
+Block verification (``--verify-cost``, on by default): each process verifies every 1 MiB block of
+``tokens.bin`` (hash + vocabulary check) the first time it reads it. Timed side by side: a fresh
+open followed by a first pass over every document in random batches of 64, with and without the
+verifier; ``verify_all`` alone on a fresh open; and the loader (``MixedLoader.batch_of``, concat
+packing, seq_len 1024 x 8 rows) on the same store, whose rate gives the loader's time for one
+pass over the store. The cost is verification time / that loader time (target < 5 %).
+
 The plain readers use ``np.memmap(tokens.bin, uint16)`` (and the same mapping viewed as a plain
 ``ndarray``) with the offsets loaded into an in-memory int64 array; the fastest of them is the
 ceiling. Every reader reads the same document ids.
@@ -64,6 +71,10 @@ def parse_args() -> argparse.Namespace:
                    help="passes over the whole token array per sequential-slices run")
     p.add_argument("--repeat", type=int, default=5, help="runs per measurement")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--loader-steps", type=int, default=300,
+                   help="loader steps timed for the loader's rate (block verification cost)")
+    p.add_argument("--no-verify-cost", dest="verify_cost", action="store_false",
+                   help="skip the block verification measurements")
     return p.parse_args()
 
 
@@ -110,6 +121,7 @@ def build_store(workdir: Path, args: argparse.Namespace) -> Path:
     log(f"store: {report.documents} documents ({n_docs} written), {report.tokens} tokens, "
         f"prepared in {seconds:.1f}s")
     corpus.unlink()
+    args.cfg = cfg
     return workdir / "store" / "synthetic"
 
 
@@ -277,7 +289,75 @@ def bench(args: argparse.Namespace, workdir: Path) -> str:
         "fast as the ceiling). A * marks a measurement where another process kept more than 0.3 of a core "
         "busy just before one of its runs.",
     ]
+    if args.verify_cost:
+        out += ["", *verify_cost(folder, args, n_docs, n_tok)]
     return "\n".join(out)
+
+
+def first_pass(folder: Path, batches: list[np.ndarray], verify: bool) -> int:
+    """A fresh open, then every document once in random batches (the first read of every
+    block), with or without block verification."""
+    from mixbatch.store import open_store
+
+    store = open_store(folder)
+    if not verify:
+        store.verifier = None
+    return gather_store(store, batches)
+
+
+def verify_all_fresh(folder: Path) -> int:
+    from mixbatch.store import open_store
+
+    store = open_store(folder)
+    store.verifier.verify_all()
+    return len(store.verifier.digests)
+
+
+def loader_steps(loader, steps: int) -> int:
+    """Tokens the loader builds in its next ``steps`` steps (``batch_of``, what ``stream``
+    runs); the loader is built outside the timed runs."""
+    n = 0
+    for step in loader.steps(steps):
+        n += int((loader.batch_of(step)["source_ids"] >= 0).sum())
+    return n
+
+
+def verify_cost(folder: Path, args: argparse.Namespace, n_docs: int, n_tok: int) -> list[str]:
+    """Tables of the block verification cost (see the module docstring)."""
+    rng = np.random.default_rng(args.seed + 2)
+    order = rng.permutation(n_docs)
+    batches = [order[i: i + args.batch_docs] for i in range(0, n_docs, args.batch_docs)]
+    from mixbatch.loader.loader import MixedLoader
+
+    loader = MixedLoader(args.cfg)
+    loader_steps(loader, 2)  # compile the kernels outside the timed runs
+    cases = [("first pass, block verification on", lambda: first_pass(folder, batches, True)),
+             ("first pass, block verification off", lambda: first_pass(folder, batches, False)),
+             ("verify_all on a fresh open (every block)", lambda: verify_all_fresh(folder)),
+             (f"loader: {args.loader_steps} steps of batch_of",
+              lambda: loader_steps(loader, args.loader_steps))]
+    timings = [Timing() for _ in cases]
+    counts = [0] * len(cases)
+    for _ in range(args.repeat):
+        for k, (_name, fn) in enumerate(cases):
+            bg = wait_until_quiet(interval=0.2)
+            seconds, counts[k] = timed(fn)
+            timings[k].add({"total": seconds}, bg)
+    best = [t.best["total"] for t in timings]
+    loader_rate = counts[3] / best[3]
+    loader_pass = n_tok / loader_rate
+    rows = [[name, f"{best[k]:.4g} s", timings[k].spread() + (" *" if timings[k].noisy() else "")]
+            for k, (name, _fn) in enumerate(cases)]
+    from mixbatch.store_blocks import default_hash
+
+    return [
+        "## Block verification (first read of every block, per process)", "",
+        table(["operation", "best s", "runs: s"], rows, align="lrl"), "",
+        f"Hash: {default_hash()}. Loader rate {human(loader_rate)} tokens/s, so one pass of the "
+        f"loader over the {n_tok:,} tokens takes {loader_pass:.2f} s. Verification cost: "
+        f"verify_all {best[2] / loader_pass:.2%} of it; the first pass by random batches costs "
+        f"{max(best[0] - best[1], 0.0) / loader_pass:.2%} of it (on - off). Target: < 5 %.",
+    ]
 
 
 def measure_open(folder: Path, repeat: int, verify: bool):

@@ -86,6 +86,10 @@ class BlockVerifier:
         self.block_bytes = block_bytes
         self.vocab_size = vocab_size
         self.hash = fn
+        kind, bits = tokens.dtype.kind, tokens.dtype.itemsize * 8
+        # ids that the dtype cannot hold need no check: uint16 with a vocabulary of 65,536
+        self.check_ids = not (kind == "u" and vocab_size >= 1 << bits)
+        self.signed = kind == "i"
         n = -(-len(raw) // block_bytes) if len(raw) else 0
         if len(digests) != n:
             raise StoreError(f"{path}: {len(digests)} block checksums for {n} blocks of "
@@ -134,9 +138,9 @@ class BlockVerifier:
         size = self.tokens.itemsize
         lo = max(0, (b * B - self.header) // size)
         hi = min(len(self.tokens), -(-((b + 1) * B - self.header) // size))
-        if hi > lo:
+        if hi > lo and self.check_ids:
             part = self.tokens[lo:hi]
-            top, bottom = int(part.max()), int(part.min())
+            top, bottom = int(part.max()), int(part.min()) if self.signed else 0
             if top >= self.vocab_size or bottom < 0:
                 v = top if top >= self.vocab_size else bottom
                 at = lo + int(np.flatnonzero(part == v)[0])

@@ -20,7 +20,7 @@ def _cfg(**batch) -> Config:
 
 
 def _with_limit(cfg: Config, limit: object) -> SimpleNamespace:
-    """The config as it will be once `batch.max_step_bytes` exists."""
+    """The config with `batch.max_step_bytes` set (a size string too, as the env takes)."""
     fields = {**cfg.batch.__dict__, "max_step_bytes": limit}
     return SimpleNamespace(batch=SimpleNamespace(**fields))
 
@@ -31,7 +31,8 @@ def _with_limit(cfg: Config, limit: object) -> SimpleNamespace:
     ({"batch_size": 10**8}, "batch.seq_len × batch.batch_size"),
     ({"seq_len": 4096, "batch_size": 64, "packing": "bfd", "pack_window": 10**7},
      "batch.pack_window"),
-    ({"seq_len": 1024, "packing": "buckets", "token_budget": 8192, "window_tokens": 10**13},
+    ({"seq_len": 1024, "packing": "buckets", "token_budget": 8192, "window_tokens": 10**13,
+      "min_len": 64},
      "batch.window_tokens"),
 ])
 def test_huge_steps_are_refused_with_settings_and_bytes(monkeypatch, batch, settings) -> None:
@@ -54,6 +55,16 @@ def test_default_settings_fit_and_estimate_is_exact(monkeypatch) -> None:
     buckets = step_memory(_cfg(seq_len=64, packing="buckets", token_budget=512).batch)
     assert (buckets.step_positions, buckets.window_positions) == (512, 256 * 512)
     assert default_limit()[0] == physical_memory() // 4
+    for cfg in (_cfg(), _cfg(packing="bfd"), _cfg(seq_len=64, packing="buckets", token_budget=512)):
+        assert step_memory(cfg.batch).step_positions == cfg.batch.step_positions
+
+
+def test_constants_match_the_loader_and_shapers() -> None:
+    from mixbatch.limits import BLOCK_STEPS, WINDOW_BUDGETS
+    from mixbatch.loader.loader import BLOCK_STEPS as loader_block
+    from mixbatch.shape.window import WINDOW_BUDGETS as window_budgets
+
+    assert (loader_block, window_budgets) == (BLOCK_STEPS, WINDOW_BUDGETS)
 
 
 def test_limit_from_environment_and_from_config(monkeypatch) -> None:

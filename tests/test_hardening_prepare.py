@@ -19,7 +19,7 @@ import pytest
 from conftest import write_config, write_jsonl
 from mixbatch import cli
 from mixbatch.config import load_config
-from mixbatch.errors import ConfigError, DataError
+from mixbatch.errors import ConfigError, DataError, StoreError
 from mixbatch.io import expand_paths
 from mixbatch.io.skips import SkipCounter
 from mixbatch.lock import FolderLock, LockedError
@@ -255,6 +255,8 @@ def test_source_names_no_filesystem_holds(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="no NUL byte, at most 255 bytes") as e:
         prepare(cfg, workers=1)
     assert "\n" not in str(e.value) and "\0" not in str(e.value)
+    with pytest.raises(StoreError, match=r"no token store here|not a usable store path"):
+        open_store(cfg.store_dir / name)
 
 
 def test_empty_input_file_is_named(tmp_path: Path) -> None:

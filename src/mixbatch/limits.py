@@ -31,8 +31,9 @@ ENV = "MIXBATCH_MAX_STEP_BYTES"
 TOKEN_BYTES = 4  # the widest token dtype a store holds (uint32)
 FIELD_BYTES = 5 * 8  # input_ids, labels, position_ids, source_ids, doc_ids as int64
 PLAN_BYTES = 8  # one int64 plan entry per planned position, at most
+# kept here so that config validation imports nothing heavy; a test checks they match
 BLOCK_STEPS = 64  # steps planned at once by concat (mixbatch.loader.loader.BLOCK_STEPS)
-WINDOW_BUDGETS = 256  # default buckets window, in token budgets (mixbatch.shape.buckets)
+WINDOW_BUDGETS = 256  # default window, in token budgets (mixbatch.shape.window.WINDOW_BUDGETS)
 _FALLBACK_MEMORY = 8 << 30  # when the machine does not say how much memory it has
 
 
@@ -61,14 +62,13 @@ class StepMemory:
 def step_memory(batch: Any) -> StepMemory:
     """Positions of a step and of its window for a ``batch`` config section."""
     packing = str(getattr(batch.packing, "value", batch.packing))
-    seq_len, rows = int(batch.seq_len), int(batch.batch_size)
+    seq_len = int(batch.seq_len)
     if packing in ("buckets", "pad_buckets"):
-        budget = batch.token_budget
-        step = int(budget) if budget is not None else seq_len * rows
-        window = batch.window_tokens
+        step = int(batch.token_budget)
+        window = getattr(batch, "window_tokens", None)
         window = int(window) if window is not None else WINDOW_BUDGETS * step
         return StepMemory(step, window, "batch.token_budget / batch.window_tokens")
-    step = seq_len * rows
+    step = seq_len * int(batch.batch_size)
     if packing == "bfd":
         return StepMemory(step, int(batch.pack_window) * seq_len,
                           "batch.seq_len × batch.batch_size (× batch.pack_window)")

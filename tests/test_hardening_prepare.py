@@ -296,3 +296,21 @@ def test_symlinks_out_of_the_folder_are_skipped_and_counted(tmp_path: Path) -> N
 
 def test_locked_error_is_a_mixbatch_error() -> None:
     assert issubclass(LockedError, cli.MixbatchError) and LockedError.exit_code == 1
+
+
+def test_force_on_a_read_only_store_keeps_it_whole(tmp_path: Path, capsys, monkeypatch) -> None:
+    cfg_path = _config(tmp_path)
+    assert _main(capsys, "prepare", str(cfg_path), "--no-progress")[0] == 0
+    real = Path.unlink
+
+    def read_only(self, missing_ok=False):
+        if self.name == "meta.json":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    rc, err = _main(capsys, "prepare", str(cfg_path), "--no-progress", "--force")
+    assert rc == 1 and "meta.json: Permission denied; permission denied" in err
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.undo()
+    assert len(open_store(tmp_path / "store" / "s", verify=True)) == 200

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -214,10 +216,17 @@ def test_verification_happens_once_per_block(store: Path) -> None:
     s = open_store(store)
     v = s.verifier
     assert v is not None and not v.done
-    s.gather(np.arange(len(s)))
-    assert v.done and v.hashed == len(v.digests)
+    threads = [threading.Thread(target=s.gather, args=(np.arange(len(s)),)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert v.done and v.hashed == len(v.digests) and v.left == 0
     s.gather(np.arange(len(s)))
     assert v.hashed == len(v.digests)
+    copy = pickle.loads(pickle.dumps(open_store(store).verifier))  # crosses processes
+    copy.verify_all()
+    assert copy.done
 
 
 def test_same_size_edit_with_mtime_restored_is_rebuilt(tmp_path: Path) -> None:

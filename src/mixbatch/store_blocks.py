@@ -13,6 +13,7 @@ does before it calls a store up to date, so a rerun rebuilds a corrupt store.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,6 +99,16 @@ class BlockVerifier:
         self.left = n  # blocks not verified yet
         self.done = n == 0
         self.hashed = 0  # blocks hashed by this process
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        del state["_lock"]  # a lock does not cross processes; each process gets its own
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def spans(self, starts: np.ndarray, lengths: np.ndarray) -> None:
         """Verify every block that tokens ``[start, start + length)`` of each span touch."""
@@ -124,9 +135,14 @@ class BlockVerifier:
             self.block(b)
 
     def block(self, b: int) -> None:
-        """Verify block ``b`` (hash, then token ids) and mark it."""
+        """Verify block ``b`` (hash, then token ids) and mark it (once, whatever the threads)."""
         if self.ok[b]:
             return
+        with self._lock:
+            if not self.ok[b]:
+                self._verify(b)
+
+    def _verify(self, b: int) -> None:
         B = self.block_bytes
         if self.hash is not None:
             got = self.hash(memoryview(self.raw[b * B: (b + 1) * B]))

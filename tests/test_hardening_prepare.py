@@ -314,3 +314,31 @@ def test_force_on_a_read_only_store_keeps_it_whole(tmp_path: Path, capsys, monke
     assert len(err.strip().splitlines()) == 1
     monkeypatch.undo()
     assert len(open_store(tmp_path / "store" / "s", verify=True)) == 200
+
+
+def test_disk_full_while_emitting_then_resume(tmp_path: Path, capsys, monkeypatch) -> None:
+    from mixbatch.audit.log import AuditWriter
+
+    cfg_path = _config(tmp_path)
+    assert _main(capsys, "prepare", str(cfg_path), "--no-progress")[0] == 0
+    state, log = tmp_path / "state.json", tmp_path / "a.jsonl"
+    base = ["stream", str(cfg_path), "--state-out", str(state), "--emit", str(log),
+            "--save-every", "2"]
+    real, calls = AuditWriter._put, {"n": 0}
+
+    def full(self, records):
+        calls["n"] += 1
+        if calls["n"] == 6:  # the header, then steps 0-3 fit; step 4 does not
+            self._f.write('{"step": 4, "ra')  # what the disk took before it filled up
+            self._f.flush()
+            _enospc()
+        real(self, records)
+
+    monkeypatch.setattr(AuditWriter, "_put", full)
+    rc, err = _main(capsys, *base, "--steps", "10")
+    assert rc == 1 and "the disk is full" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.undo()
+    assert json.loads(state.read_text())["step"] == 4
+    assert _main(capsys, *base, "--steps", "6", "--state-in", str(state))[0] == 0
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [r["step"] for r in rows if "row" in r] == [s for s in range(10) for _ in range(4)]

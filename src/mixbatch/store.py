@@ -219,7 +219,11 @@ def store_dir(root: Path, source: str) -> Path:
 
 def read_meta(folder: Path) -> dict[str, Any]:
     meta_path = folder / META
-    if not meta_path.is_file():
+    try:
+        there = meta_path.is_file()
+    except (OSError, ValueError) as e:  # a name too long, or with a NUL byte
+        raise StoreError(f"{str(folder)[:200]!r}: not a usable store path ({e})") from None
+    if not there:
         raise StoreError(f"{folder}: no token store here (no {META}); run `mixbatch prepare CONFIG`")
     try:
         raw = meta_path.read_bytes()

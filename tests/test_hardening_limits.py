@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mixbatch.config import Config
+from mixbatch.config import Config, config_from_dict
 from mixbatch.errors import ConfigError
 from mixbatch.limits import ENV, check_step_memory, default_limit, physical_memory, step_memory
 
@@ -37,9 +37,8 @@ def _with_limit(cfg: Config, limit: object) -> SimpleNamespace:
 ])
 def test_huge_steps_are_refused_with_settings_and_bytes(monkeypatch, batch, settings) -> None:
     monkeypatch.delenv(ENV, raising=False)
-    cfg = _cfg(**batch)
-    with pytest.raises(ConfigError) as e:
-        check_step_memory(cfg)
+    with pytest.raises(ConfigError) as e:  # refused while the config is validated
+        config_from_dict({"sources": {"web": {"path": "x.jsonl"}}, "batch": batch})
     msg = str(e.value)
     assert settings in msg and "one step needs" in msg and "a quarter of physical memory" in msg
     assert "\n" not in msg

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import write_config
-from mixbatch.cli import stream_summary
+from mixbatch.audit.stream import stream_summary
 from mixbatch.config import load_config
 from mixbatch.errors import ConfigError
 from mixbatch.loader.loader import MixedLoader

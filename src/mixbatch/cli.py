@@ -372,14 +372,6 @@ def os_error_line(e: OSError) -> str:
     return (f"{where}: " if where else "") + what + (f"; {hint}" if hint else "")
 
 
-def __getattr__(name: str):  # run_stream / stream_summary moved to mixbatch.audit.stream
-    if name in ("run_stream", "stream_summary"):
-        from mixbatch.audit import stream
-
-        return getattr(stream, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _exit() -> None:  # pragma: no cover
     sys.exit(main())
 

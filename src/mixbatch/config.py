@@ -73,6 +73,8 @@ class SourceConfig(_Strict):
     split: Split = Split.FILE
     on_error: OnError = OnError.FAIL
     max_epochs: float | None = Field(default=None, gt=0)
+    # follow symbolic links that lead out of the source's folder (default: skip them, counted)
+    follow_symlinks: bool = False
     # only for `format: tokens` (flat .npy/.bin token arrays split at an end-of-document token)
     dtype: Literal["uint16", "uint32", "int32", "int64"] | None = None
     eod_id: int | None = Field(default=None, ge=0)
@@ -149,7 +151,22 @@ class _BatchCommon(_Strict):
     d_model: int = Field(default=4096, ge=1)
     # refuse a configuration whose one step would need more bytes than this (default: from
     # $MIXBATCH_MAX_STEP_BYTES, else a share of this machine's memory; see mixbatch.limits)
-    max_step_bytes: int | None = Field(default=None, ge=1)
+    max_step_bytes: int | str | None = None
+
+    @field_validator("max_step_bytes")
+    @classmethod
+    def _step_bytes(cls, v: int | str | None) -> int | None:
+        if v is None:
+            return None
+        from mixbatch.io.cache import parse_size
+
+        try:
+            n = parse_size(v, "size")
+        except ConfigError:
+            raise ValueError("expected a size such as 8GiB or 512MB") from None
+        if n < 1:
+            raise ValueError("must be at least 1 byte")
+        return n
 
     @property
     def variable_rows(self) -> bool:
@@ -350,8 +367,11 @@ class Config(_Strict):
         if not v:
             raise ValueError("declare at least one source")
         for name in v:
-            if not name or "/" in name or name.startswith("."):
+            if not name or "/" in name or "\0" in name or name.startswith("."):
                 raise ValueError(f"source name {name!r} must be a plain folder name")
+            if len(name.encode("utf-8")) > 255:
+                raise ValueError(f"source name {name[:40]!r}... is {len(name.encode())} bytes "
+                                 "long; a folder name holds at most 255")
         return v
 
     @model_validator(mode="after")
@@ -361,6 +381,13 @@ class Config(_Strict):
             from mixbatch.mixture.policies.spec import parse_policy
 
             parse_policy(dict(self.mixture.policy), list(self.sources))
+        return self
+
+    @model_validator(mode="after")
+    def _step_fits(self) -> Config:
+        from mixbatch.limits import check_step_memory
+
+        check_step_memory(self)  # one step's bytes against the limit, before anything exists
         return self
 
     @model_validator(mode="after")

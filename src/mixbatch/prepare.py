@@ -226,7 +226,7 @@ def source_paths(name: str, src: SourceConfig, cfg: Config,
     source sets ``follow_symlinks: true``."""
     try:
         return expand_paths(src.patterns, cfg.base_dir, src.format,
-                            follow_symlinks=bool(getattr(src, "follow_symlinks", False)),
+                            follow_symlinks=src.follow_symlinks,
                             skips=skips)
     except ConfigError as e:
         raise ConfigError(f"sources.{name}.path: {e}") from None

@@ -15,11 +15,11 @@ staging folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from mixbatch.atomic import json_digest
 from mixbatch.io.cache import CacheSettings, check_writable
 from mixbatch.io.fs import RemotePath, check_unchanged
 from mixbatch.io.remote_store import publish_store, read_remote_meta
@@ -31,7 +31,7 @@ STAGING = "staging"
 def staging_root(remote: RemotePath) -> Path:
     """The local folder where the stores bound for ``remote`` are built."""
     settings = remote.options if isinstance(remote.options, CacheSettings) else CacheSettings()
-    key = hashlib.blake2b(remote.url.encode(), digest_size=8).hexdigest()
+    key = json_digest(remote.url)
     root = Path(settings.dir) / STAGING / key
     check_writable(root)
     return root
@@ -42,8 +42,7 @@ def input_identity(path: RemotePath, start: int, end: int | None) -> str:
     object must not have changed while it was read (:class:`~mixbatch.io.fs.RemoteError`)."""
     check_unchanged(path)
     st = path.stat()
-    blob = f"{path.url}\0{st.st_size}\0{st.etag}\0{start}\0{end}".encode()
-    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+    return json_digest([path.url, st.st_size, st.etag, start, end], size=16)
 
 
 def remote_up_to_date(dest: RemotePath, fingerprint: str, files: list[dict[str, Any]]) -> \

@@ -3,18 +3,30 @@
 Layout: ``<dir>/stores/<key>/`` per store, where ``key`` is the store's ``tokens.bin`` checksum
 from its metadata (content-addressed: a store prepared again gets a new key, so a stale file is
 never served). Inside: whole small files (``offsets.npy`` ...) and blocks of ``tokens.bin``
-(``tokens.<i>``), each verified against the store's checksums *before* it is written.
+(``tokens.<i>``), each verified against the store's checksums *before* it is written. Each file
+is one cache entry: it is there whole or not at all, and it is evicted whole.
 
-Safety between processes: every file is written under a temporary name and renamed into place
-(``os.replace`` is atomic on POSIX), so a reader sees nothing or the whole verified file; a
-block being fetched is locked with a POSIX record lock on byte ``i`` of ``<key>/.lock``, so two
-processes that need it fetch it once; eviction runs under ``<dir>/.evict.lock``. A file deleted
-by eviction while another process reads it stays readable to that process (POSIX unlink).
+Safety between the processes of a node, all through POSIX locks, which the kernel drops when
+a process dies (so a crash never leaves a pin or a lock behind):
 
-Size cap: each process counts the cache's size (a scan, plus what it writes); when the count
-passes ``max_bytes``, or a tenth of the cap was written since its last scan (other processes
-write too), it scans under the lock and deletes the least recently used files (mtime; a hit
-refreshes it) down to 90% of the cap.
+- every entry is written under a temporary name and renamed into place, so a reader sees
+  nothing or the whole verified file; a block being fetched is locked with a record lock on
+  byte ``i`` of ``<key>/.lock``, so two processes that need it fetch it once;
+- the cap holds for the node, not per process: ``<dir>/.index`` holds the bytes the cache
+  uses, read and updated under an exclusive ``flock`` of that file. A writer reserves an
+  entry's bytes there *before* it renames the entry into place; when the reservation would pass
+  ``max_bytes`` it first evicts, under the same lock, the least recently used entries (their
+  mtime; a hit refreshes it) down to 90% of the cap, and sets the count to what the scan found
+  (a process that died between reserving and renaming only made the count too high, which the
+  next scan corrects: the folder never holds more than the count);
+- an entry being read is pinned by a shared ``flock`` on the entry itself (held for the read
+  of a block, and for as long as a memory map of a whole file lives); eviction takes an
+  exclusive non-blocking ``flock`` on each candidate and skips it when that fails. A reader
+  takes its pin, then checks that the path is still the file it locked (eviction may have
+  unlinked it in between); if not, it is a miss.
+
+When every entry is pinned and a new block does not fit, the block is served from memory
+without being cached (:attr:`StoreCache.uncached`); a whole file that does not fit is an error.
 """
 
 from __future__ import annotations
@@ -27,18 +39,23 @@ import re
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from mixbatch.errors import ConfigError
+from mixbatch.atomic import atomic_path
+from mixbatch.errors import ConfigError, StoreError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "KIB": 2**10, "M": 10**6, "MB": 10**6,
           "MIB": 2**20, "G": 10**9, "GB": 10**9, "GIB": 2**30, "T": 10**12, "TB": 10**12,
           "TIB": 2**40}
+INDEX = ".index"
+#: a temporary file older than this (seconds) was left by a process that died; a scan deletes it
+STALE_TMP_S = 3600.0
 
 
 def parse_size(value: int | str, where: str = "size") -> int:
@@ -68,13 +85,14 @@ def default_cache_dir() -> Path:
 class CacheSettings:
     """Where remote stores are cached and how.
 
-    ``max_bytes``: the cap of the cache folder (least recently used files go first);
-    ``memory_bytes``: blocks kept in each process's memory; ``prefetch_threads``: background
-    fetches per store; ``whole``: download ``tokens.bin`` whole when a store is opened (then
-    read it memory-mapped) instead of fetching blocks as they are needed; ``block_bytes``: the
-    verified block (one cache file) of the stores ``prepare`` writes to a URL; ``verify_cached``:
-    check a cached block's checksum again when a process first reads it (a block is always
-    verified before it is cached, and its size is always checked).
+    ``max_bytes``: the cap of the cache folder, for all the processes of the node together
+    (least recently used entries go first); ``memory_bytes``: blocks kept in each process's
+    memory; ``prefetch_threads``: background fetches per store; ``whole``: download
+    ``tokens.bin`` whole when a store is opened (then read it memory-mapped) instead of
+    fetching blocks as they are needed; ``block_bytes``: the verified block (one cache file) of
+    the stores ``prepare`` writes to a URL; ``verify_cached``: check a cached block's checksum
+    again when a process first reads it (a block is always verified before it is cached, and
+    its size is always checked).
     """
 
     dir: Path = field(default_factory=default_cache_dir)
@@ -106,6 +124,107 @@ def check_writable(folder: Path) -> None:
                           "`cache.dir` or MIXBATCH_CACHE_DIR to a writable folder") from None
 
 
+# ---------------------------------------------------------------------------------------------
+# pins: a shared flock on an entry while it is read
+# ---------------------------------------------------------------------------------------------
+def open_pinned(path: Path) -> IO[bytes] | None:
+    """``path`` opened for reading with a shared ``flock`` held (eviction skips it until the
+    file is closed), or ``None`` when it is not cached."""
+    while True:
+        try:
+            f = open(path, "rb")  # noqa: SIM115  (the caller closes it: that ends the pin)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH)
+            here = os.stat(path)
+            mine = os.fstat(f.fileno())
+        except FileNotFoundError:  # evicted between the open and the lock
+            f.close()
+            return None
+        except BaseException:
+            f.close()
+            raise
+        if (here.st_ino, here.st_dev) == (mine.st_ino, mine.st_dev):
+            return f
+        f.close()  # replaced by a newer copy in between: pin that one
+
+
+def pin_while_alive(owner: object, path: Path) -> bool:
+    """Pin ``path`` for as long as ``owner`` (e.g. a memory map of it) lives; ``False`` when
+    the file is not there."""
+    f = open_pinned(path)
+    if f is None:
+        return False
+    weakref.finalize(owner, f.close)
+    return True
+
+
+def _try_evict(path: str) -> bool:
+    """Unlink a cache entry unless a process holds a pin on it."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return True
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+# the node's index: bytes used, under an exclusive flock
+# ---------------------------------------------------------------------------------------------
+class _Index:
+    """The open, locked ``<dir>/.index``: the cache's byte count for the whole node."""
+
+    def __init__(self, f: IO[bytes], base: Path) -> None:
+        self.f = f
+        self.base = base
+        raw = os.pread(f.fileno(), 64, 0).strip()
+        self.used = int(raw) if raw.isdigit() else None  # None: unknown (new, or torn)
+
+    def total(self) -> int:
+        if self.used is None:
+            self.used = sum(size for _, _, size in scan(self.base))
+        return self.used
+
+    def save(self) -> None:
+        body = str(max(0, int(self.used or 0))).encode()
+        os.pwrite(self.f.fileno(), body.ljust(24), 0)
+
+    def evict(self, cap: int, keep: int) -> int:
+        """Delete least recently used unpinned entries until at most ``keep`` bytes remain;
+        set the count to what is left; return the bytes freed."""
+        files = sorted(scan(self.base, clean=True))
+        total = sum(size for _, _, size in files)
+        freed = 0
+        for _, path, size in files:
+            if total - freed <= keep:
+                break
+            if _try_evict(path):
+                freed += size
+        self.used = total - freed
+        self.save()
+        return freed
+
+
+@contextmanager
+def locked_index(base: Path) -> Iterator[_Index]:
+    with open(base / INDEX, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield _Index(f, base)
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class StoreCache:
     """The cache folder of one store (see the module docstring)."""
 
@@ -118,47 +237,71 @@ class StoreCache:
         self._lock_file: Any = None
         self._lock_pid = -1
         self._mu = threading.Lock()
-        self._usage = self.usage()  # this process's estimate: last scan + its own writes
-        self._written = 0  # bytes written since the last scan
+        #: blocks this process served without caching them (every entry pinned, cap reached)
+        self.uncached = 0
 
     def path(self, name: str) -> Path:
         return self.root / name
 
     def read(self, name: str) -> bytes | None:
-        """A cached file's bytes (its mtime refreshed), or ``None`` when it is not there."""
-        p = self.root / name
-        try:
-            with open(p, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
+        """A cached file's bytes (pinned while read, its mtime refreshed), or ``None``."""
+        f = open_pinned(self.root / name)
+        if f is None:
             return None
-        with contextlib.suppress(OSError):
-            os.utime(p)
+        with f:
+            data = f.read()
+            with contextlib.suppress(OSError):
+                os.utime(f.fileno())
         return data
 
-    def write(self, name: str, data: bytes) -> None:
-        """Write a verified file atomically (temporary name, then rename), then keep the cap."""
-        p = self.root / name
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.")
+    def write(self, name: str, data: bytes) -> bool:
+        """Cache a verified file: reserve its bytes in the node's index (evicting if needed),
+        then write it atomically. ``False`` when it could not be cached (no room: the other
+        entries are pinned, or the disk is full); the caller still has ``data``."""
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, p)
+            return self._put(name, len(data), lambda tmp: tmp.write_bytes(data))
         except OSError as e:
-            Path(tmp).unlink(missing_ok=True)
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                self.evict(target=0.5)
-                return
+                with locked_index(self.base) as idx:
+                    idx.evict(self.settings.max_bytes, self.settings.max_bytes // 2)
+                self.uncached += 1
+                return False
             raise
-        with self._mu:
-            self._usage += len(data)
-            self._written += len(data)
-            # over the cap by this process's count, or enough written that others' writes
-            # may have filled it: scan and evict
-            over = self._usage > self.settings.max_bytes \
-                or self._written > self.settings.max_bytes // 10
-        if over:
-            self.evict()
+
+    def put_file(self, name: str, size: int, fill: Any) -> None:
+        """Cache a whole file that ``fill(tmp_path)`` writes (a download); a
+        :class:`~mixbatch.errors.StoreError` when it cannot fit under the cap."""
+        if not self._put(name, size, fill):
+            raise StoreError(f"cache.dir {self.base}: no room for {name} ({size} bytes) under "
+                             f"cache.max_bytes={self.settings.max_bytes}: the rest of the cache "
+                             "is in use by running processes; raise the cap")
+
+    def _put(self, name: str, size: int, fill: Any) -> bool:
+        target = self.root / name
+        cap = self.settings.max_bytes
+        with locked_index(self.base) as idx:
+            try:
+                old = target.stat().st_size
+            except FileNotFoundError:
+                old = 0
+            if idx.total() - old + size > cap:
+                idx.evict(cap, max(0, min(int(cap * 0.9), cap - size)))
+                if idx.total() + size > cap:
+                    self.uncached += 1
+                    return False
+            idx.used = idx.total() + size  # reserved before the rename: never under-counted
+            idx.save()
+            try:
+                with atomic_path(target, fsync=False) as tmp:
+                    fill(tmp)
+            except BaseException:
+                idx.used -= size
+                idx.save()
+                raise
+            if old:  # the file it replaced is gone
+                idx.used -= old
+                idx.save()
+        return True
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -208,40 +351,33 @@ class StoreCache:
             self.unlock(index)
 
     def usage(self) -> int:
-        return sum(size for _, _, size in _files(self.base))
+        """Bytes the node's cache holds (a scan)."""
+        return sum(size for _, _, size in scan(self.base))
+
+    def counted(self) -> int:
+        """Bytes the node's index counts (at least :meth:`usage`)."""
+        with locked_index(self.base) as idx:
+            return idx.total()
 
     def evict(self, target: float = 0.9) -> int:
-        """Delete least recently used files until the cache holds at most ``target`` of the cap;
-        return the bytes freed."""
+        """Evict least recently used unpinned entries down to ``target`` of the cap (only when
+        the cache is over the cap); return the bytes freed."""
         cap = self.settings.max_bytes
-        lock = self.base / ".evict.lock"
-        with open(lock, "a+b") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                files = sorted(_files(self.base))
-                total = sum(size for _, _, size in files)
-                freed = 0
-                if total > cap:
-                    for _, path, size in files:
-                        if total - freed <= cap * target:
-                            break
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(path)
-                            freed += size
-                with self._mu:
-                    self._usage, self._written = total - freed, 0
-                return freed
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with locked_index(self.base) as idx:
+            if idx.total() <= cap:
+                return 0
+            return idx.evict(cap, int(cap * target))
 
 
-def _files(base: Path) -> Iterator[tuple[int, str, int]]:
-    """(mtime_ns, path, size) of every cached data file (not locks or temporary files)."""
+def scan(base: Path, clean: bool = False) -> Iterator[tuple[int, str, int]]:
+    """(mtime_ns, path, size) of every cached entry (not locks, markers or temporary files);
+    ``clean``: delete temporary files that processes which died left behind."""
     stores = base / "stores"
     try:
         keys = list(os.scandir(stores))
     except FileNotFoundError:
         return
+    now = time.time()
     for key in keys:
         if not key.is_dir():
             continue
@@ -250,10 +386,13 @@ def _files(base: Path) -> Iterator[tuple[int, str, int]]:
         except FileNotFoundError:
             continue
         for e in entries:
-            if e.name.startswith("."):
-                continue
             try:
                 st = e.stat()
             except FileNotFoundError:
+                continue
+            if e.name.startswith("."):
+                if clean and ".tmp-" in e.name and now - st.st_mtime > STALE_TMP_S:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(e.path)
                 continue
             yield st.st_mtime_ns, e.path, st.st_size

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mixbatch.atomic import atomic_path
 from mixbatch.errors import ConfigError, MixbatchError
 from mixbatch.io.skips import one_line
 
@@ -550,14 +551,11 @@ def write_bytes(dest: RemotePath, data: bytes, policy: RetryPolicy | None = None
     fs.invalidate_cache(dest.fs_path)
 
 
-def download_file(src: RemotePath, local: Path, policy: RetryPolicy | None = None) -> None:
-    """Copy an object to a local file, atomically (temporary name, then rename)."""
-    tmp = local.with_name(f".{local.name}.dl-{os.getpid()}-{threading.get_ident()}")
-    try:
+def download_file(src: RemotePath, local: Path, policy: RetryPolicy | None = None,
+                  fsync: bool = True) -> None:
+    """Copy an object to a local file, atomically (:func:`mixbatch.atomic.atomic_path`)."""
+    with atomic_path(local, fsync=fsync) as tmp:
         with_retries(lambda: _fs(src).get_file(src.fs_path, str(tmp)), src.url, policy, "download")
-        os.replace(tmp, local)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def remove(path: RemotePath, recursive: bool = False) -> None:

@@ -25,15 +25,17 @@ import hashlib
 import json
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
+from mixbatch.atomic import json_digest, write_text
 from mixbatch.errors import ConfigError, StoreError
-from mixbatch.io.cache import CacheSettings, StoreCache, check_writable
+from mixbatch.io.cache import CacheSettings, StoreCache, check_writable, open_pinned
 from mixbatch.io.fs import (
     RemoteError,
     RemotePath,
@@ -438,22 +440,20 @@ def open_remote_store(url: RemotePath, verify: bool = False) -> Any:
     if meta.get("external") is not None:
         raise StoreError(f"{url}: a store that reads token data in place is local only")
     checks = meta["checksums"]
-    key = hashlib.blake2b(json.dumps([checks["tokens"], checks["index"]], sort_keys=True)
-                          .encode(), digest_size=12).hexdigest()
+    key = json_digest([checks["tokens"], checks["index"]], size=12)
     blocks_meta = meta.get("blocks") or {}
     block_bytes = int(blocks_meta.get("bytes", BLOCK_BYTES))
     settings.check(block_bytes)
     cache = StoreCache(settings, key)
-    index = np.load(_whole_file(url / OFFSETS, checks["index"], cache, OFFSETS),
-                    mmap_mode="r", allow_pickle=False)
+    index = _load_pinned(_whole_file(url / OFFSETS, checks["index"], cache, OFFSETS), True)
     digests = None
     if "blocks" in checks:
-        digests = np.load(_whole_file(url / BLOCKS, checks["blocks"], cache, BLOCKS),
-                          allow_pickle=False)
+        digests = _load_pinned(_whole_file(url / BLOCKS, checks["blocks"], cache, BLOCKS),
+                               False)
     second = None
     if "second_lengths" in checks:
-        second = np.load(_whole_file(url / SECOND_LENGTHS, checks["second_lengths"], cache,
-                                     SECOND_LENGTHS), mmap_mode="r", allow_pickle=False)
+        second = _load_pinned(_whole_file(url / SECOND_LENGTHS, checks["second_lengths"], cache,
+                                          SECOND_LENGTHS), True)
     tok_url = url / TOKENS
     st = tok_url.fresh_stat()
     want = checks["tokens"]["size"]
@@ -465,10 +465,15 @@ def open_remote_store(url: RemotePath, verify: bool = False) -> Any:
         if settings.max_bytes < want:
             raise ConfigError(f"cache.max_bytes: {settings.max_bytes} bytes is smaller than "
                               f"{tok_url} ({want} bytes), which `whole: true` downloads whole")
-        local = _whole_file(tok_url, checks["tokens"], cache, TOKENS)
+        pinned = _whole_file(tok_url, checks["tokens"], cache, TOKENS)
         n_tok = want // dtype.itemsize
-        tokens: Any = (np.memmap(local, dtype=dtype, mode="r", shape=(n_tok,)).view(np.ndarray)
-                       if n_tok else np.empty(0, dtype=dtype))
+        if n_tok:
+            mapped = np.memmap(pinned.name, dtype=dtype, mode="r", shape=(n_tok,))
+            weakref.finalize(mapped, pinned.close)  # pinned while the map lives
+            tokens: Any = mapped.view(np.ndarray)
+        else:
+            pinned.close()
+            tokens = np.empty(0, dtype=dtype)
     else:
         if digests is not None and len(digests) != -(-want // block_bytes):
             raise StoreError(f"{url / BLOCKS}: {len(digests)} block checksums for {want} bytes "
@@ -484,10 +489,15 @@ def open_remote_store(url: RemotePath, verify: bool = False) -> Any:
                       None if second is None else second.view(np.ndarray))
 
 
-def _whole_file(src: RemotePath, want: dict[str, Any], cache: StoreCache, name: str) -> Path:
+class _Mismatch(Exception):
+    """A downloaded file that does not match the store's checksum."""
+
+
+def _whole_file(src: RemotePath, want: dict[str, Any], cache: StoreCache, name: str) -> IO[bytes]:
     """A store file, downloaded whole into the cache and verified (once: a cached copy of the
-    right size and checksum is used as it is); a mismatch is downloaded once more, then it is
-    a :class:`RemoteError`."""
+    right size and checksum is used as it is), returned open and pinned (the cache does not
+    evict it until the caller closes it); a mismatch is downloaded once more, then it is a
+    :class:`RemoteError`."""
     from mixbatch.store import file_digest
 
     path = cache.path(name)
@@ -500,32 +510,47 @@ def _whole_file(src: RemotePath, want: dict[str, Any], cache: StoreCache, name: 
         return p.is_file() and p.stat().st_size == want["size"] and (
             "blake2b" not in want or file_digest(p) == want["blake2b"])
 
+    def fill(tmp: Path) -> None:
+        download_file(src, tmp, fsync=False)
+        if not good(tmp):
+            raise _Mismatch(tmp.stat().st_size)
+
     with cache.locked(1 << 40):  # one process downloads, the others wait and find it there
-        if path.is_file() and path.stat().st_size == want["size"] and marker.is_file() \
-                and marker.read_text() == digest:
-            os.utime(path)
-            return path
-        if good(path):
-            marker.write_text(digest)
-            os.utime(path)
-            return path
-        tmp = cache.root / f".{name}.{os.getpid()}.{threading.get_ident()}"
+        pinned = open_pinned(path)
+        if pinned is not None:
+            size = os.fstat(pinned.fileno()).st_size
+            if size == want["size"] and marker.is_file() and marker.read_text() == digest:
+                os.utime(pinned.fileno())
+                return pinned
+            if good(path):
+                write_text(marker, digest)
+                os.utime(pinned.fileno())
+                return pinned
+            pinned.close()
+        marker.unlink(missing_ok=True)
         for attempt in range(2):
             try:
-                download_file(src, tmp)
-                if good(tmp):
-                    marker.unlink(missing_ok=True)
-                    os.replace(tmp, path)
-                    marker.write_text(digest)
-                    os.utime(path)
-                    cache.evict()  # keep the cap (this file is the newest: evicted last)
-                    return path
-                got = tmp.stat().st_size
-            finally:
-                tmp.unlink(missing_ok=True)
-            if attempt:
-                raise RemoteError(one_line(
-                    f"{src}: {got} bytes that do not match the store's checksum (metadata says "
-                    f"{want['size']} bytes); the object changed since the store was written; "
-                    "prepare the store again"))
-    raise AssertionError("unreachable")
+                cache.put_file(name, want["size"], fill)
+            except _Mismatch as e:
+                if attempt:
+                    raise RemoteError(one_line(
+                        f"{src}: {e.args[0]} bytes that do not match the store's checksum "
+                        f"(metadata says {want['size']} bytes); the object changed since the "
+                        "store was written; prepare the store again")) from None
+                continue
+            write_text(marker, digest)
+            pinned = open_pinned(path)
+            if pinned is not None:  # (under the record lock, so nothing replaced it)
+                return pinned
+    raise RemoteError(f"{src}: the cached copy of {name} vanished while it was opened")
+
+
+def _load_pinned(f: IO[bytes], mmap: bool) -> np.ndarray:
+    """``np.load`` of a pinned cache file; a memory map keeps the pin for as long as it lives,
+    anything else drops it once read."""
+    if not mmap:
+        with f:
+            return np.load(f, allow_pickle=False)
+    arr = np.load(f.name, mmap_mode="r", allow_pickle=False)
+    weakref.finalize(arr, f.close)
+    return arr

@@ -217,7 +217,9 @@ class _Index:
 
 @contextmanager
 def locked_index(base: Path) -> Iterator[_Index]:
-    with open(base / INDEX, "a+b") as f:
+    # not "a+b": a write at an offset of a file opened for appending lands at its end
+    fd = os.open(base / INDEX, os.O_RDWR | os.O_CREAT, 0o644)
+    with open(fd, "r+b") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield _Index(f, base)

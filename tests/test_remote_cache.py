@@ -109,7 +109,7 @@ def test_no_room_when_everything_is_pinned(tmp_path: Path) -> None:
     try:
         assert cache.write("tokens.2", b"b" * BLOCK) is False  # served, not cached
         assert cache.uncached == 1 and not cache.path("tokens.2").exists()
-        with pytest.raises(StoreError, match="no room for tokens.bin"):
+        with pytest.raises(StoreError, match=r"no room for tokens\.bin"):
             cache.put_file("tokens.bin", BLOCK, lambda p: p.write_bytes(b"z" * BLOCK))
     finally:
         for f in pins:

@@ -7,7 +7,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -23,23 +22,18 @@ from mixbatch.io.fs import RemotePath, reset_filesystems
 from mixbatch.loader.loader import MixedLoader
 from mixbatch.prepare import prepare
 from mixbatch.store import open_store
+from remote_common import CORPUS, batches, free_port, same, texts
 
 moto_server = pytest.importorskip("moto.server")
 fsspec = pytest.importorskip("fsspec")
 pytest.importorskip("s3fs")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_env():
     """A moto S3 server for this module; endpoint and credentials in the standard variables."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
@@ -54,23 +48,14 @@ def s3_env():
     server.stop()
 
 
-def _texts(seed: int, n: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    words = np.array(["the", "a", "of", "data", "mix", "batch", "token", "store", "remote",
-                      "cache", "block", "range"])
-    return [" ".join(rng.choice(words, size=int(rng.integers(3, 300)))) for _ in range(n)]
-
-
 @pytest.fixture
 def corpus(tmp_path: Path, s3_env) -> dict:
     """The same corpus on disk and in a fresh bucket."""
     bucket = f"b{uuid.uuid4().hex[:12]}"
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     fs.mkdir(bucket)
-    files = {"web/a.jsonl": _texts(1, 120), "web/b.jsonl": _texts(2, 80),
-             "code/c.jsonl": _texts(3, 90)}
-    for rel, texts in files.items():
-        local = write_jsonl(tmp_path / "data" / rel, texts)
+    for rel, (seed, n) in CORPUS.items():
+        local = write_jsonl(tmp_path / "data" / rel, texts(seed, n))
         fs.put_file(str(local), f"{bucket}/raw/{rel}")
     return {"bucket": bucket, "fs": fs, "tmp": tmp_path}
 
@@ -91,22 +76,6 @@ def _cfg(c: dict, *, remote_in: bool, remote_store: bool, **over) -> dict:
     return data
 
 
-def _batches(loader: MixedLoader, n: int) -> list[dict]:
-    out = []
-    for step in loader.steps(n):
-        b = loader.batch_of(step)
-        out.append({k: v.copy() if isinstance(v, np.ndarray) else v for k, v in b.items()})
-    return out
-
-
-def _same(a: list[dict], b: list[dict]) -> None:
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert x.keys() == y.keys()
-        for k in x:
-            assert np.array_equal(np.asarray(x[k]), np.asarray(y[k])), k
-
-
 @pytest.mark.parametrize("whole", [True, False], ids=["whole", "ranges"])
 def test_s3_sources_and_store_give_the_local_batches_and_resume(corpus: dict, whole: bool) -> None:
     local = config_from_dict(_cfg(corpus, remote_in=False, remote_store=False))
@@ -123,21 +92,21 @@ def test_s3_sources_and_store_give_the_local_batches_and_resume(corpus: dict, wh
     for name in ("web", "code"):
         lo = (Path(local.store) / name / "tokens.bin").read_bytes()
         assert corpus["fs"].cat_file(f"{corpus['bucket']}/stores/{name}/tokens.bin") == lo
-    straight_local = _batches(MixedLoader(local), 30)
+    straight_local = batches(MixedLoader(local), 30)
     remote_loader = MixedLoader(remote)
     assert isinstance(remote_loader.stores[0].path, RemotePath)
-    _same(_batches(remote_loader, 30), straight_local)
+    same(batches(remote_loader, 30), straight_local)
     # resume: a remote run cut at step 12 continues like the local straight run
     first = MixedLoader(remote)
-    head = _batches(first, 12)
+    head = batches(first, 12)
     state = json.loads(json.dumps(first.state_dict()))
     second = MixedLoader(remote)
     second.load_state_dict(state)
-    _same(head + _batches(second, 18), straight_local)
+    same(head + batches(second, 18), straight_local)
     # ... and the state moves between local and remote runs of the same config
     third = MixedLoader(local)
     third.load_state_dict(state)
-    _same(_batches(third, 18), straight_local[12:])
+    same(batches(third, 18), straight_local[12:])
 
 
 def test_span_source_reads_the_local_spans(corpus: dict) -> None:

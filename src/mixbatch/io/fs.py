@@ -54,6 +54,8 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "hf": ("huggingface_hub", "hf"),
 }
 SUPPORTED = ("s3", "gs", "az", "http", "https", "hf")
+#: schemes whose first path segment is a bucket (a container, for Azure)
+BUCKETS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
 
 class RemoteError(MixbatchError):
@@ -257,7 +259,10 @@ def fs_of(url: str) -> tuple[Any, str]:
         raise ConfigError(one_line(f"{url}: reading {scheme}:// needs {module}; install it with "
                                    f"`pip install 'mixbatch[{extra}]'`")) from None
     except ValueError as e:
-        raise ConfigError(one_line(f"{url}: {e}")) from None
+        detail = " ".join(str(e).split())
+        if _NO_CREDENTIALS.search(detail):
+            raise credentials_error(url, detail) from None
+        raise ConfigError(one_line(f"{url}: {detail}")) from None
     with _FS_LOCK:
         _FS[key] = (fs, path)
     return fs, path
@@ -323,22 +328,42 @@ _PERMANENT_NAMES = ("NoCredentialsError", "PartialCredentialsError", "NoSuchBuck
                     "ClientAuthenticationError")
 
 
+#: where each backend finds its credentials (never in a config file)
+CREDENTIALS = {
+    "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials",
+    "gs": "GOOGLE_APPLICATION_CREDENTIALS or `gcloud auth application-default login`",
+    "az": "AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with "
+          "AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN or an Azure login",
+    "hf": "HF_TOKEN or `hf auth login`",
+}
+_ALIASES = {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az"}
+_NO_CREDENTIALS = re.compile(r"Unable to locate credentials|connection_string or account_name|"
+                             r"Anonymous caller|Invalid Credentials|no credentials", re.IGNORECASE)
+
+
+def credentials_error(url: str, detail: str) -> ConfigError:
+    """The one line for missing or refused credentials: where the backend looks for them."""
+    scheme = scheme_of(url) or ""
+    where = CREDENTIALS.get(_ALIASES.get(scheme, scheme), "the backend's usual variables")
+    return ConfigError(one_line(f"{url}: no credentials for {scheme}:// ({detail}); set {where}, "
+                                "never in the config file"))
+
+
 def classify(exc: BaseException, url: str) -> MixbatchError | None:
     """The user-facing error for a permanent failure, or ``None`` when ``exc`` is transient."""
     name = type(exc).__name__
     detail = one_line(" ".join(str(exc).split()) or name)
     if name in ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError",
-                "ClientAuthenticationError") or "Unable to locate credentials" in detail:
-        return ConfigError(one_line(
-            f"{url}: no credentials for {scheme_of(url)}:// ({detail}); set them the backend's "
-            "usual way (for S3: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
-            "~/.aws/credentials), never in the config file"))
+                "ClientAuthenticationError") or _NO_CREDENTIALS.search(detail) \
+            or getattr(exc, "code", None) == 401:
+        return credentials_error(url, detail)
     if isinstance(exc, FileNotFoundError) or name == "NoSuchBucket":
         low = detail.lower()
         gone = name == "NoSuchBucket" or "bucket does not exist" in low or "no such bucket" in low
         what = "bucket does not exist" if gone else "not found"
         return ConfigError(one_line(f"{url}: {what} ({detail})"))
-    if isinstance(exc, PermissionError) or name in _PERMANENT_NAMES:
+    if isinstance(exc, PermissionError) or name in _PERMANENT_NAMES \
+            or getattr(exc, "code", None) == 403 or detail.startswith("Forbidden"):
         return ConfigError(one_line(f"{url}: access denied ({detail}); check the credentials"))
     if isinstance(exc, IsADirectoryError | NotADirectoryError):
         return RemoteError(one_line(f"{url}: {detail}"))
@@ -512,13 +537,13 @@ def expand_url(pattern: str, options: Any = None) -> list[RemotePath]:
         missing = "not found" in str(e) or "does not exist" in str(e)
         if not missing or "no credentials" in str(e):
             raise
-        if scheme in ("s3", "s3a", "gs", "gcs") and not _bucket_exists(fs, bucket, pattern):
+        if scheme in BUCKETS and not _bucket_exists(fs, bucket, pattern):
             raise ConfigError(one_line(f"{pattern}: bucket {bucket!r} does not exist")) from None
         raise ConfigError(one_line(f"path {pattern!r} does not exist")) from None
     items = [(p, i) for p, i in items
              if not p.rsplit("/", 1)[-1].startswith((".", "_"))]
     if not items:
-        if scheme in ("s3", "s3a", "gs", "gcs") and not _bucket_exists(fs, bucket, pattern):
+        if scheme in BUCKETS and not _bucket_exists(fs, bucket, pattern):
             raise ConfigError(one_line(f"{pattern}: bucket {bucket!r} does not exist"))
         raise ConfigError(one_line(f"path pattern {pattern!r} matches no files"))
     return [RemotePath(url_of(p), options, stat_from_info(i)) for p, i in items]

@@ -349,21 +349,33 @@ def credentials_error(url: str, detail: str) -> ConfigError:
                                 "never in the config file"))
 
 
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status a backend's exception carries, if any (``code``, ``status``,
+    ``status_code`` or its ``response``'s)."""
+    for holder in (exc, getattr(exc, "response", None)):
+        for attr in ("status_code", "status", "code"):
+            value = getattr(holder, attr, None)
+            if isinstance(value, int) and 100 <= value < 600:
+                return value
+    return None
+
+
 def classify(exc: BaseException, url: str) -> MixbatchError | None:
     """The user-facing error for a permanent failure, or ``None`` when ``exc`` is transient."""
     name = type(exc).__name__
     detail = one_line(" ".join(str(exc).split()) or name)
+    status = http_status(exc)
     if name in ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError",
                 "ClientAuthenticationError") or _NO_CREDENTIALS.search(detail) \
-            or getattr(exc, "code", None) == 401:
+            or status == 401:
         return credentials_error(url, detail)
-    if isinstance(exc, FileNotFoundError) or name == "NoSuchBucket":
+    if isinstance(exc, FileNotFoundError) or name == "NoSuchBucket" or status == 404:
         low = detail.lower()
         gone = name == "NoSuchBucket" or "bucket does not exist" in low or "no such bucket" in low
         what = "bucket does not exist" if gone else "not found"
         return ConfigError(one_line(f"{url}: {what} ({detail})"))
     if isinstance(exc, PermissionError) or name in _PERMANENT_NAMES \
-            or getattr(exc, "code", None) == 403 or detail.startswith("Forbidden"):
+            or status == 403 or detail.startswith("Forbidden"):
         return ConfigError(one_line(f"{url}: access denied ({detail}); check the credentials"))
     if isinstance(exc, IsADirectoryError | NotADirectoryError):
         return RemoteError(one_line(f"{url}: {detail}"))
@@ -539,7 +551,9 @@ def expand_url(pattern: str, options: Any = None) -> list[RemotePath]:
             raise
         if scheme in BUCKETS and not _bucket_exists(fs, bucket, pattern):
             raise ConfigError(one_line(f"{pattern}: bucket {bucket!r} does not exist")) from None
-        raise ConfigError(one_line(f"path {pattern!r} does not exist")) from None
+        hint = ("; a private or gated repository needs a token (HF_TOKEN or `hf auth login`)"
+                if scheme == "hf" else "")
+        raise ConfigError(one_line(f"path {pattern!r} does not exist{hint}")) from None
     items = [(p, i) for p, i in items
              if not p.rsplit("/", 1)[-1].startswith((".", "_"))]
     if not items:

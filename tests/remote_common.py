@@ -40,6 +40,22 @@ def texts(seed: int, n: int) -> list[str]:
 CORPUS = {"web/a.jsonl": (1, 120), "web/b.jsonl": (2, 80), "code/c.jsonl": (3, 90)}
 
 
+def cfg(tmp, inputs: str | None, store: str | None, **over) -> dict:
+    """The config every remote test runs: sources under ``inputs`` (a URL; local files when
+    ``None``), the store at ``store`` (a URL; a local folder when ``None``)."""
+    root = inputs or str(tmp / "data")
+    data = {
+        "seed": 3, "tokenizer": "byte", "store": store or str(tmp / "store_local"),
+        "sources": {"web": {"path": f"{root}/web/*.jsonl"},
+                    "code": {"path": f"{root}/code/c.jsonl", "max_epochs": 3}},
+        "mixture": {"unit": "tokens", "weights": {"web": 0.6, "code": 0.4}},
+        "batch": {"seq_len": 128, "batch_size": 4, "packing": "bfd"},
+        "cache": {"dir": str(tmp / "cache"), "block_bytes": "4KiB", "memory_bytes": "16KiB"},
+    }
+    data.update(over)
+    return data
+
+
 def batches(loader, n: int) -> list[dict]:
     out = []
     for step in loader.steps(n):

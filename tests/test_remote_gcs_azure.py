@@ -22,7 +22,7 @@ from mixbatch.errors import ConfigError
 from mixbatch.io.fs import RemotePath, reset_filesystems
 from mixbatch.loader.loader import MixedLoader
 from mixbatch.prepare import prepare
-from remote_common import CORPUS, batches, free_port, same, texts, wait_for_port
+from remote_common import CORPUS, batches, cfg, free_port, same, texts, wait_for_port
 
 fsspec = pytest.importorskip("fsspec")
 
@@ -95,20 +95,9 @@ def bucket(request, tmp_path: Path) -> dict:
     return {"scheme": scheme, "name": name, "fs": fs, "tmp": tmp_path}
 
 
-def _cfg(b: dict, remote: bool, **over) -> dict:
-    tmp, url = b["tmp"], f"{b['scheme']}://{b['name']}"
-    root = f"{url}/raw" if remote else str(tmp / "data")
-    data = {
-        "seed": 3, "tokenizer": "byte",
-        "store": f"{url}/stores" if remote else str(tmp / "store_local"),
-        "sources": {"web": {"path": f"{root}/web/*.jsonl"},
-                    "code": {"path": f"{root}/code/c.jsonl", "max_epochs": 3}},
-        "mixture": {"unit": "tokens", "weights": {"web": 0.6, "code": 0.4}},
-        "batch": {"seq_len": 128, "batch_size": 4, "packing": "bfd"},
-        "cache": {"dir": str(tmp / "cache"), "block_bytes": "4KiB", "memory_bytes": "16KiB"},
-    }
-    data.update(over)
-    return data
+def _cfg(b: dict, remote: bool) -> dict:
+    url = f"{b['scheme']}://{b['name']}"
+    return cfg(b["tmp"], f"{url}/raw" if remote else None, f"{url}/stores" if remote else None)
 
 
 def test_bucket_sources_and_store_give_the_local_store_and_batches(bucket: dict) -> None:

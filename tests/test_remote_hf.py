@@ -17,7 +17,7 @@ from mixbatch.errors import ConfigError
 from mixbatch.io.fs import RemotePath, reset_filesystems
 from mixbatch.loader.loader import MixedLoader
 from mixbatch.prepare import prepare
-from remote_common import CORPUS, batches, same, texts
+from remote_common import CORPUS, batches, cfg, same, texts
 
 hf_constants = pytest.importorskip("huggingface_hub.constants")
 fsspec = pytest.importorskip("fsspec")
@@ -52,15 +52,8 @@ def hub(tmp_path: Path, monkeypatch) -> Iterator[dict]:
 
 def _cfg(h: dict, remote_in: bool, store: str | None = None) -> dict:
     tmp = h["tmp"]
-    root = f"hf://datasets/{REPO}/raw" if remote_in else str(tmp / "data")
-    return {
-        "seed": 3, "tokenizer": "byte", "store": store or str(tmp / ("hf" if remote_in else "lo")),
-        "sources": {"web": {"path": f"{root}/web/*.jsonl"},
-                    "code": {"path": f"{root}/code/c.jsonl", "max_epochs": 3}},
-        "mixture": {"unit": "tokens", "weights": {"web": 0.6, "code": 0.4}},
-        "batch": {"seq_len": 128, "batch_size": 4, "packing": "bfd"},
-        "cache": {"dir": str(tmp / "cache"), "block_bytes": "4KiB", "memory_bytes": "16KiB"},
-    }
+    return cfg(tmp, f"hf://datasets/{REPO}/raw" if remote_in else None,
+               store or str(tmp / ("hf" if remote_in else "lo")))
 
 
 def test_hub_sources_and_a_store_in_a_repo_give_the_local_store_and_batches(hub: dict) -> None:

@@ -24,14 +24,9 @@ def local_ray(s3_env):  # noqa: F811
     ray.shutdown()
 
 
-def test_ray_backend_builds_the_local_store_and_resumes(corpus: dict, local_ray,  # noqa: F811
-                                                        monkeypatch) -> None:
+def _spy_submitted(monkeypatch) -> list[str]:
+    """The keys of the units the Ray backend submits as tasks (not those it finds finished)."""
     import mixbatch.prepare_ray as pr
-
-    local = config_from_dict(_cfg(corpus, remote_in=False, remote_store=False))
-    prepare(local, workers=1)
-    remote = config_from_dict(_cfg(corpus, remote_in=True, remote_store=True))
-    fs, bucket = corpus["fs"], corpus["bucket"]
 
     submitted: list[str] = []
     real = pr.run_jobs_ray
@@ -44,6 +39,18 @@ def test_ray_backend_builds_the_local_store_and_resumes(corpus: dict, local_ray,
         return real(jobs, *args, **kwargs)
 
     monkeypatch.setattr(pr, "run_jobs_ray", spy)
+    return submitted
+
+
+def test_ray_backend_builds_the_local_store_and_resumes(corpus: dict, local_ray,  # noqa: F811
+                                                        monkeypatch) -> None:
+
+    local = config_from_dict(_cfg(corpus, remote_in=False, remote_store=False))
+    prepare(local, workers=1)
+    remote = config_from_dict(_cfg(corpus, remote_in=True, remote_store=True))
+    fs, bucket = corpus["fs"], corpus["bucket"]
+
+    submitted = _spy_submitted(monkeypatch)
     # half the units, then the driver's machine is lost (its staging folder with it)
     rep = prepare(remote, backend="ray", shard=(0, 2))
     first = list(submitted)
@@ -140,7 +147,6 @@ def test_ray_backend_resumes_after_a_killed_driver(corpus: dict, local_ray,  # n
                                                    monkeypatch) -> None:
     import multiprocessing as mp
 
-    import mixbatch.prepare_ray as pr
 
     local = config_from_dict(_cfg(corpus, remote_in=False, remote_store=False))
     prepare(local, workers=1)
@@ -156,17 +162,7 @@ def test_ray_backend_resumes_after_a_killed_driver(corpus: dict, local_ray,  # n
     found = fs.find(f"{bucket}/stores")
     done = {p.rsplit("/", 1)[1][:-5] for p in found if "/.parts/" in p and p.endswith(".json")}
     assert done and not [p for p in found if p.endswith("/meta.json")]  # parts, no store
-    submitted: list[str] = []
-
-    def run_jobs(jobs, *args, **kwargs):
-        for j in jobs:
-            parts = pr.parts_url(args[2], j.source)
-            if parts is None or not pr.fetch_part(j, parts):
-                submitted.append(j.key)
-        return real_jobs(jobs, *args, **kwargs)
-
-    real_jobs = pr.run_jobs_ray
-    monkeypatch.setattr(pr, "run_jobs_ray", run_jobs)
+    submitted = _spy_submitted(monkeypatch)
     rep = prepare(config_from_dict(data), backend="ray")
     assert {s.status for s in rep.sources.values()} == {"built"}
     assert submitted and done.isdisjoint(submitted)  # finished parts were not run again

@@ -22,7 +22,7 @@ from mixbatch.io.fs import RemotePath, reset_filesystems
 from mixbatch.loader.loader import MixedLoader
 from mixbatch.prepare import prepare
 from mixbatch.store import open_store
-from remote_common import CORPUS, batches, free_port, same, texts
+from remote_common import CORPUS, batches, cfg, free_port, same, texts
 
 moto_server = pytest.importorskip("moto.server")
 fsspec = pytest.importorskip("fsspec")
@@ -61,19 +61,9 @@ def corpus(tmp_path: Path, s3_env) -> dict:
 
 
 def _cfg(c: dict, *, remote_in: bool, remote_store: bool, **over) -> dict:
-    tmp, bucket = c["tmp"], c["bucket"]
-    root = f"s3://{bucket}/raw" if remote_in else str(tmp / "data")
-    data = {
-        "seed": 3, "tokenizer": "byte",
-        "store": f"s3://{bucket}/stores" if remote_store else str(tmp / "store_local"),
-        "sources": {"web": {"path": f"{root}/web/*.jsonl"},
-                    "code": {"path": f"{root}/code/c.jsonl", "max_epochs": 3}},
-        "mixture": {"unit": "tokens", "weights": {"web": 0.6, "code": 0.4}},
-        "batch": {"seq_len": 128, "batch_size": 4, "packing": "bfd"},
-        "cache": {"dir": str(tmp / "cache"), "block_bytes": "4KiB", "memory_bytes": "16KiB"},
-    }
-    data.update(over)
-    return data
+    url = f"s3://{c['bucket']}"
+    store = over.pop("store", f"{url}/stores" if remote_store else None)
+    return cfg(c["tmp"], f"{url}/raw" if remote_in else None, store, **over)
 
 
 @pytest.mark.parametrize("whole", [True, False], ids=["whole", "ranges"])

@@ -281,8 +281,8 @@ def reset_filesystems() -> None:
 
 
 #: environment variables that configure the backends (endpoints, credentials, regions)
-ENV_PREFIXES = ("AWS_", "S3_", "GOOGLE_", "GCS", "CLOUDSDK_", "AZURE_", "HF_", "FSSPEC_",
-                "MIXBATCH_")
+ENV_PREFIXES = ("AWS_", "S3_", "GOOGLE_", "GCS", "CLOUDSDK_", "STORAGE_EMULATOR_HOST",
+                "NO_GCE_CHECK", "AZURE_", "HF_", "FSSPEC_", "MIXBATCH_")
 
 
 def storage_env() -> dict[str, str]:

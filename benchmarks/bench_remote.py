@@ -111,7 +111,8 @@ def write_corpus(root: Path, mb: float) -> None:
                 size += len(line) + 1
 
 
-def config(root: Path, store: str, cache: Path | None, args, whole: bool = False):
+def config(root: Path, store: str, cache: Path | None, args, whole: bool = False,
+           max_bytes: int | None = None):
     from mixbatch.config import config_from_dict
 
     data: dict[str, Any] = {
@@ -123,6 +124,8 @@ def config(root: Path, store: str, cache: Path | None, args, whole: bool = False
     }
     if cache is not None:
         data["cache"] = {"dir": str(cache), "block_bytes": args.block, "whole": whole}
+        if max_bytes is not None:
+            data["cache"]["max_bytes"] = max_bytes
     return config_from_dict(data)
 
 
@@ -165,16 +168,17 @@ def read_steps(cfg, steps: int, lane: int = 0, lanes: int = 1, lookahead: int = 
 
 
 def _lane(arg: tuple) -> tuple[int, float]:
-    root, store, cache, args, lane, lanes, lookahead = arg
-    return read_steps(config(root, store, cache, args), args.steps, lane, lanes, lookahead)
+    root, store, cache, args, lane, lanes, lookahead, cap = arg
+    return read_steps(config(root, store, cache, args, max_bytes=cap), args.steps, lane, lanes,
+                      lookahead)
 
 
 def read_path(root: Path, store: str, cache: Path | None, args, workers: int,
-              lookahead: int = 0) -> tuple[int, float]:
+              lookahead: int = 0, max_bytes: int | None = None) -> tuple[int, float]:
     if workers == 0:
-        return read_steps(config(root, store, cache, args), args.steps, 0, 1, lookahead)
+        return _lane((root, store, cache, args, 0, 1, lookahead, max_bytes))
     with mp.get_context("spawn").Pool(workers) as pool:
-        out = pool.map(_lane, [(root, store, cache, args, w, workers, lookahead)
+        out = pool.map(_lane, [(root, store, cache, args, w, workers, lookahead, max_bytes)
                                for w in range(workers)])
     # the workers read side by side: the read phase lasts as long as the slower one
     return sum(n for n, _ in out), max(s for _, s in out)
@@ -338,6 +342,8 @@ def bench(args: argparse.Namespace, root: Path) -> str:
         prepare(config(root, remote, root / "cache-prep", args), workers=2)
         t_remote = time.perf_counter() - t0
         results: list[tuple] = []
+        store_bytes = sum((root / "store_local" / k / "tokens.bin").stat().st_size
+                          for k in ("web", "code"))
 
         def add(system: str, where: str, w: int, cache: str, fn) -> None:
             wait_until_quiet()
@@ -356,6 +362,11 @@ def bench(args: argparse.Namespace, root: Path) -> str:
             add("mixbatch read path", f"S3 ranges + prefetch {args.lookahead}", w, "cold",
                 lambda w=w: read_path(root, remote, root / f"cache-pre-{w}", args, w,
                                       args.lookahead))
+            # a node-wide cap of a quarter of the store: every fetch past it evicts (the
+            # workers share one cache folder and one count)
+            add("mixbatch read path", "S3 ranges, cap 1/4 store", w, "cold",
+                lambda w=w: read_path(root, remote, root / f"cache-cap-{w}", args, w,
+                                      max_bytes=store_bytes // 4))
         for w in (0, 2):
             add("mixbatch loader (torch)", "local disk", w, "-",
                 lambda w=w: whole_loader(config(root, local, None, args), args.steps, w))

@@ -132,3 +132,37 @@ def test_a_count_left_high_by_a_crash_is_corrected(tmp_path: Path) -> None:
     assert cache.path("tokens.0").exists() and cache.path("tokens.1").exists()
     assert cache.counted() == cache.usage() == 2 * BLOCK
     assert not stale.exists()  # a dead process's temporary file is cleaned by the scan
+
+
+def test_a_memory_mapped_store_keeps_its_files_pinned(tmp_path: Path) -> None:
+    """``cache.whole``: ``tokens.bin`` is memory-mapped, and pinned while the map lives."""
+    import gc
+
+    from conftest import write_jsonl
+    from mixbatch.config import config_from_dict
+    from mixbatch.io.fs import RemotePath
+    from mixbatch.io.remote_store import publish_store
+    from mixbatch.prepare import prepare
+    from mixbatch.store import open_store
+
+    write_jsonl(tmp_path / "web.jsonl", [f"document {i} " * (i % 50 + 1) for i in range(300)])
+    prepare(config_from_dict({"store": str(tmp_path / "store"), "sources": {"web": {
+        "path": str(tmp_path / "web.jsonl")}}}), workers=1)
+    url = f"memory://pins-{os.getpid()}/web"
+    publish_store(tmp_path / "store" / "web", RemotePath(url), block_bytes=4096)
+    size = (tmp_path / "store" / "web" / "tokens.bin").stat().st_size
+    settings = CacheSettings(dir=tmp_path / "cache", max_bytes=size + 8 * BLOCK, whole=True)
+    store = open_store(RemotePath(url, settings))
+    local = open_store(tmp_path / "store" / "web")
+    cache = StoreCache(settings, "other")
+    for i in range(12):  # far past the cap: only unpinned entries can go
+        cache.write(f"tokens.{i}", b"x" * BLOCK)
+    kept = [p for p in (tmp_path / "cache" / "stores").rglob("tokens.bin")]
+    assert len(kept) == 1 and kept[0].stat().st_size == size
+    assert np.array_equal(store.tokens[: size // 2], local.tokens[: size // 2])
+    del store
+    gc.collect()
+    for i in range(12, 20):  # the map is gone: tokens.bin is the least recently used entry
+        cache.write(f"tokens.{i}", b"x" * BLOCK)
+    assert not list((tmp_path / "cache" / "stores").rglob("tokens.bin"))
+    assert cache.usage() <= settings.max_bytes

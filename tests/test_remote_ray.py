@@ -165,5 +165,7 @@ def test_ray_backend_resumes_after_a_killed_driver(corpus: dict, local_ray,  # n
     submitted = _spy_submitted(monkeypatch)
     rep = prepare(config_from_dict(data), backend="ray")
     assert {s.status for s in rep.sources.values()} == {"built"}
-    assert submitted and done.isdisjoint(submitted)  # finished parts were not run again
+    # finished parts were not run again (tasks of the dead driver that were still running may
+    # have finished since: their parts are fetched too, so what is left to run may be nothing)
+    assert done.isdisjoint(submitted)
     _assert_same_store(corpus, Path(local.store))

@@ -1,7 +1,7 @@
 """The feedback signals a policy asks for, measured on the proxy model, summed over ranks.
 
 Every signal is computed as per-rank *sums* and *counts* and then reduced with
-:func:`mixbatch.torch.feedback.all_reduce_feedback`, so that each rank divides the same global
+:func:`mixbatch.proxy.evaluate.global_means`, so that each rank divides the same global
 totals: the feedback, and so the policy's weights, are identical on every rank, and equal (up to
 rounding) to what one process would measure on the whole global batch.
 
@@ -32,20 +32,15 @@ of its round.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from mixbatch.proxy.evaluate import EvalRows, evaluate
+from mixbatch.proxy.evaluate import EvalRows
 from mixbatch.proxy.model import ProxyLM, shifted_token_losses
-from mixbatch.torch.feedback import all_reduce_feedback, per_source_grads, per_source_mean
+from mixbatch.torch.feedback import per_source_grads, per_source_mean
 
 __all__ = [
     "HeadInput",
-    "eval_sums",
-    "global_means",
     "head_grad_sums",
     "rank_rows",
     "source_sums",
@@ -74,27 +69,6 @@ def source_sums(values: torch.Tensor, source_ids: torch.Tensor, mask: torch.Tens
     means, counts = per_source_mean(values.detach(), source_ids, num_sources, mask)
     sums = torch.nan_to_num(means.double()) * counts.double()
     return sums, counts.double()
-
-
-def _comm_device() -> torch.device:
-    """Where collective operations run: CUDA for NCCL, else the CPU (gloo)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def global_means(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All-reduce ``sums`` ([M] or [M, P]) and ``counts`` ([M]); return the global means (NaN
-    where a group has no tokens on any rank) and the global counts, on the CPU, float64."""
-    where = _comm_device()
-    sums = sums.detach().to(where, torch.float64, copy=True)
-    counts = counts.detach().to(where, torch.float64, copy=True)
-    all_reduce_feedback(sums, counts)
-    sums, counts = sums.cpu(), counts.cpu()
-    shape = (-1,) + (1,) * (sums.dim() - 1)
-    means = sums / counts.clamp(min=1).reshape(shape)
-    means[counts == 0] = float("nan")
-    return means, counts
 
 
 def _head_losses(model: ProxyLM, hidden: torch.Tensor, labels: torch.Tensor
@@ -152,13 +126,3 @@ def target_grad_sums(model: ProxyLM, rows: EvalRows, device: torch.device, batch
         capture.close()
         model.train(was_training)
     return total, count
-
-
-def eval_sums(model: ProxyLM, rows: Mapping[str, EvalRows], device: torch.device,
-              batch_rows: int, amp: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss sums and token counts (float64, one per entry of ``rows``, in order)."""
-    losses, counts = evaluate(model, dict(rows), device, batch_rows, amp)
-    c = torch.tensor([float(counts[n]) for n in rows], dtype=torch.float64)
-    s = torch.tensor([losses[n] * counts[n] if counts[n] else 0.0 for n in rows],
-                     dtype=torch.float64)
-    return s, c

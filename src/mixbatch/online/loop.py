@@ -50,7 +50,13 @@ import torch.distributed as dist
 from mixbatch.config import Config
 from mixbatch.errors import ConfigError
 from mixbatch.mixture.policies import DoReMi, Feedback, Policy, PolicyName, make_policy
-from mixbatch.mixture.policies.spec import NEEDS_TARGET, EvalGroups, PolicySpec, parse_policy
+from mixbatch.mixture.policies.spec import (
+    NEEDS_TARGET,
+    EvalGroups,
+    GradScope,
+    PolicySpec,
+    parse_policy,
+)
 from mixbatch.online.checkpoint import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
@@ -60,6 +66,7 @@ from mixbatch.online.checkpoint import (
 )
 from mixbatch.online.feedback import (
     HeadInput,
+    full_grad_sums,
     head_grad_sums,
     rank_rows,
     source_sums,
@@ -308,7 +315,7 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
         if spec is not None:
             pol, sig = _build_policy(spec, t, splits, init_state, run_path, log)
             overhead = dict(sig.overhead)
-            if "grads" in sig.needs:
+            if "grads" in sig.needs and spec.grads is GradScope.HEAD:
                 capture = HeadInput(t.model)
         # where and how fast it runs may change on resume; what it computes may not
         run_key = {"proxy": proxy.model_dump(mode="json",
@@ -336,6 +343,9 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
             loader.set_weights(pol.weights())
         try:
             files = RunFiles(run_path, names, rank, world, start if resumed else None, audit)
+            if files.torn and log is not None:
+                log("resume: dropped torn last lines (the run was killed while writing them): "
+                    + ", ".join(f"{f} {n}" for f, n in files.torn.items()))
             end = steps if stop_at is None else max(start, min(stop_at, steps))
 
             def checkpoint(step: int) -> None:
@@ -355,6 +365,7 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
                 checkpoint(done)
             summary = _summary(t, spec, pol, target, t.history, overhead, done, ended, run_key,
                                time.perf_counter() - t_start)
+            summary["torn_lines"] = files.torn
             files.summary(summary)
         finally:
             if capture is not None:
@@ -388,15 +399,21 @@ def _batch_feedback(sig: _Signals, t: Trainer, step: Step, train_means: torch.Te
         fb["excess_loss"] = global_means(*source_sums(excess, src, mask, k_src))[0].numpy()
         if "ref_loss" in needs:
             fb["ref_loss"] = global_means(*source_sums(ref, src, mask, k_src))[0].numpy()
+    full = sig.spec.name is PolicyName.DGA and sig.spec.grads is GradScope.FULL
     if "grads" in needs:
-        assert capture is not None and capture.value is not None
-        grads = global_means(*head_grad_sums(model, capture.value, labels, src, k_src))[0]
+        if full:
+            sums = full_grad_sums(model, losses, mask, src, k_src)
+        else:
+            assert capture is not None and capture.value is not None
+            sums = head_grad_sums(model, capture.value, labels, src, k_src)
+        grads = global_means(*sums)[0]
         if sig.spec.name is PolicyName.DGA and sig.spec.normalize_grads:
             grads = _unit(grads)
         fb["grads"] = grads.numpy()
     if "target_grad" in needs:
         assert sig.target_rows is not None
-        s, c = target_grad_sums(model, sig.target_rows, device, t.proxy.eval_batch_rows, amp)
+        s, c = target_grad_sums(model, sig.target_rows, device, t.proxy.eval_batch_rows, amp,
+                                full)
         tg = global_means(s[None], c)[0]
         if sig.spec.name is PolicyName.DGA and sig.spec.normalize_grads:
             tg = _unit(tg)
@@ -419,6 +436,7 @@ def _summary(t: Trainer, spec: PolicySpec | None, pol: Policy | None, target: st
         "target": target,
         "sources": names,
         "seed": cfg.seed,
+        "holdout": cfg.holdout,
         "proxy": proxy.model_dump(mode="json"),
         "steps": done,
         "steps_planned": proxy.steps,

@@ -1,37 +1,25 @@
 """Train a proxy model with an online mixture policy in the loop.
 
-:func:`train_online` composes the pieces that already exist: the loader
-(:class:`~mixbatch.loader.loader.MixedLoader`), the proxy model and its optimiser settings
-(:mod:`mixbatch.proxy`: :class:`ProxyConfig`, the same initialisation, AdamW parameter groups,
-learning-rate schedule, gradient clipping and held-out evaluation as
-:func:`~mixbatch.proxy.train_proxy`), a policy (:func:`~mixbatch.mixture.policies.make_policy`),
-and the feedback helpers (:mod:`mixbatch.online.feedback`). Without a policy a run is exactly a
-:func:`train_proxy` run: the same model after every step.
+:func:`train_online` is a run of the one proxy trainer (:class:`mixbatch.proxy.Trainer`) with
+the policy's hooks (:class:`_PolicyHooks`); without a policy it is exactly a
+:func:`~mixbatch.proxy.train_proxy` run, the same model after every step. In each step ``k``
+(``k`` steps done before it) the hooks add, around the trainer's forward, backward and update:
 
-One step ``k`` (``k`` steps done before it):
+- before the backward: the per-source training loss of the batch (always, for the log) and,
+  when ``policy.due(k + 1)``, what the policy needs at these parameters: train loss, DoReMi's
+  excess loss (a reference forward), per-source gradients and the target's development
+  gradient (DGA, FLAD) (:mod:`mixbatch.online.feedback`);
+- after the update, when due: Skill-It's evaluation losses, ``policy.observe`` with
+  ``step = k + 1``, and ``loader.set_weights(policy.weights())``, from whose current counts
+  the planner integrates the new weights (no jump, exact prefixes); then the run files and
+  periodic checkpoints.
 
-1. plan the global step with the loader's current weights, read this rank's rows;
-2. forward; the per-source training loss of the batch is always measured (for the log);
-3. when ``policy.due(k + 1)``, measure what the policy needs at these parameters: train loss
-   per source, DoReMi's excess loss (a reference forward), per-source head gradients and the
-   target's development gradient (DGA, FLAD);
-4. backward (summed over ranks, so every rank takes the same step), clip, AdamW;
-5. when due: Skill-It's evaluation losses (after the update, at the end of its round); all
-   feedback is summed over ranks (``all_reduce_feedback``) and ``policy.observe`` is called
-   with ``step = k + 1``; ``loader.set_weights(policy.weights())`` makes the planner integrate
-   the new weights from its current counts from step ``k + 1`` on (no jump, exact prefixes);
-6. validation loss every ``eval_every`` steps and at the end; files; checkpoint.
-
-Every rank computes the same feedback totals, so every rank holds the same policy state and the
-same weights after every update; with the gradients summed over ranks the models stay equal.
-DoReMi's reference model and Skill-It's probe runs are computed on every rank (or read from the
-run folder's cache); the skills graph is then taken from rank 0.
-Resume (``resume=True``) restores model, optimiser, loader and policy from
-``RUN_DIR/checkpoint.pt``; the continued run is identical to an uninterrupted one (on CPU,
-bit for bit, with the same thread count).
-
-The policy replaces the config's static mixture from step 0 with its own initial weights
-(uniform unless its ``initial`` setting says otherwise).
+Feedback is summed over ranks, so every rank holds the same policy state and weights. DoReMi's
+reference model and Skill-It's probe runs are computed on every rank (or read from the run
+folder's cache); the skills graph is then taken from rank 0. ``resume=True`` restores model,
+optimiser, loader and policy from ``RUN_DIR/checkpoint.pt``: the continued run is identical to
+an uninterrupted one (on CPU, bit for bit, with the same thread count). The policy replaces the
+config's static mixture from step 0 with its initial weights (uniform unless ``initial``).
 """
 
 from __future__ import annotations
@@ -457,5 +445,5 @@ def _summary(t: Trainer, spec: PolicySpec | None, pol: Policy | None, target: st
         "seconds": seconds,
         "train_seconds": t.train_seconds,
         "world_size": t.world_size,
-        "device": t.device_name(),
+        "device": t.device_name,
     }

@@ -110,5 +110,5 @@ def train_proxy(cfg: Config, proxy: ProxyConfig | None = None,
                           else float("nan")),
             train_loss=losses[-1] if losses else float("nan"), train_losses=losses,
             history=t.history, params=t.model.num_params(),
-            params_total=t.model.num_params(non_embedding=False), device=t.device_name(),
+            params_total=t.model.num_params(non_embedding=False), device=t.device_name,
             weights=asked, state=cpu_state(t.model))

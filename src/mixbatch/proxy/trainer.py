@@ -1,35 +1,27 @@
 """The one proxy trainer: every proxy run of mixbatch is a :class:`Trainer` driven by hooks.
 
 Offline search runs and merging ablations (:func:`mixbatch.proxy.train_proxy`), online policy
-runs (:func:`mixbatch.online.train_online`), Skill-It's probe runs and DoReMi's reference
-model (both ``train_proxy`` calls) and the held-out scoring of merged models
-(:func:`mixbatch.search.merge.heldout_evaluator`) share this class. It owns what every run has:
+runs (:func:`mixbatch.online.train_online`), Skill-It's probes and DoReMi's reference model
+(``train_proxy`` calls) and the scoring of merged models
+(:func:`mixbatch.search.merge.heldout_evaluator`) share what it owns: the loader (batch shape
+overridden by the proxy's ``seq_len`` / ``batch_size``; one process or this rank of
+``torch.distributed``), the device (``cuda`` asked for without one is an error), bf16 autocast
+on a CUDA device that supports it, torch's CPU threads for the run (restored by ``close``), the
+model seeded by ``ProxyConfig.seed`` without touching the caller's RNG (or a given state),
+AdamW with decay on matrices only, the schedule (:func:`~mixbatch.proxy.settings.lr_at`),
+gradient clipping, held-out evaluation over every rank, and a checkpoint's model + optimiser +
+loader state.
 
-- the loader over the config's sources (batch shape overridden by the proxy's ``seq_len`` /
-  ``batch_size``), on one process or as this rank of ``torch.distributed``;
-- the device (:func:`resolve_device`), bf16 autocast on a CUDA device that supports it, torch's
-  CPU threads for the run's duration (restored by :meth:`Trainer.close`);
-- the model, initialised from ``ProxyConfig.seed`` without touching the caller's RNG (or from
-  a given state), AdamW with weight decay on matrices only, the learning-rate schedule
-  (:func:`~mixbatch.proxy.settings.lr_at`) and gradient clipping;
-- held-out evaluation (:meth:`Trainer.validate`, over every rank's rows);
-- the model + optimiser + loader state of a checkpoint (:meth:`Trainer.state_dict`).
+One step ``k`` of :meth:`Trainer.run` (``k`` steps done before it): plan the global step with
+the loader's current weights and read this rank's rows, ``hooks.before_forward(step)``;
+forward, ``hooks.before_backward(step)`` (parameters still before the update: feedback measured
+on the batch goes here); backward (each rank's loss is its share of the global token mean and
+gradients are summed over ranks, so every rank takes the same step), clip, AdamW; validation
+every ``eval_every`` steps and at the last step, ``hooks.after_update(step, record)``.
 
-One step ``k`` of :meth:`Trainer.run` (``k`` steps done before it):
-
-1. plan the global step with the loader's current weights and read this rank's rows;
-   ``hooks.before_forward(step)``;
-2. forward; ``hooks.before_backward(step)``: the parameters are still those before the
-   update (feedback measured on the batch belongs here);
-3. backward (each rank's loss is its share of the global token mean and the gradients are
-   summed over ranks, so every rank takes the same step), clip, AdamW;
-4. validation every ``eval_every`` steps and at the run's last step;
-   ``hooks.after_update(step, record)`` (``record``: the validation, or None).
-
-Without hooks (:class:`Hooks` does nothing) a run is a plain proxy run, so an online run with
-no policy trains the same model as ``train_proxy`` by construction. On CPU two runs with the
-same seeds and thread count are bit-identical; on CUDA attention kernels may reorder
-reductions, so repeated runs agree only to rounding.
+With no hooks a run is a plain proxy run, so an online run without a policy trains the same
+model as ``train_proxy`` by construction. On CPU two runs with the same seeds and thread count
+are bit-identical; on CUDA attention kernels may reorder reductions (equal to rounding).
 """
 
 from __future__ import annotations
@@ -51,25 +43,7 @@ from mixbatch.proxy.evaluate import EvalRows, build_eval_rows, eval_sums, global
 from mixbatch.proxy.model import ProxyLM, ProxyOutput
 from mixbatch.proxy.settings import Device, ProxyConfig, lr_at
 
-__all__ = ["Hooks", "Step", "Trainer", "autocast_dtype", "require_holdout", "resolve_device",
-           "torch_threads", "with_batch"]
-
-
-def resolve_device(proxy: ProxyConfig) -> torch.device:
-    """``proxy.device``: ``auto`` is CUDA when torch sees one; ``cuda`` without one is an error."""
-    if proxy.device == Device.CPU:
-        return torch.device("cpu")
-    if proxy.device == Device.CUDA and not torch.cuda.is_available():
-        raise ConfigError("proxy.device: cuda was asked for but torch sees no CUDA device "
-                          "(use device: auto or cpu)")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast_dtype(proxy: ProxyConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 on a CUDA device that supports it when ``proxy.bf16``; else None (float32)."""
-    if device.type == "cuda" and proxy.bf16 and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+__all__ = ["Hooks", "Step", "Trainer", "cpu_state", "require_holdout", "torch_threads"]
 
 
 @contextmanager
@@ -83,13 +57,6 @@ def torch_threads(threads: int | None) -> Iterator[None]:
     finally:
         if threads is not None:
             torch.set_num_threads(old)
-
-
-def with_batch(cfg: Config, proxy: ProxyConfig) -> Config:
-    """``cfg`` with the proxy's ``seq_len`` / ``batch_size`` (when given) in its ``batch:``."""
-    update = {k: v for k, v in (("seq_len", proxy.seq_len), ("batch_size", proxy.batch_size))
-              if v is not None}
-    return cfg.model_copy(update={"batch": cfg.batch.model_copy(update=update)}) if update else cfg
 
 
 def require_holdout(cfg: Config, what: str) -> None:
@@ -164,15 +131,23 @@ class Trainer:
                  distributed: bool = False,
                  init_state: dict[str, torch.Tensor] | None = None) -> None:
         self.proxy = proxy = proxy or ProxyConfig()
-        self.cfg = cfg = with_batch(cfg, proxy)
-        self.device = resolve_device(proxy)
-        self.amp = autocast_dtype(proxy, self.device)
+        batch = {k: v for k, v in (("seq_len", proxy.seq_len), ("batch_size", proxy.batch_size))
+                 if v is not None}  # the proxy's batch shape overrides the config's
+        self.cfg = cfg = cfg.model_copy(update={"batch": cfg.batch.model_copy(update=batch)})
+        if proxy.device == Device.CUDA and not torch.cuda.is_available():
+            raise ConfigError("proxy.device: cuda was asked for but torch sees no CUDA device "
+                              "(use device: auto or cpu)")
+        cuda = proxy.device != Device.CPU and torch.cuda.is_available()
+        self.device = torch.device("cuda" if cuda else "cpu")
+        self.device_name = torch.cuda.get_device_name(self.device) if cuda else "cpu"
+        self.amp = torch.bfloat16 if cuda and proxy.bf16 and torch.cuda.is_bf16_supported() else None
         self._threads = torch_threads(proxy.threads)
         self._threads.__enter__()
         try:
             self.loader = (MixedLoader(cfg) if distributed
                            else MixedLoader(cfg, rank=0, world_size=1))
-            self.names = self.loader.names
+            self.names, self.rank, self.world_size = (self.loader.names, self.loader.rank,
+                                                      self.loader.world_size)
             self.model_cfg = proxy.model_for(self.loader.stores[0].vocab_size, cfg.batch.seq_len)
             with torch.random.fork_rng(devices=[]):  # leave the caller's RNG as it was
                 torch.manual_seed(proxy.seed)
@@ -200,7 +175,6 @@ class Trainer:
         self.train_seconds = 0.0  # training steps only, validation excluded
         self.eval_seconds = 0.0
 
-    # ---- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
         """Give torch its CPU threads back (idempotent)."""
         if self._threads is not None:
@@ -213,18 +187,6 @@ class Trainer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ---- what the run is --------------------------------------------------------------------
-    @property
-    def rank(self) -> int:
-        return self.loader.rank
-
-    @property
-    def world_size(self) -> int:
-        return self.loader.world_size
-
-    def device_name(self) -> str:
-        return "cpu" if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)
-
     def heldout_rows(self) -> dict[str, EvalRows]:
         """``eval_tokens`` tokens of every source's held-out documents, in their keyed order."""
         heldout = self.loader.heldout()
@@ -233,7 +195,6 @@ class Trainer:
                                    loader.pad_id)
                 for n, s in zip(self.names, loader.stores, strict=True)}
 
-    # ---- evaluation -------------------------------------------------------------------------
     def loss_means(self, rows: dict[str, EvalRows]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token-mean loss and scored tokens of each entry of ``rows`` over every rank."""
         return global_means(*eval_sums(self.model, rows, self.device, self.proxy.eval_batch_rows,
@@ -268,7 +229,6 @@ class Trainer:
         summed = global_means(torch.zeros_like(counts), counts)[1].numpy().astype(np.int64)
         return self.tokens_before + summed
 
-    # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Model (CPU copy), optimiser and loader state, and the tokens trained on per source
         (summed over ranks: every rank calls this, though one may be enough to save it)."""
@@ -283,7 +243,6 @@ class Trainer:
         self.tokens_before = np.asarray(state["trained_tokens"], dtype=np.int64)
         self.by_source[:] = 0
 
-    # ---- training ---------------------------------------------------------------------------
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

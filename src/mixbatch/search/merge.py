@@ -220,15 +220,13 @@ def merge_ablation(cfg: Any, proxy: Any = None, steps: int = 100, seed_steps: in
         SearchRunError: a proxy run failed (its label says which).
     """
     from mixbatch.proxy import ProxyConfig
+    from mixbatch.proxy.trainer import require_holdout
     from mixbatch.search.regress import correlations
     from mixbatch.search.runner import ProxyTask, SearchRunError, _Progress, run_proxy_tasks
 
     t0 = time.perf_counter()
     proxy = proxy if proxy is not None else ProxyConfig.demo()
-    if cfg.holdout <= 0:
-        raise ConfigError("holdout: merging ablations score held-out documents, but the config "
-                          "holds none out (holdout is 0); set `holdout:` to a fraction, e.g. "
-                          "`holdout: 0.05`")
+    require_holdout(cfg, "merging ablations score held-out documents")
     if steps < 1 or (seed_steps is not None and seed_steps < 1):
         raise ConfigError(f"merge: steps must be >= 1, got steps={steps}, seed_steps={seed_steps}")
     seed_steps = steps if seed_steps is None else int(seed_steps)

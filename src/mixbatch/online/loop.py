@@ -241,7 +241,6 @@ class _PolicyHooks(Hooks):
         self.weights_log.append(step.weights)
         self.train_log.append(tm)
         if self.checkpoint_every and done % self.checkpoint_every == 0 and done < self.end:
-            self.files.flush()
             self.checkpoint(done)
 
 
@@ -339,6 +338,7 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
             def checkpoint(step: int) -> None:
                 if ckpt_path is None:
                     return
+                files.flush()  # the files hold every whole row up to the checkpoint's step
                 state = t.state_dict()  # on every rank: it sums the tokens trained over ranks
                 if rank == 0:
                     save_torch({"format": CHECKPOINT_FORMAT, "step": step, "run": run_key,

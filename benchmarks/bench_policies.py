@@ -13,10 +13,12 @@ same number of tokens) with :func:`mixbatch.online.train_online`:
 
 - ``uniform``: the static uniform mixture; ``natural``: the static mixture proportional to each
   domain's tokens;
-- ``doremi``, ``odm``, ``skillit``, ``dga``, ``exp3-flad``, ``ucb1-flad``: the policy with its
-  defaults (and the loop's run-length defaults, ``mixbatch.online.spec``) in the loop, starting
-  from uniform. DoReMi's reference model is the ``uniform`` run of the same seed (the paper's
-  reference: the same model trained on the uniform mixture); Skill-It estimates its graph by
+- ``doremi``, ``odm``, ``skillit``, ``dga``, ``exp3-flad``, ``ucb1-flad`` (and ``dga-full`` when
+  asked for: DGA's full-model raw inner product, ``grads: full``, ``normalize_grads: false``):
+  the policy with its defaults (and the loop's run-length defaults,
+  ``mixbatch.mixture.policies.spec``) in the loop, starting from uniform. DoReMi's reference
+  model is the ``uniform`` run of the same seed (the paper's reference: the same model trained
+  on the uniform mixture); Skill-It estimates its graph by
   one-domain probe runs (their tokens are listed as extra); DGA, EXP3-FLAD and UCB1-FLAD, and
   Skill-It's evaluation, steer by the target's development documents.
 
@@ -53,6 +55,9 @@ from _common import header, log, table, tree_cpu_seconds
 
 PACKAGES = ("mixbatch", "torch", "numpy")
 POLICIES = ["doremi", "odm", "skillit", "dga", "exp3-flad", "ucb1-flad"]
+#: variants run on request (``--policies ... dga-full``): DGA with the paper's score, the raw
+#: inner product of full-model gradients (the default ``dga`` row: head gradients, cosine)
+VARIANTS = {"dga-full": {"name": "dga", "grads": "full", "normalize_grads": False}}
 BASELINES = ["uniform", "natural"]
 DOREMI_AVG = "doremi ᾱ rerun"
 SHAPES = {
@@ -78,7 +83,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--evals", type=int, default=20, help="validation points per run")
     p.add_argument("--eval-tokens", type=int, default=8192, help="validation tokens per domain")
-    p.add_argument("--policies", nargs="+", default=POLICIES, choices=POLICIES)
+    p.add_argument("--policies", nargs="+", default=POLICIES, choices=[*POLICIES, *VARIANTS])
     p.add_argument("--procs", type=int, default=2, help="runs at a time (one thread each)")
     return p.parse_args()
 
@@ -240,7 +245,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> str:
     policy_jobs = []
     for s in args.seeds:
         for p in args.policies:
-            spec: Any = p
+            spec: Any = VARIANTS.get(p, p)
             if p == "doremi":  # the reference: the uniform run of the same seed
                 spec = {"name": "doremi",
                         "reference": str(workdir / "runs" / f"uniform-s{s}" / "checkpoint.pt")}

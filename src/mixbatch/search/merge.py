@@ -219,10 +219,12 @@ def merge_ablation(cfg: Any, proxy: Any = None, steps: int = 100, seed_steps: in
         ConfigError: ``holdout`` is 0, fewer than 2 sources, bad subsets.
         SearchRunError: a proxy run failed (its label says which).
     """
+    from mixbatch.progress import RunProgress
     from mixbatch.proxy import ProxyConfig
     from mixbatch.proxy.trainer import require_holdout
+    from mixbatch.search.backends import ProxyTask, run_proxy_tasks
     from mixbatch.search.regress import correlations
-    from mixbatch.search.runner import ProxyTask, SearchRunError, _Progress, run_proxy_tasks
+    from mixbatch.search.runner import SearchRunError
 
     t0 = time.perf_counter()
     proxy = proxy if proxy is not None else ProxyConfig.demo()
@@ -271,7 +273,7 @@ def merge_ablation(cfg: Any, proxy: Any = None, steps: int = 100, seed_steps: in
                                proxy.model_copy(update={"steps": steps * len(members)}),
                                uniform(members), seed_state))
     results: dict[Any, Any] = {}
-    with _Progress(len(tasks), progress) as bar:
+    with RunProgress(len(tasks), progress) as bar:
         for task, res, error in run_proxy_tasks(cfg, tasks, backend, workers, ray_address):
             if error is not None:
                 fail(task.label, error)

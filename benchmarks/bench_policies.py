@@ -13,10 +13,12 @@ same number of tokens) with :func:`mixbatch.online.train_online`:
 
 - ``uniform``: the static uniform mixture; ``natural``: the static mixture proportional to each
   domain's tokens;
-- ``doremi``, ``odm``, ``skillit``, ``dga``, ``exp3-flad``, ``ucb1-flad``: the policy with its
-  defaults (and the loop's run-length defaults, ``mixbatch.online.spec``) in the loop, starting
-  from uniform. DoReMi's reference model is the ``uniform`` run of the same seed (the paper's
-  reference: the same model trained on the uniform mixture); Skill-It estimates its graph by
+- ``doremi``, ``odm``, ``skillit``, ``dga``, ``exp3-flad``, ``ucb1-flad`` (and ``dga-full`` when
+  asked for: DGA's full-model raw inner product, ``grads: full``, ``normalize_grads: false``):
+  the policy with its defaults (and the loop's run-length defaults,
+  ``mixbatch.mixture.policies.spec``) in the loop, starting from uniform. DoReMi's reference
+  model is the ``uniform`` run of the same seed (the paper's reference: the same model trained
+  on the uniform mixture); Skill-It estimates its graph by
   one-domain probe runs (their tokens are listed as extra); DGA, EXP3-FLAD and UCB1-FLAD, and
   Skill-It's evaluation, steer by the target's development documents.
 
@@ -26,8 +28,14 @@ its difference from uniform (paired by seed), the tokens needed to first reach t
 run's final target loss (the target curve, evaluated ``--evals`` times per run, interpolated
 linearly) and the time-to-result ratio against uniform, as in "Benchmarking Neural Network
 Training Algorithms" (Dahl et al. 2023): tokens to reach the target / uniform's tokens to reach
-it (< 1 is faster; "not reached" when the run never gets there). Runs go ``--procs`` at a time,
-one torch thread each. Run with the project venv: ``.venv/bin/python benchmarks/bench_policies.py``.
+it (< 1 is faster). A run that never gets there is *censored* at its length: its ratio is at
+least (its tokens / uniform's tokens to reach), and it is counted at that bound, never left out.
+The table gives reached/total, the censored mean (prefixed ``≥`` when a run is censored: the
+true mean is at least that) and the Kaplan-Meier median of the ratio (the smallest ratio by
+which half the seeds reached the target, censored runs leaving the risk set at their bound;
+``> x`` when half never did), so that a method cannot look fast by the seeds it failed on.
+Runs go ``--procs`` at a time, one torch thread each. Run with the project venv:
+``.venv/bin/python benchmarks/bench_policies.py``.
 """
 
 from __future__ import annotations
@@ -47,6 +55,9 @@ from _common import header, log, table, tree_cpu_seconds
 
 PACKAGES = ("mixbatch", "torch", "numpy")
 POLICIES = ["doremi", "odm", "skillit", "dga", "exp3-flad", "ucb1-flad"]
+#: variants run on request (``--policies ... dga-full``): DGA with the paper's score, the raw
+#: inner product of full-model gradients (the default ``dga`` row: head gradients, cosine)
+VARIANTS = {"dga-full": {"name": "dga", "grads": "full", "normalize_grads": False}}
 BASELINES = ["uniform", "natural"]
 DOREMI_AVG = "doremi ᾱ rerun"
 SHAPES = {
@@ -72,7 +83,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--evals", type=int, default=20, help="validation points per run")
     p.add_argument("--eval-tokens", type=int, default=8192, help="validation tokens per domain")
-    p.add_argument("--policies", nargs="+", default=POLICIES, choices=POLICIES)
+    p.add_argument("--policies", nargs="+", default=POLICIES, choices=[*POLICIES, *VARIANTS])
     p.add_argument("--procs", type=int, default=2, help="runs at a time (one thread each)")
     return p.parse_args()
 
@@ -144,6 +155,33 @@ def reach(history: list[dict[str, Any]], target: str, level: float) -> float:
     return math.inf
 
 
+def km_median(times: list[float], reached: list[bool]) -> float:
+    """Kaplan-Meier median of times to an event, some of them censored (``reached`` False: the
+    event had not happened by that time): the first event time at which the estimated share
+    still waiting drops to 1/2 or below; ``inf`` when it never does."""
+    order = sorted(range(len(times)), key=lambda i: (times[i], not reached[i]))
+    waiting, at_risk = 1.0, len(times)
+    for i in order:  # at equal times events come first, as the estimator counts them
+        if reached[i]:
+            waiting *= (at_risk - 1) / at_risk
+            if waiting <= 0.5:
+                return times[i]
+        at_risk -= 1
+    return math.inf
+
+
+def censored_ratios(ratios: list[float], bounds: list[float]) -> tuple[str, str, str]:
+    """``reached k/n``, the mean with every censored run counted at its bound (``≥`` when one
+    is), and the Kaplan-Meier median, for time-to-result ratios (``inf``: not reached; its
+    bound: the run's length over uniform's tokens to the target)."""
+    hit = [math.isfinite(r) for r in ratios]
+    values = [r if ok else b for r, b, ok in zip(ratios, bounds, hit, strict=True)]
+    mean = mean_sd(values, "{:.2f}")
+    med = km_median(values, hit)
+    return (f"{sum(hit)}/{len(hit)}", mean if all(hit) else "≥ " + mean,
+            f"{med:.2f}" if math.isfinite(med) else f"> {max(values):.2f}")
+
+
 def mean_sd(xs: list[float], fmt: str = "{:.4f}", signed: bool = False) -> str:
     if not xs:
         return "-"
@@ -207,7 +245,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> str:
     policy_jobs = []
     for s in args.seeds:
         for p in args.policies:
-            spec: Any = p
+            spec: Any = VARIANTS.get(p, p)
             if p == "doremi":  # the reference: the uniform run of the same seed
                 spec = {"name": "doremi",
                         "reference": str(workdir / "runs" / f"uniform-s{s}" / "checkpoint.pt")}
@@ -235,7 +273,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> str:
     rows = []
     tgt = args.target
     for label in labels:
-        finals, deltas, reached, ratios, means, shares, walls = [], [], [], [], [], [], []
+        finals, deltas, reached, ratios, bounds, means, shares, walls = ([] for _ in range(8))
         extra = {"reference": 0, "probes": 0}
         for s in args.seeds:
             r, u = results[(label, s)], results[("uniform", s)]
@@ -249,24 +287,18 @@ def bench(args: argparse.Namespace, workdir: Path) -> str:
             t_policy, t_uniform = reach(sm["history"], tgt, level), reach(um["history"], tgt, level)
             reached.append(t_policy)
             ratios.append(t_policy / t_uniform)
+            bounds.append(sm["history"][-1]["tokens"] / t_uniform)  # censored at the run's end
             for k in extra:
                 extra[k] += sm["overhead_tokens"].get(k, 0)
         ok = [x for x in reached if math.isfinite(x)]
-        ok_ratio = [x for x in ratios if math.isfinite(x)]
-        n = len(reached)
-        if len(ok) == n:
-            ratio = mean_sd(ok_ratio, "{:.2f}")
-        elif ok:
-            ratio = f"{mean_sd(ok_ratio, '{:.2f}')} ({len(ok)}/{n} reached)"
-        else:
-            ratio = f"not reached (0/{n})"
+        hits, ratio, median = censored_ratios(ratios, bounds)
         extra_txt = ", ".join(f"{k} {v / len(args.seeds) / 1e3:.0f}k" for k, v in extra.items() if v)
         if label == "doremi":
             extra_txt = "reference = the uniform run"
         if label == DOREMI_AVG:
             extra_txt = "the doremi run (static ᾱ)"
         rows.append([label, mean_sd(finals), mean_sd(deltas, signed=True),
-                     mean_sd([x / 1e3 for x in ok], "{:.0f}k") if ok else "-", ratio,
+                     mean_sd([x / 1e3 for x in ok], "{:.0f}k") if ok else "-", hits, ratio, median,
                      mean_sd(means), f"{statistics.fmean(shares):.1%}", extra_txt or "-",
                      f"{statistics.fmean(walls):.0f}"])
 
@@ -297,12 +329,17 @@ def bench(args: argparse.Namespace, workdir: Path) -> str:
         header("Online mixture policies vs static mixtures (equal tokens)", PACKAGES, extra_h),
         "",
         table(["mixture", f"{tgt} val loss (end)", "Δ vs uniform", "tokens to uniform's final",
-               "time-to-result ratio", "mean val loss (5 domains)", f"{tgt} share fed",
-               "extra tokens/run", "run s"], rows, align="llllllrll"),
+               "reached", "time-to-result ratio", "ratio KM median", "mean val loss (5 domains)",
+               f"{tgt} share fed", "extra tokens/run", "run s"], rows, align="llllrlllrll"),
         "",
         "Δ vs uniform: paired by seed (negative is better). Tokens to uniform's final: first "
         f"point where the {tgt} validation loss reaches the uniform run's final value (same "
-        "seed), interpolated between evaluations; ratio = that / uniform's own (< 1: faster).",
+        "seed), interpolated between evaluations (mean over the seeds that reached it); ratio = "
+        "that / uniform's own (< 1: faster). Reached: seeds that got there within the run. A "
+        "seed that did not is censored at the run's length: the ratio's mean counts it at "
+        "(run tokens / uniform's tokens), a lower bound, and is then marked ≥; KM median: "
+        "Kaplan-Meier median of the ratio over the seeds with those censorings (> x: half of "
+        "the seeds never reached it).",
         "",
         f"{tgt} validation loss at the end, per seed:",
         "",

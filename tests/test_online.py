@@ -91,7 +91,11 @@ def test_reference_is_cached_and_can_be_loaded(cfg, tmp_path: Path) -> None:
 RUN_FILES = ("weights.csv", "losses.csv", "updates.csv", "audit.jsonl")
 
 
-@pytest.mark.parametrize("name", ["doremi", "exp3-flad", "skillit"])
+def _final_checkpoint(run: Path) -> dict:
+    return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("name", POLICIES)
 def test_resume_is_identical_to_a_straight_run(cfg, tmp_path: Path, name: str) -> None:
     proxy = _tiny(steps=20, eval_every=5)
     straight = train_online(cfg, proxy, name, target="s2", run_dir=tmp_path / "a")
@@ -105,8 +109,38 @@ def test_resume_is_identical_to_a_straight_run(cfg, tmp_path: Path, name: str) -
     for f in RUN_FILES:
         assert (cut / f).read_text() == (tmp_path / "a" / f).read_text(), f
     assert resumed.history == straight.history
+    assert resumed.updates == straight.updates[-len(resumed.updates):] and resumed.updates
     for k in straight.state:
         assert torch.equal(resumed.state[k], straight.state[k]), k
+    a, b = _final_checkpoint(tmp_path / "a"), _final_checkpoint(cut)
+    # the loader (counts, weights override), the policy and the tokens trained end alike
+    assert a["loader"] == b["loader"] and a["policy"] == b["policy"]
+    assert a["trained_tokens"] == b["trained_tokens"] and a["step"] == b["step"] == 20
+    for k, v in a["optimizer"]["state"].items():
+        for field_name, x in v.items():
+            assert torch.equal(x, b["optimizer"]["state"][k][field_name]), (k, field_name)
+
+
+def test_resume_drops_torn_last_lines(cfg, tmp_path: Path) -> None:
+    """A run killed while writing a row: the torn tail is dropped (counted), never glued onto
+    the next row, and the folder ends as an uninterrupted run's."""
+    proxy = _tiny(steps=12, eval_every=4)
+    train_online(cfg, proxy, "odm", target="s2", run_dir=tmp_path / "a")
+    cut = tmp_path / "b"
+    train_online(cfg, proxy, "odm", target="s2", run_dir=cut, stop_at=6)
+    with open(cut / "losses.csv", "a") as f:
+        f.write("1")  # the start of the next row: "1" + "6,..." would read as step 16
+    with open(cut / "audit.jsonl", "a") as f:
+        f.write('{"step": 6, "ra')
+    with pytest.warns(UserWarning, match="losses.csv: left out a torn last line"):
+        _, rows = read_csv(cut / "losses.csv")
+    assert [int(r[0]) for r in rows] == list(range(6))
+    lines: list[str] = []
+    r = train_online(cfg, proxy, "odm", target="s2", run_dir=cut, resume=True, log=lines.append)
+    for f in RUN_FILES:
+        assert (cut / f).read_text() == (tmp_path / "a" / f).read_text(), f
+    assert r.summary["torn_lines"] == {"losses.csv": 1, "audit.jsonl": 1}
+    assert any("torn" in ln and "losses.csv 1" in ln for ln in lines)
 
 
 def test_resume_under_other_settings_is_refused(cfg, tmp_path: Path) -> None:
@@ -266,3 +300,61 @@ def test_cli_policy_flag_keeps_the_configured_settings_of_the_same_policy(cfg, t
 def test_doremi_mean_excess_uses_train_and_reference_losses(cfg) -> None:
     r = train_online(cfg, _tiny(steps=8), {"name": "doremi", "excess": "mean"}, audit=False)
     assert len(r.updates) == 8 and r.summary["averaged_weights"] is not None
+
+
+# ---- DGA: the paper's full-model inner product ------------------------------------------------
+def test_dga_full_model_gradients_run_and_are_recorded(cfg) -> None:
+    spec = {"name": "dga", "grads": "full", "normalize_grads": False, "every": 2}
+    r = train_online(cfg, _tiny(steps=8), spec, target="s2", audit=False)
+    assert r.summary["loop"]["grads"] == "full" and not r.summary["loop"]["normalize_grads"]
+    assert len(r.updates) == 4
+    head = train_online(cfg, _tiny(steps=8), {**spec, "grads": "head"}, target="s2", audit=False)
+    assert head.summary["loop"]["grads"] == "head"
+    assert r.updates != head.updates  # other gradients, other weights
+    with pytest.raises(ConfigError, match=r"^mixture.policy.grads: got 'all'"):
+        parse_policy({"name": "dga", "grads": "all"})
+
+
+def test_full_gradients_sum_to_the_batch_gradient(cfg) -> None:
+    """Per-source full-model gradients, weighted by their token counts, are the gradient of the
+    batch's token-mean loss; the target gradient of rows is the gradient of their mean loss."""
+    from mixbatch.loader.loader import MixedLoader
+    from mixbatch.online.feedback import full_grad_sums, target_grad_sums
+    from mixbatch.proxy.evaluate import build_eval_rows
+    from mixbatch.proxy.model import ProxyLM
+
+    proxy = _tiny()
+    loader = MixedLoader(cfg.model_copy(update={"batch": cfg.batch}), rank=0, world_size=1)
+    torch.manual_seed(0)
+    model = ProxyLM(proxy.model_for(loader.stores[0].vocab_size, 64))
+    params = list(model.parameters())
+    batch = loader.batch_of(loader.next_step())
+    ids, lab, pos, src = (torch.from_numpy(batch[k]) for k in
+                          ("input_ids", "labels", "position_ids", "source_ids"))
+    out = model(ids, lab, pos)
+    sums, counts = full_grad_sums(model, out.losses, out.mask, src, 3)
+    assert counts.sum() == out.mask.sum()
+    want = torch.cat([g.reshape(-1) for g in torch.autograd.grad(out.loss, params)]).double()
+    assert torch.allclose(sums.sum(0) / counts.sum(), want, atol=1e-6)
+
+    rows = build_eval_rows(loader.stores[2], loader.heldout()["s2"], 64, 512, loader.eod_id,
+                           loader.pad_id)
+    total, n = target_grad_sums(model, rows, torch.device("cpu"), 4, None, full=True)
+    ev = model(torch.from_numpy(rows.input_ids), torch.from_numpy(rows.labels),
+               torch.from_numpy(rows.position_ids))
+    want = torch.cat([g.reshape(-1) for g in torch.autograd.grad(ev.loss, params)]).double()
+    assert int(n) == rows.tokens and torch.allclose(total / n, want, atol=1e-6)
+
+
+# ---- `mixbatch train` without holdout ---------------------------------------------------------
+def test_cli_train_holds_out_a_default_fraction(cfg, tmp_path: Path, capsys) -> None:
+    from mixbatch.online.cli import DEFAULT_HOLDOUT
+
+    path = _config_file(cfg.model_copy(update={"holdout": 0.0}), tmp_path, None)
+    tiny = ["--proxy", "n_layer=1", "--proxy", "d_model=32", "--proxy", "n_head=2",
+            "--proxy", "eval_tokens=256", "--proxy", "threads=1", "--no-audit"]
+    assert main(["train", path, "--steps", "3", "--out", str(tmp_path / "run"), *tiny]) == 0
+    err = capsys.readouterr().err
+    assert f"holding out {DEFAULT_HOLDOUT:.0%} of each source's documents" in err
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["holdout"] == DEFAULT_HOLDOUT and s["val_loss"] is not None

@@ -24,6 +24,9 @@ ALPHABETS = {"lower": "abcdefghijklm ", "upper": "NOPQRSTUVWXYZ ", "digits": "01
              "mixed": "aeiouAEIOU0123 "}
 NAMES = list(ALPHABETS)
 TINY = TINY_PROXY
+#: thresholds chosen from measured runs (see test_merge_reports_correlations_over_the_subsets)
+MIN_PEARSON_PER_SOURCE = 0.8
+MIN_PEARSON_MEAN = 0.4
 
 
 def _proxy(**kw) -> ProxyConfig:
@@ -54,6 +57,15 @@ def test_merge_reports_correlations_over_the_subsets(setup) -> None:
         assert v["n"] == 10
         for k in ("pearson", "spearman"):
             assert math.isfinite(v[k]) and -1.0 <= v[k] <= 1.0
+    # The method's claim (Na et al.): a merged model's loss tracks the loss of a model trained on
+    # the union. Measured at this size with proxy seeds 0-4 (the ablation run five times): the
+    # Pearson correlation per source 0.90-0.99 (20 values), of the mean loss 0.57-0.73. The
+    # thresholds keep a margin under those. A "merge" that keeps only the first (or the last)
+    # member's model measured a mean-loss Pearson of -0.23 (0.24) and per-source values down
+    # to -0.15 (-0.29): far below them.
+    for name in NAMES:
+        assert report.correlations[name]["pearson"] > MIN_PEARSON_PER_SOURCE, name
+    assert report.correlations["mean"]["pearson"] > MIN_PEARSON_MEAN
     assert report.seed["steps"] == 10
     assert all(u["steps"] == 20 and u["tokens"] == 20 * 4 * 64 for u in report.units.values())
     for s in report.subsets:

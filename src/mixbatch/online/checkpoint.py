@@ -2,11 +2,12 @@
 
 Keys (constant, ``format`` first): ``format``, ``step`` (optimizer steps done), ``run`` (what the
 run must share with its continuation: proxy settings, policy, its settings, loop options,
-target), ``loader`` (:meth:`MixedLoader.state_dict`, which carries the policy's current weights
-as its override), ``policy`` (:meth:`Policy.state_dict`, or None for a static mixture),
-``model``, ``optimizer``, ``history`` (the validation records so far), ``overhead`` (tokens
-spent on reference and probe runs), ``fed_at_feedback`` (tokens fed per source when the policy
-last observed, for the next feedback's ``counts``). It loads with
+target), :meth:`mixbatch.proxy.Trainer.state_dict`'s ``model``, ``optimizer``, ``loader``
+(:meth:`MixedLoader.state_dict`, which carries the policy's current weights as its override)
+and ``trained_tokens`` (per source, all ranks), ``policy`` (:meth:`Policy.state_dict`, or None
+for a static mixture), ``history`` (the validation records so far), ``overhead`` (tokens spent
+on reference and probe runs), ``fed_at_feedback`` (tokens fed per source when the policy last
+observed, for the next feedback's ``counts``). It loads with
 ``torch.load(..., weights_only=True)``.
 """
 
@@ -17,14 +18,22 @@ from typing import Any
 
 import torch
 
+from mixbatch.atomic import atomic_path
 from mixbatch.errors import StateError
 
-__all__ = ["CHECKPOINT_FILE", "CHECKPOINT_FORMAT", "check_same_run", "load_checkpoint"]
+__all__ = ["CHECKPOINT_FILE", "CHECKPOINT_FORMAT", "check_same_run", "load_checkpoint", "save_torch"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_FORMAT = "mixbatch.online.checkpoint/1"
-_KEYS = ("step", "run", "loader", "policy", "model", "optimizer", "history", "overhead",
-         "fed_at_feedback")
+CHECKPOINT_FORMAT = "mixbatch.online.checkpoint/2"
+_KEYS = ("step", "run", "loader", "policy", "model", "optimizer", "trained_tokens", "history",
+         "overhead", "fed_at_feedback")
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` atomically (:func:`mixbatch.atomic.atomic_path`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

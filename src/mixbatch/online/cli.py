@@ -3,7 +3,10 @@
 ``mixbatch train CONFIG --steps N [--policy NAME] [--out RUN_DIR] [--seed S] [--target SOURCE]``
 trains the proxy model (:func:`mixbatch.online.train_online`) with the config's
 ``mixture.policy`` (or ``--policy``; ``--policy none`` for the static mixture) and writes the run
-folder. ``mixbatch report RUN_DIR`` draws it (:func:`mixbatch.online.report.write_report`).
+folder. A config without held-out documents (``holdout: 0``, the default) holds out
+``DEFAULT_HOLDOUT`` (5%) of each source's documents for this run and says so: an online run
+reports held-out loss and some policies steer by it. ``mixbatch report RUN_DIR`` draws it
+(:func:`mixbatch.online.report.write_report`).
 
 Errors are :class:`~mixbatch.errors.MixbatchError`: the ``mixbatch`` entry point prints them
 as one line and exits with their code (2 for a bad config or option). :func:`main` does the same
@@ -21,7 +24,11 @@ from typing import Any
 from mixbatch.checks import positive_int
 from mixbatch.errors import ConfigError, MixbatchError
 
-__all__ = ["add_online_parsers", "cmd_report", "cmd_train", "main", "proxy_settings"]
+__all__ = ["DEFAULT_HOLDOUT", "add_online_parsers", "cmd_report", "cmd_train", "main",
+           "proxy_settings"]
+
+#: the held-out fraction `mixbatch train` uses when the config holds no documents out
+DEFAULT_HOLDOUT = 0.05
 
 
 def _console(stderr: bool = False):
@@ -58,6 +65,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.seed is not None:
         cfg = cfg.model_copy(update={"seed": args.seed})
+    err = _console(stderr=True)
+    if cfg.holdout <= 0:
+        cfg = cfg.model_copy(update={"holdout": DEFAULT_HOLDOUT})
+        err.print(f"holdout: the config holds no documents out; holding out {DEFAULT_HOLDOUT:.0%} "
+                  f"of each source's documents (at most holdout_max = {cfg.holdout_max}) for "
+                  "validation and the policies' feedback (set `holdout:` to choose)", markup=False)
     proxy_in = {"seed": cfg.seed, **proxy_settings(args.proxy or []), "steps": args.steps}
     proxy = ProxyConfig.from_dict(proxy_in, origin="--proxy")
     names = list(cfg.sources)
@@ -71,7 +84,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     label = "static" if policy is None else policy.label
     run_dir = Path(args.out) if args.out else (
         Path("runs") / f"{Path(args.config).stem}-{label}-s{cfg.seed}")
-    err = _console(stderr=True)
     result = train_online(cfg, proxy, policy or "none", target=args.target, run_dir=run_dir,
                           resume=args.resume, checkpoint_every=args.checkpoint_every,
                           audit=not args.no_audit,

@@ -1,7 +1,7 @@
 """The feedback signals a policy asks for, measured on the proxy model, summed over ranks.
 
 Every signal is computed as per-rank *sums* and *counts* and then reduced with
-:func:`mixbatch.torch.feedback.all_reduce_feedback`, so that each rank divides the same global
+:func:`mixbatch.proxy.evaluate.global_means`, so that each rank divides the same global
 totals: the feedback, and so the policy's weights, are identical on every rank, and equal (up to
 rounding) to what one process would measure on the whole global batch.
 
@@ -15,9 +15,11 @@ Signals:
   to the output layer: the gradient of the head's use of its weight, with the final hidden state
   detached (:func:`head_grad_sums`). The proxy ties the head to the input embedding; the input
   use is left out, so this is the "lm_head" partition of FLAD. DGA's paper uses every
-  parameter; mixbatch uses the same head subset for it (one cheap backward per source).
-- ``target_grad``: the same head gradient of the token-mean loss of the *target's development
-  documents* (:func:`target_grad_sums`): the half of the target's held-out documents that is
+  parameter: ``grads: full`` in DGA's ``mixture.policy`` takes each source's gradient over
+  every parameter through the batch's own graph (:func:`full_grad_sums`, one full backward per
+  source); the default ``head`` takes the head subset (one cheap backward per source).
+- ``target_grad``: the same gradient (head or full) of the token-mean loss of the *target's
+  development documents* (:func:`target_grad_sums`): the half of the target's held-out documents that is
   never used for reporting (:mod:`mixbatch.online.splits`): one batch's worth of tokens spread
   over them (at most ``eval_tokens``), the same rows at every update. Held-out text rather than
   the target's tokens in the batch keeps the signal alive when a policy turns the target down,
@@ -32,20 +34,16 @@ of its round.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from mixbatch.proxy.evaluate import EvalRows, evaluate
+from mixbatch.proxy.evaluate import EvalRows
 from mixbatch.proxy.model import ProxyLM, shifted_token_losses
-from mixbatch.torch.feedback import all_reduce_feedback, per_source_grads, per_source_mean
+from mixbatch.torch.feedback import per_source_grads, per_source_mean
 
 __all__ = [
     "HeadInput",
-    "eval_sums",
-    "global_means",
+    "full_grad_sums",
     "head_grad_sums",
     "rank_rows",
     "source_sums",
@@ -76,27 +74,6 @@ def source_sums(values: torch.Tensor, source_ids: torch.Tensor, mask: torch.Tens
     return sums, counts.double()
 
 
-def _comm_device() -> torch.device:
-    """Where collective operations run: CUDA for NCCL, else the CPU (gloo)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def global_means(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All-reduce ``sums`` ([M] or [M, P]) and ``counts`` ([M]); return the global means (NaN
-    where a group has no tokens on any rank) and the global counts, on the CPU, float64."""
-    where = _comm_device()
-    sums = sums.detach().to(where, torch.float64, copy=True)
-    counts = counts.detach().to(where, torch.float64, copy=True)
-    all_reduce_feedback(sums, counts)
-    sums, counts = sums.cpu(), counts.cpu()
-    shape = (-1,) + (1,) * (sums.dim() - 1)
-    means = sums / counts.clamp(min=1).reshape(shape)
-    means[counts == 0] = float("nan")
-    return means, counts
-
-
 def _head_losses(model: ProxyLM, hidden: torch.Tensor, labels: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token losses through the head only (hidden state detached), and their mask."""
@@ -124,12 +101,26 @@ def rank_rows(rows: EvalRows, rank: int, world_size: int) -> EvalRows:
     return EvalRows(rows.input_ids[s], rows.labels[s], rows.position_ids[s], rows.docs)
 
 
+def full_grad_sums(model: ProxyLM, losses: torch.Tensor, mask: torch.Tensor,
+                   source_ids: torch.Tensor, num_sources: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-source sums of gradients over every parameter ``[K, P]`` (gradient of the mean ×
+    token count) and counts ``[K]``, from the batch's per-token ``losses`` (still attached to
+    the graph, which is kept for the training step's own backward)."""
+    grads, _ = per_source_grads(losses, source_ids, num_sources, model.parameters(), mask)
+    _, counts = per_source_mean(losses.detach(), source_ids, num_sources, mask)
+    return grads.double() * counts.double()[:, None], counts.double()
+
+
 def target_grad_sums(model: ProxyLM, rows: EvalRows, device: torch.device, batch_rows: int,
-                     amp: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum over ``rows``' predicted tokens of the head gradient ``[P]`` (float64), and the count
-    (a one-element tensor), at the model's current parameters."""
-    w = model.head.weight
-    total = torch.zeros(w.numel(), dtype=torch.float64, device=device)
+                     amp: torch.dtype | None, full: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum over ``rows``' predicted tokens of the head gradient ``[P]`` (every parameter's
+    gradient when ``full``), float64, and the count (a one-element tensor), at the model's
+    current parameters."""
+    params = ([p for p in model.parameters() if p.requires_grad] if full
+              else [model.head.weight])
+    total = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64, device=device)
     count = torch.zeros(1, dtype=torch.float64, device=device)
     capture = HeadInput(model)
     was_training = model.training
@@ -139,26 +130,21 @@ def target_grad_sums(model: ProxyLM, rows: EvalRows, device: torch.device, batch
             ids = torch.from_numpy(rows.input_ids[s: s + batch_rows]).to(device)
             lab = torch.from_numpy(rows.labels[s: s + batch_rows]).to(device)
             pos = torch.from_numpy(rows.position_ids[s: s + batch_rows]).to(device)
-            with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.bfloat16,
-                                                 enabled=amp is not None):
-                model(ids, None, pos)
-            assert capture.value is not None
+            with torch.set_grad_enabled(full), torch.autocast(
+                    device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                out = model(ids, lab if full else None, pos)
             with torch.enable_grad():
-                losses, mask = _head_losses(model, capture.value, lab)
-                (g,) = torch.autograd.grad(losses.sum(), [w])
-            total += g.reshape(-1).double()
+                if full:
+                    assert out.losses is not None and out.mask is not None
+                    losses, mask = out.losses, out.mask
+                else:
+                    assert capture.value is not None
+                    losses, mask = _head_losses(model, capture.value, lab)
+                g = torch.autograd.grad(losses.sum(), params, allow_unused=True)
+            total += torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1)
+                                for x, p in zip(g, params, strict=True)]).double()
             count += mask.sum().double()
     finally:
         capture.close()
         model.train(was_training)
     return total, count
-
-
-def eval_sums(model: ProxyLM, rows: Mapping[str, EvalRows], device: torch.device,
-              batch_rows: int, amp: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss sums and token counts (float64, one per entry of ``rows``, in order)."""
-    losses, counts = evaluate(model, dict(rows), device, batch_rows, amp)
-    c = torch.tensor([float(counts[n]) for n in rows], dtype=torch.float64)
-    s = torch.tensor([losses[n] * counts[n] if counts[n] else 0.0 for n in rows],
-                     dtype=torch.float64)
-    return s, c

@@ -1,37 +1,25 @@
 """Train a proxy model with an online mixture policy in the loop.
 
-:func:`train_online` composes the pieces that already exist: the loader
-(:class:`~mixbatch.loader.loader.MixedLoader`), the proxy model and its optimiser settings
-(:mod:`mixbatch.proxy`: :class:`ProxyConfig`, the same initialisation, AdamW parameter groups,
-learning-rate schedule, gradient clipping and held-out evaluation as
-:func:`~mixbatch.proxy.train_proxy`), a policy (:func:`~mixbatch.mixture.policies.make_policy`),
-and the feedback helpers (:mod:`mixbatch.online.feedback`). Without a policy a run is exactly a
-:func:`train_proxy` run: the same model after every step.
+:func:`train_online` is a run of the one proxy trainer (:class:`mixbatch.proxy.Trainer`) with
+the policy's hooks (:class:`_PolicyHooks`); without a policy it is exactly a
+:func:`~mixbatch.proxy.train_proxy` run, the same model after every step. In each step ``k``
+(``k`` steps done before it) the hooks add, around the trainer's forward, backward and update:
 
-One step ``k`` (``k`` steps done before it):
+- before the backward: the per-source training loss of the batch (always, for the log) and,
+  when ``policy.due(k + 1)``, what the policy needs at these parameters: train loss, DoReMi's
+  excess loss (a reference forward), per-source gradients and the target's development
+  gradient (DGA, FLAD) (:mod:`mixbatch.online.feedback`);
+- after the update, when due: Skill-It's evaluation losses, ``policy.observe`` with
+  ``step = k + 1``, and ``loader.set_weights(policy.weights())``, from whose current counts
+  the planner integrates the new weights (no jump, exact prefixes); then the run files and
+  periodic checkpoints.
 
-1. plan the global step with the loader's current weights, read this rank's rows;
-2. forward; the per-source training loss of the batch is always measured (for the log);
-3. when ``policy.due(k + 1)``, measure what the policy needs at these parameters: train loss
-   per source, DoReMi's excess loss (a reference forward), per-source head gradients and the
-   target's development gradient (DGA, FLAD);
-4. backward (summed over ranks, so every rank takes the same step), clip, AdamW;
-5. when due: Skill-It's evaluation losses (after the update, at the end of its round); all
-   feedback is summed over ranks (``all_reduce_feedback``) and ``policy.observe`` is called
-   with ``step = k + 1``; ``loader.set_weights(policy.weights())`` makes the planner integrate
-   the new weights from its current counts from step ``k + 1`` on (no jump, exact prefixes);
-6. validation loss every ``eval_every`` steps and at the end; files; checkpoint.
-
-Every rank computes the same feedback totals, so every rank holds the same policy state and the
-same weights after every update; with the gradients summed over ranks the models stay equal.
-DoReMi's reference model and Skill-It's probe runs are computed on every rank (or read from the
-run folder's cache); the skills graph is then taken from rank 0.
-Resume (``resume=True``) restores model, optimiser, loader and policy from
-``RUN_DIR/checkpoint.pt``; the continued run is identical to an uninterrupted one (on CPU,
-bit for bit, with the same thread count).
-
-The policy replaces the config's static mixture from step 0 with its own initial weights
-(uniform unless its ``initial`` setting says otherwise).
+Feedback is summed over ranks, so every rank holds the same policy state and weights. DoReMi's
+reference model and Skill-It's probe runs are computed on every rank (or read from the run
+folder's cache); the skills graph is then taken from rank 0. ``resume=True`` restores model,
+optimiser, loader and policy from ``RUN_DIR/checkpoint.pt``: the continued run is identical to
+an uninterrupted one (on CPU, bit for bit, with the same thread count). The policy replaces the
+config's static mixture from step 0 with its initial weights (uniform unless ``initial``).
 """
 
 from __future__ import annotations
@@ -49,31 +37,37 @@ import torch.distributed as dist
 
 from mixbatch.config import Config
 from mixbatch.errors import ConfigError
-from mixbatch.loader.loader import MixedLoader
 from mixbatch.mixture.policies import DoReMi, Feedback, Policy, PolicyName, make_policy
-from mixbatch.mixture.policies.spec import NEEDS_TARGET, EvalGroups, PolicySpec, parse_policy
+from mixbatch.mixture.policies.spec import (
+    NEEDS_TARGET,
+    EvalGroups,
+    GradScope,
+    PolicySpec,
+    parse_policy,
+)
 from mixbatch.online.checkpoint import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
     check_same_run,
     load_checkpoint,
+    save_torch,
 )
 from mixbatch.online.feedback import (
     HeadInput,
-    eval_sums,
-    global_means,
+    full_grad_sums,
     head_grad_sums,
     rank_rows,
     source_sums,
     target_grad_sums,
 )
 from mixbatch.online.probes import probe_graph
-from mixbatch.online.reference import reference_model, save_torch
+from mixbatch.online.reference import reference_model
 from mixbatch.online.runfiles import RunFiles
 from mixbatch.online.splits import HeldoutSplit, eval_rows, heldout_split
-from mixbatch.proxy.evaluate import EvalRows
-from mixbatch.proxy.model import ModelConfig, ProxyLM
-from mixbatch.proxy.train import ProxyConfig, _device, _param_groups, _with_batch, lr_at
+from mixbatch.proxy.evaluate import EvalRows, global_means
+from mixbatch.proxy.model import ProxyLM
+from mixbatch.proxy.settings import ProxyConfig
+from mixbatch.proxy.trainer import Hooks, Step, Trainer, cpu_state, require_holdout
 
 __all__ = ["SUMMARY_FORMAT", "OnlineResult", "resolve_policy", "train_online"]
 
@@ -102,12 +96,6 @@ def resolve_policy(cfg: Config, policy: Any, names: list[str], where: str = "pol
     if isinstance(policy, str) and policy.strip().lower() == NO_POLICY:
         return None
     return parse_policy(policy, names, where)
-
-
-def _amp(proxy: ProxyConfig, device: torch.device) -> torch.dtype | None:
-    if device.type == "cuda" and proxy.bf16 and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 def _unit(rows: torch.Tensor) -> torch.Tensor:
@@ -140,15 +128,14 @@ class _Signals:
         self.overhead = {"reference": 0, "probes": 0}
 
 
-def _build_policy(spec: PolicySpec, cfg: Config, proxy: ProxyConfig, loader: MixedLoader,
-                  splits: dict[str, HeldoutSplit], model_cfg: ModelConfig,
+def _build_policy(spec: PolicySpec, t: Trainer, splits: dict[str, HeldoutSplit],
                   init_state: dict[str, torch.Tensor], run_path: Path | None,
-                  device: torch.device, log: Callable[[str], None] | None
-                  ) -> tuple[Policy, _Signals]:
+                  log: Callable[[str], None] | None) -> tuple[Policy, _Signals]:
     """The policy with the run-length defaults, and what its feedback needs: Skill-It's graph
     (probe runs unless given) and evaluation rows, DoReMi's reference model, the target's
     development rows. Reference and probe runs are computed on every rank (or read from the
     run folder's cache); the graph is then taken from rank 0."""
+    cfg, proxy, loader, device = t.cfg, t.proxy, t.loader, t.device
     names = loader.names
     seq_len = cfg.batch.seq_len
     steps = proxy.steps
@@ -166,7 +153,7 @@ def _build_policy(spec: PolicySpec, cfg: Config, proxy: ProxyConfig, loader: Mix
             groups = names
         dev_groups = eval_rows(loader, splits, groups, "dev", seq_len, proxy.eval_tokens)
         if "graph" not in settings:
-            scratch = ProxyLM(model_cfg).to(device)
+            scratch = ProxyLM(t.model_cfg).to(device)
             graph, spent_probes = probe_graph(cfg, proxy, init_state, scratch, dev_groups,
                                               spec.probe_steps_for(steps), run_path, device, log)
             settings["graph"] = _broadcast(graph.tolist())
@@ -185,7 +172,7 @@ def _build_policy(spec: PolicySpec, cfg: Config, proxy: ProxyConfig, loader: Mix
         sig.groups = {g: rank_rows(r, rank, world) for g, r in dev_groups.items()}
     if sig.needs & {"excess_loss", "ref_loss"}:
         sig.reference, sig.overhead["reference"] = reference_model(
-            cfg, proxy, model_cfg, spec.loop_options(steps)["reference_steps"], spec.reference,
+            cfg, proxy, t.model_cfg, spec.loop_options(steps)["reference_steps"], spec.reference,
             run_path, device, log)
     if "target_grad" in sig.needs:
         assert target is not None
@@ -195,6 +182,66 @@ def _build_policy(spec: PolicySpec, cfg: Config, proxy: ProxyConfig, loader: Mix
         rows = eval_rows(loader, splits, [target], "dev", seq_len, budget)
         sig.target_rows = rank_rows(rows[target], rank, world)
     return pol, sig
+
+
+class _PolicyHooks(Hooks):
+    """The online part of each step of the trainer: the per-source train loss of the batch, the
+    policy's feedback and update when due, the run files, periodic checkpoints."""
+
+    def __init__(self, t: Trainer, pol: Policy | None, sig: _Signals | None,
+                 capture: HeadInput | None, files: RunFiles, last_fed: np.ndarray,
+                 checkpoint: Callable[[int], None], checkpoint_every: int | None,
+                 end: int) -> None:
+        self.t, self.pol, self.sig, self.capture, self.files = t, pol, sig, capture, files
+        self.last_fed = last_fed  # tokens per source at the last feedback
+        self.checkpoint, self.checkpoint_every, self.end = checkpoint, checkpoint_every, end
+        self.weights_log: list[np.ndarray] = []
+        self.train_log: list[np.ndarray] = []
+        self.updates: list[tuple[int, list[float]]] = []
+        self.due = False
+        self.fb: dict[str, Any] = {}
+        self.train_means = self.train_counts = torch.zeros(0)
+
+    def before_forward(self, step: Step) -> None:
+        planned = step.planned
+        self.files.audit(planned.plan.select_rows(planned.rows), planned.index, self.t.rank)
+        self.due = self.pol is not None and self.pol.due(step.done)
+
+    def before_backward(self, step: Step) -> None:
+        out = step.out
+        assert out is not None and out.losses is not None and out.mask is not None
+        self.train_means, self.train_counts = global_means(
+            *source_sums(out.losses, step.src, out.mask, len(self.t.names)))
+        self.fb = {}
+        if self.due:
+            assert self.sig is not None
+            self.fb = _batch_feedback(self.sig, self.t, step, self.train_means,
+                                      self.train_counts, self.capture)
+
+    def after_update(self, step: Step, record: dict[str, Any] | None) -> None:
+        t, done = self.t, step.done
+        if self.due:
+            assert self.pol is not None and self.sig is not None
+            if "eval_loss" in self.sig.needs:
+                self.fb["eval_loss"] = t.loss_means(self.sig.groups)[0].numpy()
+            fed = t.loader.fed_tokens
+            self.pol.observe(Feedback(step=done, tokens=int(fed.sum()),
+                                      counts=fed - self.last_fed, **self.fb))
+            self.last_fed = fed.copy()
+            new = self.pol.weights()
+            t.loader.set_weights(new)
+            self.updates.append((done, new.tolist()))
+            self.files.update(done, new)
+        tm = self.train_means.numpy()
+        counts = self.train_counts.numpy()
+        train_mean = float(np.nansum(tm * counts) / max(counts.sum(), 1))
+        self.files.step(step.index, step.weights, step.fed, int(t.loader.fed_tokens.sum()),
+                        train_mean, tm, None if record is None else record["val_loss"],
+                        None if record is None else record["val_loss_mean"])
+        self.weights_log.append(step.weights)
+        self.train_log.append(tm)
+        if self.checkpoint_every and done % self.checkpoint_every == 0 and done < self.end:
+            self.checkpoint(done)
 
 
 def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = None, *,
@@ -227,11 +274,7 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
         StateError: a checkpoint written by other settings.
     """
     t_start = time.perf_counter()
-    proxy = proxy or ProxyConfig()
-    if cfg.holdout <= 0:
-        raise ConfigError("holdout: online runs report held-out loss and some policies steer by "
-                          "it, but the config holds no documents out (holdout is 0); set "
-                          "`holdout:` to a fraction, e.g. `holdout: 0.1`")
+    require_holdout(cfg, "online runs report held-out loss and some policies steer by it")
     names = list(cfg.sources)
     spec = resolve_policy(cfg, policy, names)
     if target is not None and target not in names:
@@ -243,45 +286,24 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
             raise ConfigError(f"mixture.policy: policy {spec.label!r} steers towards a target "
                               "domain's held-out loss; give --target SOURCE (or "
                               "mixture.policy.target)")
-    cfg = _with_batch(cfg, proxy)
-    seq_len = cfg.batch.seq_len
     run_path = Path(run_dir) if run_dir is not None else None
-    loader = MixedLoader(cfg)  # rank and world size from torch.distributed when initialised
-    rank, world = loader.rank, loader.world_size
-    k_src = len(names)
-    steps = proxy.steps
-    eval_every = proxy.eval_every or max(1, steps // 10)
-    device = _device(proxy)
-    amp = _amp(proxy, device)
-    old_threads = torch.get_num_threads()
-    if proxy.threads is not None:
-        torch.set_num_threads(proxy.threads)
     files: RunFiles | None = None
     capture: HeadInput | None = None
-    try:
-        mcfg = proxy.model_for(loader.stores[0].vocab_size, seq_len)
-        with torch.random.fork_rng(devices=[]):  # as train_proxy: leave the caller's RNG alone
-            torch.manual_seed(proxy.seed)
-            model = ProxyLM(mcfg)
-        init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        model.to(device).train()
-        opt = torch.optim.AdamW(_param_groups(model, proxy.weight_decay), lr=proxy.lr,
-                                betas=(proxy.beta1, proxy.beta2),
-                                **({"fused": True} if device.type == "cuda" else {}))
+    with Trainer(cfg, proxy, distributed=True) as t:
+        proxy, loader, rank, world = t.proxy, t.loader, t.rank, t.world_size
+        steps = proxy.steps
+        init_state = cpu_state(t.model)
         splits = heldout_split(loader)
-        val_rows = {n: rank_rows(r, rank, world) for n, r in
-                    eval_rows(loader, splits, names, "val", seq_len, proxy.eval_tokens).items()}
-
+        t.eval_rows = {n: rank_rows(r, rank, world) for n, r in eval_rows(
+            loader, splits, names, "val", t.cfg.batch.seq_len, proxy.eval_tokens).items()}
         pol: Policy | None = None
         sig: _Signals | None = None
         overhead = {"reference": 0, "probes": 0}
         if spec is not None:
-            pol, sig = _build_policy(spec, cfg, proxy, loader, splits, mcfg, init_state,
-                                     run_path, device, log)
+            pol, sig = _build_policy(spec, t, splits, init_state, run_path, log)
             overhead = dict(sig.overhead)
-            if "grads" in sig.needs:
-                capture = HeadInput(model)
-
+            if "grads" in sig.needs and spec.grads is GradScope.HEAD:
+                capture = HeadInput(t.model)
         # where and how fast it runs may change on resume; what it computes may not
         run_key = {"proxy": proxy.model_dump(mode="json",
                                              exclude={"threads", "device", "eval_batch_rows"}),
@@ -290,158 +312,67 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
                    "loop": None if spec is None else spec.loop_options(steps),
                    "target": target}
         start = 0
-        history: list[dict[str, Any]] = []
-        last_fed = loader.fed_tokens.copy()  # tokens per source at the last feedback
-        resumed = False
+        last_fed = loader.fed_tokens.copy()
         ckpt_path = None if run_path is None else run_path / CHECKPOINT_FILE
-        if resume and ckpt_path is not None and ckpt_path.exists():
+        resumed = bool(resume and ckpt_path is not None and ckpt_path.exists())
+        if resumed:
+            assert ckpt_path is not None
             ck = load_checkpoint(ckpt_path)
             check_same_run(ck["run"], run_key, ckpt_path)
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            loader.load_state_dict(ck["loader"])
+            t.load_state_dict(ck)
             if pol is not None:
                 pol.load_state_dict(ck["policy"])
             start = int(ck["step"])
-            history = list(ck["history"])
+            t.history = list(ck["history"])
             overhead = {k: overhead[k] + int(ck["overhead"].get(k, 0)) for k in overhead}
             last_fed = np.asarray(ck["fed_at_feedback"], dtype=np.int64)
-            resumed = True
         elif pol is not None:
             loader.set_weights(pol.weights())
-        files = RunFiles(run_path, names, rank, world, start if resumed else None, audit)
+        try:
+            files = RunFiles(run_path, names, rank, world, start if resumed else None, audit)
+            if files.torn and log is not None:
+                log("resume: dropped torn last lines (the run was killed while writing them): "
+                    + ", ".join(f"{f} {n}" for f, n in files.torn.items()))
+            end = steps if stop_at is None else max(start, min(stop_at, steps))
 
-        end = steps if stop_at is None else max(start, min(stop_at, steps))
-        weights_log: list[np.ndarray] = []
-        train_log: list[np.ndarray] = []
-        updates: list[tuple[int, list[float]]] = []
-        done = start
-        ended = False
-        t_train = time.perf_counter()
-        eval_seconds = 0.0
+            def checkpoint(step: int) -> None:
+                if ckpt_path is None:
+                    return
+                files.flush()  # the files hold every whole row up to the checkpoint's step
+                state = t.state_dict()  # on every rank: it sums the tokens trained over ranks
+                if rank == 0:
+                    save_torch({"format": CHECKPOINT_FORMAT, "step": step, "run": run_key,
+                                **state, "policy": None if pol is None else pol.state_dict(),
+                                "history": t.history, "overhead": overhead,
+                                "fed_at_feedback": hooks.last_fed.tolist()}, ckpt_path)
 
-        def validate(step: int) -> dict[str, Any]:
-            nonlocal eval_seconds
-            t0 = time.perf_counter()
-            s, c = eval_sums(model, val_rows, device, proxy.eval_batch_rows, amp)
-            means, counts = global_means(s, c)
-            record = {"step": step, "tokens": int(loader.fed_tokens.sum()),
-                      "val_loss": {n: float(means[i]) for i, n in enumerate(names)},
-                      "val_loss_mean": float(torch.nansum(means * counts)
-                                             / counts.sum().clamp(min=1))}
-            history.append(record)
-            eval_seconds += time.perf_counter() - t0
-            return record
-
-        def checkpoint(step: int) -> None:
-            if ckpt_path is None or rank != 0:
-                return
-            save_torch({
-                "format": CHECKPOINT_FORMAT, "step": step, "run": run_key,
-                "loader": loader.state_dict(),
-                "policy": None if pol is None else pol.state_dict(),
-                "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-                "optimizer": opt.state_dict(), "history": history, "overhead": overhead,
-                "fed_at_feedback": last_fed.tolist(),
-            }, ckpt_path)
-
-        for k in range(start, end):
-            weights = loader.current_weights().copy()
-            fed_before = loader.fed_tokens.copy()
-            planned = loader.next_step()
-            if planned is None:
-                ended = True  # the stream ended (max_epochs caps with on_exhausted: stop)
-                break
-            fed_step = loader.fed_tokens - fed_before
-            batch = loader.batch_of(planned)
-            files.audit(planned.plan.select_rows(planned.rows), planned.index, rank)
-            ids = torch.from_numpy(batch["input_ids"]).to(device, non_blocking=True)
-            labels = torch.from_numpy(batch["labels"]).to(device, non_blocking=True)
-            pos = torch.from_numpy(batch["position_ids"]).to(device, non_blocking=True)
-            src = torch.from_numpy(batch["source_ids"]).to(device, non_blocking=True)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(k, proxy)
-            due = pol is not None and pol.due(k + 1)
-            with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-                out = model(ids, labels, pos)
-            assert out.losses is not None and out.mask is not None
-            if world == 1:
-                loss = out.loss
-            else:  # this rank's share of the global token mean: the summed gradients are exact
-                total = out.mask.sum().to(torch.float64).reshape(1)
-                dist.all_reduce(total)
-                loss = out.losses.sum() / total.clamp(min=1).to(out.losses.dtype)
-            train_means, train_counts = global_means(*source_sums(out.losses, src, out.mask,
-                                                                  k_src))
-            fb: dict[str, Any] = {}
-            if due:
-                assert sig is not None
-                fb = _batch_feedback(sig, model, out.losses, out.mask, ids, labels, pos, src,
-                                     train_means, train_counts, capture, device, amp, proxy)
-            loss.backward()
-            if world > 1:
-                for p in model.parameters():
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-            if proxy.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), proxy.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            done = k + 1
-            if due:
-                assert pol is not None and sig is not None
-                if "eval_loss" in sig.needs:
-                    s, c = eval_sums(model, sig.groups, device, proxy.eval_batch_rows, amp)
-                    fb["eval_loss"] = global_means(s, c)[0].numpy()
-                fed = loader.fed_tokens
-                pol.observe(Feedback(step=done, tokens=int(fed.sum()), counts=fed - last_fed,
-                                     **fb))
-                last_fed = fed.copy()
-                new = pol.weights()
-                loader.set_weights(new)
-                updates.append((done, new.tolist()))
-                files.update(done, new)
-            val = validate(done) if done % eval_every == 0 or done == steps else None
-            tm = train_means.numpy()
-            train_mean = float(np.nansum(tm * train_counts.numpy()) / max(train_counts.sum(), 1))
-            files.step(k, weights, fed_step, int(loader.fed_tokens.sum()), train_mean, tm,
-                       None if val is None else val["val_loss"],
-                       None if val is None else val["val_loss_mean"])
-            weights_log.append(weights)
-            train_log.append(tm)
-            if checkpoint_every and done % checkpoint_every == 0 and done < end:
-                files.flush()
+            hooks = _PolicyHooks(t, pol, sig, capture, files, last_fed, checkpoint,
+                                 checkpoint_every, end)
+            done, ended = t.run(start, end, hooks, proxy.eval_every or max(1, steps // 10))
+            if done > start or not resumed:
                 checkpoint(done)
-        if ended and done > start and (not history or history[-1]["step"] != done):
-            validate(done)  # the stream ran out before the last step: score what was trained
-        train_seconds = time.perf_counter() - t_train - eval_seconds
-        if done > start or not resumed:
-            checkpoint(done)
-        summary = _summary(cfg, proxy, spec, pol, target, names, loader, history, overhead,
-                           done, ended, rank, world, device, run_key,
-                           time.perf_counter() - t_start, train_seconds)
-        files.summary(summary)
-        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            summary = _summary(t, spec, pol, target, t.history, overhead, done, ended, run_key,
+                               time.perf_counter() - t_start)
+            summary["torn_lines"] = files.torn
+            files.summary(summary)
+        finally:
+            if capture is not None:
+                capture.close()
+            if files is not None:
+                files.close()
+        k_src = len(names)
         return OnlineResult(
-            summary=summary,
-            weights=np.array(weights_log).reshape(-1, k_src),
-            train_loss=np.array(train_log).reshape(-1, k_src),
-            updates=updates, history=copy.deepcopy(history), state=state)
-    finally:
-        if capture is not None:
-            capture.close()
-        if files is not None:
-            files.close()
-        if proxy.threads is not None:
-            torch.set_num_threads(old_threads)
+            summary=summary, weights=np.array(hooks.weights_log).reshape(-1, k_src),
+            train_loss=np.array(hooks.train_log).reshape(-1, k_src), updates=hooks.updates,
+            history=copy.deepcopy(t.history), state=cpu_state(t.model))
 
 
-def _batch_feedback(sig: _Signals, model: ProxyLM, losses: torch.Tensor, mask: torch.Tensor,
-                    ids: torch.Tensor, labels: torch.Tensor, pos: torch.Tensor,
-                    src: torch.Tensor, train_means: torch.Tensor, train_counts: torch.Tensor,
-                    capture: HeadInput | None, device: torch.device, amp: torch.dtype | None,
-                    proxy: ProxyConfig) -> dict[str, Any]:
+def _batch_feedback(sig: _Signals, t: Trainer, step: Step, train_means: torch.Tensor,
+                    train_counts: torch.Tensor, capture: HeadInput | None) -> dict[str, Any]:
     """The feedback measured on this step's batch at the current parameters (before the update)."""
+    assert step.out is not None and step.out.losses is not None and step.out.mask is not None
+    model, device, amp = t.model, t.device, t.amp
+    losses, mask, labels, src = step.out.losses, step.out.mask, step.labels, step.src
     k_src = len(train_means)
     needs = sig.needs
     fb: dict[str, Any] = {"observed": (train_counts > 0).numpy()}
@@ -450,21 +381,27 @@ def _batch_feedback(sig: _Signals, model: ProxyLM, losses: torch.Tensor, mask: t
     if sig.reference is not None:
         with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.bfloat16,
                                              enabled=amp is not None):
-            ref = sig.reference(ids, labels, pos).losses
+            ref = sig.reference(step.ids, labels, step.pos).losses
         assert ref is not None
         excess = (losses.detach() - ref).clamp(min=0)  # DoReMi clips per token
         fb["excess_loss"] = global_means(*source_sums(excess, src, mask, k_src))[0].numpy()
         if "ref_loss" in needs:
             fb["ref_loss"] = global_means(*source_sums(ref, src, mask, k_src))[0].numpy()
+    full = sig.spec.name is PolicyName.DGA and sig.spec.grads is GradScope.FULL
     if "grads" in needs:
-        assert capture is not None and capture.value is not None
-        grads = global_means(*head_grad_sums(model, capture.value, labels, src, k_src))[0]
+        if full:
+            sums = full_grad_sums(model, losses, mask, src, k_src)
+        else:
+            assert capture is not None and capture.value is not None
+            sums = head_grad_sums(model, capture.value, labels, src, k_src)
+        grads = global_means(*sums)[0]
         if sig.spec.name is PolicyName.DGA and sig.spec.normalize_grads:
             grads = _unit(grads)
         fb["grads"] = grads.numpy()
     if "target_grad" in needs:
         assert sig.target_rows is not None
-        s, c = target_grad_sums(model, sig.target_rows, device, proxy.eval_batch_rows, amp)
+        s, c = target_grad_sums(model, sig.target_rows, device, t.proxy.eval_batch_rows, amp,
+                                full)
         tg = global_means(s[None], c)[0]
         if sig.spec.name is PolicyName.DGA and sig.spec.normalize_grads:
             tg = _unit(tg)
@@ -472,11 +409,10 @@ def _batch_feedback(sig: _Signals, model: ProxyLM, losses: torch.Tensor, mask: t
     return fb
 
 
-def _summary(cfg: Config, proxy: ProxyConfig, spec: PolicySpec | None, pol: Policy | None,
-             target: str | None, names: list[str], loader: MixedLoader,
+def _summary(t: Trainer, spec: PolicySpec | None, pol: Policy | None, target: str | None,
              history: list[dict[str, Any]], overhead: Mapping[str, int], done: int, ended: bool,
-             rank: int, world: int, device: torch.device, run_key: dict[str, Any],
-             seconds: float, train_seconds: float) -> dict[str, Any]:
+             run_key: dict[str, Any], seconds: float) -> dict[str, Any]:
+    cfg, proxy, loader, names = t.cfg, t.proxy, t.loader, t.names
     last = history[-1] if history else None
     fed = loader.fed_tokens
     weights = loader.current_weights()
@@ -488,6 +424,7 @@ def _summary(cfg: Config, proxy: ProxyConfig, spec: PolicySpec | None, pol: Poli
         "target": target,
         "sources": names,
         "seed": cfg.seed,
+        "holdout": cfg.holdout,
         "proxy": proxy.model_dump(mode="json"),
         "steps": done,
         "steps_planned": proxy.steps,
@@ -506,7 +443,7 @@ def _summary(cfg: Config, proxy: ProxyConfig, spec: PolicySpec | None, pol: Poli
         "history": history,
         "overhead_tokens": dict(overhead),
         "seconds": seconds,
-        "train_seconds": train_seconds,
-        "world_size": world,
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "train_seconds": t.train_seconds,
+        "world_size": t.world_size,
+        "device": t.device_name,
     }

@@ -16,7 +16,6 @@ run's optimiser over ``H`` steps and weights ``{source_i: 1}``, and ``L_j`` is t
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from mixbatch.atomic import json_digest, write_json
 from mixbatch.config import Config
 from mixbatch.mixture.policies import estimate_graph
-from mixbatch.online.feedback import eval_sums
-from mixbatch.online.reference import config_key, digest
-from mixbatch.proxy.evaluate import EvalRows
+from mixbatch.online.reference import config_key
+from mixbatch.proxy.evaluate import EvalRows, eval_sums
 from mixbatch.proxy.model import ProxyLM
-from mixbatch.proxy.train import ProxyConfig, train_proxy
+from mixbatch.proxy.settings import ProxyConfig
+from mixbatch.proxy.train import train_proxy
 
 __all__ = ["GRAPH_FILE", "probe_graph"]
 
@@ -54,9 +54,9 @@ def probe_graph(cfg: Config, proxy: ProxyConfig, init_state: dict[str, torch.Ten
     names = list(cfg.sources)
     probe = proxy.model_copy(update={"steps": steps, "warmup": min(proxy.warmup, steps // 4),
                                      "eval_every": None, "eval_tokens": 2})
-    key = digest({"config": config_key(cfg), "proxy": probe.model_dump(mode="json"),
+    key = json_digest({"config": config_key(cfg), "proxy": probe.model_dump(mode="json"),
                   "groups": list(rows), "docs": [rows[g].docs.tolist() for g in rows],
-                  "init": digest([float(v.double().sum()) for v in init_state.values()])})
+                  "init": json_digest([float(v.double().sum()) for v in init_state.values()])})
     cache = None if run_dir is None else run_dir / GRAPH_FILE
     if cache is not None and cache.exists():
         saved = json.loads(cache.read_text(encoding="utf-8"))
@@ -79,7 +79,5 @@ def probe_graph(cfg: Config, proxy: ProxyConfig, init_state: dict[str, torch.Ten
                                   "after": [a.tolist() for a in after],
                                   "graph": graph.tolist()}
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(cache)
+        write_json(cache, record)
     return graph, spent

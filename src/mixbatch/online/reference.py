@@ -14,20 +14,20 @@ DoReMi (Xie et al. 2023, Algorithm 1, step 1) trains a reference model on a refe
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mixbatch.atomic import json_digest
 from mixbatch.config import Config
 from mixbatch.errors import ConfigError
+from mixbatch.online.checkpoint import save_torch
 from mixbatch.proxy.model import ProxyLM
-from mixbatch.proxy.train import ProxyConfig, train_proxy
+from mixbatch.proxy.settings import ProxyConfig
+from mixbatch.proxy.train import train_proxy
 
-__all__ = ["REFERENCE_FILE", "load_model_state", "reference_model", "save_torch"]
+__all__ = ["REFERENCE_FILE", "config_key", "load_model_state", "reference_model"]
 
 REFERENCE_FILE = "reference.pt"
 
@@ -37,19 +37,6 @@ def config_key(cfg: Config) -> dict[str, Any]:
     data = cfg.model_dump(mode="json")
     data["mixture"].pop("policy", None)
     return data
-
-
-def digest(obj: Any) -> str:
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.blake2b(blob, digest_size=8).hexdigest()
-
-
-def save_torch(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file and a rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -84,7 +71,7 @@ def reference_model(cfg: Config, proxy: ProxyConfig, mcfg: Any, steps: int, path
         state = None
         if cache is not None and cache.exists():
             saved = torch.load(cache, map_location="cpu", weights_only=True)
-            if isinstance(saved, dict) and saved.get("key") == digest(key):
+            if isinstance(saved, dict) and saved.get("key") == json_digest(key):
                 state = saved["model"]
         if state is None:
             if log is not None:
@@ -93,7 +80,7 @@ def reference_model(cfg: Config, proxy: ProxyConfig, mcfg: Any, steps: int, path
             r = train_proxy(cfg, ref_proxy, weights={n: 1.0 for n in names})
             state, spent = r.state, r.train_tokens
             if cache is not None:
-                save_torch({"key": digest(key), "model": state, "tokens": spent}, cache)
+                save_torch({"key": json_digest(key), "model": state, "tokens": spent}, cache)
     model = ProxyLM(mcfg)
     try:
         model.load_state_dict(state)

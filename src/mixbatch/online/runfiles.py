@@ -16,21 +16,27 @@ file                 contents
 ``checkpoint.pt``    model, optimiser, loader and policy state (:mod:`mixbatch.online.checkpoint`)
 ==================== =========================================================================
 
-Floats are written with ``repr``, so they read back exactly. A resumed run first cuts every file
-back to the rows before its checkpoint's step, then appends: the folder ends up as an
-uninterrupted run's.
+Floats are written with ``repr``, so they read back exactly. Rows are written whole (line
+buffered: one ``write`` per line); every file is flushed and ``fsync``-ed before each
+checkpoint. A resumed run first cuts every file back to the rows before its checkpoint's step,
+then appends: the folder ends up as an uninterrupted run's. A last line without its newline
+(the process was killed while writing it) is dropped, never kept: it is counted in
+:attr:`RunFiles.torn` (and in the summary's ``torn_lines``), and :func:`read_csv` leaves it
+out with a warning.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from mixbatch.atomic import write_json, write_text
 from mixbatch.audit import AuditWriter
 from mixbatch.shape.base import StepPlan
 
@@ -57,34 +63,38 @@ def _num(x: float | int) -> str:
     return repr(float(x))
 
 
-def _cut_csv(path: Path, before: int) -> None:
-    """Keep the header and the rows whose first field (a step) is below ``before``."""
-    if not path.exists():
-        return
+def _whole_lines(path: Path) -> tuple[list[str], int]:
+    """The lines of ``path`` that end in a newline, and how many torn lines were dropped (a
+    last line without its newline: the run was killed while writing it). A torn line is
+    never kept, so the next row written cannot be glued onto it."""
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    keep = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) < before]
-    _rewrite(path, keep)
+    torn = 1 if lines and not lines[-1].endswith("\n") else 0
+    return lines[: len(lines) - torn], torn
 
 
-def _cut_jsonl(path: Path, before: int) -> None:
+def _cut(path: Path, keep: Callable[[str], bool], head: int) -> int:
+    """Rewrite ``path`` (atomically) with its first ``head`` lines and the whole lines after them
+    that ``keep`` accepts; returns the torn lines dropped."""
     if not path.exists():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    _rewrite(path, [ln for ln in lines if ln.strip() and json.loads(ln)["step"] < before])
-
-
-def _rewrite(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
+        return 0
+    lines, torn = _whole_lines(path)
+    write_text(path, "".join(lines[:head] + [ln for ln in lines[head:]
+                                             if ln.strip() and keep(ln)]))
+    return torn
 
 
 def read_csv(path: str | Path) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of one of the run's CSV files."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    """Header and rows of one of the run's CSV files; a torn last row is left out (with a
+    warning naming the file)."""
+    path = Path(path)
+    lines, torn = _whole_lines(path)
+    if torn:
+        warnings.warn(f"{path}: left out a torn last line (the run was killed while writing it)",
+                      stacklevel=2)
     if not lines:
         return [], []
-    return lines[0].split(","), [ln.split(",") for ln in lines[1:] if ln]
+    return lines[0].rstrip("\n").split(","), [ln.rstrip("\n").split(",") for ln in lines[1:]
+                                               if ln.strip()]
 
 
 class RunFiles:
@@ -106,6 +116,7 @@ class RunFiles:
         self.rank = rank
         self._csv: dict[str, IO[str]] = {}
         self._audit: AuditWriter | None = None
+        self.torn: dict[str, int] = {}  # file: torn last lines dropped when resuming
         if run_dir is None:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -120,16 +131,22 @@ class RunFiles:
                 path = run_dir / name
                 if resume_step is not None and path.exists():
                     # an update's row carries the steps done, so the checkpoint's own is kept
-                    _cut_csv(path, resume_step + (name == UPDATES_FILE))
-                    self._csv[name] = open(path, "a", encoding="utf-8")  # noqa: SIM115
+                    before = resume_step + (name == UPDATES_FILE)
+                    self._note(name, _cut(path, lambda ln, b=before: int(ln.split(",", 1)[0]) < b,
+                                          1))
+                    self._csv[name] = open(path, "a", 1, encoding="utf-8")  # noqa: SIM115
                 else:
-                    self._csv[name] = open(path, "w", encoding="utf-8")  # noqa: SIM115
+                    self._csv[name] = open(path, "w", 1, encoding="utf-8")  # noqa: SIM115
                     self._csv[name].write(",".join(header) + "\n")
         if audit:
             path = run_dir / (AUDIT_FILE if world_size == 1 else f"audit.rank{rank}.jsonl")
             if resume_step is not None:
-                _cut_jsonl(path, resume_step)
+                self._note(path.name, _cut(path, lambda ln: json.loads(ln)["step"] < resume_step, 0))
             self._audit = AuditWriter(path, names, append=resume_step is not None)
+
+    def _note(self, name: str, torn: int) -> None:
+        if torn:
+            self.torn[name] = torn
 
     def _row(self, name: str, values: Sequence[Any]) -> None:
         f = self._csv.get(name)
@@ -154,12 +171,21 @@ class RunFiles:
             self._audit.write(plan, step, rank)
 
     def flush(self) -> None:
+        """Flush and fsync every file (before a checkpoint: the files then hold every row up to
+        its step, whole)."""
         for f in self._csv.values():
             f.flush()
+            os.fsync(f.fileno())
+        if self._audit is not None:
+            fd = os.open(self._audit.path, os.O_RDONLY)  # the writer flushes every step
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def summary(self, data: dict[str, Any]) -> None:
         if self.dir is not None and self.rank == 0:
-            _rewrite(self.dir / SUMMARY_FILE, [json.dumps(data, indent=1) + "\n"])
+            write_json(self.dir / SUMMARY_FILE, data)
 
     def close(self) -> None:
         for f in self._csv.values():

@@ -5,20 +5,24 @@ in training, is cut into windows of ``seq_len`` tokens; each window is scored on
 first token has no context and is not predicted). Windows are taken in the held-out order until
 ``max_tokens`` tokens per source (the last window is cut short), then packed first-fit
 decreasing into rows whose positions restart per window, so the model's block-diagonal mask
-keeps them apart. The loss of a source is the mean over its predicted tokens.
+keeps them apart. The loss of a source is the mean over its predicted tokens (over every rank's
+rows when distributed: :func:`global_means`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from mixbatch.proxy.model import IGNORE_INDEX, ProxyLM
 from mixbatch.store import TokenStore
+from mixbatch.torch.feedback import all_reduce_feedback
 
-__all__ = ["EvalRows", "build_eval_rows", "evaluate"]
+__all__ = ["EvalRows", "build_eval_rows", "eval_sums", "global_means"]
 
 
 @dataclass
@@ -94,17 +98,40 @@ def build_eval_rows(store: TokenStore, docs: np.ndarray, seq_len: int, max_token
     return EvalRows(ids, labels, pos, used)
 
 
+def _comm_device() -> torch.device:
+    """Where collective operations run: CUDA for NCCL, else the CPU (gloo)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def global_means(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All-reduce ``sums`` ([M] or [M, P]) and ``counts`` ([M]) over ranks (a no-op outside
+    ``torch.distributed``); return the global means (NaN where a group has no tokens on any
+    rank) and the global counts, on the CPU, float64."""
+    where = _comm_device()
+    sums = sums.detach().to(where, torch.float64, copy=True)
+    counts = counts.detach().to(where, torch.float64, copy=True)
+    all_reduce_feedback(sums, counts)
+    sums, counts = sums.cpu(), counts.cpu()
+    shape = (-1,) + (1,) * (sums.dim() - 1)
+    means = sums / counts.clamp(min=1).reshape(shape)
+    means[counts == 0] = float("nan")
+    return means, counts
+
+
 @torch.no_grad()
-def evaluate(model: ProxyLM, rows: dict[str, EvalRows], device: torch.device,
-             batch_rows: int = 32, autocast_dtype: torch.dtype | None = None
-             ) -> tuple[dict[str, float], dict[str, int]]:
-    """Token-mean validation loss and scored tokens per source (NaN and 0 with no data)."""
+def eval_sums(model: ProxyLM, rows: Mapping[str, EvalRows], device: torch.device,
+              batch_rows: int = 32, autocast_dtype: torch.dtype | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss sums and scored tokens (float64, CPU, one per entry of ``rows``, in order) of this
+    rank's rows; :func:`global_means` turns them into token-mean losses over every rank."""
     was_training = model.training
     model.eval()
-    losses: dict[str, float] = {}
-    counts: dict[str, int] = {}
+    sums = torch.zeros(len(rows), dtype=torch.float64)
+    counts = torch.zeros(len(rows), dtype=torch.float64)
     try:
-        for name, ev in rows.items():
+        for i, ev in enumerate(rows.values()):
             total = torch.zeros((), dtype=torch.float64, device=device)
             for s in range(0, len(ev.input_ids), batch_rows):
                 ids = torch.from_numpy(ev.input_ids[s: s + batch_rows]).to(device)
@@ -114,9 +141,8 @@ def evaluate(model: ProxyLM, rows: dict[str, EvalRows], device: torch.device,
                                     enabled=autocast_dtype is not None):
                     out = model(ids, lab, pos)
                 total += out.losses.double().sum()
-            n = ev.tokens
-            losses[name] = float(total) / n if n else float("nan")
-            counts[name] = n
+            sums[i] = total.cpu()
+            counts[i] = ev.tokens
     finally:
         model.train(was_training)
-    return losses, counts
+    return sums, counts

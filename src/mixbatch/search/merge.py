@@ -114,49 +114,20 @@ def average_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _with_batch(cfg: Any, proxy: Any) -> Any:
-    update = {k: v for k, v in (("seq_len", proxy.seq_len), ("batch_size", proxy.batch_size))
-              if v is not None}
-    return cfg.model_copy(update={"batch": cfg.batch.model_copy(update=update)}) if update else cfg
-
-
 def heldout_evaluator(cfg: Any, proxy: Any
                       ) -> Callable[[dict[str, Any]], tuple[dict[str, float], float]]:
-    """``evaluate(state) -> (loss per source, mean)`` on the held-out documents, exactly as
-    :func:`~mixbatch.proxy.train_proxy` scores its final model (same rows, same mean)."""
-    import torch
+    """``evaluate(state) -> (loss per source, mean)`` on the held-out documents: the
+    :class:`~mixbatch.proxy.trainer.Trainer` of a proxy run with ``state`` loaded, so the same
+    rows, device, precision, threads and mean as :func:`~mixbatch.proxy.train_proxy`'s score."""
+    from mixbatch.proxy.trainer import Trainer, torch_threads
 
-    from mixbatch.loader.loader import MixedLoader
-    from mixbatch.proxy import ProxyLM
-    from mixbatch.proxy.evaluate import build_eval_rows, evaluate
-
-    cfg = _with_batch(cfg, proxy)
-    loader = MixedLoader(cfg, rank=0, world_size=1)
-    names = loader.names
-    seq_len = cfg.batch.seq_len
-    heldout = loader.heldout()
-    rows = {n: build_eval_rows(s, heldout[n], seq_len, proxy.eval_tokens, loader.eod_id,
-                               loader.pad_id)
-            for n, s in zip(names, loader.stores, strict=True)}
-    # train_proxy has already refused a CUDA device that is not there
-    device = torch.device("cuda" if proxy.device.value != "cpu" and torch.cuda.is_available()
-                          else "cpu")
-    amp = (torch.bfloat16 if device.type == "cuda" and proxy.bf16 and torch.cuda.is_bf16_supported()
-           else None)
-    model = ProxyLM(proxy.model_for(loader.stores[0].vocab_size, seq_len)).to(device)
+    with Trainer(cfg, proxy) as trainer:
+        trainer.eval_rows = trainer.heldout_rows()
 
     def score(state: dict[str, Any]) -> tuple[dict[str, float], float]:
-        old = torch.get_num_threads()
-        if proxy.threads is not None:
-            torch.set_num_threads(proxy.threads)
-        try:
-            model.load_state_dict(state)
-            losses, counts = evaluate(model, rows, device, proxy.eval_batch_rows, amp)
-        finally:
-            torch.set_num_threads(old)
-        scored = sum(counts.values())
-        mean = (sum(losses[n] * counts[n] for n in names if counts[n]) / scored
-                if scored else math.nan)
+        with torch_threads(proxy.threads):
+            trainer.model.load_state_dict(state)
+            losses, _, mean = trainer.score()
         return losses, mean
 
     return score
@@ -248,16 +219,16 @@ def merge_ablation(cfg: Any, proxy: Any = None, steps: int = 100, seed_steps: in
         ConfigError: ``holdout`` is 0, fewer than 2 sources, bad subsets.
         SearchRunError: a proxy run failed (its label says which).
     """
+    from mixbatch.progress import RunProgress
     from mixbatch.proxy import ProxyConfig
+    from mixbatch.proxy.trainer import require_holdout
+    from mixbatch.search.backends import ProxyTask, run_proxy_tasks
     from mixbatch.search.regress import correlations
-    from mixbatch.search.runner import ProxyTask, SearchRunError, _Progress, run_proxy_tasks
+    from mixbatch.search.runner import SearchRunError
 
     t0 = time.perf_counter()
     proxy = proxy if proxy is not None else ProxyConfig.demo()
-    if cfg.holdout <= 0:
-        raise ConfigError("holdout: merging ablations score held-out documents, but the config "
-                          "holds none out (holdout is 0); set `holdout:` to a fraction, e.g. "
-                          "`holdout: 0.05`")
+    require_holdout(cfg, "merging ablations score held-out documents")
     if steps < 1 or (seed_steps is not None and seed_steps < 1):
         raise ConfigError(f"merge: steps must be >= 1, got steps={steps}, seed_steps={seed_steps}")
     seed_steps = steps if seed_steps is None else int(seed_steps)
@@ -302,7 +273,7 @@ def merge_ablation(cfg: Any, proxy: Any = None, steps: int = 100, seed_steps: in
                                proxy.model_copy(update={"steps": steps * len(members)}),
                                uniform(members), seed_state))
     results: dict[Any, Any] = {}
-    with _Progress(len(tasks), progress) as bar:
+    with RunProgress(len(tasks), progress) as bar:
         for task, res, error in run_proxy_tasks(cfg, tasks, backend, workers, ray_address):
             if error is not None:
                 fail(task.label, error)

@@ -13,13 +13,20 @@ gradient (mirror-descent) step on the simplex::
 (the inner step size ``γ`` is folded into ``η``). "DGA + EMA" smooths the mixture that is
 sampled: ``ᾱ ← ema·ᾱ + (1 − ema)·α``; the mirror-descent iterate ``α`` itself is not averaged.
 
+Gradients. The paper's score is the raw inner product of gradients over *every* parameter of
+the model. The online loop (:mod:`mixbatch.online`) offers it as ``grads: full`` with
+``normalize_grads: false``; its default is ``grads: head`` (the output layer only, one cheap
+backward per source) with ``normalize_grads: true`` (a cosine), because that is what the
+policy benchmark measured and because a raw inner product's scale moves with the model, the
+loss and the parameter subset, so a fixed ``eta`` would mean something different in every run.
+
 Defaults: ``every = 10``, ``eta = 1.0``, ``ema = None`` (plain DGA). **Unverified**: no code was
-released and we could not check the paper's method section and appendix for its ``T``, ``η``
-and EMA coefficient, so these are mixbatch's choices, not the authors'. ``η`` multiplies a raw
-inner product whose scale depends on the model, the loss and the parameter subset; tune it
-(or normalise the gradients in the loop). The closest released code, DoGE
-(``Olivia-fsm/DoGE:src/trainer.py``, same first author), updates every step with a step of
-``lr_t / μ``, ``μ = 0.05``.
+released, and the paper's method section and appendix, where its ``T``, ``η`` and EMA
+coefficient are, could not be read (the formulation above is checked against its abstract
+and summaries: an exponentiated-gradient step on the simplex from the inner products, an
+optional EMA of the sampled mixture, ``(k + 1)/T`` overhead); these are mixbatch's choices, not
+the authors'. The closest released code, DoGE (``Olivia-fsm/DoGE:src/trainer.py``, same first
+author), updates every step with a step of ``lr_t / μ``, ``μ = 0.05``.
 
 Feedback: ``grads`` (``[K, P]``, one batch per domain) and ``target_grad`` (``[P]``), which costs
 ``K + 1`` extra backward passes per update, ``(K + 1)/T`` of the training cost amortised.

@@ -30,7 +30,11 @@ eval                skillit     the evaluation groups: ``target`` (the target's 
                                 default ``target`` when there is a target, else ``all``
 normalize_grads     dga         scale every gradient to unit norm before the inner products,
                                 so that ``eta`` does not depend on the model's gradient scale
-                                (true)
+                                (true: a cosine; false: the paper's raw inner product)
+grads               dga         which parameters the gradients cover: ``head`` (the output
+                                layer only, one cheap backward per source; the default) or
+                                ``full`` (every parameter, the paper's ``⟨∇L_spe, ∇L_i⟩``:
+                                ``K + 1`` full backward passes per update)
 =================== =========== ===============================================================
 
 Run-length defaults. The policies' defaults are the authors' values for runs of tens of
@@ -50,17 +54,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from mixbatch.checks import choice
 from mixbatch.errors import ConfigError
 from mixbatch.mixture.policies import PolicyName, make_policy, policy_class
 
 __all__ = [
     "LOOP_KEYS",
     "EvalGroups",
+    "GradScope",
     "PolicySpec",
     "display_name",
     "parse_policy",
     "policy_choices",
 ]
+
+
+class GradScope(str, enum.Enum):
+    """The parameters DGA's gradients cover."""
+
+    HEAD = "head"
+    FULL = "full"
 
 
 class EvalGroups(str, enum.Enum):
@@ -75,7 +88,7 @@ LOOP_KEYS: dict[PolicyName, tuple[str, ...]] = {
     PolicyName.DOREMI: ("reference", "reference_steps"),
     PolicyName.ODM: (),
     PolicyName.SKILLIT: ("probe_steps", "eval"),
-    PolicyName.DGA: ("normalize_grads",),
+    PolicyName.DGA: ("normalize_grads", "grads"),
     PolicyName.EXP3_FLAD: (),
     PolicyName.UCB1_FLAD: (),
 }
@@ -118,6 +131,7 @@ class PolicySpec:
     probe_steps: int | None = None
     eval: EvalGroups | None = None
     normalize_grads: bool = True
+    grads: GradScope = GradScope.HEAD
 
     @property
     def label(self) -> str:
@@ -158,6 +172,7 @@ class PolicySpec:
             out["eval"] = self.eval_groups().value
         elif self.name is PolicyName.DGA:
             out["normalize_grads"] = self.normalize_grads
+            out["grads"] = self.grads.value
         return out
 
 
@@ -240,6 +255,8 @@ def parse_policy(spec: Any, sources: Sequence[str] | None = None,
             raise ConfigError(f"{where}.normalize_grads: expected true or false, got "
                               f"{spec['normalize_grads']!r}")
         opts["normalize_grads"] = spec["normalize_grads"]
+    if spec.get("grads") is not None:
+        opts["grads"] = choice(GradScope, f"{where}.grads", spec["grads"])
     settings = {k: v for k, v in spec.items() if k in setting_keys}
     _check_settings(name, settings, sources, where)
     return PolicySpec(name, settings, **opts)

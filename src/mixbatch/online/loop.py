@@ -37,6 +37,7 @@ import torch.distributed as dist
 
 from mixbatch.config import Config
 from mixbatch.errors import ConfigError
+from mixbatch.lock import FolderLock
 from mixbatch.mixture.policies import DoReMi, Feedback, Policy, PolicyName, make_policy
 from mixbatch.mixture.policies.spec import (
     NEEDS_TARGET,
@@ -328,6 +329,9 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
             last_fed = np.asarray(ck["fed_at_feedback"], dtype=np.int64)
         elif pol is not None:
             loader.set_weights(pol.weights())
+        # one run per folder: a second `train --out` on it is refused, naming this process
+        lock = (FolderLock(run_path, "run folder").acquire()
+                if run_path is not None and rank == 0 else None)
         try:
             files = RunFiles(run_path, names, rank, world, start if resumed else None, audit)
             if files.torn and log is not None:
@@ -360,6 +364,8 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
                 capture.close()
             if files is not None:
                 files.close()
+            if lock is not None:
+                lock.release()
         k_src = len(names)
         return OnlineResult(
             summary=summary, weights=np.array(hooks.weights_log).reshape(-1, k_src),

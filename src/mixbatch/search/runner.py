@@ -41,9 +41,6 @@ from mixbatch.search.results_file import (
 
 __all__ = ["ProxyTask", "SearchRun", "SearchRunError", "run_proxy_tasks", "run_search"]
 
-_Progress = RunProgress  # the name search/merge.py imports
-
-
 class SearchRunError(MixbatchError):
     """Some proxy runs failed; the others are in the results file. ``run`` tells which."""
 

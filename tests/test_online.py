@@ -154,9 +154,10 @@ def test_resume_under_other_settings_is_refused(cfg, tmp_path: Path) -> None:
 def test_a_second_run_on_a_held_run_folder_is_refused(cfg, tmp_path: Path) -> None:
     from mixbatch.lock import FolderLock, LockedError
 
-    with FolderLock(tmp_path, "run folder"):  # another `train --out` holds it
-        with pytest.raises(LockedError, match=r"process \d+ .* is writing this run folder"):
-            train_online(cfg, _tiny(steps=2), None, run_dir=tmp_path)
+    # another `train --out` holds it
+    with FolderLock(tmp_path, "run folder"), pytest.raises(
+            LockedError, match=r"process \d+ .* is writing this run folder"):
+        train_online(cfg, _tiny(steps=2), None, run_dir=tmp_path)
     r = train_online(cfg, _tiny(steps=2), None, run_dir=tmp_path)  # released: it runs
     assert (tmp_path / "losses.csv").exists() and r.summary["steps"] == 2
 

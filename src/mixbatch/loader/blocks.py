@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mixbatch.loader.stats import StepCounts
 from mixbatch.shape.base import StepPlan
 from mixbatch.shape.materialize import materialize_compact, split_compact
 from mixbatch.store import TokenStore
@@ -26,8 +27,9 @@ class Block:
     (one read), which each step slices."""
 
     def __init__(self, start: dict[str, Any], plan: StepPlan, plans: list[StepPlan],
-                 weights: list[float]) -> None:
+                 weights: list[float], counts: list[StepCounts] | None = None) -> None:
         self.start = start
+        self.counts = counts  # each step's counts for the run statistics (one pass)
         self.weights = weights
         self.plan = plan
         self.plans = plans

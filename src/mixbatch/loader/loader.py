@@ -37,7 +37,7 @@ from mixbatch.loader.blocks import Block, split_rows
 from mixbatch.loader.feed import MixedFeed
 from mixbatch.loader.mixture import MixtureSchedule, build_mixture
 from mixbatch.loader.order import SourceOrder
-from mixbatch.loader.stats import RunStats
+from mixbatch.loader.stats import RunStats, block_counts
 from mixbatch.mixture.schedule import Interpolation
 from mixbatch.plan.interleave import WeightPath
 from mixbatch.plan.partition import partition_batch
@@ -281,7 +281,8 @@ class MixedLoader:
         if self.remote:  # stores at a URL: start fetching the block's documents now
             prefetch_plan(self.stores, plan)
         plans = [plan] if n == 1 else split_rows(plan, R)
-        return Block(start, plan, plans, [float(x) for x in w])
+        counts = None if n == 1 else block_counts(plan, R, len(plans), len(self.names))
+        return Block(start, plan, plans, [float(x) for x in w], counts)
 
     def _drop_block(self) -> None:
         """Forget the planned steps not handed out yet; rewind the feed and the shaper to the
@@ -310,8 +311,8 @@ class MixedLoader:
                 parts = partition_batch(labels, self.world_size)
                 rows = np.sort(parts[self.rank]).astype(np.int64)
                 costs = np.array([row_cost[p].sum() for p in parts])
-        self.stats.add(plan, costs)
-        self.tokens_planned += int(plan.width.sum())
+        counts = None if block is None or block.counts is None else block.counts[offset]
+        self.tokens_planned += self.stats.add(plan, costs, counts)
         step = Step(self.step, plan, rows, w, block, offset)
         self.step += 1
         return step

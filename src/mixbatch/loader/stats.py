@@ -35,6 +35,45 @@ def _step_counts(source: np.ndarray, start: np.ndarray, end: np.ndarray, eod: np
     return tok, started, pieces, tok.sum()
 
 
+@njit(cache=True, nogil=True)
+def _block_counts(row: np.ndarray, source: np.ndarray, start: np.ndarray, end: np.ndarray,
+                  eod: np.ndarray, rows_per_step: int, steps: int, k: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_step_counts` of every step of a block at once (step of a segment: its row //
+    ``rows_per_step``): per step and source the real tokens and documents started; per step
+    the segments holding tokens and the positions taken (tokens plus end tokens)."""
+    tok = np.zeros((steps, k), np.int64)
+    started = np.zeros((steps, k), np.int64)
+    pieces = np.zeros(steps, np.int64)
+    width = np.zeros(steps, np.int64)
+    for j in range(source.size):
+        t = row[j] // rows_per_step
+        n = end[j] - start[j]
+        s = source[j]
+        tok[t, s] += n
+        width[t] += n + eod[j]
+        if start[j] == 0 and (n > 0 or eod[j]):
+            started[t, s] += 1
+        if n > 0:
+            pieces[t] += 1
+    return tok, started, pieces, width
+
+
+#: one step's counts, precomputed for a block: tokens and documents per source, pieces,
+#: positions taken by segments, padding
+StepCounts = tuple[list[int], list[int], int, int, int]
+
+
+def block_counts(plan: StepPlan, rows_per_step: int, steps: int, k: int) -> list[StepCounts]:
+    """The counts :meth:`RunStats.add` needs for each of ``steps`` steps of ``rows_per_step``
+    rows planned as one plan (one compiled pass instead of one per step)."""
+    tok, started, pieces, width = _block_counts(plan.row, plan.source, plan.start, plan.end,
+                                                plan.eod, rows_per_step, steps, k)
+    pad = plan.pad[:steps * rows_per_step].reshape(steps, rows_per_step).sum(axis=1)
+    return list(zip(tok.tolist(), started.tolist(), pieces.tolist(), width.tolist(),
+                    pad.tolist(), strict=True))
+
+
 @dataclass
 class RunStats:
     k: int
@@ -57,13 +96,30 @@ class RunStats:
         self.tokens = self.tokens or [0] * self.k
         self.docs = self.docs or [0] * self.k
 
-    def add(self, plan: StepPlan, rank_costs: np.ndarray | None = None) -> None:
-        tok, started, pieces, real = _step_counts(plan.source, plan.start, plan.end, plan.eod,
-                                                  self.k)
-        self.tokens = [a + b for a, b in zip(self.tokens, tok.tolist(), strict=True)]
-        self.docs = [a + b for a, b in zip(self.docs, started.tolist(), strict=True)]
+    def __copy__(self) -> RunStats:
+        """A shallow copy (the loader keeps one per batch handed out): :meth:`add` replaces the
+        lists, never changes them in place."""
+        new = object.__new__(RunStats)
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def add(self, plan: StepPlan, rank_costs: np.ndarray | None = None,
+            counts: StepCounts | None = None) -> int:
+        """Count one step; ``counts``: its :func:`block_counts` when its block computed them.
+        Returns the positions its segments take (tokens plus end tokens)."""
+        if counts is None:
+            t, d, pieces, real = _step_counts(plan.source, plan.start, plan.end, plan.eod,
+                                              self.k)
+            tok, started = t.tolist(), d.tolist()
+            width = int(real) + int(plan.eod.sum())
+            pad = int(plan.pad.sum())
+        else:
+            tok, started, pieces, width, pad = counts
+            real = sum(tok)
+        self.tokens = [a + b for a, b in zip(self.tokens, tok, strict=True)]
+        self.docs = [a + b for a, b in zip(self.docs, started, strict=True)]
         self.pieces += int(pieces)
-        self.padding += int(plan.pad.sum())
+        self.padding += pad
         self.positions += plan.rows * plan.seq_len
         self.truncated += int(plan.truncated)
         self.skipped_docs += int(plan.stats.get("skipped_docs", 0))
@@ -79,6 +135,7 @@ class RunStats:
             ratio = float(rank_costs.max() / rank_costs.mean())
         self.imbalance_max = max(self.imbalance_max, ratio)
         self.imbalance_sum += ratio
+        return width
 
     def summary(self) -> dict[str, Any]:
         total_tok = sum(self.tokens)

@@ -92,11 +92,20 @@ def _gather(out: np.ndarray, tokens: np.ndarray, doc_start: np.ndarray, pos: np.
 
 
 def materialize_compact(plan: StepPlan, stores: Sequence[TokenStore], eod_id: int,
-                        pad_id: int, dtype: np.dtype | None = None) -> dict[str, Any]:
-    """The compact batch of ``plan`` (module docstring); tokens are read for its segments only."""
+                        pad_id: int, dtype: np.dtype | None = None,
+                        out: np.ndarray | None = None) -> dict[str, Any]:
+    """The compact batch of ``plan`` (module docstring); tokens are read for its segments only.
+    ``out``: a 1-D array of the token dtype and ``rows * seq_len`` elements to hold the tokens
+    (a worker's shared slot), else one is allocated."""
     R, L = plan.rows, plan.seq_len
     dt = token_dtype(stores, eod_id, pad_id) if dtype is None else dtype
-    flat = np.full(R * L, pad_id, dtype=dt)
+    if out is None:
+        flat = np.full(R * L, pad_id, dtype=dt)
+    else:
+        if out.dtype != dt or out.shape != (R * L,):
+            raise ValueError(f"out: expected ({R * L},) {dt}, got {out.shape} {out.dtype}")
+        flat = out
+        flat.fill(pad_id)
     seg_start = plan.row.astype(np.int64) * L + plan.col
     n_tok = plan.end - plan.start
     sources = np.unique(plan.source) if len(plan.source) else plan.source

@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -124,8 +125,8 @@ class _Reader:
         self.__dict__.update(state)
         self.stores = [open_store(p) for p in self.paths]
 
-    def __call__(self, plan: StepPlan) -> dict[str, Any]:
-        return materialize_compact(plan, self.stores, self.eod_id, self.pad_id, self.dtype)
+    def __call__(self, plan: StepPlan, out: np.ndarray | None = None) -> dict[str, Any]:
+        return materialize_compact(plan, self.stores, self.eod_id, self.pad_id, self.dtype, out)
 
 
 _OPTIONS = ("pin_memory", "prefetch_factor", "device", "non_blocking")
@@ -212,14 +213,15 @@ class MixbatchDataLoader:
                 self._last = loader.snapshot()
                 yield self._finish(compact)
             return
-        readers = StepReaders(self.num_workers, _Reader(loader), self.transform, self.prefetch)
+        step_bytes = loader.cfg.batch.step_positions * loader.token_dtype.itemsize
+        per_task = max(1, min(16, TASK_BYTES // max(1, step_bytes)))
+        readers = StepReaders(self.num_workers, _Reader(loader), self.transform, self.prefetch,
+                              slot_bytes=per_task * step_bytes, dtype=loader.token_dtype)
         self.worker_pids = readers.pids()
         try:
             whole = loader.world_size == 1  # every row is this rank's: no selection
             plans = ((s.index, s.plan if whole else s.plan.select_rows(s.rows), loader.snapshot())
                      for s in self._steps(loader))
-            positions = loader.cfg.batch.step_positions
-            per_task = max(1, min(16, TASK_BYTES // max(1, positions * loader.token_dtype.itemsize)))
             for compact, snap in readers.map(plans, per_task):
                 self._last = snap
                 yield self._finish(compact)

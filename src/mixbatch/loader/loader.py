@@ -41,6 +41,7 @@ from mixbatch.loader.stats import RunStats, block_counts
 from mixbatch.mixture.schedule import Interpolation
 from mixbatch.plan.interleave import WeightPath
 from mixbatch.plan.partition import partition_batch
+from mixbatch.plan.state_checks import count, mapping, screen, shown, weights
 from mixbatch.shape import (
     BFDShaper,
     BucketShaper,
@@ -64,6 +65,7 @@ READS_FORMATS = ("mixbatch.loader/1", STATE_FORMAT)
 #: does not depend on the step size
 BLOCKABLE = (Packing.CONCAT, Packing.BFD)
 BLOCK_STEPS = 64  # steps planned per block (concat), while the weights stay the same
+MAX_REPLAY_POSITIONS = 1 << 32  # a state's replay (steps x rows x seq_len) is at most this
 
 
 def build_shaper(cfg: Config) -> Shaper:
@@ -416,27 +418,70 @@ class MixedLoader:
         return self.state_from(self.snapshot())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from a state; every field is checked first (one :class:`StateError` line
+        naming the field: :mod:`mixbatch.plan.state_checks`)."""
         if not isinstance(state, dict) or state.get("format") not in READS_FORMATS:
-            got = state.get("format") if isinstance(state, dict) else type(state).__name__
-            raise StateError(f"loader state: not a mixbatch loader state (format {got!r}, "
+            got = shown(state.get("format")) if isinstance(state, dict) else type(state).__name__
+            raise StateError(f"loader state: not a mixbatch loader state (format {got}, "
                              f"expected {STATE_FORMAT!r})")
-        self._check_fingerprint(state.get("fingerprint"))
+        for key in ("fingerprint", "step", "tokens_planned", "feed", "shaper",
+                    "weights_override", "stats"):
+            if key not in state:
+                raise StateError(f"loader state.{key}: missing")
+        screen(state, "loader state")
+        self._check_fingerprint(state["fingerprint"])
+        step = count("loader state.step", state["step"])
+        tokens = count("loader state.tokens_planned", state["tokens_planned"])
+        feed = mapping("loader state.feed", state["feed"])
+        shaper = mapping("loader state.shaper", state["shaper"])
+        stats = mapping("loader state.stats", state["stats"])
+        k = len(self.names)
+        ov = state["weights_override"]
+        override = None if ov is None else weights("loader state.weights_override", ov, k)
+        replay = state.get("replay")
+        if replay is not None:
+            replay = mapping("loader state.replay", replay)
+            for key in ("steps", "weights"):
+                if key not in replay:
+                    raise StateError(f"loader state.replay.{key}: missing")
+            replay_steps = count("loader state.replay.steps", replay["steps"], lo=1)
+            b = self.cfg.batch
+            if replay_steps * b.batch_size * b.seq_len > MAX_REPLAY_POSITIONS:
+                raise StateError(f"loader state.replay.steps: {replay_steps} steps are more "
+                                 "than a block of planned steps holds")
+            replay_w = weights("loader state.replay.weights", replay["weights"], k,
+                               unit_sum=True)
         self.reset()
         try:
-            self.feed.load_state_dict(state["feed"])
-            self.shaper.load_state_dict(state["shaper"])
-            self.step = int(state["step"])
-            self.tokens_planned = int(state["tokens_planned"])
-            ov = state["weights_override"]
-            self.override = None if ov is None else self.mixture.vector(np.asarray(ov, float))
+            self.feed.load_state_dict(feed)
+            self.shaper.load_state_dict(shaper)
+            self._check_carry()
+            self.step = step
+            self.tokens_planned = tokens
+            self.override = None if override is None else self.mixture.vector(override)
             if self.override is not None:
                 self.feed.path = None
-            self.stats.load_state_dict(state["stats"])
-            replay = state.get("replay")
+            self.stats.load_state_dict(stats)
             if replay is not None:
-                self._replay(int(replay["steps"]), np.asarray(replay["weights"], np.float64))
-        except (KeyError, TypeError, ValueError) as e:
+                self._replay(replay_steps, replay_w)
+        except StateError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             raise StateError(f"loader state: malformed ({type(e).__name__}: {e})") from None
+
+    def _check_carry(self) -> None:
+        """A carried piece (concat) must name a document of its store and lie within it."""
+        carry = getattr(self.shaper, "carry", None)
+        if carry is None:
+            return
+        s, d, _n, _off, end, _eod = carry
+        if not 0 <= s < len(self.names) or not 0 <= d < len(self.stores[s]):
+            raise StateError(f"loader state.shaper.carry: document {d} of source {s} does not "
+                             "exist in this configuration")
+        length = int(self.stores[s].lengths[d])
+        if end > length:
+            raise StateError(f"loader state.shaper.carry: a span up to token {end} lies beyond "
+                             f"document {d} of source {self.names[s]} ({length} tokens)")
 
     def _replay(self, steps: int, weights: np.ndarray) -> None:
         """Move the feed and shaper past ``steps`` steps planned with ``weights`` (a state
@@ -444,17 +489,14 @@ class MixedLoader:
         if self.cfg.batch.packing not in BLOCKABLE:
             raise StateError(f"loader state: a block replay, but packing "
                              f"{self.cfg.batch.packing.value!r} plans no blocks")
-        if steps < 1 or weights.shape != (len(self.names),) or not np.all(weights >= 0) \
-                or not np.isclose(weights.sum(), 1.0):
-            raise StateError("loader state: replay needs steps >= 1 and one weight per source "
-                             "summing to 1")
         self.feed.set_weights(weights)
         self.shaper.plan_step(self.feed, self.cfg.batch.batch_size * steps)
 
     def _check_fingerprint(self, saved: Any) -> None:
         now = self.fingerprint()
         if not isinstance(saved, dict):
-            raise StateError("loader state: no config fingerprint; it cannot be checked")
+            raise StateError("loader state.fingerprint: not a mapping; the state cannot be "
+                             "checked against this configuration")
         changed = []
         for key in ("seed", "unit", "shuffle", "packing"):
             if saved.get(key) != now[key]:
@@ -488,7 +530,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise StateError(f"{path}: state file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON, a 5,000-digit number
         raise StateError(f"{path}: corrupt state file ({e})") from None
     if not isinstance(data, dict):
         raise StateError(f"{path}: corrupt state file (not a JSON object)")

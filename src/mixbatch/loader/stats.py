@@ -8,12 +8,14 @@ bucketing the padding of the second lengths.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 from numba import njit
 
+from mixbatch.errors import StateError
+from mixbatch.plan.state_checks import count, mapping, number, shown
 from mixbatch.shape.base import StepPlan
 
 
@@ -160,7 +162,28 @@ class RunStats:
         return asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        fresh = RunStats(**state)
-        if len(fresh.tokens) != self.k or len(fresh.docs) != self.k:
-            raise ValueError(f"stats hold {len(fresh.tokens)} sources, expected {self.k}")
-        self.__dict__.update(fresh.__dict__)
+        """Restore saved totals; every field is checked (one StateError line naming it)."""
+        where = "loader state.stats"
+        state = mapping(where, state)
+        names = {f.name for f in fields(self)} - {"k"}
+        for key in state:
+            if key not in names and key != "k":
+                raise StateError(f"{where}.{key}: unknown field")
+        for key in names:
+            if key not in state:
+                raise StateError(f"{where}.{key}: missing")
+        values: dict[str, Any] = {"k": self.k}
+        for key in names:
+            v, name = state[key], f"{where}.{key}"
+            if key in ("tokens", "docs"):
+                if not isinstance(v, list) or len(v) != self.k:
+                    raise StateError(f"{name}: expected a list of {self.k} counts (one per "
+                                     f"source), got {shown(v)}")
+                values[key] = [count(f"{name}[{i}]", x) for i, x in enumerate(v)]
+            elif key in ("imbalance_max", "imbalance_sum"):
+                values[key] = number(name, v, lo=1.0 if key == "imbalance_max" else 0.0)
+            elif key == "step_tokens_min" and v is None:
+                values[key] = None
+            else:
+                values[key] = count(name, v)
+        self.__dict__.update(RunStats(**values).__dict__)

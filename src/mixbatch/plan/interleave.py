@@ -97,6 +97,7 @@ from mixbatch.errors import ConfigError, StateError
 from mixbatch.mixture.weights import normalize_weights
 from mixbatch.plan import edf, reference
 from mixbatch.plan.reference import tijdeman_delta
+from mixbatch.plan.state_checks import count, number, shown
 
 __all__ = ["Interleaver", "Unit", "WeightPath", "max_prefix_deviation", "tijdeman_delta"]
 
@@ -441,19 +442,19 @@ class Interleaver:
                 raise StateError(f"interleave state.{key}: missing")
         if state["version"] != _STATE_VERSION:
             raise StateError(
-                f"interleave state.version: {state['version']!r} is not supported "
+                f"interleave state.version: {shown(state['version'])} is not supported "
                 f"(expected {_STATE_VERSION})"
             )
         if state["unit"] != self._unit.value:
             raise StateError(
-                f"interleave state.unit: saved in {state['unit']!r} mode, "
+                f"interleave state.unit: saved in {shown(state['unit'])} mode, "
                 f"this planner counts {self._unit.value!r}"
             )
         k = self.num_sources
         if state["num_sources"] != k:
             raise StateError(
-                f"interleave state.num_sources: saved with {state['num_sources']!r} sources, "
-                f"this planner has {k}"
+                f"interleave state.num_sources: saved with {shown(state['num_sources'])} "
+                f"sources, this planner has {k}"
             )
         counts = _int_vector(state["counts"], k, "counts")
         documents = _int_vector(state["documents"], k, "documents")
@@ -464,18 +465,14 @@ class Interleaver:
             weights = _float_vector(weights, k, "weights")
             if not (weights > 0).any() or abs(math.fsum(weights.tolist()) - 1.0) > 1e-9:
                 raise StateError("interleave state.weights: must sum to 1")
-        units = state["segment_units"]
-        if isinstance(units, bool) or not isinstance(units, int) or units < 0:
-            raise StateError(
-                f"interleave state.segment_units: must be an integer >= 0, got {units!r}"
-            )
+        units = count("interleave state.segment_units", state["segment_units"])
         if weights is None and units != 0:
             raise StateError("interleave state.segment_units: must be 0 when no weights are set")
         if self._unit is Unit.SAMPLES and not np.array_equal(counts, documents):
             raise StateError("interleave state.documents: must equal counts in sample mode")
         if self._unit is Unit.TOKENS and (documents > counts).any():
             raise StateError("interleave state.documents: more documents than tokens")
-        total = int(counts.sum())
+        total = sum(counts.tolist())  # Python integers: no wrap-around
         target = base if weights is None else base + weights * np.float64(units)
         if abs(math.fsum(target.tolist()) - total) > 1e-6 * max(1.0, total):
             raise StateError(
@@ -489,24 +486,22 @@ class Interleaver:
         self._segment_units = units
 
 
-def _int_vector(value, k: int, name: str) -> np.ndarray:
+def _vector(value, k: int, name: str) -> list:
     if not isinstance(value, list | tuple) or len(value) != k:
-        raise StateError(f"interleave state.{name}: expected a list of {k} integers")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise StateError(f"interleave state.{name}: expected integers >= 0, got {v!r}")
-    return np.array(value, dtype=np.int64)
+        got = f"{len(value)} values" if isinstance(value, list | tuple) else shown(value)
+        raise StateError(f"interleave state.{name}: expected a list of {k} values, got {got}")
+    return list(value)
+
+
+def _int_vector(value, k: int, name: str) -> np.ndarray:
+    return np.array([count(f"interleave state.{name}[{i}]", v)
+                     for i, v in enumerate(_vector(value, k, name))], dtype=np.int64)
 
 
 def _float_vector(value, k: int, name: str, negative: bool = False) -> np.ndarray:
-    if not isinstance(value, list | tuple) or len(value) != k:
-        raise StateError(f"interleave state.{name}: expected a list of {k} numbers")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
-                or (v < 0 and not negative):
-            want = "finite numbers" if negative else "finite numbers >= 0"
-            raise StateError(f"interleave state.{name}: expected {want}, got {v!r}")
-    return np.array(value, dtype=np.float64)
+    lo = None if negative else 0.0
+    return np.array([number(f"interleave state.{name}[{i}]", v, lo=lo)
+                     for i, v in enumerate(_vector(value, k, name))], dtype=np.float64)
 
 
 # ------------------------------------------------------------------------------- measuring

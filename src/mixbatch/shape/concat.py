@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from mixbatch.errors import StateError
+from mixbatch.plan.state_checks import count, shown
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 
 
@@ -60,15 +62,22 @@ class ConcatShaper:
         return {"carry": None if self.carry is None else list(self.carry)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "carry" not in state:
+            raise StateError("loader state.shaper.carry: missing")
         c = state["carry"]
         if c is None:
             self.carry = None
             return
-        c = [int(x) for x in c]
+        if not isinstance(c, list | tuple) or len(c) not in (4, 6):
+            raise StateError(f"loader state.shaper.carry: expected None or a list of 6 "
+                             f"integers, got {shown(c)}")
+        c = [count(f"loader state.shaper.carry[{i}]", x) for i, x in enumerate(c)]
         if len(c) == 4:  # a state saved before pieces: the rest of a whole document
             c += [c[2], 1]
-        if len(c) != 6:
-            raise ValueError(f"carry must hold 6 numbers, got {len(c)}")
+        _s, _d, n, off, end, eod = c
+        if not off <= end <= n or eod > 1:
+            raise StateError(f"loader state.shaper.carry: expected source, document, length, "
+                             f"start <= end <= length and an end flag 0/1, got {c}")
         self.carry = tuple(c)  # type: ignore[assignment]
 
     def plan_step(self, feed: DocFeed, rows: int) -> StepPlan | None:

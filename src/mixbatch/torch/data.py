@@ -33,8 +33,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mixbatch.config import Config
-from mixbatch.errors import ConfigError
+from mixbatch.errors import ConfigError, StateError
 from mixbatch.loader.loader import MixedLoader
+from mixbatch.plan.state_checks import count, mapping
 from mixbatch.shape.base import StepPlan
 from mixbatch.shape.materialize import materialize_compact, resolve_fields
 from mixbatch.store import open_store
@@ -90,8 +91,12 @@ class MixbatchDataset(IterableDataset):
         return {"loader": state, "lane_offset": self._lane_offset}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._start = copy.deepcopy(state["loader"])
-        self._lane_offset = state.get("lane_offset")
+        state = mapping("dataset state", state)
+        if "loader" not in state:
+            raise StateError("dataset state.loader: missing")
+        lane = state.get("lane_offset")
+        self._start = copy.deepcopy(mapping("dataset state.loader", state["loader"]))
+        self._lane_offset = None if lane is None else count("dataset state.lane_offset", lane)
         self._last = None
 
 
@@ -235,5 +240,6 @@ class MixbatchDataLoader:
         return copy.deepcopy(self._state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._state = copy.deepcopy(state)
+        """Resume from ``state`` (checked field by field when iteration starts)."""
+        self._state = copy.deepcopy(mapping("loader state", state))
         self._last = None

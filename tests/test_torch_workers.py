@@ -120,7 +120,19 @@ def _alive(pid: int) -> bool:
 
 
 def _shm() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    """Named shared-memory segments (not the transient, already unlinked semaphores that
+    multiprocessing in other processes on the machine makes)."""
+    names = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    return {n for n in names if not n.startswith("sem.")}
+
+
+def _named_shared(pid: int | str) -> list[str]:
+    """Mappings of a process backed by a named file in /dev/shm (the ring is anonymous)."""
+    try:
+        text = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if "/dev/shm/" in line]
 
 
 def test_a_killed_worker_is_an_error_not_a_hang(tmp_path: Path) -> None:
@@ -130,6 +142,9 @@ def test_a_killed_worker_is_an_error_not_a_hang(tmp_path: Path) -> None:
     it = iter(dl)
     next(it)
     pids = list(dl.worker_pids)
+    assert not _named_shared("self") and not any(_named_shared(p) for p in pids)
+    assert any("/dev/zero" in line for line in Path(f"/proc/{pids[0]}/maps").read_text()
+               .splitlines())  # the ring: an anonymous shared mapping
     os.kill(pids[1], signal.SIGKILL)
     t0 = time.monotonic()
     with pytest.raises(MixbatchError, match=r"worker 1 \(pid \d+\) died with exit code -9"):

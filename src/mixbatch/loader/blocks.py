@@ -35,6 +35,22 @@ class Block:
         self.plans = plans
         self.used = 0  # steps handed out
         self.batches: list[dict[str, Any]] | None = None
+        rows = plans[0].rows if plans else 0
+        # segments of each step: step j holds segments cut[j]:cut[j + 1] of the block's plan
+        self.cut = np.searchsorted(plan.row, np.arange(len(plans) + 1) * rows).tolist() \
+            if len(plans) > 1 else [0, len(plan.row)]
+
+    def run(self, first: int, stop: int) -> tuple[StepPlan, list[int]]:
+        """Steps ``first .. stop - 1`` of the block as one plan of their rows (a worker's read),
+        and the rows of each: slices of the block's plan, no per-step copies."""
+        R = self.plans[first].rows
+        a, b = self.cut[first], self.cut[stop]
+        p = self.plan
+        plan = StepPlan((stop - first) * R, p.seq_len, p.row[a:b] - np.int32(first * R),
+                        p.col[a:b], p.source[a:b], p.doc[a:b], p.start[a:b], p.end[a:b],
+                        p.eod[a:b], p.pad[first * R:stop * R],
+                        second=None if p.second is None else p.second[a:b])
+        return plan, [R] * (stop - first)
 
     def read(self, stores: Sequence[TokenStore], eod_id: int, pad_id: int, dtype: np.dtype,
              rows_per_step: int) -> None:

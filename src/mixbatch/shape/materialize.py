@@ -31,7 +31,8 @@ derived from the compact form by a few vectorised operations:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -213,25 +214,54 @@ def _expand(ids: np.ndarray, cu: np.ndarray, seq_source: np.ndarray, seq_doc: np
 _PER_POSITION = ("input_ids", "labels", "position_ids", "source_ids", "doc_ids")
 
 
-def expand(compact: dict[str, Any], fields: str | Iterable[str] | None = "all") -> dict[str, Any]:
-    """The fields asked for (default: all), as NumPy arrays, from a compact batch."""
-    want = resolve_fields(fields)
+def expand(compact: dict[str, Any], fields: str | Iterable[str] | None = "all",
+           into: Callable[[int], np.ndarray | None] | None = None) -> dict[str, Any]:
+    """The fields asked for (default: all), as NumPy arrays, from a compact batch. ``into(n)``
+    (optional) gives the int64 array of ``n`` elements a per-position field is written to (a
+    worker's shared slot), or None to allocate one."""
+    flags = _flags(fields if isinstance(fields, str) or fields is None else tuple(fields))
     ids = compact["input_ids"]
     R, L = ids.shape
     out: dict[str, Any] = {k: compact[k] for k in _PASS if k in compact}
-    flags = np.array([f in want for f in _PER_POSITION])
     if flags.any():
-        empty = np.empty(0, np.int64)
-        made = [np.empty(R * L, np.int64) if f else empty for f in flags]
+        n = R * L
+        made = []
+        for f in flags.tolist():
+            a = (into(n) if into is not None else None) if f else _EMPTY
+            made.append(np.empty(n, np.int64) if f and a is None else a)
         _expand(np.ascontiguousarray(ids).reshape(-1), compact["cu_seqlens"],
                 compact["seq_source"], compact["seq_doc"], *made, flags)
-        for name, arr, f in zip(_PER_POSITION, made, flags, strict=True):
+        for name, arr, f in zip(_PER_POSITION, made, flags.tolist(), strict=True):
             if f:
                 out[name] = arr.reshape(R, L)
+    want = _wanted(fields if isinstance(fields, str) or fields is None else tuple(fields))
     for k in ("cu_seqlens", "max_seqlen"):
         if k in want:
             out[k] = compact[k]
     return out
+
+
+_EMPTY = np.empty(0, np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _wanted(fields: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    return resolve_fields(fields)
+
+
+@functools.lru_cache(maxsize=64)
+def _flags(fields: str | tuple[str, ...] | None) -> np.ndarray:
+    """Which per-position fields ``fields`` asks for (cached: resolved once per choice)."""
+    want = _wanted(fields)
+    flags = np.array([f in want for f in _PER_POSITION])
+    flags.setflags(write=False)
+    return flags
+
+
+def per_position_fields(fields: str | Iterable[str] | None) -> int:
+    """How many (R, L) int64 arrays :func:`expand` makes for ``fields``."""
+    return int(_flags(fields if isinstance(fields, str) or fields is None
+                      else tuple(fields)).sum())
 
 
 def materialize(plan: StepPlan, stores: Sequence[TokenStore], eod_id: int,

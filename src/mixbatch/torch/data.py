@@ -34,13 +34,17 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mixbatch.config import Config
 from mixbatch.errors import ConfigError, StateError
-from mixbatch.loader.loader import MixedLoader
+from mixbatch.loader.loader import MixedLoader, Step
 from mixbatch.plan.state_checks import count, mapping
 from mixbatch.shape.base import StepPlan
-from mixbatch.shape.materialize import materialize_compact, resolve_fields
+from mixbatch.shape.materialize import (
+    materialize_compact,
+    per_position_fields,
+    resolve_fields,
+)
 from mixbatch.store import open_store
 from mixbatch.torch.device import check_device, fields_on_cpu, to_device, to_tensors
-from mixbatch.torch.workers import TASK_BYTES, StepReaders
+from mixbatch.torch.workers import SLOT_BYTES, StepReaders, Task, stack_runs
 
 __all__ = ["MixbatchDataLoader", "MixbatchDataset", "to_tensors"]
 
@@ -98,6 +102,31 @@ class MixbatchDataset(IterableDataset):
         self._start = copy.deepcopy(mapping("dataset state.loader", state["loader"]))
         self._lane_offset = None if lane is None else count("dataset state.lane_offset", lane)
         self._last = None
+
+
+def _tasks(loader: MixedLoader, steps: Iterator[Step], per_task: int) -> Iterator[Task]:
+    """Workers' tasks: ``per_task`` consecutive steps each, with the state after each step.
+    Steps of one block (one rank: all rows) go as one slice of the block's plan."""
+    whole = loader.world_size == 1  # every row is this rank's: no selection
+    while True:
+        group: list[Step] = []
+        snaps: list[tuple] = []
+        for step in steps:
+            group.append(step)
+            snaps.append(loader.snapshot())
+            if len(group) == per_task:
+                break
+        if not group:
+            return
+        first, last = group[0], group[-1]
+        if whole and first.block is not None and last.block is first.block \
+                and last.offset - first.offset == len(group) - 1:
+            runs = [first.block.run(first.offset, last.offset + 1)]
+        else:
+            runs = stack_runs([s.plan if whole else s.plan.select_rows(s.rows) for s in group])
+        yield [s.index for s in group], runs, snaps
+        if len(group) < per_task:
+            return
 
 
 def _mixer(cfg: Config) -> Any:
@@ -181,19 +210,23 @@ class MixbatchDataLoader:
         self._loader: MixedLoader | None = None
         self._last: tuple | None = None
         self.worker_pids: list[int] = []
+        self._readers: StepReaders | None = None  # the workers of the running iteration
         self._mixer = _mixer(cfg)
+
+    def _pinned(self, t: dict[str, Any]) -> dict[str, Any]:
+        if self.pin_memory and torch.cuda.is_available():
+            return {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+        return t
+
+    def _handed(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A batch whose fields a worker derived: as tensors (pinned when asked)."""
+        return _mix(self._mixer, self._pinned(to_tensors(batch)))
 
     def _finish(self, compact: dict[str, Any]) -> dict[str, Any]:
         if self.device is not None:
-            t = to_tensors(compact)
-            if self.pin_memory and torch.cuda.is_available():
-                t = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+            t = self._pinned(to_tensors(compact))
             return _mix(self._mixer, to_device(t, self.device, self.fields, self.non_blocking))
-        batch = fields_on_cpu(compact, self.fields)
-        if self.pin_memory and torch.cuda.is_available():
-            batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v
-                     for k, v in batch.items()}
-        return _mix(self._mixer, batch)
+        return _mix(self._mixer, self._pinned(fields_on_cpu(compact, self.fields)))
 
     def _steps(self, loader: MixedLoader) -> Iterator[Any]:
         end = None if self.max_steps is None else loader.step + self.max_steps
@@ -218,18 +251,22 @@ class MixbatchDataLoader:
                 self._last = loader.snapshot()
                 yield self._finish(compact)
             return
-        step_bytes = loader.cfg.batch.step_positions * loader.token_dtype.itemsize
-        per_task = max(1, min(16, TASK_BYTES // max(1, step_bytes)))
+        positions = loader.cfg.batch.step_positions  # rows x seq_len, or a token budget
+        # workers derive the fields on the CPU (their int64 arrays fill the slots); for a
+        # device they send the compact batch, derived there after the copy
+        fields = None if self.device is not None else self.fields
+        step_bytes = positions * (8 * per_position_fields(fields) if fields
+                                  else loader.token_dtype.itemsize) + 4096
+        per_task = max(1, min(16, SLOT_BYTES // step_bytes))
         readers = StepReaders(self.num_workers, _Reader(loader), self.transform, self.prefetch,
-                              slot_bytes=per_task * step_bytes, dtype=loader.token_dtype)
+                              slot_bytes=per_task * step_bytes, dtype=loader.token_dtype,
+                              fields=fields)
+        self._readers = readers
         self.worker_pids = readers.pids()
         try:
-            whole = loader.world_size == 1  # every row is this rank's: no selection
-            plans = ((s.index, s.plan if whole else s.plan.select_rows(s.rows), loader.snapshot())
-                     for s in self._steps(loader))
-            for compact, snap in readers.map(plans, per_task):
+            for batch, snap in readers.map(_tasks(loader, self._steps(loader), per_task)):
                 self._last = snap
-                yield self._finish(compact)
+                yield self._finish(batch) if fields is None else self._handed(batch)
         finally:
             readers.close()
 

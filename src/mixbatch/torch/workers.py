@@ -1,18 +1,24 @@
-"""Worker processes that read tokens for steps the main process plans.
+"""Worker processes that read tokens and derive the batch fields for steps the main process plans.
 
 The main process plans the global stream once (the planner is compiled and plans in blocks, so
-this is cheap) and sends each step's plan for this rank's rows, a few small arrays, to worker
-``i mod n``. A worker reads the tokens (:func:`~mixbatch.shape.materialize.materialize_compact`),
-applies the user's ``transform`` if any, and sends the compact batch back. The token arrays
-(the bulk of a batch) come back through a ring of buffers in one anonymous shared mapping that
-the main process makes before it forks the workers, one slot per task in flight; the pipe only
-carries the small sequence tables and where in the slot the tokens lie. The main process copies
-the tokens out of the slot when it receives the task (a few kB per step), so a slot is free for
-the next task at once and no batch handed out refers to it. An anonymous mapping has no name:
-it goes away with the last process that maps it, so no crash can leave a segment behind (in
-``/dev/shm`` or elsewhere). Where processes are spawned rather than forked, or a batch does not
-fit its slot (a ``transform`` that replaces the tokens), the arrays are pickled through the
-pipe instead. Results come back in step order.
+this is cheap) and sends the plans of a few consecutive steps (this rank's rows), a few small
+arrays, to worker ``i mod n``. A worker reads the tokens
+(:func:`~mixbatch.shape.materialize.materialize_compact`), applies the user's ``transform`` if
+any, and derives the fields asked for (:func:`~mixbatch.shape.materialize.expand`), so that the
+main process only plans and hands batches out.
+
+**Shared slots.** The per-position fields (the bulk of a batch: (R, L) int64 arrays) are written
+into a ring of slots in one anonymous shared mapping that the main process makes before it forks
+the workers; the pipe carries only the small arrays (``cu_seqlens``) and where in the slot the
+rest lie. The main process hands out tensors that view the slot, without a copy. A slot is given
+a new task only when no array made from it is alive any more (the arrays of one task hold one
+NumPy array over the slot, whose reference count says so), so a batch a trainer keeps is never
+overwritten; when every slot is still held, the task's arrays come through the pipe instead. An
+anonymous mapping has no name: it goes away with the last process that maps it, so no crash can
+leave a segment behind (in ``/dev/shm`` or elsewhere). Where processes are spawned rather than
+forked, the arrays are pickled through the pipe. With ``fields=None`` (batches derived on a
+device) workers send the compact batch, whose tokens the main process copies out of the slot.
+Results come back in step order.
 
 Failure: an exception in a worker comes back as a :class:`~mixbatch.errors.MixbatchError` naming
 the worker and the step; a worker that dies (killed, out of memory) is noticed within
@@ -23,10 +29,12 @@ A worker whose parent dies sees its pipe close and exits.
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import multiprocessing as mp
 import os
 import signal
+import sys
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -36,11 +44,13 @@ import numpy as np
 
 from mixbatch.errors import MixbatchError
 from mixbatch.shape.base import StepPlan
-from mixbatch.shape.materialize import split_compact
+from mixbatch.shape.materialize import expand, split_compact
 
 _PLAN_KEYS = ("row", "col", "source", "doc", "start", "end", "eod", "pad")
-TASK_BYTES = 1 << 18  # tokens a task reads at most (several steps per message when small)
 _ALIGN = 64  # byte alignment of arrays in a slot
+_INT64 = np.dtype(np.int64)
+_DTYPES: dict[str, np.dtype] = {}
+SLOT_BYTES = 1 << 21  # what one task writes into its slot at most (several steps when small)
 
 #: a reader: the compact batch of a plan, its tokens written into ``out`` when given
 Reader = Callable[..., dict[str, Any]]
@@ -53,20 +63,34 @@ class _Ring:
         self.slots = slots
         self.slot_bytes = -(-slot_bytes // _ALIGN) * _ALIGN
         self.map = mmap.mmap(-1, self.slots * self.slot_bytes)  # MAP_SHARED | MAP_ANONYMOUS
-        self.bytes = np.frombuffer(self.map, dtype=np.uint8)
+        self.address = np.frombuffer(self.map, np.uint8).__array_interface__["data"][0]
 
-    def array(self, slot: int, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        a = slot * self.slot_bytes + offset
-        n = int(np.prod(shape)) * dtype.itemsize
-        return self.bytes[a:a + n].view(dtype).reshape(shape)
+    def view(self, slot: int) -> np.ndarray:
+        """A new array over one slot; arrays cut from it keep it (and only it) alive."""
+        return np.frombuffer(self.map, np.uint8, self.slot_bytes, slot * self.slot_bytes)
 
     def where(self, slot: int, x: Any) -> int | None:
         """The offset of array ``x`` in ``slot`` when it lies there whole and contiguous."""
         if not isinstance(x, np.ndarray) or not x.flags.c_contiguous:
             return None
         a = slot * self.slot_bytes
-        p = x.__array_interface__["data"][0] - self.bytes.__array_interface__["data"][0]
+        p = x.__array_interface__["data"][0] - self.address
         return p - a if a <= p and p + x.nbytes <= a + self.slot_bytes else None
+
+
+class _Arena:
+    """A worker's allocator over one slot: arrays one after the other, None when it is full."""
+
+    def __init__(self, view: np.ndarray) -> None:
+        self.view, self.used = view, 0
+
+    def __call__(self, n: int, dtype: np.dtype = _INT64) -> np.ndarray | None:
+        nbytes = n * dtype.itemsize
+        if self.used + nbytes > self.view.size:
+            return None
+        a = self.view[self.used:self.used + nbytes].view(dtype)
+        self.used += -(-nbytes // _ALIGN) * _ALIGN
+        return a
 
 
 class _InRing:
@@ -81,57 +105,79 @@ class _InRing:
         return (_InRing, (self.offset, self.shape, self.dtype))
 
 
-def _stack(plans: list[StepPlan]) -> dict[str, Any]:
-    """Several steps' plans (equal widths) as one plan of their rows, for the wire."""
-    if len({p.seq_len for p in plans}) > 1:
-        raise ValueError("plans of one task must have one width")
-    offsets = np.cumsum([0] + [p.rows for p in plans[:-1]])
-    d: dict[str, Any] = {k: np.concatenate([getattr(p, k) for p in plans]) for k in _PLAN_KEYS}
-    d["row"] = np.concatenate([p.row + np.int32(o) for p, o in zip(plans, offsets, strict=True)])
-    d["rows"] = [p.rows for p in plans]
-    d["seq_len"] = plans[0].seq_len
-    seconds = [p.second for p in plans]
-    d["second"] = None if any(x is None for x in seconds) else np.concatenate(seconds)
-    return d
+#: a plan of several consecutive steps' rows, and the rows of each step
+Run = tuple[StepPlan, list[int]]
+#: one task: the steps' indices, their runs (one plan per run of one width), tags for the caller
+Task = tuple[list[int], list[Run], list[Any]]
 
 
-def _plan_from_wire(d: dict[str, Any]) -> StepPlan:
-    return StepPlan(int(sum(d["rows"])), d["seq_len"], *(d[k] for k in _PLAN_KEYS),
-                    second=d["second"])
+def stack_runs(plans: list[StepPlan]) -> list[Run]:
+    """Consecutive steps' plans as runs: each run of one width stacked into one plan."""
+    runs: list[list[StepPlan]] = []
+    for p in plans:
+        if runs and runs[-1][-1].seq_len == p.seq_len:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    out = []
+    for group in runs:
+        if len(group) == 1:
+            out.append((group[0], [group[0].rows]))
+            continue
+        offsets = np.cumsum([0] + [p.rows for p in group[:-1]])
+        cat = {k: np.concatenate([getattr(p, k) for p in group]) for k in _PLAN_KEYS[1:]}
+        row = np.concatenate([p.row + np.int32(o) for p, o in zip(group, offsets, strict=True)])
+        seconds = [p.second for p in group]
+        second = None if any(x is None for x in seconds) else np.concatenate(seconds)
+        rows = [p.rows for p in group]
+        out.append((StepPlan(sum(rows), group[0].seq_len, row, *cat.values(), second=second),
+                    rows))
+    return out
 
 
-def _read_task(reader: Reader, wires: list[dict[str, Any]], ring: _Ring | None, slot: int,
-               dtype: np.dtype) -> list[dict[str, Any]]:
-    """The compact batches of a task's steps, one read per run of steps of one width; the
-    tokens go into the task's slot while they fit."""
+def _wire(run: Run) -> tuple:
+    """A run for the pipe: the segments as one int64 matrix (one array to pickle)."""
+    p, rows = run
+    seg = np.stack([p.row, p.col, p.source, p.doc, p.start, p.end, p.eod]).astype(np.int64)
+    return seg, p.pad, rows, p.seq_len, p.second
+
+
+def _plan_from_wire(wire: tuple) -> tuple[StepPlan, list[int]]:
+    seg, pad, rows, seq_len, second = wire
+    plan = StepPlan(sum(rows), seq_len, seg[0].astype(np.int32), seg[1],
+                    seg[2].astype(np.int32), seg[3], seg[4], seg[5], seg[6].astype(bool), pad,
+                    second=second)
+    return plan, rows
+
+
+def _read_task(reader: Reader, wires: list[dict[str, Any]], arena: _Arena | None,
+               dtype: np.dtype, fields: tuple[str, ...] | None) -> list[dict[str, Any]]:
+    """The compact batches of a task's steps (one read per run of steps of one width); the
+    tokens go into the slot when they are what is sent (no ``fields``)."""
     batches = []
-    used = 0
     for wire in wires:
-        plan = _plan_from_wire(wire)
-        n = plan.rows * plan.seq_len
-        out = None
-        if ring is not None and used + n * dtype.itemsize <= ring.slot_bytes:
-            out = ring.array(slot, used, (n,), dtype)
-            used += -(-n * dtype.itemsize // _ALIGN) * _ALIGN
-        batches += split_compact(reader(plan, out=out), wire["rows"])
+        plan, rows = _plan_from_wire(wire)
+        out = None if arena is None or fields else arena(plan.rows * plan.seq_len, dtype)
+        batches += split_compact(reader(plan, out=out), rows)
     return batches
 
 
 def _to_wire(batches: list[dict[str, Any]], ring: _Ring | None, slot: int) -> list[dict[str, Any]]:
-    """Token arrays that lie in the slot are sent as their place in it."""
+    """Arrays that lie in the slot are sent as their place in it."""
     if ring is None:
         return batches
     for b in batches:
-        x = b.get("input_ids")
-        at = ring.where(slot, x)
-        if at is not None:
-            b["input_ids"] = _InRing(at, x.shape, x.dtype.str)
+        for k, x in b.items():
+            at = ring.where(slot, x)
+            if at is not None:
+                b[k] = _InRing(at, x.shape, x.dtype.str)
     return batches
 
 
 def _worker_main(conn: Any, reader: Reader,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None,
-                 ring: _Ring | None = None, dtype: np.dtype | None = None) -> None:
+                 ring: _Ring | None = None, dtype: np.dtype | None = None,
+                 fields: tuple[str, ...] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
     dt = np.dtype(np.int64 if dtype is None else dtype)
     while True:
@@ -142,13 +188,17 @@ def _worker_main(conn: Any, reader: Reader,
         if task is None:
             return
         seq, slot, indices, wires = task
+        use = ring if slot >= 0 else None
+        arena = None if use is None else _Arena(use.view(slot))
         try:
-            batches = _read_task(reader, wires, ring if slot >= 0 else None, slot, dt)
+            batches = _read_task(reader, wires, arena, dt, fields)
             for b, index in zip(batches, indices, strict=True):
                 b["step"] = index
             if transform is not None:
                 batches = [transform(b) for b in batches]
-            conn.send((seq, "ok", _to_wire(batches, ring if slot >= 0 else None, slot)))
+            if fields:
+                batches = [expand(b, fields, into=arena) for b in batches]
+            conn.send((seq, "ok", _to_wire(batches, use, slot)))
         except Exception as e:  # report it to the main process, which raises it
             text = f"{type(e).__name__}: {e}"
             if not isinstance(e, MixbatchError):
@@ -160,12 +210,15 @@ def _worker_main(conn: Any, reader: Reader,
 
 
 class StepReaders:
-    """``n`` processes that turn step plans into compact batches, in order (module doc)."""
+    """``n`` processes that turn step plans into batches, in order (module docstring).
+
+    ``fields``: the fields the workers derive (None: they send compact batches);
+    ``slot_bytes``: the size of a shared slot (0: everything through the pipe)."""
 
     def __init__(self, n: int, reader: Reader,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  prefetch: int = 2, poll_interval: float = 0.5, slot_bytes: int = 0,
-                 dtype: np.dtype | None = None) -> None:
+                 dtype: np.dtype | None = None, fields: tuple[str, ...] | None = None) -> None:
         fork = "fork" in mp.get_all_start_methods()
         ctx = mp.get_context("fork" if fork else "spawn")
         self.n = n
@@ -173,13 +226,20 @@ class StepReaders:
         self.poll_interval = poll_interval
         self.conns: list[Any] = []
         self.procs: list[Any] = []
-        # a forked worker shares the ring; a spawned one could not (it gets pickled arrays)
-        self.ring = _Ring(n * self.prefetch, slot_bytes) if fork and slot_bytes > 0 else None
+        # a forked worker shares the ring; a spawned one could not (it gets pickled arrays).
+        # Slots: one per task in flight, as many again for batches the trainer still holds
+        self.ring = _Ring(2 * n * self.prefetch + 2, slot_bytes) if fork and slot_bytes > 0 \
+            else None
+        self.held: list[np.ndarray | None] = [None] * (0 if self.ring is None else self.ring.slots)
+        self.busy: set[int] = set()  # slots of tasks in flight
+        self.piped = 0  # tasks sent without a slot (every slot busy or held)
+        self.fields = fields
         try:
             for _ in range(n):
                 parent, child = ctx.Pipe(duplex=True)
                 p = ctx.Process(target=_worker_main,
-                                args=(child, reader, transform, self.ring, dtype), daemon=True)
+                                args=(child, reader, transform, self.ring, dtype, fields),
+                                daemon=True)
                 p.start()
                 child.close()
                 self.conns.append(parent)
@@ -188,48 +248,49 @@ class StepReaders:
             self.close()
             raise
 
-    def map(self, steps: Iterator[tuple[int, StepPlan, Any]], per_task: int = 1
-            ) -> Iterator[tuple[dict[str, Any], Any]]:
-        """For each ``(index, plan, tag)`` in order, yield ``(compact batch, tag)``; a task
-        carries ``per_task`` consecutive steps (fewer messages), each run of steps of one width
-        stacked into one plan (one read)."""
-        in_flight: deque[tuple[int, list[Any]]] = deque()
+    def map(self, tasks: Iterator[Task]) -> Iterator[tuple[dict[str, Any], Any]]:
+        """For each task ``(indices, runs, tags)`` in order, yield ``(batch, tag)`` per step
+        (:func:`stack_runs` makes the runs of a few consecutive steps' plans)."""
+        in_flight: deque[tuple[int, int, list[Any]]] = deque()
         seq = 0
-        done = False
         while True:
-            while not done and len(in_flight) < self.n * self.prefetch:
-                group: list[tuple[int, StepPlan, Any]] = []
-                while len(group) < per_task:
-                    item = next(steps, None)
-                    if item is None:
-                        done = True
-                        break
-                    group.append(item)
-                if not group:
+            while len(in_flight) < self.n * self.prefetch:
+                task = next(tasks, None)
+                if task is None:
                     break
-                runs: list[list[StepPlan]] = []
-                for g in group:
-                    if runs and runs[-1][-1].seq_len == g[1].seq_len:
-                        runs[-1].append(g[1])
-                    else:
-                        runs.append([g[1]])
+                indices, runs, tags = task
                 w = seq % self.n
-                # tasks come back in order and at most slots are in flight: seq's slot is free
-                slot = -1 if self.ring is None else seq % self.ring.slots
+                slot = self._free_slot()
                 try:
-                    self.conns[w].send((seq, slot, [g[0] for g in group],
-                                        [_stack(r) for r in runs]))
+                    self.conns[w].send((seq, slot, indices, [_wire(r) for r in runs]))
                 except OSError:  # a broken pipe: the worker is gone
                     self.procs[w].join(timeout=self.poll_interval)
                     raise self._died(w) from None
-                in_flight.append((seq, [g[2] for g in group]))
+                if slot >= 0:
+                    self.busy.add(slot)
+                in_flight.append((seq, slot, tags))
                 seq += 1
             if not in_flight:
                 return
-            want, tags = in_flight.popleft()
-            yield from zip(self._receive(want), tags, strict=True)
+            want, slot, tags = in_flight.popleft()
+            batches = self._receive(want, slot)
+            self.busy.discard(slot)
+            yield from zip(batches, tags, strict=True)
 
-    def _receive(self, seq: int) -> list[dict[str, Any]]:
+    def _free_slot(self) -> int:
+        """A slot no task in flight writes to and no batch handed out views, or -1."""
+        if self.ring is None:
+            return -1
+        for s in range(self.ring.slots):
+            # the list and the call's argument hold it: 2 references, no batch handed out
+            if s not in self.busy and (self.held[s] is None
+                                       or sys.getrefcount(self.held[s]) <= 2):
+                self.held[s] = None
+                return s
+        self.piped += 1
+        return -1
+
+    def _receive(self, seq: int, slot: int) -> list[dict[str, Any]]:
         w = seq % self.n
         conn, proc = self.conns[w], self.procs[w]
         while not conn.poll(self.poll_interval):
@@ -244,13 +305,20 @@ class StepReaders:
             raise MixbatchError(f"loader worker {w}: expected step {seq}, got {got}")
         if status != "ok":
             raise MixbatchError(f"loader worker {w} failed: {payload}")
-        ring = self.ring
-        if ring is not None:  # copy the tokens out: the slot is free for the next task
-            slot = seq % ring.slots
-            for b in payload:
-                x = b.get("input_ids")
+        if slot < 0:
+            return payload
+        assert self.ring is not None
+        view = self.ring.view(slot)
+        for b in payload:
+            for k, x in b.items():
                 if isinstance(x, _InRing):
-                    b["input_ids"] = ring.array(slot, x.offset, x.shape, np.dtype(x.dtype)).copy()
+                    dt = _DTYPES.get(x.dtype) or _DTYPES.setdefault(x.dtype, np.dtype(x.dtype))
+                    n = math.prod(x.shape) * dt.itemsize
+                    b[k] = view[x.offset:x.offset + n].view(dt).reshape(x.shape)
+                    if not self.fields:  # compact tokens: copied out, the slot is free at once
+                        b[k] = b[k].copy()
+        if self.fields:
+            self.held[slot] = view  # handed out: the slot waits until they are all gone
         return payload
 
     def _died(self, w: int) -> MixbatchError:
@@ -275,6 +343,7 @@ class StepReaders:
             c.close()
         self.conns, self.procs = [], []
         self.ring = None  # unmapped when the last array made from it is gone
+        self.held = []
 
     def pids(self) -> list[int]:
         return [int(p.pid) for p in self.procs]

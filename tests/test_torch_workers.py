@@ -194,3 +194,69 @@ def test_mixup_section_adds_the_record_per_step(tmp_path: Path) -> None:
     for a, b, c in zip(plain, workers, head + tail, strict=True):
         for k in keys:
             assert torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]), k
+
+
+def test_slots_are_reused_and_a_kept_batch_is_never_overwritten(tmp_path: Path) -> None:
+    """Batches view shared slots without a copy: a trainer that drops each batch lets every
+    task use a slot; batches it keeps stay intact (their slots wait, later tasks use the pipe)."""
+    cfg = _cfg(tmp_path)
+    ref = MixedLoader(cfg)
+    want = [ref.batch_of(s, fields=DEFAULT_FIELDS) for s in ref.steps(60)]
+    dl = MixbatchDataLoader(cfg, num_workers=2, max_steps=60)
+    it = iter(dl)
+    kept = []
+    for i, b in enumerate(it):
+        if i == 0:
+            readers = dl._readers
+            assert readers is not None and readers.ring is not None
+        assert np.array_equal(b["labels"].numpy(), want[i]["labels"]), i
+        if i % 3 == 0:
+            kept.append((i, b))
+        del b
+    assert readers.piped == 0  # the dropped batches freed their slots
+    for i, b in kept:  # still what they were when handed out
+        for k in ("input_ids", "labels", "position_ids"):
+            assert np.array_equal(b[k].numpy(), want[i][k]), (i, k)
+    everything = list(MixbatchDataLoader(cfg, num_workers=2, max_steps=60))  # all kept
+    for g, w in zip(everything, want, strict=True):
+        assert np.array_equal(g["input_ids"].numpy(), w["input_ids"])
+
+
+_ORPHAN = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from mixbatch.config import load_config
+from mixbatch.torch import MixbatchDataLoader
+dl = MixbatchDataLoader(load_config({cfg!r}), num_workers=2)
+it = iter(dl)
+next(it)
+print(" ".join(map(str, dl.worker_pids)), flush=True)
+time.sleep(60)
+"""
+
+
+def test_workers_exit_when_the_main_process_is_killed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _cfg(tmp_path)  # prepares the store and writes c.yaml
+    before = _shm()
+    script = _ORPHAN.format(tests=str(Path(__file__).parent), cfg=str(tmp_path / "c.yaml"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        pids = [int(x) for x in line.split()]
+        assert len(pids) == 2, line
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        for pid in pids:
+            deadline = time.monotonic() + 15
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not _alive(pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _shm() <= before  # no named segment left behind

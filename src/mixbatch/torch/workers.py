@@ -174,11 +174,27 @@ def _to_wire(batches: list[dict[str, Any]], ring: _Ring | None, slot: int) -> li
     return batches
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this worker when the main process dies (even by SIGKILL)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the call above
+        os._exit(0)
+
+
 def _worker_main(conn: Any, reader: Reader,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None,
                  ring: _Ring | None = None, dtype: np.dtype | None = None,
-                 fields: tuple[str, ...] | None = None) -> None:
+                 fields: tuple[str, ...] | None = None, parent: int | None = None,
+                 others: list[Any] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
+    for c in others or []:  # the main process's ends, inherited by fork: only it may hold
+        c.close()           # them, so that this pipe closes when it dies
+    if parent is not None:
+        _die_with_parent(parent)
     dt = np.dtype(np.int64 if dtype is None else dtype)
     while True:
         try:
@@ -237,9 +253,10 @@ class StepReaders:
         try:
             for _ in range(n):
                 parent, child = ctx.Pipe(duplex=True)
+                others = [*self.conns, parent] if fork else None
                 p = ctx.Process(target=_worker_main,
-                                args=(child, reader, transform, self.ring, dtype, fields),
-                                daemon=True)
+                                args=(child, reader, transform, self.ring, dtype, fields,
+                                      os.getpid(), others), daemon=True)
                 p.start()
                 child.close()
                 self.conns.append(parent)

@@ -90,6 +90,7 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -180,6 +181,7 @@ class Interleaver:
         self._base = np.zeros(k, dtype=np.float64)
         self._weights: np.ndarray | None = None
         self._segment_units = 0
+        self._last_normalized: tuple[Any, np.ndarray] | None = None
 
     # -- read-only views
     @property
@@ -232,7 +234,7 @@ class Interleaver:
         Unchanged weights continue the current segment; new ones start a segment at the target
         reached so far. Nothing is reset.
         """
-        w = normalize_weights(weights, available)
+        w = self._normalized(weights, available)
         if w.size != self.num_sources:
             raise ConfigError(
                 f"weights: expected {self.num_sources} weights (one per source), got {w.size}"
@@ -252,12 +254,27 @@ class Interleaver:
         self._weights = w
         self._segment_units = 0
 
+    def _normalized(self, weights, available) -> np.ndarray:
+        """:func:`normalize_weights`, remembered for the last float64 array (and boolean mask)
+        given: a feed passes the same weights for every chunk of decisions."""
+        if not (isinstance(weights, np.ndarray) and weights.dtype == np.float64
+                and (available is None or (isinstance(available, np.ndarray)
+                                           and available.dtype == np.bool_))):
+            return normalize_weights(weights, available)
+        key = (weights.shape, weights.tobytes(),
+               None if available is None else (available.shape, available.tobytes()))
+        if self._last_normalized is not None and self._last_normalized[0] == key:
+            return self._last_normalized[1]
+        w = normalize_weights(weights, available)
+        self._last_normalized = (key, w)
+        return w
+
     def _ready(self, weights, available, path: WeightPath | None = None) -> np.ndarray:
         if weights is not None:
             if path is not None and self._weights is not None:
                 # on a path the caller's weights are the stage's, normalised its own way: the
                 # last bits may differ from the path's row the rule switched to by itself
-                w = normalize_weights(weights, available)
+                w = self._normalized(weights, available)
                 if w.shape == self._weights.shape and np.allclose(w, self._weights, rtol=0,
                                                                   atol=1e-12):
                     return self._weights

@@ -24,8 +24,12 @@ _TENSOR_KEYS = ("input_ids", "cu_seqlens", "seq_source", "seq_doc", "second_leng
 
 def to_tensors(batch: dict[str, Any]) -> dict[str, Any]:
     """Every NumPy array of a batch (compact or not) as a CPU tensor (no copy)."""
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
-            for k, v in batch.items()}
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(v if v.flags.c_contiguous else np.ascontiguousarray(v))
+        out[k] = v
+    return out
 
 
 def fields_on_cpu(compact: dict[str, Any], fields: str | Iterable[str] | None) -> dict[str, Any]:

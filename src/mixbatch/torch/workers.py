@@ -50,6 +50,7 @@ _PLAN_KEYS = ("row", "col", "source", "doc", "start", "end", "eod", "pad")
 _ALIGN = 64  # byte alignment of arrays in a slot
 _INT64 = np.dtype(np.int64)
 _DTYPES: dict[str, np.dtype] = {}
+_IN_SLOT = "_in_slot"  # key of a sent batch: where its arrays lie in the task's slot
 SLOT_BYTES = 1 << 21  # what one task writes into its slot at most (several steps when small)
 
 #: a reader: the compact batch of a plan, its tokens written into ``out`` when given
@@ -91,18 +92,6 @@ class _Arena:
         a = self.view[self.used:self.used + nbytes].view(dtype)
         self.used += -(-nbytes // _ALIGN) * _ALIGN
         return a
-
-
-class _InRing:
-    """Where a worker left an array in its task's slot (sent instead of the array)."""
-
-    __slots__ = ("dtype", "offset", "shape")
-
-    def __init__(self, offset: int, shape: tuple[int, ...], dtype: str) -> None:
-        self.offset, self.shape, self.dtype = offset, shape, dtype
-
-    def __reduce__(self) -> tuple:
-        return (_InRing, (self.offset, self.shape, self.dtype))
 
 
 #: a plan of several consecutive steps' rows, and the rows of each step
@@ -163,14 +152,19 @@ def _read_task(reader: Reader, wires: list[dict[str, Any]], arena: _Arena | None
 
 
 def _to_wire(batches: list[dict[str, Any]], ring: _Ring | None, slot: int) -> list[dict[str, Any]]:
-    """Arrays that lie in the slot are sent as their place in it."""
+    """Arrays that lie in the slot are sent as their place in it: ``_IN_SLOT`` lists
+    ``(key, offset, shape, dtype)``."""
     if ring is None:
         return batches
     for b in batches:
+        placed = []
         for k, x in b.items():
             at = ring.where(slot, x)
             if at is not None:
-                b[k] = _InRing(at, x.shape, x.dtype.str)
+                placed.append((k, at, x.shape, x.dtype.str))
+        for k, *_ in placed:
+            del b[k]
+        b[_IN_SLOT] = placed
     return batches
 
 
@@ -327,13 +321,11 @@ class StepReaders:
         assert self.ring is not None
         view = self.ring.view(slot)
         for b in payload:
-            for k, x in b.items():
-                if isinstance(x, _InRing):
-                    dt = _DTYPES.get(x.dtype) or _DTYPES.setdefault(x.dtype, np.dtype(x.dtype))
-                    n = math.prod(x.shape) * dt.itemsize
-                    b[k] = view[x.offset:x.offset + n].view(dt).reshape(x.shape)
-                    if not self.fields:  # compact tokens: copied out, the slot is free at once
-                        b[k] = b[k].copy()
+            for k, at, shape, dtype in b.pop(_IN_SLOT, ()):
+                dt = _DTYPES.get(dtype) or _DTYPES.setdefault(dtype, np.dtype(dtype))
+                x = view[at:at + math.prod(shape) * dt.itemsize].view(dt).reshape(shape)
+                # compact tokens (for a device) are copied out: the slot is free at once
+                b[k] = x if self.fields else x.copy()
         if self.fields:
             self.held[slot] = view  # handed out: the slot waits until they are all gone
         return payload

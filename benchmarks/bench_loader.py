@@ -172,6 +172,17 @@ def throughput(make: Callable[[], Iterator[Any]], n: int, repeat: int) -> Timing
     return t
 
 
+def throughput_rounds(makes: list[Callable[[], Iterator[Any]]], n: int, repeat: int) -> list[Timing]:
+    """:func:`throughput` of several loaders, run in rounds (one run of each per round), so
+    that a change of the machine's load hits every loader alike and their ratios hold."""
+    out = [Timing(key="rest") for _ in makes]
+    for _ in range(repeat):
+        for t, make in zip(out, makes, strict=True):
+            bg = wait_until_quiet(interval=0.2)
+            t.add(run_batches(make, n), bg)
+    return out
+
+
 def resume_cost(fn: Callable[[], Any], repeat: int) -> dict[str, Any]:
     """Time, RSS peak growth and tracemalloc peak of ``fn()`` (construct, load state, 1st batch)."""
     t = Timing()
@@ -372,16 +383,16 @@ def bench_mixbatch(cfg, args, workdir: Path) -> dict[str, Any]:
         cases += [(f"MixbatchDataLoader, packing={packing}", str(w),
                    (lambda w=w, pc=pc: mixbatch_iter(pc, w, n)))
                   for w in sorted({args.workers[0], args.workers[-1]})]
-    for name, workers, make in cases:
-        log(f"mixbatch: {name} {workers}")
-        res["throughput"].append(("mixbatch", name, workers, "tokens, exact prefix",
-                                  throughput(make, n, args.repeat)))
+    log(f"mixbatch: {len(cases)} loaders, {args.repeat} rounds")
+    timings = throughput_rounds([make for _n, _w, make in cases], n, args.repeat)
+    for (name, workers, _make), t in zip(cases, timings, strict=True):
+        res["throughput"].append(("mixbatch", name, workers, "tokens, exact prefix", t))
     # 5 ms of CPU per batch in the workers (on-the-fly work): do workers add speed?
-    res["burn"] = []
-    for w in args.workers:
-        log(f"mixbatch: transform=5 ms of CPU, {w} workers")
-        res["burn"].append((w, throughput(lambda w=w: mixbatch_iter(
-            cfg, w, args.burn_batches, transform=burn_5ms), args.burn_batches, args.repeat)))
+    log(f"mixbatch: transform=5 ms of CPU, workers {args.workers}")
+    burns = throughput_rounds([lambda w=w: mixbatch_iter(cfg, w, args.burn_batches,
+                                                         transform=burn_5ms)
+                               for w in args.workers], args.burn_batches, args.repeat)
+    res["burn"] = list(zip(args.workers, burns, strict=True))
 
     # mixing: tokens per source in each batch, and a check that source_ids match the letters
     log("mixbatch: mixing check")

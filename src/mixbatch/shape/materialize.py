@@ -211,24 +211,31 @@ def _expand(ids: np.ndarray, cu: np.ndarray, seq_source: np.ndarray, seq_doc: np
             doc[a:b] = seq_doc[q]
 
 
-_PER_POSITION = ("input_ids", "labels", "position_ids", "source_ids", "doc_ids")
+#: the (R, L) fields, in the order :func:`expand` lays them out
+PER_POSITION = ("input_ids", "labels", "position_ids", "source_ids", "doc_ids")
+_PER_POSITION = PER_POSITION
 
 
 def expand(compact: dict[str, Any], fields: str | Iterable[str] | None = "all",
            into: Callable[[int], np.ndarray | None] | None = None) -> dict[str, Any]:
-    """The fields asked for (default: all), as NumPy arrays, from a compact batch. ``into(n)``
-    (optional) gives the int64 array of ``n`` elements a per-position field is written to (a
-    worker's shared slot), or None to allocate one."""
+    """The fields asked for (default: all), as NumPy arrays, from a compact batch. ``into(m)``
+    (optional) gives the int64 array of ``m`` elements that the per-position fields are written
+    to, one after the other in :data:`ALL_FIELDS` order (a worker's shared slot), or None to
+    allocate it."""
     flags = _flags(fields if isinstance(fields, str) or fields is None else tuple(fields))
     ids = compact["input_ids"]
     R, L = ids.shape
     out: dict[str, Any] = {k: compact[k] for k in _PASS if k in compact}
     if flags.any():
         n = R * L
-        made = []
+        f_count = int(flags.sum())
+        block = into(f_count * n) if into is not None else None
+        if block is None:
+            block = np.empty(f_count * n, np.int64)
+        made, j = [], 0
         for f in flags.tolist():
-            a = (into(n) if into is not None else None) if f else _EMPTY
-            made.append(np.empty(n, np.int64) if f and a is None else a)
+            made.append(block[j * n:(j + 1) * n] if f else _EMPTY)
+            j += f
         _expand(np.ascontiguousarray(ids).reshape(-1), compact["cu_seqlens"],
                 compact["seq_source"], compact["seq_doc"], *made, flags)
         for name, arr, f in zip(_PER_POSITION, made, flags.tolist(), strict=True):

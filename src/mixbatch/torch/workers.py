@@ -44,13 +44,14 @@ import numpy as np
 
 from mixbatch.errors import MixbatchError
 from mixbatch.shape.base import StepPlan
-from mixbatch.shape.materialize import expand, split_compact
+from mixbatch.shape.materialize import PER_POSITION, expand, split_compact
 
 _PLAN_KEYS = ("row", "col", "source", "doc", "start", "end", "eod", "pad")
 _ALIGN = 64  # byte alignment of arrays in a slot
 _INT64 = np.dtype(np.int64)
 _DTYPES: dict[str, np.dtype] = {}
-_IN_SLOT = "_in_slot"  # key of a sent batch: where its arrays lie in the task's slot
+_FIELDS_IN_SLOT = "_fields_in_slot"  # keys of a sent batch: where its arrays lie in the slot
+_TOKENS_IN_SLOT = "_tokens_in_slot"
 SLOT_BYTES = 1 << 21  # what one task writes into its slot at most (several steps when small)
 
 #: a reader: the compact batch of a plan, its tokens written into ``out`` when given
@@ -84,12 +85,15 @@ class _Arena:
 
     def __init__(self, view: np.ndarray) -> None:
         self.view, self.used = view, 0
+        self.last: int | None = None  # offset of the last array handed out
 
     def __call__(self, n: int, dtype: np.dtype = _INT64) -> np.ndarray | None:
         nbytes = n * dtype.itemsize
         if self.used + nbytes > self.view.size:
+            self.last = None
             return None
         a = self.view[self.used:self.used + nbytes].view(dtype)
+        self.last = self.used
         self.used += -(-nbytes // _ALIGN) * _ALIGN
         return a
 
@@ -151,21 +155,31 @@ def _read_task(reader: Reader, wires: list[dict[str, Any]], arena: _Arena | None
     return batches
 
 
-def _to_wire(batches: list[dict[str, Any]], ring: _Ring | None, slot: int) -> list[dict[str, Any]]:
-    """Arrays that lie in the slot are sent as their place in it: ``_IN_SLOT`` lists
-    ``(key, offset, shape, dtype)``."""
-    if ring is None:
-        return batches
+def _tokens_to_wire(batches: list[dict[str, Any]], ring: _Ring, slot: int) -> None:
+    """Compact batches: tokens that lie in the slot are sent as ``(offset, shape, dtype)``."""
     for b in batches:
-        placed = []
-        for k, x in b.items():
-            at = ring.where(slot, x)
-            if at is not None:
-                placed.append((k, at, x.shape, x.dtype.str))
-        for k, *_ in placed:
-            del b[k]
-        b[_IN_SLOT] = placed
-    return batches
+        x = b["input_ids"]
+        at = ring.where(slot, x)
+        if at is not None:
+            b[_TOKENS_IN_SLOT] = (at, x.shape, x.dtype.str)
+            del b["input_ids"]
+
+
+def _fields(batches: list[dict[str, Any]], fields: tuple[str, ...],
+            arena: _Arena | None) -> list[dict[str, Any]]:
+    """The fields of each batch; those written into the slot are sent as
+    ``(offset, names, R, L)``: one (len(names), R, L) int64 block."""
+    out = []
+    for b in batches:
+        e = expand(b, fields, into=arena)
+        if arena is not None and arena.last is not None:
+            names = [k for k in PER_POSITION if k in e]
+            R, L = e[names[0]].shape
+            for k in names:
+                del e[k]
+            e[_FIELDS_IN_SLOT] = (arena.last, names, R, L)
+        out.append(e)
+    return out
 
 
 def _die_with_parent(parent: int) -> None:
@@ -207,8 +221,10 @@ def _worker_main(conn: Any, reader: Reader,
             if transform is not None:
                 batches = [transform(b) for b in batches]
             if fields:
-                batches = [expand(b, fields, into=arena) for b in batches]
-            conn.send((seq, "ok", _to_wire(batches, use, slot)))
+                batches = _fields(batches, fields, arena)
+            elif use is not None:
+                _tokens_to_wire(batches, use, slot)
+            conn.send((seq, "ok", batches))
         except Exception as e:  # report it to the main process, which raises it
             text = f"{type(e).__name__}: {e}"
             if not isinstance(e, MixbatchError):
@@ -321,13 +337,21 @@ class StepReaders:
         assert self.ring is not None
         view = self.ring.view(slot)
         for b in payload:
-            for k, at, shape, dtype in b.pop(_IN_SLOT, ()):
+            placed = b.pop(_FIELDS_IN_SLOT, None)
+            if placed is not None:  # viewed, not copied: the slot waits until they are gone
+                at, names, R, L = placed
+                block = view[at:at + len(names) * R * L * 8].view(np.int64)
+                block = block.reshape(len(names), R, L)
+                for i, k in enumerate(names):
+                    b[k] = block[i]
+            tokens = b.pop(_TOKENS_IN_SLOT, None)
+            if tokens is not None:  # compact tokens (for a device): copied out
+                at, shape, dtype = tokens
                 dt = _DTYPES.get(dtype) or _DTYPES.setdefault(dtype, np.dtype(dtype))
-                x = view[at:at + math.prod(shape) * dt.itemsize].view(dt).reshape(shape)
-                # compact tokens (for a device) are copied out: the slot is free at once
-                b[k] = x if self.fields else x.copy()
+                b["input_ids"] = view[at:at + math.prod(shape) * dt.itemsize].view(dt) \
+                    .reshape(shape).copy()
         if self.fields:
-            self.held[slot] = view  # handed out: the slot waits until they are all gone
+            self.held[slot] = view
         return payload
 
     def _died(self, w: int) -> MixbatchError:

@@ -146,6 +146,7 @@ def run_batches(make: Callable[[], Iterator[Any]], n: int, count: Callable[[Any]
     it = make()
     first = next(it)
     t1 = time.perf_counter()
+    m1 = time.process_time()
     if count:
         count(first)
     k = 1
@@ -156,12 +157,14 @@ def run_batches(make: Callable[[], Iterator[Any]], n: int, count: Callable[[Any]
         if k >= n:
             break
     t2 = time.perf_counter()
+    main_cpu = time.process_time() - m1
     cpu = tree_cpu_seconds() - c0
     del it
     gc.collect()
     if k < n:
         raise RuntimeError(f"the loader ended after {k} of {n} batches")
-    return {"first": t1 - t0, "rest": t2 - t1, "total": t2 - t0, "cpu": cpu, "n": n}
+    return {"first": t1 - t0, "rest": t2 - t1, "total": t2 - t0, "cpu": cpu, "n": n,
+            "main_cpu": main_cpu}
 
 
 def throughput(make: Callable[[], Iterator[Any]], n: int, repeat: int) -> Timing:
@@ -934,6 +937,27 @@ def report(args, info, ceiling, mb, lit, hf, stm) -> str:
                 "", "Targets (issue): concat at 0 workers >= 1.0x; bfd and pad_buckets >= 0.5x. "
                 "Positions/s for pad_buckets counts B x seq_len per batch like every other row, "
                 "although its batches are budgets of real tokens plus padding of varying shape."]
+    wrows = []
+    zero: dict[str, float] = {}
+    for _lib, name, workers, _mix, t in mb["throughput"]:
+        if not name.startswith("MixbatchDataLoader") or workers == "":
+            continue
+        per = (t.best["n"] - 1)
+        wall = t.best["rest"] / per * 1e6
+        main_cpu = min(r["main_cpu"] for r in t.runs) / per * 1e6
+        if workers == "0":
+            zero[name] = wall
+        ref = zero.get(name)
+        wrows.append([name, workers, f"{wall:.0f}", f"{main_cpu:.0f}",
+                      f"{ref / wall:.2f}x" if ref else "-"])
+    if wrows:
+        out += ["", "## Workers: wall time and the main process's CPU per batch", "",
+                table(["loader", "workers", "wall µs / batch (best)",
+                       "main-process CPU µs / batch (least)", "speed vs 0 workers"], wrows,
+                      align="llrrr"),
+                "", "With workers the main process plans and hands batches out; the workers read "
+                "tokens and derive the fields. On a box with a core free for the workers, the main "
+                "process's CPU per batch bounds the wall time per batch."]
     if mb.get("burn"):
         b0 = next(t.best for w, t in mb["burn"] if w == 0)
         r0 = (b0["n"] - 1) / b0["rest"]

@@ -87,10 +87,12 @@ def test_to_device_derives_the_numpy_fields(tmp_path: Path) -> None:
 
 def test_loader_on_a_device(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
-    on_cpu = list(MixbatchDataLoader(cfg, max_steps=3, device="cpu"))
-    plain = list(MixbatchDataLoader(cfg, max_steps=3))
-    for a, b in zip(on_cpu, plain, strict=True):
-        assert all(torch.equal(a[k], b[k]) for k in ("input_ids", "labels", "position_ids"))
+    plain = list(MixbatchDataLoader(cfg, max_steps=9))
+    for workers in (0, 2):  # workers send compact batches (tokens through their slots)
+        on_cpu = list(MixbatchDataLoader(cfg, num_workers=workers, max_steps=9, device="cpu"))
+        assert len(on_cpu) == len(plain)
+        for a, b in zip(on_cpu, plain, strict=True):
+            assert all(torch.equal(a[k], b[k]) for k in ("input_ids", "labels", "position_ids"))
 
 
 def test_bad_options_are_named(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ _INT64 = np.dtype(np.int64)
 _DTYPES: dict[str, np.dtype] = {}
 _FIELDS_IN_SLOT = "_fields_in_slot"  # keys of a sent batch: where its arrays lie in the slot
 _TOKENS_IN_SLOT = "_tokens_in_slot"
-SLOT_BYTES = 1 << 21  # what one task writes into its slot at most (several steps when small)
+SLOT_BYTES = 1 << 23  # what one task writes into its slot at most (up to 16 steps when small)
 
 #: a reader: the compact batch of a plan, its tokens written into ``out`` when given
 Reader = Callable[..., dict[str, Any]]
@@ -253,8 +253,8 @@ class StepReaders:
         self.conns: list[Any] = []
         self.procs: list[Any] = []
         # a forked worker shares the ring; a spawned one could not (it gets pickled arrays).
-        # Slots: one per task in flight, as many again for batches the trainer still holds
-        self.ring = _Ring(2 * n * self.prefetch + 2, slot_bytes) if fork and slot_bytes > 0 \
+        # Slots: one per task in flight, two more for the batches the trainer still holds
+        self.ring = _Ring(n * self.prefetch + 2, slot_bytes) if fork and slot_bytes > 0 \
             else None
         self.held: list[np.ndarray | None] = [None] * (0 if self.ring is None else self.ring.slots)
         self.busy: set[int] = set()  # slots of tasks in flight

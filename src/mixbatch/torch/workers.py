@@ -303,6 +303,7 @@ class StepReaders:
             batches = self._receive(want, slot)
             self.busy.discard(slot)
             yield from zip(batches, tags, strict=True)
+            del batches  # only the batches handed out may keep the slot now
 
     def _free_slot(self) -> int:
         """A slot no task in flight writes to and no batch handed out views, or -1."""

@@ -445,8 +445,7 @@ class MixedLoader:
                 if key not in replay:
                     raise StateError(f"loader state.replay.{key}: missing")
             replay_steps = count("loader state.replay.steps", replay["steps"], lo=1)
-            b = self.cfg.batch
-            if replay_steps * b.batch_size * b.seq_len > MAX_REPLAY_POSITIONS:
+            if replay_steps * self.cfg.batch.step_positions > MAX_REPLAY_POSITIONS:
                 raise StateError(f"loader state.replay.steps: {replay_steps} steps are more "
                                  "than a block of planned steps holds")
             replay_w = weights("loader state.replay.weights", replay["weights"], k,

@@ -169,3 +169,15 @@ def test_torch_adapters_check_their_own_fields(saved: tuple) -> None:
     dl.load_state_dict(_set(plain, ("step",), -1))
     with pytest.raises(StateError, match=r"loader state\.step"):
         list(dl)
+
+
+def test_a_replay_in_a_mode_that_plans_no_blocks(tmp_path: Path) -> None:
+    from test_loader import SHAPES
+
+    cfg = _cfg(tmp_path, batch=SHAPES["buckets"])
+    loader = MixedLoader(cfg)
+    for _ in loader.steps(3):
+        pass
+    state = json.loads(json.dumps(loader.state_dict()))
+    state["replay"] = {"steps": 2, "weights": [0.5, 0.3, 0.2]}
+    _assert_named(MixedLoader(cfg), state, "replay")

@@ -224,6 +224,19 @@ def test_slots_are_reused_and_a_kept_batch_is_never_overwritten(tmp_path: Path) 
         assert np.array_equal(g["input_ids"].numpy(), w["input_ids"])
 
 
+def test_workers_with_fields_that_need_no_slot(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    ref = MixedLoader(cfg)
+    want = [ref.batch_of(s, fields=["cu_seqlens", "max_seqlen"]) for s in ref.steps(20)]
+    got = list(MixbatchDataLoader(cfg, num_workers=2, max_steps=20,
+                                  fields=["cu_seqlens", "max_seqlen"]))
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert set(g) == {"cu_seqlens", "max_seqlen", "step"}
+        assert np.array_equal(g["cu_seqlens"].numpy(), w["cu_seqlens"])
+        assert g["max_seqlen"] == w["max_seqlen"]
+
+
 _ORPHAN = """
 import sys, time
 sys.path.insert(0, {tests!r})

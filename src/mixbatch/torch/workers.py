@@ -171,6 +171,8 @@ def _fields(batches: list[dict[str, Any]], fields: tuple[str, ...],
     ``(offset, names, R, L)``: one (len(names), R, L) int64 block."""
     out = []
     for b in batches:
+        if arena is not None:
+            arena.last = None  # set again only if expand writes this batch's fields there
         e = expand(b, fields, into=arena)
         if arena is not None and arena.last is not None:
             names = [k for k in PER_POSITION if k in e]

@@ -249,15 +249,22 @@ def write_source(path: Path, n_tokens: int, mu: float, sigma: float, letters: st
     return k
 
 
-def config(workdir: Path, args: argparse.Namespace, batch_size: int | None = None):
+def config(workdir: Path, args: argparse.Namespace, batch_size: int | None = None,
+           packing: str = "concat"):
+    """The mixbatch config of the benchmark's store; ``packing`` other than concat keeps the
+    step's positions (pad_buckets: a token budget of batch x seq_len)."""
     from mixbatch.config import config_from_dict
 
+    batch: dict[str, Any] = {"seq_len": args.seq_len, "packing": packing}
+    if packing == "pad_buckets":
+        batch["token_budget"] = (batch_size or args.batch) * args.seq_len
+    else:
+        batch["batch_size"] = batch_size or args.batch
     return config_from_dict({
         "seed": args.seed, "tokenizer": "byte", "store": str(workdir / "store"),
         "sources": {n: {"path": str(workdir / f"{n}.jsonl"), "format": "jsonl"} for n in NAMES},
         "mixture": {"unit": "tokens", "weights": {n: float(w) for n, w in zip(NAMES, WEIGHTS, strict=True)}},
-        "batch": {"seq_len": args.seq_len, "batch_size": batch_size or args.batch,
-                  "packing": "concat"},
+        "batch": batch,
     })
 
 
@@ -323,13 +330,6 @@ def burn_5ms(batch: Any) -> Any:
     return batch
 
 
-def with_packing(cfg, packing: str):
-    extra = {"packing": packing}
-    if packing == "pad_buckets":
-        extra["token_budget"] = cfg.batch.batch_size * cfg.batch.seq_len
-    return cfg.model_copy(update={"batch": cfg.batch.model_copy(update=extra)})
-
-
 def state_diff(a: Any, b: Any, path: str = "") -> str:
     """'identical', or what differs; floats that agree to 1e-12 (relative) are reported as such."""
     if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
@@ -382,7 +382,7 @@ def bench_mixbatch(cfg, args, workdir: Path) -> dict[str, Any]:
                (lambda w=w: mixbatch_iter(cfg, w, n, pin_memory=True)))
               for w in sorted({args.workers[0], args.workers[-1]})]
     for packing in ("bfd", "pad_buckets"):
-        pc = with_packing(cfg, packing)
+        pc = config(workdir, args, packing=packing)
         cases += [(f"MixbatchDataLoader, packing={packing}", str(w),
                    (lambda w=w, pc=pc: mixbatch_iter(pc, w, n)))
                   for w in sorted({args.workers[0], args.workers[-1]})]

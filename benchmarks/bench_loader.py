@@ -260,6 +260,9 @@ def config(workdir: Path, args: argparse.Namespace, batch_size: int | None = Non
         batch["token_budget"] = (batch_size or args.batch) * args.seq_len
     else:
         batch["batch_size"] = batch_size or args.batch
+    if batch_size is not None and batch_size > args.batch:
+        # the fast-forward loader only plans (no tokens are read): its step estimate is moot
+        batch["max_step_bytes"] = "1TiB"
     return config_from_dict({
         "seed": args.seed, "tokenizer": "byte", "store": str(workdir / "store"),
         "sources": {n: {"path": str(workdir / f"{n}.jsonl"), "format": "jsonl"} for n in NAMES},

@@ -11,19 +11,19 @@ main process only plans and hands batches out.
 into a ring of slots in one anonymous shared mapping that the main process makes before it forks
 the workers; the pipe carries only the small arrays (``cu_seqlens``) and where in the slot the
 rest lie. The main process hands out tensors that view the slot, without a copy. A slot is given
-a new task only when no array made from it is alive any more (the arrays of one task hold one
-NumPy array over the slot, whose reference count says so), so a batch a trainer keeps is never
-overwritten; when every slot is still held, the task's arrays come through the pipe instead. An
-anonymous mapping has no name: it goes away with the last process that maps it, so no crash can
-leave a segment behind (in ``/dev/shm`` or elsewhere). Where processes are spawned rather than
-forked, the arrays are pickled through the pipe. With ``fields=None`` (batches derived on a
-device) workers send the compact batch, whose tokens the main process copies out of the slot.
-Results come back in step order.
+a new task only when no array made from it is alive any more (the arrays of one task all view
+one NumPy array over the slot, which the main process follows by a weak reference), so a batch
+a trainer keeps is never overwritten; when every slot is still held, the task's arrays come
+through the pipe instead. An anonymous mapping has no name: it goes away with the last process
+that maps it, so no crash can leave a segment behind (in ``/dev/shm`` or elsewhere). Where
+processes are spawned rather than forked, the arrays are pickled through the pipe. With
+``fields=None`` (batches derived on a device) workers send the compact batch, whose tokens the
+main process copies out of the slot. Results come back in step order.
 
 Failure: an exception in a worker comes back as a :class:`~mixbatch.errors.MixbatchError` naming
 the worker and the step; a worker that dies (killed, out of memory) is noticed within
 ``poll_interval`` seconds and reported with its exit code; the other workers are then stopped.
-A worker whose parent dies sees its pipe close and exits.
+A worker whose parent dies sees its pipe close and exits (on Linux the kernel also kills it).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import mmap
 import multiprocessing as mp
 import os
 import signal
-import sys
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -258,7 +258,10 @@ class StepReaders:
         # Slots: one per task in flight, two more for the batches the trainer still holds
         self.ring = _Ring(n * self.prefetch + 2, slot_bytes) if fork and slot_bytes > 0 \
             else None
-        self.held: list[np.ndarray | None] = [None] * (0 if self.ring is None else self.ring.slots)
+        # per slot, a weak reference to the array the handed-out batches view: it dies with
+        # the last of them
+        self.held: list[weakref.ref | None] = [None] * (0 if self.ring is None
+                                                        else self.ring.slots)
         self.busy: set[int] = set()  # slots of tasks in flight
         self.piped = 0  # tasks sent without a slot (every slot busy or held)
         self.fields = fields
@@ -312,9 +315,8 @@ class StepReaders:
         if self.ring is None:
             return -1
         for s in range(self.ring.slots):
-            # the list and the call's argument hold it: 2 references, no batch handed out
-            if s not in self.busy and (self.held[s] is None
-                                       or sys.getrefcount(self.held[s]) <= 2):
+            held = self.held[s]
+            if s not in self.busy and (held is None or held() is None):
                 self.held[s] = None
                 return s
         self.piped += 1
@@ -354,7 +356,7 @@ class StepReaders:
                 b["input_ids"] = view[at:at + math.prod(shape) * dt.itemsize].view(dt) \
                     .reshape(shape).copy()
         if self.fields:
-            self.held[slot] = view
+            self.held[slot] = weakref.ref(view)
         return payload
 
     def _died(self, w: int) -> MixbatchError:

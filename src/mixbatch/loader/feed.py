@@ -29,6 +29,7 @@ when the first source with positive weight is exhausted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,19 +326,37 @@ class MixedFeed:
                 "part": self.part.tolist(), "ended": self.ended,
                 "max_deviation": self.max_deviation}
 
+    def _counts(self, value: Any, where: str) -> np.ndarray:
+        """``K`` integer counts >= 0 (never a float, a bool or a number past int64)."""
+        if not isinstance(value, list | tuple) or len(value) != self.K or any(
+                isinstance(v, bool) or not isinstance(v, int | np.integer) or not 0 <= v < 2**63
+                for v in value):
+            raise StateError(f"{where}: expected {self.K} integer counts >= 0, got "
+                             f"{str(value)[:80]}")
+        return np.asarray(value, dtype=np.int64)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        where = "loader state.feed"
+        if not isinstance(state, dict):
+            raise StateError(f"{where}: expected a mapping, got {type(state).__name__}")
+        missing = [k for k in ("consumed", "planner", "ended", "max_deviation") if k not in state]
+        if missing:
+            raise StateError(f"{where}: missing {', '.join(missing)}")
+        consumed = self._counts(state["consumed"], f"{where}.consumed")
+        part = self._counts(state.get("part", [0] * self.K), f"{where}.part")
+        if self.piece_len is None and np.any(part > 0):
+            raise StateError(f"{where}.part: pieces in a state of a stream without pieces")
+        if not isinstance(state["ended"], bool):
+            raise StateError(f"{where}.ended: expected true or false, got {state['ended']!r}")
+        dev = state["max_deviation"]
+        if isinstance(dev, bool) or not isinstance(dev, int | float) or not math.isfinite(dev) \
+                or dev < 0:
+            raise StateError(f"{where}.max_deviation: expected a finite number >= 0, got {dev!r}")
         try:
-            consumed = np.asarray(state["consumed"], dtype=np.int64)
-            if consumed.shape != (self.K,) or np.any(consumed < 0):
-                raise ValueError(f"consumed must be {self.K} counts >= 0")
-            part = np.asarray(state.get("part", [0] * self.K), dtype=np.int64)
-            if part.shape != (self.K,) or np.any(part < 0) or (
-                    self.piece_len is None and np.any(part > 0)):
-                raise ValueError(f"part must be {self.K} counts >= 0 (0 without pieces)")
             self.planner.load_state_dict(state["planner"])
-            self.ended = bool(state["ended"])
-            self.max_deviation = float(state["max_deviation"])
         except (KeyError, TypeError, ValueError) as e:
-            raise StateError(f"loader state: stream section is malformed ({e})") from None
+            raise StateError(f"{where}.planner: malformed ({e})") from None
+        self.ended = state["ended"]
+        self.max_deviation = float(dev)
         self.consumed = consumed
         self.part = part

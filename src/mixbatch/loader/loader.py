@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mixbatch.atomic import write_text
 from mixbatch.config import Config, Packing, Unit
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.loader.blocks import Block, split_rows
@@ -54,6 +54,7 @@ from mixbatch.shape import (
 from mixbatch.shape.balance import balanced_owner, row_labels_costs
 from mixbatch.shape.materialize import expand, materialize_compact, token_dtype
 from mixbatch.store import TokenStore, open_store, prefetch_plan
+from mixbatch.store_meta import token_data_root
 
 STATE_FORMAT = "mixbatch.loader/2"
 #: formats this loader resumes from (/1 had no ``replay``)
@@ -145,7 +146,9 @@ class MixedLoader:
         self.block_steps = block_steps
         self.rank, self.world_size = rank, world_size
         self.names = list(cfg.sources)
-        self.stores = [(stores or {}).get(n) or open_store(cfg.store_dir / n) for n in self.names]
+        given = stores or {}
+        self.stores = [given.get(n) or open_store(cfg.store_dir / n, root=token_data_root(cfg, n))
+                       for n in self.names]  # token data read in place: inside its folder
         self._check_tokenizers()
         self._check_second_lengths()
         self.eod_id = self.stores[0].eod_id
@@ -517,10 +520,7 @@ class MixedLoader:
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(state, indent=1) + "\n")  # fsynced, whole or absent
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from mixbatch.online.runfiles import read_csv
 from mixbatch.proxy import ProxyConfig, train_proxy
 from test_loader import _cfg
 
-POLICIES = ["doremi", "odm", "skillit", "dga", "exp3-flad", "ucb1-flad"]
+POLICIES = ["doremi", "odm", "skillit", "dga", "exp3-flad", "ucb1-flad", "ado"]
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_cli_train_then_report(cfg, tmp_path: Path, capsys) -> None:
 
 BAD = [
     ({"name": "doremix"}, [], "mixture.policy.name: unknown policy 'doremix' (choices: doremi, "
-                              "odm, skillit, dga, exp3-flad, ucb1-flad)"),
+                              "odm, skillit, dga, exp3-flad, ucb1-flad, ado)"),
     ({"name": "odm", "eta": 1.0}, [], "mixture.policy.eta: unknown key for policy 'odm' (keys: "
                                       "every, initial, min_weight, name, smoothing, target, "
                                       "variant, warmup)"),

@@ -13,9 +13,11 @@ skillit    Skill-It, skills-graph MW (Chen 2023)          eval_loss
 dga        Dynamic Gradient Alignment (Fan 2024)          grads, target_grad
 exp3_flad  EXP3-FLAD (Albalak 2023)                       grads, target_grad (output layer)
 ucb1_flad  UCB1-FLAD (Albalak 2023)                       grads, target_grad (output layer)
+ado        ADO, per-domain scaling laws (Jiang 2024)      train_loss, counts
 ========== ============================================== ==================================
 """
 
+from mixbatch.mixture.policies.ado import ADO
 from mixbatch.mixture.policies.base import Feedback, Policy, PolicySettings, Signal, apply_floor
 from mixbatch.mixture.policies.dga import DGA
 from mixbatch.mixture.policies.doremi import DoReMi
@@ -25,6 +27,7 @@ from mixbatch.mixture.policies.registry import POLICIES, PolicyName, make_policy
 from mixbatch.mixture.policies.skillit import SkillIt, estimate_graph
 
 __all__ = [
+    "ADO",
     "DGA",
     "EXP3FLAD",
     "ODM",

@@ -6,6 +6,7 @@ import enum
 from typing import Any
 
 from mixbatch.errors import ConfigError
+from mixbatch.mixture.policies.ado import ADO
 from mixbatch.mixture.policies.base import Policy
 from mixbatch.mixture.policies.dga import DGA
 from mixbatch.mixture.policies.doremi import DoReMi
@@ -25,6 +26,7 @@ class PolicyName(enum.Enum):
     DGA = "dga"
     EXP3_FLAD = "exp3_flad"
     UCB1_FLAD = "ucb1_flad"
+    ADO = "ado"
 
 
 POLICIES: dict[PolicyName, type[Policy]] = {
@@ -34,6 +36,7 @@ POLICIES: dict[PolicyName, type[Policy]] = {
     PolicyName.DGA: DGA,
     PolicyName.EXP3_FLAD: EXP3FLAD,
     PolicyName.UCB1_FLAD: UCB1FLAD,
+    PolicyName.ADO: ADO,
 }
 
 

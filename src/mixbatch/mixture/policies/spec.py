@@ -6,7 +6,7 @@ The YAML form is one mapping::
       policy: {name: doremi, every: 1, eta: 1.0}
 
 ``name`` is one of the registered policies (``doremi``, ``odm``, ``skillit``, ``dga``,
-``exp3-flad``, ``ucb1-flad``; ``exp3_flad`` is the same name). Every other key is either one of
+``exp3-flad``, ``ucb1-flad``, ``ado``; ``exp3_flad`` is the same name). Every other key is either one of
 the policy's own settings (``make_policy``'s keyword arguments, e.g. ``every``, ``eta``,
 ``min_weight``) or one of the loop's options below. :func:`parse_policy` checks all of them and
 raises a one-line :class:`~mixbatch.errors.ConfigError` (exit code 2) naming the key and listing
@@ -44,7 +44,9 @@ the user does not set them, :meth:`PolicySpec.policy_settings` scales them to th
 
 - ``odm.warmup``: ``min(2000, N // 25)`` (the authors' 2000 steps, or 4% of a shorter run);
 - ``skillit.every``: ``min(1000, max(1, N // 10))`` (at least ten rounds);
-- ``dga.every``: ``min(10, max(1, N // 10))``.
+- ``dga.every``: ``min(10, max(1, N // 10))``;
+- ``ado.refit_every``: ``min(1000, max(1, N // 10))``, ``ado.start``: ``min(500, N // 20)``,
+  ``ado.ignore``: ``min(1000, N // 10)`` (the authors' 1000/500/1000 steps, scaled alike).
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ LOOP_KEYS: dict[PolicyName, tuple[str, ...]] = {
     PolicyName.DGA: ("normalize_grads", "grads"),
     PolicyName.EXP3_FLAD: (),
     PolicyName.UCB1_FLAD: (),
+    PolicyName.ADO: (),
 }
 _COMMON = ("name", "target")
 #: policies whose feedback is the target's gradient: they cannot run without a target
@@ -151,6 +154,10 @@ class PolicySpec:
             out.setdefault("every", min(1000, max(1, steps // 10)))
         elif self.name is PolicyName.DGA:
             out.setdefault("every", min(10, max(1, steps // 10)))
+        elif self.name is PolicyName.ADO:
+            out.setdefault("refit_every", min(1000, max(1, steps // 10)))
+            out.setdefault("start", min(500, steps // 20))
+            out.setdefault("ignore", min(1000, steps // 10))
         return out
 
     def probe_steps_for(self, steps: int) -> int:

@@ -26,7 +26,8 @@ _ITEM = re.compile(r"^Data (\d+): (.*)$", re.MULTILINE)
 
 @dataclass
 class PositionBiasedModel:
-    """``truth`` maps an item's text (as it appears in the prompt) to its right label."""
+    """``truth`` maps an item's text to its right label (whitespace runs count as one space, as
+    in the prompt)."""
 
     truth: Mapping[str, str]
     labels: Sequence[str]
@@ -36,6 +37,9 @@ class PositionBiasedModel:
     confident_wrong: float = 0.2
     seed: int = 0
     calls: int = 0
+
+    def __post_init__(self) -> None:
+        self._truth = {" ".join(text.split()): label for text, label in self.truth.items()}
 
     def __call__(self, prompt: str) -> str:
         self.calls += 1
@@ -50,7 +54,7 @@ class PositionBiasedModel:
         other = rng.integers(0, len(self.labels) - 1, m)
         lines = []
         for k, (n, text) in enumerate(found):
-            truth = self.truth[text]
+            truth = self._truth[text]
             if right[k]:
                 label = truth
             else:

@@ -8,16 +8,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixbatch.errors import ConfigError, StateError
+from mixbatch.errors import ConfigError, DataError, StateError
 from mixbatch.objectives import (
     UL2_DENOISERS,
     Denoiser,
     ObjectiveMixer,
     Paradigm,
+    Task,
     corrupt,
     noise_mask,
     prefix_lm,
     prefix_lm_mask,
+    rationale_example,
+    rationale_weights,
 )
 
 SENTINELS = np.arange(1000, 1100)
@@ -123,3 +126,14 @@ def test_mixer_is_exact_and_deterministic_and_resumes() -> None:
 def test_bad_settings_are_one_line(build, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build()
+
+
+def test_rationale_tasks() -> None:
+    rec = {"input": "2 + 3?", "answer": "5", "rationale": "2 plus 3 is 5"}
+    assert rationale_example(rec, Task.LABEL) == ("[label] 2 + 3?", "5")
+    assert rationale_example(rec, Task.RATIONALE) == ("[rationale] 2 + 3?", "2 plus 3 is 5")
+    assert rationale_weights(1.0) == (0.5, 0.5) and rationale_weights(0.0) == (1.0, 0.0)
+    with pytest.raises(ConfigError, match="rationale_weight"):
+        rationale_weights(-1.0)
+    with pytest.raises(DataError, match=r"^line 3: field 'rationale' must be a non-empty"):
+        rationale_example({"input": "x", "answer": "y"}, Task.LABEL, where="line 3")

@@ -11,6 +11,7 @@ from mixbatch.objectives.denoisers import (
     prefix_lm,
     prefix_lm_mask,
 )
+from mixbatch.objectives.distill import Task, rationale_example, rationale_weights
 from mixbatch.objectives.mixer import ObjectiveMixer
 
 __all__ = [
@@ -19,9 +20,12 @@ __all__ = [
     "Example",
     "ObjectiveMixer",
     "Paradigm",
+    "Task",
     "corrupt",
     "encoder_decoder",
     "noise_mask",
     "prefix_lm",
     "prefix_lm_mask",
+    "rationale_example",
+    "rationale_weights",
 ]

@@ -308,6 +308,18 @@ def test_cli_policy_flag_keeps_the_configured_settings_of_the_same_policy(cfg, t
     assert b["policy"] == "skillit" and b["target"] == "s0" and b["loop"]["eval"] == "target"
 
 
+def test_cli_trains_with_ado_and_its_run_length_settings(cfg, tmp_path: Path) -> None:
+    path = _config_file(cfg, tmp_path, None)
+    tiny = ["--proxy", "n_layer=1", "--proxy", "d_model=32", "--proxy", "n_head=2",
+            "--proxy", "eval_tokens=256", "--proxy", "threads=1", "--no-audit"]
+    assert main(["train", path, "--steps", "3", "--out", str(tmp_path / "a"), "--policy", "ado",
+                 *tiny]) == 0
+    s = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert s["policy"] == "ado"
+    assert (s["settings"]["refit_every"], s["settings"]["start"], s["settings"]["ignore"]) == (
+        1, 0, 0)
+
+
 def test_doremi_mean_excess_uses_train_and_reference_losses(cfg) -> None:
     r = train_online(cfg, _tiny(steps=8), {"name": "doremi", "excess": "mean"}, audit=False)
     assert len(r.updates) == 8 and r.summary["averaged_weights"] is not None

@@ -91,7 +91,8 @@ def test_statistics_are_bounded() -> None:
     pol = make_policy("ado", 3, refit_every=10_000, start=10_000, ignore=0, bins_per_decade=10)
     _run(pol, 2000, noise=0.01)
     size = pol.bins.count.shape[1]
-    assert size == int(10 * np.log10(pol.total)) + 1
+    assert pol.bins.first == 36  # the first step's n = 4096 units: 10·log10 n = 36.1
+    assert size == int(10 * np.log10(pol.total)) - 36 + 1
     _run(pol, 2000, noise=0.01, first=2001)  # twice the steps: at most a few more bins
     assert pol.bins.count.shape[1] - size <= int(np.ceil(10 * np.log10(2))) + 1
     assert pol.bins.count.sum(axis=1).tolist() == [4000.0] * 3  # every step counted once
@@ -103,6 +104,9 @@ def test_bins_skip_absent_domains() -> None:
     assert bins.filled().tolist() == [1, 0]
     x, y, c = bins.points(0)
     assert np.allclose(x, np.log(100.0)) and np.allclose(y, np.log(2.0)) and c.tolist() == [1.0]
+    bins.add(10.0, np.array([3.0, 1.0]), np.array([True, True]))  # a lower bin: arrays grow left
+    assert bins.first == 20 and bins.count.shape == (2, 21) and bins.filled().tolist() == [2, 1]
+    assert np.allclose(bins.points(0)[0], np.log([10.0, 100.0]))
 
 
 def test_sampling_rule_follows_the_code() -> None:

@@ -26,6 +26,7 @@ FAST = {
     "dga": {"every": 1},
     "exp3_flad": {},
     "ucb1_flad": {},
+    "ado": {"refit_every": 5, "start": 0, "ignore": 0},
 }
 # (policy, extra settings) pairs covering the variants.
 CASES = [
@@ -42,6 +43,7 @@ CASES = [
     ("exp3_flad", {"reward": "cosine_and_magnitude"}),
     ("ucb1_flad", {}),
     ("ucb1_flad", {"reward": "magnitude", "initial_reward": [0.1, 0.5, 0.2, 0.3]}),
+    ("ado", {"refit_every": 5, "start": 0, "ignore": 0}),
 ]
 K = 4
 
@@ -268,6 +270,8 @@ def test_state_is_small(name):
         policy.observe(random_feedback(rng, step, k=k, first=step == 1))
     state = policy.state_dict()
     state["settings"].pop("graph", None)  # the K x M graph is configuration, O(K·M)
+    # ADO's bins: O(K·bins_per_decade·log10 of the growth of n), bounded in test_policy_ado
+    state["state"].pop("bins", None)
     window = FAST[name].get("window", 3)
     assert _leaves(state) <= 8 * k + window * k + 64
 

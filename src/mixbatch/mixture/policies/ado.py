@@ -32,8 +32,8 @@ domain keeps, per log-spaced bin of ``n`` (``bins_per_decade`` bins per factor o
 number of steps, the sum of ``log n`` and the sum of ``log L`` seen in it (:class:`LogBins`).
 The fit uses the bin means weighted by their step counts, which weights the curve uniformly in
 ``n`` as the code's every-10th-step points do; averaging within a bin replaces the filter. The
-state is ``3·K·bins_per_decade·log₁₀(n)`` numbers (about 1,000 per domain for ``n`` up to 10¹⁵
-at 20 bins per decade), whatever the run length. ``tests/test_policy_ado.py`` and
+state is ``3·K·bins_per_decade·log₁₀(n_last / n_first)`` numbers (360 per domain for ``n``
+growing a millionfold at 20 bins per decade), whatever the run length. ``tests/test_policy_ado.py`` and
 ``benchmarks/bench_ado_fit.py`` measure how close it stays to the full-history fit on
 simulated noisy power-law runs (record in ``benchmarks/RESULTS.md``).
 
@@ -162,27 +162,37 @@ def fit_power_law(log_n: Any, log_loss: Any, weight: Any = None,
 class LogBins:
     """Per-domain sums over log-spaced bins of ``n``: steps, ``Σ log n`` and ``Σ log L``.
 
-    Bin ``b`` holds ``n`` with ``⌊bins_per_decade · log₁₀ n⌋ = b``; the arrays grow to the
-    highest bin seen, so their size is logarithmic in ``n``."""
+    Bin ``b`` holds ``n`` with ``⌊bins_per_decade · log₁₀ n⌋ = b``; the arrays cover the bins
+    from the first one used (``first``) to the highest, so their size is logarithmic in the
+    ratio of the last ``n`` to the first."""
 
     def __init__(self, num_sources: int, bins_per_decade: int) -> None:
         self.k = num_sources
         self.per_decade = bins_per_decade
+        self.first = 0
         self.count = np.zeros((num_sources, 0))
         self.sum_x = np.zeros((num_sources, 0))
         self.sum_y = np.zeros((num_sources, 0))
 
+    def _cover(self, b: int) -> int:
+        """Grow the arrays to hold bin ``b``; its column."""
+        width = self.count.shape[1]
+        if width == 0:
+            self.first = b
+        lo, hi = min(self.first, b), max(self.first + width - 1, b)
+        if (lo, hi - lo + 1) != (self.first, width):
+            left, right = self.first - lo, hi - lo + 1 - width - (self.first - lo)
+            self.count, self.sum_x, self.sum_y = (
+                np.pad(m, ((0, 0), (left, right))) for m in (self.count, self.sum_x, self.sum_y))
+            self.first = lo
+        return b - self.first
+
     def add(self, n: float, loss: np.ndarray, seen: np.ndarray) -> None:
         """One step: total units ``n >= 1``, losses ``[K]`` (> 0 where ``seen``)."""
-        b = math.floor(self.per_decade * math.log10(n))
-        if b >= self.count.shape[1]:
-            grow = b + 1 - self.count.shape[1]
-            pad = np.zeros((self.k, grow))
-            self.count, self.sum_x, self.sum_y = (np.concatenate([m, pad], axis=1)
-                                                  for m in (self.count, self.sum_x, self.sum_y))
-        self.count[seen, b] += 1.0
-        self.sum_x[seen, b] += math.log(n)
-        self.sum_y[seen, b] += np.log(loss[seen])
+        col = self._cover(math.floor(self.per_decade * math.log10(n)))
+        self.count[seen, col] += 1.0
+        self.sum_x[seen, col] += math.log(n)
+        self.sum_y[seen, col] += np.log(loss[seen])
 
     def points(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Domain ``i``'s non-empty bins: mean ``log n``, mean ``log L``, step count."""
@@ -195,7 +205,7 @@ class LogBins:
         return (self.count > 0).sum(axis=1)
 
     def state(self) -> dict[str, Any]:
-        return {"count": self.count.tolist(), "sum_x": self.sum_x.tolist(),
+        return {"first": self.first, "count": self.count.tolist(), "sum_x": self.sum_x.tolist(),
                 "sum_y": self.sum_y.tolist()}
 
     def load(self, state: Mapping[str, Any]) -> None:
@@ -203,6 +213,7 @@ class LogBins:
                 for key in ("count", "sum_x", "sum_y")]
         if len({m.shape for m in mats}) != 1:
             raise ValueError("bins have different shapes")
+        self.first = int(state["first"])
         self.count, self.sum_x, self.sum_y = mats
 
 

@@ -16,7 +16,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from conftest import write_config, write_jsonl
 from mixbatch.audit.bpe_counts import merge_table, pair_events
 from mixbatch.audit.bpe_files import byte_chars, load_bpe
-from mixbatch.audit.tokenizer_mix import infer_mixture
+from mixbatch.audit.mixture_lp import SCALE, _solve_lp, solve_mixture
+from mixbatch.audit.tokenizer_mix import build_problem, infer_mixture, word_counts
 from mixbatch.errors import DataError
 
 LETTERS = {"a": "abcdefg", "b": "hijklmn", "c": "opqrstu"}
@@ -79,6 +80,46 @@ def test_known_mixture_recovered_from_the_training_text(cats, tmp_path: Path) ->
     est = res.solution.proportions
     assert np.mean((est - truth) ** 2) < 1e-5, (est, truth)
     assert abs(est.sum() - 1) < 1e-9
+
+
+def _full_lp_objective(replay) -> float:
+    """The whole program (every step, every pair present) solved at once."""
+    n_cat = len(replay.pairs0)
+    norm = SCALE / replay.pairs0
+    cnt = np.zeros((n_cat, replay.n_pairs))
+    rows_t, rows_p, rows_d = [], [], []
+    for t in range(len(replay.off) - 1):
+        m = replay.merge_pair[t]
+        if t > 0 and m >= 0 and cnt[:, m].sum() > 0:
+            ps = np.flatnonzero(cnt.sum(axis=0) > 0)
+            ps = ps[ps != m]
+            rows_t.append(np.full(len(ps), t))
+            rows_p.append(ps)
+            rows_d.append((cnt[:, m][None, :] - cnt[:, ps].T) * norm[None, :])
+        k = slice(replay.off[t], replay.off[t + 1])
+        np.add.at(cnt, (replay.cat[k], replay.pair[k]), replay.delta[k])
+    return _solve_lp(np.concatenate(rows_t), np.concatenate(rows_p), np.concatenate(rows_d),
+                     n_cat)[-1]
+
+
+def test_lazy_rows_reach_the_optimum_of_the_whole_program(cats, tmp_path: Path) -> None:
+    # a tokenizer trained on other text than the samples: merges are violated, slack is needed
+    train = [t for i, k in enumerate(cats) for t in _texts(LETTERS[k], 8_000 * (i + 1), 50 + i)]
+    _train(train, 40).save(str(tmp_path / "tok.json"))
+    bpe = load_bpe(tmp_path / "tok.json")
+    counted = {k: word_counts(v[:60], bpe) for k, v in cats.items()}
+    replay, _ = build_problem(bpe, counted, 40)
+    full = _full_lp_objective(replay)
+    assert full > 1.0  # the samples do disagree with the merges
+    variants = [solve_mixture(replay),  # warm-started HiGHS, slack rows dropped
+                solve_mixture(replay, per_step=2, per_pass=7),  # small passes, many drops
+                solve_mixture(replay, drop_slack=False, per_pass=1 << 30),
+                solve_mixture(replay, use_highspy=False)]  # SciPy from scratch each pass
+    assert any(v.rows_dropped > 0 for v in variants)
+    for v in variants:
+        assert v.converged
+        assert v.residual == pytest.approx(full, rel=1e-6)
+        assert v.constraints < replay.n_pairs * v.merges_used
 
 
 def test_pair_counts_follow_the_merges() -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from mixbatch.audit.bpe_counts import merge_table, pair_events
 from mixbatch.audit.bpe_files import BPETokenizer, load_bpe
-from mixbatch.audit.mixture_lp import Solution, build_replay, solve_mixture
+from mixbatch.audit.mixture_lp import Replay, Solution, build_replay, solve_mixture
 from mixbatch.errors import ConfigError, DataError
 
 #: text per pre-tokenizer call (the library returns a list of every piece)
@@ -70,10 +70,10 @@ class Inference:
 
 
 def infer_mixture(bpe: BPETokenizer | str | Path, samples: Mapping[str, Iterable[str]],
-                  merges: int | None = 30_000, per_step: int = 20, per_pass: int = 1 << 40,
-                  max_passes: int = 100) -> Inference:
+                  merges: int | None = 30_000, **solver: Any) -> Inference:
     """Estimate the byte proportions of the categories ``samples`` (name → texts) in the
-    training data of ``bpe`` from its first ``merges`` merges (all when None)."""
+    training data of ``bpe`` from its first ``merges`` merges (all when None); ``solver``
+    options go to :func:`~mixbatch.audit.mixture_lp.solve_mixture`."""
     if not isinstance(bpe, BPETokenizer):
         bpe = load_bpe(bpe)
     if len(samples) < 1:
@@ -81,14 +81,23 @@ def infer_mixture(bpe: BPETokenizer | str | Path, samples: Mapping[str, Iterable
     if merges is not None and merges < 1:
         raise ConfigError(f"--merges: must be >= 1, got {merges}")
     counted = {n: word_counts(samples[n], bpe) for n in samples}
-    return infer_from_counts(bpe, counted, merges, per_step, per_pass, max_passes)
+    return infer_from_counts(bpe, counted, merges, **solver)
 
 
 def infer_from_counts(bpe: BPETokenizer, counted: Mapping[str, tuple[Counter[str], int]],
-                      merges: int | None = 30_000, per_step: int = 20, per_pass: int = 1 << 40,
-                      max_passes: int = 100) -> Inference:
+                      merges: int | None = 30_000, **solver: Any) -> Inference:
     """:func:`infer_mixture` from each category's pre-tokenised word counts and byte size
     (:func:`word_counts`), e.g. to reuse them across tokenizers that pre-tokenise alike."""
+    replay, n_merges = build_problem(bpe, counted, merges)
+    sol = solve_mixture(replay, **solver)
+    names = list(counted)
+    return Inference(names, sol, n_merges, {n: counted[n][1] for n in names}, str(bpe.path))
+
+
+def build_problem(bpe: BPETokenizer, counted: Mapping[str, tuple[Counter[str], int]],
+                  merges: int | None = 30_000) -> tuple[Replay, int]:
+    """The pair-count replay of the first ``merges`` merges over every category (in the order
+    of ``counted``), and the number of merges taken."""
     if merges is not None and merges < 1:
         raise ConfigError(f"--merges: must be >= 1, got {merges}")
     chosen = bpe.merges[:merges] if merges is not None else bpe.merges
@@ -126,9 +135,7 @@ def infer_from_counts(bpe: BPETokenizer, counted: Mapping[str, tuple[Counter[str
                             f"symbol pairs, fewer than the {len(chosen):,} merges asked; give "
                             "more text or fewer --merges")
         events.append(ev)
-    replay = build_replay(events, table.merge_key)
-    sol = solve_mixture(replay, per_step=per_step, per_pass=per_pass, max_passes=max_passes)
-    return Inference(names, sol, len(chosen), {n: counted[n][1] for n in names}, str(bpe.path))
+    return build_replay(events, table.merge_key), len(chosen)
 
 
 def _keep(seed: int, name: str, index: int, rate: float) -> bool:

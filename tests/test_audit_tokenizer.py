@@ -4,9 +4,11 @@ format, bad input."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +203,57 @@ def test_cli_json_and_plot(cats, tmp_path: Path) -> None:
     r = _run("audit", "tokenizer", str(tmp_path / "missing.json"), "--config", str(cfg))
     assert r.returncode == 1 and "no such tokenizer file" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _train_spm(texts: list[str], vocab: int, model_type: str = "bpe") -> bytes:
+    spm = pytest.importorskip("sentencepiece")
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=out,
+                                   model_type=model_type, vocab_size=vocab, minloglevel=2)
+    return out.getvalue()
+
+
+def test_sentencepiece_bpe_merges_segment_as_sentencepiece_does(cats, tmp_path: Path) -> None:
+    spm = pytest.importorskip("sentencepiece")
+    model = _train_spm(cats["a"] + cats["c"], 160)
+    (tmp_path / "tokenizer.model").write_bytes(model)
+    bpe = load_bpe(tmp_path)  # a folder with tokenizer.model
+    proc = spm.SentencePieceProcessor(model_proto=model)
+    normal = [proc.id_to_piece(i) for i in range(proc.get_piece_size())
+              if not (proc.is_control(i) or proc.is_unknown(i))]
+    assert bpe.kind == "sentencepiece"
+    assert len(bpe.merges) == sum(len(p) > 1 for p in normal)
+    rank = {m: i for i, m in enumerate(bpe.merges)}
+
+    def encode(word: str) -> list[str]:  # BPE by merge rank
+        parts = list(word)
+        while True:
+            best = min((rank.get((a, b), 1 << 30), i) for i, (a, b) in
+                       enumerate(pairwise(parts))) if len(parts) > 1 else None
+            if best is None or best[0] == 1 << 30:
+                return parts
+            i = best[1]
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+
+    text = cats["a"][7] + cats["c"][3]
+    words = bpe.pretokenize(text)
+    assert [p for w in words for p in encode(w)] == proc.encode_as_pieces(text)
+    assert bpe.pretokenize("ab, 12 Привет") == ["▁ab", ",", "▁12", "▁Привет"]
+
+
+def test_sentencepiece_bpe_mixture(cats, tmp_path: Path) -> None:
+    (tmp_path / "b.model").write_bytes(_train_spm(cats["b"], 150))
+    d = infer_mixture(tmp_path / "b.model", cats, merges=None).to_dict()
+    assert d["proportions"]["b"] == pytest.approx(1.0, abs=1e-9)
+    share = {"a": 0.6, "b": 0.25, "c": 0.15}
+    train = {k: v[:int(share[k] * 1200)] for k, v in cats.items()}
+    truth = np.array([sum(map(len, train[k])) for k in cats], dtype=float)
+    (tmp_path / "mix.model").write_bytes(_train_spm([t for k in cats for t in train[k]], 300))
+    est = infer_mixture(tmp_path / "mix.model", train, merges=None).solution.proportions
+    assert np.mean((est - truth / truth.sum()) ** 2) < 1e-4, (est, truth / truth.sum())
+
+
+def test_sentencepiece_unigram_is_refused(cats, tmp_path: Path) -> None:
+    (tmp_path / "u.model").write_bytes(_train_spm(cats["a"], 100, "unigram"))
+    with pytest.raises(DataError, match=r"u\.model: a SentencePiece unigram model, not BPE"):
+        load_bpe(tmp_path / "u.model")

@@ -14,12 +14,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from mixbatch.errors import DataError
+
+T = TypeVar("T", bytes, str)
 
 #: tiktoken's split patterns (from its public encoding definitions), chosen by vocabulary size
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -59,7 +62,7 @@ class BPETokenizer:
     """An ordered merge list and the function that cuts text into words of base symbols."""
 
     path: Path
-    kind: str  # "tokenizer.json" | "vocab+merges" | "tiktoken"
+    kind: str  # "tokenizer.json" | "vocab+merges" | "tiktoken" | "sentencepiece"
     merges: list[tuple[str, str]]
     pretokenize: Callable[[str], list[str]]
 
@@ -137,10 +140,11 @@ def load_vocab_merges(merges_path: Path) -> BPETokenizer:
     return BPETokenizer(merges_path, "vocab+merges", merges, _byte_level())
 
 
-def tiktoken_merges(ranks: dict[bytes, int], where: str) -> list[tuple[str, str]]:
-    """The ordered merges behind tiktoken ranks: each multi-byte token, split by BPE over its
-    bytes with the ranks below its own, must fall into exactly two known tokens."""
-    merges: list[tuple[str, str]] = []
+def rank_merges(ranks: Mapping[T, int], where: str) -> list[tuple[T, T]]:
+    """The ordered merges behind ranked tokens (``bytes`` or ``str``): each token of two or more
+    units, split by BPE over its units with the ranks below its own, must fall into exactly two
+    known tokens; single units are the base alphabet."""
+    merges: list[tuple[T, T]] = []
     for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
         if len(token) < 2:
             continue
@@ -155,10 +159,15 @@ def tiktoken_merges(ranks: dict[bytes, int], where: str) -> list[tuple[str, str]
                 break
             parts[at:at + 2] = [parts[at] + parts[at + 1]]
         if len(parts) != 2:
-            raise DataError(f"{where}: token of rank {rank} does not split into two lower-ranked "
-                            "tokens: not a BPE ranks file")
-        merges.append((bytes_to_symbols(parts[0]), bytes_to_symbols(parts[1])))
+            raise DataError(f"{where}: token of rank {rank} ({token!r}) does not split into two "
+                            "lower-ranked tokens: not a BPE vocabulary")
+        merges.append((parts[0], parts[1]))
     return merges
+
+
+def tiktoken_merges(ranks: dict[bytes, int], where: str) -> list[tuple[str, str]]:
+    """The ordered merges behind tiktoken ranks, in GPT-2's byte symbols."""
+    return [(bytes_to_symbols(a), bytes_to_symbols(b)) for a, b in rank_merges(ranks, where)]
 
 
 def load_tiktoken(path: Path, pattern: str | None = None) -> BPETokenizer:
@@ -191,22 +200,32 @@ def load_tiktoken(path: Path, pattern: str | None = None) -> BPETokenizer:
 
 def load_bpe(path: str | Path, pattern: str | None = None) -> BPETokenizer:
     """Load a BPE tokenizer from ``path``: a ``tokenizer.json``, a ``merges.txt`` (or a folder
-    with ``vocab.json`` + ``merges.txt``), or a tiktoken ranks file; ``pattern`` overrides the
-    split regex of a tiktoken file (default: by vocabulary size, GPT-2 / cl100k / o200k)."""
+    with ``vocab.json`` + ``merges.txt``), a SentencePiece BPE ``.model``, or a tiktoken ranks
+    file; ``pattern`` overrides the split regex of a tiktoken file (default: by vocabulary size,
+    GPT-2 / cl100k / o200k)."""
+    from mixbatch.audit.bpe_spm import is_sentencepiece, load_sentencepiece
+
     p = Path(path)
     if p.is_dir():
-        if (p / "tokenizer.json").is_file():
-            return load_tokenizer_json(p / "tokenizer.json")
-        if (p / "merges.txt").is_file():
-            return load_vocab_merges(p / "merges.txt")
-        raise DataError(f"{p}: no tokenizer.json or merges.txt in this folder")
+        for name in ("tokenizer.json", "merges.txt", "tokenizer.model"):
+            if (p / name).is_file():
+                return load_bpe(p / name, pattern)
+        raise DataError(f"{p}: no tokenizer.json, merges.txt or tokenizer.model in this folder")
     if not p.is_file():
         raise DataError(f"{p}: no such tokenizer file")
-    head = p.read_bytes()[:4096]
+    try:
+        with p.open("rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise DataError(f"{p}: cannot read ({e})") from None
+    if not head.strip():
+        raise DataError(f"{p}: empty file, not a tokenizer")
     if head.lstrip()[:1] == b"{":
         if p.name == "vocab.json" and (p.parent / "merges.txt").is_file():
             return load_vocab_merges(p.parent / "merges.txt")
         return load_tokenizer_json(p)
+    if is_sentencepiece(head):
+        return load_sentencepiece(p)
     if p.suffix in (".txt", ".bpe") or head.startswith(b"#version"):
         return load_vocab_merges(p)
     return load_tiktoken(p, pattern)

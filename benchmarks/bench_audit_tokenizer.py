@@ -35,6 +35,8 @@ import numpy as np
 from _common import header, log, table
 
 MAN = Path("/usr/share/man")
+RUST_DOC = next(iter(sorted(Path.home().glob(".rustup/toolchains/*/share/doc/rust/html"))),
+                Path("/nonexistent"))
 CATEGORIES = {
     "python": (Path(sysconfig.get_paths()["stdlib"]), "**/*.py", False),
     "c": (Path("/usr/include"), "**/*.h", False),
@@ -46,7 +48,11 @@ CATEGORIES = {
     "pt": (MAN, "pt/man*/*.gz", True),
     "sv": (MAN, "sv/man*/*.gz", True),
     "uk": (MAN, "uk/man*/*.gz", True),
+    "perl": (Path("/usr"), "[ls]*/**/perl*/**/*.pm", False),
+    "html": (RUST_DOC, "**/*.html", False),
 }
+#: categories with more than 10^7 bytes here (training text + a 10^7-byte attack sample)
+BIG = ["python", "c", "en", "de", "perl", "html"]
 
 
 def read_category(name: str, max_bytes: int, seed: int) -> list[str]:
@@ -100,18 +106,27 @@ def log_mse(est: np.ndarray, truth: np.ndarray) -> float:
     return float(np.log10(max(np.mean((est - truth) ** 2), 1e-30)))
 
 
+def split_pool(texts: list[str], reserve: float) -> tuple[list[str], list[str]]:
+    """Shuffled documents → (training pool of about ``reserve`` bytes, attack pool: the rest)."""
+    size = np.cumsum([len(t.encode("utf-8")) for t in texts])
+    cut = int(np.searchsorted(size, reserve)) + 1
+    return texts[:cut], texts[cut:]
+
+
 def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: dict, n_cat: int,
                 sample_bytes: float, merges: int, train_bytes: float, trials: int, seed: int,
-                workdir: Path) -> dict:
+                workdir: Path, records: list[dict]) -> dict:
     from mixbatch.audit.bpe_files import load_bpe
     from mixbatch.audit.tokenizer_mix import infer_from_counts, word_counts
 
     rng = np.random.default_rng(seed)
     names_all = list(pools)
-    res = {"ours": [], "random": [], "uniform": [], "seconds": [], "converged": 0, "failed": 0}
+    res = {"ours": [], "random": [], "uniform": [], "seconds": [], "lp": [], "converged": 0,
+           "failed": 0}
     for trial in range(trials):
         names = [names_all[i] for i in sorted(rng.choice(len(names_all), n_cat, replace=False))]
         w = rng.dirichlet(np.ones(n_cat))
+        guess = rng.dirichlet(np.ones(n_cat))
         train = []
         real = []
         for nm, wi in zip(names, w, strict=True):
@@ -128,20 +143,36 @@ def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: di
             if key not in counted_cache:  # the same pre-tokenisation for every trained tokenizer
                 counted_cache[key] = word_counts(take(pools[nm][1], sample_bytes), bpe)
             counted[nm] = counted_cache[key]
+        rec = {"n": n_cat, "sample_bytes": sample_bytes, "merges": merges, "trial": trial,
+               "seed": seed, "categories": names, "truth": truth.round(6).tolist(),
+               "sample_bytes_real": [counted[nm][1] for nm in names]}
         t0 = time.perf_counter()
+        c0 = time.process_time()
         try:
             inf = infer_from_counts(bpe, counted, merges=merges)
         except Exception as e:  # recorded, never hidden
             log(f"    trial {trial}: failed ({type(e).__name__}: {e})")
             res["failed"] += 1
+            records.append({**rec, "failed": f"{type(e).__name__}: {e}"})
             continue
+        sol = inf.solution
         res["seconds"].append(time.perf_counter() - t0)
-        res["converged"] += int(inf.solution.converged)
-        res["ours"].append(log_mse(inf.solution.proportions, truth))
-        res["random"].append(log_mse(rng.dirichlet(np.ones(n_cat)), truth))
+        res["lp"].append(sol.timing.get("lp", 0.0))
+        res["converged"] += int(sol.converged)
+        res["ours"].append(log_mse(sol.proportions, truth))
+        res["random"].append(log_mse(guess, truth))
         res["uniform"].append(log_mse(np.full(n_cat, 1.0 / n_cat), truth))
+        records.append({**rec, "estimate": sol.proportions.round(6).tolist(),
+                        "log10_mse": res["ours"][-1], "random": res["random"][-1],
+                        "uniform": res["uniform"][-1], "wall_s": res["seconds"][-1],
+                        "cpu_s": time.process_time() - c0, "timing": sol.timing,
+                        "passes": sol.passes, "rows_final": sol.constraints,
+                        "rows_added": sol.rows_added, "converged": sol.converged,
+                        "merges_used": sol.merges_used})
         log(f"    n={n_cat} bytes={sample_bytes:.0e} merges={merges} trial {trial}: "
-            f"log10 MSE {res['ours'][-1]:.2f} ({res['seconds'][-1]:.1f}s)")
+            f"log10 MSE {res['ours'][-1]:.2f} ({res['seconds'][-1]:.1f}s wall, "
+            f"{records[-1]['cpu_s']:.1f}s cpu, lp {sol.timing.get('lp', 0):.1f}s, "
+            f"{sol.passes} passes, {sol.rows_added} rows added)")
     return res
 
 
@@ -171,49 +202,68 @@ def gpt2_run(wheel: Path, pools: dict, sample_bytes: float, merges: int, workdir
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer trials (a smoke run)")
+    ap.add_argument("--axis", choices=["main", "bytes", "merges"], default="main",
+                    help="main: n = 5 and 10 at 3e5 bytes, 1,000 merges (all categories); bytes /"
+                         " merges: n = 5 over the categories with > 10^7 bytes here")
+    ap.add_argument("--points", type=float, nargs="*", default=None,
+                    help="the axis' values (default bytes: 1e5 1e6 1e7; merges: 100 300 1000 "
+                         "3000 10000)")
     ap.add_argument("--trials", type=int, default=20)
-    ap.add_argument("--axis-trials", type=int, default=4, help="trials per point of the axes")
-    ap.add_argument("--big-trials", type=int, default=2, help="trials at 3,000 merges")
+    ap.add_argument("--train-bytes", type=float, default=1.5e6)
+    ap.add_argument("--jsonl", type=Path, default=None, help="one line per trial, appended")
     ap.add_argument("--gpt2-wheel", type=Path, default=None)
     ap.add_argument("--gpt2-merges", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
+    import json
     import tempfile
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mixbatch-bench-tokmix-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    trials = 3 if args.quick else args.trials
-    axis_trials = 2 if args.quick else args.axis_trials
     t_start = time.perf_counter()
+    if args.axis == "main":
+        names, settings = list(CATEGORIES)[:10], [(5, 3e5, 1000), (10, 3e5, 1000)]
+    elif args.axis == "bytes":
+        names = BIG
+        settings = [(5, b, 1000) for b in (args.points or [1e5, 1e6, 1e7])]
+    else:
+        names = BIG
+        settings = [(5, 1e6, int(m)) for m in (args.points or [100, 300, 1000, 3000, 10000])]
+    need = args.train_bytes * 1.34 + max(sb for _, sb, _ in settings) * 1.05
     pools = {}
-    for nm in CATEGORIES:
-        texts = read_category(nm, 4_000_000, args.seed)
-        half = len(texts) // 2
-        pools[nm] = (texts[:half], texts[half:])
-        log(f"{nm}: {len(texts)} documents, {sum(len(t) for t in texts) / 1e6:.1f}M chars")
-    train_bytes = 1.5e6
+    for nm in names:
+        texts = read_category(nm, need, args.seed)
+        pools[nm] = split_pool(texts, args.train_bytes * 1.34)
+        log(f"{nm}: {len(texts)} documents, {sum(len(t) for t in texts) / 1e6:.1f}M chars, "
+            f"attack pool {sum(len(t) for t in pools[nm][1]) / 1e6:.1f}M chars")
     cache: dict = {}
     rows = []
-    settings = [(5, 3e5, 1000, trials), (10, 3e5, 1000, trials)]
-    settings += [(5, b, 1000, axis_trials) for b in (1e5, 1e6)]
-    settings += [(5, 3e5, m, axis_trials) for m in (100, 300)]
-    settings += [(5, 3e5, 3000, 2 if args.quick else args.big_trials)]  # ~2 min a trial here
-    for n_cat, sb, merges, tr in settings:
-        log(f"setting n={n_cat} sample={sb:.0e} merges={merges} trials={tr}")
-        r = run_setting(pools, cache, n_cat, sb, merges, train_bytes, tr, args.seed + n_cat,
-                        workdir)
-        rows.append([n_cat, f"{sb:.0e}", merges, len(r["ours"]), ms(r["ours"]), ms(r["random"]),
-                     ms(r["uniform"]), f"{r['converged']}/{len(r['ours'])}", r["failed"],
-                     f"{np.mean(r['seconds']):.1f}" if r["seconds"] else "-"])
+    records: list[dict] = []
+    for n_cat, sb, merges in settings:
+        log(f"setting n={n_cat} sample={sb:.0e} merges={merges} trials={args.trials}")
+        done = len(records)
+        r = run_setting(pools, cache, n_cat, sb, merges, args.train_bytes, args.trials,
+                        args.seed + n_cat, workdir, records)
+        if args.jsonl is not None:
+            with args.jsonl.open("a") as f:
+                for rec in records[done:]:
+                    f.write(json.dumps(rec) + "\n")
+        rows.append([n_cat, f"{sb:.0e}", merges, len(r["ours"]) + r["failed"], ms(r["ours"]),
+                     ms(r["random"]), ms(r["uniform"]), f"{r['converged']}/{len(r['ours'])}",
+                     r["failed"], f"{np.mean(r['seconds']):.1f}" if r["seconds"] else "-",
+                     f"{np.mean(r['lp']):.1f}" if r["lp"] else "-"])
+        log(table(["n", "sample bytes/category", "merges", "trials", "log10 MSE (ours)",
+                   "random guess", "uniform guess", "converged", "failed", "s/trial",
+                   "LP s/trial"], rows[-1:]))
     out = [header("BPE mixture inference (mixbatch audit tokenizer)",
                   ["tokenizers", "scipy", "highspy", "numba", "numpy"],
-                  {"tokenizer training text": f"{train_bytes:.1e} bytes per trial",
+                  {"tokenizer training text": f"{args.train_bytes:.1e} bytes per trial",
+                   "categories": ", ".join(names),
                    "note": "2-core box shared with concurrent jobs"}), "",
            table(["n", "sample bytes/category", "merges", "trials", "log10 MSE (ours)",
-                  "random guess", "uniform guess", "converged", "failed", "solve s/trial"],
-                 rows)]
+                  "random guess", "uniform guess", "converged", "failed", "s/trial",
+                  "LP s/trial"], rows)]
     if args.gpt2_wheel is not None:
         log("GPT-2 run")
         out += ["", gpt2_run(args.gpt2_wheel, pools, 1e6, args.gpt2_merges, workdir)]

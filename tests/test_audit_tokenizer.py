@@ -203,6 +203,33 @@ def test_cli_json_and_plot(cats, tmp_path: Path) -> None:
     r = _run("audit", "tokenizer", str(tmp_path / "missing.json"), "--config", str(cfg))
     assert r.returncode == 1 and "no such tokenizer file" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    # more merges asked than the tokenizer has, too few passes: the result stands, with a line
+    r = _run("audit", "tokenizer", str(tmp_path / "tok.json"), "--config", str(cfg),
+             "--merges", "500", "--max-passes", "1", "--per-pass", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "120 merges, fewer than --merges 500" in r.stderr
+    assert "did not converge in 1 passes" in r.stderr
+    assert json.loads(r.stdout)["converged"] is False
+    r = _run("audit", "tokenizer", str(tmp_path / "tok.json"), "--config", str(cfg),
+             "--plot", str(tmp_path / "no" / "bar.png"))
+    assert r.returncode == 2 and "--plot: no folder" in r.stderr
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "empty file, not a tokenizer"),
+    (b"\x00\x01binary\xff\xfe" * 10, "not a tiktoken ranks file"),
+    (b'{"version": "1.0", "added_tokens": []}', "no tokenizer model in it, not BPE"),
+    (b'{"model": {"type": "BPE", "vocab": {}, "merges": []}}', "the BPE model has no merges"),
+    (b'{"model": {"type": "BPE", "merges": ["a b", 7]}}', r"model\.merges\[1\]: not a merge"),
+    (b"#version: 0.2\na b\nab\n", r"bad\.bin:3: not a merge"),
+    (b"YQ== 0\nYg== 1\nYWJj 2\n", "expected '<base64 token> <rank>'|at least 256"),
+])
+def test_bad_tokenizer_files(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.bin"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as e:
+        load_bpe(path)
+    assert "\n" not in str(e.value)
 
 
 def _train_spm(texts: list[str], vocab: int, model_type: str = "bpe") -> bytes:

@@ -103,8 +103,8 @@ def load_tokenizer_json(path: Path) -> BPETokenizer:
     model = data.get("model") if isinstance(data, dict) else None
     kind = model.get("type") if isinstance(model, dict) else None
     if kind != "BPE":
-        raise DataError(f"{path}: a {kind or 'unknown'} tokenizer, not BPE: mixture inference "
-                        "needs an ordered merge list")
+        what = f"a {kind} tokenizer" if isinstance(kind, str) else "no tokenizer model in it"
+        raise DataError(f"{path}: {what}, not BPE: mixture inference needs an ordered merge list")
     merges = [_split_merge(m, f"{path}: model.merges[{i}]")
               for i, m in enumerate(model.get("merges") or [])]
     if not merges:

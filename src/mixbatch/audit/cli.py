@@ -121,16 +121,26 @@ def add_audit_parsers(subparsers: Any) -> argparse.ArgumentParser:
 # tokenizer, dedup
 # ---------------------------------------------------------------------------------------------
 def cmd_tokenizer(args: argparse.Namespace) -> int:
+    from mixbatch.atomic import atomic_path
     from mixbatch.audit.bpe_files import load_bpe
     from mixbatch.audit.tokenizer_mix import config_samples, infer_mixture
     from mixbatch.config import load_config
+    from mixbatch.errors import ConfigError
 
+    if args.plot and not Path(args.plot).parent.is_dir():
+        raise ConfigError(f"--plot: no folder {Path(args.plot).parent} for {args.plot}")
     cfg = load_config(args.config)
     bpe = load_bpe(args.tokenizer, args.pattern)
+    if len(bpe.merges) < args.merges:
+        warn(f"{args.tokenizer}: {len(bpe.merges):,} merges, fewer than --merges "
+             f"{args.merges:,}: all are used")
     samples = config_samples(cfg, args.sample_bytes, seed=cfg.seed)
     res = infer_mixture(bpe, samples, merges=args.merges, per_step=args.per_step,
-                        max_passes=args.max_passes)
+                        per_pass=args.per_pass, max_passes=args.max_passes)
     data = res.to_dict()
+    if not res.solution.converged:
+        warn(f"the LP did not converge in {args.max_passes} passes (rows still violated): the "
+             "proportions are those of the last pass; raise --max-passes")
     if args.plot:
         from mixbatch.audit.report import pyplot
 
@@ -141,7 +151,8 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
         ax.set_title(f"inferred mixture of {Path(args.tokenizer).name} "
                      f"({res.solution.merges_used:,} merges)")
         fig.tight_layout()
-        fig.savefig(args.plot, dpi=90)
+        with atomic_path(args.plot) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
         plt.close(fig)
         data["plot"] = args.plot
     if args.json:
@@ -158,6 +169,11 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
         table.add_row(n, f"{v:.2%}", f"{data['sample_bytes'][n]:,}")
     out.print(table)
     return 0
+
+
+def warn(msg: str) -> None:
+    """One line on stderr: a result that stands, with something the user must know."""
+    sys.stderr.write(f"mixbatch: warning: {msg}\n")
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
@@ -222,7 +238,7 @@ def _add_more(sub: Any) -> None:
                                           "config's sources (Hayase et al. 2024)")
     sp.add_argument("tokenizer", metavar="TOKENIZER",
                     help="tokenizer.json, merges.txt (or a folder with vocab.json + merges.txt), "
-                         "or a tiktoken ranks file")
+                         "a SentencePiece BPE .model, or a tiktoken ranks file")
     sp.add_argument("--config", required=True, help="its sources are the categories")
     sp.add_argument("--merges", type=positive_int, default=30_000, metavar="N",
                     help="use the first N merges (default %(default)s)")
@@ -230,9 +246,12 @@ def _add_more(sub: Any) -> None:
                     help="text per category (default 10 MiB)")
     sp.add_argument("--pattern", default=None, help="split regex of a tiktoken file (default: "
                                                     "GPT-2 / cl100k / o200k by vocabulary size)")
-    sp.add_argument("--per-step", type=positive_int, default=20, metavar="K",
+    sp.add_argument("--per-step", type=positive_int, default=10, metavar="K",
                     help="violated rows added per merge and pass (default %(default)s)")
-    sp.add_argument("--max-passes", type=positive_int, default=100, metavar="P",
+    sp.add_argument("--per-pass", type=positive_int, default=5000, metavar="R",
+                    help="rows added per pass before the LP is solved again (default "
+                         "%(default)s)")
+    sp.add_argument("--max-passes", type=positive_int, default=10_000, metavar="P",
                     help="stop after P solve passes; the output says whether it converged "
                          "(default %(default)s)")
     sp.add_argument("--plot", default=None, metavar="F.png", help="bar chart of the proportions")

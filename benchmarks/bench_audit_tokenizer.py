@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import sysconfig
 import time
 import zipfile
@@ -119,9 +120,17 @@ def split_pool(texts: list[str], reserve: float) -> tuple[list[str], list[str]]:
     return texts[:cut], texts[cut:]
 
 
+def _append(jsonl: Path | None, record: dict) -> None:
+    if jsonl is not None:
+        with jsonl.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: dict, n_cat: int,
                 sample_bytes: float, merges: int, train_bytes: float, trials: int, seed: int,
-                workdir: Path, records: list[dict]) -> dict:
+                workdir: Path, records: list[dict], jsonl: Path | None = None) -> dict:
+    """``trials`` trials of one setting; each is appended to ``records`` (and ``jsonl`` as it
+    ends, so a run cut short keeps its finished trials)."""
     from mixbatch.audit.bpe_files import load_bpe
     from mixbatch.audit.tokenizer_mix import infer_from_counts, word_counts
 
@@ -160,6 +169,7 @@ def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: di
             log(f"    trial {trial}: failed ({type(e).__name__}: {e})")
             res["failed"] += 1
             records.append({**rec, "failed": f"{type(e).__name__}: {e}"})
+            _append(jsonl, records[-1])
             continue
         sol = inf.solution
         res["seconds"].append(time.perf_counter() - t0)
@@ -175,6 +185,7 @@ def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: di
                         "passes": sol.passes, "rows_final": sol.constraints,
                         "rows_added": sol.rows_added, "converged": sol.converged,
                         "merges_used": sol.merges_used})
+        _append(jsonl, records[-1])
         log(f"    n={n_cat} bytes={sample_bytes:.0e} merges={merges} trial {trial}: "
             f"log10 MSE {res['ours'][-1]:.2f} ({res['seconds'][-1]:.1f}s wall, "
             f"{records[-1]['cpu_s']:.1f}s cpu, lp {sol.timing.get('lp', 0):.1f}s, "
@@ -222,7 +233,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
-    import json
     import tempfile
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mixbatch-bench-tokmix-"))
@@ -248,13 +258,8 @@ def main() -> None:
     records: list[dict] = []
     for n_cat, sb, merges in settings:
         log(f"setting n={n_cat} sample={sb:.0e} merges={merges} trials={args.trials}")
-        done = len(records)
         r = run_setting(pools, cache, n_cat, sb, merges, args.train_bytes, args.trials,
-                        args.seed + n_cat, workdir, records)
-        if args.jsonl is not None:
-            with args.jsonl.open("a") as f:
-                for rec in records[done:]:
-                    f.write(json.dumps(rec) + "\n")
+                        args.seed + n_cat, workdir, records, args.jsonl)
         rows.append([n_cat, f"{sb:.0e}", merges, len(r["ours"]) + r["failed"], ms(r["ours"]),
                      ms(r["random"]), ms(r["uniform"]), f"{r['converged']}/{len(r['ours'])}",
                      r["failed"], f"{np.mean(r['seconds']):.1f}" if r["seconds"] else "-",

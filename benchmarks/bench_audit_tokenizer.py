@@ -217,6 +217,32 @@ def gpt2_run(wheel: Path, pools: dict, sample_bytes: float, merges: int, workdir
             f"{time.perf_counter() - t0:.0f} s\n\n" + table(["category", "inferred share"], rows))
 
 
+COLUMNS = ["n", "sample bytes/category", "merges", "trials", "log10 MSE (ours)", "random guess",
+           "uniform guess", "converged", "failed", "s/trial", "LP s/trial", "CPU s/trial"]
+
+
+def summarize(paths: list[Path]) -> str:
+    """The table of the trials recorded in ``paths`` (``--jsonl`` files), one row per setting."""
+    groups: dict[tuple, list[dict]] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            groups.setdefault((rec["n"], rec["sample_bytes"], rec["merges"]), []).append(rec)
+    rows = []
+    for (n, sb, merges), recs in sorted(groups.items()):
+        ok = [r for r in recs if "failed" not in r]
+
+        def col(key: str, recs: list[dict] = ok) -> list[float]:
+            return [r[key] for r in recs]
+
+        rows.append([n, f"{sb:.0e}", merges, len(recs), ms(col("log10_mse")), ms(col("random")),
+                     ms(col("uniform")), f"{sum(r['converged'] for r in ok)}/{len(ok)}",
+                     len(recs) - len(ok), f"{np.mean(col('wall_s')):.1f}" if ok else "-",
+                     f"{np.mean([r['timing']['lp'] for r in ok]):.1f}" if ok else "-",
+                     f"{np.mean(col('cpu_s')):.1f}" if ok else "-"])
+    return table(COLUMNS, rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--axis", choices=["main", "bytes", "merges"], default="main",
@@ -232,7 +258,12 @@ def main() -> None:
     ap.add_argument("--gpt2-merges", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--summarize", type=Path, nargs="+", default=None,
+                    help="print the table of the trials in these --jsonl files and stop")
     args = ap.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize))
+        return
     import tempfile
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mixbatch-bench-tokmix-"))

@@ -232,12 +232,29 @@ def test_bad_tokenizer_files(tmp_path: Path, content: bytes, message: str) -> No
     assert "\n" not in str(e.value)
 
 
-def _train_spm(texts: list[str], vocab: int, model_type: str = "bpe") -> bytes:
+def _train_spm(texts: list[str], vocab: int, model_type: str = "bpe", **options: object
+               ) -> bytes:
     spm = pytest.importorskip("sentencepiece")
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=out,
-                                   model_type=model_type, vocab_size=vocab, minloglevel=2)
+                                   model_type=model_type, vocab_size=vocab, minloglevel=2,
+                                   **options)
     return out.getvalue()
+
+
+def _spm_encode_by_merges(bpe, text: str) -> list[str]:
+    """``text`` cut into pieces by applying the merge list (lowest rank first) to its words."""
+    rank = {m: i for i, m in enumerate(bpe.merges)}
+    out = []
+    for word in bpe.pretokenize(text):
+        parts = list(word)
+        while len(parts) > 1:
+            r, i = min((rank.get(pair, 1 << 30), i) for i, pair in enumerate(pairwise(parts)))
+            if r == 1 << 30:
+                break
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        out.extend(parts)
+    return out
 
 
 def test_sentencepiece_bpe_merges_segment_as_sentencepiece_does(cats, tmp_path: Path) -> None:
@@ -250,22 +267,23 @@ def test_sentencepiece_bpe_merges_segment_as_sentencepiece_does(cats, tmp_path: 
               if not (proc.is_control(i) or proc.is_unknown(i))]
     assert bpe.kind == "sentencepiece"
     assert len(bpe.merges) == sum(len(p) > 1 for p in normal)
-    rank = {m: i for i, m in enumerate(bpe.merges)}
-
-    def encode(word: str) -> list[str]:  # BPE by merge rank
-        parts = list(word)
-        while True:
-            best = min((rank.get((a, b), 1 << 30), i) for i, (a, b) in
-                       enumerate(pairwise(parts))) if len(parts) > 1 else None
-            if best is None or best[0] == 1 << 30:
-                return parts
-            i = best[1]
-            parts[i:i + 2] = [parts[i] + parts[i + 1]]
-
     text = cats["a"][7] + cats["c"][3]
-    words = bpe.pretokenize(text)
-    assert [p for w in words for p in encode(w)] == proc.encode_as_pieces(text)
+    assert _spm_encode_by_merges(bpe, text) == [
+        p for line in text.splitlines() for p in proc.encode_as_pieces(line)]
     assert bpe.pretokenize("ab, 12 Привет") == ["▁ab", ",", "▁12", "▁Привет"]
+
+
+def test_sentencepiece_whitespace_runs(cats, tmp_path: Path) -> None:
+    spm = pytest.importorskip("sentencepiece")
+    texts = [t.replace(" ", " " * (1 + i % 4), 3) for i, t in enumerate(cats["b"])]
+    model = _train_spm(texts, 150, allow_whitespace_only_pieces=True,
+                       remove_extra_whitespaces=False)
+    (tmp_path / "ws.model").write_bytes(model)
+    proc = spm.SentencePieceProcessor(model_proto=model)
+    text = "".join(texts[:20]).replace("\n", " ")  # one line: the trainer reads lines
+    assert any(set(p) == {"\u2581"} and len(p) > 1 for p in proc.encode_as_pieces(text))
+    assert _spm_encode_by_merges(load_bpe(tmp_path / "ws.model"), text) == \
+        proc.encode_as_pieces(text)
 
 
 def test_sentencepiece_bpe_mixture(cats, tmp_path: Path) -> None:

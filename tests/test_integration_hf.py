@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ def test_hf_format_equals_data_collator_with_flattening(tmp_path: Path) -> None:
     h = to_hf(next(iter(MixbatchDataLoader(cfg, max_steps=1))))
     cu = h["cu_seq_lens_q"].tolist()
     flat = h["input_ids"].reshape(-1).tolist()
-    docs = [{"input_ids": flat[a:b]} for a, b in zip(cu[:-1], cu[1:], strict=True)]
+    docs = [{"input_ids": flat[a:b]} for a, b in itertools.pairwise(cu)]
     ref = tf.DataCollatorWithFlattening(return_flash_attn_kwargs=True,
                                         return_tensors="pt")(docs)
     assert torch.equal(ref["input_ids"].reshape(-1), h["input_ids"].reshape(-1))
@@ -104,3 +105,60 @@ def test_packed_training_equals_unpacked_documents(tmp_path: Path, packing: str)
     assert trap_gaps.max() > max(1e-4, 20 * gaps.max())
     print(f"\n{packing}: packed {packed} unpacked {unpacked} max gap {gaps.max():.2e}; "
           f"default use_cache gaps {trap_gaps.tolist()}")
+
+
+
+def _trainer_run(cfg: Any, out: Path, steps: int, resume: str | None = None, accum: int = 1,
+                 stop_at: int | None = None) -> tuple[list[list[int]], dict[int, float]]:
+    """A ``MixbatchTrainer`` run of ``steps`` optimizer steps (interrupted after ``stop_at``):
+    the tokens of every batch the model consumed, and the logged loss of every step."""
+    tf = _transformers()
+    from mixbatch.integrations import hf
+
+    consumed: list[list[int]] = []
+
+    class Recording(hf.MixbatchTrainer):
+        def compute_loss(self, model: Any, inputs: dict[str, Any], *a: Any, **k: Any) -> Any:
+            consumed.append(inputs["input_ids"].reshape(-1).tolist())
+            return super().compute_loss(model, inputs, *a, **k)
+
+    args = tf.TrainingArguments(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=1,
+        gradient_accumulation_steps=accum, learning_rate=1e-2, logging_steps=1,
+        save_strategy="steps", save_steps=3, report_to=[], use_cpu=True, seed=0,
+        ignore_data_skip=True, disable_tqdm=True)
+    trainer = Recording(model=_llama(_vocab(cfg)), args=args, train_dataset=HFDataset(cfg))
+    if stop_at is not None:
+        class Stop(tf.TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                control.should_training_stop = state.global_step >= stop_at
+
+        trainer.add_callback(Stop())
+    trainer.train(resume_from_checkpoint=resume)
+    return consumed, {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_trainer_resumes_from_its_checkpoint_exactly(tmp_path: Path, accum: int) -> None:
+    cfg = _cfg(tmp_path, batch=BFD)
+    straight, losses = _trainer_run(cfg, tmp_path / "a", 6, accum=accum)
+    assert len(straight) == 6 * accum
+    head, _ = _trainer_run(cfg, tmp_path / "b", 6, accum=accum, stop_at=3)  # interrupted
+    assert head == straight[:3 * accum]
+    tail, resumed = _trainer_run(cfg, tmp_path / "b", 6, accum=accum,
+                                 resume=str(tmp_path / "b" / "checkpoint-3"))
+    assert tail == straight[3 * accum:]  # the next batch, none skipped or repeated
+    assert resumed == pytest.approx(losses, abs=1e-6)  # 1-3 from the checkpoint's history
+
+
+def test_trainer_callback_refuses_batch_skipping(tmp_path: Path) -> None:
+    tf = _transformers()
+    from mixbatch.integrations import hf
+
+    cfg = _cfg(tmp_path)
+    args = tf.TrainingArguments(output_dir=str(tmp_path / "o"), max_steps=1, report_to=[],
+                                use_cpu=True, disable_tqdm=True)
+    trainer = hf.MixbatchTrainer(model=_llama(_vocab(cfg)), args=args,
+                                 train_dataset=HFDataset(cfg))
+    with pytest.raises(ConfigError, match="ignore_data_skip=True"):
+        trainer.train()

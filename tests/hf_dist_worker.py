@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
+
 from mixbatch.config import load_config
 from test_integration_hf import _trainer_run
 
@@ -20,6 +22,7 @@ def main() -> None:
     cfg, out = load_config(sys.argv[1]), Path(sys.argv[2])
     straight, losses = _trainer_run(cfg, out / "a", 4)
     head, _ = _trainer_run(cfg, out / "b", 4, stop_at=2)
+    dist.barrier()  # rank 0 has written the checkpoint (a new job would start after it)
     tail, resumed = _trainer_run(cfg, out / "b", 4, resume=str(out / "b" / "checkpoint-2"))
     (out / f"result{os.environ['RANK']}.json").write_text(json.dumps({
         "straight": straight, "head": head, "tail": tail,

@@ -131,7 +131,8 @@ def _trainer_run(cfg: Any, out: Path, steps: int, resume: str | None = None, acc
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=1,
         gradient_accumulation_steps=accum, learning_rate=1e-2, logging_steps=1,
         save_strategy="steps", save_steps=stop_at or 3, report_to=[], use_cpu=True, seed=0,
-        ignore_data_skip=True, disable_tqdm=True, ddp_backend="gloo")
+        ignore_data_skip=True, disable_tqdm=True,
+        ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None)
     trainer = Recording(model=_llama(_vocab(cfg)), args=args, train_dataset=HFDataset(cfg))
     if stop_at is not None:
         class Stop(tf.TrainerCallback):

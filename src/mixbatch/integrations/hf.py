@@ -31,15 +31,15 @@ mixbatch's own rank split stands: every rank plans the global stream and reads i
 from __future__ import annotations
 
 import copy
-from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from mixbatch.config import Config
 from mixbatch.errors import ConfigError, StateError
+from mixbatch.integrations.batches import StatefulBatches
 
 # MixbatchCallback and MixbatchTrainer are built on first access (module __getattr__)
 __all__ = ["HF_FIELDS", "HFDataset", "collate_one", "hf_batches", "to_hf", "unpack"]
@@ -102,51 +102,15 @@ def collate_one(items: list[dict[str, Any]]) -> dict[str, Any]:
     return items[0]
 
 
-class HFDataset(IterableDataset):
-    """:class:`mixbatch.torch.MixbatchDataset` in the ``"hf"`` format, remembering the loader
-    state after each of its last ``keep`` batches (for :class:`MixbatchCallback`).
-
-    Iterate it in the process that trains (``num_workers=0``): the states are kept here.
-    """
+class HFDataset(StatefulBatches):
+    """:class:`~mixbatch.integrations.batches.StatefulBatches` in the ``"hf"`` format (for
+    ``Trainer``: the callback asks it for the state of the batches consumed)."""
 
     def __init__(self, cfg: Config, rank: int | None = None, world_size: int | None = None,
                  state: dict[str, Any] | None = None, max_steps: int | None = None,
                  keep: int = 64) -> None:
-        from mixbatch.torch import MixbatchDataset
-
-        super().__init__()
-        self.inner = MixbatchDataset(cfg, rank, world_size, state=state, max_steps=max_steps,
-                                     fields=HF_FIELDS)
-        self.start = copy.deepcopy(state)
-        self.states: deque[tuple[int, dict[str, Any]]] = deque(maxlen=keep)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for batch in self.inner:
-            state = self.inner.state_dict()["loader"]
-            self.states.append((int(batch["step"]), state))
-            yield to_hf(batch)
-
-    def state_after(self, step: int) -> dict[str, Any] | None:
-        """The loader state after the batch of global step ``step`` (None: after no step)."""
-        if step < 0:
-            return copy.deepcopy(self.start)
-        for s, state in reversed(self.states):
-            if s == step:
-                return copy.deepcopy(state)
-        kept = f"{self.states[0][0]}..{self.states[-1][0]}" if self.states else "none"
-        raise StateError(f"HFDataset: no state kept for step {step} (kept: {kept}); raise `keep` "
-                         "above the batches fetched ahead")
-
-    def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        """Start the next iteration from ``state`` (a loader state)."""
-        self.start = copy.deepcopy(state)
-        self.states.clear()
-        if state is not None:
-            self.inner.load_state_dict({"loader": state, "lane_offset": None})
-
-
-def _start_step(state: dict[str, Any] | None) -> int:
-    return 0 if state is None else int(state["step"])
+        super().__init__(cfg, rank, world_size, state=state, max_steps=max_steps,
+                         batch_format="hf", keep=keep)
 
 
 def _callback_class() -> type:
@@ -179,7 +143,7 @@ def _callback_class() -> type:
                 self.dataset.load_state_dict(self.loader_state)
             else:
                 self.loader_state = copy.deepcopy(self.dataset.start)
-            self._origin = (state.global_step, _start_step(self.loader_state))
+            self._origin = (state.global_step, self.dataset.start_step)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             assert self.dataset is not None

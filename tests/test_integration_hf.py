@@ -22,14 +22,18 @@ from mixbatch.torch import MixbatchDataLoader
 from test_loader import _cfg
 
 
-def _transformers() -> Any:
-    """transformers, after torchvision (which it imports for image models) is made importable
-    where its wheel does not match torch (the mixup parity tests' workaround)."""
-    pytest.importorskip("transformers")
+def torchvision_importable() -> None:
+    """Make torchvision importable where its wheel does not match torch (the mixup parity
+    tests' workaround): transformers and Lightning import it when it is installed."""
     if importlib.util.find_spec("torchvision") is not None:
         from test_mixup_parity import _import_anchor
 
         _import_anchor("torchvision")
+
+
+def _transformers() -> Any:
+    pytest.importorskip("transformers")
+    torchvision_importable()
     import transformers
 
     transformers.logging.set_verbosity_error()

@@ -205,3 +205,25 @@ def test_trainer_two_ranks_gloo_split_and_resume(tmp_path: Path) -> None:
         assert got["head"] + got["tail"] == mine
         if r == 0:
             assert got["resumed_losses"] == pytest.approx(got["losses"], abs=1e-6)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_and_dataset_take_batch_format_hf(tmp_path: Path, workers: int) -> None:
+    from mixbatch.torch import MixbatchDataset
+
+    cfg = _cfg(tmp_path, batch=BFD)
+    want = [to_hf(b) for b in MixbatchDataLoader(cfg, max_steps=3)]
+    got = list(MixbatchDataLoader(cfg, max_steps=3, num_workers=workers, batch_format="hf"))
+    got_ds = list(torch.utils.data.DataLoader(
+        MixbatchDataset(cfg, max_steps=3, batch_format="hf"), batch_size=None,
+        num_workers=workers))
+    for g in (got, got_ds):
+        assert len(g) == 3
+        for w, b in zip(want, g, strict=True):
+            assert tuple(b) == HF_KEYS
+            assert all(torch.equal(b[k], w[k]) if isinstance(w[k], torch.Tensor) else b[k] == w[k]
+                       for k in HF_KEYS)
+    with pytest.raises(ConfigError, match="batch_format: got 'hff'"):
+        MixbatchDataLoader(cfg, batch_format="hff")
+    with pytest.raises(ConfigError, match="leave fields unset"):
+        MixbatchDataset(cfg, batch_format="hf", fields="all")

@@ -17,7 +17,6 @@ from typing import Any
 
 from torch.utils.data import IterableDataset
 
-from mixbatch.checks import choice
 from mixbatch.config import Config
 from mixbatch.errors import StateError
 
@@ -45,25 +44,19 @@ class StatefulBatches(IterableDataset):
                  fields: str | Iterable[str] | None = None, batch_format: str = "mixbatch",
                  keep: int = 64) -> None:
         from mixbatch.torch import MixbatchDataset
+        from mixbatch.torch.data import batch_formatter
 
         super().__init__()
-        self.batch_format = choice(BatchFormat, "batch_format", batch_format)
-        if self.batch_format is BatchFormat.HF:
-            from mixbatch.integrations.hf import HF_FIELDS
-
-            fields = HF_FIELDS
+        fields, self._convert = batch_formatter(batch_format, fields)  # the step is read first
         self.inner = MixbatchDataset(cfg, rank, world_size, state=state, max_steps=max_steps,
                                      fields=fields)
         self.start = copy.deepcopy(state)
         self.states: deque[tuple[int, dict[str, Any]]] = deque(maxlen=keep)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        convert = None
-        if self.batch_format is BatchFormat.HF:
-            from mixbatch.integrations.hf import to_hf as convert
         for batch in self.inner:
             self.states.append((int(batch["step"]), self.inner.state_dict()["loader"]))
-            yield batch if convert is None else convert(batch)
+            yield self._convert(batch)
 
     @property
     def start_step(self) -> int:

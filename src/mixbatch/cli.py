@@ -169,9 +169,13 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 def stream_table(summary: dict) -> Table:
     unit = summary["unit"]
-    table = Table(title=f"stream: steps {summary['first_step']}..{summary['first_step'] + summary['steps']}"
-                  f" (rank {summary['rank']}/{summary['world_size']})",
-                  caption=(f"largest prefix deviation {summary['max_prefix_deviation']:.2f} {unit}"
+    first, last = summary["first_step"], summary["first_step"] + summary["steps"] - 1
+    table = Table(title=f"stream: mixture of steps 0 to {last:,} (the whole stream); this call "
+                  f"ran steps {first:,} to {last:,} (rank {summary['rank']} of "
+                  f"{summary['world_size']})",
+                  caption=("realised: what the planner decided, in its unit; shares: what "
+                           "reached rows (differ by the packing window and truncation)\n"
+                           f"largest prefix deviation {summary['max_prefix_deviation']:.2f} {unit}"
                            + (f" (bound: one piece, at most {summary['max_unit_length']:,} tokens)"
                               if unit == "tokens" else "")
                            + f" · padding {summary['padding_fraction']:.2%}"
@@ -184,7 +188,7 @@ def stream_table(summary: dict) -> Table:
                            + " · tokens/step {min:,}/{mean:,.0f}/{max:,}".format(
                                **summary["tokens_per_step"])
                            + f" · rank cost max/mean {summary['rank_cost_imbalance']['max']:.3f}"
-                           + f" · {summary['tokens_per_second'] / 1e6:.2f}M tokens/s"
+                           + f" · this call {summary['tokens_per_second'] / 1e6:.2f}M tokens/s"
                            + (" · stream ended" if summary["ended"] else "")))
     for c in ("source", f"target ({unit})", f"realised ({unit})", "samples share",
               "tokens share", "documents", "tokens", "epochs"):

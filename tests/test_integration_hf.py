@@ -227,3 +227,21 @@ def test_loader_and_dataset_take_batch_format_hf(tmp_path: Path, workers: int) -
         MixbatchDataLoader(cfg, batch_format="hff")
     with pytest.raises(ConfigError, match="leave fields unset"):
         MixbatchDataset(cfg, batch_format="hf", fields="all")
+
+
+def test_len_where_the_stream_length_is_known(tmp_path: Path) -> None:
+    from mixbatch.config import config_from_dict
+    from mixbatch.torch import MixbatchDataset
+
+    cfg = _cfg(tmp_path)
+    dl, ds = MixbatchDataLoader(cfg, max_steps=5), MixbatchDataset(cfg, max_steps=5)
+    assert len(dl) == len(list(dl)) == 5 and len(ds) == 5
+    assert len(torch.utils.data.DataLoader(ds, batch_size=None)) == 5
+    with pytest.raises(TypeError, match="give max_steps"):
+        len(MixbatchDataLoader(cfg))
+    data = cfg.model_dump(mode="json")
+    data["sources"]["s0"]["max_epochs"] = 1  # the stream may end before max_steps
+    capped = config_from_dict(data, base_dir=tmp_path)
+    assert bool(MixbatchDataLoader(capped, max_steps=5))
+    with pytest.raises(TypeError, match="no source may end"):
+        len(MixbatchDataLoader(capped, max_steps=5))

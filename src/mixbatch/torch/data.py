@@ -90,6 +90,14 @@ class MixbatchDataset(IterableDataset):
             self._last = loader.snapshot()
             yield self._convert(_mix(self._mixer, batch))
 
+    def __len__(self) -> int:
+        """``max_steps`` where the stream cannot end first (:func:`stream_length`); else a
+        ``TypeError`` (what ``len()`` of an unsized iterable raises)."""
+        return _length(self)
+
+    def __bool__(self) -> bool:  # truthiness never asks for a length that may be unknown
+        return True
+
     # torchdata's Stateful protocol (called inside each worker by StatefulDataLoader)
     def state_dict(self) -> dict[str, Any]:
         loader = self._loader
@@ -140,6 +148,27 @@ def _mixer(cfg: Config) -> Any:
     from mixbatch.mixup import BatchMixer
 
     return BatchMixer(spec, cfg.seed)
+
+
+def stream_length(cfg: Config, max_steps: int | None) -> int | None:
+    """Batches an iteration hands out, where that is known: ``max_steps`` when no source can run
+    out (no ``max_epochs``, ``on_exhausted: renormalize``: sources restart their epochs), else
+    None (the stream may end first)."""
+    from mixbatch.config import OnExhausted
+
+    if max_steps is None or cfg.mixture.on_exhausted != OnExhausted.RENORMALIZE:
+        return None
+    if any(s.max_epochs is not None for s in cfg.sources.values()):
+        return None
+    return max_steps
+
+
+def _length(obj: Any) -> int:
+    n = stream_length(obj.cfg, obj.max_steps)
+    if n is None:
+        raise TypeError(f"{type(obj).__name__} has no known length: give max_steps, and no "
+                        "source may end (max_epochs unset, on_exhausted: renormalize)")
+    return n
 
 
 def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +269,14 @@ class MixbatchDataLoader:
         self.worker_pids: list[int] = []
         self._readers: StepReaders | None = None  # the workers of the running iteration
         self._mixer = _mixer(cfg)
+
+    def __len__(self) -> int:
+        """``max_steps`` where the stream cannot end first (:func:`stream_length`); else a
+        ``TypeError`` (what ``len()`` of an unsized iterable raises)."""
+        return _length(self)
+
+    def __bool__(self) -> bool:  # truthiness never asks for a length that may be unknown
+        return True
 
     def _pinned(self, t: dict[str, Any]) -> dict[str, Any]:
         if self.pin_memory and torch.cuda.is_available():

@@ -170,15 +170,19 @@ def test_audit_rows_show_end_tokens_and_add_up(tmp_path: Path, packing: str) -> 
     assert ends > 0 or packing == "buckets"  # buckets rows end without an end token
 
 
-def test_stream_summary_states_its_scope(tmp_path: Path) -> None:
+def test_stream_summary_states_its_scope(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from mixbatch.cli import main
+
     _cfg(tmp_path)
     cfg, state = str(tmp_path / "c.yaml"), tmp_path / "state.json"
-    assert _run("stream", cfg, "--steps", "12", "--state-out", str(state)).returncode == 0
-    r = _run("stream", cfg, "--steps", "8", "--state-in", str(state), "--json")
-    scope = json.loads(r.stdout)["scope"]
+    assert main(["stream", cfg, "--steps", "12", "--state-out", str(state), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["stream", cfg, "--steps", "8", "--state-in", str(state), "--json"]) == 0
+    scope = json.loads(capsys.readouterr().out)["scope"]
     assert scope["stream"].startswith("steps 0 to 19 of the whole stream")
     assert scope["call"].startswith("steps 12 to 19 of this call")
-    r = _run("stream", cfg, "--steps", "8", "--state-in", str(state))
-    text = " ".join(r.stdout.split())
+    assert main(["stream", cfg, "--steps", "8", "--state-in", str(state)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
     assert "mixture of steps 0 to 19 (the whole stream); this call ran steps 12 to 19" in text
     assert "realised: what the planner decided" in text

@@ -1,7 +1,9 @@
 """Hugging Face: batches that ``model(**batch)`` reads correctly, and exact resume in ``Trainer``.
 
-**The batch format** (:func:`to_hf`). A packed row holds several documents. A Hugging Face causal
-LM keeps them apart in one of two ways: flash attention reads ``cu_seq_lens_q/k`` and
+**The batch format** (:func:`to_hf`; ``batch_format="hf"`` of
+:class:`mixbatch.torch.MixbatchDataLoader` and :class:`mixbatch.torch.MixbatchDataset`).
+A packed row holds several documents. A Hugging Face causal LM keeps them apart in one of
+two ways: flash attention reads ``cu_seq_lens_q/k`` and
 ``max_length_q/k`` (the varlen kernel's boundaries), while eager and SDPA attention build a
 block-diagonal mask from ``position_ids`` that restart at every document
 (``transformers.masking_utils.find_packed_sequence_indices``). That second path is taken only

@@ -33,7 +33,7 @@ def test_stream_json_summary_and_audit_log(tmp_path: Path) -> None:
         assert abs(s["sources"][name]["realised"] - w) < 0.05
     records = list(read_audit_log(emit))
     assert len(records) == 40 * 4
-    assert records[0].keys() == {"step", "rank", "row", "segments", "pad"}
+    assert records[0].keys() == {"step", "rank", "row", "segments", "eod", "pad"}
     # the log rebuilds what the loader planned, token for token
     ref = MixedLoader(cfg)
     expect = Counter()
@@ -152,3 +152,37 @@ def test_audit_log_bad_line(tmp_path: Path) -> None:
     p.write_text('{"step": 0, "rank": 0, "row": 0, "segments": [], "pad": 0}\nnope\n')
     with pytest.raises(DataError, match=r"a\.jsonl:2: not JSON"):
         list(read_audit_log(p))
+
+
+@pytest.mark.parametrize("packing", ["concat", "bfd", "pad", "buckets"])
+def test_audit_rows_show_end_tokens_and_add_up(tmp_path: Path, packing: str) -> None:
+    from mixbatch.audit.log import rows_of
+    from test_loader import SHAPES
+
+    loader = MixedLoader(_cfg(tmp_path, batch=SHAPES[packing]))
+    ends = 0
+    for step in loader.steps(12):
+        for rec in rows_of(step.plan, loader.names, step.index, 0):
+            assert len(rec["eod"]) == len(rec["segments"]) and set(rec["eod"]) <= {0, 1}
+            width = sum(e - s for _, _, s, e in rec["segments"]) + sum(rec["eod"]) + rec["pad"]
+            assert width == step.plan.seq_len  # no unstated +1 per finished document
+            ends += sum(rec["eod"])
+    assert ends > 0 or packing == "buckets"  # buckets rows end without an end token
+
+
+def test_stream_summary_states_its_scope(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from mixbatch.cli import main
+
+    _cfg(tmp_path)
+    cfg, state = str(tmp_path / "c.yaml"), tmp_path / "state.json"
+    assert main(["stream", cfg, "--steps", "12", "--state-out", str(state), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["stream", cfg, "--steps", "8", "--state-in", str(state), "--json"]) == 0
+    scope = json.loads(capsys.readouterr().out)["scope"]
+    assert scope["stream"].startswith("steps 0 to 19 of the whole stream")
+    assert scope["call"].startswith("steps 12 to 19 of this call")
+    assert main(["stream", cfg, "--steps", "8", "--state-in", str(state)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "mixture of steps 0 to 19 (the whole stream); this call ran steps 12 to 19" in text
+    assert "realised: what the planner decided" in text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -17,8 +18,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from mixbatch import __version__
 from mixbatch.checks import positive_int
 from mixbatch.errors import ConfigError, MixbatchError
+from mixbatch.logs import setup_logging
+
+log = logging.getLogger("mixbatch.cli")
 
 # piped output gets a wide console, so tables are not cut to 80 columns
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -50,7 +55,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     report = prepare(cfg, workers=args.workers, shard=args.shard, force=args.force,
                      on_error=OnError(args.on_error) if args.on_error else None,
-                     progress=not args.no_progress, backend=args.backend,
+                     progress=_progress(args), backend=args.backend,
                      ray_address=args.ray_address)
     table = Table(title=f"prepare → {cfg.store_dir}")
     for col in ("source", "status", "files", "documents", "tokens", "skipped"):
@@ -148,7 +153,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     summary = run_stream(cfg, args.steps, args.rank, args.world_size, args.state_in,
-                         args.state_out, args.emit, args.progress, args.save_every)
+                         args.state_out, args.emit, _progress(args), args.save_every)
     cut = summary.get("log_cut")
     if cut:
         err.print(f"{args.emit}: cut back to step {summary['first_step']} of the state: "
@@ -164,9 +169,13 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 def stream_table(summary: dict) -> Table:
     unit = summary["unit"]
-    table = Table(title=f"stream: steps {summary['first_step']}..{summary['first_step'] + summary['steps']}"
-                  f" (rank {summary['rank']}/{summary['world_size']})",
-                  caption=(f"largest prefix deviation {summary['max_prefix_deviation']:.2f} {unit}"
+    first, last = summary["first_step"], summary["first_step"] + summary["steps"] - 1
+    table = Table(title=f"stream: mixture of steps 0 to {last:,} (the whole stream); this call "
+                  f"ran steps {first:,} to {last:,} (rank {summary['rank']} of "
+                  f"{summary['world_size']})",
+                  caption=("realised: what the planner decided, in its unit; shares: what "
+                           "reached rows (differ by the packing window and truncation)\n"
+                           f"largest prefix deviation {summary['max_prefix_deviation']:.2f} {unit}"
                            + (f" (bound: one piece, at most {summary['max_unit_length']:,} tokens)"
                               if unit == "tokens" else "")
                            + f" · padding {summary['padding_fraction']:.2%}"
@@ -179,7 +188,7 @@ def stream_table(summary: dict) -> Table:
                            + " · tokens/step {min:,}/{mean:,.0f}/{max:,}".format(
                                **summary["tokens_per_step"])
                            + f" · rank cost max/mean {summary['rank_cost_imbalance']['max']:.3f}"
-                           + f" · {summary['tokens_per_second'] / 1e6:.2f}M tokens/s"
+                           + f" · this call {summary['tokens_per_second'] / 1e6:.2f}M tokens/s"
                            + (" · stream ended" if summary["ended"] else "")))
     for c in ("source", f"target ({unit})", f"realised ({unit})", "samples share",
               "tokens share", "documents", "tokens", "epochs"):
@@ -220,7 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.print(f"2. config written to {config_path}")
     cfg = load_config(config_path)
     out.print("3. mixbatch prepare (byte tokenizer, all cores)")
-    report = prepare(cfg, workers=args.workers, progress=not args.no_progress)
+    report = prepare(cfg, workers=args.workers, progress=_progress(args))
     out.print(f"   {report.documents:,} documents, {report.tokens:,} tokens in "
               f"{report.seconds:.1f}s")
     out.print("4. mixbatch inspect")
@@ -239,7 +248,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mixbatch.demo.search import demo_search
 
     t_search = time.perf_counter()
-    search = demo_search(cfg, stats, work, config_path, progress=not args.no_progress)
+    search = demo_search(cfg, stats, work, config_path, progress=_progress(args))
     steps = 100
     out.print(f"11. mixbatch stream: {steps} steps with the chosen mixture ({search['config']})")
     s3 = run_stream(load_config(search["config"]), steps, 0, 1, None, None, None, False)
@@ -259,54 +268,87 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------
+def _progress(args: argparse.Namespace) -> bool:
+    """``--progress`` / ``--no-progress``; unset: on when stderr is a terminal and not ``-q``."""
+    if args.progress is not None:
+        return bool(args.progress)
+    return sys.stderr.isatty() and not getattr(args, "quiet", 0)
+
+
+def _common(sp: argparse.ArgumentParser, progress: bool = True) -> None:
+    """The options every command of this module takes (also after the command's name)."""
+    sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                    help="more log lines on stderr (-vv: debug, and the storage libraries' own)")
+    sp.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
+                    help="errors only (and no progress bar unless --progress)")
+    if progress:
+        sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="show a progress bar on stderr (default: when stderr is a terminal)")
+
+
+CONFIG_HELP = "the YAML config file (README: Configuration)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mixbatch", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"mixbatch {__version__}",
+                   help="print the version and exit")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more log lines on stderr (-vv: debug, and the storage libraries' own)")
+    p.add_argument("-q", "--quiet", action="count", default=0,
+                   help="errors only (and no progress bar unless --progress)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sp = sub.add_parser("prepare", help="tokenise every source into token stores")
-    sp.add_argument("config")
+    sp.add_argument("config", help=CONFIG_HELP)
     sp.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
     sp.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                     help="prepare only the I-th of N slices of the input; a plain run merges")
     sp.add_argument("--force", action="store_true", help="rebuild even if up to date")
     sp.add_argument("--on-error", choices=("fail", "skip"), default=None,
                     help="override every source's on_error")
-    sp.add_argument("--no-progress", action="store_true")
     sp.add_argument("--backend", choices=("local", "ray"), default="local",
                     help="run the work units in a local process pool or as Ray tasks")
     sp.add_argument("--ray-address", default=None,
                     help="with --backend ray: the cluster to join (default: a local instance)")
+    _common(sp)
     sp.set_defaults(func=cmd_prepare)
 
     sp = sub.add_parser("inspect", help="per-source documents, tokens and length percentiles")
-    sp.add_argument("config")
+    sp.add_argument("config", help=CONFIG_HELP)
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.add_argument("--plot", metavar="FILE.png", help="draw the length histogram per source")
     sp.add_argument("--verify", action="store_true", help="hash every store file in full")
+    _common(sp, progress=False)
     sp.set_defaults(func=cmd_inspect)
 
     tp = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(
         dest="tokenizer_command", required=True, metavar="ACTION")
     sp = tp.add_parser("train", help="train a byte-level BPE on the configured sources")
-    sp.add_argument("config")
-    sp.add_argument("--vocab-size", type=positive_int, required=True)
-    sp.add_argument("--out", required=True, metavar="PATH")
+    sp.add_argument("config", help=CONFIG_HELP)
+    sp.add_argument("--vocab-size", type=positive_int, required=True,
+                    help="tokens in the trained vocabulary (the 256 bytes included)")
+    sp.add_argument("--out", required=True, metavar="PATH", help="where to write tokenizer.json")
     sp.add_argument("--max-docs", type=positive_int, default=None, help="train on at most N documents")
+    _common(sp, progress=False)
     sp.set_defaults(func=cmd_tokenizer_train)
 
     sp = sub.add_parser("stream", help="run the loader without a model and report the mixture")
-    sp.add_argument("config")
-    sp.add_argument("--steps", type=positive_int, required=True)
-    sp.add_argument("--rank", type=int, default=None)
-    sp.add_argument("--world-size", type=int, default=None)
+    sp.add_argument("config", help=CONFIG_HELP)
+    sp.add_argument("--steps", type=positive_int, required=True,
+                    help="global steps to run (after a resume: from the state's step)")
+    sp.add_argument("--rank", type=int, default=None,
+                    help="this process's rank (default 0, or torch.distributed's)")
+    sp.add_argument("--world-size", type=int, default=None,
+                    help="ranks sharing each global step (default 1, or torch.distributed's)")
     sp.add_argument("--state-in", metavar="F", help="resume from a saved state")
     sp.add_argument("--state-out", metavar="F", help="save the state at the end (atomically)")
     sp.add_argument("--save-every", type=positive_int, default=None, metavar="N",
                     help="also save the state every N steps; resume with --state-in F: the "
                     "--emit log is cut back to the state's step")
     sp.add_argument("--emit", metavar="F.jsonl", help="write the audit log (one line per row)")
-    sp.add_argument("--progress", action="store_true")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _common(sp)
     sp.set_defaults(func=cmd_stream)
 
     from mixbatch.audit.cli import add_audit_parsers
@@ -319,10 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("demo", help="the main job end to end on the built-in corpus: prepare, "
                         "inspect, stream a two-stage schedule, a small mixture search")
-    sp.add_argument("--workdir", default="demo-out")
+    sp.add_argument("--workdir", default="demo-out",
+                    help="folder for the corpus, config, stores and outputs (default: demo-out)")
     sp.add_argument("--max-bytes", type=positive_int, default=4 << 20, help="text per domain")
-    sp.add_argument("--workers", type=positive_int, default=None)
-    sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--workers", type=positive_int, default=None,
+                    help="processes for prepare (default: all cores)")
+    _common(sp)
     sp.set_defaults(func=cmd_demo)
     return p
 
@@ -330,9 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        t0 = time.perf_counter()
+        log.info("%s: started", args.command)
+        code = func(args)
+        log.info("%s finished in %.1f s (exit %d)", args.command, time.perf_counter() - t0, code)
+        return code
     except MixbatchError as e:
         err.print(f"mixbatch: error: {e}", markup=False, soft_wrap=True)
         return e.exit_code

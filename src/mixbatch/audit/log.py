@@ -1,16 +1,20 @@
 """The audit log: one JSON object per sequence row that a rank was fed.
 
-``{"step": int, "rank": int, "row": int, "segments": [[source, doc, start, end], ...], "pad": int}``
+``{"step": int, "rank": int, "row": int, "segments": [[source, doc, start, end], ...],
+"eod": [0 or 1, ...], "pad": int}``
 
 ``row`` is the row's index in the rank's micro-batch, ``doc`` the document's index in its source
-store and ``[start, end)`` the span of its tokens placed in the row (end-of-document tokens are
-not counted; a segment that holds only an end token has ``start == end``). Everything a report or
-a check needs can be rebuilt from this file offline.
+store and ``[start, end)`` the span of its tokens placed in the row. ``eod[k]`` is 1 where
+segment ``k`` ends its document: the row holds the end-of-document token right after the span
+(a segment that holds only that token has ``start == end`` and ``eod`` 1). So every row's width
+is exact: ``Σ (end - start) + Σ eod + pad`` is the row's length (``seq_len``, or the bucket's
+width). Logs of format 1 (before ``eod``) lack the key; their readers treat it as unknown.
+Everything a report or a check needs can be rebuilt from this file offline.
 
 Two more kinds of line, written by ``mixbatch stream --emit`` and skipped by
 :func:`read_audit_log` (which yields row records only; :func:`iter_log` yields all three):
 
-- a header, the file's first line: ``{"audit_log": 1, "sources": [...], "documents": [...],
+- a header, the file's first line: ``{"audit_log": 2, "sources": [...], "documents": [...],
   "store_documents": [...], "identity": ..., "unit": ..., "packing": ..., "seq_len": ...,
   "d_model": ..., "world_size": ..., "rank": ...}`` (:func:`log_header`; ``documents``: those
   the run draws from, held-out ones excluded): what the report needs to know about the run
@@ -24,7 +28,8 @@ Two more kinds of line, written by ``mixbatch stream --emit`` and skipped by
 Next to it, ``<name>.summary.json`` (:func:`summary_path`) holds the run's summary as the
 ``stream`` command reports it: the mixture per source, padding, truncation, pieces per document,
 tokens per step, rank cost imbalance, skipped documents. The loader's counters are part of its
-state, so after a resume the summary covers the whole run, not only the resumed part.
+state, so after a resume the summary covers the whole run, not only the resumed part; its
+``scope`` says which figures cover what (speed and ``tokens_fed_this_rank``: this call only).
 """
 
 from __future__ import annotations
@@ -47,12 +52,13 @@ def rows_of(plan: StepPlan, names: Sequence[str], step: int, rank: int) -> list[
     bounds = np.searchsorted(plan.row, np.arange(plan.rows + 1))
     src = [names[int(s)] for s in plan.source]
     doc, start, end = plan.doc.tolist(), plan.start.tolist(), plan.end.tolist()
+    eod = plan.eod.astype(np.int64).tolist()
     out = []
     for r in range(plan.rows):
         a, b = int(bounds[r]), int(bounds[r + 1])
         segs = [[src[k], doc[k], start[k], end[k]] for k in range(a, b)]
         out.append({"step": step, "rank": rank, "row": r, "segments": segs,
-                    "pad": int(plan.pad[r])})
+                    "eod": eod[a:b], "pad": int(plan.pad[r])})
     return out
 
 
@@ -62,8 +68,8 @@ def summary_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".summary.json")
 
 
-#: version of the header line; bump when a field changes meaning
-LOG_VERSION = 1
+#: version of the header line; bump when a field changes meaning (2: rows carry ``eod``)
+LOG_VERSION = 2
 #: the config sections that define which rows a run feeds (weights may change on resume)
 IDENTITY_SECTIONS = ("seed", "sources", "batch", "holdout", "holdout_max")
 

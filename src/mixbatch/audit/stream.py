@@ -101,7 +101,21 @@ def stream_summary(loader: Any, first: int, done: int, fed: int, seconds: float)
             "epochs": float(loader.feed.consumed[i] / max(loader.feed.orders[i].n_docs, 1)),
         }
     longest = int(max(int(np.max(s.lengths)) for s in loader.stores))
+    last = first + done - 1
+    scope = {
+        "stream": f"steps 0 to {last:,} of the whole stream (the loader's counters resume "
+                  "with its state): sources, padding, truncation, pieces, tokens per step, "
+                  "rank cost",
+        "call": f"steps {first:,} to {last:,} of this call: seconds, tokens_per_second, "
+                "tokens_fed_this_rank",
+        "realised": "the planner's count in its unit (documents' tokens, or documents) for the "
+                    "decisions made so far; samples_share and tokens_share count what reached "
+                    "rows (a packing window holds decided documents not yet placed; truncated "
+                    "tokens and end-of-document tokens are not counted), so the two differ by "
+                    "at most that window and the truncation",
+    }
     return {
+        "scope": scope,
         "unit": loader.cfg.mixture.unit.value, "steps": done, "first_step": first,
         "rank": loader.rank, "world_size": loader.world_size, "sources": sources,
         "max_prefix_deviation": loader.feed.max_deviation,

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from mixbatch.checks import choice
 from mixbatch.config import Config
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.loader.loader import MixedLoader, Step
@@ -56,11 +57,13 @@ class MixbatchDataset(IterableDataset):
 
     def __init__(self, cfg: Config, rank: int | None = None, world_size: int | None = None,
                  state: dict[str, Any] | None = None, max_steps: int | None = None,
-                 fields: str | Iterable[str] | None = None) -> None:
+                 fields: str | Iterable[str] | None = None,
+                 batch_format: str = "mixbatch") -> None:
         super().__init__()
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.max_steps = max_steps
+        fields, self._convert = batch_formatter(batch_format, fields)
         self.fields = resolve_fields(fields)
         self._start: dict[str, Any] | None = copy.deepcopy(state)
         self._lane_offset: int | None = None
@@ -85,7 +88,15 @@ class MixbatchDataset(IterableDataset):
                 continue
             batch = fields_on_cpu(loader.compact_of(step), self.fields)
             self._last = loader.snapshot()
-            yield _mix(self._mixer, batch)
+            yield self._convert(_mix(self._mixer, batch))
+
+    def __len__(self) -> int:
+        """``max_steps`` where the stream cannot end first (:func:`stream_length`); else a
+        ``TypeError`` (what ``len()`` of an unsized iterable raises)."""
+        return _length(self)
+
+    def __bool__(self) -> bool:  # truthiness never asks for a length that may be unknown
+        return True
 
     # torchdata's Stateful protocol (called inside each worker by StatefulDataLoader)
     def state_dict(self) -> dict[str, Any]:
@@ -139,6 +150,48 @@ def _mixer(cfg: Config) -> Any:
     return BatchMixer(spec, cfg.seed)
 
 
+def stream_length(cfg: Config, max_steps: int | None) -> int | None:
+    """Batches an iteration hands out, where that is known: ``max_steps`` when no source can run
+    out (no ``max_epochs``, ``on_exhausted: renormalize``: sources restart their epochs), else
+    None (the stream may end first)."""
+    from mixbatch.config import OnExhausted
+
+    if max_steps is None or cfg.mixture.on_exhausted != OnExhausted.RENORMALIZE:
+        return None
+    if any(s.max_epochs is not None for s in cfg.sources.values()):
+        return None
+    return max_steps
+
+
+def _length(obj: Any) -> int:
+    n = stream_length(obj.cfg, obj.max_steps)
+    if n is None:
+        raise TypeError(f"{type(obj).__name__} has no known length: give max_steps, and no "
+                        "source may end (max_epochs unset, on_exhausted: renormalize)")
+    return n
+
+
+def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch
+
+
+def batch_formatter(batch_format: str, fields: str | Iterable[str] | None
+                    ) -> tuple[str | Iterable[str] | None, Callable[[dict[str, Any]], dict[str, Any]]]:
+    """The fields to derive and the conversion of each batch for ``batch_format``:
+    ``"mixbatch"`` (the fields as they are) or ``"hf"`` (Hugging Face's names,
+    :func:`mixbatch.integrations.hf.to_hf`, from its own fields)."""
+    from mixbatch.integrations.batches import BatchFormat
+
+    if choice(BatchFormat, "batch_format", batch_format) is BatchFormat.MIXBATCH:
+        return fields, _as_is
+    from mixbatch.integrations.hf import HF_FIELDS, to_hf
+
+    if fields is not None:
+        raise ConfigError("fields: batch_format 'hf' derives its own fields "
+                          f"({', '.join(HF_FIELDS)}); leave fields unset")
+    return HF_FIELDS, to_hf
+
+
 def _mix(mixer: Any, batch: dict[str, Any]) -> dict[str, Any]:
     """The mixing record of the batch's step (a function of seed and step: resume is exact)."""
     return batch if mixer is None else mixer(batch, int(batch["step"]))
@@ -176,6 +229,8 @@ class MixbatchDataLoader:
         max_steps: stop after this many steps from where it starts (after a resume: from the
             resume point).
         fields: the batch's fields (module docstring).
+        batch_format: ``"mixbatch"`` (the fields as named above) or ``"hf"``: Hugging Face's
+            names, ready for ``model(**batch)`` (:mod:`mixbatch.integrations.hf`).
         transform: a function of the compact batch (NumPy arrays), run in the worker.
         pin_memory: pin the compact tensors (for a fast ``non_blocking`` copy to a GPU).
         device: move each batch there and derive the fields there.
@@ -185,7 +240,8 @@ class MixbatchDataLoader:
     def __init__(self, cfg: Config, rank: int | None = None, world_size: int | None = None,
                  num_workers: int = 0, state: dict[str, Any] | None = None,
                  max_steps: int | None = None, fields: str | Iterable[str] | None = None,
-                 transform: Transform | None = None, **options: Any) -> None:
+                 transform: Transform | None = None, batch_format: str = "mixbatch",
+                 **options: Any) -> None:
         unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             raise ConfigError(f"MixbatchDataLoader: unknown option(s) {', '.join(unknown)} "
@@ -198,6 +254,7 @@ class MixbatchDataLoader:
         self.rank, self.world_size = rank, world_size
         self.num_workers = num_workers
         self.max_steps = max_steps
+        fields, self._convert = batch_formatter(batch_format, fields)
         self.fields = resolve_fields(fields)
         self.transform = transform
         self.pin_memory = bool(options.get("pin_memory", False))
@@ -213,6 +270,14 @@ class MixbatchDataLoader:
         self._readers: StepReaders | None = None  # the workers of the running iteration
         self._mixer = _mixer(cfg)
 
+    def __len__(self) -> int:
+        """``max_steps`` where the stream cannot end first (:func:`stream_length`); else a
+        ``TypeError`` (what ``len()`` of an unsized iterable raises)."""
+        return _length(self)
+
+    def __bool__(self) -> bool:  # truthiness never asks for a length that may be unknown
+        return True
+
     def _pinned(self, t: dict[str, Any]) -> dict[str, Any]:
         if self.pin_memory and torch.cuda.is_available():
             return {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
@@ -220,13 +285,15 @@ class MixbatchDataLoader:
 
     def _handed(self, batch: dict[str, Any]) -> dict[str, Any]:
         """A batch whose fields a worker derived: as tensors (pinned when asked)."""
-        return _mix(self._mixer, self._pinned(to_tensors(batch)))
+        return self._convert(_mix(self._mixer, self._pinned(to_tensors(batch))))
 
     def _finish(self, compact: dict[str, Any]) -> dict[str, Any]:
         if self.device is not None:
             t = self._pinned(to_tensors(compact))
-            return _mix(self._mixer, to_device(t, self.device, self.fields, self.non_blocking))
-        return _mix(self._mixer, self._pinned(fields_on_cpu(compact, self.fields)))
+            batch = to_device(t, self.device, self.fields, self.non_blocking)
+        else:
+            batch = self._pinned(fields_on_cpu(compact, self.fields))
+        return self._convert(_mix(self._mixer, batch))
 
     def _steps(self, loader: MixedLoader) -> Iterator[Any]:
         end = None if self.max_steps is None else loader.step + self.max_steps

@@ -20,12 +20,14 @@ from mixbatch.config import format_validation_error
 from mixbatch.errors import ConfigError
 from mixbatch.proxy.model import MlpKind, ModelConfig, PositionKind
 
-__all__ = ["Device", "ProxyConfig", "Schedule", "lr_at"]
+__all__ = ["Device", "ProxyConfig", "Schedule", "by_tokens", "lr_at"]
 
 
 class Schedule(str, Enum):
     CONSTANT = "constant"
     COSINE = "cosine"
+    WSD = "wsd"  # by tokens: mixbatch.training.lr
+    POWER = "power"  # by tokens: mixbatch.training.lr
 
 
 class Device(str, Enum):
@@ -59,6 +61,11 @@ class ProxyConfig(BaseModel):
     warmup: int = Field(default=20, ge=0)
     schedule: Schedule = Schedule.COSINE
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)  # cosine ends at lr * min_lr_ratio
+    # wsd / power and re-warming are driven by tokens trained (mixbatch.training.lr.TokenLR):
+    # warmup counts steps of batch_size x seq_len tokens, decay_fraction is the final decay's
+    # share, rewarm_tokens re-warms at each change of the mixture schedule's stage
+    decay_fraction: float = Field(default=0.1, ge=0, le=1)
+    rewarm_tokens: int | None = Field(default=None, ge=1)
     weight_decay: float = Field(default=0.1, ge=0)
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.95, ge=0, lt=1)
@@ -108,9 +115,16 @@ class ProxyConfig(BaseModel):
             raise ConfigError(f"proxy: {e}") from None
 
 
+def by_tokens(proxy: ProxyConfig) -> bool:
+    """Whether the LR follows the tokens trained (:class:`mixbatch.training.lr.TokenLR`)
+    rather than the step (:func:`lr_at`)."""
+    return proxy.schedule in (Schedule.WSD, Schedule.POWER) or proxy.rewarm_tokens is not None
+
+
 def lr_at(step: int, proxy: ProxyConfig) -> float:
     """Learning rate of step ``step`` (0-based): linear warm-up to ``lr`` over ``warmup`` steps,
-    then constant, or cosine decay to ``lr * min_lr_ratio`` at the last step."""
+    then constant, or cosine decay to ``lr * min_lr_ratio`` at the last step (schedules by
+    tokens: see :func:`by_tokens`)."""
     if step < proxy.warmup:
         return proxy.lr * (step + 1) / proxy.warmup
     if proxy.schedule == Schedule.CONSTANT:

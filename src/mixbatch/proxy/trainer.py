@@ -37,11 +37,12 @@ import torch
 import torch.distributed as dist
 
 from mixbatch.config import Config
-from mixbatch.errors import ConfigError
+from mixbatch.errors import ConfigError, StateError
 from mixbatch.loader.loader import MixedLoader
 from mixbatch.proxy.evaluate import EvalRows, build_eval_rows, eval_sums, global_means
 from mixbatch.proxy.model import ProxyLM, ProxyOutput
-from mixbatch.proxy.settings import Device, ProxyConfig, lr_at
+from mixbatch.proxy.settings import Device, ProxyConfig, by_tokens, lr_at
+from mixbatch.training.lr import TokenLR, TokenSchedule, loader_stage
 
 __all__ = ["Hooks", "Step", "Trainer", "cpu_state", "require_holdout", "torch_threads"]
 
@@ -162,6 +163,7 @@ class Trainer:
                 _param_groups(self.model, proxy.weight_decay), lr=proxy.lr,
                 betas=(proxy.beta1, proxy.beta2),
                 **({"fused": True} if self.device.type == "cuda" else {}))
+            self.lr_sched = self._token_lr() if by_tokens(proxy) else None
         except BaseException:
             self.close()
             raise
@@ -174,6 +176,16 @@ class Trainer:
         self.train_losses: list[torch.Tensor] = []  # token-mean loss of each step of run()
         self.train_seconds = 0.0  # training steps only, validation excluded
         self.eval_seconds = 0.0
+
+    def _token_lr(self) -> TokenLR:
+        """The schedule by tokens trained: ``warmup`` and ``steps`` in steps of the batch."""
+        proxy, batch = self.proxy, self.cfg.batch
+        per_step = batch.batch_size * batch.seq_len
+        sched = TokenSchedule(proxy.schedule.value, total_tokens=proxy.steps * per_step,
+                              warmup_tokens=min(proxy.warmup, proxy.steps - 1) * per_step,
+                              decay_fraction=proxy.decay_fraction, min_ratio=proxy.min_lr_ratio,
+                              batch_size=batch.batch_size, rewarm_tokens=proxy.rewarm_tokens)
+        return TokenLR(self.opt, sched, loader=self.loader)
 
     def close(self) -> None:
         """Give torch its CPU threads back (idempotent)."""
@@ -232,14 +244,22 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Model (CPU copy), optimiser and loader state, and the tokens trained on per source
         (summed over ranks: every rank calls this, though one may be enough to save it)."""
-        return {"model": cpu_state(self.model), "optimizer": self.opt.state_dict(),
-                "loader": self.loader.state_dict(),
-                "trained_tokens": self.trained_tokens().tolist()}
+        state = {"model": cpu_state(self.model), "optimizer": self.opt.state_dict(),
+                 "loader": self.loader.state_dict(),
+                 "trained_tokens": self.trained_tokens().tolist()}
+        if self.lr_sched is not None:
+            state["lr_scheduler"] = self.lr_sched.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.loader.load_state_dict(state["loader"])
+        if self.lr_sched is not None:
+            if "lr_scheduler" not in state:
+                raise StateError("checkpoint: this run's LR follows tokens (schedule "
+                                 f"{self.proxy.schedule.value}), but the state has no lr_scheduler")
+            self.lr_sched.load_state_dict(state["lr_scheduler"])
         self.tokens_before = np.asarray(state["trained_tokens"], dtype=np.int64)
         self.by_source[:] = 0
 
@@ -284,13 +304,17 @@ class Trainer:
         done, ended = start, False
         t0, eval_before = time.perf_counter(), self.eval_seconds
         for k in range(start, end):
+            stage = loader_stage(self.loader)  # the mixture's stage this step is planned in
             step = self._read(k)
             if step is None:
                 ended = True  # the stream ended (max_epochs caps with on_exhausted: stop)
                 break
             hooks.before_forward(step)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(k, proxy)
+            if self.lr_sched is not None:  # tokens fed, this step's included, and the stage
+                self.lr_sched.step(int(self.loader.fed_tokens.sum()), stage)
+            else:
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(k, proxy)
             with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16,
                                 enabled=self.amp is not None):
                 step.out = model(step.ids, step.labels, step.pos)

@@ -1,0 +1,58 @@
+"""Run by test_training_moe.py / test_training_noise.py as two gloo processes on loopback:
+each rank computes its part of a global quantity on its rows of one shared synthetic batch."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+
+from mixbatch.training.moe_balance import GlobalBalanceLoss
+
+
+def shared_batch(seed: int, sizes: list[int], n_experts: int, k: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router logits and top-k choices of ``sum(sizes)`` tokens (the same on every rank)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(sum(sizes), n_experts, generator=g, dtype=torch.float64)
+    return logits, logits.topk(k, dim=1).indices
+
+
+def moe(rank: int, world: int, args: dict) -> dict:
+    sizes, n = args["sizes"], args["n_experts"]
+    logits, topk = shared_batch(args["seed"], [s for rs in sizes for s in rs], n, args["k"])
+    # micro-batch j of rank r: rows of the concatenation in (micro-batch, rank) order
+    bounds = torch.tensor([0] + [s for j in range(len(sizes[0])) for s in
+                                 (sizes[r][j] for r in range(world))]).cumsum(0).tolist()
+    mod = GlobalBalanceLoss(args["n_experts_on"][rank])
+    losses, grads = [], []
+    for j in range(len(sizes[0])):
+        lo, hi = bounds[j * world + rank], bounds[j * world + rank + 1]
+        x = logits[lo:hi].clone().requires_grad_(True)
+        loss = mod(torch.softmax(x, dim=1), topk[lo:hi])
+        loss.backward()
+        losses.append(float(loss))
+        grads.append(x.grad.tolist())
+    return {"rank": rank, "losses": losses, "grads": grads, "counts": mod.counts.tolist()}
+
+
+def main() -> None:
+    kind, args, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        result = {"moe": moe}[kind](rank, world, args)
+    except Exception as e:  # the test reads the message
+        result = {"rank": rank, "error": f"{type(e).__name__}: {e}"}
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, result)
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(gathered, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from mixbatch.training.moe_balance import GlobalBalanceLoss
+from mixbatch.training.noise import NoiseHookState, NoiseScale, noise_scale_hook
 
 
 def shared_batch(seed: int, sizes: list[int], n_experts: int, k: int
@@ -38,12 +39,38 @@ def moe(rank: int, world: int, args: dict) -> dict:
     return {"rank": rank, "losses": losses, "grads": grads, "counts": mod.counts.tolist()}
 
 
+def gradients(seed: int, steps: int, batch: int, dim: int) -> torch.Tensor:
+    """Per-example gradients (steps, batch, dim): mean ``G = 1/sqrt(dim)`` in every coordinate
+    (|G|² = 1), standard deviation ``sigma`` (tr Σ = dim·sigma²)."""
+    g = torch.Generator().manual_seed(seed)
+    return dim ** -0.5 + 2.0 * torch.randn(steps, batch, dim, generator=g, dtype=torch.float64)
+
+
+def noise(rank: int, world: int, args: dict) -> dict:
+    """DDP on a linear loss whose per-example gradient is a given vector."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    b = args["local_batch"]
+    xs = gradients(args["seed"], args["steps"], b * world, args["dim"])
+    model = torch.nn.Linear(args["dim"], 1, bias=False).double()
+    ddp = DistributedDataParallel(model)
+    state = NoiseHookState(NoiseScale(args["beta"]), b)
+    ddp.register_comm_hook(state, noise_scale_hook)
+    estimates = []
+    for x in xs:
+        ddp(x[rank * b:(rank + 1) * b]).mean().backward()
+        estimates.append(state.finish_step())
+        grad = model.weight.grad.tolist()
+        ddp.zero_grad()
+    return {"rank": rank, "estimates": estimates, "grad": grad}
+
+
 def main() -> None:
     kind, args, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        result = {"moe": moe}[kind](rank, world, args)
+        result = {"moe": moe, "noise": noise}[kind](rank, world, args)
     except Exception as e:  # the test reads the message
         result = {"rank": rank, "error": f"{type(e).__name__}: {e}"}
     gathered: list = [None] * world

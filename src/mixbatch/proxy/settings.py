@@ -71,6 +71,10 @@ class ProxyConfig(BaseModel):
     beta2: float = Field(default=0.95, ge=0, lt=1)
     grad_clip: float | None = Field(default=1.0, gt=0)
     seed: int = 0
+    # hard-batch replay (mixbatch.training.replay): this share of the steps retrains the
+    # hardest of the replay_capacity batches kept by loss (0: off)
+    replay_rate: float = Field(default=0.0, ge=0, lt=1)
+    replay_capacity: int = Field(default=16, ge=1)
     # where
     device: Device = Device.AUTO
     bf16: bool = True  # bf16 autocast on CUDA when the GPU supports it; CPU runs stay float32

@@ -39,10 +39,13 @@ import torch.distributed as dist
 from mixbatch.config import Config
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.loader.loader import MixedLoader
+from mixbatch.loader.loader import Step as Planned
 from mixbatch.proxy.evaluate import EvalRows, build_eval_rows, eval_sums, global_means
 from mixbatch.proxy.model import ProxyLM, ProxyOutput
 from mixbatch.proxy.settings import Device, ProxyConfig, by_tokens, lr_at
+from mixbatch.shape.base import StepPlan
 from mixbatch.training.lr import TokenLR, TokenSchedule, loader_stage
+from mixbatch.training.replay import HardBatchReplay, payload_plan, plan_payload
 
 __all__ = ["Hooks", "Step", "Trainer", "cpu_state", "require_holdout", "torch_threads"]
 
@@ -94,6 +97,7 @@ class Step:
     pos: torch.Tensor
     src: torch.Tensor
     out: ProxyOutput | None = None
+    replayed: bool = False  # a hard batch trained again (``fed`` is then zero)
 
     @property
     def done(self) -> int:
@@ -164,6 +168,8 @@ class Trainer:
                 betas=(proxy.beta1, proxy.beta2),
                 **({"fused": True} if self.device.type == "cuda" else {}))
             self.lr_sched = self._token_lr() if by_tokens(proxy) else None
+            self.replay = (HardBatchReplay(proxy.replay_capacity, proxy.replay_rate,
+                                           len(self.names)) if proxy.replay_rate > 0 else None)
         except BaseException:
             self.close()
             raise
@@ -249,6 +255,8 @@ class Trainer:
                  "trained_tokens": self.trained_tokens().tolist()}
         if self.lr_sched is not None:
             state["lr_scheduler"] = self.lr_sched.state_dict()
+        if self.replay is not None:
+            state["replay"] = self.replay.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -260,6 +268,11 @@ class Trainer:
                 raise StateError("checkpoint: this run's LR follows tokens (schedule "
                                  f"{self.proxy.schedule.value}), but the state has no lr_scheduler")
             self.lr_sched.load_state_dict(state["lr_scheduler"])
+        if self.replay is not None:
+            if "replay" not in state:
+                raise StateError("checkpoint: this run replays hard batches, but the state has "
+                                 "no replay memory")
+            self.replay.load_state_dict(state["replay"])
         self.tokens_before = np.asarray(state["trained_tokens"], dtype=np.int64)
         self.by_source[:] = 0
 
@@ -270,10 +283,18 @@ class Trainer:
     def _read(self, k: int) -> Step | None:
         weights = self.loader.current_weights().copy()
         fed_before = self.loader.fed_tokens.copy()
-        planned = self.loader.next_step()
+        replayed = self.replay is not None and self.replay.due(k)
+        if replayed:
+            assert self.replay is not None
+            index, plan, rows = payload_plan(self.replay.hardest()[1], StepPlan)
+            planned = Planned(index, plan, rows, weights)
+            self.replay.count(np.bincount(plan.source, weights=plan.end - plan.start,
+                                          minlength=len(self.names)).astype(np.int64))
+        else:
+            planned = self.loader.next_step()
         if planned is None:
             return None
-        batch = self.loader.batch_of(planned)
+        batch = self.loader.batch_of(planned, rows=planned.rows if replayed else None)
         src, k_src = batch["source_ids"], len(self.names)
         self.by_source += np.bincount(src[src >= 0], minlength=k_src)[:k_src]
         dev = self.device
@@ -282,7 +303,18 @@ class Trainer:
             return torch.from_numpy(batch[name]).to(dev, non_blocking=True)
 
         return Step(k, planned, batch, weights, self.loader.fed_tokens - fed_before, put("input_ids"),
-                    put("labels"), put("position_ids"), put("source_ids"))
+                    put("labels"), put("position_ids"), put("source_ids"), replayed=replayed)
+
+    def _remember(self, step: Step, loss: torch.Tensor) -> None:
+        """Offer the step's batch to the replay memory with its global token-mean loss."""
+        assert self.replay is not None
+        total = loss.detach().to(torch.float64).reshape(1)
+        if self.world_size > 1:
+            dist.all_reduce(total)  # the ranks' shares add up to the global mean
+        planned, value = step.planned, float(total)
+        if self.replay.wants(planned.index, value):
+            self.replay.record(planned.index, value,
+                               plan_payload(planned.index, planned.plan, planned.rows))
 
     def _loss(self, out: ProxyOutput) -> torch.Tensor:
         if self.world_size == 1:
@@ -320,6 +352,8 @@ class Trainer:
                 step.out = model(step.ids, step.labels, step.pos)
             loss = self._loss(step.out)
             hooks.before_backward(step)
+            if self.replay is not None:
+                self._remember(step, loss)
             loss.backward()
             if self.world_size > 1:
                 for p in model.parameters():

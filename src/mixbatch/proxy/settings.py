@@ -20,7 +20,7 @@ from mixbatch.config import format_validation_error
 from mixbatch.errors import ConfigError
 from mixbatch.proxy.model import MlpKind, ModelConfig, PositionKind
 
-__all__ = ["Device", "ProxyConfig", "Schedule", "by_tokens", "lr_at"]
+__all__ = ["Device", "Optimizer", "ProxyConfig", "Schedule", "by_tokens", "lr_at"]
 
 
 class Schedule(str, Enum):
@@ -28,6 +28,11 @@ class Schedule(str, Enum):
     COSINE = "cosine"
     WSD = "wsd"  # by tokens: mixbatch.training.lr
     POWER = "power"  # by tokens: mixbatch.training.lr
+
+
+class Optimizer(str, Enum):
+    ADAMW = "adamw"
+    LAMB = "lamb"  # mixbatch.training.lamb: layer-wise trust ratio, for large batches
 
 
 class Device(str, Enum):
@@ -56,6 +61,7 @@ class ProxyConfig(BaseModel):
     seq_len: int | None = Field(default=None, ge=2)
     batch_size: int | None = Field(default=None, ge=1)
     # optimisation
+    optimizer: Optimizer = Optimizer.ADAMW
     steps: int = Field(default=300, ge=1)
     lr: float = Field(default=3e-3, gt=0)
     warmup: int = Field(default=20, ge=0)

@@ -42,8 +42,9 @@ from mixbatch.loader.loader import MixedLoader
 from mixbatch.loader.loader import Step as Planned
 from mixbatch.proxy.evaluate import EvalRows, build_eval_rows, eval_sums, global_means
 from mixbatch.proxy.model import ProxyLM, ProxyOutput
-from mixbatch.proxy.settings import Device, ProxyConfig, by_tokens, lr_at
+from mixbatch.proxy.settings import Device, Optimizer, ProxyConfig, by_tokens, lr_at
 from mixbatch.shape.base import StepPlan
+from mixbatch.training.lamb import Lamb
 from mixbatch.training.lr import TokenLR, TokenSchedule, loader_stage
 from mixbatch.training.replay import HardBatchReplay, payload_plan, plan_payload
 
@@ -163,10 +164,12 @@ class Trainer:
                 except RuntimeError as e:
                     raise ConfigError(f"init_state does not fit this proxy's shape: {e}") from None
             self.model.to(self.device).train()
-            self.opt = torch.optim.AdamW(
-                _param_groups(self.model, proxy.weight_decay), lr=proxy.lr,
-                betas=(proxy.beta1, proxy.beta2),
-                **({"fused": True} if self.device.type == "cuda" else {}))
+            groups = _param_groups(self.model, proxy.weight_decay)
+            self.opt: torch.optim.Optimizer = (
+                Lamb(groups, lr=proxy.lr, betas=(proxy.beta1, proxy.beta2))
+                if proxy.optimizer == Optimizer.LAMB else
+                torch.optim.AdamW(groups, lr=proxy.lr, betas=(proxy.beta1, proxy.beta2),
+                                  **({"fused": True} if self.device.type == "cuda" else {})))
             self.lr_sched = self._token_lr() if by_tokens(proxy) else None
             self.replay = (HardBatchReplay(proxy.replay_capacity, proxy.replay_rate,
                                            len(self.names)) if proxy.replay_rate > 0 else None)

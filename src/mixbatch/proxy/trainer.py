@@ -44,6 +44,7 @@ from mixbatch.proxy.evaluate import EvalRows, build_eval_rows, eval_sums, global
 from mixbatch.proxy.model import ProxyLM, ProxyOutput
 from mixbatch.proxy.settings import Device, Optimizer, ProxyConfig, by_tokens, lr_at
 from mixbatch.shape.base import StepPlan
+from mixbatch.training.energy import EnergyMeter
 from mixbatch.training.lamb import Lamb
 from mixbatch.training.lr import TokenLR, TokenSchedule, loader_stage
 from mixbatch.training.replay import HardBatchReplay, payload_plan, plan_payload
@@ -185,6 +186,11 @@ class Trainer:
         self.train_losses: list[torch.Tensor] = []  # token-mean loss of each step of run()
         self.train_seconds = 0.0  # training steps only, validation excluded
         self.eval_seconds = 0.0
+        # joules of run() from RAPL / NVML counters (validation included); None when no
+        # counter is readable, energy_unavailable then says why
+        self.meter = EnergyMeter(nvml=self.device.type == "cuda")
+        self.joules: float | None = 0.0 if self.meter.rapl or self.meter.handles else None
+        self.energy_unavailable = list(self.meter.unavailable)
 
     def _token_lr(self) -> TokenLR:
         """The schedule by tokens trained: ``warmup`` and ``steps`` in steps of the batch."""
@@ -338,6 +344,7 @@ class Trainer:
         end = proxy.steps if end is None else end
         done, ended = start, False
         t0, eval_before = time.perf_counter(), self.eval_seconds
+        self.meter.start()
         for k in range(start, end):
             stage = loader_stage(self.loader)  # the mixture's stage this step is planned in
             step = self._read(k)
@@ -374,6 +381,8 @@ class Trainer:
             self.validate(done)  # the stream ran out before the last step: score what was trained
         self._sync()  # GPU steps run ahead of the host: time them to their end
         self.train_seconds += time.perf_counter() - t0 - (self.eval_seconds - eval_before)
+        used = self.meter.stop().joules
+        self.joules = None if used is None or self.joules is None else self.joules + used
         return done, ended
 
     def losses(self) -> list[float]:

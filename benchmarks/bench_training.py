@@ -1,0 +1,105 @@
+"""Learning rates by tokens and stage on the proxy model: Power vs cosine vs WSD, and
+re-warming at the mixture's stage change vs none, at equal tokens (``mixbatch.training.lr``).
+
+The built-in corpus (``mixbatch.demo.corpus``: Python, C and man pages in three languages,
+byte tokens, 5% held out) with the demo's two-stage schedule by tokens (code-heavy, then prose),
+its switch moved to half of ``--steps``. Every arm trains the same proxy (``ProxyConfig.demo``
+shape, ``--steps`` steps of 8 x 256 tokens, peak LR 3e-3, warm-up 10 steps, ends at 0.1x) on
+the same batches, so the arms differ only in the LR. Reported per arm and seed: held-out loss
+(mean over every source, and over the stage-2 prose sources), training seconds, and joules
+where RAPL/NVML read (``mixbatch.training.energy``), else why not.
+
+Arms: ``cosine`` (by step, the proxy default), ``wsd`` (stable, then linear decay over the last
+20% of tokens), ``power`` (``min(η_max, β·4·n^-0.51)``, the same decay), ``cosine+rewarm``
+(cosine by tokens, re-warmed over 10 steps' tokens at the stage change).
+Run with the project venv: ``nice -n 10 .venv/bin/python benchmarks/bench_training.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from _common import background_summary, header, log, run_in_workdir, table
+
+PACKAGES = ("mixbatch", "torch", "numpy")
+STAGE2 = ("man_en", "man_de", "man_fr")
+ARMS = {
+    "cosine": {"schedule": "cosine"},
+    "wsd": {"schedule": "wsd", "decay_fraction": 0.2},
+    "power": {"schedule": "power", "decay_fraction": 0.2},
+    "cosine+rewarm": {"schedule": "cosine", "rewarm_tokens": 10 * 8 * 256},
+}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--steps", type=int, default=120, help="training steps per run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="model seeds")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-bytes", type=int, default=1 << 20, help="corpus bytes per domain")
+    p.add_argument("--max-wait", type=float, default=0.0)
+    return p.parse_args()
+
+
+def corpus(workdir: Path, steps: int):
+    from mixbatch.config import config_from_dict
+    from mixbatch.demo.corpus import build_corpus, demo_config
+    from mixbatch.prepare import prepare
+
+    data = demo_config(build_corpus(workdir / "corpus", max_bytes=1 << 20), workdir / "store")
+    data["mixture"]["schedule"][0]["until_step"] = steps // 2
+    data["batch"] = {"seq_len": 256, "batch_size": 8, "packing": "concat"}
+    cfg = config_from_dict(data)
+    prepare(cfg, workers=1, force=True)
+    return cfg
+
+
+def run_arm(cfg, arm: str, seed: int, steps: int, threads: int) -> dict:
+    from mixbatch.proxy import ProxyConfig
+    from mixbatch.proxy.trainer import Trainer
+
+    proxy = ProxyConfig.demo(steps=steps, warmup=10, seed=seed, threads=threads, device="cpu",
+                             eval_tokens=8192, **ARMS[arm])
+    with Trainer(cfg, proxy) as t:
+        t.eval_rows = t.heldout_rows()
+        t.run()
+        rec = t.history[-1]
+        prose = [rec["val_loss"][n] for n in STAGE2 if n in rec["val_loss"]]
+        return {"val": rec["val_loss_mean"], "prose": sum(prose) / len(prose),
+                "tokens": rec["tokens"], "seconds": t.train_seconds, "joules": t.joules,
+                "why": "; ".join(t.energy_unavailable)}
+
+
+def bench(args: argparse.Namespace, workdir: Path) -> str:
+    cfg = corpus(workdir, args.steps)
+    rows, why = [], ""
+    for arm in args.arms:
+        for seed in args.seeds:
+            r = run_arm(cfg, arm, seed, args.steps, args.threads)
+            log(f"{arm} seed {seed}: val {r['val']:.4f}, prose {r['prose']:.4f}, "
+                f"{r['seconds']:.1f} s")
+            why = r["why"] or why
+            rows.append([arm, seed, r["tokens"], f"{r['val']:.4f}", f"{r['prose']:.4f}",
+                         f"{r['seconds']:.1f}",
+                         "n/a" if r["joules"] is None else f"{r['joules']:.1f}"])
+    extra = {"corpus": "built-in demo corpus, byte tokens, stage switch at step "
+                       f"{args.steps // 2}", "background load": background_summary(),
+             "energy": why or "RAPL/NVML read"}
+    return "\n".join([
+        header("LR by tokens and stage: Power / WSD / cosine, re-warm vs none", PACKAGES, extra),
+        "",
+        table(["arm", "seed", "tokens", "val loss (all)", "val loss (stage-2 prose)",
+               "train s", "joules"], rows, align="lrrrrrr"),
+    ])
+
+
+def main() -> None:
+    run_in_workdir(bench, parse_args(), "training")
+
+
+if __name__ == "__main__":
+    main()

@@ -63,3 +63,17 @@ def test_gloo_ddp_hook_measures_local_and_global_gradients(tmp_path: Path) -> No
     assert ranks[0]["estimates"][-1] == pytest.approx(ANALYTIC, rel=0.3)
     assert torch.allclose(torch.tensor(ranks[0]["grad"][0], dtype=torch.float64),
                           xs[-1].mean(0))  # the hook still averages the gradient
+
+
+def test_gloo_proxy_trainer_logs_the_noise_scale_per_step(tmp_path: Path) -> None:
+    from test_loader import _cfg
+    from test_online import _tiny
+
+    _cfg(tmp_path)
+    proxy = _tiny(steps=6, noise_beta=0.5, eval_every=None)
+    ranks = run_gloo(tmp_path, "trainer", {"config": str(tmp_path / "c.yaml"),
+                                           "proxy": proxy.model_dump(mode="json")})
+    assert "error" not in ranks[0], ranks[0].get("error")
+    a, b = ranks
+    assert len(a["noise"]) == 6 and a["noise"] == b["noise"]  # one value a step, every rank
+    assert a["state"]["steps"] == 6 and a["state"]["trace"] > 0

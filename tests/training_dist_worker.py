@@ -65,12 +65,25 @@ def noise(rank: int, world: int, args: dict) -> dict:
     return {"rank": rank, "estimates": estimates, "grad": grad}
 
 
+def trainer(rank: int, world: int, args: dict) -> dict:
+    """The proxy trainer on this rank with the noise scale on."""
+    from mixbatch.config import load_config
+    from mixbatch.proxy import ProxyConfig
+    from mixbatch.proxy.trainer import Trainer
+
+    with Trainer(load_config(args["config"]), ProxyConfig.from_dict(args["proxy"]),
+                 distributed=True) as t:
+        t.run()
+        return {"rank": rank, "noise": t.noise_scale, "losses": t.losses(),
+                "state": t.noise.state_dict() if t.noise else None}
+
+
 def main() -> None:
     kind, args, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        result = {"moe": moe, "noise": noise}[kind](rank, world, args)
+        result = {"moe": moe, "noise": noise, "trainer": trainer}[kind](rank, world, args)
     except Exception as e:  # the test reads the message
         result = {"rank": rank, "error": f"{type(e).__name__}: {e}"}
     gathered: list = [None] * world

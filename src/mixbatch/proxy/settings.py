@@ -81,6 +81,9 @@ class ProxyConfig(BaseModel):
     # hardest of the replay_capacity batches kept by loss (0: off)
     replay_rate: float = Field(default=0.0, ge=0, lt=1)
     replay_capacity: int = Field(default=16, ge=1)
+    # gradient noise scale B_simple in tokens, EMA decay per step (mixbatch.training.noise;
+    # distributed runs only: it compares each rank's gradient with the global one)
+    noise_beta: float | None = Field(default=None, ge=0, lt=1)
     # where
     device: Device = Device.AUTO
     bf16: bool = True  # bf16 autocast on CUDA when the GPU supports it; CPU runs stay float32

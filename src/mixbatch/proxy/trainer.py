@@ -47,6 +47,7 @@ from mixbatch.shape.base import StepPlan
 from mixbatch.training.energy import EnergyMeter
 from mixbatch.training.lamb import Lamb
 from mixbatch.training.lr import TokenLR, TokenSchedule, loader_stage
+from mixbatch.training.noise import NoiseScale
 from mixbatch.training.replay import HardBatchReplay, payload_plan, plan_payload
 
 __all__ = ["Hooks", "Step", "Trainer", "cpu_state", "require_holdout", "torch_threads"]
@@ -172,6 +173,11 @@ class Trainer:
                 torch.optim.AdamW(groups, lr=proxy.lr, betas=(proxy.beta1, proxy.beta2),
                                   **({"fused": True} if self.device.type == "cuda" else {})))
             self.lr_sched = self._token_lr() if by_tokens(proxy) else None
+            # gradient noise scale per step (distributed runs: local vs global gradient)
+            self.noise = (NoiseScale(proxy.noise_beta) if proxy.noise_beta is not None
+                          and self.world_size > 1 else None)
+            self.noise_scale: list[float] = []
+            self._tokens = (0.0, 0.0)
             self.replay = (HardBatchReplay(proxy.replay_capacity, proxy.replay_rate,
                                            len(self.names)) if proxy.replay_rate > 0 else None)
         except BaseException:
@@ -330,9 +336,28 @@ class Trainer:
             return out.loss
         # this rank's share of the global token mean: the summed gradients are exact
         assert out.losses is not None and out.mask is not None
-        total = out.mask.sum().to(torch.float64).reshape(1)
+        local = out.mask.sum().to(torch.float64).reshape(1)
+        total = local.clone()
         dist.all_reduce(total)
+        self._tokens = (float(local), float(total))  # this rank's and all ranks' (noise scale)
         return out.losses.sum() / total.clamp(min=1).to(out.losses.dtype)
+
+    def _grad_sq(self) -> torch.Tensor:
+        grads = [p.grad.detach().to(torch.float64).pow(2).sum()
+                 for p in self.model.parameters() if p.grad is not None]
+        return torch.stack(grads).sum() if grads else torch.zeros((), dtype=torch.float64)
+
+    def _measure_noise(self, share_sq: torch.Tensor) -> None:
+        """B_simple in tokens from this rank's gradient (its share ``share_sq`` rescaled to
+        its own token mean) and the global one now in ``.grad``; appended to ``noise_scale``."""
+        assert self.noise is not None
+        local, total = self._tokens
+        small = (share_sq * (total / max(local, 1.0)) ** 2).reshape(1).cpu()
+        dist.all_reduce(small)  # mean over ranks of |G_small|², below
+        b_small = max(round(total / self.world_size), 1)
+        self.noise_scale.append(self.noise.update(
+            float(small) / self.world_size, float(self._grad_sq()), b_small,
+            max(int(total), b_small + 1)))
 
     def run(self, start: int = 0, end: int | None = None, hooks: Hooks | None = None,
             eval_every: int | None = None) -> tuple[int, bool]:
@@ -366,9 +391,12 @@ class Trainer:
                 self._remember(step, loss)
             loss.backward()
             if self.world_size > 1:
+                share_sq = self._grad_sq() if self.noise is not None else None
                 for p in model.parameters():
                     if p.grad is not None:
                         dist.all_reduce(p.grad)
+                if share_sq is not None:
+                    self._measure_noise(share_sq)
             if proxy.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), proxy.grad_clip)
             opt.step()

@@ -9,7 +9,9 @@ carries it to the router.
 * :func:`micro_balance_loss`: ``f_i`` and ``p_i`` from one micro-batch (what most code does: it
   pushes every few sequences to balance on their own, which blocks expert specialisation).
 * :class:`GlobalBalanceLoss`: the selection counts are all-reduced over the data-parallel group
-  and accumulated over the micro-batches of the step before ``f_i`` is formed. Each rank's
+  and accumulated over the micro-batches of the step before ``f_i`` is formed (micro-batch
+  ``j`` of a step sees the counts of micro-batches ``1..j``, each backward runs before the next
+  micro-batch is routed; the last sees the whole global batch). Each rank's
   ``p_i`` term is its gate sum over the global token count times the world size, so the mean of
   the ranks' losses (what data-parallel gradient averaging optimises) equals the loss of one
   process on the concatenated batch, gradients included.

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.training.lr import TokenLR, TokenSchedule
@@ -106,3 +108,24 @@ def test_bad_input_is_one_line() -> None:
     with pytest.raises(StateError, match="differs"):
         TokenLR(_opt(), TokenSchedule("wsd", 100)).load_state_dict(lr.state_dict())
     assert not math.isnan(lr.get_last_lr()[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.sampled_from(["cosine", "wsd", "power", "constant"]),
+       steps=st.lists(st.integers(0, 400), min_size=1, max_size=12),
+       switch=st.integers(0, 12), cut=st.integers(0, 12),
+       rewarm=st.one_of(st.none(), st.integers(1, 500)))
+def test_property_bounded_and_resumable(shape, steps, switch, cut, rewarm) -> None:
+    s = TokenSchedule(shape, total_tokens=3000, warmup_tokens=100, min_ratio=0.1,
+                      rewarm_tokens=rewarm, batch_size=2)
+    clock, t = [], 0
+    for i, d in enumerate(steps):
+        t += d
+        clock.append((t, int(i >= switch)))
+    whole = _run(TokenLR(_opt(0.5), s), clock)
+    assert all(0.0 <= v <= 0.5 + 1e-12 for v in whole)
+    first = TokenLR(_opt(0.5), s)
+    _run(first, clock[:cut])
+    second = TokenLR(_opt(0.5), s)
+    second.load_state_dict(first.state_dict())
+    assert _run(second, clock[cut:]) == whole[cut:]

@@ -11,7 +11,9 @@ where RAPL/NVML read (``mixbatch.training.energy``), else why not.
 
 Arms: ``cosine`` (by step, the proxy default), ``wsd`` (stable, then linear decay over the last
 20% of tokens), ``power`` (``min(η_max, β·4·n^-0.51)``, the same decay), ``cosine+rewarm``
-(cosine by tokens, re-warmed over 10 steps' tokens at the stage change).
+(cosine by tokens, re-warmed over 10 steps' tokens at the stage change), ``cosine+replay``
+(every 4th step retrains the hardest of 8 batches kept by loss: equal tokens trained, 3/4 of
+them fresh; ``tokens`` counts the fresh ones).
 Run with the project venv: ``nice -n 10 .venv/bin/python benchmarks/bench_training.py``.
 """
 
@@ -29,6 +31,7 @@ ARMS = {
     "wsd": {"schedule": "wsd", "decay_fraction": 0.2},
     "power": {"schedule": "power", "decay_fraction": 0.2},
     "cosine+rewarm": {"schedule": "cosine", "rewarm_tokens": 10 * 8 * 256},
+    "cosine+replay": {"schedule": "cosine", "replay_rate": 0.25, "replay_capacity": 8},
 }
 
 

@@ -13,7 +13,7 @@ Arms: ``cosine`` (by step, the proxy default), ``wsd`` (stable, then linear deca
 20% of tokens), ``power`` (``min(η_max, β·4·n^-0.51)``, the same decay), ``cosine+rewarm``
 (cosine by tokens, re-warmed over 10 steps' tokens at the stage change), ``cosine+replay``
 (every 4th step retrains the hardest of 8 batches kept by loss: equal tokens trained, 3/4 of
-them fresh; ``tokens`` counts the fresh ones).
+them fresh; ``tokens`` counts every token trained, replays included).
 Run with the project venv: ``nice -n 10 .venv/bin/python benchmarks/bench_training.py``.
 """
 

@@ -55,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--target", type=float, default=3.0, help="held-out loss target (sweep)")
     p.add_argument("--eval-every-tokens", type=int, default=8 * 256 * 8)
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "lamb"])
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (sweep)")
     return p.parse_args()
 
 
@@ -97,7 +98,7 @@ def sweep_one(cfg, rows: int, args: argparse.Namespace, seed: int) -> dict:
     steps = max(args.steps * 8 * 256 // per_step, 1)  # the tokens of --steps steps of 8 rows
     proxy = ProxyConfig.demo(batch_size=rows, steps=steps, warmup=max(steps // 8, 1),
                              seed=seed, threads=args.threads, device="cpu", eval_tokens=4096,
-                             optimizer=args.optimizer)
+                             optimizer=args.optimizer, lr=args.lr)
     every = max(args.eval_every_tokens // per_step, 1)
     with Trainer(cfg, proxy) as t:
         t.eval_rows = t.heldout_rows()
@@ -120,7 +121,8 @@ def sweep(args: argparse.Namespace, cfg) -> str:
                          f"{r['seconds']:.1f}"])
     return "\n".join([
         header(f"Batch-size sweep: steps and tokens to held-out loss {args.target}", PACKAGES,
-               {"optimizer": args.optimizer, "background load": background_summary()}),
+               {"optimizer": f"{args.optimizer}, peak LR {args.lr}",
+                "background load": background_summary()}),
         "",
         table(["rows x 256", "seed", "steps run", "steps to target", "tokens to target",
                "final val loss", "train s"], rows, align="rrrrrrr"),

@@ -27,7 +27,6 @@ out with a warning.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ import numpy as np
 
 from mixbatch.atomic import write_json, write_text
 from mixbatch.audit import AuditWriter
+from mixbatch.audit.log import cut_log
 from mixbatch.shape.base import StepPlan
 
 __all__ = [
@@ -140,8 +140,8 @@ class RunFiles:
                     self._csv[name].write(",".join(header) + "\n")
         if audit:
             path = run_dir / (AUDIT_FILE if world_size == 1 else f"audit.rank{rank}.jsonl")
-            if resume_step is not None:
-                self._note(path.name, _cut(path, lambda ln: json.loads(ln)["step"] < resume_step, 0))
+            if resume_step is not None:  # back to the checkpoint's step, a torn tail dropped
+                self._note(path.name, 1 if cut_log(path, resume_step).torn_bytes else 0)
             self._audit = AuditWriter(path, names, append=resume_step is not None)
 
     def _note(self, name: str, torn: int) -> None:
@@ -177,11 +177,7 @@ class RunFiles:
             f.flush()
             os.fsync(f.fileno())
         if self._audit is not None:
-            fd = os.open(self._audit.path, os.O_RDONLY)  # the writer flushes every step
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._audit.sync()
 
     def summary(self, data: dict[str, Any]) -> None:
         if self.dir is not None and self.rank == 0:

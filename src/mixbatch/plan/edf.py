@@ -138,24 +138,32 @@ def _segments(base: np.ndarray, w: np.ndarray, c0: np.int64, pb: np.ndarray,
 
 
 @njit(cache=True, nogil=True)
+def _path_segment(a: np.ndarray, ww: np.ndarray, s_n: int, i: int, level: float,
+                  s0: int) -> int:
+    """The first segment from ``s0`` in which ``T_i`` reaches ``level`` (-1 if none)."""
+    for s in range(s0, s_n):
+        if s < s_n - 1 and a[s + 1, i] < level:
+            continue
+        if ww[s, i] <= 0 and a[s, i] < level:
+            continue
+        return s
+    return -1
+
+
+@njit(cache=True, nogil=True)
 def _path_release(c: np.ndarray, a: np.ndarray, ww: np.ndarray, i: int, level: float,
                   s0: int) -> tuple[np.int64, int]:
     """First integer clock where ``T_i`` reaches ``level`` (``NEVER`` if never), searching from
     segment ``s0``; also the segment it lies in."""
-    s_n = c.size
-    for s in range(s0, s_n):
-        last = s == s_n - 1
-        if not last and a[s + 1, i] < level:
-            continue
-        if ww[s, i] <= 0:
-            if a[s, i] >= level:
-                return c[s], s
-            continue
-        m = first_reach(a[s, i], ww[s, i], level, np.int64(0))
-        if m >= NEVER:
-            return np.int64(NEVER), s
-        return c[s] + m, s
-    return np.int64(NEVER), s_n - 1
+    s = _path_segment(a, ww, c.size, i, level, s0)
+    if s < 0:
+        return np.int64(NEVER), c.size - 1
+    if ww[s, i] <= 0:
+        return c[s], s
+    m = first_reach(a[s, i], ww[s, i], level, np.int64(0))
+    if m >= NEVER:
+        return np.int64(NEVER), s
+    return c[s] + m, s
 
 
 @njit(cache=True, nogil=True)
@@ -163,17 +171,12 @@ def _path_deadline(c: np.ndarray, a: np.ndarray, ww: np.ndarray, i: int, level: 
                    s0: int) -> tuple[np.int64, float]:
     """Where ``T_i`` reaches ``level``: (start of its segment, offset inside it); (NEVER, inf)
     if never."""
-    s_n = c.size
-    for s in range(s0, s_n):
-        last = s == s_n - 1
-        if not last and a[s + 1, i] < level:
-            continue
-        if ww[s, i] <= 0:
-            if a[s, i] >= level:
-                return c[s], 0.0
-            continue
-        return c[s], (level - a[s, i]) / ww[s, i]
-    return np.int64(NEVER), np.inf
+    s = _path_segment(a, ww, c.size, i, level, s0)
+    if s < 0:
+        return np.int64(NEVER), np.inf
+    if ww[s, i] <= 0:
+        return c[s], 0.0
+    return c[s], (level - a[s, i]) / ww[s, i]
 
 
 @njit(cache=True, nogil=True)

@@ -194,9 +194,12 @@ def remove_leftovers(folder: str | Path, *, recursive: bool = True) -> list[Path
     return gone
 
 
-def exit_with_parent() -> None:
-    """Make this (worker) process end when its parent ends, even by ``kill -9``."""
-    parent = os.getppid()
+def exit_with_parent(parent: int | None = None) -> None:
+    """Make this (worker) process end when its parent ends, even by ``kill -9``.
+
+    ``parent``: the parent's pid as the parent saw it before starting this process (default:
+    the current parent); with it, a parent that died before this call is noticed too."""
+    parent = os.getppid() if parent is None else parent
     if sys.platform.startswith("linux"):
         try:
             import ctypes

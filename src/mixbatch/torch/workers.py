@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from mixbatch.errors import MixbatchError
+from mixbatch.lock import exit_with_parent
 from mixbatch.shape.base import StepPlan
 from mixbatch.shape.materialize import PER_POSITION, expand, split_compact
 
@@ -184,17 +185,6 @@ def _fields(batches: list[dict[str, Any]], fields: tuple[str, ...],
     return out
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: the kernel kills this worker when the main process dies (even by SIGKILL)."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before the call above
-        os._exit(0)
-
-
 def _worker_main(conn: Any, reader: Reader,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None,
                  ring: _Ring | None = None, dtype: np.dtype | None = None,
@@ -204,7 +194,7 @@ def _worker_main(conn: Any, reader: Reader,
     for c in others or []:  # the main process's ends, inherited by fork: only it may hold
         c.close()           # them, so that this pipe closes when it dies
     if parent is not None:
-        _die_with_parent(parent)
+        exit_with_parent(parent)  # Linux: the kernel kills it when the main process dies
     dt = np.dtype(np.int64 if dtype is None else dtype)
     while True:
         try:

@@ -141,9 +141,9 @@ def test_a_memory_mapped_store_keeps_its_files_pinned(tmp_path: Path) -> None:
     from conftest import write_jsonl
     from mixbatch.config import config_from_dict
     from mixbatch.io.fs import RemotePath
-    from mixbatch.io.remote_store import publish_store
     from mixbatch.prepare import prepare
     from mixbatch.store import open_store
+    from mixbatch.store_remote import publish_store
 
     write_jsonl(tmp_path / "web.jsonl", [f"document {i} " * (i % 50 + 1) for i in range(300)])
     prepare(config_from_dict({"store": str(tmp_path / "store"), "sources": {"web": {

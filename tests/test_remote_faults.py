@@ -19,9 +19,9 @@ from mixbatch.config import config_from_dict
 from mixbatch.errors import ConfigError
 from mixbatch.io.cache import CacheSettings
 from mixbatch.io.fs import RemoteError, RemotePath, RetryPolicy, read_range, with_retries
-from mixbatch.io.remote_store import publish_store
 from mixbatch.prepare import prepare
 from mixbatch.store import open_store
+from mixbatch.store_remote import publish_store
 
 
 class FaultyFS(MemoryFileSystem):

@@ -57,7 +57,7 @@ def _cfg(h: dict, remote_in: bool, store: str | None = None) -> dict:
 
 
 def test_hub_sources_and_a_store_in_a_repo_give_the_local_store_and_batches(hub: dict) -> None:
-    from mixbatch.io.remote_store import publish_store
+    from mixbatch.store_remote import publish_store
 
     local = config_from_dict(_cfg(hub, remote_in=False))
     prepare(local, workers=1)

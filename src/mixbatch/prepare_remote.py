@@ -8,7 +8,7 @@ is asked for its ETag again, and a change is an error (nothing half-old, half-ne
 Output: with ``store: s3://bucket/stores`` the store of each source is built in a local staging
 folder (``<cache dir>/staging/<hash of the URL>/``, so a killed prepare resumes from its finished
 parts like a local one), then published to ``<URL>/<source>/`` by
-:func:`~mixbatch.io.remote_store.publish_store` (``meta.json`` last). A source whose remote
+:func:`~mixbatch.store_remote.publish_store` (``meta.json`` last). A source whose remote
 ``meta.json`` already records the same inputs and settings is up to date, even without the
 staging folder.
 """
@@ -22,8 +22,8 @@ from typing import Any
 from mixbatch.atomic import json_digest
 from mixbatch.io.cache import CacheSettings, check_writable
 from mixbatch.io.fs import RemotePath, check_unchanged
-from mixbatch.io.remote_store import publish_store, read_remote_meta
 from mixbatch.store import FORMAT_VERSION, META
+from mixbatch.store_remote import publish_store, read_remote_meta
 
 STAGING = "staging"
 

@@ -287,10 +287,10 @@ def open_store(folder: Path | str, verify: bool = False, root: Path | None = Non
 
     ``folder`` may be a URL (``s3://bucket/store/web``) or a
     :class:`~mixbatch.io.fs.RemotePath`: the store is then read by byte ranges through a
-    verified local cache (:mod:`mixbatch.io.remote_store`).
+    verified local cache (:mod:`mixbatch.store_remote`).
     """
     if is_url(folder):
-        from mixbatch.io.remote_store import open_remote_store
+        from mixbatch.store_remote import open_remote_store
 
         return open_remote_store(as_path(folder), verify)  # type: ignore[arg-type]
     folder = Path(folder)

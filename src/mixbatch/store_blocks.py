@@ -24,7 +24,7 @@ from mixbatch.errors import StoreError
 __all__ = ["BLOCKS", "BLOCK_BYTES", "BlockVerifier", "block_digests", "block_hash",
            "default_hash"]
 
-BLOCKS = "block_sums.npy"  # (blocks.npy: the object-storage format, mixbatch.io.remote_store)
+BLOCKS = "block_sums.npy"  # (blocks.npy: the object-storage format, mixbatch.store_remote)
 BLOCK_BYTES = 1 << 20
 _REBUILD = "run `mixbatch prepare CONFIG` to rebuild it"
 

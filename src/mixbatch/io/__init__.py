@@ -6,7 +6,7 @@ worker processes share (:func:`plan_units`), and a unit becomes batches of docum
 :class:`SecondValues`). Bad records raise or are counted in a :class:`SkipCounter`.
 
 Paths may be URLs of object storage (:mod:`mixbatch.io.fs`, :class:`RemotePath`); token stores
-on object storage are read through a verified local cache (:mod:`mixbatch.io.remote_store`,
+on object storage are read through a verified local cache (:mod:`mixbatch.store_remote`,
 :class:`CacheSettings`); ``datasets`` objects become sources with :func:`dataset_source`.
 """
 

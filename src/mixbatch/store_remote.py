@@ -33,7 +33,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from mixbatch.atomic import json_digest, write_text
+from mixbatch.atomic import json_digest, save_npy, write_text
 from mixbatch.errors import ConfigError, StoreError
 from mixbatch.io.cache import CacheSettings, StoreCache, check_writable, open_pinned
 from mixbatch.io.fs import (
@@ -47,6 +47,16 @@ from mixbatch.io.fs import (
     write_bytes,
 )
 from mixbatch.io.skips import one_line
+from mixbatch.store import (
+    META,
+    OFFSETS,
+    SECOND_LENGTHS,
+    TOKENS,
+    TokenStore,
+    describe_file,
+    file_digest,
+    parse_meta,
+)
 
 BLOCKS = "blocks.npy"
 #: default bytes per verified block of tokens.bin (a multiple of 8, so no token straddles two)
@@ -83,8 +93,6 @@ def publish_store(folder: Path, dest: RemotePath, block_bytes: int = BLOCK_BYTES
     Otherwise ``dest/meta.json`` is removed first, the data files and ``blocks.npy`` are
     uploaded, and the new ``meta.json`` (with a ``blocks`` entry) goes last.
     """
-    from mixbatch.atomic import save_npy
-    from mixbatch.store import META, OFFSETS, SECOND_LENGTHS, TOKENS, describe_file
 
     meta = json.loads((folder / META).read_text(encoding="utf-8"))
     if meta.get("external") is not None:
@@ -114,7 +122,6 @@ def publish_store(folder: Path, dest: RemotePath, block_bytes: int = BLOCK_BYTES
 
 def read_remote_meta(url: RemotePath) -> dict[str, Any] | None:
     """The parsed ``meta.json`` of a store at ``url``, or ``None`` when there is none."""
-    from mixbatch.store import META
 
     path = url / META
     if not path.is_file():
@@ -423,7 +430,6 @@ class RemoteTokens:
 def open_remote_store(url: RemotePath, verify: bool = False) -> Any:
     """Open the store at ``url`` (see the module docstring); ``verify=True`` fetches and checks
     every block now."""
-    from mixbatch.store import META, OFFSETS, SECOND_LENGTHS, TOKENS, parse_meta
 
     settings: CacheSettings = url.options if isinstance(url.options, CacheSettings) \
         else CacheSettings()
@@ -483,7 +489,6 @@ def open_remote_store(url: RemotePath, verify: bool = False) -> Any:
     if len(lengths) != meta["documents"]:
         raise StoreError(f"{url / OFFSETS}: {len(lengths)} documents, metadata says "
                          f"{meta['documents']}; prepare the store again")
-    from mixbatch.store import TokenStore
 
     return TokenStore(meta["source"], url, tokens, starts, lengths, meta,
                       None if second is None else second.view(np.ndarray))
@@ -498,7 +503,6 @@ def _whole_file(src: RemotePath, want: dict[str, Any], cache: StoreCache, name: 
     right size and checksum is used as it is), returned open and pinned (the cache does not
     evict it until the caller closes it); a mismatch is downloaded once more, then it is a
     :class:`RemoteError`."""
-    from mixbatch.store import file_digest
 
     path = cache.path(name)
     # written next to the file once it verified; the cache is content-addressed, so a file of

@@ -63,9 +63,9 @@ def _handler(root: Path, failed: set[str]) -> type[BaseHTTPRequestHandler]:
 
 
 def test_http_source_prepares_the_local_store(tmp_path: Path, monkeypatch) -> None:
-    from mixbatch.io.fs import RetryPolicy
+    from mixbatch.io.retry import RetryPolicy
 
-    monkeypatch.setattr("mixbatch.io.fs.DEFAULT_RETRY", RetryPolicy(tries=4, base=0.001))
+    monkeypatch.setattr("mixbatch.io.retry.DEFAULT_RETRY", RetryPolicy(tries=4, base=0.001))
     rng = np.random.default_rng(0)
     texts = [" ".join(["word"] * int(rng.integers(1, 200))) + f" {i}" for i in range(150)]
     write_jsonl(tmp_path / "www" / "web.jsonl", texts)

@@ -9,16 +9,8 @@ from pathlib import Path
 import pytest
 
 from mixbatch.errors import ConfigError
-from mixbatch.io.fs import (
-    RemoteError,
-    RemotePath,
-    TransientError,
-    as_path,
-    check_scheme,
-    classify,
-    http_status,
-    scheme_of,
-)
+from mixbatch.io.fs import RemotePath, as_path, check_scheme, scheme_of
+from mixbatch.io.retry import RemoteError, TransientError, classify, http_status
 
 
 class StatusError(Exception):

@@ -18,7 +18,8 @@ from conftest import write_jsonl
 from mixbatch.config import config_from_dict
 from mixbatch.errors import ConfigError
 from mixbatch.io.cache import CacheSettings
-from mixbatch.io.fs import RemoteError, RemotePath, RetryPolicy, read_range, with_retries
+from mixbatch.io.fs import RemotePath, read_range
+from mixbatch.io.retry import RemoteError, RetryPolicy, with_retries
 from mixbatch.prepare import prepare
 from mixbatch.store import open_store
 from mixbatch.store_remote import publish_store
@@ -79,7 +80,7 @@ FAST = RetryPolicy(tries=4, base=0.001, cap=0.01)
 def clean_fs(monkeypatch):
     FaultyFS.store.clear()
     FaultyFS.faults, FaultyFS.target, FaultyFS.rate, FaultyFS.reads = [], "", 0.0, 0
-    monkeypatch.setattr("mixbatch.io.fs.DEFAULT_RETRY", FAST)
+    monkeypatch.setattr("mixbatch.io.retry.DEFAULT_RETRY", FAST)
     yield
     FaultyFS.store.clear()
 
@@ -120,7 +121,7 @@ def test_transient_faults_are_retried_and_give_the_same_bytes(tmp_path: Path) ->
 def test_random_faults_never_feed_twice_or_skip(tmp_path: Path, monkeypatch) -> None:
     ref, url, _ = _remote(tmp_path, memory_bytes=8192)
     FaultyFS.target, FaultyFS.rate = "tokens.bin", 0.2
-    monkeypatch.setattr("mixbatch.io.fs.DEFAULT_RETRY", RetryPolicy(tries=8, base=0.001, cap=0.01))
+    monkeypatch.setattr("mixbatch.io.retry.DEFAULT_RETRY", RetryPolicy(tries=8, base=0.001, cap=0.01))
     store = open_store(url)
     order = np.random.default_rng(3).permutation(len(ref))
     for chunk in np.array_split(order, 20):

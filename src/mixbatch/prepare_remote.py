@@ -39,7 +39,7 @@ def staging_root(remote: RemotePath) -> Path:
 
 def input_identity(path: RemotePath, start: int, end: int | None) -> str:
     """A digest of what a part read: the object's URL, size and ETag, and the byte range; the
-    object must not have changed while it was read (:class:`~mixbatch.io.fs.RemoteError`)."""
+    object must not have changed while it was read (:class:`~mixbatch.io.retry.RemoteError`)."""
     check_unchanged(path)
     st = path.stat()
     return json_digest([path.url, st.st_size, st.etag, start, end], size=16)

@@ -11,7 +11,7 @@ Opening one (:func:`open_remote_store`) reads ``meta.json``, fetches the small i
 ``tokens`` is a :class:`RemoteTokens`: slicing or fancy-indexing it fetches only the blocks that
 hold the asked tokens, several ranges at once, each checked against ``blocks.npy`` before it
 enters the cache; a mismatch is fetched again once, then it is a
-:class:`~mixbatch.io.fs.RemoteError` naming the URL, the bytes and the object's version tags. The
+:class:`~mixbatch.io.retry.RemoteError` naming the URL, the bytes and the object's version tags. The
 loader's code is unchanged: it indexes ``store.tokens`` as it indexes a memory map.
 
 Prefetch: :meth:`RemoteTokenStore.prefetch` takes document ids the caller will read soon (the

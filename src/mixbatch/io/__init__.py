@@ -13,9 +13,10 @@ on object storage are read through a verified local cache (:mod:`mixbatch.store_
 from mixbatch.io.cache import CacheSettings
 from mixbatch.io.files import ReadUnit, expand_paths, infer_format, plan_units
 from mixbatch.io.formats import Format, OnError, Split
-from mixbatch.io.fs import RemoteError, RemotePath, RetryPolicy
+from mixbatch.io.fs import RemotePath
 from mixbatch.io.hf_datasets import dataset_source
 from mixbatch.io.readers import iter_records, iter_texts
+from mixbatch.io.retry import RemoteError, RetryPolicy
 from mixbatch.io.second import SecondValues
 from mixbatch.io.skips import SkipCounter
 

@@ -61,7 +61,7 @@ def test_default_settings_fit_and_estimate_is_exact(monkeypatch) -> None:
 def test_constants_match_the_loader_and_shapers() -> None:
     from mixbatch.limits import BLOCK_STEPS, WINDOW_BUDGETS
     from mixbatch.loader.loader import BLOCK_STEPS as loader_block
-    from mixbatch.shape.window import WINDOW_BUDGETS as window_budgets
+    from mixbatch.shape.window import WINDOW_BUDGETS as window_budgets  # re-exported
 
     assert (loader_block, window_budgets) == (BLOCK_STEPS, WINDOW_BUDGETS)
 

@@ -33,7 +33,9 @@ FIELD_BYTES = 5 * 8  # input_ids, labels, position_ids, source_ids, doc_ids as i
 PLAN_BYTES = 8  # one int64 plan entry per planned position, at most
 # kept here so that config validation imports nothing heavy; a test checks they match
 BLOCK_STEPS = 64  # steps planned at once by concat (mixbatch.loader.loader.BLOCK_STEPS)
-WINDOW_BUDGETS = 256  # default window, in token budgets (mixbatch.shape.window.WINDOW_BUDGETS)
+#: the default window of ``buckets`` and ``pad_buckets``, in token budgets (the larger, the fewer
+#: part-filled steps; see bench_shaping); shape/window.py reads it from here
+WINDOW_BUDGETS = 256
 _FALLBACK_MEMORY = 8 << 30  # when the machine does not say how much memory it has
 
 

@@ -97,10 +97,11 @@ import numpy as np
 
 from mixbatch.config import Curriculum
 from mixbatch.errors import ConfigError, MixbatchInternalError, StateError
+from mixbatch.limits import WINDOW_BUDGETS
 from mixbatch.plan.interleave import Interleaver
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.follow import Drift, follow_counts
-from mixbatch.shape.window import WINDOW_BUDGETS, WindowReplay
+from mixbatch.shape.window import WindowReplay
 
 __all__ = ["BucketShaper", "Pieces", "bucket_pieces", "bucket_schedule",
            "curriculum_odds", "curriculum_targets", "decompose", "interleave_sources"]

@@ -22,11 +22,8 @@ import numpy as np
 
 from mixbatch.atomic import json_digest
 from mixbatch.errors import StateError
+from mixbatch.limits import WINDOW_BUDGETS as WINDOW_BUDGETS  # re-exported until pad_buckets reads limits
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
-
-#: the default window of ``buckets`` and ``pad_buckets``: this many token budgets (the larger,
-#: the fewer part-filled steps; see those modules and bench_shaping)
-WINDOW_BUDGETS = 256
 
 #: ``(steps, truncated tokens)``, or ``(steps, truncated tokens, skipped documents)``
 PlanWindow = Callable[[Docs, bool], tuple[Any, ...]]

@@ -1,14 +1,12 @@
 """The checkpoint of an online run: one ``torch.save`` dict, written atomically.
 
-Keys (constant, ``format`` first): ``format``, ``step`` (optimizer steps done), ``run`` (what the
-run must share with its continuation: proxy settings, policy, its settings, loop options,
-target), :meth:`mixbatch.proxy.Trainer.state_dict`'s ``model``, ``optimizer``, ``loader``
-(:meth:`MixedLoader.state_dict`, which carries the policy's current weights as its override)
-and ``trained_tokens`` (per source, all ranks), ``policy`` (:meth:`Policy.state_dict`, or None
-for a static mixture), ``history`` (the validation records so far), ``overhead`` (tokens spent
-on reference and probe runs), ``fed_at_feedback`` (tokens fed per source when the policy last
-observed, for the next feedback's ``counts``). It loads with
-``torch.load(..., weights_only=True)``.
+Keys: ``format``, ``step`` (optimizer steps done), ``run`` (what the run must share with its
+continuation: proxy settings, policy, its settings, loop options, target),
+:meth:`mixbatch.proxy.Trainer.state_dict`'s (``model``, ``optimizer``, ``loader``, whose
+override is the policy's current weights, ``history``, ``trained_tokens``, ...), ``policy``
+(:meth:`Policy.state_dict`, or None for a static mixture), ``overhead`` (tokens spent on
+reference and probe runs), ``fed_at_feedback`` (tokens fed per source when the policy last
+observed). It loads with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -21,7 +19,8 @@ import torch
 from mixbatch.atomic import atomic_path
 from mixbatch.errors import StateError
 
-__all__ = ["CHECKPOINT_FILE", "CHECKPOINT_FORMAT", "check_same_run", "load_checkpoint", "save_torch"]
+__all__ = ["CHECKPOINT_FILE", "CHECKPOINT_FORMAT", "check_same_run", "load_checkpoint",
+           "load_torch", "save_torch"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "mixbatch.online.checkpoint/2"
@@ -36,21 +35,26 @@ def save_torch(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
+def load_torch(path: str | Path, error: type[Exception], where: str, bad: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a missing or unreadable file raises
+    ``error`` naming ``where`` and, when unreadable, ``bad`` (what the file is not)."""
     try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise StateError(f"{p}: checkpoint not found") from None
+        raise error(f"{where}: file not found") from None
     except (OSError, RuntimeError, EOFError, ValueError) as e:
-        raise StateError(f"{p}: corrupt checkpoint ({e})") from None
+        raise error(f"{where}: {bad} ({e})") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    ck = load_torch(path, StateError, str(path), "corrupt checkpoint")
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         got = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
-        raise StateError(f"{p}: not an online-run checkpoint (format {got!r}, expected "
+        raise StateError(f"{path}: not an online-run checkpoint (format {got!r}, expected "
                          f"{CHECKPOINT_FORMAT!r})")
     missing = [k for k in _KEYS if k not in ck]
     if missing:
-        raise StateError(f"{p}: malformed checkpoint (no {missing[0]!r})")
+        raise StateError(f"{path}: malformed checkpoint (no {missing[0]!r})")
     return ck
 
 

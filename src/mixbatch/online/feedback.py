@@ -1,54 +1,40 @@
 """The feedback signals a policy asks for, measured on the proxy model, summed over ranks.
 
 Every signal is computed as per-rank *sums* and *counts* and then reduced with
-:func:`mixbatch.proxy.evaluate.global_means`, so that each rank divides the same global
-totals: the feedback, and so the policy's weights, are identical on every rank, and equal (up to
-rounding) to what one process would measure on the whole global batch.
+:func:`mixbatch.proxy.evaluate.global_means`, so the feedback, and so the policy's weights, are
+identical on every rank and equal (up to rounding) to what one process would measure on the
+whole global batch. Measured on the batch at the parameters before the step's update:
 
-Signals:
-
-- ``train_loss``: token-mean loss of each source in the step's batch (from ``source_ids``; the
-  same forward pass as training, no extra cost).
+- ``train_loss``: token-mean loss of each source in the step's batch (the training forward).
 - ``excess_loss`` (DoReMi): token-mean of the per-token clipped excess ``max(ℓ_θ − ℓ_ref, 0)``
   against a frozen reference model (one extra forward pass of the reference).
-- ``grads`` (DGA, FLAD): each source's gradient of its token-mean loss in the batch, restricted
-  to the output layer: the gradient of the head's use of its weight, with the final hidden state
-  detached (:func:`head_grad_sums`). The proxy ties the head to the input embedding; the input
-  use is left out, so this is the "lm_head" partition of FLAD. DGA's paper uses every
-  parameter: ``grads: full`` in DGA's ``mixture.policy`` takes each source's gradient over
-  every parameter through the batch's own graph (:func:`full_grad_sums`, one full backward per
-  source); the default ``head`` takes the head subset (one cheap backward per source).
-- ``target_grad``: the same gradient (head or full) of the token-mean loss of the *target's
-  development documents* (:func:`target_grad_sums`): the half of the target's held-out documents that is
-  never used for reporting (:mod:`mixbatch.online.splits`): one batch's worth of tokens spread
-  over them (at most ``eval_tokens``), the same rows at every update. Held-out text rather than
-  the target's tokens in the batch keeps the signal alive when a policy turns the target down,
-  and matches the methods' "small specialised set" (DGA) and "few-shot target set" (FLAD).
-- ``eval_loss`` (Skill-It): token-mean loss of each evaluation group on its development rows
-  (``eval_tokens`` per group).
+- ``grads`` (DGA, FLAD): each source's gradient of its token-mean loss in the batch. ``head``
+  (the default): restricted to the output layer, the gradient of the head's use of its (tied)
+  weight with the final hidden state detached (:func:`head_grad_sums`; FLAD's "lm_head"
+  partition, one cheap backward per source); ``full`` (DGA's ``grads: full``, the paper's
+  choice): over every parameter through the batch's own graph (:func:`full_grad_sums`).
+- ``target_grad``: the same gradient of the token-mean loss of the *target's development
+  documents* (:func:`target_grad_sums`; the held-out half never used for reporting,
+  :mod:`mixbatch.online.splits`): one batch's worth of tokens (at most ``eval_tokens``), the
+  same rows at every update, so the signal lives on when a policy turns the target down.
 
-Feedback measured on the batch (train loss, excess loss, gradients) and the target gradient
-use the parameters before the step's update; Skill-It's evaluation comes after it, at the end
-of its round.
+After the update, at the end of its round: ``eval_loss`` (Skill-It), the token-mean loss of each
+evaluation group on its development rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 
-from mixbatch.proxy.evaluate import EvalRows
+from mixbatch.proxy.evaluate import EvalRows, autocast, row_batches
 from mixbatch.proxy.model import ProxyLM, shifted_token_losses
 from mixbatch.torch.feedback import per_source_grads, per_source_mean
 
-__all__ = [
-    "HeadInput",
-    "full_grad_sums",
-    "head_grad_sums",
-    "rank_rows",
-    "source_sums",
-    "target_grad_sums",
-]
+__all__ = ["HeadInput", "full_grad_sums", "head_grad_sums", "rank_rows", "source_sums",
+           "target_grad_sums"]
 
 
 class HeadInput:
@@ -81,16 +67,32 @@ def _head_losses(model: ProxyLM, hidden: torch.Tensor, labels: torch.Tensor
     return shifted_token_losses(logits, labels)
 
 
+def _grad_sums(losses: torch.Tensor, mask: torch.Tensor, source_ids: torch.Tensor,
+               num_sources: int, params: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-source gradients of the token-mean loss over ``params`` times the token counts
+    ``[K, P]``, and the counts ``[K]`` (float64)."""
+    grads, _ = per_source_grads(losses, source_ids, num_sources, params, mask)
+    _, counts = per_source_mean(losses.detach(), source_ids, num_sources, mask)
+    return grads.double() * counts.double()[:, None], counts.double()
+
+
 def head_grad_sums(model: ProxyLM, hidden: torch.Tensor, labels: torch.Tensor,
                    source_ids: torch.Tensor, num_sources: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-source sums of head gradients ``[K, P]`` (gradient of the mean × token count) and
-    counts ``[K]``, from the batch's hidden states (see the module docstring)."""
+    """Per-source sums of head gradients ``[K, P]`` and counts ``[K]`` from the batch's hidden
+    states (see the module docstring)."""
     with torch.enable_grad():
         losses, mask = _head_losses(model, hidden, labels)
-        grads, _ = per_source_grads(losses, source_ids, num_sources, [model.head.weight], mask)
-    _, counts = per_source_mean(losses.detach(), source_ids, num_sources, mask)
-    return grads.double() * counts.double()[:, None], counts.double()
+        return _grad_sums(losses, mask, source_ids, num_sources, [model.head.weight])
+
+
+def full_grad_sums(model: ProxyLM, losses: torch.Tensor, mask: torch.Tensor,
+                   source_ids: torch.Tensor, num_sources: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-source sums of gradients over every parameter ``[K, P]`` and counts ``[K]``, from
+    the batch's per-token ``losses`` (still attached to the graph, which is kept for the
+    training step's own backward)."""
+    return _grad_sums(losses, mask, source_ids, num_sources, model.parameters())
 
 
 def rank_rows(rows: EvalRows, rank: int, world_size: int) -> EvalRows:
@@ -99,17 +101,6 @@ def rank_rows(rows: EvalRows, rank: int, world_size: int) -> EvalRows:
         return rows
     s = slice(rank, None, world_size)
     return EvalRows(rows.input_ids[s], rows.labels[s], rows.position_ids[s], rows.docs)
-
-
-def full_grad_sums(model: ProxyLM, losses: torch.Tensor, mask: torch.Tensor,
-                   source_ids: torch.Tensor, num_sources: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-source sums of gradients over every parameter ``[K, P]`` (gradient of the mean ×
-    token count) and counts ``[K]``, from the batch's per-token ``losses`` (still attached to
-    the graph, which is kept for the training step's own backward)."""
-    grads, _ = per_source_grads(losses, source_ids, num_sources, model.parameters(), mask)
-    _, counts = per_source_mean(losses.detach(), source_ids, num_sources, mask)
-    return grads.double() * counts.double()[:, None], counts.double()
 
 
 def target_grad_sums(model: ProxyLM, rows: EvalRows, device: torch.device, batch_rows: int,
@@ -126,12 +117,8 @@ def target_grad_sums(model: ProxyLM, rows: EvalRows, device: torch.device, batch
     was_training = model.training
     model.eval()
     try:
-        for s in range(0, len(rows.input_ids), batch_rows):
-            ids = torch.from_numpy(rows.input_ids[s: s + batch_rows]).to(device)
-            lab = torch.from_numpy(rows.labels[s: s + batch_rows]).to(device)
-            pos = torch.from_numpy(rows.position_ids[s: s + batch_rows]).to(device)
-            with torch.set_grad_enabled(full), torch.autocast(
-                    device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        for ids, lab, pos in row_batches(rows, device, batch_rows):
+            with torch.set_grad_enabled(full), autocast(device, amp):
                 out = model(ids, lab if full else None, pos)
             with torch.enable_grad():
                 if full:

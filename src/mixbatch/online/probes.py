@@ -18,45 +18,32 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
 from mixbatch.atomic import json_digest, write_json
-from mixbatch.config import Config
 from mixbatch.mixture.policies import estimate_graph
 from mixbatch.online.reference import config_key
 from mixbatch.proxy.evaluate import EvalRows, eval_sums
 from mixbatch.proxy.model import ProxyLM
-from mixbatch.proxy.settings import ProxyConfig
 from mixbatch.proxy.train import train_proxy
+from mixbatch.proxy.trainer import Trainer, cpu_state
 
 __all__ = ["GRAPH_FILE", "probe_graph"]
 
 GRAPH_FILE = "skillit_graph.json"
 
 
-def _losses(model: ProxyLM, rows: Mapping[str, EvalRows], device: torch.device,
-            proxy: ProxyConfig) -> np.ndarray:
-    sums, counts = eval_sums(model, rows, device, proxy.eval_batch_rows, None)
-    return (sums / counts.clamp(min=1)).numpy()
-
-
-def probe_graph(cfg: Config, proxy: ProxyConfig, init_state: dict[str, torch.Tensor],
-                model: ProxyLM, rows: Mapping[str, EvalRows], steps: int, run_dir: Path | None,
-                device: torch.device, log: Callable[[str], None] | None = None
-                ) -> tuple[np.ndarray, int]:
-    """The ``K × M`` graph (rows: the config's sources; columns: ``rows``' groups) and the
-    training tokens spent on probes in this call (0 when read from the cache).
-
-    ``model`` is a scratch model of the run's shape (its parameters are overwritten)."""
-    names = list(cfg.sources)
+def probe_graph(t: Trainer, rows: Mapping[str, EvalRows], steps: int, run_dir: Path | None,
+                log: Callable[[str], None] | None = None) -> tuple[np.ndarray, int]:
+    """The ``K × M`` graph (rows: the sources; columns: ``rows``' groups) from the trainer's
+    untrained model, and the training tokens spent on probes in this call (0: cached)."""
+    cfg, proxy, init_state, names = t.cfg, t.proxy, cpu_state(t.model), t.names
     probe = proxy.model_copy(update={"steps": steps, "warmup": min(proxy.warmup, steps // 4),
                                      "eval_every": None, "eval_tokens": 2})
     key = json_digest({"config": config_key(cfg), "proxy": probe.model_dump(mode="json"),
-                  "groups": list(rows), "docs": [rows[g].docs.tolist() for g in rows],
-                  "init": json_digest([float(v.double().sum()) for v in init_state.values()])})
+                       "groups": list(rows), "docs": [rows[g].docs.tolist() for g in rows],
+                       "init": json_digest([float(v.double().sum()) for v in init_state.values()])})
     cache = None if run_dir is None else run_dir / GRAPH_FILE
     if cache is not None and cache.exists():
         saved = json.loads(cache.read_text(encoding="utf-8"))
@@ -64,20 +51,22 @@ def probe_graph(cfg: Config, proxy: ProxyConfig, init_state: dict[str, torch.Ten
             return np.array(saved["graph"], dtype=np.float64), 0
     if log is not None:
         log(f"skillit: {len(names)} probe runs of {steps} steps each to estimate the skills graph")
-    model.load_state_dict(init_state)
-    before = _losses(model, rows, device, proxy)
-    after, spent = [], 0
+    model = ProxyLM(t.model_cfg).to(t.device)  # a scratch model of the run's shape
+
+    def losses(state: dict) -> np.ndarray:
+        model.load_state_dict(state)
+        sums, counts = eval_sums(model, rows, t.device, proxy.eval_batch_rows, None)
+        return (sums / counts.clamp(min=1)).numpy()
+
+    before, after, spent = losses(init_state), [], 0
     for n in names:
         r = train_proxy(cfg, probe, weights={n: 1.0}, init_state=init_state)
         spent += r.train_tokens
-        model.load_state_dict(r.state)
-        after.append(_losses(model, rows, device, proxy))
+        after.append(losses(r.state))
     graph = estimate_graph(before, np.stack(after))
     if cache is not None:
-        record: dict[str, Any] = {"key": key, "sources": names, "groups": list(rows),
-                                  "probe_steps": steps, "before": before.tolist(),
-                                  "after": [a.tolist() for a in after],
-                                  "graph": graph.tolist()}
         cache.parent.mkdir(parents=True, exist_ok=True)
-        write_json(cache, record)
+        write_json(cache, {"key": key, "sources": names, "groups": list(rows),
+                           "probe_steps": steps, "before": before.tolist(),
+                           "after": [a.tolist() for a in after], "graph": graph.tolist()})
     return graph, spent

@@ -2,18 +2,16 @@
 
 DoReMi (Xie et al. 2023, Algorithm 1, step 1) trains a reference model on a reference mixture
 (uniform in the paper's runs) and then steers the proxy by each domain's excess loss over it.
-:func:`reference_model` returns that model, frozen:
-
-- ``reference: PATH`` in ``mixture.policy`` loads it: a plain state dict, a dict with a
-  ``model`` entry (an online run's ``checkpoint.pt``), or a reference cache file;
-- otherwise :func:`mixbatch.proxy.train_proxy` trains it on the uniform mixture over the same
-  sources, with the run's proxy shape, optimiser and seed for ``reference_steps`` steps, and it
-  is cached as ``RUN_DIR/reference.pt`` together with a key of everything it depends on; a
-  later run in the same folder with the same key loads it instead of training again.
+:func:`reference_model` returns that model, frozen: ``reference: PATH`` in ``mixture.policy``
+loads it (a plain state dict, an online run's ``checkpoint.pt`` or a reference cache file);
+otherwise :func:`mixbatch.proxy.train_proxy` trains it on the uniform mixture with the run's
+proxy shape, optimiser and seed for ``reference_steps`` steps, cached as ``RUN_DIR/reference.pt``
+with a key of everything it depends on (a later run with the same key loads it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +20,10 @@ import torch
 from mixbatch.atomic import json_digest
 from mixbatch.config import Config
 from mixbatch.errors import ConfigError
-from mixbatch.online.checkpoint import save_torch
+from mixbatch.online.checkpoint import load_torch, save_torch
 from mixbatch.proxy.model import ProxyLM
-from mixbatch.proxy.settings import ProxyConfig
 from mixbatch.proxy.train import train_proxy
+from mixbatch.proxy.trainer import Trainer
 
 __all__ = ["REFERENCE_FILE", "config_key", "load_model_state", "reference_model"]
 
@@ -41,53 +39,43 @@ def config_key(cfg: Config) -> dict[str, Any]:
 
 def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
     """A model state dict from ``path``: plain, or under a ``model`` key."""
-    p = Path(path)
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"reference: {p}: file not found") from None
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
-        raise ConfigError(f"reference: {p}: not a torch model state ({e})") from None
+    obj = load_torch(path, ConfigError, f"reference: {path}", "not a torch model state")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConfigError(f"reference: {p}: not a model state dict")
+        raise ConfigError(f"reference: {path}: not a model state dict")
     return obj
 
 
-def reference_model(cfg: Config, proxy: ProxyConfig, mcfg: Any, steps: int, path: str | None,
-                    run_dir: Path | None, device: torch.device,
-                    log: Any = None) -> tuple[ProxyLM, int]:
-    """The frozen reference model (eval mode, on ``device``) and the training tokens spent on it
-    in this call (0 when loaded)."""
+def reference_model(t: Trainer, steps: int, path: str | None, run_dir: Path | None,
+                    log: Callable[[str], None] | None = None) -> tuple[ProxyLM, int]:
+    """The frozen reference model for the trainer's run (eval mode, on its device) and the
+    training tokens spent on it in this call (0 when loaded)."""
     spent = 0
     if path is not None:
         state = load_model_state(path)
     else:
-        ref_proxy = proxy.model_copy(update={"steps": steps, "eval_every": None})
-        key = {"config": config_key(cfg), "proxy": ref_proxy.model_dump(mode="json"),
-               "mixture": "uniform"}
+        ref_proxy = t.proxy.model_copy(update={"steps": steps, "eval_every": None})
+        key = json_digest({"config": config_key(t.cfg), "proxy": ref_proxy.model_dump(mode="json"),
+                           "mixture": "uniform"})
         cache = None if run_dir is None else run_dir / REFERENCE_FILE
         state = None
         if cache is not None and cache.exists():
             saved = torch.load(cache, map_location="cpu", weights_only=True)
-            if isinstance(saved, dict) and saved.get("key") == json_digest(key):
+            if isinstance(saved, dict) and saved.get("key") == key:
                 state = saved["model"]
         if state is None:
             if log is not None:
                 log(f"doremi: training the reference model on the uniform mixture ({steps} steps)")
-            names = list(cfg.sources)
-            r = train_proxy(cfg, ref_proxy, weights={n: 1.0 for n in names})
+            r = train_proxy(t.cfg, ref_proxy, weights={n: 1.0 for n in t.names})
             state, spent = r.state, r.train_tokens
             if cache is not None:
-                save_torch({"key": json_digest(key), "model": state, "tokens": spent}, cache)
-    model = ProxyLM(mcfg)
+                save_torch({"key": key, "model": state, "tokens": spent}, cache)
+    model = ProxyLM(t.model_cfg)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ConfigError(f"reference: the model state does not fit this proxy's shape ({e})"
                           ) from None
-    model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.to(t.device).eval().requires_grad_(False)
     return model, spent

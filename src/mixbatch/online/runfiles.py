@@ -8,7 +8,8 @@ file                 contents
 ``losses.csv``       one row per step: ``step``, ``tokens`` (training tokens after the step),
                      ``train_loss`` and ``train_<source>`` (token-mean loss of the step's batch),
                      ``val_<source>`` and ``val_mean`` (validation loss after the step's update,
-                     empty when not evaluated at that step)
+                     empty when not evaluated at that step), ``noise_scale`` (B_simple in
+                     tokens, when measured: ``proxy.noise_beta`` on two or more ranks)
 ``updates.csv``      one row per policy update: ``step`` (steps done), ``weight_<source>``
 ``audit.jsonl``      the rows fed (:class:`mixbatch.audit.AuditWriter`); ``audit.rank<R>.jsonl``
                      per rank when the run is distributed
@@ -107,13 +108,15 @@ class RunFiles:
         resume_step: the step a resumed run continues from (files are cut back to it), or None
             for a fresh run (files are started anew).
         audit: write the audit log.
+        noise: ``losses.csv`` has a ``noise_scale`` column.
     """
 
     def __init__(self, run_dir: Path | None, names: Sequence[str], rank: int = 0,
-                 world_size: int = 1, resume_step: int | None = None, audit: bool = True) -> None:
+                 world_size: int = 1, resume_step: int | None = None, audit: bool = True,
+                 noise: bool = False) -> None:
         self.dir = run_dir
         self.names = list(names)
-        self.rank = rank
+        self.rank, self.noise = rank, noise
         self._csv: dict[str, IO[str]] = {}
         self._audit: AuditWriter | None = None
         self.torn: dict[str, int] = {}  # file: torn last lines dropped when resuming
@@ -123,7 +126,7 @@ class RunFiles:
         headers = {
             WEIGHTS_FILE: ["step", *(f"weight_{n}" for n in names), *(f"tokens_{n}" for n in names)],
             LOSSES_FILE: ["step", "tokens", "train_loss", *(f"train_{n}" for n in names),
-                          *(f"val_{n}" for n in names), "val_mean"],
+                          *(f"val_{n}" for n in names), "val_mean", *(["noise_scale"] * noise)],
             UPDATES_FILE: ["step", *(f"weight_{n}" for n in names)],
         }
         if rank == 0:
@@ -154,14 +157,16 @@ class RunFiles:
             f.write(",".join("" if v is None else _num(v) for v in values) + "\n")
 
     def step(self, step: int, weights: np.ndarray, fed: np.ndarray, tokens: int,
-             train_mean: float, train: np.ndarray, val: dict[str, float] | None,
-             val_mean: float | None) -> None:
-        """The rows of one step in ``weights.csv`` and ``losses.csv``."""
+             train_mean: float, train: np.ndarray, record: dict[str, Any] | None,
+             noise: float | None = None) -> None:
+        """The rows of one step in ``weights.csv`` and ``losses.csv`` (``record``: the
+        validation after it, if any; ``noise``: written when the file has its column)."""
         self._row(WEIGHTS_FILE, [step, *weights.tolist(), *(int(x) for x in fed)])
         vals: list[Any] = [None] * (len(self.names) + 1)
-        if val is not None:
-            vals = [val[n] for n in self.names] + [val_mean]
-        self._row(LOSSES_FILE, [step, int(tokens), train_mean, *train.tolist(), *vals])
+        if record is not None:
+            vals = [record["val_loss"][n] for n in self.names] + [record["val_loss_mean"]]
+        self._row(LOSSES_FILE, [step, int(tokens), train_mean, *train.tolist(), *vals,
+                                *([noise] * self.noise)])
 
     def update(self, step: int, weights: np.ndarray) -> None:
         self._row(UPDATES_FILE, [step, *weights.tolist()])

@@ -12,20 +12,6 @@ from mixbatch.proxy.train import ProxyResult, train_proxy
 from mixbatch.proxy.trainer import Hooks, Step, Trainer
 from mixbatch.torch.feedback import per_source_mean
 
-__all__ = [
-    "Device",
-    "Hooks",
-    "MlpKind",
-    "ModelConfig",
-    "PositionKind",
-    "ProxyConfig",
-    "ProxyLM",
-    "ProxyOutput",
-    "ProxyResult",
-    "Schedule",
-    "Step",
-    "Trainer",
-    "lr_at",
-    "per_source_mean",
-    "train_proxy",
-]
+__all__ = ["Device", "Hooks", "MlpKind", "ModelConfig", "PositionKind", "ProxyConfig", "ProxyLM",
+           "ProxyOutput", "ProxyResult", "Schedule", "Step", "Trainer", "lr_at",
+           "per_source_mean", "train_proxy"]

@@ -11,7 +11,7 @@ rows when distributed: :func:`global_means`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +22,7 @@ from mixbatch.proxy.model import IGNORE_INDEX, ProxyLM
 from mixbatch.store import TokenStore
 from mixbatch.torch.feedback import all_reduce_feedback
 
-__all__ = ["EvalRows", "build_eval_rows", "eval_sums", "global_means"]
+__all__ = ["EvalRows", "autocast", "build_eval_rows", "eval_sums", "global_means", "row_batches"]
 
 
 @dataclass
@@ -40,8 +40,9 @@ class EvalRows:
         return int((self.labels != IGNORE_INDEX).sum())
 
 
-def _windows(store: TokenStore, docs: np.ndarray, seq_len: int, max_tokens: int,
-             eod_id: int) -> tuple[list[np.ndarray], np.ndarray]:
+def build_eval_rows(store: TokenStore, docs: np.ndarray, seq_len: int, max_tokens: int,
+                    eod_id: int, pad_id: int) -> EvalRows:
+    """The evaluation rows of one source from its held-out documents ``docs``."""
     pieces: list[np.ndarray] = []
     used: list[int] = []
     left = max_tokens
@@ -57,15 +58,10 @@ def _windows(store: TokenStore, docs: np.ndarray, seq_len: int, max_tokens: int,
                 left -= len(w)
             if left < 2:
                 break
-    return pieces, np.asarray(used, dtype=np.int64)
-
-
-def _pack(pieces: list[np.ndarray], seq_len: int, pad_id: int
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i]))  # stable: ties keep order
+    # first-fit decreasing (stable: ties keep their order)
     free: list[int] = []
     placed: list[list[int]] = []
-    for i in order:
+    for i in sorted(range(len(pieces)), key=lambda i: -len(pieces[i])):
         n = len(pieces[i])
         row = next((r for r, f in enumerate(free) if f >= n), None)
         if row is None:
@@ -74,50 +70,47 @@ def _pack(pieces: list[np.ndarray], seq_len: int, pad_id: int
             row = len(free) - 1
         free[row] -= n
         placed[row].append(i)
-    R = len(placed)
-    ids = np.full((R, seq_len), pad_id, dtype=np.int64)
-    labels = np.full((R, seq_len), IGNORE_INDEX, dtype=np.int64)
-    pos = np.zeros((R, seq_len), dtype=np.int64)
+    ids = np.full((len(placed), seq_len), pad_id, dtype=np.int64)
+    labels = np.full((len(placed), seq_len), IGNORE_INDEX, dtype=np.int64)
+    pos = np.zeros((len(placed), seq_len), dtype=np.int64)
     for r, members in enumerate(placed):
         c = 0
         for i in members:
             w = pieces[i]
-            n = len(w)
-            ids[r, c: c + n] = w
-            labels[r, c + 1: c + n] = w[1:]
-            pos[r, c: c + n] = np.arange(n)
-            c += n
-    return ids, labels, pos
-
-
-def build_eval_rows(store: TokenStore, docs: np.ndarray, seq_len: int, max_tokens: int,
-                    eod_id: int, pad_id: int) -> EvalRows:
-    """The evaluation rows of one source from its held-out documents ``docs``."""
-    pieces, used = _windows(store, docs, seq_len, max_tokens, eod_id)
-    ids, labels, pos = _pack(pieces, seq_len, pad_id)
-    return EvalRows(ids, labels, pos, used)
-
-
-def _comm_device() -> torch.device:
-    """Where collective operations run: CUDA for NCCL, else the CPU (gloo)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+            ids[r, c: c + len(w)] = w
+            labels[r, c + 1: c + len(w)] = w[1:]
+            pos[r, c: c + len(w)] = np.arange(len(w))
+            c += len(w)
+    return EvalRows(ids, labels, pos, np.asarray(used, dtype=np.int64))
 
 
 def global_means(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All-reduce ``sums`` ([M] or [M, P]) and ``counts`` ([M]) over ranks (a no-op outside
     ``torch.distributed``); return the global means (NaN where a group has no tokens on any
     rank) and the global counts, on the CPU, float64."""
-    where = _comm_device()
+    nccl = dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl"
+    where = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     sums = sums.detach().to(where, torch.float64, copy=True)
     counts = counts.detach().to(where, torch.float64, copy=True)
     all_reduce_feedback(sums, counts)
     sums, counts = sums.cpu(), counts.cpu()
-    shape = (-1,) + (1,) * (sums.dim() - 1)
-    means = sums / counts.clamp(min=1).reshape(shape)
+    means = sums / counts.clamp(min=1).reshape((-1,) + (1,) * (sums.dim() - 1))
     means[counts == 0] = float("nan")
     return means, counts
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device`` (None: off)."""
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def row_batches(rows: EvalRows, device: torch.device, batch_rows: int
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``rows`` on ``device`` as (ids, labels, positions), ``batch_rows`` rows at a time."""
+    for s in range(0, len(rows.input_ids), batch_rows):
+        ids, lab, pos = (torch.from_numpy(a[s: s + batch_rows]).to(device)
+                         for a in (rows.input_ids, rows.labels, rows.position_ids))
+        yield ids, lab, pos
 
 
 @torch.no_grad()
@@ -133,12 +126,8 @@ def eval_sums(model: ProxyLM, rows: Mapping[str, EvalRows], device: torch.device
     try:
         for i, ev in enumerate(rows.values()):
             total = torch.zeros((), dtype=torch.float64, device=device)
-            for s in range(0, len(ev.input_ids), batch_rows):
-                ids = torch.from_numpy(ev.input_ids[s: s + batch_rows]).to(device)
-                lab = torch.from_numpy(ev.labels[s: s + batch_rows]).to(device)
-                pos = torch.from_numpy(ev.position_ids[s: s + batch_rows]).to(device)
-                with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
-                                    enabled=autocast_dtype is not None):
+            for ids, lab, pos in row_batches(ev, device, batch_rows):
+                with autocast(device, autocast_dtype):
                     out = model(ids, lab, pos)
                 total += out.losses.double().sum()
             sums[i] = total.cpu()

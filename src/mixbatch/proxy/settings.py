@@ -88,6 +88,7 @@ class ProxyConfig(BaseModel):
     device: Device = Device.AUTO
     bf16: bool = True  # bf16 autocast on CUDA when the GPU supports it; CPU runs stay float32
     threads: int | None = Field(default=None, ge=1)  # torch CPU threads during the run
+    co2_g_per_kwh: float | None = Field(default=None, ge=0)  # grid intensity for the CO2 figure
     # evaluation
     eval_every: int | None = Field(default=None, ge=1)  # also always at the end
     eval_tokens: int = Field(default=16_384, ge=2)  # held-out tokens read per source

@@ -2,15 +2,9 @@
 
 Offline mixture search (RegMix, Liu et al. 2024, arXiv 2407.01492) trains many small proxies,
 one per candidate mixture, and regresses their per-source validation losses on the mixture
-weights. :func:`train_proxy` is one such run of the :class:`~mixbatch.proxy.trainer.Trainer`
-with no hooks: a :class:`MixedLoader` over the config's sources (its mixture replaced by
-``weights`` when given), AdamW with linear warm-up then a constant or cosine learning rate
-(:mod:`mixbatch.proxy.settings`), and the validation loss of each source on its held-out
-documents (``holdout:`` in the config) at the end and every ``eval_every`` steps.
-
-Runs are deterministic given the config's seed (the data order) and ``ProxyConfig.seed`` (the
-initialisation): on CPU two runs with the same thread count give bit-identical losses. On CUDA
-attention kernels may reorder reductions, so repeated runs agree only to rounding.
+weights. :func:`train_proxy` is one such run: the :class:`~mixbatch.proxy.trainer.Trainer`
+with no hooks on the config's sources (its mixture replaced by ``weights`` when given), scored
+on each source's held-out documents at the end and every ``eval_every`` steps.
 """
 
 from __future__ import annotations
@@ -48,7 +42,11 @@ class ProxyResult:
     params: int  # non-embedding parameters
     params_total: int
     device: str
+    world_size: int
     weights: dict[str, float] | None  # `weights` normalised, every source (None: the config's)
+    # joules (total, per token), CO2, or None with why not (Trainer.report)
+    energy: dict[str, Any] = field(default_factory=dict)
+    noise_scale: dict[str, Any] = field(default_factory=dict)  # last B_simple, or why not
     state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,16 +69,14 @@ def train_proxy(cfg: Config, proxy: ProxyConfig | None = None,
     """Train a proxy on ``cfg``'s sources and evaluate it on their held-out documents.
 
     Args:
-        cfg: the mixbatch config (sources prepared; ``holdout`` > 0; ``batch`` unless the proxy
-            overrides ``seq_len``/``batch_size``).
+        cfg: the mixbatch config (sources prepared; ``holdout`` > 0).
         proxy: model and optimiser settings (default :class:`ProxyConfig`).
-        weights: the mixture to train on, ``{source: weight}`` (missing sources get 0); replaces
-            the config's mixture from the first step. None: the config's mixture.
-        init_state: a model state dict (e.g. a previous ``ProxyResult.state``) to start from
-            instead of a fresh initialisation; the optimiser, the LR schedule and the data
-            stream start anew.
+        weights: the mixture to train on, ``{source: weight}`` (missing sources get 0), from
+            the first step. None: the config's mixture.
+        init_state: a model state dict (e.g. a previous ``ProxyResult.state``) to start from;
+            the optimiser, the LR schedule and the data stream start anew.
         on_step: called with ``(step, batch)`` before each step trains on ``batch`` (the
-            loader's numpy dict), e.g. to log what was fed.
+            loader's numpy dict).
 
     Raises:
         ConfigError: ``holdout`` is 0, unknown source names in ``weights``, a bad shape or
@@ -96,19 +92,12 @@ def train_proxy(cfg: Config, proxy: ProxyConfig | None = None,
         t.eval_rows = t.heldout_rows()
         done, _ = t.run(eval_every=t.proxy.eval_every,
                         hooks=None if on_step is None else _OnStep(on_step))
-        last = t.history[-1]
-        losses = t.losses()
-        fed = t.by_source
-        train_tokens = int(fed.sum())
+        report, losses = t.report(), t.losses()
+        tokens = report.pop("train_tokens")
         return ProxyResult(
-            val_loss=dict(last["val_loss"]), val_loss_mean=last["val_loss_mean"],
-            val_tokens={n: r.tokens for n, r in t.eval_rows.items()},
-            train_tokens=train_tokens,
-            train_tokens_by_source={n: int(x) for n, x in zip(t.names, fed, strict=True)},
-            steps=done, seconds=time.perf_counter() - t_start, train_seconds=t.train_seconds,
-            tokens_per_s=(train_tokens / t.train_seconds if t.train_seconds > 0
-                          else float("nan")),
+            **report, val_tokens={n: r.tokens for n, r in t.eval_rows.items()},
+            train_tokens=tokens, steps=done, seconds=time.perf_counter() - t_start,
+            tokens_per_s=tokens / t.train_seconds if t.train_seconds > 0 else float("nan"),
             train_loss=losses[-1] if losses else float("nan"), train_losses=losses,
-            history=t.history, params=t.model.num_params(),
-            params_total=t.model.num_params(non_embedding=False), device=t.device_name,
+            params=t.model.num_params(), params_total=t.model.num_params(non_embedding=False),
             weights=asked, state=cpu_state(t.model))

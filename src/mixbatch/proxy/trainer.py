@@ -1,27 +1,17 @@
 """The one proxy trainer: every proxy run of mixbatch is a :class:`Trainer` driven by hooks.
 
-Offline search runs and merging ablations (:func:`mixbatch.proxy.train_proxy`), online policy
-runs (:func:`mixbatch.online.train_online`), Skill-It's probes and DoReMi's reference model
-(``train_proxy`` calls) and the scoring of merged models
-(:func:`mixbatch.search.merge.heldout_evaluator`) share what it owns: the loader (batch shape
-overridden by the proxy's ``seq_len`` / ``batch_size``; one process or this rank of
-``torch.distributed``), the device (``cuda`` asked for without one is an error), bf16 autocast
-on a CUDA device that supports it, torch's CPU threads for the run (restored by ``close``), the
-model seeded by ``ProxyConfig.seed`` without touching the caller's RNG (or a given state),
-AdamW with decay on matrices only, the schedule (:func:`~mixbatch.proxy.settings.lr_at`),
-gradient clipping, held-out evaluation over every rank, and a checkpoint's model + optimiser +
-loader state.
+Search and merging runs (:func:`mixbatch.proxy.train_proxy`), online policy runs
+(:func:`mixbatch.online.train_online`), Skill-It's probes, DoReMi's reference model and the
+scoring of merged models (:func:`mixbatch.search.merge.heldout_evaluator`) all use it.
 
 One step ``k`` of :meth:`Trainer.run` (``k`` steps done before it): plan the global step with
 the loader's current weights and read this rank's rows, ``hooks.before_forward(step)``;
-forward, ``hooks.before_backward(step)`` (parameters still before the update: feedback measured
-on the batch goes here); backward (each rank's loss is its share of the global token mean and
-gradients are summed over ranks, so every rank takes the same step), clip, AdamW; validation
-every ``eval_every`` steps and at the last step, ``hooks.after_update(step, record)``.
-
-With no hooks a run is a plain proxy run, so an online run without a policy trains the same
-model as ``train_proxy`` by construction. On CPU two runs with the same seeds and thread count
-are bit-identical; on CUDA attention kernels may reorder reductions (equal to rounding).
+forward, ``hooks.before_backward(step)`` (parameters still before the update); backward (each
+rank's loss is its share of the global token mean and gradients are summed over ranks, so
+every rank takes the same step), clip, update; validation every ``eval_every`` steps and at
+the last step, ``hooks.after_update(step, record)``. With no hooks a run is a plain proxy run,
+so an online run without a policy trains the same model as ``train_proxy`` by construction.
+On CPU two runs with the same seeds and thread count are bit-identical.
 """
 
 from __future__ import annotations
@@ -40,11 +30,11 @@ from mixbatch.config import Config
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.loader.loader import MixedLoader
 from mixbatch.loader.loader import Step as Planned
-from mixbatch.proxy.evaluate import EvalRows, build_eval_rows, eval_sums, global_means
+from mixbatch.proxy.evaluate import EvalRows, autocast, build_eval_rows, eval_sums, global_means
 from mixbatch.proxy.model import ProxyLM, ProxyOutput
 from mixbatch.proxy.settings import Device, Optimizer, ProxyConfig, by_tokens, lr_at
 from mixbatch.shape.base import StepPlan
-from mixbatch.training.energy import EnergyMeter
+from mixbatch.training.energy import EnergyMeter, EnergyReading
 from mixbatch.training.lamb import Lamb
 from mixbatch.training.lr import TokenLR, TokenSchedule, loader_stage
 from mixbatch.training.noise import NoiseScale
@@ -67,18 +57,10 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 
 def require_holdout(cfg: Config, what: str) -> None:
-    """Refuse a config that holds no documents out: ``what`` (e.g. "proxy runs score held-out
-    documents") says why the run needs them."""
+    """Refuse a config that holds no documents out; ``what`` says why the run needs them."""
     if cfg.holdout <= 0:
         raise ConfigError(f"holdout: {what}, but the config holds no documents out (holdout is "
                           "0); set `holdout:` to a fraction, e.g. `holdout: 0.05`")
-
-
-def _param_groups(model: ProxyLM, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices (the tied embedding included), not norm gains."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    keep = [p for p in model.parameters() if p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -122,17 +104,15 @@ class Hooks:
 
 
 class Trainer:
-    """One proxy run's model, optimiser, loader and evaluation (see the module docstring).
+    """One proxy run's loader, model, optimiser, schedule and evaluation.
 
-    Args:
-        cfg: the mixbatch config (sources prepared).
-        proxy: model, optimiser, device and evaluation settings (default :class:`ProxyConfig`).
-        distributed: take rank and world size from ``torch.distributed`` (else one process).
-        init_state: a model state dict to start from instead of the seeded initialisation.
-
-    The trainer sets torch's CPU threads to ``proxy.threads`` until :meth:`close` (or the end
-    of a ``with`` block). ``eval_rows`` (this rank's rows per source) is what :meth:`validate`
-    scores: :meth:`heldout_rows` unless the caller sets other rows.
+    The loader's batch shape is overridden by the proxy's ``seq_len`` / ``batch_size``; with
+    ``distributed`` rank and world size come from ``torch.distributed``. The model is seeded by
+    ``proxy.seed`` without touching the caller's RNG (or starts from ``init_state``); AdamW (or
+    LAMB) decays matrices only; bf16 autocast on a CUDA device that supports it. torch's CPU
+    threads are ``proxy.threads`` until :meth:`close` (or the end of a ``with`` block).
+    :meth:`validate` scores ``eval_rows`` (this rank's rows per source, e.g.
+    :meth:`heldout_rows`).
     """
 
     def __init__(self, cfg: Config, proxy: ProxyConfig | None = None, *,
@@ -140,7 +120,7 @@ class Trainer:
                  init_state: dict[str, torch.Tensor] | None = None) -> None:
         self.proxy = proxy = proxy or ProxyConfig()
         batch = {k: v for k, v in (("seq_len", proxy.seq_len), ("batch_size", proxy.batch_size))
-                 if v is not None}  # the proxy's batch shape overrides the config's
+                 if v is not None}
         self.cfg = cfg = cfg.model_copy(update={"batch": cfg.batch.model_copy(update=batch)})
         if proxy.device == Device.CUDA and not torch.cuda.is_available():
             raise ConfigError("proxy.device: cuda was asked for but torch sees no CUDA device "
@@ -166,47 +146,44 @@ class Trainer:
                 except RuntimeError as e:
                     raise ConfigError(f"init_state does not fit this proxy's shape: {e}") from None
             self.model.to(self.device).train()
-            groups = _param_groups(self.model, proxy.weight_decay)
+            params = list(self.model.parameters())  # decay matrices (the tied embedding too)
+            groups = [{"params": [p for p in params if p.dim() >= 2],
+                       "weight_decay": proxy.weight_decay},
+                      {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+            betas = (proxy.beta1, proxy.beta2)
             self.opt: torch.optim.Optimizer = (
-                Lamb(groups, lr=proxy.lr, betas=(proxy.beta1, proxy.beta2))
-                if proxy.optimizer == Optimizer.LAMB else
-                torch.optim.AdamW(groups, lr=proxy.lr, betas=(proxy.beta1, proxy.beta2),
-                                  **({"fused": True} if self.device.type == "cuda" else {})))
-            self.lr_sched = self._token_lr() if by_tokens(proxy) else None
-            # gradient noise scale per step (distributed runs: local vs global gradient)
+                Lamb(groups, lr=proxy.lr, betas=betas) if proxy.optimizer == Optimizer.LAMB
+                else torch.optim.AdamW(groups, lr=proxy.lr, betas=betas,
+                                       **({"fused": True} if cuda else {})))
+            per_step = cfg.batch.batch_size * cfg.batch.seq_len  # warmup and steps in batches
+            self.lr_sched = TokenLR(self.opt, TokenSchedule(
+                proxy.schedule.value, total_tokens=proxy.steps * per_step,
+                warmup_tokens=min(proxy.warmup, proxy.steps - 1) * per_step,
+                decay_fraction=proxy.decay_fraction, min_ratio=proxy.min_lr_ratio,
+                batch_size=cfg.batch.batch_size, rewarm_tokens=proxy.rewarm_tokens),
+                loader=self.loader) if by_tokens(proxy) else None
+            # B_simple per step from the local and global gradients (distributed runs only)
             self.noise = (NoiseScale(proxy.noise_beta) if proxy.noise_beta is not None
                           and self.world_size > 1 else None)
-            self.noise_scale: list[float] = []
-            self._tokens = (0.0, 0.0)
             self.replay = (HardBatchReplay(proxy.replay_capacity, proxy.replay_rate,
                                            len(self.names)) if proxy.replay_rate > 0 else None)
         except BaseException:
             self.close()
             raise
+        self.noise_scale: list[float] = []  # B_simple in tokens, one a step of run()
+        self._tokens = (0.0, 0.0)  # this rank's and all ranks' tokens of the step
         self.eval_rows: dict[str, EvalRows] = {}
-        # real tokens trained on per source: on every rank before the last load_state_dict,
-        # and on this rank's rows since
+        # real tokens trained per source: every rank's before the last load_state_dict, this
+        # rank's since
         self.tokens_before = np.zeros(len(self.names), dtype=np.int64)
         self.by_source = np.zeros(len(self.names), dtype=np.int64)
         self.history: list[dict[str, Any]] = []  # one record per validation
         self.train_losses: list[torch.Tensor] = []  # token-mean loss of each step of run()
-        self.train_seconds = 0.0  # training steps only, validation excluded
-        self.eval_seconds = 0.0
-        # joules of run() from RAPL / NVML counters (validation included); None when no
-        # counter is readable, energy_unavailable then says why
-        self.meter = EnergyMeter(nvml=self.device.type == "cuda")
+        self.train_seconds = self.eval_seconds = 0.0  # training steps; validation
+        # joules of the run from RAPL / NVML counters (None when none reads: energy_unavailable)
+        self.meter = EnergyMeter(nvml=cuda)
         self.joules: float | None = 0.0 if self.meter.rapl or self.meter.handles else None
         self.energy_unavailable = list(self.meter.unavailable)
-
-    def _token_lr(self) -> TokenLR:
-        """The schedule by tokens trained: ``warmup`` and ``steps`` in steps of the batch."""
-        proxy, batch = self.proxy, self.cfg.batch
-        per_step = batch.batch_size * batch.seq_len
-        sched = TokenSchedule(proxy.schedule.value, total_tokens=proxy.steps * per_step,
-                              warmup_tokens=min(proxy.warmup, proxy.steps - 1) * per_step,
-                              decay_fraction=proxy.decay_fraction, min_ratio=proxy.min_lr_ratio,
-                              batch_size=batch.batch_size, rewarm_tokens=proxy.rewarm_tokens)
-        return TokenLR(self.opt, sched, loader=self.loader)
 
     def close(self) -> None:
         """Give torch its CPU threads back (idempotent)."""
@@ -222,10 +199,9 @@ class Trainer:
 
     def heldout_rows(self) -> dict[str, EvalRows]:
         """``eval_tokens`` tokens of every source's held-out documents, in their keyed order."""
-        heldout = self.loader.heldout()
-        loader, seq_len = self.loader, self.cfg.batch.seq_len
-        return {n: build_eval_rows(s, heldout[n], seq_len, self.proxy.eval_tokens, loader.eod_id,
-                                   loader.pad_id)
+        heldout, loader = self.loader.heldout(), self.loader
+        return {n: build_eval_rows(s, heldout[n], self.cfg.batch.seq_len, self.proxy.eval_tokens,
+                                   loader.eod_id, loader.pad_id)
                 for n, s in zip(self.names, loader.stores, strict=True)}
 
     def loss_means(self, rows: dict[str, EvalRows]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,42 +230,74 @@ class Trainer:
         return record
 
     def trained_tokens(self) -> np.ndarray:
-        """Real (non-padding) tokens trained on per source so far, over every rank (a collective
-        operation when distributed)."""
+        """Real (non-padding) tokens trained per source so far, over every rank (collective)."""
         if self.world_size == 1:
             return self.tokens_before + self.by_source
         counts = torch.from_numpy(self.by_source.astype(np.float64))
-        summed = global_means(torch.zeros_like(counts), counts)[1].numpy().astype(np.int64)
-        return self.tokens_before + summed
+        return self.tokens_before + global_means(torch.zeros_like(counts), counts)[1].numpy(
+            ).astype(np.int64)
+
+    def report(self) -> dict[str, Any]:
+        """The run's figures so far (collective when distributed): last validation, real tokens
+        trained, history, timing; ``energy``: joules of :meth:`run` (RAPL / NVML counters,
+        validation included), per token trained and as grams of CO2 at
+        ``proxy.co2_g_per_kwh``, each None with why when it cannot be read (never estimated);
+        ``noise_scale``: the last B_simple (tokens) or why there is none."""
+        proxy, tokens = self.proxy, self.trained_tokens()
+        total, last = int(tokens.sum()), self.history[-1] if self.history else None
+        energy = EnergyReading(self.joules, self.train_seconds + self.eval_seconds, {},
+                               self.energy_unavailable).as_dict(total, proxy.co2_g_per_kwh)
+        del energy["sources"]
+        if proxy.co2_g_per_kwh is None:
+            energy.update(co2_grams=None, co2_unavailable="no grid intensity given "
+                          "(proxy.co2_g_per_kwh, grams of CO2 per kWh where it runs)")
+        if self.world_size > 1:
+            energy["scope"] = "counters of rank 0's machine (all its processes), not the others"
+        noise = ({"last": self.noise_scale[-1] if self.noise_scale else None,
+                  "steps": len(self.noise_scale)} if self.noise is not None else
+                 {"last": None, "unavailable": "off (proxy.noise_beta)" if proxy.noise_beta is None
+                  else "needs two or more ranks (it compares local and global gradients)"})
+        return {"val_loss": None if last is None else dict(last["val_loss"]),
+                "val_loss_mean": None if last is None else last["val_loss_mean"],
+                "train_tokens": total,
+                "train_tokens_by_source": {n: int(x) for n, x in zip(self.names, tokens,
+                                                                     strict=True)},
+                "history": self.history, "train_seconds": self.train_seconds,
+                "device": self.device_name, "world_size": self.world_size, "energy": energy,
+                "noise_scale": noise}
 
     def state_dict(self) -> dict[str, Any]:
-        """Model (CPU copy), optimiser and loader state, and the tokens trained on per source
-        (summed over ranks: every rank calls this, though one may be enough to save it)."""
+        """Model (CPU copy), optimiser, loader and validation history, tokens trained per
+        source and joules (over ranks: every rank calls this), and the schedule, replay memory
+        and noise monitor when on."""
         state = {"model": cpu_state(self.model), "optimizer": self.opt.state_dict(),
-                 "loader": self.loader.state_dict(),
-                 "trained_tokens": self.trained_tokens().tolist()}
-        if self.lr_sched is not None:
-            state["lr_scheduler"] = self.lr_sched.state_dict()
-        if self.replay is not None:
-            state["replay"] = self.replay.state_dict()
+                 "loader": self.loader.state_dict(), "history": list(self.history),
+                 "trained_tokens": self.trained_tokens().tolist(), "joules": self.joules}
+        for key, part in self._parts():
+            if part is not None:
+                state[key] = part.state_dict()
         return state
+
+    def _parts(self) -> list[tuple[str, Any]]:
+        return [("lr_scheduler", self.lr_sched), ("replay", self.replay), ("noise", self.noise)]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.loader.load_state_dict(state["loader"])
-        if self.lr_sched is not None:
-            if "lr_scheduler" not in state:
-                raise StateError("checkpoint: this run's LR follows tokens (schedule "
-                                 f"{self.proxy.schedule.value}), but the state has no lr_scheduler")
-            self.lr_sched.load_state_dict(state["lr_scheduler"])
-        if self.replay is not None:
-            if "replay" not in state:
-                raise StateError("checkpoint: this run replays hard batches, but the state has "
-                                 "no replay memory")
-            self.replay.load_state_dict(state["replay"])
+        for key, part in self._parts():
+            if part is not None:
+                if key not in state:
+                    raise StateError(f"checkpoint: the state has no {key}, but this run's proxy "
+                                     "settings keep one")
+                part.load_state_dict(state[key])
+        self.history = list(state.get("history", self.history))
         self.tokens_before = np.asarray(state["trained_tokens"], dtype=np.int64)
         self.by_source[:] = 0
+        before = state.get("joules")
+        if before is None and self.joules is not None:
+            self.energy_unavailable.append("the run's part before this state: not read")
+        self.joules = None if before is None or self.joules is None else before + self.joules
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -312,13 +320,10 @@ class Trainer:
         batch = self.loader.batch_of(planned, rows=planned.rows if replayed else None)
         src, k_src = batch["source_ids"], len(self.names)
         self.by_source += np.bincount(src[src >= 0], minlength=k_src)[:k_src]
-        dev = self.device
-
-        def put(name: str) -> torch.Tensor:
-            return torch.from_numpy(batch[name]).to(dev, non_blocking=True)
-
-        return Step(k, planned, batch, weights, self.loader.fed_tokens - fed_before, put("input_ids"),
-                    put("labels"), put("position_ids"), put("source_ids"), replayed=replayed)
+        put = [torch.from_numpy(batch[n]).to(self.device, non_blocking=True)
+               for n in ("input_ids", "labels", "position_ids", "source_ids")]
+        return Step(k, planned, batch, weights, self.loader.fed_tokens - fed_before, *put,
+                    replayed=replayed)
 
     def _remember(self, step: Step, loss: torch.Tensor) -> None:
         """Offer the step's batch to the replay memory with its global token-mean loss."""
@@ -339,7 +344,7 @@ class Trainer:
         local = out.mask.sum().to(torch.float64).reshape(1)
         total = local.clone()
         dist.all_reduce(total)
-        self._tokens = (float(local), float(total))  # this rank's and all ranks' (noise scale)
+        self._tokens = (float(local), float(total))
         return out.losses.sum() / total.clamp(min=1).to(out.losses.dtype)
 
     def _grad_sq(self) -> torch.Tensor:
@@ -382,8 +387,7 @@ class Trainer:
             else:
                 for group in opt.param_groups:
                     group["lr"] = lr_at(k, proxy)
-            with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16,
-                                enabled=self.amp is not None):
+            with autocast(self.device, self.amp):
                 step.out = model(step.ids, step.labels, step.pos)
             loss = self._loss(step.out)
             hooks.before_backward(step)

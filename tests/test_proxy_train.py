@@ -12,7 +12,7 @@ from mixbatch.config import load_config
 from mixbatch.errors import ConfigError
 from mixbatch.loader.loader import MixedLoader
 from mixbatch.prepare import prepare
-from mixbatch.proxy import ProxyConfig, lr_at, train_proxy
+from mixbatch.proxy import Hooks, ProxyConfig, Step, lr_at, train_proxy
 from mixbatch.proxy.evaluate import build_eval_rows
 from mixbatch.proxy.model import IGNORE_INDEX
 
@@ -91,11 +91,12 @@ def test_heldout_documents_are_never_trained_on(cfg) -> None:
     assert all(len(h) == 8 for h in held.values())  # 10% of 80 documents
     fed: dict[int, set[int]] = {0: set(), 1: set()}
 
-    def record(step: int, batch: dict) -> None:
-        for s in (0, 1):
-            fed[s].update(batch["doc_ids"][batch["source_ids"] == s].tolist())
+    class Record(Hooks):
+        def before_forward(self, step: Step) -> None:
+            for s in (0, 1):
+                fed[s].update(step.batch["doc_ids"][step.batch["source_ids"] == s].tolist())
 
-    train_proxy(cfg, _tiny(steps=60), on_step=record)
+    train_proxy(cfg, _tiny(steps=60), hooks=Record())
     for s, name in enumerate(cfg.sources):
         assert len(fed[s]) > 40  # most training documents were seen (several epochs)
         assert fed[s].isdisjoint(held[name].tolist())
@@ -139,8 +140,12 @@ def test_init_state_continues_from_a_checkpoint(cfg) -> None:
 
 def test_proxy_batch_overrides_the_config(cfg) -> None:
     shapes = []
-    r = train_proxy(cfg, _tiny(steps=2, seq_len=32, batch_size=2),
-                    on_step=lambda k, b: shapes.append(b["input_ids"].shape))
+
+    class Shapes(Hooks):
+        def before_forward(self, step: Step) -> None:
+            shapes.append(step.batch["input_ids"].shape)
+
+    r = train_proxy(cfg, _tiny(steps=2, seq_len=32, batch_size=2), hooks=Shapes())
     assert shapes == [(2, 32), (2, 32)]
     assert r.train_tokens == 2 * 2 * 32
 

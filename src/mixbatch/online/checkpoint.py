@@ -1,12 +1,9 @@
 """The checkpoint of an online run: one ``torch.save`` dict, written atomically.
 
-Keys: ``format``, ``step`` (optimizer steps done), ``run`` (what the run must share with its
-continuation: proxy settings, policy, its settings, loop options, target),
-:meth:`mixbatch.proxy.Trainer.state_dict`'s (``model``, ``optimizer``, ``loader``, whose
-override is the policy's current weights, ``history``, ``trained_tokens``, ...), ``policy``
-(:meth:`Policy.state_dict`, or None for a static mixture), ``overhead`` (tokens spent on
-reference and probe runs), ``fed_at_feedback`` (tokens fed per source when the policy last
-observed). It loads with ``torch.load(..., weights_only=True)``.
+Keys: ``format``, ``step`` (steps done), ``run`` (the settings its continuation must share),
+:meth:`mixbatch.proxy.Trainer.state_dict`'s, ``policy`` (None for a static mixture),
+``overhead`` (tokens spent on reference and probe runs), ``fed_at_feedback`` (tokens fed per
+source when the policy last observed). It loads with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations

@@ -1,25 +1,16 @@
 """The feedback signals a policy asks for, measured on the proxy model, summed over ranks.
 
-Every signal is computed as per-rank *sums* and *counts* and then reduced with
-:func:`mixbatch.proxy.evaluate.global_means`, so the feedback, and so the policy's weights, are
-identical on every rank and equal (up to rounding) to what one process would measure on the
-whole global batch. Measured on the batch at the parameters before the step's update:
-
-- ``train_loss``: token-mean loss of each source in the step's batch (the training forward).
-- ``excess_loss`` (DoReMi): token-mean of the per-token clipped excess ``max(ℓ_θ − ℓ_ref, 0)``
-  against a frozen reference model (one extra forward pass of the reference).
-- ``grads`` (DGA, FLAD): each source's gradient of its token-mean loss in the batch. ``head``
-  (the default): restricted to the output layer, the gradient of the head's use of its (tied)
-  weight with the final hidden state detached (:func:`head_grad_sums`; FLAD's "lm_head"
-  partition, one cheap backward per source); ``full`` (DGA's ``grads: full``, the paper's
-  choice): over every parameter through the batch's own graph (:func:`full_grad_sums`).
-- ``target_grad``: the same gradient of the token-mean loss of the *target's development
-  documents* (:func:`target_grad_sums`; the held-out half never used for reporting,
-  :mod:`mixbatch.online.splits`): one batch's worth of tokens (at most ``eval_tokens``), the
-  same rows at every update, so the signal lives on when a policy turns the target down.
-
-After the update, at the end of its round: ``eval_loss`` (Skill-It), the token-mean loss of each
-evaluation group on its development rows.
+Every signal is per-rank *sums* and *counts* reduced with
+:func:`mixbatch.proxy.evaluate.global_means`, so the feedback (and the policy's weights) is the
+same on every rank and equals, up to rounding, one process's on the whole global batch. At the
+parameters before the step's update: ``train_loss`` (token-mean loss of each source in the
+batch), ``excess_loss`` (DoReMi: token-mean of the per-token clipped excess
+``max(ℓ_θ − ℓ_ref, 0)`` over a frozen reference model), ``grads`` (each source's gradient of its
+token-mean loss in the batch: of the output head's use of its tied weight, hidden state
+detached, :func:`head_grad_sums`; or over every parameter, :func:`full_grad_sums`) and
+``target_grad`` (the same gradient of the target's development rows, :func:`target_grad_sums`:
+one batch's worth, the same rows at every update). After it: Skill-It's ``eval_loss`` on each
+evaluation group's development rows.
 """
 
 from __future__ import annotations

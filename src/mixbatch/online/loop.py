@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from mixbatch.config import Config
 from mixbatch.errors import ConfigError
@@ -36,21 +37,8 @@ from mixbatch.mixture.policies.spec import (
     PolicySpec,
     parse_policy,
 )
-from mixbatch.online.checkpoint import (
-    CHECKPOINT_FILE,
-    CHECKPOINT_FORMAT,
-    check_same_run,
-    load_checkpoint,
-    save_torch,
-)
-from mixbatch.online.feedback import (
-    HeadInput,
-    full_grad_sums,
-    head_grad_sums,
-    rank_rows,
-    source_sums,
-    target_grad_sums,
-)
+from mixbatch.online import checkpoint, feedback
+from mixbatch.online.feedback import HeadInput, rank_rows, source_sums
 from mixbatch.online.probes import probe_graph
 from mixbatch.online.reference import reference_model
 from mixbatch.online.runfiles import RunFiles
@@ -89,13 +77,6 @@ def resolve_policy(cfg: Config, policy: Any, names: list[str], where: str = "pol
     return parse_policy(policy, names, where)
 
 
-def _unit(rows: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit norm (zero and NaN rows kept as they are)."""
-    norms = rows.norm(dim=-1, keepdim=True)
-    ok = torch.isfinite(norms) & (norms > 0)
-    return torch.where(ok, rows / torch.where(ok, norms, torch.ones_like(norms)), rows)
-
-
 def _broadcast(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (identity outside torch.distributed)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -114,7 +95,7 @@ class _PolicyHooks(Hooks):
     the target's development rows. Reference and probe runs are computed on every rank (or read
     from the run folder's cache); the graph is then taken from rank 0."""
 
-    def __init__(self, t: Trainer, spec: PolicySpec | None, splits: dict[str, HeldoutSplit],
+    def __init__(self, t: Trainer, spec: PolicySpec | None, target: str | None,
                  run_path: Path | None, log: Callable[[str], None] | None) -> None:
         self.t, self.spec = t, spec
         self.pol: Policy | None = None
@@ -130,11 +111,26 @@ class _PolicyHooks(Hooks):
         self.due, self.fb = False, {}
         self.train_means = self.train_counts = torch.zeros(0)
         self.files: RunFiles | None = None
-        self.ckpt_path = None if run_path is None else run_path / CHECKPOINT_FILE
-        self.run_key: dict[str, Any] = {}
+        self.ckpt_path = None if run_path is None else run_path / checkpoint.CHECKPOINT_FILE
         self.checkpoint_every, self.end = None, t.proxy.steps
-        if spec is None:
-            return
+        proxy, loader, seq_len, steps = t.proxy, t.loader, t.cfg.batch.seq_len, t.proxy.steps
+        splits = heldout_split(loader)
+        t.eval_rows = {n: rank_rows(r, t.rank, t.world_size) for n, r in eval_rows(
+            loader, splits, t.names, "val", seq_len, proxy.eval_tokens).items()}
+        if spec is not None:
+            self._build(spec, splits, run_path, log)
+        # where and how fast it runs may change on resume; what it computes may not
+        self.run_key = {
+            "proxy": proxy.model_dump(mode="json", exclude={"threads", "device", "eval_batch_rows",
+                                                            "co2_g_per_kwh"}),
+            "policy": None if spec is None else spec.label,
+            "settings": None if self.pol is None else self.pol.settings_dict(),
+            "loop": None if spec is None else spec.loop_options(steps),
+            "target": target}
+
+    def _build(self, spec: PolicySpec, splits: dict[str, HeldoutSplit], run_path: Path | None,
+               log: Callable[[str], None] | None) -> None:
+        t = self.t
         proxy, loader, seq_len, steps = t.proxy, t.loader, t.cfg.batch.seq_len, t.proxy.steps
         target, settings, groups = spec.target, spec.policy_settings(steps), []
         if spec.name is PolicyName.SKILLIT:
@@ -167,6 +163,12 @@ class _PolicyHooks(Hooks):
         if "grads" in self.pol.needs and spec.grads is GradScope.HEAD:
             self.capture = HeadInput(t.model)
 
+    def close(self) -> None:
+        if self.capture is not None:
+            self.capture.close()
+        if self.files is not None:
+            self.files.close()
+
     def before_forward(self, step: Step) -> None:
         planned = step.planned
         assert self.files is not None
@@ -198,18 +200,20 @@ class _PolicyHooks(Hooks):
             if "ref_loss" in needs:
                 fb["ref_loss"] = global_means(*source_sums(ref, step.src, mask, k_src))[0].numpy()
         full = spec.name is PolicyName.DGA and spec.grads is GradScope.FULL
-        unit = _unit if spec.name is PolicyName.DGA and spec.normalize_grads else lambda g: g
+        cosine = spec.name is PolicyName.DGA and spec.normalize_grads  # rows to unit norm
+        unit = (lambda g: F.normalize(g, dim=-1)) if cosine else (lambda g: g)
         if "grads" in needs:
             if full:
-                sums = full_grad_sums(t.model, losses, mask, step.src, k_src)
+                sums = feedback.full_grad_sums(t.model, losses, mask, step.src, k_src)
             else:
                 assert self.capture is not None and self.capture.value is not None
-                sums = head_grad_sums(t.model, self.capture.value, step.labels, step.src, k_src)
+                sums = feedback.head_grad_sums(t.model, self.capture.value, step.labels, step.src,
+                                               k_src)
             fb["grads"] = unit(global_means(*sums)[0]).numpy()
         if "target_grad" in needs:
             assert self.target_rows is not None
-            s, c = target_grad_sums(t.model, self.target_rows, t.device, t.proxy.eval_batch_rows,
-                                    t.amp, full)
+            s, c = feedback.target_grad_sums(t.model, self.target_rows, t.device,
+                                             t.proxy.eval_batch_rows, t.amp, full)
             fb["target_grad"] = unit(global_means(s[None], c)[0])[0].numpy()
         return fb
 
@@ -235,9 +239,9 @@ class _PolicyHooks(Hooks):
         self.weights_log.append(step.weights)
         self.train_log.append(means)
         if self.checkpoint_every and done % self.checkpoint_every == 0 and done < self.end:
-            self.checkpoint(done)
+            self.save(done)
 
-    def checkpoint(self, step: int) -> None:
+    def save(self, step: int) -> None:
         """Save the run's state at ``step`` (every rank sums the tokens trained; rank 0 saves)."""
         if self.ckpt_path is None:
             return
@@ -245,16 +249,17 @@ class _PolicyHooks(Hooks):
         self.files.flush()  # the files hold every whole row up to the checkpoint's step
         state = self.t.state_dict()
         if self.t.rank == 0:
-            save_torch({"format": CHECKPOINT_FORMAT, "step": step, "run": self.run_key, **state,
-                        "policy": None if self.pol is None else self.pol.state_dict(),
-                        "overhead": self.overhead, "fed_at_feedback": self.last_fed.tolist()},
-                       self.ckpt_path)
+            checkpoint.save_torch({
+                "format": checkpoint.CHECKPOINT_FORMAT, "step": step, "run": self.run_key, **state,
+                "policy": None if self.pol is None else self.pol.state_dict(),
+                "overhead": self.overhead, "fed_at_feedback": self.last_fed.tolist()},
+                self.ckpt_path)
 
     def resume(self) -> int:
         """Load the checkpoint into the trainer and the policy; returns its step."""
         assert self.ckpt_path is not None
-        ck = load_checkpoint(self.ckpt_path)
-        check_same_run(ck["run"], self.run_key, self.ckpt_path)
+        ck = checkpoint.load_checkpoint(self.ckpt_path)
+        checkpoint.check_same_run(ck["run"], self.run_key, self.ckpt_path)
         self.t.load_state_dict(ck)
         if self.pol is not None:
             self.pol.load_state_dict(ck["policy"])
@@ -272,18 +277,14 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
 
     Args:
         cfg: the config (sources prepared, ``holdout`` > 0). Its ``seed`` orders the data.
-        proxy: model and optimiser (default :class:`ProxyConfig`); ``proxy.steps`` is the run's
-            length, ``proxy.eval_every`` the validation cadence (default: ten per run).
+        proxy: model and optimiser; ``proxy.eval_every`` defaults to ten validations a run.
         policy: ``None``: ``cfg.mixture.policy``; ``"none"``: the config's static mixture; or a
-            policy name, a ``mixture.policy`` mapping, a :class:`PolicySpec`. It replaces the
-            static mixture from step 0 with its initial weights.
-        target: the source whose held-out loss is the objective (overrides the policy's
-            ``target``); DGA and FLAD need one.
+            policy name, a ``mixture.policy`` mapping, a :class:`PolicySpec`.
+        target: the source whose held-out loss is the objective (DGA and FLAD need one).
         run_dir: where the run's files go (``mixbatch.online.runfiles``); None writes nothing.
         resume: continue from ``run_dir/checkpoint.pt`` when it exists.
         stop_at: stop after this many steps done (the schedule still spans ``proxy.steps``).
-        checkpoint_every: also save the checkpoint every this many steps (it is always saved
-            at the end of the call when there is a run folder).
+        checkpoint_every: also checkpoint every this many steps (always at the end of a call).
         audit: write the audit log of the rows fed.
         log: called with progress lines (reference training, probes).
 
@@ -306,19 +307,8 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
                               "mixture.policy.target)")
     run_path = Path(run_dir) if run_dir is not None else None
     with Trainer(cfg, proxy, distributed=True) as t:
-        proxy, loader, steps = t.proxy, t.loader, t.proxy.steps
-        splits = heldout_split(loader)
-        t.eval_rows = {n: rank_rows(r, t.rank, t.world_size) for n, r in eval_rows(
-            loader, splits, names, "val", t.cfg.batch.seq_len, proxy.eval_tokens).items()}
-        hooks = _PolicyHooks(t, spec, splits, run_path, log)
-        pol = hooks.pol
-        # where and how fast it runs may change on resume; what it computes may not
-        hooks.run_key = run_key = {
-            "proxy": proxy.model_dump(mode="json", exclude={"threads", "device", "eval_batch_rows",
-                                                            "co2_g_per_kwh"}),
-            "policy": None if spec is None else spec.label,
-            "settings": None if pol is None else pol.settings_dict(),
-            "loop": None if spec is None else spec.loop_options(steps), "target": target}
+        hooks = _PolicyHooks(t, spec, target, run_path, log)
+        loader, steps, pol = t.loader, t.proxy.steps, hooks.pol
         resumed = bool(resume and hooks.ckpt_path is not None and hooks.ckpt_path.exists())
         start = hooks.resume() if resumed else 0
         if pol is not None and not resumed:
@@ -335,34 +325,28 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
                     + ", ".join(f"{f} {n}" for f, n in files.torn.items()))
             hooks.checkpoint_every = checkpoint_every
             hooks.end = end = steps if stop_at is None else max(start, min(stop_at, steps))
-            done, ended = t.run(start, end, hooks, proxy.eval_every or max(1, steps // 10))
+            done, ended = t.run(start, end, hooks, t.proxy.eval_every or max(1, steps // 10))
             if done > start or not resumed:
-                hooks.checkpoint(done)
-            fed = loader.fed_tokens
-            last = t.history[-1] if t.history else None
+                hooks.save(done)
+            fed, last = loader.fed_tokens, t.history[-1] if t.history else None
             summary = {
-                "format": SUMMARY_FORMAT, **{k: run_key[k] for k in ("policy", "settings", "loop")},
+                "format": SUMMARY_FORMAT, **{k: hooks.run_key[k] for k in ("policy", "settings", "loop")},
                 "target": target, "sources": names, "seed": cfg.seed, "holdout": cfg.holdout,
-                "proxy": proxy.model_dump(mode="json"), "steps": done, "steps_planned": steps,
+                "proxy": t.proxy.model_dump(mode="json"), "steps": done, "steps_planned": steps,
                 "stream_ended": ended, "tokens": int(fed.sum()),
-                "tokens_by_source": {n: int(x) for n, x in zip(names, fed, strict=True)},
-                "final_weights": {n: float(w) for n, w in zip(names, loader.current_weights(),
-                                                              strict=True)},
+                "tokens_by_source": dict(zip(names, map(int, fed), strict=True)),
+                "final_weights": dict(zip(names, map(float, loader.current_weights()), strict=True)),
                 "updates": 0 if pol is None else pol.updates,
                 # DoReMi's output for a main run: the average of the weights over its updates
-                "averaged_weights": ({n: float(w) for n, w in zip(names, pol.averaged_weights(),
-                                                                  strict=True)}
-                                     if isinstance(pol, DoReMi) else None),
+                "averaged_weights": dict(zip(names, map(float, pol.averaged_weights()), strict=True))
+                if isinstance(pol, DoReMi) else None,
                 "target_val_loss": None if last is None or target is None
                 else last["val_loss"][target],
                 **t.report(), "overhead_tokens": dict(hooks.overhead),
                 "seconds": time.perf_counter() - t_start, "torn_lines": files.torn}
             files.summary(summary)
         finally:
-            if hooks.capture is not None:
-                hooks.capture.close()
-            if hooks.files is not None:
-                hooks.files.close()
+            hooks.close()
             if lock is not None:
                 lock.release()
         k_src = len(names)

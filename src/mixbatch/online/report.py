@@ -8,8 +8,10 @@
 - ``val_loss.png``: validation loss per source against training tokens (the target drawn thick);
 - ``train_loss.png``: training loss per source in the batch (moving average over 1/50 of the
   run), against steps;
+- ``noise_scale.png``: the gradient noise scale per step, when the run measured it;
 - ``report.html``: a self-contained page (the PNGs embedded as data URIs) with the run's
-  settings and final numbers.
+  settings, final numbers, energy (joules, per token, CO2, or why not readable) and noise
+  scale.
 """
 
 from __future__ import annotations
@@ -78,6 +80,27 @@ def _title(summary: dict[str, Any]) -> str:
     return f"{policy}" + (f", target {target}" if target else "") + f", seed {summary.get('seed')}"
 
 
+def _costs(summary: dict[str, Any]) -> dict[str, str]:
+    """The energy and noise-scale lines of the page, or why there are none."""
+    e, noise = summary.get("energy"), summary.get("noise_scale") or {}
+    if not e:
+        energy = "not recorded in this summary"
+    elif e.get("joules") is None:
+        energy = f"not readable: {e.get('unavailable') or 'no counter'}"
+    else:
+        per = e.get("joules_per_token")
+        energy = f"{e['joules']:.1f} J in {e['seconds']:.1f} s" + (
+            f", {per:.3g} J per token trained" if per is not None else "")
+        co2 = e.get("co2_grams")
+        energy += (f"; CO2 {co2:.3g} g at {summary.get('proxy', {}).get('co2_g_per_kwh')} g/kWh"
+                   if co2 is not None else f"; CO2 not estimated: {e.get('co2_unavailable')}")
+        energy += f" ({e['scope']})" if e.get("scope") else ""
+    b = noise.get("last")
+    return {"energy": energy,
+            "noise scale": f"B_simple {b:.4g} tokens (last step's EMA)" if b is not None
+            else f"not measured: {noise.get('unavailable') or 'not recorded'}"}
+
+
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Draw the plots and write the page; returns ``{"weights": ..., "val_loss": ...,
     "train_loss": ..., "html": ...}`` paths."""
@@ -100,50 +123,50 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     plt = _pyplot()
     paths: dict[str, Path] = {}
 
-    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
-    steps = weights["step"]
-    ax.stackplot(steps, *[weights[f"weight_{n}"] for n in names], labels=names, alpha=0.85,
-                 step="post")
-    ax.set_xlim(steps.min(), steps.max() if len(steps) > 1 else steps.min() + 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("target weight")
-    ax.set_title(f"mixture weights over time ({title})")
-    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    fig.tight_layout()
-    paths["weights"] = out / "weights.png"
-    fig.savefig(paths["weights"])
-    plt.close(fig)
+    def figure(key: str, title: str, xlabel: str, ylabel: str, draw: Any) -> None:
+        fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+        draw(ax)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+        fig.tight_layout()
+        paths[key] = out / f"{key}.png"
+        fig.savefig(paths[key])
+        plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
-    evaluated = np.isfinite(losses["val_mean"])
-    tok = losses["tokens"][evaluated]
-    for n in names:
-        thick = n == target
-        ax.plot(tok, losses[f"val_{n}"][evaluated], marker="o", ms=3, lw=2.6 if thick else 1.2,
-                label=n + (" (target)" if thick else ""))
-    ax.plot(tok, losses["val_mean"][evaluated], color="black", ls="--", lw=1, label="mean")
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(f"per-source validation loss ({title})")
-    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    fig.tight_layout()
-    paths["val_loss"] = out / "val_loss.png"
-    fig.savefig(paths["val_loss"])
-    plt.close(fig)
+    def draw_weights(ax: Any) -> None:
+        steps = weights["step"]
+        ax.stackplot(steps, *[weights[f"weight_{n}"] for n in names], labels=names, alpha=0.85,
+                     step="post")
+        ax.set_xlim(steps.min(), steps.max() if len(steps) > 1 else steps.min() + 1)
+        ax.set_ylim(0, 1)
 
-    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+    def draw_val(ax: Any) -> None:
+        evaluated = np.isfinite(losses["val_mean"])
+        tok = losses["tokens"][evaluated]
+        for n in names:
+            thick = n == target
+            ax.plot(tok, losses[f"val_{n}"][evaluated], marker="o", ms=3,
+                    lw=2.6 if thick else 1.2, label=n + (" (target)" if thick else ""))
+        ax.plot(tok, losses["val_mean"][evaluated], color="black", ls="--", lw=1, label="mean")
+
     width = max(1, len(losses["step"]) // 50)
-    for n in names:
-        ax.plot(losses["step"], _smooth(losses[f"train_{n}"], width), lw=1.2, label=n)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss in the batch")
-    ax.set_title(f"per-source training loss, moving average over {width} steps")
-    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    fig.tight_layout()
-    paths["train_loss"] = out / "train_loss.png"
-    fig.savefig(paths["train_loss"])
-    plt.close(fig)
+
+    def draw_train(ax: Any) -> None:
+        for n in names:
+            ax.plot(losses["step"], _smooth(losses[f"train_{n}"], width), lw=1.2, label=n)
+
+    figure("weights", f"mixture weights over time ({title})", "step", "target weight",
+           draw_weights)
+    figure("val_loss", f"per-source validation loss ({title})", "training tokens",
+           "validation loss (nats/token)", draw_val)
+    figure("train_loss", f"per-source training loss, moving average over {width} steps", "step",
+           "training loss in the batch", draw_train)
+    if "noise_scale" in losses:  # measured on two or more ranks (proxy.noise_beta)
+        figure("noise_scale", "gradient noise scale B_simple (EMA)", "step", "tokens",
+               lambda ax: ax.plot(losses["step"], losses["noise_scale"], lw=1.2))
 
     paths["html"] = out / "report.html"
     paths["html"].write_text(_page(title, summary, names, weights, losses, paths),
@@ -170,8 +193,9 @@ def _page(title: str, summary: dict[str, Any], names: list[str], weights: dict[s
             value = summary[key]
             text = json.dumps(value) if isinstance(value, dict | list) else str(value)
             facts.append(f"<tr><th>{esc(key)}</th><td><code>{esc(text)}</code></td></tr>")
+    facts += [f"<tr><th>{k}</th><td>{esc(v)}</td></tr>" for k, v in _costs(summary).items()]
     images = []
-    for key in ("weights", "val_loss", "train_loss"):
+    for key in [k for k in ("weights", "val_loss", "train_loss", "noise_scale") if k in paths]:
         data = base64.b64encode(paths[key].read_bytes()).decode("ascii")
         images.append(f'<p><img alt="{key}" src="data:image/png;base64,{data}"></p>')
     return f"""<!doctype html>

@@ -1,11 +1,6 @@
-"""The settings of a proxy run: model shape, optimiser and learning-rate schedule, device,
-evaluation (:class:`ProxyConfig`), and the schedule itself (:func:`lr_at`).
-
-Presets: :meth:`ProxyConfig.demo` trains in well under a minute on 2 CPU cores (byte tokens,
-2 layers, width 128, 8 x 256 tokens per step, 300 steps = 0.6M tokens; the throughput is
-measured by ``benchmarks/bench_proxy.py``, see RESULTS); :meth:`ProxyConfig.regmix` is RegMix's
-``tinyllama_1M`` shape and optimiser (2 layers, width 256, 8 heads, SwiGLU 512, constant LR
-4e-4 after 100 warm-up steps, 1000 steps), meant for a GPU.
+"""The settings of a proxy run (:class:`ProxyConfig`: model shape, optimiser and learning-rate
+schedule, device, evaluation; presets ``demo`` for CPUs and ``regmix`` for a GPU) and the
+schedule by steps (:func:`lr_at`).
 """
 
 from __future__ import annotations
@@ -42,11 +37,7 @@ class Device(str, Enum):
 
 
 class ProxyConfig(BaseModel):
-    """Model shape and optimisation of a proxy run. Defaults: the demo model (CPU, byte tokens).
-
-    ``seq_len`` and ``batch_size`` (rows per step) default to the mixbatch config's ``batch:``;
-    give them here to override it for the proxy only.
-    """
+    """Model shape and optimisation of a proxy run. Defaults: the demo model (CPU, byte tokens)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -57,7 +48,7 @@ class ProxyConfig(BaseModel):
     d_mlp: int | None = Field(default=None, ge=1)
     mlp: MlpKind = MlpKind.SWIGLU
     positions: PositionKind = PositionKind.ROTARY
-    # batch (None: from the mixbatch config)
+    # rows per step and their length (None: the mixbatch config's `batch:`)
     seq_len: int | None = Field(default=None, ge=2)
     batch_size: int | None = Field(default=None, ge=1)
     # optimisation

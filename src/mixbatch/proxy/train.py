@@ -10,7 +10,6 @@ on each source's held-out documents at the end and every ``eval_every`` steps.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +17,7 @@ import torch
 
 from mixbatch.config import Config
 from mixbatch.proxy.settings import Device, ProxyConfig, Schedule, lr_at
-from mixbatch.proxy.trainer import Hooks, Step, Trainer, cpu_state, require_holdout
+from mixbatch.proxy.trainer import Hooks, Trainer, cpu_state, require_holdout
 
 __all__ = ["Device", "ProxyConfig", "ProxyResult", "Schedule", "lr_at", "train_proxy"]
 
@@ -54,18 +53,10 @@ class ProxyResult:
         return {k: v for k, v in self.__dict__.items() if k != "state"}
 
 
-class _OnStep(Hooks):
-    def __init__(self, on_step: Callable[[int, dict[str, Any]], None]) -> None:
-        self.on_step = on_step
-
-    def before_forward(self, step: Step) -> None:
-        self.on_step(step.index, step.batch)
-
-
 def train_proxy(cfg: Config, proxy: ProxyConfig | None = None,
                 weights: dict[str, float] | None = None,
                 init_state: dict[str, torch.Tensor] | None = None,
-                on_step: Callable[[int, dict[str, Any]], None] | None = None) -> ProxyResult:
+                hooks: Hooks | None = None) -> ProxyResult:
     """Train a proxy on ``cfg``'s sources and evaluate it on their held-out documents.
 
     Args:
@@ -75,8 +66,7 @@ def train_proxy(cfg: Config, proxy: ProxyConfig | None = None,
             the first step. None: the config's mixture.
         init_state: a model state dict (e.g. a previous ``ProxyResult.state``) to start from;
             the optimiser, the LR schedule and the data stream start anew.
-        on_step: called with ``(step, batch)`` before each step trains on ``batch`` (the
-            loader's numpy dict).
+        hooks: what the run adds to each step (:class:`~mixbatch.proxy.trainer.Hooks`).
 
     Raises:
         ConfigError: ``holdout`` is 0, unknown source names in ``weights``, a bad shape or
@@ -90,8 +80,7 @@ def train_proxy(cfg: Config, proxy: ProxyConfig | None = None,
             t.loader.set_weights({str(k): float(v) for k, v in weights.items()})
             asked = {n: float(w) for n, w in zip(t.names, t.loader.current_weights(), strict=True)}
         t.eval_rows = t.heldout_rows()
-        done, _ = t.run(eval_every=t.proxy.eval_every,
-                        hooks=None if on_step is None else _OnStep(on_step))
+        done, _ = t.run(eval_every=t.proxy.eval_every, hooks=hooks)
         report, losses = t.report(), t.losses()
         tokens = report.pop("train_tokens")
         return ProxyResult(

@@ -104,16 +104,10 @@ class Hooks:
 
 
 class Trainer:
-    """One proxy run's loader, model, optimiser, schedule and evaluation.
-
-    The loader's batch shape is overridden by the proxy's ``seq_len`` / ``batch_size``; with
-    ``distributed`` rank and world size come from ``torch.distributed``. The model is seeded by
-    ``proxy.seed`` without touching the caller's RNG (or starts from ``init_state``); AdamW (or
-    LAMB) decays matrices only; bf16 autocast on a CUDA device that supports it. torch's CPU
-    threads are ``proxy.threads`` until :meth:`close` (or the end of a ``with`` block).
-    :meth:`validate` scores ``eval_rows`` (this rank's rows per source, e.g.
-    :meth:`heldout_rows`).
-    """
+    """One proxy run's loader (one process, or this rank with ``distributed``), model (seeded
+    by ``proxy.seed`` without touching the caller's RNG, or ``init_state``), optimiser,
+    schedule and evaluation of ``eval_rows`` (this rank's rows per source, e.g.
+    :meth:`heldout_rows`). torch's CPU threads are ``proxy.threads`` until :meth:`close`."""
 
     def __init__(self, cfg: Config, proxy: ProxyConfig | None = None, *,
                  distributed: bool = False,
@@ -170,6 +164,7 @@ class Trainer:
         except BaseException:
             self.close()
             raise
+        self._parts = (("lr_scheduler", self.lr_sched), ("replay", self.replay), ("noise", self.noise))
         self.noise_scale: list[float] = []  # B_simple in tokens, one a step of run()
         self._tokens = (0.0, 0.0)  # this rank's and all ranks' tokens of the step
         self.eval_rows: dict[str, EvalRows] = {}
@@ -209,20 +204,18 @@ class Trainer:
         return global_means(*eval_sums(self.model, rows, self.device, self.proxy.eval_batch_rows,
                                        self.amp))
 
-    def score(self) -> tuple[dict[str, float], dict[str, int], float]:
-        """Loss per source of ``eval_rows``, tokens scored per source, and the mean over every
-        scored token (NaN when none was)."""
+    def score(self) -> tuple[dict[str, float], float]:
+        """Loss per source of ``eval_rows`` and the mean over every scored token (NaN: none)."""
         means, counts = self.loss_means(self.eval_rows)
         total = float(counts.sum())
         mean = float(torch.nansum(means * counts)) / total if total else float("nan")
-        return ({n: float(m) for n, m in zip(self.eval_rows, means.tolist(), strict=True)},
-                {n: int(c) for n, c in zip(self.eval_rows, counts.tolist(), strict=True)}, mean)
+        return dict(zip(self.eval_rows, means.tolist(), strict=True)), mean
 
     def validate(self, step: int) -> dict[str, Any]:
         """Score ``eval_rows`` now and append the record to ``history``."""
         self._sync()
         t0 = time.perf_counter()
-        losses, _, mean = self.score()
+        losses, mean = self.score()
         record = {"step": step, "tokens": int(self.trained_tokens().sum()), "val_loss": losses,
                   "val_loss_mean": mean}
         self.history.append(record)
@@ -253,10 +246,9 @@ class Trainer:
                           "(proxy.co2_g_per_kwh, grams of CO2 per kWh where it runs)")
         if self.world_size > 1:
             energy["scope"] = "counters of rank 0's machine (all its processes), not the others"
-        noise = ({"last": self.noise_scale[-1] if self.noise_scale else None,
-                  "steps": len(self.noise_scale)} if self.noise is not None else
-                 {"last": None, "unavailable": "off (proxy.noise_beta)" if proxy.noise_beta is None
-                  else "needs two or more ranks (it compares local and global gradients)"})
+        noise = ({"last": self.noise_scale[-1] if self.noise_scale else None} if self.noise
+                 else {"last": None, "unavailable": "off (proxy.noise_beta)" if proxy.noise_beta
+                       is None else "needs two or more ranks (local vs global gradients)"})
         return {"val_loss": None if last is None else dict(last["val_loss"]),
                 "val_loss_mean": None if last is None else last["val_loss_mean"],
                 "train_tokens": total,
@@ -273,19 +265,16 @@ class Trainer:
         state = {"model": cpu_state(self.model), "optimizer": self.opt.state_dict(),
                  "loader": self.loader.state_dict(), "history": list(self.history),
                  "trained_tokens": self.trained_tokens().tolist(), "joules": self.joules}
-        for key, part in self._parts():
+        for key, part in self._parts:
             if part is not None:
                 state[key] = part.state_dict()
         return state
-
-    def _parts(self) -> list[tuple[str, Any]]:
-        return [("lr_scheduler", self.lr_sched), ("replay", self.replay), ("noise", self.noise)]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.loader.load_state_dict(state["loader"])
-        for key, part in self._parts():
+        for key, part in self._parts:
             if part is not None:
                 if key not in state:
                     raise StateError(f"checkpoint: the state has no {key}, but this run's proxy "

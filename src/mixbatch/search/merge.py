@@ -3,32 +3,24 @@
 Na et al. ("Scalable Data Ablation Approximations for Language Models through Modular Training
 and Merging", ``clarana/ez-data-ablations``) continue-train one model per equal-size "base
 unit" of data from a shared seed model, and score a candidate mixture (a set of units) by the
-perplexity of the **uniform parameter average** of its units' models
-(``save_uniform_avg_model.py``). Their finding: on an arbitrary evaluation set, that merged
-model's perplexity is strongly correlated with the perplexity of a model actually trained on
-the union of the units, so one model per unit scores every combination of units, and new data
-costs one more unit model.
+perplexity of the **uniform parameter average** of its units' models. Their finding: that
+merged model's perplexity is strongly correlated with the perplexity of a model trained on the
+union of the units, so one model per unit scores every combination of units.
 
 :func:`merge_ablation` reproduces the experiment on a config's sources, one unit per source:
 
 1. a **seed** proxy trains ``seed_steps`` steps on the uniform mixture of every source;
-2. from the seed's weights, one **unit** proxy per source trains ``steps`` steps on that source
-   alone;
+2. from the seed's weights, one **unit** proxy per source trains ``steps`` steps on it alone;
 3. each **subset** S of sources (all pairs plus a few triples by default, or ``subsets`` random
-   ones) is scored twice, on every source's held-out documents:
-   *merged*: the loss of the uniform average of its members' unit models (no training);
-   *trained*: the loss of a proxy trained from the seed on the uniform mixture of S for
-   ``steps · |S|`` steps, i.e. on the same tokens per unit as the unit models (Na et al.
-   train the union model on the union of the units' data);
+   ones) is scored on every source's held-out documents twice: *merged*, the loss of the
+   uniform average of its members' unit models; *trained*, the loss of a proxy trained from
+   the seed on the uniform mixture of S for ``steps · |S|`` steps (the same tokens per unit);
 4. Pearson and Spearman correlations between merged and trained losses over the subsets, for
    the mean held-out loss and for each source's.
 
-Mixture weights are token shares whatever the config's ``mixture.unit``, so that a unit's
-model and the union model see the same number of tokens per unit. Losses are token-mean cross
-entropy (nats/token); ``mean`` is the mean over every scored token, the mean over sources when
-each scores ``eval_tokens`` (``ProxyConfig``).
-
-[paper] The exact correlation values were not retrieved (see the research notes, §8).
+Mixture weights are token shares whatever the config's ``mixture.unit``. Losses are token-mean
+cross entropy (nats/token). [paper] The exact correlation values were not retrieved (see the
+research notes, §8).
 """
 
 from __future__ import annotations
@@ -44,14 +36,8 @@ import numpy as np
 
 from mixbatch.errors import ConfigError
 
-__all__ = [
-    "MergeReport",
-    "SubsetScore",
-    "average_states",
-    "choose_subsets",
-    "heldout_evaluator",
-    "merge_ablation",
-]
+__all__ = ["MergeReport", "SubsetScore", "average_states", "choose_subsets", "heldout_evaluator",
+           "merge_ablation"]
 
 SUBSET_SEED = 0
 
@@ -80,15 +66,11 @@ def choose_subsets(names: Sequence[str], n: int | None = None, seed: int = SUBSE
     if n < 1 or n > possible:
         raise ConfigError(f"merge: --subsets must be 1..{possible} for {k} sources (the number "
                           f"of subsets of 2 or more), got {n}")
-    chosen: list[tuple[str, ...]] = []
-    seen: set[tuple[int, ...]] = set()
+    chosen: dict[tuple[int, ...], None] = {}  # in the order drawn
     while len(chosen) < n:
         size = int(rng.integers(2, k + 1))
-        members = tuple(sorted(rng.choice(k, size=size, replace=False).tolist()))
-        if members not in seen:
-            seen.add(members)
-            chosen.append(tuple(names[i] for i in members))
-    return chosen
+        chosen.setdefault(tuple(sorted(rng.choice(k, size=size, replace=False).tolist())))
+    return [tuple(names[i] for i in members) for members in chosen]
 
 
 def average_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -97,20 +79,16 @@ def average_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     if not states:
         raise ConfigError("average_states: no states to average")
-    keys = list(states[0])
-    for s in states[1:]:
-        if list(s) != keys:
-            raise ConfigError("average_states: the models have different parameters")
+    if any(list(s) != list(states[0]) for s in states[1:]):
+        raise ConfigError("average_states: the models have different parameters")
     out = {}
-    for key in keys:
-        first = states[0][key]
-        if not torch.is_floating_point(first):  # integer buffers are not averaged
+    for key, first in states[0].items():
+        if torch.is_floating_point(first):
+            total = sum((s[key].to(torch.float64) for s in states),
+                        torch.zeros_like(first, dtype=torch.float64))
+            out[key] = (total / len(states)).to(first.dtype)
+        else:  # integer buffers are not averaged
             out[key] = first.clone()
-            continue
-        acc = torch.zeros_like(first, dtype=torch.float64)
-        for s in states:
-            acc += s[key].to(torch.float64)
-        out[key] = (acc / len(states)).to(first.dtype)
     return out
 
 
@@ -127,7 +105,7 @@ def heldout_evaluator(cfg: Any, proxy: Any
     def score(state: dict[str, Any]) -> tuple[dict[str, float], float]:
         with torch_threads(proxy.threads):
             trainer.model.load_state_dict(state)
-            losses, _, mean = trainer.score()
+            losses, mean = trainer.score()
         return losses, mean
 
     return score
@@ -189,14 +167,6 @@ class MergeReport:
         })
 
 
-def _tokens_cfg(cfg: Any) -> Any:
-    from mixbatch.config import Unit
-
-    if cfg.mixture.unit == Unit.TOKENS:
-        return cfg
-    return cfg.model_copy(update={"mixture": cfg.mixture.model_copy(update={"unit": Unit.TOKENS})})
-
-
 def merge_ablation(cfg: Any, proxy: Any = None, steps: int = 100, seed_steps: int | None = None,
                    subsets: int | Sequence[Sequence[str]] | None = None,
                    subset_seed: int = SUBSET_SEED, backend: str = "local", workers: int = 1,
@@ -219,6 +189,7 @@ def merge_ablation(cfg: Any, proxy: Any = None, steps: int = 100, seed_steps: in
         ConfigError: ``holdout`` is 0, fewer than 2 sources, bad subsets.
         SearchRunError: a proxy run failed (its label says which).
     """
+    from mixbatch.config import Unit
     from mixbatch.progress import RunProgress
     from mixbatch.proxy import ProxyConfig
     from mixbatch.proxy.trainer import require_holdout
@@ -232,7 +203,7 @@ def merge_ablation(cfg: Any, proxy: Any = None, steps: int = 100, seed_steps: in
     if steps < 1 or (seed_steps is not None and seed_steps < 1):
         raise ConfigError(f"merge: steps must be >= 1, got steps={steps}, seed_steps={seed_steps}")
     seed_steps = steps if seed_steps is None else int(seed_steps)
-    cfg = _tokens_cfg(cfg)
+    cfg = cfg.model_copy(update={"mixture": cfg.mixture.model_copy(update={"unit": Unit.TOKENS})})
     names = tuple(cfg.sources)
     if subsets is None or isinstance(subsets, int):
         chosen = choose_subsets(names, subsets, subset_seed)
@@ -293,12 +264,8 @@ def merge_ablation(cfg: Any, proxy: Any = None, steps: int = 100, seed_steps: in
 
     corr: dict[str, dict[str, float]] = {}
     for target in ("mean", *names):
-        if target == "mean":
-            a = np.array([s.merged_mean for s in scores])
-            b = np.array([s.trained_mean for s in scores])
-        else:
-            a = np.array([s.merged[target] for s in scores])
-            b = np.array([s.trained[target] for s in scores])
+        a, b = (np.array([(x.merged_mean, x.trained_mean) if target == "mean"
+                          else (x.merged[target], x.trained[target]) for x in scores]).reshape(-1, 2).T)
         keep = np.isfinite(a) & np.isfinite(b)
         rho, r = correlations(a[keep], b[keep])
         corr[target] = {"pearson": r, "spearman": rho, "n": int(keep.sum())}

@@ -42,7 +42,7 @@ from mixbatch.online.feedback import HeadInput, rank_rows, source_sums
 from mixbatch.online.probes import probe_graph
 from mixbatch.online.reference import reference_model
 from mixbatch.online.runfiles import RunFiles
-from mixbatch.online.splits import HeldoutSplit, eval_rows, heldout_split
+from mixbatch.online.splits import eval_rows, heldout_split
 from mixbatch.proxy.evaluate import EvalRows, autocast, global_means
 from mixbatch.proxy.model import ProxyLM
 from mixbatch.proxy.settings import ProxyConfig
@@ -79,21 +79,17 @@ def resolve_policy(cfg: Config, policy: Any, names: list[str], where: str = "pol
 
 def _broadcast(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (identity outside torch.distributed)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
 class _PolicyHooks(Hooks):
-    """The online part of each step of the trainer: the per-source train loss of the batch, the
-    policy's feedback and update when due, the run files, periodic checkpoints.
-
-    Building it builds the policy with the run-length defaults and what its feedback needs:
-    Skill-It's graph (probe runs unless given) and evaluation rows, DoReMi's reference model,
-    the target's development rows. Reference and probe runs are computed on every rank (or read
-    from the run folder's cache); the graph is then taken from rank 0."""
+    """The online part of each step: the batch's per-source train loss, the policy's feedback
+    and update when due, the run files, checkpoints. Built with the policy (run-length defaults)
+    and what its feedback needs: Skill-It's graph (probe runs unless given; rank 0's) and rows,
+    DoReMi's reference model, the target's development rows."""
 
     def __init__(self, t: Trainer, spec: PolicySpec | None, target: str | None,
                  run_path: Path | None, log: Callable[[str], None] | None) -> None:
@@ -110,7 +106,7 @@ class _PolicyHooks(Hooks):
         self.updates: list[tuple[int, list[float]]] = []
         self.due, self.fb = False, {}
         self.train_means = self.train_counts = torch.zeros(0)
-        self.files: RunFiles | None = None
+        self.files = RunFiles(None, t.names)  # nothing written until train_online sets them
         self.ckpt_path = None if run_path is None else run_path / checkpoint.CHECKPOINT_FILE
         self.checkpoint_every, self.end = None, t.proxy.steps
         proxy, loader, seq_len, steps = t.proxy, t.loader, t.cfg.batch.seq_len, t.proxy.steps
@@ -118,7 +114,36 @@ class _PolicyHooks(Hooks):
         t.eval_rows = {n: rank_rows(r, t.rank, t.world_size) for n, r in eval_rows(
             loader, splits, t.names, "val", seq_len, proxy.eval_tokens).items()}
         if spec is not None:
-            self._build(spec, splits, run_path, log)
+            settings, groups = spec.policy_settings(steps), []
+            if spec.name is PolicyName.SKILLIT:
+                if spec.eval_groups() is EvalGroups.TARGET and target is None:
+                    raise ConfigError("mixture.policy.eval: 'target' needs a target: give --target "
+                                      "SOURCE, or use eval: all")
+                groups = [target] if spec.eval_groups() is EvalGroups.TARGET else t.names
+                dev = eval_rows(loader, splits, groups, "dev", seq_len, proxy.eval_tokens)
+                if "graph" not in settings:
+                    graph, self.overhead["probes"] = probe_graph(
+                        t, dev, spec.probe_steps_for(steps), run_path, log)
+                    settings["graph"] = _broadcast(graph.tolist())
+                elif len(settings["graph"][0]) != len(groups):
+                    raise ConfigError(f"mixture.policy.graph: has {len(settings['graph'][0])} "
+                                      f"columns, but the evaluation groups are {groups} (eval: "
+                                      f"{spec.eval_groups().value})")
+                self.groups = {g: rank_rows(r, t.rank, t.world_size) for g, r in dev.items()}
+            try:
+                self.pol = make_policy(spec.name, len(t.names), **settings)
+            except ConfigError as e:
+                raise ConfigError(f"mixture.policy: {e}") from None
+            if self.pol.needs & {"excess_loss", "ref_loss"}:
+                self.reference, self.overhead["reference"] = reference_model(
+                    t, spec.loop_options(steps)["reference_steps"], spec.reference, run_path, log)
+            if "target_grad" in self.pol.needs:
+                assert target is not None  # one batch's worth of development tokens at most
+                rows = eval_rows(loader, splits, [target], "dev", seq_len,
+                                 min(proxy.eval_tokens, t.cfg.batch.batch_size * seq_len))
+                self.target_rows = rank_rows(rows[target], t.rank, t.world_size)
+            if "grads" in self.pol.needs and spec.grads is GradScope.HEAD:
+                self.capture = HeadInput(t.model)
         # where and how fast it runs may change on resume; what it computes may not
         self.run_key = {
             "proxy": proxy.model_dump(mode="json", exclude={"threads", "device", "eval_batch_rows",
@@ -128,50 +153,13 @@ class _PolicyHooks(Hooks):
             "loop": None if spec is None else spec.loop_options(steps),
             "target": target}
 
-    def _build(self, spec: PolicySpec, splits: dict[str, HeldoutSplit], run_path: Path | None,
-               log: Callable[[str], None] | None) -> None:
-        t = self.t
-        proxy, loader, seq_len, steps = t.proxy, t.loader, t.cfg.batch.seq_len, t.proxy.steps
-        target, settings, groups = spec.target, spec.policy_settings(steps), []
-        if spec.name is PolicyName.SKILLIT:
-            if spec.eval_groups() is EvalGroups.TARGET and target is None:
-                raise ConfigError("mixture.policy.eval: 'target' needs a target: give --target "
-                                  "SOURCE, or use eval: all")
-            groups = [target] if spec.eval_groups() is EvalGroups.TARGET else t.names
-            dev = eval_rows(loader, splits, groups, "dev", seq_len, proxy.eval_tokens)
-            if "graph" not in settings:
-                graph, self.overhead["probes"] = probe_graph(
-                    t, dev, spec.probe_steps_for(steps), run_path, log)
-                settings["graph"] = _broadcast(graph.tolist())
-            elif len(settings["graph"][0]) != len(groups):
-                raise ConfigError(f"mixture.policy.graph: has {len(settings['graph'][0])} "
-                                  f"columns, but the evaluation groups are {groups} (eval: "
-                                  f"{spec.eval_groups().value})")
-            self.groups = {g: rank_rows(r, t.rank, t.world_size) for g, r in dev.items()}
-        try:
-            self.pol = make_policy(spec.name, len(t.names), **settings)
-        except ConfigError as e:
-            raise ConfigError(f"mixture.policy: {e}") from None
-        if self.pol.needs & {"excess_loss", "ref_loss"}:
-            self.reference, self.overhead["reference"] = reference_model(
-                t, spec.loop_options(steps)["reference_steps"], spec.reference, run_path, log)
-        if "target_grad" in self.pol.needs:
-            assert target is not None  # one batch's worth of development tokens at most
-            rows = eval_rows(loader, splits, [target], "dev", seq_len,
-                             min(proxy.eval_tokens, t.cfg.batch.batch_size * seq_len))
-            self.target_rows = rank_rows(rows[target], t.rank, t.world_size)
-        if "grads" in self.pol.needs and spec.grads is GradScope.HEAD:
-            self.capture = HeadInput(t.model)
-
     def close(self) -> None:
         if self.capture is not None:
             self.capture.close()
-        if self.files is not None:
-            self.files.close()
+        self.files.close()
 
     def before_forward(self, step: Step) -> None:
         planned = step.planned
-        assert self.files is not None
         self.files.audit(planned.plan.select_rows(planned.rows), planned.index, self.t.rank)
         self.due = self.pol is not None and self.pol.due(step.done)
 
@@ -219,7 +207,6 @@ class _PolicyHooks(Hooks):
 
     def after_update(self, step: Step, record: dict[str, Any] | None) -> None:
         t, done = self.t, step.done
-        assert self.files is not None
         if self.due:
             assert self.pol is not None
             if "eval_loss" in self.pol.needs:
@@ -245,7 +232,6 @@ class _PolicyHooks(Hooks):
         """Save the run's state at ``step`` (every rank sums the tokens trained; rank 0 saves)."""
         if self.ckpt_path is None:
             return
-        assert self.files is not None
         self.files.flush()  # the files hold every whole row up to the checkpoint's step
         state = self.t.state_dict()
         if self.t.rank == 0:

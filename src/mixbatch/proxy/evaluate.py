@@ -1,12 +1,10 @@
 """Validation loss per source on the held-out documents.
 
-Each held-out document (``MixedLoader.heldout()``), with its end-of-document token appended as
-in training, is cut into windows of ``seq_len`` tokens; each window is scored on its own (its
-first token has no context and is not predicted). Windows are taken in the held-out order until
-``max_tokens`` tokens per source (the last window is cut short), then packed first-fit
-decreasing into rows whose positions restart per window, so the model's block-diagonal mask
-keeps them apart. The loss of a source is the mean over its predicted tokens (over every rank's
-rows when distributed: :func:`global_means`).
+Each held-out document, with its end-of-document token as in training, is cut into windows of
+``seq_len`` tokens scored on their own (a window's first token is not predicted), taken in the
+held-out order up to ``max_tokens`` tokens per source, and packed first-fit decreasing into rows
+whose positions restart per window. A source's loss is the mean over its predicted tokens on
+every rank (:func:`global_means`).
 """
 
 from __future__ import annotations

@@ -69,8 +69,7 @@ def train_proxy(cfg: Config, proxy: ProxyConfig | None = None,
         hooks: what the run adds to each step (:class:`~mixbatch.proxy.trainer.Hooks`).
 
     Raises:
-        ConfigError: ``holdout`` is 0, unknown source names in ``weights``, a bad shape or
-            device.
+        ConfigError: ``holdout`` is 0, unknown sources in ``weights``, a bad shape or device.
     """
     t_start = time.perf_counter()
     require_holdout(cfg, "proxy runs score held-out documents")
@@ -81,12 +80,11 @@ def train_proxy(cfg: Config, proxy: ProxyConfig | None = None,
             asked = {n: float(w) for n, w in zip(t.names, t.loader.current_weights(), strict=True)}
         t.eval_rows = t.heldout_rows()
         done, _ = t.run(eval_every=t.proxy.eval_every, hooks=hooks)
-        report, losses = t.report(), t.losses()
-        tokens = report.pop("train_tokens")
+        report, losses, seconds = t.report(), t.losses(), t.train_seconds
         return ProxyResult(
-            **report, val_tokens={n: r.tokens for n, r in t.eval_rows.items()},
-            train_tokens=tokens, steps=done, seconds=time.perf_counter() - t_start,
-            tokens_per_s=tokens / t.train_seconds if t.train_seconds > 0 else float("nan"),
+            **report, val_tokens={n: r.tokens for n, r in t.eval_rows.items()}, steps=done,
+            seconds=time.perf_counter() - t_start,
+            tokens_per_s=report["train_tokens"] / seconds if seconds > 0 else float("nan"),
             train_loss=losses[-1] if losses else float("nan"), train_losses=losses,
             params=t.model.num_params(), params_total=t.model.num_params(non_embedding=False),
             weights=asked, state=cpu_state(t.model))

@@ -1,17 +1,13 @@
-"""The one proxy trainer: every proxy run of mixbatch is a :class:`Trainer` driven by hooks.
-
-Search and merging runs (:func:`mixbatch.proxy.train_proxy`), online policy runs
-(:func:`mixbatch.online.train_online`), Skill-It's probes, DoReMi's reference model and the
-scoring of merged models (:func:`mixbatch.search.merge.heldout_evaluator`) all use it.
+"""The one proxy trainer: every proxy run (search, merging, online policies, probes, reference
+models, merged-model scores) is a :class:`Trainer` driven by :class:`Hooks`.
 
 One step ``k`` of :meth:`Trainer.run` (``k`` steps done before it): plan the global step with
-the loader's current weights and read this rank's rows, ``hooks.before_forward(step)``;
-forward, ``hooks.before_backward(step)`` (parameters still before the update); backward (each
-rank's loss is its share of the global token mean and gradients are summed over ranks, so
-every rank takes the same step), clip, update; validation every ``eval_every`` steps and at
-the last step, ``hooks.after_update(step, record)``. With no hooks a run is a plain proxy run,
-so an online run without a policy trains the same model as ``train_proxy`` by construction.
-On CPU two runs with the same seeds and thread count are bit-identical.
+the loader's current weights and read this rank's rows, ``hooks.before_forward``; forward,
+``hooks.before_backward`` (parameters still before the update); backward (each rank's loss is
+its share of the global token mean and gradients are summed over ranks, so every rank takes the
+same step), clip, update; validation when due, ``hooks.after_update``. With no hooks a run is a
+plain proxy run, so an online run without a policy trains ``train_proxy``'s model by
+construction; on CPU two runs with the same seeds and thread count are bit-identical.
 """
 
 from __future__ import annotations
@@ -168,8 +164,7 @@ class Trainer:
         self.noise_scale: list[float] = []  # B_simple in tokens, one a step of run()
         self._tokens = (0.0, 0.0)  # this rank's and all ranks' tokens of the step
         self.eval_rows: dict[str, EvalRows] = {}
-        # real tokens trained per source: every rank's before the last load_state_dict, this
-        # rank's since
+        # real tokens trained per source: all ranks' before the last load_state_dict, this one's since
         self.tokens_before = np.zeros(len(self.names), dtype=np.int64)
         self.by_source = np.zeros(len(self.names), dtype=np.int64)
         self.history: list[dict[str, Any]] = []  # one record per validation
@@ -231,11 +226,9 @@ class Trainer:
             ).astype(np.int64)
 
     def report(self) -> dict[str, Any]:
-        """The run's figures so far (collective when distributed): last validation, real tokens
-        trained, history, timing; ``energy``: joules of :meth:`run` (RAPL / NVML counters,
-        validation included), per token trained and as grams of CO2 at
-        ``proxy.co2_g_per_kwh``, each None with why when it cannot be read (never estimated);
-        ``noise_scale``: the last B_simple (tokens) or why there is none."""
+        """The run's figures so far (collective when distributed), with ``energy``: joules of
+        :meth:`run` (RAPL / NVML), per token trained and as grams of CO2 at ``co2_g_per_kwh``,
+        None with why when unreadable (never estimated); ``noise_scale``: the last B_simple."""
         proxy, tokens = self.proxy, self.trained_tokens()
         total, last = int(tokens.sum()), self.history[-1] if self.history else None
         energy = EnergyReading(self.joules, self.train_seconds + self.eval_seconds, {},
@@ -259,9 +252,8 @@ class Trainer:
                 "noise_scale": noise}
 
     def state_dict(self) -> dict[str, Any]:
-        """Model (CPU copy), optimiser, loader and validation history, tokens trained per
-        source and joules (over ranks: every rank calls this), and the schedule, replay memory
-        and noise monitor when on."""
+        """Model (CPU copy), optimiser, loader, history, tokens trained and joules (every rank
+        calls this: it sums over ranks), and the schedule, replay and noise states when on."""
         state = {"model": cpu_state(self.model), "optimizer": self.opt.state_dict(),
                  "loader": self.loader.state_dict(), "history": list(self.history),
                  "trained_tokens": self.trained_tokens().tolist(), "joules": self.joules}

@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,33 +224,29 @@ def merge_ablation(cfg: Any, proxy: Any = None, steps: int = 100, seed_steps: in
     def uniform(members: Sequence[str]) -> dict[str, float]:
         return {n: (1.0 if n in members else 0.0) for n in names}
 
-    def fail(label: str, error: str) -> None:
-        raise SearchRunError(f"merge: {label} failed: {error}")
+    results: dict[Any, Any] = {}
 
-    train_seconds = 0.0
+    def run(tasks: list[Any], *where: Any) -> Iterator[tuple[Any, Any]]:
+        for task, res, error in run_proxy_tasks(cfg, tasks, *where):
+            if error is not None:
+                raise SearchRunError(f"merge: {task.label} failed: {error}")
+            results[task.key] = res
+            yield task, res
+
     seed_task = ProxyTask("seed", "the seed model", proxy.model_copy(update={"steps": seed_steps}),
                           uniform(names), keep_state=True)
-    _, seed_res, error = next(run_proxy_tasks(cfg, [seed_task], "local", 1))
-    if error is not None:
-        fail(seed_task.label, error)
-    train_seconds += seed_res.seconds
-    seed_state = seed_res.state
-
+    [(_, seed_res)] = run([seed_task], "local", 1)  # first, here
     tasks = [ProxyTask(("unit", n), f"unit model {n}", proxy.model_copy(update={"steps": steps}),
-                       uniform((n,)), seed_state, keep_state=True) for n in names]
+                       uniform((n,)), seed_res.state, keep_state=True) for n in names]
     # longest first, so that the last runs to finish are short ones
     for members in sorted(chosen, key=len, reverse=True):
         tasks.append(ProxyTask(("subset", members), f"subset {'+'.join(members)}",
                                proxy.model_copy(update={"steps": steps * len(members)}),
-                               uniform(members), seed_state))
-    results: dict[Any, Any] = {}
+                               uniform(members), seed_res.state))
     with RunProgress(len(tasks), progress) as bar:
-        for task, res, error in run_proxy_tasks(cfg, tasks, backend, workers, ray_address):
-            if error is not None:
-                fail(task.label, error)
-            results[task.key] = res
-            train_seconds += res.seconds
+        for task, res in run(tasks, backend, workers, ray_address):
             bar.advance(f"{task.label}: mean {res.val_loss_mean:.4f}")
+    train_seconds = sum(r.seconds for r in results.values())
 
     score = heldout_evaluator(cfg, proxy)
     units = {n: results[("unit", n)] for n in names}

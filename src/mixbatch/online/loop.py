@@ -1,15 +1,11 @@
 """Train a proxy model with an online mixture policy in the loop.
 
-:func:`train_online` is a run of the one proxy trainer (:class:`mixbatch.proxy.Trainer`) with
-the policy's hooks (:class:`_PolicyHooks`); without a policy it is exactly a
-:func:`~mixbatch.proxy.train_proxy` run. In each step, before the backward: the per-source
-training loss of the batch and, when ``policy.due(k + 1)``, the feedback the policy needs at
-these parameters (:mod:`mixbatch.online.feedback`); after the update, when due: Skill-It's
-evaluation losses, ``policy.observe`` and ``loader.set_weights(policy.weights())`` (the planner
-integrates the new weights from its current counts: no jump, exact prefixes); then the run
-files and periodic checkpoints. Feedback is summed over ranks, so every rank holds the same
-policy state and weights. ``resume=True`` continues from ``RUN_DIR/checkpoint.pt`` exactly as
-an uninterrupted run (on CPU, bit for bit, with the same thread count).
+:func:`train_online` is a run of the one proxy trainer with the policy's hooks; without a
+policy it is exactly a :func:`~mixbatch.proxy.train_proxy` run. Before each backward: the
+batch's per-source training loss and, when ``policy.due(k + 1)``, the policy's feedback at these
+parameters (:mod:`mixbatch.online.feedback`); after the update, when due: ``policy.observe``
+and ``loader.set_weights(policy.weights())`` (integrated from the planner's current counts: no
+jump, exact prefixes). ``resume=True`` continues exactly as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -335,8 +331,7 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
             hooks.close()
             if lock is not None:
                 lock.release()
-        k_src = len(names)
         return OnlineResult(
-            summary=summary, weights=np.array(hooks.weights_log).reshape(-1, k_src),
-            train_loss=np.array(hooks.train_log).reshape(-1, k_src), updates=hooks.updates,
+            summary=summary, weights=np.array(hooks.weights_log).reshape(-1, len(names)),
+            train_loss=np.array(hooks.train_log).reshape(-1, len(names)), updates=hooks.updates,
             history=copy.deepcopy(t.history), state=cpu_state(t.model))

@@ -1,12 +1,10 @@
 """DoReMi's reference model: trained first on the uniform mixture, cached in the run folder.
 
 DoReMi (Xie et al. 2023, Algorithm 1, step 1) trains a reference model on a reference mixture
-(uniform in the paper's runs) and then steers the proxy by each domain's excess loss over it.
-:func:`reference_model` returns that model, frozen: ``reference: PATH`` in ``mixture.policy``
-loads it (a plain state dict, an online run's ``checkpoint.pt`` or a reference cache file);
-otherwise :func:`mixbatch.proxy.train_proxy` trains it on the uniform mixture with the run's
-proxy shape, optimiser and seed for ``reference_steps`` steps, cached as ``RUN_DIR/reference.pt``
-with a key of everything it depends on (a later run with the same key loads it).
+(uniform in the paper's runs), then steers the proxy by each domain's excess loss over it.
+:func:`reference_model` loads it (``reference: PATH``: a state dict, a run's ``checkpoint.pt``)
+or trains it with the run's proxy settings for ``reference_steps`` steps, cached as
+``RUN_DIR/reference.pt`` under a key of everything it depends on.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Small proxy language models for offline mixture search (CPU-friendly, GPU-ready).
-
-``train_proxy(cfg, ProxyConfig.demo(), weights={...})`` trains one proxy on one mixture and
-returns its validation loss per source on the held-out documents; ``Trainer`` is the one
-training loop every proxy run drives (online policies add hooks); ``ProxyLM`` is the model and
-``per_source_mean`` turns per-token losses into per-source means. Needs torch.
+"""Small proxy language models for mixture search (CPU-friendly, GPU-ready; needs torch):
+``train_proxy(cfg, ProxyConfig.demo(), weights={...})`` trains one on one mixture and returns
+its held-out loss per source; ``Trainer`` is the loop every proxy run drives through hooks.
 """
 
 from mixbatch.proxy.model import MlpKind, ModelConfig, PositionKind, ProxyLM, ProxyOutput

@@ -58,9 +58,8 @@ class ProxyConfig(BaseModel):
     warmup: int = Field(default=20, ge=0)
     schedule: Schedule = Schedule.COSINE
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)  # cosine ends at lr * min_lr_ratio
-    # wsd / power and re-warming are driven by tokens trained (mixbatch.training.lr.TokenLR):
-    # warmup counts steps of batch_size x seq_len tokens, decay_fraction is the final decay's
-    # share, rewarm_tokens re-warms at each change of the mixture schedule's stage
+    # wsd / power / re-warming follow tokens trained (mixbatch.training.lr.TokenLR): warmup in
+    # steps of batch tokens, the final decay's share, re-warming at each mixture stage change
     decay_fraction: float = Field(default=0.1, ge=0, le=1)
     rewarm_tokens: int | None = Field(default=None, ge=1)
     weight_decay: float = Field(default=0.1, ge=0)
@@ -68,12 +67,10 @@ class ProxyConfig(BaseModel):
     beta2: float = Field(default=0.95, ge=0, lt=1)
     grad_clip: float | None = Field(default=1.0, gt=0)
     seed: int = 0
-    # hard-batch replay (mixbatch.training.replay): this share of the steps retrains the
-    # hardest of the replay_capacity batches kept by loss (0: off)
+    # share of steps retraining the hardest kept batch (mixbatch.training.replay; 0: off)
     replay_rate: float = Field(default=0.0, ge=0, lt=1)
     replay_capacity: int = Field(default=16, ge=1)
-    # gradient noise scale B_simple in tokens, EMA decay per step (mixbatch.training.noise;
-    # distributed runs only: it compares each rank's gradient with the global one)
+    # EMA decay of the noise scale B_simple (mixbatch.training.noise; two or more ranks)
     noise_beta: float | None = Field(default=None, ge=0, lt=1)
     # where
     device: Device = Device.AUTO

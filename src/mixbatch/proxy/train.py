@@ -2,9 +2,8 @@
 
 Offline mixture search (RegMix, Liu et al. 2024, arXiv 2407.01492) trains many small proxies,
 one per candidate mixture, and regresses their per-source validation losses on the mixture
-weights. :func:`train_proxy` is one such run: the :class:`~mixbatch.proxy.trainer.Trainer`
-with no hooks on the config's sources (its mixture replaced by ``weights`` when given), scored
-on each source's held-out documents at the end and every ``eval_every`` steps.
+weights. :func:`train_proxy` is one such run of the :class:`~mixbatch.proxy.trainer.Trainer`,
+scored on each source's held-out documents at the end and every ``eval_every`` steps.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,8 +119,8 @@ class Trainer:
         self.device = torch.device("cuda" if cuda else "cpu")
         self.device_name = torch.cuda.get_device_name(self.device) if cuda else "cpu"
         self.amp = torch.bfloat16 if cuda and proxy.bf16 and torch.cuda.is_bf16_supported() else None
-        self._threads = torch_threads(proxy.threads)
-        self._threads.__enter__()
+        self._stack = ExitStack()  # what close() undoes: torch's CPU threads
+        self._stack.enter_context(torch_threads(proxy.threads))
         try:
             self.loader = (MixedLoader(cfg) if distributed
                            else MixedLoader(cfg, rank=0, world_size=1))
@@ -177,9 +177,7 @@ class Trainer:
 
     def close(self) -> None:
         """Give torch its CPU threads back (idempotent)."""
-        if self._threads is not None:
-            self._threads.__exit__(None, None, None)
-            self._threads = None
+        self._stack.close()
 
     def __enter__(self) -> Trainer:
         return self
@@ -245,8 +243,7 @@ class Trainer:
         return {"val_loss": None if last is None else dict(last["val_loss"]),
                 "val_loss_mean": None if last is None else last["val_loss_mean"],
                 "train_tokens": total,
-                "train_tokens_by_source": {n: int(x) for n, x in zip(self.names, tokens,
-                                                                     strict=True)},
+                "train_tokens_by_source": dict(zip(self.names, map(int, tokens), strict=True)),
                 "history": self.history, "train_seconds": self.train_seconds,
                 "device": self.device_name, "world_size": self.world_size, "energy": energy,
                 "noise_scale": noise}
@@ -285,8 +282,7 @@ class Trainer:
             torch.cuda.synchronize(self.device)
 
     def _read(self, k: int) -> Step | None:
-        weights = self.loader.current_weights().copy()
-        fed_before = self.loader.fed_tokens.copy()
+        weights, fed_before = self.loader.current_weights().copy(), self.loader.fed_tokens.copy()
         replayed = self.replay is not None and self.replay.due(k)
         if replayed:
             assert self.replay is not None

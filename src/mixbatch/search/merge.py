@@ -105,8 +105,7 @@ def heldout_evaluator(cfg: Any, proxy: Any
     def score(state: dict[str, Any]) -> tuple[dict[str, float], float]:
         with torch_threads(proxy.threads):
             trainer.model.load_state_dict(state)
-            losses, mean = trainer.score()
-        return losses, mean
+            return trainer.score()
 
     return score
 

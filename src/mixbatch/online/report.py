@@ -96,9 +96,10 @@ def _costs(summary: dict[str, Any]) -> dict[str, str]:
                    if co2 is not None else f"; CO2 not estimated: {e.get('co2_unavailable')}")
         energy += f" ({e['scope']})" if e.get("scope") else ""
     b = noise.get("last")
-    return {"energy": energy,
-            "noise scale": f"B_simple {b:.4g} tokens (last step's EMA)" if b is not None
-            else f"not measured: {noise.get('unavailable') or 'not recorded'}"}
+    return {"energy": energy, "noise scale": (
+        f"not measured: {noise.get('unavailable') or 'not recorded'}" if b is None else
+        f"B_simple {b:.4g} tokens (last step's EMA)" if math.isfinite(b) else
+        "B_simple not defined at the last step (its smoothed |G|² estimate is not positive)")}
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:

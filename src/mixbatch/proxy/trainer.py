@@ -7,7 +7,7 @@ the loader's current weights and read this rank's rows, ``hooks.before_forward``
 its share of the global token mean and gradients are summed over ranks, so every rank takes the
 same step), clip, update; validation when due, ``hooks.after_update``. With no hooks a run is a
 plain proxy run, so an online run without a policy trains ``train_proxy``'s model by
-construction; on CPU two runs with the same seeds and thread count are bit-identical.
+construction. Same seeds and thread count: bit-identical on CPU, equal to rounding on CUDA.
 """
 
 from __future__ import annotations

@@ -88,8 +88,6 @@ def full_grad_sums(model: ProxyLM, losses: torch.Tensor, mask: torch.Tensor,
 
 def rank_rows(rows: EvalRows, rank: int, world_size: int) -> EvalRows:
     """This rank's share of evaluation rows (rows ``rank, rank + world, ...``)."""
-    if world_size == 1:
-        return rows
     s = slice(rank, None, world_size)
     return EvalRows(rows.input_ids[s], rows.labels[s], rows.position_ids[s], rows.docs)
 

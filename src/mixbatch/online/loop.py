@@ -237,9 +237,12 @@ class _PolicyHooks(Hooks):
                 "overhead": self.overhead, "fed_at_feedback": self.last_fed.tolist()},
                 self.ckpt_path)
 
-    def resume(self) -> int:
-        """Load the checkpoint into the trainer and the policy; returns its step."""
-        assert self.ckpt_path is not None
+    def start(self, resume: bool) -> int | None:
+        """The checkpoint's step, loaded when ``resume`` finds one; else None (a fresh start)."""
+        if not (resume and self.ckpt_path is not None and self.ckpt_path.exists()):
+            if self.pol is not None:
+                self.t.loader.set_weights(self.pol.weights())
+            return None
         ck = checkpoint.load_checkpoint(self.ckpt_path)
         checkpoint.check_same_run(ck["run"], self.run_key, self.ckpt_path)
         self.t.load_state_dict(ck)
@@ -291,24 +294,21 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
     with Trainer(cfg, proxy, distributed=True) as t:
         hooks = _PolicyHooks(t, spec, target, run_path, log)
         loader, steps, pol = t.loader, t.proxy.steps, hooks.pol
-        resumed = bool(resume and hooks.ckpt_path is not None and hooks.ckpt_path.exists())
-        start = hooks.resume() if resumed else 0
-        if pol is not None and not resumed:
-            loader.set_weights(pol.weights())
+        resumed_at = hooks.start(resume)
+        start = resumed_at or 0
         # one run per folder: a second `train --out` on it is refused, naming this process
         lock = (FolderLock(run_path, "run folder").acquire()
                 if run_path is not None and t.rank == 0 else None)
         try:
-            files = hooks.files = RunFiles(run_path, names, t.rank, t.world_size,
-                                           start if resumed else None, audit,
-                                           noise=t.noise is not None)
+            files = hooks.files = RunFiles(run_path, names, t.rank, t.world_size, resumed_at,
+                                           audit, noise=t.noise is not None)
             if files.torn and log is not None:
                 log("resume: dropped torn last lines (the run was killed while writing them): "
                     + ", ".join(f"{f} {n}" for f, n in files.torn.items()))
             hooks.checkpoint_every = checkpoint_every
             hooks.end = end = steps if stop_at is None else max(start, min(stop_at, steps))
             done, ended = t.run(start, end, hooks, t.proxy.eval_every or max(1, steps // 10))
-            if done > start or not resumed:
+            if done > start or resumed_at is None:
                 hooks.save(done)
             fed, last = loader.fed_tokens, t.history[-1] if t.history else None
             summary = {

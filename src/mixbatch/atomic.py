@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -23,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "json_digest", "save_npy", "temp_name", "write_bytes", "write_json",
-           "write_text"]
+__all__ = ["atomic_path", "finite_or_none", "json_digest", "save_npy", "temp_name", "write_bytes",
+           "write_json", "write_text"]
 
 
 def temp_name(path: Path) -> Path:
@@ -75,6 +76,18 @@ def save_npy(path: str | Path, arr: np.ndarray) -> None:
     """``np.save`` (never pickled) to ``path`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, arr, allow_pickle=False)
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) made ``None``, through dicts, lists and
+    tuples (tuples become lists): what strict JSON can hold."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_none(v) for v in obj]
+    return obj
 
 
 def json_digest(obj: Any, size: int = 8) -> str:

@@ -26,7 +26,6 @@ research notes, §8).
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from mixbatch.atomic import finite_or_none
 from mixbatch.errors import ConfigError
 
 __all__ = ["MergeReport", "SubsetScore", "average_states", "choose_subsets", "heldout_evaluator",
@@ -147,16 +147,7 @@ class MergeReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        def clean(v: Any) -> Any:
-            if isinstance(v, float) and not math.isfinite(v):
-                return None
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items()}
-            if isinstance(v, list | tuple):
-                return [clean(x) for x in v]
-            return v
-
-        return clean({
+        return finite_or_none({
             "method": "Na et al. 2024, modular training and merging (arXiv 2410.15661)",
             "sources": list(self.names), "seed_steps": self.seed_steps, "steps": self.steps,
             "proxy": self.proxy, "seed": self.seed, "units": self.units,

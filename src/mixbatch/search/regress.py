@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from mixbatch.atomic import write_json
+from mixbatch.atomic import finite_or_none, write_json
 from mixbatch.errors import ConfigError
 
 __all__ = [
@@ -271,21 +271,11 @@ def cross_validate(x: np.ndarray, y: np.ndarray, names: tuple[str, ...] | list[s
     return scores, pred
 
 
-def _nan_to_none(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_to_none(v) for v in obj]
-    return obj
-
-
 def save_model(model: FittedModel, path: str | Path) -> Path:
     """Write the model as JSON (no pickle); LightGBM's text model is embedded as a string."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, _nan_to_none(model.to_dict()))
+    write_json(path, finite_or_none(model.to_dict()))
     return path
 
 

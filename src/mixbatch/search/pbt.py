@@ -1,0 +1,377 @@
+"""Population Based Training of mixtures on Ray Tune: ``mixbatch search pbt``.
+
+"Population Based Training of Neural Networks" (Jaderberg et al. 2017) trains a population in
+parallel and, every ``interval`` steps, lets the worse members *exploit* (copy the state and
+hyperparameters of a better one: truncation selection, the bottom ``quantile`` copies a member
+of the top ``quantile``) and *explore* (perturb the copied hyperparameters). Here the members
+are proxy runs (:mod:`mixbatch.search.pbt_member`), the hyperparameters are the mixture
+weights, and the scheduler is Ray Tune's ``PopulationBasedTraining`` in its synchronous form
+(every member reaches step ``k * interval`` before any is exploited). Exploit copies model,
+optimiser and the loader's exact state; explore perturbs the weights on the simplex
+(:mod:`mixbatch.search.pbt_explore`); the copied member continues from the copied state under
+its lineage's ``schedule:`` with the new weights as the open last stage.
+
+The result is the winning member's (lowest mean held-out loss at the last step) weight
+history as a mixbatch ``schedule:`` (``OUT/schedule.yaml``), a config that ``mixbatch stream``
+replays exactly (``OUT/config.yaml``: the input config with that schedule and the proxy's batch
+shape, paths made absolute) and ``OUT/pbt.json`` (settings, every member's final loss and
+lineage, the winner's validation records and one digest per step it trained on).
+
+**Deterministic** for a seed, as far as Ray allows: the starting weights come from ``seed``;
+each synchronous round reseeds the donor choice (Ray draws it from Python's ``random``, saved
+and restored around the round) and the explore draws from ``(seed, step)``; members train with
+one torch thread, so on CPU the proxies are bit-identical run to run. What Ray leaves open:
+losses that tie exactly are ordered by Tune's trial order; on a cluster the proxies' kernels
+may differ by node (CUDA reductions, other CPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from mixbatch.atomic import write_json, write_text
+from mixbatch.checks import integer, positive_int, real
+from mixbatch.config import Config
+from mixbatch.errors import ConfigError, StateError
+
+__all__ = ["PBTResult", "PBTSettings", "add_pbt_parser", "run_pbt", "run_pbt_search"]
+
+
+@dataclass(frozen=True)
+class PBTSettings:
+    """A PBT search: ``population`` members of ``steps`` proxy steps each, exploit/explore
+    every ``interval`` steps. ``resample``: the share of explore steps that draw fresh weights
+    instead of perturbing; ``quantile``: the share of the population that exploits (and the
+    share it copies from); ``workers``: members training at a time (Ray CPUs, default
+    ``min(population, cores)``)."""
+
+    population: int
+    interval: int
+    steps: int
+    seed: int = 0
+    resample: float = 0.25
+    quantile: float = 0.25
+    workers: int | None = None
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        population = integer("--population", self.population, lo=1)
+        if population < 2:
+            raise ConfigError(f"--population: PBT needs at least 2 members (one to copy from, "
+                              f"one to copy), got {population}")
+        steps = integer("--steps", self.steps, lo=1)
+        interval = integer("--interval", self.interval, lo=1)
+        if interval >= steps:
+            raise ConfigError(f"--interval: {interval} steps between exploits is not less than "
+                              f"the run's {steps} steps: no member would ever be exploited")
+        integer("--seed", self.seed)
+        real("--resample", self.resample, lo=0.0, hi=1.0)
+        real("--quantile", self.quantile, lo=0.0, hi=0.5, lo_open=True)
+        if self.workers is not None:
+            integer("--workers", self.workers, lo=1)
+
+    @property
+    def rounds(self) -> int:
+        return math.ceil(self.steps / self.interval)
+
+
+@dataclass
+class PBTResult:
+    names: list[str]
+    winner: int
+    val_loss: float  # the winner's mean held-out loss at the last step
+    schedule: list[dict[str, Any]]  # the winner's `mixture.schedule`
+    members: list[dict[str, Any]]  # member, val_loss, steps, stages (lineage)
+    winner_record: dict[str, Any] = field(repr=False)  # stages, fed digests, history
+    exploits: int = 0  # exploits in all (pbt.json lists them: step, member, copied_from)
+    seconds: float = 0.0
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+def _scheduler(settings: PBTSettings, names: list[str], inits: list[dict[str, float]]) -> Any:
+    """Ray Tune's PBT, synchronous, exploring the weights with :func:`perturb`, reseeded per
+    round (module docstring). A member's config is ``{"member": i}`` (its starting weights are
+    ``inits[i]``) plus ``weights`` and ``copied_from`` once it exploited; ``exploits`` lists
+    every exploit as ``{step, member, copied_from}``."""
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    from mixbatch.search.pbt_explore import perturb, snap
+    from mixbatch.search.pbt_member import METRIC, TIME_ATTR, member_weights
+
+    class MixturePBT(PopulationBasedTraining):
+        def __init__(self) -> None:
+            self.rng = np.random.default_rng([settings.seed, 0])
+            self.exploits: list[dict[str, int]] = []
+            super().__init__(time_attr=TIME_ATTR, metric=METRIC, mode="min",
+                             perturbation_interval=settings.interval,
+                             quantile_fraction=settings.quantile, resample_probability=0.0,
+                             custom_explore_fn=self.explore, synch=True)
+
+        def explore(self, config: dict[str, Any]) -> dict[str, Any]:
+            """``config``: a copy of the better member's."""
+            w = member_weights(config, inits)
+            w = perturb(np.array([w[n] for n in names]), self.rng, settings.resample)
+            return {**config, "weights": snap(names, w), "copied_from": config["member"]}
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            at = int(result.get(TIME_ATTR, 0))
+            self.rng = np.random.default_rng([settings.seed, at])
+            before = {t.trial_id: t.config for t in tune_controller.get_trials()}
+            saved = random.getstate()
+            random.seed(settings.seed * 1_000_003 + at)
+            try:
+                return super().on_trial_result(tune_controller, trial, result)
+            finally:
+                random.setstate(saved)
+                for t in tune_controller.get_trials():  # exploited: a new config object
+                    old = before.get(t.trial_id)
+                    if old is not None and t.config is not old:
+                        me = old["member"]
+                        self.exploits.append({"step": at, "member": me,
+                                              "copied_from": t.config["copied_from"]})
+                        t.set_config({**t.config, "member": me})
+
+    return MixturePBT()
+
+
+def _first_weights(cfg: Config) -> np.ndarray:
+    """The config's mixture at step 0 (member 0 starts there)."""
+    from mixbatch.loader.loader import MixedLoader
+
+    return MixedLoader(cfg, rank=0, world_size=1).current_weights()
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else type(e).__name__
+
+
+def _start_ray(settings: PBTSettings) -> bool:
+    from mixbatch.search.backends import check_ray
+
+    ray = check_ray()
+    if ray.is_initialized():
+        return False
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, log_to_driver=False)
+    else:
+        workers = settings.workers or min(settings.population, os.cpu_count() or 1)
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    return True
+
+
+def _fit(cfg: Config, proxy: Any, settings: PBTSettings, inits: list[dict[str, float]],
+         storage: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, int]]]:
+    """Run the population on Tune; return ``(member, final checkpoint)`` per member and every
+    exploit (``member`` copied ``copied_from``'s state of step ``step``)."""
+    from ray import tune
+
+    from mixbatch.search.pbt_member import (
+        CHECKPOINT_FILE,
+        TIME_ATTR,
+        MemberSetup,
+        read_member_checkpoint,
+        train_member,
+    )
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's old, quiet reporter at verbose 0
+    setup = MemberSetup(cfg, proxy, settings.interval, inits)
+    scheduler = _scheduler(settings, list(cfg.sources), inits)
+    trainable = tune.with_resources(tune.with_parameters(train_member, setup=setup), {"cpu": 1})
+    tuner = tune.Tuner(
+        trainable, param_space={"member": tune.grid_search(list(range(len(inits))))},
+        tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=1, reuse_actors=True,
+                                    trial_dirname_creator=lambda t: f"member_{t.trial_id}"),
+        run_config=tune.RunConfig(name="pbt", storage_path=str(storage.resolve()), verbose=0,
+                                  stop={TIME_ATTR: settings.steps},
+                                  failure_config=tune.FailureConfig(max_failures=0)))
+    quiet = logging.getLogger("ray.tune")  # restarts warn of log files a checkpoint lacks
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        grid = tuner.fit()
+    finally:
+        quiet.setLevel(level)
+    members: list[tuple[int, dict[str, Any]]] = []
+    for r in grid:
+        me = int(r.config["member"])
+        if r.error is not None:
+            raise StateError(f"search pbt: member {me} failed: {_one_line(r.error)}")
+        if r.checkpoint is None:
+            raise StateError(f"search pbt: member {me} ended without a checkpoint")
+        with r.checkpoint.as_directory() as d:
+            members.append((me, read_member_checkpoint(Path(d) / CHECKPOINT_FILE)))
+    return sorted(members, key=lambda m: m[0]), sorted(scheduler.exploits,
+                                                       key=lambda e: (e["step"], e["member"]))
+
+
+def _replay_config(cfg: Config, proxy: Any, schedule: list[dict[str, Any]]) -> Config:
+    """The config the trainer runs with this schedule (the proxy's batch shape included)."""
+    from mixbatch.proxy.trainer import Trainer
+    from mixbatch.search.pbt_lineage import with_schedule
+
+    with Trainer(with_schedule(cfg, schedule), proxy) as t:
+        return t.cfg
+
+
+def run_pbt_search(cfg: Config, proxy: Any, settings: PBTSettings, out: str | Path,
+                   keep_checkpoints: bool = False) -> PBTResult:
+    """Run a PBT search of mixtures (module docstring) and write its results under ``out``.
+
+    Raises:
+        ConfigError: bad settings, no held-out documents, an online policy in the config,
+            Ray missing.
+        StateError: a member failed (its one-line reason).
+    """
+    from mixbatch.proxy.trainer import require_holdout
+    from mixbatch.search.pbt_explore import initial_population
+    from mixbatch.search.pbt_lineage import schedule_block, write_replay_config
+
+    t0 = time.perf_counter()
+    require_holdout(cfg, "PBT scores members on held-out documents")
+    if cfg.mixture.policy is not None:
+        raise ConfigError("mixture.policy: PBT sets the mixture weights itself; remove the "
+                          "online policy from the config")
+    proxy = proxy.model_copy(update={"steps": settings.steps, "threads": proxy.threads or 1})
+    names = list(cfg.sources)
+    inits = initial_population(names, _first_weights(cfg), settings.population,
+                               np.random.default_rng(settings.seed))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = out / "ray"
+    started = _start_ray(settings)
+    try:
+        members, exploits = _fit(cfg, proxy, settings, inits, storage)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    final = max(m["step"] for _, m in members)
+    score = [(m["history"][-1]["val_loss_mean"] if m["step"] == final else math.inf, i)
+             for i, m in members]
+    best_score, winner = min(score)
+    rec = dict(members)[winner]
+    schedule = schedule_block(rec["stages"])
+    rows = [{"member": i, "val_loss": m["history"][-1]["val_loss_mean"], "steps": m["step"],
+             "stages": m["stages"]} for i, m in members]
+    paths = {"schedule": str(out / "schedule.yaml"), "config": str(out / "config.yaml"),
+             "report": str(out / "pbt.json")}
+    head = (f"chosen by mixbatch search pbt: member {winner} of {settings.population}, "
+            f"{settings.steps} steps, exploit/explore every {settings.interval}, seed "
+            f"{settings.seed}; held-out mean loss {best_score:.6g}")
+    write_text(paths["schedule"], "".join(f"# {ln}\n" for ln in head.splitlines())
+               + yaml.safe_dump({"mixture": {"unit": cfg.mixture.unit.value,
+                                             "schedule": schedule}}, sort_keys=False))
+    write_replay_config(_replay_config(cfg, proxy, schedule), paths["config"],
+                        head + f"\nreplay: mixbatch stream {paths['config']} --steps "
+                               f"{rec['step']}")
+    result = PBTResult(names, winner, float(best_score), schedule, rows,
+                       {k: rec[k] for k in ("stages", "fed", "history", "step")},
+                       exploits=len(exploits), seconds=time.perf_counter() - t0, paths=paths)
+    write_json(paths["report"], {
+        "settings": {**settings.__dict__, "proxy": proxy.model_dump(mode="json")},
+        "names": names, "initial_weights": inits, "winner": winner, "val_loss": best_score,
+        "schedule": schedule, "members": rows, "winner_record": result.winner_record,
+        "exploits": exploits, "seconds": result.seconds})
+    if not keep_checkpoints:
+        shutil.rmtree(storage, ignore_errors=True)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+def _probability(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {value!r}")
+    return v
+
+
+def add_pbt_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``pbt`` on ``mixbatch search``'s subcommands."""
+    from mixbatch.search.cli import _add_proxy_flags
+
+    sp = subparsers.add_parser("pbt", help="Population Based Training of the mixture on Ray "
+                                           "Tune: a schedule that stream replays")
+    sp.add_argument("config", help="config whose sources (prepared, holdout > 0) the members "
+                                   "train on; member 0 starts on its mixture")
+    sp.add_argument("--population", type=positive_int, required=True, metavar="N",
+                    help="members (at least 2)")
+    sp.add_argument("--interval", type=positive_int, required=True, metavar="STEPS",
+                    help="proxy steps between two exploit/explore rounds (< --steps)")
+    sp.add_argument("--out", required=True, metavar="DIR",
+                    help="schedule.yaml, config.yaml (replay with stream) and pbt.json")
+    sp.add_argument("--seed", type=int, default=0, help="starting weights and explore draws "
+                                                        "(default %(default)s)")
+    sp.add_argument("--resample", type=_probability, default=0.25, metavar="P",
+                    help="share of explores that draw fresh weights (default %(default)s)")
+    sp.add_argument("--quantile", type=_probability, default=0.25, metavar="Q",
+                    help="share of members that copy a better one (default %(default)s)")
+    sp.add_argument("--workers", type=positive_int, default=None,
+                    help="members training at a time (default: population, at most the cores)")
+    sp.add_argument("--ray-address", metavar="ADDR", default=None,
+                    help="an existing Ray cluster (default: start a local one); members then "
+                         "need the store at the same path on every node")
+    sp.add_argument("--keep-checkpoints", action="store_true",
+                    help="keep Tune's member checkpoints under DIR/ray")
+    _add_proxy_flags(sp)
+    sp.set_defaults(func=run_pbt)
+    return sp
+
+
+def run_pbt(args: argparse.Namespace) -> int:
+    """``mixbatch search pbt``: run, print the members and the winner's schedule."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mixbatch.search.cli import _load_search_config, _proxy_from_args
+
+    cfg = _load_search_config(args.config)
+    proxy = _proxy_from_args(args)
+    settings = PBTSettings(population=args.population, interval=args.interval,
+                           steps=proxy.steps, seed=args.seed, resample=args.resample,
+                           quantile=args.quantile, workers=args.workers,
+                           ray_address=args.ray_address)
+    res = run_pbt_search(cfg, proxy, settings, args.out, keep_checkpoints=args.keep_checkpoints)
+    out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    members = Table(title=f"search pbt: {settings.population} members x {settings.steps} "
+                          f"steps, every {settings.interval} steps",
+                    caption=f"{res.exploits} exploits in all; {res.seconds:.1f}s")
+    for c in ("member", "held-out mean loss", "stages", "copies"):
+        members.add_column(c, justify="right")
+    for m in sorted(res.members, key=lambda m: m["val_loss"]):
+        copies = sum(1 for s in m["stages"] if s["copied_from"] != s["member"])
+        mark = " (winner)" if m["member"] == res.winner else ""
+        members.add_row(f"{m['member']}{mark}", f"{m['val_loss']:.4f}", str(len(m["stages"])),
+                        str(copies))
+    out.print(members)
+    sched = Table(title=f"winner's schedule → {res.paths['schedule']}",
+                  caption=f"replay: mixbatch stream {res.paths['config']} --steps "
+                          f"{res.winner_record['step']}; report {res.paths['report']}")
+    sched.add_column("until step", justify="right")
+    for n in res.names:
+        sched.add_column(n, justify="right")
+    for s in res.schedule:
+        sched.add_row(str(s.get("until_step", "end")), *(f"{s['weights'][n]:.3f}"
+                                                          for n in res.names))
+    out.print(sched)
+    return 0

@@ -16,7 +16,10 @@ design and PBT's draws):
   scratch under its schedule (``stream`` replays it exactly).
 
 Both ``search best`` and ``pbt`` report the best of ``population`` runs scored on the held-out
-documents they were chosen on (the same selection effect); ``uniform`` is a single run.
+documents they were chosen on (the same selection effect, PBT's at every interval); ``uniform``
+is a single run. So each seed then retrains the three choices from scratch with another
+initialisation (``fresh init``: model seed + 1000, the same batches): uniform, the search's
+best mixture and PBT's winning schedule, one run each.
 Reported: held-out mean loss (nats/byte over every scored token) per arm and seed, the
 winner's mixture, wall seconds. Run with the project venv (it has Ray):
 ``PYTHONPATH=src nice -n 10 .venv/bin/python benchmarks/bench_pbt.py``.
@@ -33,6 +36,7 @@ import numpy as np
 from _common import header, log, run_in_workdir, table
 
 PACKAGES = ("mixbatch", "torch", "numpy", "ray")
+FRESH = 1000  # model seed offset of the retraining check
 
 
 def parse_args() -> argparse.Namespace:
@@ -76,6 +80,7 @@ def one_seed(path: Path, cfg, seed: int, args: argparse.Namespace, workdir: Path
     from mixbatch.proxy import ProxyConfig, train_proxy
     from mixbatch.search.design import config_token_counts, design_mixtures, write_design_csv
     from mixbatch.search.pbt import PBTSettings, run_pbt_search
+    from mixbatch.search.pbt_lineage import with_schedule
     from mixbatch.search.runner import run_search
 
     proxy = ProxyConfig.from_dict({**DEMO_PROXY, "steps": args.steps, "seed": seed,
@@ -110,6 +115,19 @@ def one_seed(path: Path, cfg, seed: int, args: argparse.Namespace, workdir: Path
     rows.append([seed, f"pbt (member {res.winner}, {res.exploits} exploits)", budget,
                  f"{res.val_loss:.4f}", stages, f"{time.perf_counter() - t0:.0f}"])
     log(f"seed {seed} pbt: {res.val_loss:.4f} ({res.exploits} exploits)")
+
+    # the choices retrained from scratch with another initialisation (seed + FRESH): each arm's
+    # loss without the selection on its own runs' held-out scores
+    fresh = proxy.model_copy(update={"seed": seed + FRESH})
+    for arm, run_cfg, weights in (
+            ("uniform, fresh init", cfg, {n: 1.0 for n in names}),
+            ("search best, fresh init", cfg, best.weights),
+            ("pbt schedule, fresh init", with_schedule(cfg, res.schedule), None)):
+        t0 = time.perf_counter()
+        r = train_proxy(run_cfg, fresh, weights=weights)
+        rows.append([seed, arm, args.steps, f"{r.val_loss_mean:.4f}", "as above",
+                     f"{time.perf_counter() - t0:.0f}"])
+        log(f"seed {seed} {arm}: {r.val_loss_mean:.4f}")
     return rows
 
 
@@ -123,12 +141,15 @@ def bench(args: argparse.Namespace, workdir: Path) -> str:
         by_arm.setdefault(r[1].split(" (")[0], []).append(float(r[3]))
     summary = [[arm, len(v), f"{np.mean(v):.4f}", f"{np.min(v):.4f}", f"{np.max(v):.4f}"]
                for arm, v in by_arm.items()]
-    gaps = [float(b[3]) - float(a[3]) for a, b in zip(rows[1::3], rows[2::3], strict=True)]
+    per = len(rows) // len(args.seeds)  # rows per seed: uniform, search, pbt, 3 fresh
+    gaps = [float(rows[k + 2][3]) - float(rows[k + 1][3]) for k in range(0, len(rows), per)]
+    fresh_gaps = [float(rows[k + 5][3]) - float(rows[k + 4][3]) for k in range(0, len(rows), per)]
     extra = {"corpus": f"built-in demo corpus, {args.max_bytes} bytes per domain, byte tokens",
              "proxy": f"DEMO_PROXY, {args.steps} steps, one thread, {args.workers} at a time",
              "pbt": f"population {args.population}, interval {args.interval}, quantile 0.25, "
                     "resample 0.25",
-             "pbt - search best per seed": ", ".join(f"{g:+.4f}" for g in gaps)}
+             "pbt - search best per seed": ", ".join(f"{g:+.4f}" for g in gaps),
+             "same, retrained with a fresh init": ", ".join(f"{g:+.4f}" for g in fresh_gaps)}
     return "\n".join([
         header("PBT of mixtures vs the best static mixture of search vs uniform", PACKAGES,
                extra),

@@ -17,7 +17,7 @@ from test_pbt import prepared_config
 
 ray = pytest.importorskip("ray", reason="ray is not installed: PBT on Ray Tune is not tested")
 
-STEPS, INTERVAL = 9, 3
+STEPS, INTERVAL = 4, 2
 
 
 def _pbt(config: Path, out: Path, seed: int) -> dict:
@@ -29,7 +29,7 @@ def _pbt(config: Path, out: Path, seed: int) -> dict:
     add_pbt_parser(p.add_subparsers(dest="search_command"))
     proxy = dict(TINY_PROXY)
     flags = ["--layers", str(proxy["n_layer"]), "--d-model", str(proxy["d_model"]),
-             "--heads", str(proxy["n_head"]), "--seq-len", "32", "--batch-size", "2",
+             "--heads", str(proxy["n_head"]), "--seq-len", "16", "--batch-size", "2",
              "--lr", str(proxy["lr"]), "--eval-tokens", "256", "--device", "cpu"]
     args = p.parse_args(["pbt", str(config), "--population", "3", "--interval", str(INTERVAL),
                          "--steps", str(STEPS), "--seed", str(seed), "--workers", "2",
@@ -56,7 +56,7 @@ def test_winner_schedule_is_replayed_exactly_by_stream(runs) -> None:
     fed = rep["winner_record"]["fed"]
     assert len(fed) == STEPS and rep["winner_record"]["step"] == STEPS
     cfg = load_config(out / "config.yaml")
-    assert cfg.batch.seq_len == 32 and cfg.batch.batch_size == 2  # the proxy's shape
+    assert cfg.batch.seq_len == 16 and cfg.batch.batch_size == 2  # the proxy's shape
     sched = yaml.safe_load((out / "schedule.yaml").read_text())["mixture"]["schedule"]
     assert [s.model_dump(exclude_none=True) for s in cfg.mixture.schedule] == sched == \
         rep["schedule"]

@@ -7,20 +7,23 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import TINY_PROXY
 from mixbatch.config import load_config
+from mixbatch.errors import StateError
 from mixbatch.loader.loader import MixedLoader
 from mixbatch.search.pbt_lineage import batch_digest
 from test_pbt import prepared_config
 
 ray = pytest.importorskip("ray", reason="ray is not installed: PBT on Ray Tune is not tested")
+pytestmark = pytest.mark.slow  # a local Ray and two PBT runs: tens of seconds
 
 STEPS, INTERVAL = 4, 2
 
 
-def _pbt(config: Path, out: Path, seed: int) -> dict:
+def _pbt(config: Path, out: Path, seed: int, *extra: str) -> dict:
     import argparse
 
     from mixbatch.search.pbt import add_pbt_parser
@@ -33,7 +36,7 @@ def _pbt(config: Path, out: Path, seed: int) -> dict:
              "--lr", str(proxy["lr"]), "--eval-tokens", "256", "--device", "cpu"]
     args = p.parse_args(["pbt", str(config), "--population", "3", "--interval", str(INTERVAL),
                          "--steps", str(STEPS), "--seed", str(seed), "--workers", "2",
-                         "--out", str(out), *flags])
+                         "--out", str(out), *flags, *extra])
     assert args.func(args) == 0
     return json.loads((out / "pbt.json").read_text())
 
@@ -46,9 +49,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
     try:
         first = _pbt(config, tmp / "a", seed=5)
         again = _pbt(config, tmp / "b", seed=5)
+        failed = None
+        if not torch.cuda.is_available():  # a member that fails inside Ray
+            with pytest.raises(StateError) as e:
+                _pbt(config, tmp / "c", 5, "--device", "cuda")
+            failed = str(e.value)
     finally:
         ray.shutdown()
-    return {"tmp": tmp, "first": first, "again": again}
+    return {"tmp": tmp, "first": first, "again": again, "failed": failed}
 
 
 def test_winner_schedule_is_replayed_exactly_by_stream(runs) -> None:
@@ -93,3 +101,11 @@ def test_same_seed_same_search(runs) -> None:
     for key in ("winner", "val_loss", "schedule", "members", "initial_weights", "exploits"):
         assert a[key] == b[key], key
     assert a["winner_record"]["fed"] == b["winner_record"]["fed"]
+
+
+def test_a_failing_member_is_one_line_naming_it(runs) -> None:
+    if runs["failed"] is None:
+        pytest.skip("this machine has a CUDA device: the failing member is not tested")
+    msg = runs["failed"]
+    assert msg.startswith("search pbt: member ") and "\n" not in msg
+    assert "proxy.device: cuda was asked for but torch sees no CUDA device" in msg

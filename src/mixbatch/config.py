@@ -103,16 +103,21 @@ class SourceConfig(_Strict):
         return self
 
 
-class StageConfig(_Strict):
-    weights: dict[str, float]
+class _StageBound(_Strict):
+    """Where a stage ends: ``until_step`` or ``until_tokens`` (neither: the open last stage)."""
+
     until_step: int | None = Field(default=None, ge=1)
     until_tokens: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
-    def _one_bound(self) -> StageConfig:
+    def _one_bound(self) -> _StageBound:
         if self.until_step is not None and self.until_tokens is not None:
             raise ValueError("give `until_step` or `until_tokens`, not both")
         return self
+
+
+class StageConfig(_StageBound):
+    weights: dict[str, float]
 
 
 class MixtureConfig(_Strict):
@@ -189,12 +194,109 @@ class _BatchCommon(_Strict):
         raise NotImplementedError
 
 
+class BatchStage(_StageBound):
+    """One stage of a ``batch_size`` schedule (the rule of the mixture's stages)."""
+
+    batch_size: int = Field(ge=1)
+
+
+DEFAULT_BATCH_SIZE = 8
+
+#: a global batch size: a number of rows, or a schedule of stages (a list)
+BatchSize = Annotated[
+    Annotated[int, Tag("rows")] | Annotated[list[BatchStage], Tag("stages")],
+    Discriminator(lambda v: "stages" if isinstance(v, list) else "rows")]
+#: the union's tags: not keys the user wrote (left out of messages)
+_TAGS = ("str", "list[str]", "rows", "stages")
+
+
 class _FixedRows(_BatchCommon):
-    batch_size: int = Field(default=8, ge=1)  # rows per global step
+    """The batch size, named for what it counts (README, "batch"): ``global_batch_size`` (or
+    its older name ``batch_size``) is the rows of one optimizer step over all ranks and all
+    accumulation steps, a number or a schedule of stages; ``micro_batch_size`` the rows of one
+    forward on one rank (Hugging Face's and Lightning's per-device batch); ``grad_accum`` the
+    loader steps per optimizer step. ``micro × world size × grad_accum = global``; the world
+    size is known when the loader starts, where a pair that disagrees is refused."""
+
+    batch_size: BatchSize | None = None
+    global_batch_size: BatchSize | None = None
+    micro_batch_size: int | None = Field(default=None, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    # the largest global batch a run-time change (`loader.set_batch_size`) may ask for
+    # (default: the largest of the schedule)
+    max_batch_size: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name(cls, data: Any) -> Any:
+        """``batch_size`` mirrors ``global_batch_size`` (older readers use it); the default
+        (8 rows) only when neither they nor ``micro_batch_size`` are given."""
+        if isinstance(data, dict) and data.get("batch_size") is None:
+            size = data.get("global_batch_size")
+            if size is None and data.get("micro_batch_size") is None:
+                size = DEFAULT_BATCH_SIZE
+            if size is not None:
+                data = {**data, "batch_size": size}
+        return data
+
+    @field_validator("batch_size", "global_batch_size")
+    @classmethod
+    def _positive(cls, v: int | list[BatchStage] | None) -> int | list[BatchStage] | None:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be >= 1 (rows per global step)")
+        if isinstance(v, list) and not v:
+            raise ValueError("a schedule needs at least one stage")
+        return v
+
+    @model_validator(mode="after")
+    def _sizes_agree(self) -> _FixedRows:
+        a, b = self.batch_size, self.global_batch_size
+        if a is not None and b is not None and a != b:
+            raise ValueError("batch_size and global_batch_size are the same setting (rows per "
+                             f"optimizer step, all ranks) and disagree: {_shown(a)} vs "
+                             f"{_shown(b)}; give one")
+        size = self.global_size
+        if isinstance(size, list) and self.micro_batch_size is not None:
+            raise ValueError("micro_batch_size fixes the rows per rank, a batch_size schedule "
+                             "changes them: give one of the two")
+        from mixbatch.plan.batch_schedule import rows_schedule_from
+
+        try:  # order of the stages, their clock, divisibility by grad_accum
+            rows_schedule_from(self.stage_tuples(), self.grad_accum)
+        except ConfigError as e:
+            raise ValueError(str(e).removeprefix("batch.")) from None
+        if self.max_batch_size is not None and self.max_batch_size < self.largest_size:
+            raise ValueError(f"max_batch_size {self.max_batch_size} is below the schedule's "
+                             f"largest batch_size {self.largest_size}")
+        return self
+
+    @property
+    def global_size(self) -> int | list[BatchStage] | None:
+        """``global_batch_size`` or ``batch_size`` as given (None: from ``micro_batch_size``)."""
+        return self.global_batch_size if self.global_batch_size is not None else self.batch_size
+
+    def stage_tuples(self, world_size: int = 1) -> list[tuple[int, int | None, int | None]]:
+        """The global batch size as stages ``(size, until_step, until_tokens)`` at a world size
+        (``micro_batch_size`` alone: ``micro · world_size · grad_accum``)."""
+        size = self.global_size
+        if size is None:
+            assert self.micro_batch_size is not None
+            size = self.micro_batch_size * world_size * self.grad_accum
+        if isinstance(size, int):
+            return [(size, None, None)]
+        return [(s.batch_size, s.until_step, s.until_tokens) for s in size]
+
+    @property
+    def largest_size(self) -> int:
+        """The largest global batch of any stage at world size 1, or ``max_batch_size``."""
+        largest = max(s for s, _, _ in self.stage_tuples())
+        return max(largest, self.max_batch_size or 0)
 
     @property
     def step_positions(self) -> int:
-        return self.batch_size * self.seq_len
+        """Positions of the largest loader step at world size 1 (at least what one rank reads
+        in any step: the per-rank rows never exceed it)."""
+        return self.largest_size // self.grad_accum * self.seq_len
 
 
 class ConcatBatch(_FixedRows):
@@ -387,7 +489,11 @@ class Config(_Strict):
     def _step_fits(self) -> Config:
         from mixbatch.limits import check_step_memory
 
-        check_step_memory(self)  # one step's bytes against the limit, before anything exists
+        # one step's bytes against the limit, before anything exists (the largest step of a
+        # schedule; the loader checks again at its world size)
+        check_step_memory(self if isinstance(self.batch, _TokenBudget) else
+                          self.model_copy(update={"batch": self.batch.model_copy(
+                              update={"batch_size": self.batch.step_positions // self.batch.seq_len})}))
         return self
 
     @model_validator(mode="after")
@@ -452,6 +558,10 @@ class Config(_Strict):
         return json_digest(data)
 
 
+def _shown(size: Any) -> str:
+    return str(size) if isinstance(size, int) else f"a schedule of {len(size)} stages"
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
 
@@ -472,7 +582,7 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
     """One line per problem: ``origin: field.path: message (got VALUE)``."""
     lines = []
     for e in err.errors(include_url=False):
-        parts = tuple(p for p in e["loc"] if p not in ("str", "list[str]"))
+        parts = tuple(p for p in e["loc"] if p not in _TAGS)
         value = e.get("input")
         msg = e["msg"].removeprefix("Value error, ")
         at = parts.index("batch") if "batch" in parts else -1

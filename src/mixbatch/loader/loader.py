@@ -17,6 +17,13 @@ Rows of a global step go to ranks so that every rank's micro-batch holds its sha
 source (each row counted under its main source) within one row; with ``batch.balance`` (the
 default) the rows are also balanced by compute cost (:func:`mixbatch.shape.balance.balance_rows`),
 else dealt round-robin (:func:`mixbatch.plan.partition.partition_batch`).
+
+The rows of a step follow ``batch.batch_size`` (a number or a schedule of stages,
+:mod:`mixbatch.plan.batch_schedule`) and :meth:`MixedLoader.set_batch_size` (a run-time change,
+kept in the state). A loader step is one forward on every rank: with ``batch.grad_accum = k`` a
+step has ``global / k`` rows and an optimizer step is ``k`` loader steps. The row stream of the
+fixed-row packings does not depend on the step size, so the mixture stays exact and the state
+O(K) (plus one pair per run-time change) across a change, at any world size that divides it.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from mixbatch.loader.mixture import MixtureSchedule, build_mixture
 from mixbatch.loader.order import SourceOrder
 from mixbatch.loader.stats import RunStats, block_counts
 from mixbatch.mixture.schedule import Interpolation
+from mixbatch.plan.batch_schedule import RowsSchedule, rows_schedule_from
 from mixbatch.plan.interleave import WeightPath
 from mixbatch.plan.partition import partition_batch
 from mixbatch.plan.state_checks import count, mapping, screen, shown, weights
@@ -56,9 +64,9 @@ from mixbatch.shape.materialize import expand, materialize_compact, token_dtype
 from mixbatch.store import TokenStore, open_store, prefetch_plan
 from mixbatch.store_meta import token_data_root
 
-STATE_FORMAT = "mixbatch.loader/2"
-#: formats this loader resumes from (/1 had no ``replay``)
-READS_FORMATS = ("mixbatch.loader/1", STATE_FORMAT)
+STATE_FORMAT = "mixbatch.loader/3"
+#: formats this loader resumes from (/1 had no ``replay``, /2 no batch-size changes)
+READS_FORMATS = ("mixbatch.loader/1", "mixbatch.loader/2", STATE_FORMAT)
 
 
 #: packing modes where one step of n·R rows is exactly n steps of R rows (planned in blocks):
@@ -118,8 +126,9 @@ class MixedLoader:
     Args:
         cfg: the validated config (``sources``, ``mixture``, ``batch``, ``seed``).
         rank, world_size: this process's place; read from ``torch.distributed`` when it is
-            initialised and they are not given. ``batch.batch_size`` is the *global* batch and
-            must be divisible by ``world_size``.
+            initialised and they are not given. ``batch.batch_size`` is the *global* batch (rows
+            per optimizer step, all ranks): every size of its schedule must be divisible by
+            ``world_size · batch.grad_accum``.
         stores: already opened stores by source name (else opened from ``cfg.store_dir``).
     """
 
@@ -132,14 +141,11 @@ class MixedLoader:
             world_size = w if world_size is None else world_size
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} / world size {world_size}: need 0 <= rank < world size")
-        if cfg.batch.variable_rows:
-            if cfg.batch.row_multiple % world_size:
-                raise ConfigError(f"batch.row_multiple: steps of {cfg.batch.packing.value} have a "
-                                  f"multiple of {cfg.batch.row_multiple} rows, which world size "
-                                  f"{world_size} does not divide")
-        elif cfg.batch.batch_size % world_size:
-            raise ConfigError(f"batch.batch_size: {cfg.batch.batch_size} global rows cannot be "
-                              f"split evenly over world size {world_size}")
+        if cfg.batch.variable_rows and cfg.batch.row_multiple % world_size:
+            raise ConfigError(f"batch.row_multiple: steps of {cfg.batch.packing.value} have a "
+                              f"multiple of {cfg.batch.row_multiple} rows, which world size "
+                              f"{world_size} does not divide")
+        self.rows_schedule = None if cfg.batch.variable_rows else _rows_schedule(cfg, world_size)
         if isinstance(block_steps, bool) or not isinstance(block_steps, int) or block_steps < 1:
             raise ConfigError(f"block_steps: must be an integer >= 1, got {block_steps!r}")
         self.cfg = cfg
@@ -194,6 +200,56 @@ class MixedLoader:
         self.override: np.ndarray | None = None
         self._block: Block | None = None
         self._grow = min(8, self.block_steps)  # the next block's size (doubles to block_steps)
+        self.changes: list[list[int]] = []  # run-time batch sizes: [step, global rows]
+        self.feed.path = self.weight_path()
+
+    # ---- the batch size ------------------------------------------------------------------
+    @property
+    def rows_per_step(self) -> int:
+        """Global rows of the next step (a token-budget packing: the most a step has)."""
+        if self.rows_schedule is None:
+            return self.cfg.batch.step_positions // self.cfg.batch.seq_len
+        if self.changes:
+            return self.changes[-1][1]
+        return self.rows_schedule.rows_at(self.step, self.tokens_planned)
+
+    @property
+    def max_rows_per_step(self) -> int:
+        """The most global rows any step of this run can have: the largest of the schedule,
+        or ``batch.max_batch_size`` (the bound of :meth:`set_batch_size`); a rank's rows are
+        this over the world size (what a buffer for one rank's step must hold)."""
+        if self.rows_schedule is None:
+            return self.cfg.batch.step_positions // self.cfg.batch.seq_len
+        bound = (self.cfg.batch.max_batch_size or 0) // self.cfg.batch.grad_accum
+        return max(self.rows_schedule.max_rows, bound)
+
+    @property
+    def micro_batch_size(self) -> int:
+        """This rank's rows of the next step (Hugging Face's and Lightning's batch size)."""
+        return self.rows_per_step // self.world_size
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Change the global batch (rows per optimizer step, all ranks, as ``batch.batch_size``)
+        from the next step on; it replaces the schedule from here, across resume too (the state
+        keeps each change). The mixture stays exact: the row stream does not depend on it."""
+        b = self.cfg.batch
+        if self.rows_schedule is None:
+            raise ConfigError(f"set_batch_size: packing {b.packing.value!r} sets each step's rows "
+                              "by batch.token_budget (tokens per step), not by a batch size")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ConfigError(f"set_batch_size: {batch_size!r} is not a positive whole number")
+        rows = _split_rows(int(batch_size), b.grad_accum, self.world_size, "set_batch_size")
+        if rows > self.max_rows_per_step:
+            raise ConfigError(f"set_batch_size: {batch_size} is above the largest batch this run "
+                              f"allows ({self.max_rows_per_step * b.grad_accum}); raise "
+                              "batch.max_batch_size")
+        if self.changes and rows == self.changes[-1][1]:
+            return  # pinned at this size already
+        self._drop_block()
+        if self.changes and self.changes[-1][0] == self.step:
+            self.changes.pop()
+        self.changes.append([self.step, rows])
         self.feed.path = self.weight_path()
 
     @property
@@ -228,14 +284,15 @@ class MixedLoader:
         other schedules and for linear interpolation: those are told the weights step by step
         (README: which bound holds when)."""
         sched = self.mixture.schedule
-        if sched is None or sched.interpolation is Interpolation.LINEAR:
+        if sched is None or sched.interpolation is Interpolation.LINEAR or self.override is not None:
             return None
         unit = self.cfg.mixture.unit
         if self.mixture.by_tokens and unit == Unit.TOKENS:
             scale = 1
         elif (not self.mixture.by_tokens and unit == Unit.SAMPLES
-              and self.cfg.batch.packing == Packing.PAD):
-            scale = self.cfg.batch.batch_size
+              and self.cfg.batch.packing == Packing.PAD and self.rows_schedule is not None
+              and self.rows_schedule.constant and not self.changes):
+            scale = self.rows_schedule.rows[0]  # steps are decisions only at one batch size
         else:
             return None
         bounds = list(sched.boundaries)
@@ -268,7 +325,7 @@ class MixedLoader:
         """Plan the next steps: a block of them where the packing and the weights allow."""
         w = self.current_weights()
         self.feed.set_weights(w)
-        R = self.cfg.batch.step_positions // self.cfg.batch.seq_len  # buckets: rows by budget
+        R = self.rows_per_step  # buckets: the rows of a token budget
         n = 1
         if self.cfg.batch.packing in BLOCKABLE and self.block_steps > 1:
             # blocks grow 8, 16, 32, ... up to block_steps: the first batch after a start or a
@@ -276,8 +333,12 @@ class MixedLoader:
             size = self._grow
             self._grow = min(2 * size, self.block_steps)
             ahead = self.override is not None or self.feed.path is not None  # no step-wise change
+            per_step = R * self.cfg.batch.seq_len
             n = (size if ahead else self.mixture.steps_constant(
-                self.step, self.tokens_planned, size, self.cfg.batch.step_positions))
+                self.step, self.tokens_planned, size, per_step))
+            if self.rows_schedule is not None and not self.changes:  # one size in a block
+                n = self.rows_schedule.steps_constant(self.step, self.tokens_planned, n,
+                                                      per_step)
         start = ({"feed": self.feed.state_dict(), "shaper": self.shaper.state_dict()}
                  if n > 1 else {})
         plan = self.shaper.plan_step(self.feed, R * n)
@@ -297,7 +358,7 @@ class MixedLoader:
             return
         self.feed.load_state_dict(copy.deepcopy(block.start["feed"]))
         self.shaper.load_state_dict(copy.deepcopy(block.start["shaper"]))
-        self._replay(block.used, np.asarray(block.weights, np.float64))
+        self._replay(block.used, np.asarray(block.weights, np.float64), block.plans[0].rows)
 
     def _emit(self, plan: StepPlan, w: np.ndarray, block: Block | None, offset: int) -> Step:
         R = plan.rows
@@ -380,19 +441,21 @@ class MixedLoader:
         callers that may need the state of any step (the torch adapter keeps one per batch)."""
         block = self._block  # open only between two steps of one block (next_step)
         if block is not None:
-            where: tuple = ("replay", block.start, block.used, block.weights)
+            where: tuple = ("replay", block.start, block.used, block.weights,
+                            block.plans[0].rows)
         else:
             where = ("plain", self.feed.state_dict(), self.shaper.state_dict())
         override = None if self.override is None else self.override.tolist()
-        return (self.step, self.tokens_planned, where, override, copy.copy(self.stats))
+        return (self.step, self.tokens_planned, where, override, copy.copy(self.stats),
+                [list(c) for c in self.changes])
 
     def state_from(self, snapshot: tuple) -> dict[str, Any]:
         """The state dict of a :meth:`snapshot` (a fresh copy: free to change)."""
-        step, tokens, where, override, stats = snapshot
+        step, tokens, where, override, stats, changes = snapshot
         replay = None
         if where[0] == "replay":
             feed, shaper = where[1]["feed"], where[1]["shaper"]
-            replay = {"steps": where[2], "weights": list(where[3])}
+            replay = {"steps": where[2], "weights": list(where[3]), "rows": where[4]}
         else:
             feed, shaper = where[1], where[2]
         return copy.deepcopy({
@@ -404,6 +467,7 @@ class MixedLoader:
             "shaper": shaper,
             "replay": replay,
             "weights_override": override,
+            "batch_size_changes": changes,
             "stats": stats.state_dict(),
         })
 
@@ -448,11 +512,15 @@ class MixedLoader:
                 if key not in replay:
                     raise StateError(f"loader state.replay.{key}: missing")
             replay_steps = count("loader state.replay.steps", replay["steps"], lo=1)
-            if replay_steps * self.cfg.batch.step_positions > MAX_REPLAY_POSITIONS:
+            if replay_steps * self.max_rows_per_step * self.cfg.batch.seq_len \
+                    > MAX_REPLAY_POSITIONS:
                 raise StateError(f"loader state.replay.steps: {replay_steps} steps are more "
                                  "than a block of planned steps holds")
             replay_w = weights("loader state.replay.weights", replay["weights"], k,
                                unit_sum=True)
+            replay_rows = (self.rows_per_step if "rows" not in replay  # before /3: one size
+                           else count("loader state.replay.rows", replay["rows"], lo=1))
+        changes = self._checked_changes(state.get("batch_size_changes") or [], step)
         self.reset()
         try:
             self.feed.load_state_dict(feed)
@@ -461,11 +529,11 @@ class MixedLoader:
             self.step = step
             self.tokens_planned = tokens
             self.override = None if override is None else self.mixture.vector(override)
-            if self.override is not None:
-                self.feed.path = None
             self.stats.load_state_dict(stats)
+            self.changes = changes
+            self.feed.path = self.weight_path()
             if replay is not None:
-                self._replay(replay_steps, replay_w)
+                self._replay(replay_steps, replay_w, replay_rows)
         except StateError:
             raise
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
@@ -485,14 +553,44 @@ class MixedLoader:
             raise StateError(f"loader state.shaper.carry: a span up to token {end} lies beyond "
                              f"document {d} of source {self.names[s]} ({length} tokens)")
 
-    def _replay(self, steps: int, weights: np.ndarray) -> None:
-        """Move the feed and shaper past ``steps`` steps planned with ``weights`` (a state
-        saved inside a block)."""
+    def _replay(self, steps: int, weights: np.ndarray, rows: int) -> None:
+        """Move the feed and shaper past ``steps`` steps of ``rows`` rows planned with
+        ``weights`` (a state saved inside a block)."""
         if self.cfg.batch.packing not in BLOCKABLE:
             raise StateError(f"loader state: a block replay, but packing "
                              f"{self.cfg.batch.packing.value!r} plans no blocks")
+        if rows % self.world_size:
+            raise StateError(f"loader state.replay.rows: steps of {rows} rows cannot be split "
+                             f"over world size {self.world_size}")
         self.feed.set_weights(weights)
-        self.shaper.plan_step(self.feed, self.cfg.batch.batch_size * steps)
+        self.shaper.plan_step(self.feed, rows * steps)
+
+    def _checked_changes(self, raw: Any, step: int) -> list[list[int]]:
+        """The run-time batch sizes of a state: ``[step, rows]`` pairs, in step order, each
+        within this run's bound and divisible by this world size."""
+        if not isinstance(raw, list):
+            raise StateError("loader state.batch_size_changes: not a list")
+        if raw and self.rows_schedule is None:
+            raise StateError("loader state.batch_size_changes: given, but packing "
+                             f"{self.cfg.batch.packing.value!r} has no batch size")
+        out: list[list[int]] = []
+        for j, pair in enumerate(raw):
+            where = f"loader state.batch_size_changes.{j}"
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise StateError(f"{where}: expected [step, rows], got {shown(pair)}")
+            at = count(f"{where}.step", pair[0])
+            rows = count(f"{where}.rows", pair[1], lo=1)
+            if (out and at <= out[-1][0]) or at > step:
+                raise StateError(f"{where}.step: {at} is out of order (changes are by step, "
+                                 f"up to the state's step {step})")
+            if rows > self.max_rows_per_step:
+                raise StateError(f"{where}.rows: {rows} rows are above this run's largest step "
+                                 f"({self.max_rows_per_step}); raise batch.max_batch_size")
+            if rows % self.world_size:
+                raise StateError(f"{where}.rows: {rows} global rows cannot be split over world "
+                                 f"size {self.world_size}")
+            out.append([at, rows])
+        return out
 
     def _check_fingerprint(self, saved: Any) -> None:
         now = self.fingerprint()
@@ -517,6 +615,38 @@ class MixedLoader:
             raise StateError("loader state belongs to another configuration: "
                              + "; ".join(changed)
                              + " (weights and schedules may change on resume; these may not)")
+
+
+def _split_rows(size: int, accum: int, world_size: int, where: str) -> int:
+    """Rows of a loader step for a global batch of ``size``: ``size / accum``, a multiple of
+    the world size (an error naming both otherwise)."""
+    if size % (accum * world_size):
+        raise ConfigError(f"{where}: global batch {size} cannot be split evenly over world size "
+                          f"{world_size}" + (f" x batch.grad_accum {accum}" if accum > 1 else ""))
+    return size // accum
+
+
+def _rows_schedule(cfg: Config, world_size: int) -> RowsSchedule:
+    """The rows of each step at this world size; every size must split over the ranks, and an
+    explicit ``micro_batch_size`` must agree with the global batch."""
+    b = cfg.batch
+    stages = b.stage_tuples(world_size)
+    micro, size = b.micro_batch_size, b.global_size
+    if micro is not None and isinstance(size, int) and micro * world_size * b.grad_accum != size:
+        raise ConfigError(f"batch.micro_batch_size {micro} and batch.global_batch_size {size} "
+                          f"disagree at world size {world_size} x grad_accum {b.grad_accum} "
+                          f"(micro x world x grad_accum = {micro * world_size * b.grad_accum})")
+    for j, (n, _, _) in enumerate(stages):
+        where = "batch.batch_size" if len(stages) == 1 else f"batch.batch_size.{j}.batch_size"
+        _split_rows(n, b.grad_accum, world_size, where)
+    if b.max_batch_size is not None:
+        _split_rows(b.max_batch_size, b.grad_accum, world_size, "batch.max_batch_size")
+    if micro is not None and size is None and world_size > 1:  # the step grows with the world
+        from mixbatch.limits import check_step_memory
+
+        check_step_memory(cfg.model_copy(update={"batch": b.model_copy(
+            update={"batch_size": micro * world_size})}))
+    return rows_schedule_from(stages, b.grad_accum)
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:

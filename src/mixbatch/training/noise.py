@@ -13,18 +13,28 @@ parallelism they come free: ``B_small`` the local batch (the gradient before the
 Each estimate is smoothed by its own bias-corrected EMA before the ratio is taken
 (:class:`NoiseScale`). :func:`noise_scale_hook` is a DDP communication hook that measures both
 norms while it averages the gradient buckets (:class:`NoiseHookState` adds them up per step).
+
+:class:`BatchSizeController` grows the loader's batch while the smoothed ``B_simple`` is above
+it. In the paper's model the steps and examples to a given loss trade off as
+``(S/S_min − 1)(E/E_min − 1) = 1`` with the critical batch ``B_crit = E_min/S_min ≈ B_simple``:
+well below ``B_crit`` a larger batch cuts the steps almost in proportion at little cost in
+examples, so the batch may follow the noise scale up as it grows during training.
 """
 
-
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from mixbatch.checks import integer, real
-from mixbatch.errors import StateError
+from mixbatch.errors import ConfigError, StateError
+from mixbatch.plan.state_checks import count
 
-__all__ = ["NoiseHookState", "NoiseScale", "noise_scale_hook"]
+if TYPE_CHECKING:
+    from mixbatch.loader.loader import MixedLoader
+
+__all__ = ["BatchSizeController", "NoiseHookState", "NoiseScale", "noise_scale_hook"]
 
 
 class NoiseScale:
@@ -119,3 +129,82 @@ def noise_scale_hook(state: NoiseHookState, bucket: dist.GradBucket
         return out
 
     return fut.then(done)
+
+
+class BatchSizeController:
+    """Grows the loader's global batch (:meth:`MixedLoader.set_batch_size`) when the smoothed
+    noise scale passes it.
+
+    At most once per ``every`` steps (and not before ``warmup`` steps), if ``B_simple`` (in
+    units of ``per_row`` per row: 1 for examples, ``seq_len`` for tokens) is above the current
+    global batch ``B``, the batch becomes ``min(B_simple, growth · B, max_batch_size)`` rounded
+    down to a multiple of ``world size · grad_accum`` (no change when that is not above ``B``).
+    It never shrinks. With ``hook`` given, the hook's ``local_batch`` follows the new batch
+    (the local gradient covers ``micro · grad_accum`` rows). The loader's state records every
+    change; :meth:`state_dict` holds the controller's own clock.
+
+    Args:
+        loader: the :class:`~mixbatch.loader.loader.MixedLoader` whose batch grows.
+        growth: the largest factor of one change (> 1).
+        max_batch_size: the largest global batch (default and upper bound: the loader's
+            ``max_rows_per_step · grad_accum``, i.e. ``batch.max_batch_size``).
+    """
+
+    # no `from __future__ import annotations` here: DDP checks the hook's annotations
+    def __init__(self, loader: "MixedLoader", growth: float = 2.0,
+                 max_batch_size: int | None = None, every: int = 100, warmup: int = 0,
+                 per_row: int = 1, hook: "NoiseHookState | None" = None) -> None:
+        self.loader = loader
+        self.growth = real("noise.growth", growth, lo=1, lo_open=True)
+        self.accum = loader.cfg.batch.grad_accum
+        bound = loader.max_rows_per_step * self.accum
+        self.max_batch_size = bound if max_batch_size is None else integer(
+            "noise.max_batch_size", max_batch_size, lo=1)
+        if self.max_batch_size > bound:
+            raise ConfigError(f"noise.max_batch_size: {self.max_batch_size} is above the "
+                              f"loader's largest batch {bound}; raise batch.max_batch_size")
+        self.every = integer("noise.every", every, lo=1)
+        self.warmup = integer("noise.warmup", warmup, lo=0)
+        self.per_row = integer("noise.per_row", per_row, lo=1)
+        self.hook = hook
+        self.last_change: int | None = None  # the loader step of the last growth
+
+    @property
+    def batch_size(self) -> int:
+        """The current global batch (rows per optimizer step)."""
+        return self.loader.rows_per_step * self.accum
+
+    def update(self, b_simple: float) -> int | None:
+        """Call once per optimizer step with the monitor's ``B_simple``, before the next
+        batch is drawn; returns the new global batch when it grew, else None."""
+        step = self.loader.step
+        if not math.isfinite(b_simple) or step < self.warmup:
+            return None
+        if self.last_change is not None and step - self.last_change < self.every:
+            return None
+        now = self.batch_size
+        target = min(b_simple / self.per_row, self.growth * now, self.max_batch_size)
+        multiple = self.loader.world_size * self.accum
+        new = int(target // multiple) * multiple
+        if new <= now:
+            return None
+        self.loader.set_batch_size(new)
+        self.last_change = step
+        if self.hook is not None:
+            self.hook.local_batch = self.loader.micro_batch_size * self.accum * self.per_row
+        return new
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_change": self.last_change, "growth": self.growth,
+                "max_batch_size": self.max_batch_size, "every": self.every}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("growth", "max_batch_size", "every"):
+            if state.get(key) != getattr(self, key):
+                raise StateError(f"batch-size controller: saved with {key} {state.get(key)!r}, "
+                                 f"this one has {getattr(self, key)!r}")
+        last = state.get("last_change")
+        self.last_change = None if last is None else count(
+            "batch-size controller state.last_change", last)
+        if self.hook is not None:
+            self.hook.local_batch = self.loader.micro_batch_size * self.accum * self.per_row

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from mixbatch.errors import ConfigError
+from mixbatch.integrations.batches import per_device_rows
 from mixbatch.integrations.hf import HF_KEYS, HFDataset, to_hf, unpack
 from mixbatch.torch import MixbatchDataLoader
 from test_loader import _cfg
@@ -117,10 +118,11 @@ def test_packed_training_equals_unpacked_documents(tmp_path: Path, packing: str)
 
 
 
-def _trainer_run(cfg: Any, out: Path, steps: int, resume: str | None = None, accum: int = 1,
+def _trainer_run(cfg: Any, out: Path, steps: int, resume: str | None = None,
                  stop_at: int | None = None) -> tuple[list[list[int]], dict[int, float]]:
     """A ``MixbatchTrainer`` run of ``steps`` optimizer steps (interrupted after ``stop_at``):
-    the tokens of every batch the model consumed, and the logged loss of every step."""
+    the tokens of every batch the model consumed, and the logged loss of every step. Its
+    per-device batch and accumulation are the config's (the trainer refuses others)."""
     tf = _transformers()
     from mixbatch.integrations import hf
 
@@ -132,8 +134,9 @@ def _trainer_run(cfg: Any, out: Path, steps: int, resume: str | None = None, acc
             return super().compute_loss(model, inputs, *a, **k)
 
     args = tf.TrainingArguments(
-        output_dir=str(out), max_steps=steps, per_device_train_batch_size=1,
-        gradient_accumulation_steps=accum, learning_rate=1e-2, logging_steps=1,
+        output_dir=str(out), max_steps=steps,
+        per_device_train_batch_size=per_device_rows(cfg, int(os.environ.get("WORLD_SIZE", 1))),
+        gradient_accumulation_steps=cfg.batch.grad_accum, learning_rate=1e-2, logging_steps=1,
         save_strategy="steps", save_steps=stop_at or 3, report_to=[], use_cpu=True, seed=0,
         ignore_data_skip=True, disable_tqdm=True,
         ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None)
@@ -150,12 +153,12 @@ def _trainer_run(cfg: Any, out: Path, steps: int, resume: str | None = None, acc
 
 @pytest.mark.parametrize("accum", [1, 2])
 def test_trainer_resumes_from_its_checkpoint_exactly(tmp_path: Path, accum: int) -> None:
-    cfg = _cfg(tmp_path, batch=BFD)
-    straight, losses = _trainer_run(cfg, tmp_path / "a", 6, accum=accum)
+    cfg = _cfg(tmp_path, batch={**BFD, "batch_size": 4 * accum, "grad_accum": accum})
+    straight, losses = _trainer_run(cfg, tmp_path / "a", 6)
     assert len(straight) == 6 * accum
-    head, _ = _trainer_run(cfg, tmp_path / "b", 6, accum=accum, stop_at=3)  # interrupted
+    head, _ = _trainer_run(cfg, tmp_path / "b", 6, stop_at=3)  # interrupted
     assert head == straight[:3 * accum]
-    tail, resumed = _trainer_run(cfg, tmp_path / "b", 6, accum=accum,
+    tail, resumed = _trainer_run(cfg, tmp_path / "b", 6,
                                  resume=str(tmp_path / "b" / "checkpoint-3"))
     assert tail == straight[3 * accum:]  # the next batch, none skipped or repeated
     assert resumed == pytest.approx(losses, abs=1e-6)  # 1-3 from the checkpoint's history
@@ -167,11 +170,39 @@ def test_trainer_callback_refuses_batch_skipping(tmp_path: Path) -> None:
 
     cfg = _cfg(tmp_path)
     args = tf.TrainingArguments(output_dir=str(tmp_path / "o"), max_steps=1, report_to=[],
-                                use_cpu=True, disable_tqdm=True)
+                                use_cpu=True, disable_tqdm=True, per_device_train_batch_size=4)
     trainer = hf.MixbatchTrainer(model=_llama(_vocab(cfg)), args=args,
                                  train_dataset=HFDataset(cfg))
     with pytest.raises(ConfigError, match="ignore_data_skip=True"):
         trainer.train()
+
+
+def test_trainer_batch_sizes_are_per_device_and_must_agree(tmp_path: Path) -> None:
+    """Hugging Face's per-device batch and accumulation against mixbatch's global batch: a pair
+    that disagrees is one error naming both, never a guess."""
+    tf = _transformers()
+    from mixbatch.integrations import hf
+
+    cfg = _cfg(tmp_path, batch={"batch_size": 8, "grad_accum": 2})
+    assert per_device_rows(cfg, 1) == 4 and per_device_rows(cfg, 2) == 2
+
+    def make(**kw: Any) -> Any:
+        args = tf.TrainingArguments(output_dir=str(tmp_path / "o"), report_to=[], use_cpu=True,
+                                    disable_tqdm=True, ignore_data_skip=True, max_steps=1,
+                                    **kw)
+        return hf.MixbatchTrainer(model=_llama(_vocab(cfg)), args=args,
+                                  train_dataset=HFDataset(cfg))
+
+    make(per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    with pytest.raises(ConfigError, match=r"per_device_train_batch_size = 8 and mixbatch's rows "
+                                          r"per device = 4 \(batch.global_batch_size 8"):
+        make(per_device_train_batch_size=8, gradient_accumulation_steps=2)
+    with pytest.raises(ConfigError, match=r"gradient_accumulation_steps = 1 and batch\.grad_accum"
+                                          r" = 2 disagree"):
+        make(per_device_train_batch_size=4)
+    sched = _cfg(tmp_path, batch={"batch_size": [{"until_step": 2, "batch_size": 4},
+                                                 {"batch_size": 8}]})
+    assert per_device_rows(sched, 1) is None  # a schedule: per device changes
 
 
 def _free_port() -> int:
@@ -180,23 +211,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_trainer_two_ranks_gloo_split_and_resume(tmp_path: Path) -> None:
-    """World size 2: each rank trains on its own rows of every global step (no second sharding
-    by Accelerate), and an interrupted run resumes from its checkpoint exactly."""
-    cfg = _cfg(tmp_path, batch=BFD)
-    _transformers()  # skips where transformers is missing
+def two_ranks(worker: str, tmp: Path) -> None:
+    """Run ``tests/WORKER TMP/c.yaml TMP/run`` as ranks 0 and 1 of a gloo job on loopback."""
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-           "WORLD_SIZE": "2", "PYTHONPATH": os.pathsep.join(sys.path)}
-    worker = Path(__file__).with_name("hf_dist_worker.py")
-    procs = [subprocess.Popen([sys.executable, str(worker), str(tmp_path / "c.yaml"),
-                               str(tmp_path / "run")],
+           "WORLD_SIZE": "2", "NODE_RANK": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).with_name(worker)),
+                               str(tmp / "c.yaml"), str(tmp / "run")],
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for r in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
+
+
+@pytest.mark.slow
+def test_trainer_two_ranks_gloo_split_and_resume(tmp_path: Path) -> None:
+    """World size 2: each rank trains on its own rows of every global step (no second sharding
+    by Accelerate), and an interrupted run resumes from its checkpoint exactly."""
+    cfg = _cfg(tmp_path, batch=BFD)
+    _transformers()  # skips where transformers is missing
+    two_ranks("hf_dist_worker.py", tmp_path)
     for r in range(2):
         got = json.loads((tmp_path / "run" / f"result{r}.json").read_text())
         mine = [b["input_ids"].reshape(-1).tolist()

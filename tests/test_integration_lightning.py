@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import torch
 from torch import nn
 
 from mixbatch.integrations.batches import StatefulBatches
-from test_integration_hf import torchvision_importable
+from mixbatch.torch import MixbatchDataLoader
+from test_integration_hf import torchvision_importable, two_ranks
 from test_loader import _cfg
 
 BFD = {"packing": "bfd", "pack_window": 8}
@@ -32,8 +34,10 @@ class TinyLM(nn.Module):
                                            batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
 
 
-def _lightning_fit(cfg: Any, root: Path, max_steps: int, ckpt: str | None = None
-                   ) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
+def _lightning_fit(cfg: Any, root: Path, max_steps: int, ckpt: str | None = None,
+                   devices: int = 1) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
+    """A Lightning fit of ``max_steps`` (``devices`` > 1: DDP over gloo, ranks started outside):
+    the tokens of every batch this rank trained on, and the weights at the end."""
     torchvision_importable()
     pl = pytest.importorskip("lightning.pytorch")
     from mixbatch.integrations import lightning as mbl
@@ -54,7 +58,8 @@ def _lightning_fit(cfg: Any, root: Path, max_steps: int, ckpt: str | None = None
 
     module = Module()
     every = pl.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=3, save_top_k=-1)
-    trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
+    trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=devices, logger=False,
+                         strategy="ddp" if devices > 1 else "auto",
                          enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[every], default_root_dir=root)
     trainer.fit(module, datamodule=mbl.MixbatchDataModule(cfg), ckpt_path=ckpt)
@@ -108,3 +113,23 @@ def test_accelerate_resumes_through_save_state(tmp_path: Path) -> None:
     tail, w2 = _accelerate_run(cfg, tmp_path / "y", 3, load=tmp_path / "ckpt")
     assert head == straight[:3] and tail == straight[3:]
     assert torch.allclose(w, w2, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_lightning_two_ranks_gloo_keep_mixbatch_split_and_resume(tmp_path: Path) -> None:
+    """World size 2 (DDP, gloo, CPU): each rank trains on its own rows of every global step,
+    not re-sharded by Lightning, and a fit resumed from a checkpoint continues exactly."""
+    torchvision_importable()
+    pytest.importorskip("lightning.pytorch")
+    cfg = _cfg(tmp_path, batch=BFD)
+    two_ranks("lightning_dist_worker.py", tmp_path)
+    got = [json.loads((tmp_path / "run" / f"result{r}.json").read_text()) for r in range(2)]
+    for r in range(2):
+        mine = [b["input_ids"].reshape(-1).tolist()
+                for b in MixbatchDataLoader(cfg, rank=r, world_size=2, max_steps=6)]
+        assert got[r]["straight"] == mine  # this rank's rows of steps 0..5, nothing else
+        assert got[r]["head"] + got[r]["tail"] == mine
+        assert got[r]["weight_gap"] < 1e-6
+    assert got[0]["weights"] == pytest.approx(got[1]["weights"], rel=1e-9)  # one DDP model
+    a, b = (torch.tensor(g["straight"]) for g in got)
+    assert not torch.equal(a, b)  # the ranks read different rows

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -247,3 +248,26 @@ def test_rows_schedule_steps_constant() -> None:
     t = RowsSchedule((4, 8), (1000, None), by_tokens=True)
     assert t.steps_constant(0, 100, 64, 128) == 8  # ceil(900 / 128)
     assert t.steps_constant(0, 100, 64) == 1
+
+
+def test_readme_schedule_example_is_valid(base: dict) -> None:
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = text.split("**A schedule**", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    batch = yaml.safe_load(block)["batch"]
+    ld = _make(base, {**batch, "seq_len": 32}, world=4)
+    assert [ld.rows_schedule.rows_at(s, 0) for s in (0, 999, 1000, 3000)] == [64, 64, 128, 256]
+    assert ld.max_rows_per_step == 512 and ld.micro_batch_size == 16
+
+
+def test_torch_loader_with_workers_follows_the_schedule(base: dict) -> None:
+    """The worker path (shared slots sized by the largest step) reads steps of every size."""
+    from mixbatch.torch import MixbatchDataLoader
+
+    cfg = _cfg(base["data"], base["dir"], {"packing": "bfd", "pack_window": 8, "batch_size": [
+        {"until_step": 3, "batch_size": 4}, {"until_step": 6, "batch_size": 12},
+        {"batch_size": 8}]})
+    plain = list(MixbatchDataLoader(cfg, max_steps=9, rank=1, world_size=2))
+    assert [len(b["input_ids"]) for b in plain] == [2, 2, 2, 6, 6, 6, 4, 4, 4]
+    read = list(MixbatchDataLoader(cfg, max_steps=9, rank=1, world_size=2, num_workers=2))
+    assert all(a["input_ids"].tolist() == b["input_ids"].tolist()
+               for a, b in zip(plain, read, strict=True))

@@ -18,7 +18,39 @@ from typing import Any
 from torch.utils.data import IterableDataset
 
 from mixbatch.config import Config
-from mixbatch.errors import StateError
+from mixbatch.errors import ConfigError, StateError
+
+
+def per_device_rows(cfg: Config, world_size: int) -> int | None:
+    """Rows of each rank's batch, ``global / (world_size · grad_accum)`` (Hugging Face's and
+    Lightning's per-device batch size); None where it changes (a ``batch_size`` schedule, a
+    token budget)."""
+    from mixbatch.loader.loader import rows_schedule
+
+    if cfg.batch.variable_rows:
+        return None
+    sched = rows_schedule(cfg, world_size)
+    return sched.rows[0] // world_size if sched.constant else None
+
+
+def check_stack_batch(cfg: Config, world_size: int, accum: int, per_device: int | None,
+                      names: tuple[str, str]) -> None:
+    """Refuse a training stack whose own batch settings disagree with ``batch`` (one error
+    naming both): its gradient accumulation ``accum`` (named ``names[0]``) must be
+    ``batch.grad_accum``, and its per-device batch ``per_device`` (``names[1]``; None: not
+    checked) must be :func:`per_device_rows` where that is one number."""
+    b = cfg.batch
+    if b.variable_rows:  # rows follow the token budget: nothing to match
+        return
+    if accum != b.grad_accum:
+        raise ConfigError(f"{names[0]} = {accum} and batch.grad_accum = {b.grad_accum} "
+                          "disagree: set both to the loader steps per optimizer step")
+    micro = per_device_rows(cfg, world_size)
+    if per_device is not None and micro is not None and per_device != micro:
+        raise ConfigError(f"{names[1]} = {per_device} and mixbatch's rows per device = {micro} "
+                          f"(batch.global_batch_size {micro * world_size * b.grad_accum} / world "
+                          f"size {world_size} / grad_accum {b.grad_accum}) disagree: set "
+                          "batch.micro_batch_size or the global batch to match")
 
 
 class BatchFormat(str, Enum):

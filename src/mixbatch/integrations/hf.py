@@ -28,6 +28,11 @@ model consumed (not of those the data loader fetched ahead) into the checkpoint'
 (``ignore_data_skip=True``). :class:`MixbatchTrainer` hands the dataset to a plain
 ``DataLoader`` (one batch per item, no collation) instead of Accelerate's sharding wrapper, so
 mixbatch's own rank split stands: every rank plans the global stream and reads its rows.
+Hugging Face's batch sizes are per device: ``per_device_train_batch_size`` must equal
+mixbatch's rows per rank (``batch.micro_batch_size``, or the global batch over world size and
+accumulation) and ``gradient_accumulation_steps`` must equal ``batch.grad_accum``; the trainer
+refuses a pair that disagrees, naming both (under a ``batch_size`` schedule the per-device
+batch changes and only the accumulation is checked).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from torch.utils.data import DataLoader
 
 from mixbatch.config import Config
 from mixbatch.errors import ConfigError, StateError
-from mixbatch.integrations.batches import StatefulBatches
+from mixbatch.integrations.batches import StatefulBatches, check_stack_batch
 
 # MixbatchCallback and MixbatchTrainer are built on first access (module __getattr__)
 __all__ = ["HF_FIELDS", "HFDataset", "collate_one", "hf_batches", "to_hf", "unpack"]
@@ -171,6 +176,11 @@ def _trainer_class() -> type:
             if not isinstance(self.train_dataset, HFDataset):
                 raise ConfigError("MixbatchTrainer: train_dataset must be a "
                                   "mixbatch.integrations.hf.HFDataset")
+            a = self.args  # Hugging Face's batch size is per device: it must be mixbatch's
+            check_stack_batch(self.train_dataset.inner.cfg, a.world_size,
+                              a.gradient_accumulation_steps, a.per_device_train_batch_size,
+                              ("TrainingArguments.gradient_accumulation_steps",
+                               "TrainingArguments.per_device_train_batch_size"))
             self.add_callback(_lazy("MixbatchCallback")(self.train_dataset))
 
         def get_train_dataloader(self) -> DataLoader:

@@ -4,7 +4,9 @@
 :class:`~mixbatch.integrations.batches.StatefulBatches` through a plain ``DataLoader`` (one
 whole batch per item, ``num_workers=0``). Lightning shards only map-style datasets (its
 distributed sampler), so mixbatch's own rank split stands: every rank plans the global stream
-and reads its rows (``batch.batch_size`` is the *global* rows per step). Lightning saves a
+and reads its rows (``batch.batch_size`` is the *global* rows per step; Lightning's batch size
+is per device: :meth:`micro_batch_size`, and ``Trainer(accumulate_grad_batches)`` must equal
+``batch.grad_accum``, refused naming both otherwise). Lightning saves a
 datamodule's ``state_dict()`` in every checkpoint and loads it at ``fit(..., ckpt_path=...)``:
 the state is that of the batches the fit loop *processed* (Lightning fetches one ahead), with
 the count, so a resumed fit continues with the next batch.
@@ -19,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from mixbatch.config import Config
 from mixbatch.errors import StateError
-from mixbatch.integrations.batches import StatefulBatches
+from mixbatch.integrations.batches import StatefulBatches, check_stack_batch, per_device_rows
 
 
 def _datamodule_class() -> type:
@@ -37,7 +39,17 @@ def _datamodule_class() -> type:
             self._origin = (0, 0)  # (batches processed, loader step) where this fit started
 
         def train_dataloader(self) -> DataLoader:
+            trainer = self.trainer
+            if trainer is not None:  # Lightning accumulates loader steps: they must agree
+                check_stack_batch(self.batches.inner.cfg, trainer.world_size,
+                                  trainer.accumulate_grad_batches, None,
+                                  ("Trainer(accumulate_grad_batches)", ""))
             return DataLoader(self.batches, batch_size=None, num_workers=0)
+
+        def micro_batch_size(self, world_size: int) -> int | None:
+            """Rows of each rank's batch (Lightning's per-device batch size) at ``world_size``;
+            None where a ``batch_size`` schedule or a token budget changes it."""
+            return per_device_rows(self.batches.inner.cfg, world_size)
 
         def _processed(self) -> int:
             trainer = self.trainer

@@ -145,7 +145,7 @@ class MixedLoader:
             raise ConfigError(f"batch.row_multiple: steps of {cfg.batch.packing.value} have a "
                               f"multiple of {cfg.batch.row_multiple} rows, which world size "
                               f"{world_size} does not divide")
-        self.rows_schedule = None if cfg.batch.variable_rows else _rows_schedule(cfg, world_size)
+        self.rows_schedule = None if cfg.batch.variable_rows else rows_schedule(cfg, world_size)
         if isinstance(block_steps, bool) or not isinstance(block_steps, int) or block_steps < 1:
             raise ConfigError(f"block_steps: must be an integer >= 1, got {block_steps!r}")
         self.cfg = cfg
@@ -626,7 +626,7 @@ def _split_rows(size: int, accum: int, world_size: int, where: str) -> int:
     return size // accum
 
 
-def _rows_schedule(cfg: Config, world_size: int) -> RowsSchedule:
+def rows_schedule(cfg: Config, world_size: int) -> RowsSchedule:
     """The rows of each step at this world size; every size must split over the ranks, and an
     explicit ``micro_batch_size`` must agree with the global batch."""
     b = cfg.batch

@@ -574,8 +574,12 @@ def _wrong_mode(key: str, mode: str) -> str:
     owners = [p.value for p, cls in BATCH_CLASSES.items() if key in cls.model_fields]
     if not owners:
         return "unknown key"
+    why = ""
+    if key in _FixedRows.model_fields and issubclass(BATCH_CLASSES[Packing(mode)], _TokenBudget):
+        why = (f"; a step of {mode!r} has as many rows as fit its token_budget (tokens per "
+               "step), so it takes no batch size (a token_budget schedule is not available)")
     return (f"not a setting of packing {mode!r} (only of "
-            f"{', '.join(repr(o) for o in owners)}); remove it or change `packing`")
+            f"{', '.join(repr(o) for o in owners)}){why}; remove it or change `packing`")
 
 
 def format_validation_error(err: ValidationError, origin: str) -> str:

@@ -84,8 +84,21 @@ def schedules(draw: st.DrawFn) -> dict:
         batch["pack_window"] = 8
     changes = sorted(draw(st.sets(st.integers(1, 30), max_size=2)))
     sizes = [4 * draw(st.integers(1, 4)) for _ in changes]
+    mixture = draw(st.sampled_from(list(MIXTURES)))
     return {"batch": batch, "changes": dict(zip(changes, sizes, strict=True)),
-            "total": draw(st.integers(5, 36))}
+            "total": draw(st.integers(5, 36)), "mixture": MIXTURES[mixture]}
+
+
+#: mixtures the property runs under: fixed, stages by step, stages by tokens, by samples
+MIXTURES = {
+    "fixed": None,
+    "steps": {"unit": "tokens", "schedule": [{"until_step": 6, "weights": {"s0": 1.0}},
+                                             {"weights": WEIGHTS}]},
+    "tokens": {"unit": "tokens", "schedule": [{"until_tokens": 900, "weights": {"s1": 1.0}},
+                                              {"weights": WEIGHTS}]},
+    "samples": {"unit": "samples", "schedule": [{"until_step": 5, "weights": {"s2": 1.0}},
+                                                {"weights": WEIGHTS}]},
+}
 
 
 def _expected_rows(stages: list[dict], changes: dict[int, int], steps: list) -> list[int]:
@@ -115,23 +128,24 @@ def _run(loader: MixedLoader, n: int, changes: dict[int, int]) -> list:
     return out
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=24, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=schedules(), world=st.sampled_from([1, 2, 4]), data=st.data())
 def test_schedule_prefix_ranks_resume(base: dict, case: dict, world: int, data) -> None:
-    batch, changes, total = case["batch"], case["changes"], case["total"]
+    batch, changes, total, mix = case["batch"], case["changes"], case["total"], case["mixture"]
     batch = {**batch, "max_batch_size": 16}
-    straight = _run(_make(base, batch), total, changes)
-    # the rows are those of a constant batch size: the mixture's prefix exactness carries over
-    const = _make(base, {"packing": batch["packing"], "pack_window": batch.get("pack_window"),
-                         "batch_size": 4} if batch["packing"] == "bfd" else
-                  {"packing": batch["packing"], "batch_size": 4})
-    rows = _row_stream(straight)
-    assert _row_stream(list(const.steps(-(-len(rows) // 4))))[:len(rows)] == rows
+    straight = _run(_make(base, batch, mixture=mix), total, changes)
+    if mix in (None, MIXTURES["tokens"]):  # the rows are those of a constant batch size: the
+        # mixture's prefix exactness carries over (stages by step move with the step size)
+        const = _make(base, {"packing": batch["packing"], "batch_size": 4,
+                             **({"pack_window": 8} if batch["packing"] == "bfd" else {})},
+                      mixture=mix)
+        rows = _row_stream(straight)
+        assert _row_stream(list(const.steps(-(-len(rows) // 4))))[:len(rows)] == rows
     # each step has the rows the schedule (or the last change) gives
     assert [s.plan.rows for s in straight] == _expected_rows(batch["batch_size"], changes,
                                                              straight)
     # ranks: disjoint, together every row, each step's share equal
-    loaders = [_make(base, batch, world, r) for r in range(world)]
+    loaders = [_make(base, batch, world, r, mixture=mix) for r in range(world)]
     per_rank = [_run(ld, total, changes) for ld in loaders]
     for j, s in enumerate(straight):
         got = np.concatenate([p[j].rows for p in per_rank])
@@ -140,11 +154,12 @@ def test_schedule_prefix_ranks_resume(base: dict, case: dict, world: int, data) 
         assert all(plan_signature(p[j].plan) == plan_signature(s.plan) for p in per_rank)
     # resume at a random step, at another world size, through JSON: the same global stream
     cut = data.draw(st.integers(0, len(straight)), label="cut")
-    first = _make(base, batch, data.draw(st.sampled_from([1, 2, 4]), label="saved at"))
+    first = _make(base, batch, data.draw(st.sampled_from([1, 2, 4]), label="saved at"),
+                  mixture=mix)
     _run(first, cut, changes)
     state = json.loads(json.dumps(first.state_dict()))
     assert len(state["batch_size_changes"]) <= len(changes)
-    again = _make(base, batch, world, world - 1)
+    again = _make(base, batch, world, world - 1, mixture=mix)
     again.load_state_dict(state)
     rest = _run(again, total - cut, changes)
     assert [plan_signature(s.plan) for s in rest] == \

@@ -231,6 +231,7 @@ def test_world_size_must_divide_every_stage(base: dict) -> None:
     budget = _make(base, {"packing": "buckets", "token_budget": 256, "min_len": 8})
     with pytest.raises(ConfigError, match=r"by batch\.token_budget"):
         budget.set_batch_size(8)
+    assert budget.max_rows_per_step is None  # rows vary with the lengths: size by positions
 
 
 def test_changes_in_state_and_checked(base: dict) -> None:

@@ -31,6 +31,7 @@ def make(tmp_path_factory: pytest.TempPathFactory):
     def build(world: int = 1, rank: int = 0, **batch) -> MixedLoader:
         d = json.loads(json.dumps(data))
         d["batch"].update(batch)
+        d["batch"] = {k: v for k, v in d["batch"].items() if v is not None}  # None: left out
         return MixedLoader(config_from_dict(d, "c.yaml", tmp), rank, world)
 
     prepare(config_from_dict(json.loads(json.dumps(data)), "c.yaml", tmp), workers=1)
@@ -128,3 +129,6 @@ def test_bad_settings(make) -> None:
     with pytest.raises(StateError, match="last_change"):
         ctl.load_state_dict({**ctl.state_dict(), "last_change": -1})
     assert math.isnan(NoiseScale().b_simple)
+    with pytest.raises(ConfigError, match="no batch size to grow"):
+        BatchSizeController(make(packing="buckets", token_budget=128, min_len=8,
+                                 batch_size=None, max_batch_size=None))

@@ -214,14 +214,21 @@ class MixedLoader:
         return self.rows_schedule.rows_at(self.step, self.tokens_planned)
 
     @property
-    def max_rows_per_step(self) -> int:
+    def max_rows_per_step(self) -> int | None:
         """The most global rows any step of this run can have: the largest of the schedule,
         or ``batch.max_batch_size`` (the bound of :meth:`set_batch_size`); a rank's rows are
-        this over the world size (what a buffer for one rank's step must hold)."""
+        this over the world size, of ``seq_len`` positions each (what a buffer for one rank's
+        step must hold). None for the token-budget packings: their rows vary with the
+        lengths, a step holds at most ``batch.token_budget`` positions."""
         if self.rows_schedule is None:
-            return self.cfg.batch.step_positions // self.cfg.batch.seq_len
+            return None
         bound = (self.cfg.batch.max_batch_size or 0) // self.cfg.batch.grad_accum
         return max(self.rows_schedule.max_rows, bound)
+
+    def _max_rows(self) -> int:
+        largest = self.max_rows_per_step
+        assert largest is not None  # fixed rows
+        return largest
 
     @property
     def micro_batch_size(self) -> int:
@@ -240,10 +247,10 @@ class MixedLoader:
                 or batch_size < 1:
             raise ConfigError(f"set_batch_size: {batch_size!r} is not a positive whole number")
         rows = _split_rows(int(batch_size), b.grad_accum, self.world_size, "set_batch_size")
-        if rows > self.max_rows_per_step:
+        largest = self._max_rows()
+        if rows > largest:
             raise ConfigError(f"set_batch_size: {batch_size} is above the largest batch this run "
-                              f"allows ({self.max_rows_per_step * b.grad_accum}); raise "
-                              "batch.max_batch_size")
+                              f"allows ({largest * b.grad_accum}); raise batch.max_batch_size")
         if self.changes and rows == self.changes[-1][1]:
             return  # pinned at this size already
         self._drop_block()
@@ -512,8 +519,8 @@ class MixedLoader:
                 if key not in replay:
                     raise StateError(f"loader state.replay.{key}: missing")
             replay_steps = count("loader state.replay.steps", replay["steps"], lo=1)
-            if replay_steps * self.max_rows_per_step * self.cfg.batch.seq_len \
-                    > MAX_REPLAY_POSITIONS:
+            per_step = (self.max_rows_per_step or 0) * self.cfg.batch.seq_len
+            if replay_steps * (per_step or self.cfg.batch.step_positions) > MAX_REPLAY_POSITIONS:
                 raise StateError(f"loader state.replay.steps: {replay_steps} steps are more "
                                  "than a block of planned steps holds")
             replay_w = weights("loader state.replay.weights", replay["weights"], k,
@@ -583,9 +590,9 @@ class MixedLoader:
             if (out and at <= out[-1][0]) or at > step:
                 raise StateError(f"{where}.step: {at} is out of order (changes are by step, "
                                  f"up to the state's step {step})")
-            if rows > self.max_rows_per_step:
+            if rows > self._max_rows():
                 raise StateError(f"{where}.rows: {rows} rows are above this run's largest step "
-                                 f"({self.max_rows_per_step}); raise batch.max_batch_size")
+                                 f"({self._max_rows()}); raise batch.max_batch_size")
             if rows % self.world_size:
                 raise StateError(f"{where}.rows: {rows} global rows cannot be split over world "
                                  f"size {self.world_size}")

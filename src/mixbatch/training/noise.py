@@ -156,8 +156,13 @@ class BatchSizeController:
                  per_row: int = 1, hook: "NoiseHookState | None" = None) -> None:
         self.loader = loader
         self.growth = real("noise.growth", growth, lo=1, lo_open=True)
+        largest = loader.max_rows_per_step
+        if largest is None:
+            raise ConfigError(f"noise controller: packing {loader.cfg.batch.packing.value!r} "
+                              "sets each step's rows by batch.token_budget; there is no batch "
+                              "size to grow")
         self.accum = loader.cfg.batch.grad_accum
-        bound = loader.max_rows_per_step * self.accum
+        bound = largest * self.accum
         self.max_batch_size = bound if max_batch_size is None else integer(
             "noise.max_batch_size", max_batch_size, lo=1)
         if self.max_batch_size > bound:

@@ -133,3 +133,32 @@ def test_lightning_two_ranks_gloo_keep_mixbatch_split_and_resume(tmp_path: Path)
     assert got[0]["weights"] == pytest.approx(got[1]["weights"], rel=1e-9)  # one DDP model
     a, b = (torch.tensor(g["straight"]) for g in got)
     assert not torch.equal(a, b)  # the ranks read different rows
+
+
+def test_lightning_batch_sizes_are_per_device_and_must_agree(tmp_path: Path) -> None:
+    """Lightning accumulates loader steps: accumulate_grad_batches must be batch.grad_accum."""
+    torchvision_importable()
+    pl = pytest.importorskip("lightning.pytorch")
+    from mixbatch.errors import ConfigError
+    from mixbatch.integrations import lightning as mbl
+
+    cfg = _cfg(tmp_path, batch={**BFD, "batch_size": 8, "grad_accum": 2})
+    dm = mbl.MixbatchDataModule(cfg)
+    assert dm.micro_batch_size(1) == 4 and dm.micro_batch_size(4) == 1
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path)
+    class _Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = TinyLM()
+
+        def training_step(self, batch: dict[str, Any], idx: int) -> torch.Tensor:
+            return self.lm(batch)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    with pytest.raises(ConfigError, match=r"accumulate_grad_batches\) = 1 and batch\.grad_accum "
+                                          r"= 2 disagree"):
+        trainer.fit(_Module(), datamodule=dm)

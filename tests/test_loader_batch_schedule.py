@@ -287,3 +287,16 @@ def test_torch_loader_with_workers_follows_the_schedule(base: dict) -> None:
     read = list(MixbatchDataLoader(cfg, max_steps=9, rank=1, world_size=2, num_workers=2))
     assert all(a["input_ids"].tolist() == b["input_ids"].tolist()
                for a, b in zip(plain, read, strict=True))
+
+
+def test_micro_batch_memory_checked_at_the_world_size(base: dict) -> None:
+    """``micro_batch_size`` alone: the global step grows with the world size, and its memory is
+    checked again when the loader knows it."""
+    from mixbatch.limits import step_memory
+
+    cfg = _cfg(base["data"], base["dir"], {"micro_batch_size": 16})
+    limit = 2 * step_memory(cfg.batch.model_copy(update={"batch_size": 16})).total
+    batch = {"micro_batch_size": 16, "max_step_bytes": limit}
+    assert _make(base, batch, world=2).rows_per_step == 32
+    with pytest.raises(ConfigError, match=r"batch.seq_len × batch.batch_size: one step needs"):
+        _make(base, batch, world=4)

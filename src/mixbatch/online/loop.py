@@ -136,7 +136,7 @@ class _PolicyHooks(Hooks):
             if "target_grad" in self.pol.needs:
                 assert target is not None  # one batch's worth of development tokens at most
                 rows = eval_rows(loader, splits, [target], "dev", seq_len,
-                                 min(proxy.eval_tokens, t.cfg.batch.batch_size * seq_len))
+                                 min(proxy.eval_tokens, t.cfg.batch.step_positions))
                 self.target_rows = rank_rows(rows[target], t.rank, t.world_size)
             if "grads" in self.pol.needs and spec.grads is GradScope.HEAD:
                 self.capture = HeadInput(t.model)

@@ -99,6 +99,20 @@ class Hooks:
         """The update is done; ``record`` is the validation after it, when one was due."""
 
 
+def _step_positions(loader: Any, steps: int) -> list[int]:
+    """Positions trained by the end of each of the first ``steps`` steps under the loader's
+    batch-size schedule (a token clock read as positions; run-time changes not foreseen)."""
+    seq_len, sched = loader.cfg.batch.seq_len, loader.rows_schedule
+    if sched is None or sched.constant:
+        per = loader.cfg.batch.step_positions if sched is None else sched.rows[0] * seq_len
+        return [per * (s + 1) for s in range(steps)]
+    ends, total = [], 0
+    for s in range(steps):
+        total += sched.rows_at(s, total) * seq_len
+        ends.append(total)
+    return ends
+
+
 class Trainer:
     """One proxy run's loader (one process, or this rank with ``distributed``), model (seeded
     by ``proxy.seed`` without touching the caller's RNG, or ``init_state``), optimiser,
@@ -145,12 +159,12 @@ class Trainer:
                 Lamb(groups, lr=proxy.lr, betas=betas) if proxy.optimizer == Optimizer.LAMB
                 else torch.optim.AdamW(groups, lr=proxy.lr, betas=betas,
                                        **({"fused": True} if cuda else {})))
-            per_step = cfg.batch.batch_size * cfg.batch.seq_len  # warmup and steps in batches
+            ends = _step_positions(self.loader, proxy.steps)  # warmup and steps in batches
             self.lr_sched = TokenLR(self.opt, TokenSchedule(
-                proxy.schedule.value, total_tokens=proxy.steps * per_step,
-                warmup_tokens=min(proxy.warmup, proxy.steps - 1) * per_step,
+                proxy.schedule.value, total_tokens=ends[-1],
+                warmup_tokens=ends[min(proxy.warmup, proxy.steps - 1)] - ends[0],
                 decay_fraction=proxy.decay_fraction, min_ratio=proxy.min_lr_ratio,
-                batch_size=cfg.batch.batch_size, rewarm_tokens=proxy.rewarm_tokens),
+                batch_size=ends[0] // cfg.batch.seq_len, rewarm_tokens=proxy.rewarm_tokens),
                 loader=self.loader) if by_tokens(proxy) else None
             # B_simple per step from the local and global gradients (distributed runs only)
             self.noise = (NoiseScale(proxy.noise_beta) if proxy.noise_beta is not None

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from mixbatch import __version__
-from mixbatch.cli import _progress, build_parser, main
+from mixbatch.cli import build_parser, main
+from mixbatch.cli_common import progress_enabled
 from mixbatch.logs import NOISY, level_of, setup_logging
 
 #: the commands of mixbatch.cli (search, train, audit ... are built by their own modules)
@@ -76,6 +77,6 @@ def test_progress_flags_agree_across_commands() -> None:
         on = parser.parse_args([cmd, *pos, *extra, "--progress"])
         off = parser.parse_args([cmd, *pos, *extra, "--no-progress"])
         unset = parser.parse_args([cmd, *pos, *extra])
-        assert _progress(on) and not _progress(off)
+        assert progress_enabled(on) and not progress_enabled(off)
         assert unset.progress is None  # the default: only when stderr is a terminal
-        assert not _progress(parser.parse_args(["-q", cmd, *pos, *extra]))
+        assert not progress_enabled(parser.parse_args(["-q", cmd, *pos, *extra]))

@@ -16,16 +16,18 @@ for these two commands alone (``python -m mixbatch.online.cli``).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from mixbatch.checks import positive_int
-from mixbatch.errors import ConfigError, MixbatchError
+from mixbatch.cli_common import add_common, progress_mode
+from mixbatch.errors import MixbatchError
+from mixbatch.proxy_args import add_proxy_arguments
 
-__all__ = ["DEFAULT_HOLDOUT", "add_online_parsers", "cmd_report", "cmd_train", "main",
-           "proxy_settings"]
+__all__ = ["DEFAULT_HOLDOUT", "add_online_parsers", "cmd_report", "cmd_train", "main"]
 
 #: the held-out fraction `mixbatch train` uses when the config holds no documents out
 DEFAULT_HOLDOUT = 0.05
@@ -38,29 +40,14 @@ def _console(stderr: bool = False):
     return Console(highlight=False, stderr=stderr, width=None if stream.isatty() else 160)
 
 
-def proxy_settings(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["d_model=64", "lr=0.003"]`` as a mapping (values read as YAML scalars)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--proxy: expected KEY=VALUE (e.g. d_model=64), got {pair!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"--proxy {key.strip()}: cannot read the value {value!r}") from None
-    return out
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from mixbatch.config import load_config
     from mixbatch.mixture.policies.spec import PolicySpec
     from mixbatch.online.loop import resolve_policy, train_online
-    from mixbatch.proxy.train import ProxyConfig
+    from mixbatch.progress import StepProgress
+    from mixbatch.proxy_args import proxy_from_args
 
     cfg = load_config(args.config)
     if args.seed is not None:
@@ -71,8 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         err.print(f"holdout: the config holds no documents out; holding out {DEFAULT_HOLDOUT:.0%} "
                   f"of each source's documents (at most holdout_max = {cfg.holdout_max}) for "
                   "validation and the policies' feedback (set `holdout:` to choose)", markup=False)
-    proxy_in = {"seed": cfg.seed, **proxy_settings(args.proxy or []), "steps": args.steps}
-    proxy = ProxyConfig.from_dict(proxy_in, origin="--proxy")
+    proxy = proxy_from_args(args, {"seed": cfg.seed})
     names = list(cfg.sources)
     config_spec = resolve_policy(cfg, None, names)  # checks mixture.policy in any case
     policy: PolicySpec | None = config_spec
@@ -84,10 +70,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     label = "static" if policy is None else policy.label
     run_dir = Path(args.out) if args.out else (
         Path("runs") / f"{Path(args.config).stem}-{label}-s{cfg.seed}")
-    result = train_online(cfg, proxy, policy or "none", target=args.target, run_dir=run_dir,
-                          resume=args.resume, checkpoint_every=args.checkpoint_every,
-                          audit=not args.no_audit,
-                          log=lambda m: err.print(m, markup=False))
+    with StepProgress(proxy.steps, progress_mode(args), label="train") as line:
+        result = train_online(cfg, proxy, policy or "none", target=args.target,
+                              run_dir=run_dir, resume=args.resume,
+                              checkpoint_every=args.checkpoint_every, audit=not args.no_audit,
+                              log=line.say, **_progress_hooks(train_online, line))
     s = result.summary
     out = _console()
     table = Table(title=f"train: {s['policy'] or 'static mixture'}, {s['steps']} steps, "
@@ -108,6 +95,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_hooks(train: Callable[..., Any], line: Any) -> dict[str, Any]:
+    """``{"hooks": ProgressHooks(line)}`` when ``train`` (train_online) takes extra trainer
+    hooks; ``{}`` (no live line, said at INFO) when it does not."""
+    import inspect
+
+    if "hooks" not in inspect.signature(train).parameters:
+        logging.getLogger("mixbatch.progress").info(
+            "train: no step progress (train_online takes no hooks)")
+        return {}
+    from mixbatch.proxy.progress import ProgressHooks
+
+    return {"hooks": ProgressHooks(line)}
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from mixbatch.online.report import write_report
 
@@ -123,8 +124,7 @@ def add_online_parsers(subparsers: Any) -> None:
     from mixbatch.mixture.policies.spec import policy_choices
 
     sp = subparsers.add_parser("train", help="train the proxy model with an online mixture policy")
-    sp.add_argument("config")
-    sp.add_argument("--steps", type=positive_int, required=True, help="optimizer steps")
+    sp.add_argument("config", help="the YAML config (sources prepared; README: Configuration)")
     sp.add_argument("--policy", default=None, metavar="NAME",
                     help=f"{policy_choices()}, or none for the static mixture (default: the "
                          "config's mixture.policy)")
@@ -134,18 +134,20 @@ def add_online_parsers(subparsers: Any) -> None:
                     help="data order and model initialisation (default: the config's seed)")
     sp.add_argument("--target", default=None, metavar="SOURCE",
                     help="the source whose held-out loss is the objective")
-    sp.add_argument("--proxy", action="append", metavar="KEY=VALUE",
-                    help="proxy model/optimiser setting (repeatable), e.g. d_model=64 lr=3e-3")
     sp.add_argument("--resume", action="store_true",
                     help="continue from RUN_DIR/checkpoint.pt when it exists")
     sp.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="K",
                     help="also save the checkpoint every K steps")
     sp.add_argument("--no-audit", action="store_true", help="do not write audit.jsonl")
+    add_proxy_arguments(sp, base="ProxyConfig's defaults (the batch shape from the config's "
+                                 "batch:, seed: the run's seed)", steps_required=True)
+    add_common(sp)
     sp.set_defaults(func=cmd_train)
 
     sp = subparsers.add_parser("report", help="plots and an HTML page of an online run folder")
-    sp.add_argument("run_dir", metavar="RUN_DIR")
+    sp.add_argument("run_dir", metavar="RUN_DIR", help="the run folder that train wrote (--out)")
     sp.add_argument("--out", default=None, metavar="DIR", help="where to write (default RUN_DIR)")
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_report)
 
 
@@ -162,7 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except MixbatchError as e:
-        _console(stderr=True).print(f"mixbatch: error: {e}", markup=False, soft_wrap=True)
+        from mixbatch.cli import print_error
+
+        print_error(e)
         return e.exit_code
     except KeyboardInterrupt:
         return 130

@@ -8,7 +8,8 @@ parsed arguments and returns the exit code. Errors are :class:`~mixbatch.errors.
 
     mixbatch search design CONFIG --n 512 --out design.csv [--seed 42] [--tokens T]
     mixbatch search run CONFIG --design design.csv --out results.csv [--backend local|ray]
-        [--workers N] [--ray-address ADDR] [--steps N] [--proxy PROXY.yaml] [--d-model D] ...
+        [--workers N] [--ray-address ADDR] [--steps N] [--proxy PROXY.yaml|KEY=VALUE ...]
+        [--layers N] [--d-model D] ...
     mixbatch search fit RESULTS.csv --target loss/all --out model.json [--model lightgbm|linear]
     mixbatch search fit --mixtures M.csv --losses L.csv --target COL --out model.json
     mixbatch search optimize model.json --out mixture.yaml [--n-sim 100000] [--top-k 128]
@@ -32,7 +33,8 @@ from rich.table import Table
 
 from mixbatch.atomic import write_json
 from mixbatch.checks import positive_int
-from mixbatch.errors import ConfigError
+from mixbatch.cli_common import add_common, progress_enabled
+from mixbatch.proxy_args import add_proxy_arguments
 from mixbatch.search.design import prior_from_spec
 
 __all__ = [
@@ -238,50 +240,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # proxy settings shared by run and merge
 # ---------------------------------------------------------------------------------------------
-_PROXY_FLAGS = (  # flag, ProxyConfig field, type, help
-    ("--steps", "steps", positive_int, "training steps per proxy"),
-    ("--layers", "n_layer", positive_int, "transformer layers"),
-    ("--d-model", "d_model", positive_int, "model width"),
-    ("--heads", "n_head", positive_int, "attention heads"),
-    ("--seq-len", "seq_len", positive_int, "tokens per row (default: the proxy's, else batch:)"),
-    ("--batch-size", "batch_size", positive_int, "rows per step"),
-    ("--lr", "lr", float, "peak learning rate"),
-    ("--eval-tokens", "eval_tokens", positive_int, "held-out tokens scored per source"),
-    ("--threads", "threads", positive_int, "torch threads per proxy (default: 1 when runs "
-                                            "share the machine)"),
-    ("--device", "device", str, "auto, cpu or cuda (default auto)"),
-)
-
-
-def _add_proxy_flags(sp: argparse.ArgumentParser) -> None:
-    g = sp.add_argument_group("proxy model (default: ProxyConfig.demo(); flags override --proxy)")
-    g.add_argument("--proxy", metavar="PROXY.yaml",
-                   help="a YAML mapping of ProxyConfig fields (n_layer, d_model, steps, lr, ...)")
-    for flag, name, kind, text in _PROXY_FLAGS:
-        g.add_argument(flag, dest=name, type=kind, default=None, help=text,
-                       metavar=flag[2:].upper().replace("-", "_"))
+#: what the proxy settings of run and merge start from
+PROXY_BASE = ("the demo proxy (ProxyConfig.demo: 256 x 8 tokens per step), or ProxyConfig's "
+              "defaults when a --proxy file is given")
 
 
 def _proxy_from_args(args: argparse.Namespace) -> Any:
-    import yaml
-
+    """The demo proxy (or a ``--proxy`` file's), then ``--proxy KEY=VALUE`` and the shortcuts."""
     from mixbatch.proxy import ProxyConfig
+    from mixbatch.proxy_args import proxy_from_args
 
-    base: dict[str, Any] = {}
-    if args.proxy:
-        try:
-            base = yaml.safe_load(Path(args.proxy).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{args.proxy}: file not found") from None
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{args.proxy}: cannot read YAML ({e})") from None
-        if not isinstance(base, dict):
-            raise ConfigError(f"{args.proxy}: expected a mapping of proxy settings")
-    for _, name, _, _ in _PROXY_FLAGS:
-        value = getattr(args, name)
-        if value is not None:
-            base[name] = value
-    return ProxyConfig.demo(**base) if not args.proxy else ProxyConfig.from_dict(base, args.proxy)
+    return proxy_from_args(args, ProxyConfig.demo().model_dump(exclude_unset=True),
+                           file_replaces_defaults=True)
 
 
 def _load_search_config(path: str) -> Any:
@@ -300,7 +270,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_search_config(args.config)
     proxy = _proxy_from_args(args)
     run = run_search(cfg, args.design, args.out, backend=args.backend, workers=args.workers,
-                     proxy=proxy, ray_address=args.ray_address, progress=not args.no_progress)
+                     proxy=proxy, ray_address=args.ray_address, progress=progress_enabled(args))
     done = sorted(run.results.values(), key=lambda r: r.val_mean)
     per_run = [run.results[i].seconds for i in run.ran]
     table = Table(title=f"search run: {len(run.results)} of {run.total} design rows in {run.out}",
@@ -358,7 +328,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     report = merge_ablation(cfg, proxy, steps=steps, seed_steps=args.seed_steps,
                             subsets=args.subsets, subset_seed=args.subset_seed,
                             backend=args.backend, workers=args.workers,
-                            ray_address=args.ray_address, progress=not args.no_progress)
+                            ray_address=args.ray_address, progress=progress_enabled(args))
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, report.to_dict())
@@ -379,7 +349,7 @@ def _add_backend_flags(sp: argparse.ArgumentParser) -> None:
                     help="proxies at a time (default %(default)s)")
     sp.add_argument("--ray-address", metavar="ADDR", default=None,
                     help="an existing Ray cluster (default: start a local one)")
-    sp.add_argument("--no-progress", action="store_true")
+    add_common(sp)
 
 
 def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
@@ -451,7 +421,7 @@ def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, metavar="RESULTS.csv",
                     help="results CSV; rows already in it are skipped")
     _add_backend_flags(sp)
-    _add_proxy_flags(sp)
+    add_proxy_arguments(sp, base=PROXY_BASE)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("merge", help="data ablations by merging per-source models vs training "
@@ -464,6 +434,6 @@ def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
                     help="N random subsets (default: every pair and a few triples)")
     sp.add_argument("--subset-seed", type=int, default=0)
     _add_backend_flags(sp)
-    _add_proxy_flags(sp)
+    add_proxy_arguments(sp, base=PROXY_BASE)
     sp.set_defaults(func=cmd_merge)
     return p

@@ -54,10 +54,12 @@ SHORTCUTS: tuple[tuple[str, str, Any, str], ...] = (
     ("--batch-size", "batch_size", positive_int,
      "rows per global step (batch_size; default: the proxy's, else the config's batch)"),
     ("--lr", "lr", _lr, "peak learning rate (lr)"),
-    ("--eval-tokens", "eval_tokens", positive_int, "held-out tokens scored per source"),
+    ("--eval-tokens", "eval_tokens", positive_int,
+     "held-out tokens scored per source (eval_tokens)"),
     ("--threads", "threads", positive_int,
-     "torch CPU threads per proxy (threads; default: torch's)"),
-    ("--device", "device", str, "where to train: auto, cpu or cuda (device; default auto)"),
+     "torch CPU threads per proxy run (threads; default: torch's, 1 when search runs "
+     "several proxies at a time)"),
+    ("--device", "device", str, "where to train (device; default auto: CUDA when torch sees it)"),
 )
 
 
@@ -72,11 +74,12 @@ def add_proxy_arguments(sp: argparse.ArgumentParser, *, base: str,
                    help="a YAML file of proxy settings, or one setting such as d_model=64 "
                         "(repeatable; later values win)")
     g.add_argument("--steps", type=positive_int, required=steps_required, default=None,
+                   metavar="N",
                    help="optimizer steps per proxy run (steps)")
     for flag, name, kind, text in SHORTCUTS:
-        extra: dict[str, Any] = {"choices": DEVICES} if name == "device" else {}
-        g.add_argument(flag, dest=name, type=kind, default=None, help=text,
-                       metavar=flag[2:].upper().replace("-", "_"), **extra)
+        extra: dict[str, Any] = ({"choices": DEVICES} if name == "device" else
+                                 {"metavar": "LR" if name == "lr" else "N"})
+        g.add_argument(flag, dest=name, type=kind, default=None, help=text, **extra)
 
 
 def read_proxy_items(items: list[str] | None) -> list[tuple[str, dict[str, Any], bool]]:

@@ -365,13 +365,15 @@ def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
     sp = sub.add_parser("design", help="draw candidate mixtures around the token prior (RegMix)")
     sp.add_argument("config", help="config whose sources (prepared) give the token prior")
     sp.add_argument("--n", type=positive_int, required=True, help="number of mixtures")
-    sp.add_argument("--out", required=True, metavar="DESIGN.csv")
+    sp.add_argument("--out", required=True, metavar="DESIGN.csv",
+                    help="where to write the mixtures: index + one weight column per source")
     sp.add_argument("--seed", type=int, default=REGMIX_SEED, help="default %(default)s (RegMix)")
     sp.add_argument("--tokens", type=_tokens, default=None, metavar="T",
                     help="training tokens of the run the mixture is for (e.g. 25B); the epoch "
                          "caps are max_epochs x available / T (default: all available tokens)")
     sp.add_argument("--max-epochs", type=float, default=None, metavar="E",
                     help="epoch cap for sources without max_epochs in the config (default 15)")
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_design)
 
     sp = sub.add_parser("fit", help="fit a regressor from mixture weights to a loss")
@@ -382,34 +384,45 @@ def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--losses", metavar="L.csv", help="losses file, joined on index")
     sp.add_argument("--target", required=True,
                     help="loss column, or a weighted sum: 'COL=0.5,COL=0.5'")
-    sp.add_argument("--model", choices=[k.value for k in ModelKind], default="lightgbm")
-    sp.add_argument("--out", required=True, metavar="MODEL.json")
+    sp.add_argument("--model", choices=[k.value for k in ModelKind], default="lightgbm",
+                    help="the regressor: LightGBM (RegMix's settings) or linear "
+                         "(default %(default)s)")
+    sp.add_argument("--out", required=True, metavar="MODEL.json",
+                    help="where to save the fitted model (JSON, never pickled)")
     sp.add_argument("--folds", type=int, default=5, help="cross-validation folds (0: none)")
     sp.add_argument("--ridge", type=float, default=0.0, help="L2 penalty for --model linear")
     sp.add_argument("--prior", metavar="CONFIG|name=tokens,...",
                     help="token prior for optimize (default: the mean training mixture)")
-    sp.add_argument("--seed", type=int, default=42)
+    sp.add_argument("--seed", type=int, default=42,
+                    help="seed of the folds and the regressor (default %(default)s)")
     sp.add_argument("--plot", metavar="P.png", help="cross-validated predicted vs actual")
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_fit)
 
     sp = sub.add_parser("optimize", help="simulate mixtures, average the predicted best")
-    sp.add_argument("model", metavar="MODEL.json")
-    sp.add_argument("--n-sim", type=positive_int, default=N_SIM)
-    sp.add_argument("--top-k", type=positive_int, default=TOP_K)
-    sp.add_argument("--out", required=True, metavar="MIXTURE.yaml")
-    sp.add_argument("--seed", type=int, default=SIM_SEED)
+    sp.add_argument("model", metavar="MODEL.json", help="a model written by search fit")
+    sp.add_argument("--n-sim", type=positive_int, default=N_SIM,
+                    help="mixtures to simulate around the prior (default %(default)s)")
+    sp.add_argument("--top-k", type=positive_int, default=TOP_K,
+                    help="average the K predicted best (default %(default)s)")
+    sp.add_argument("--out", required=True, metavar="MIXTURE.yaml",
+                    help="where to write the chosen mixture (a mixture: block for the config)")
+    sp.add_argument("--seed", type=int, default=SIM_SEED,
+                    help="seed of the simulation (default %(default)s)")
     sp.add_argument("--prior", metavar="CONFIG|name=tokens,...",
                     help="simulation prior (default: the one saved in the model)")
     sp.add_argument("--plot", metavar="P.png", help="chosen weights vs prior")
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_optimize)
 
     sp = sub.add_parser("evaluate", help="rank correlation of a model on held-out runs")
-    sp.add_argument("model", metavar="MODEL.json")
+    sp.add_argument("model", metavar="MODEL.json", help="a model written by search fit")
     sp.add_argument("results", nargs="?", default=None, help="results CSV (or --mixtures/--losses)")
-    sp.add_argument("--mixtures", metavar="M.csv")
-    sp.add_argument("--losses", metavar="L.csv")
+    sp.add_argument("--mixtures", metavar="M.csv", help="mixtures file (with --losses)")
+    sp.add_argument("--losses", metavar="L.csv", help="losses file, joined on index")
     sp.add_argument("--target", default=None, help="default: the model's target")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("run", help="train one proxy per design row; append losses to a "
@@ -427,12 +440,14 @@ def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
     sp = sub.add_parser("merge", help="data ablations by merging per-source models vs training "
                                       "on the union (Na et al. 2024)")
     sp.add_argument("config", help="config whose sources (prepared, holdout > 0) are the units")
-    sp.add_argument("--out", required=True, metavar="MERGE.json")
+    sp.add_argument("--out", required=True, metavar="MERGE.json",
+                    help="where to write every subset's losses and the correlations")
     sp.add_argument("--seed-steps", type=positive_int, default=None,
                     help="steps of the seed model on the uniform mixture (default: --steps)")
     sp.add_argument("--subsets", type=positive_int, default=None, metavar="N",
                     help="N random subsets (default: every pair and a few triples)")
-    sp.add_argument("--subset-seed", type=int, default=0)
+    sp.add_argument("--subset-seed", type=int, default=0,
+                    help="seed of the random subsets (default %(default)s)")
     _add_backend_flags(sp)
     add_proxy_arguments(sp, base=PROXY_BASE)
     sp.set_defaults(func=cmd_merge)

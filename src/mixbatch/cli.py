@@ -20,7 +20,13 @@ from rich.table import Table
 
 from mixbatch import __version__
 from mixbatch.checks import positive_int
-from mixbatch.cli_common import QUIET_HELP, VERBOSE_HELP, add_common, progress_enabled
+from mixbatch.cli_common import (
+    QUIET_HELP,
+    VERBOSE_HELP,
+    add_common,
+    check_local_paths,
+    progress_enabled,
+)
 from mixbatch.errors import ConfigError, MixbatchError
 from mixbatch.logs import setup_logging
 
@@ -360,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         t0 = time.perf_counter()
         log.info("%s: started", args.command)
+        check_local_paths(args)
         code = func(args)
         log.info("%s finished in %.1f s (exit %d)", args.command, time.perf_counter() - t0, code)
         return code

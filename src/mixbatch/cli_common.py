@@ -5,9 +5,20 @@ terminal and ``-q`` is not given)."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from collections.abc import Iterator
 
-__all__ = ["QUIET_HELP", "VERBOSE_HELP", "add_common", "progress_enabled", "progress_mode"]
+__all__ = ["QUIET_HELP", "VERBOSE_HELP", "add_common", "check_local_paths", "progress_enabled",
+           "progress_mode"]
+
+#: ``scheme://`` at the start of an argument: a URL, which no command argument reads
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+#: arguments whose values are not paths (a Ray cluster's address may be ray://host:port)
+NOT_PATHS = frozenset({"ray_address", "pattern", "func"})
+#: the commands' positional arguments (named in upper case, as in their usage lines)
+POSITIONALS = frozenset({"config", "log", "model", "results", "run_dir", "run_or_log",
+                         "tokenizer"})
 
 VERBOSE_HELP = "more log lines on stderr (-vv: debug, and the storage libraries' own)"
 QUIET_HELP = "errors only (and no progress unless --progress)"
@@ -41,3 +52,27 @@ def progress_mode(args: argparse.Namespace) -> str:
     if not asked:
         return "off"
     return "live" if tty else "lines"
+
+
+def _values(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    for dest, value in vars(args).items():
+        if dest in NOT_PATHS:
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str):
+                yield dest, v
+
+
+def check_local_paths(args: argparse.Namespace) -> None:
+    """Refuse a URL (``s3://...``) given as a command's file argument: the commands read and
+    write local files (remote data goes in the config's ``sources`` and ``store``), so such a
+    path is an unsupported scheme, not a missing file."""
+    from mixbatch.errors import ConfigError
+
+    for dest, value in _values(args):
+        m = _URL.match(value)
+        if m is not None:
+            name = dest.upper() if dest in POSITIONALS else "--" + dest.replace("_", "-")
+            raise ConfigError(f"{name}: {value}: unsupported scheme {m.group(1)}:// for a "
+                              "command-line path (local files only; remote sources and stores "
+                              "go in the config's sources and store)")

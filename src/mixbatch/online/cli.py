@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mixbatch.checks import positive_int
-from mixbatch.cli_common import add_common, progress_mode
+from mixbatch.cli_common import add_common, check_local_paths, progress_mode
 from mixbatch.errors import MixbatchError
 from mixbatch.proxy_args import add_proxy_arguments
 
@@ -52,13 +52,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.seed is not None:
         cfg = cfg.model_copy(update={"seed": args.seed})
+    proxy = proxy_from_args(args, {"seed": cfg.seed})  # wrong settings: refused before any note
     err = _console(stderr=True)
     if cfg.holdout <= 0:
         cfg = cfg.model_copy(update={"holdout": DEFAULT_HOLDOUT})
         err.print(f"holdout: the config holds no documents out; holding out {DEFAULT_HOLDOUT:.0%} "
                   f"of each source's documents (at most holdout_max = {cfg.holdout_max}) for "
-                  "validation and the policies' feedback (set `holdout:` to choose)", markup=False)
-    proxy = proxy_from_args(args, {"seed": cfg.seed})
+                  "validation and the policies' feedback (set `holdout:` to choose)", markup=False,
+                  soft_wrap=True)
     names = list(cfg.sources)
     config_spec = resolve_policy(cfg, None, names)  # checks mixture.policy in any case
     policy: PolicySpec | None = config_spec
@@ -162,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        check_local_paths(args)
         return func(args)
     except MixbatchError as e:
         from mixbatch.cli import print_error

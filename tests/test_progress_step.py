@@ -122,3 +122,27 @@ def test_the_trainer_feeds_the_line(tmp_path: Path) -> None:
     assert float(rows[2].group(7)) == pytest.approx(history[0]["val_loss_mean"], abs=5e-5)
     assert rows[1].group(7) is None
     assert line.tokens == fed
+
+
+def test_bars_print_plain_lines_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    from mixbatch.progress import RateProgress, RunProgress
+
+    with RunProgress(2, True) as r:
+        r.advance("#1 val/mean 2.0")
+        r.say("run 3 failed: boom")
+        r.advance("#2 val/mean 1.5")
+    err = capsys.readouterr().err.splitlines()
+    assert [x.split(" · ")[0] for x in err] == ["proxy runs: 1/2", "run 3 failed: boom",
+                                                "proxy runs: 2/2"]
+    assert err[2].endswith(" · #2 val/mean 1.5") and " · ETA " in err[2]
+    with RateProgress("tokenising", total=3) as b:  # at most every 10 s, and the last
+        for _ in range(3):
+            b.add(1, 10)
+            b.advance()
+    err = capsys.readouterr().err.splitlines()
+    assert [x.split(" · ")[0] for x in err] == ["tokenising: 0/3", "tokenising: 3/3"]
+    assert "docs/s" in err[-1]
+    with RunProgress(2, False) as r, RateProgress("tokenising", 1, enabled=False) as b:
+        r.advance("#1")
+        b.advance()
+    assert capsys.readouterr().err == ""

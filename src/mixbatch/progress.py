@@ -30,19 +30,45 @@ def human(n: float) -> str:
     return f"{n:.0f}" if float(n).is_integer() else f"{n:.2f}"
 
 
-class RateProgress:
+class _Bar:
+    """A rich bar on a terminal; elsewhere (a log file, a pipe) the same facts as a plain line
+    on stderr at most every ``every`` seconds, and the last one, since a bar cannot redraw
+    there."""
+
+    def __init__(self, enabled: bool, every: float, *columns: Any) -> None:
+        self.console = Console(stderr=True, highlight=False)
+        self.enabled = enabled
+        self.plain = enabled and not self.console.is_terminal
+        self.every = every
+        self._shown = -float("inf")
+        self.bar = Progress(*columns, console=self.console, disable=not enabled or self.plain,
+                            transient=False)
+
+    def _plain_line(self, task_id: Any, label: str, extra: str, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.plain or (now - self._shown < self.every and not force):
+            return
+        self._shown = now
+        task = self.bar.tasks[task_id]
+        total = "?" if task.total is None else f"{task.total:,.0f}"
+        left = task.time_remaining
+        parts = [f"{label}: {task.completed:,.0f}/{total}", f"elapsed {_eta(task.elapsed or 0)}",
+                 "ETA " + ("?" if left is None else _eta(left))]
+        print(" · ".join([*parts, extra] if extra else parts), file=sys.stderr, flush=True)
+
+
+class RateProgress(_Bar):
     """Counts finished work items and the documents and tokens they produced."""
 
     def __init__(self, description: str, total: int | None, enabled: bool = True) -> None:
-        self.enabled = enabled
+        super().__init__(enabled, 10.0, TextColumn("[bold]{task.description}"), BarColumn(),
+                         MofNCompleteColumn(), TextColumn("{task.fields[rates]}"),
+                         TimeElapsedColumn(), TimeRemainingColumn())
+        self.description = description
         self.docs = 0
         self.tokens = 0
         self._t0 = time.perf_counter()
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rates]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), disable=not enabled, transient=False,
-        )
+        self._progress = self.bar
         self._task = self._progress.add_task(description, total=total, rates="")
 
     def __enter__(self) -> RateProgress:
@@ -51,7 +77,7 @@ class RateProgress:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._refresh()
+        self._refresh(force=True)
         self._progress.stop()
 
     def add(self, docs: int, tokens: int) -> None:
@@ -63,23 +89,22 @@ class RateProgress:
         self._progress.advance(self._task, n)
         self._refresh()
 
-    def _refresh(self) -> None:
+    def _refresh(self, force: bool = False) -> None:
         dt = max(time.perf_counter() - self._t0, 1e-9)
         rates = f"{human(self.docs / dt)} docs/s {human(self.tokens / dt)} tok/s"
         self._progress.update(self._task, rates=rates)
+        self._plain_line(self._task, self.description, rates, force)
 
 
-class RunProgress:
-    """Runs done of a known total (proxy runs), with ETA and the last run's result, on stderr;
-    :meth:`say` prints a line (a failure) above the bar."""
+class RunProgress(_Bar):
+    """Runs done of a known total (proxy runs), with ETA and the last run's result, on stderr
+    (a plain line per run where the bar cannot redraw); :meth:`say` prints a line (a failure)
+    above the bar."""
 
     def __init__(self, total: int, enabled: bool) -> None:
-        self.console = Console(stderr=True, highlight=False)
-        self.enabled = enabled
-        self.bar = Progress(TextColumn("[bold]proxy runs"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                            TextColumn("{task.fields[last]}"), console=self.console,
-                            disable=not enabled)
+        super().__init__(enabled, 0.0, TextColumn("[bold]proxy runs"), BarColumn(),
+                         MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                         TimeRemainingColumn(), TextColumn("{task.fields[last]}"))
         self.task = self.bar.add_task("runs", total=total, last="")
 
     def __enter__(self) -> RunProgress:
@@ -91,9 +116,10 @@ class RunProgress:
 
     def advance(self, last: str) -> None:
         self.bar.update(self.task, advance=1, last=last)
+        self._plain_line(self.task, "proxy runs", last)
 
     def say(self, line: str) -> None:
-        if self.enabled:
+        if self.enabled and not self.plain:
             self.bar.console.print(line, markup=False, soft_wrap=True)
         else:
             print(line, file=sys.stderr, flush=True)

@@ -1,15 +1,17 @@
 """The ``train`` and ``report`` commands (wired into ``mixbatch`` by :func:`add_online_parsers`).
 
-``mixbatch train CONFIG --steps N [--policy NAME] [--out RUN_DIR] [--seed S] [--target SOURCE]``
-trains the proxy model (:func:`mixbatch.online.train_online`) with the config's
+``mixbatch train CONFIG --steps N [--policy NAME] [--out RUN_DIR] [--seed S] [--target SOURCE]
+[--proxy PROXY.yaml|KEY=VALUE ...]`` (the proxy flags of :mod:`mixbatch.proxy_args`, as for
+``search run``) trains the proxy model (:func:`mixbatch.online.train_online`) with the config's
 ``mixture.policy`` (or ``--policy``; ``--policy none`` for the static mixture) and writes the run
 folder. A config without held-out documents (``holdout: 0``, the default) holds out
 ``DEFAULT_HOLDOUT`` (5%) of each source's documents for this run and says so: an online run
-reports held-out loss and some policies steer by it. ``mixbatch report RUN_DIR`` draws it
-(:func:`mixbatch.online.report.write_report`).
+reports held-out loss and some policies steer by it. The steps show on a
+:class:`~mixbatch.progress.StepProgress` line (``--progress``; default: on a terminal).
+``mixbatch report RUN_DIR`` draws a run folder (:func:`mixbatch.online.report.write_report`).
 
 Errors are :class:`~mixbatch.errors.MixbatchError`: the ``mixbatch`` entry point prints them
-as one line and exits with their code (2 for a bad config or option). :func:`main` does the same
+one line per problem and exits with their code (2 for a bad config or option). :func:`main` does the same
 for these two commands alone (``python -m mixbatch.online.cli``).
 """
 

@@ -146,3 +146,13 @@ def test_bars_print_plain_lines_off_a_terminal(capsys: pytest.CaptureFixture[str
         r.advance("#1")
         b.advance()
     assert capsys.readouterr().err == ""
+
+
+def test_plain_eta_is_the_mean_rate_so_far(capsys: pytest.CaptureFixture[str]) -> None:
+    from mixbatch.progress import RunProgress
+
+    with RunProgress(3, True) as r:
+        r.bar.tasks[0].start_time -= 100.0  # the first run took 100 s
+        r.advance("#1")
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("proxy runs: 1/3 · elapsed 0:01:40 · ETA 0:03:20 · #1"), line

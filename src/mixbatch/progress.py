@@ -50,10 +50,11 @@ class _Bar:
             return
         self._shown = now
         task = self.bar.tasks[task_id]
-        total = "?" if task.total is None else f"{task.total:,.0f}"
-        left = task.time_remaining
-        parts = [f"{label}: {task.completed:,.0f}/{total}", f"elapsed {_eta(task.elapsed or 0)}",
-                 "ETA " + ("?" if left is None else _eta(left))]
+        done, total, elapsed = task.completed, task.total, task.elapsed or 0.0
+        # the mean rate so far: runs of minutes leave rich's 30 s speed window empty
+        left = elapsed * (total - done) / done if done and total is not None else None
+        parts = [f"{label}: {done:,.0f}/{'?' if total is None else f'{total:,.0f}'}",
+                 f"elapsed {_eta(elapsed)}", "ETA " + ("?" if left is None else _eta(left))]
         print(" · ".join([*parts, extra] if extra else parts), file=sys.stderr, flush=True)
 
 

@@ -118,9 +118,9 @@ def test_progress_flags_agree_across_commands(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.undo()
 
 
-@pytest.mark.xfail("hooks" not in inspect.signature(train_online).parameters, strict=True,
-                   reason="needs train_online(..., hooks=) (change asked of online/loop.py's "
-                          "owner): without it train draws no step line")
+@pytest.mark.xfail("extra_hooks" not in inspect.signature(train_online).parameters,
+                   strict=True, reason="needs train_online(..., extra_hooks=) (change asked of "
+                                       "online/loop.py's owner): without it no step line")
 def test_train_shows_its_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from conftest import write_config
     from test_loader import _cfg

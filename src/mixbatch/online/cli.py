@@ -99,17 +99,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _progress_hooks(train: Callable[..., Any], line: Any) -> dict[str, Any]:
-    """``{"hooks": ProgressHooks(line)}`` when ``train`` (train_online) takes extra trainer
-    hooks; ``{}`` (no live line, said at INFO) when it does not."""
+    """``{"extra_hooks": ProgressHooks(line)}`` when ``train`` (train_online) takes extra
+    trainer hooks; ``{}`` (no step line, said at INFO) when it does not."""
     import inspect
 
-    if "hooks" not in inspect.signature(train).parameters:
+    if "extra_hooks" not in inspect.signature(train).parameters:
         logging.getLogger("mixbatch.progress").info(
-            "train: no step progress (train_online takes no hooks)")
+            "train: no step progress (train_online takes no extra_hooks)")
         return {}
     from mixbatch.proxy.progress import ProgressHooks
 
-    return {"hooks": ProgressHooks(line)}
+    return {"extra_hooks": ProgressHooks(line)}
 
 
 def cmd_report(args: argparse.Namespace) -> int:

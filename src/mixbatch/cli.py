@@ -20,6 +20,13 @@ from rich.table import Table
 
 from mixbatch import __version__
 from mixbatch.checks import positive_int
+from mixbatch.cli_common import (
+    QUIET_HELP,
+    VERBOSE_HELP,
+    add_common,
+    check_local_paths,
+    progress_enabled,
+)
 from mixbatch.errors import ConfigError, MixbatchError
 from mixbatch.logs import setup_logging
 
@@ -55,7 +62,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     report = prepare(cfg, workers=args.workers, shard=args.shard, force=args.force,
                      on_error=OnError(args.on_error) if args.on_error else None,
-                     progress=_progress(args), backend=args.backend,
+                     progress=progress_enabled(args), backend=args.backend,
                      ray_address=args.ray_address)
     table = Table(title=f"prepare → {cfg.store_dir}")
     for col in ("source", "status", "files", "documents", "tokens", "skipped"):
@@ -153,7 +160,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     summary = run_stream(cfg, args.steps, args.rank, args.world_size, args.state_in,
-                         args.state_out, args.emit, _progress(args), args.save_every)
+                         args.state_out, args.emit, progress_enabled(args), args.save_every)
     cut = summary.get("log_cut")
     if cut:
         err.print(f"{args.emit}: cut back to step {summary['first_step']} of the state: "
@@ -229,7 +236,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.print(f"2. config written to {config_path}")
     cfg = load_config(config_path)
     out.print("3. mixbatch prepare (byte tokenizer, all cores)")
-    report = prepare(cfg, workers=args.workers, progress=_progress(args))
+    report = prepare(cfg, workers=args.workers, progress=progress_enabled(args))
     out.print(f"   {report.documents:,} documents, {report.tokens:,} tokens in "
               f"{report.seconds:.1f}s")
     out.print("4. mixbatch inspect")
@@ -248,7 +255,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mixbatch.demo.search import demo_search
 
     t_search = time.perf_counter()
-    search = demo_search(cfg, stats, work, config_path, progress=_progress(args))
+    search = demo_search(cfg, stats, work, config_path, progress=progress_enabled(args))
     steps = 100
     out.print(f"11. mixbatch stream: {steps} steps with the chosen mixture ({search['config']})")
     s3 = run_stream(load_config(search["config"]), steps, 0, 1, None, None, None, False)
@@ -268,24 +275,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------
-def _progress(args: argparse.Namespace) -> bool:
-    """``--progress`` / ``--no-progress``; unset: on when stderr is a terminal and not ``-q``."""
-    if args.progress is not None:
-        return bool(args.progress)
-    return sys.stderr.isatty() and not getattr(args, "quiet", 0)
-
-
-def _common(sp: argparse.ArgumentParser, progress: bool = True) -> None:
-    """The options every command of this module takes (also after the command's name)."""
-    sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                    help="more log lines on stderr (-vv: debug, and the storage libraries' own)")
-    sp.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
-                    help="errors only (and no progress bar unless --progress)")
-    if progress:
-        sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="show a progress bar on stderr (default: when stderr is a terminal)")
-
-
 CONFIG_HELP = "the YAML config file (README: Configuration)"
 
 
@@ -293,10 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mixbatch", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"mixbatch {__version__}",
                    help="print the version and exit")
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="more log lines on stderr (-vv: debug, and the storage libraries' own)")
-    p.add_argument("-q", "--quiet", action="count", default=0,
-                   help="errors only (and no progress bar unless --progress)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
+    p.add_argument("-q", "--quiet", action="count", default=0, help=QUIET_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sp = sub.add_parser("prepare", help="tokenise every source into token stores")
@@ -311,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the work units in a local process pool or as Ray tasks")
     sp.add_argument("--ray-address", default=None,
                     help="with --backend ray: the cluster to join (default: a local instance)")
-    _common(sp)
+    add_common(sp)
     sp.set_defaults(func=cmd_prepare)
 
     sp = sub.add_parser("inspect", help="per-source documents, tokens and length percentiles")
@@ -319,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.add_argument("--plot", metavar="FILE.png", help="draw the length histogram per source")
     sp.add_argument("--verify", action="store_true", help="hash every store file in full")
-    _common(sp, progress=False)
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_inspect)
 
     tp = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(
@@ -330,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tokens in the trained vocabulary (the 256 bytes included)")
     sp.add_argument("--out", required=True, metavar="PATH", help="where to write tokenizer.json")
     sp.add_argument("--max-docs", type=positive_int, default=None, help="train on at most N documents")
-    _common(sp, progress=False)
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_tokenizer_train)
 
     sp = sub.add_parser("stream", help="run the loader without a model and report the mixture")
@@ -348,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--emit log is cut back to the state's step")
     sp.add_argument("--emit", metavar="F.jsonl", help="write the audit log (one line per row)")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _common(sp)
+    add_common(sp)
     sp.set_defaults(func=cmd_stream)
 
     from mixbatch.audit.cli import add_audit_parsers
@@ -366,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-bytes", type=positive_int, default=4 << 20, help="text per domain")
     sp.add_argument("--workers", type=positive_int, default=None,
                     help="processes for prepare (default: all cores)")
-    _common(sp)
+    add_common(sp)
     sp.set_defaults(func=cmd_demo)
     return p
 
@@ -379,11 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         t0 = time.perf_counter()
         log.info("%s: started", args.command)
+        check_local_paths(args)
         code = func(args)
         log.info("%s finished in %.1f s (exit %d)", args.command, time.perf_counter() - t0, code)
         return code
     except MixbatchError as e:
-        err.print(f"mixbatch: error: {e}", markup=False, soft_wrap=True)
+        print_error(e)
         return e.exit_code
     except BrokenPipeError:
         return 0
@@ -411,6 +399,13 @@ _OS_HINTS = {
     errno.ENOENT: "it does not exist: check the path",
     errno.EIO: "the device reported an I/O error: check the disk",
 }
+
+
+def print_error(e: BaseException) -> None:
+    """``mixbatch: error: ...`` on stderr, one line per problem the error names."""
+    for line in str(e).splitlines() or [type(e).__name__]:
+        if line.strip():
+            err.print(f"mixbatch: error: {line}", markup=False, soft_wrap=True)
 
 
 def os_error_line(e: OSError) -> str:

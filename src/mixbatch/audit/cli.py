@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mixbatch.checks import positive_int
+from mixbatch.cli_common import add_common
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
@@ -102,15 +103,17 @@ def add_audit_parsers(subparsers: Any) -> argparse.ArgumentParser:
                     help="where the report goes (default: LOG-report/ beside the log, or "
                          "RUN/audit-report/)")
     sp.add_argument("--json", action="store_true", help="print the report's numbers as JSON")
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("seen", help="documents and token spans fed by step T (streams the log)")
-    sp.add_argument("log", metavar="LOG")
+    sp.add_argument("log", metavar="LOG", help="an audit log (stream --emit, or a run's)")
     sp.add_argument("--step", type=int, required=True, metavar="T", help="steps 0..T inclusive")
     sp.add_argument("--source", default=None, metavar="S", help="only this source")
     sp.add_argument("--out", default=None, metavar="F.jsonl",
                     help="write the spans here and print a table (default: spans to stdout)")
     sp.add_argument("--json", action="store_true", help="print the totals as JSON")
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_seen)
 
     _add_more(sub)
@@ -255,15 +258,20 @@ def _add_more(sub: Any) -> None:
                     help="stop after P solve passes; the output says whether it converged "
                          "(default %(default)s)")
     sp.add_argument("--plot", default=None, metavar="F.png", help="bar chart of the proportions")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_tokenizer)
 
     sp = sub.add_parser("dedup", help="exact and near duplicates within and across sources")
-    sp.add_argument("config")
-    sp.add_argument("--scope", choices=("global", "local"), default=None)
+    sp.add_argument("config", help="the YAML config whose sources are compared")
+    sp.add_argument("--scope", choices=("global", "local"), default=None,
+                    help="global: across all sources (a copy in an earlier source wins); "
+                         "local: inside each source only (default: the config's dedup.scope, "
+                         "else global)")
     sp.add_argument("--threshold", type=float, default=None, help="near: Jaccard threshold")
     sp.add_argument("--num-perm", type=int, default=None, help="near: MinHash permutations")
     sp.add_argument("--no-near", action="store_true", help="exact duplicates only")
     sp.add_argument("--examples", type=int, default=5, help="example pairs to show")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_dedup)

@@ -1,31 +1,35 @@
 """The ``train`` and ``report`` commands (wired into ``mixbatch`` by :func:`add_online_parsers`).
 
-``mixbatch train CONFIG --steps N [--policy NAME] [--out RUN_DIR] [--seed S] [--target SOURCE]``
-trains the proxy model (:func:`mixbatch.online.train_online`) with the config's
+``mixbatch train CONFIG --steps N [--policy NAME] [--out RUN_DIR] [--seed S] [--target SOURCE]
+[--proxy PROXY.yaml|KEY=VALUE ...]`` (the proxy flags of :mod:`mixbatch.proxy_args`, as for
+``search run``) trains the proxy model (:func:`mixbatch.online.train_online`) with the config's
 ``mixture.policy`` (or ``--policy``; ``--policy none`` for the static mixture) and writes the run
 folder. A config without held-out documents (``holdout: 0``, the default) holds out
 ``DEFAULT_HOLDOUT`` (5%) of each source's documents for this run and says so: an online run
-reports held-out loss and some policies steer by it. ``mixbatch report RUN_DIR`` draws it
-(:func:`mixbatch.online.report.write_report`).
+reports held-out loss and some policies steer by it. The steps show on a
+:class:`~mixbatch.progress.StepProgress` line (``--progress``; default: on a terminal).
+``mixbatch report RUN_DIR`` draws a run folder (:func:`mixbatch.online.report.write_report`).
 
 Errors are :class:`~mixbatch.errors.MixbatchError`: the ``mixbatch`` entry point prints them
-as one line and exits with their code (2 for a bad config or option). :func:`main` does the same
+one line per problem and exits with their code (2 for a bad config or option). :func:`main` does the same
 for these two commands alone (``python -m mixbatch.online.cli``).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from mixbatch.checks import positive_int
-from mixbatch.errors import ConfigError, MixbatchError
+from mixbatch.cli_common import add_common, check_local_paths, progress_mode
+from mixbatch.errors import MixbatchError
+from mixbatch.proxy_args import add_proxy_arguments
 
-__all__ = ["DEFAULT_HOLDOUT", "add_online_parsers", "cmd_report", "cmd_train", "main",
-           "proxy_settings"]
+__all__ = ["DEFAULT_HOLDOUT", "add_online_parsers", "cmd_report", "cmd_train", "main"]
 
 #: the held-out fraction `mixbatch train` uses when the config holds no documents out
 DEFAULT_HOLDOUT = 0.05
@@ -38,41 +42,26 @@ def _console(stderr: bool = False):
     return Console(highlight=False, stderr=stderr, width=None if stream.isatty() else 160)
 
 
-def proxy_settings(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["d_model=64", "lr=0.003"]`` as a mapping (values read as YAML scalars)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--proxy: expected KEY=VALUE (e.g. d_model=64), got {pair!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"--proxy {key.strip()}: cannot read the value {value!r}") from None
-    return out
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from mixbatch.config import load_config
     from mixbatch.mixture.policies.spec import PolicySpec
     from mixbatch.online.loop import resolve_policy, train_online
-    from mixbatch.proxy.train import ProxyConfig
+    from mixbatch.progress import StepProgress
+    from mixbatch.proxy_args import proxy_from_args
 
     cfg = load_config(args.config)
     if args.seed is not None:
         cfg = cfg.model_copy(update={"seed": args.seed})
+    proxy = proxy_from_args(args, {"seed": cfg.seed})  # wrong settings: refused before any note
     err = _console(stderr=True)
     if cfg.holdout <= 0:
         cfg = cfg.model_copy(update={"holdout": DEFAULT_HOLDOUT})
         err.print(f"holdout: the config holds no documents out; holding out {DEFAULT_HOLDOUT:.0%} "
                   f"of each source's documents (at most holdout_max = {cfg.holdout_max}) for "
-                  "validation and the policies' feedback (set `holdout:` to choose)", markup=False)
-    proxy_in = {"seed": cfg.seed, **proxy_settings(args.proxy or []), "steps": args.steps}
-    proxy = ProxyConfig.from_dict(proxy_in, origin="--proxy")
+                  "validation and the policies' feedback (set `holdout:` to choose)", markup=False,
+                  soft_wrap=True)
     names = list(cfg.sources)
     config_spec = resolve_policy(cfg, None, names)  # checks mixture.policy in any case
     policy: PolicySpec | None = config_spec
@@ -84,10 +73,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     label = "static" if policy is None else policy.label
     run_dir = Path(args.out) if args.out else (
         Path("runs") / f"{Path(args.config).stem}-{label}-s{cfg.seed}")
-    result = train_online(cfg, proxy, policy or "none", target=args.target, run_dir=run_dir,
-                          resume=args.resume, checkpoint_every=args.checkpoint_every,
-                          audit=not args.no_audit,
-                          log=lambda m: err.print(m, markup=False))
+    with StepProgress(proxy.steps, progress_mode(args), label="train") as line:
+        result = train_online(cfg, proxy, policy or "none", target=args.target,
+                              run_dir=run_dir, resume=args.resume,
+                              checkpoint_every=args.checkpoint_every, audit=not args.no_audit,
+                              log=line.say, **_progress_hooks(train_online, line))
     s = result.summary
     out = _console()
     table = Table(title=f"train: {s['policy'] or 'static mixture'}, {s['steps']} steps, "
@@ -108,6 +98,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_hooks(train: Callable[..., Any], line: Any) -> dict[str, Any]:
+    """``{"extra_hooks": ProgressHooks(line)}`` when ``train`` (train_online) takes extra
+    trainer hooks; ``{}`` (no step line, said at INFO) when it does not."""
+    import inspect
+
+    if "extra_hooks" not in inspect.signature(train).parameters:
+        logging.getLogger("mixbatch.progress").info(
+            "train: no step progress (train_online takes no extra_hooks)")
+        return {}
+    from mixbatch.proxy.progress import ProgressHooks
+
+    return {"extra_hooks": ProgressHooks(line)}
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from mixbatch.online.report import write_report
 
@@ -123,8 +127,7 @@ def add_online_parsers(subparsers: Any) -> None:
     from mixbatch.mixture.policies.spec import policy_choices
 
     sp = subparsers.add_parser("train", help="train the proxy model with an online mixture policy")
-    sp.add_argument("config")
-    sp.add_argument("--steps", type=positive_int, required=True, help="optimizer steps")
+    sp.add_argument("config", help="the YAML config (sources prepared; README: Configuration)")
     sp.add_argument("--policy", default=None, metavar="NAME",
                     help=f"{policy_choices()}, or none for the static mixture (default: the "
                          "config's mixture.policy)")
@@ -134,18 +137,20 @@ def add_online_parsers(subparsers: Any) -> None:
                     help="data order and model initialisation (default: the config's seed)")
     sp.add_argument("--target", default=None, metavar="SOURCE",
                     help="the source whose held-out loss is the objective")
-    sp.add_argument("--proxy", action="append", metavar="KEY=VALUE",
-                    help="proxy model/optimiser setting (repeatable), e.g. d_model=64 lr=3e-3")
     sp.add_argument("--resume", action="store_true",
                     help="continue from RUN_DIR/checkpoint.pt when it exists")
     sp.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="K",
                     help="also save the checkpoint every K steps")
     sp.add_argument("--no-audit", action="store_true", help="do not write audit.jsonl")
+    add_proxy_arguments(sp, base="ProxyConfig's defaults (the batch shape from the config's "
+                                 "batch:, seed: the run's seed)", steps_required=True)
+    add_common(sp)
     sp.set_defaults(func=cmd_train)
 
     sp = subparsers.add_parser("report", help="plots and an HTML page of an online run folder")
-    sp.add_argument("run_dir", metavar="RUN_DIR")
+    sp.add_argument("run_dir", metavar="RUN_DIR", help="the run folder that train wrote (--out)")
     sp.add_argument("--out", default=None, metavar="DIR", help="where to write (default RUN_DIR)")
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_report)
 
 
@@ -160,9 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        check_local_paths(args)
         return func(args)
     except MixbatchError as e:
-        _console(stderr=True).print(f"mixbatch: error: {e}", markup=False, soft_wrap=True)
+        from mixbatch.cli import print_error
+
+        print_error(e)
         return e.exit_code
     except KeyboardInterrupt:
         return 130

@@ -8,7 +8,8 @@ parsed arguments and returns the exit code. Errors are :class:`~mixbatch.errors.
 
     mixbatch search design CONFIG --n 512 --out design.csv [--seed 42] [--tokens T]
     mixbatch search run CONFIG --design design.csv --out results.csv [--backend local|ray]
-        [--workers N] [--ray-address ADDR] [--steps N] [--proxy PROXY.yaml] [--d-model D] ...
+        [--workers N] [--ray-address ADDR] [--steps N] [--proxy PROXY.yaml|KEY=VALUE ...]
+        [--layers N] [--d-model D] ...
     mixbatch search fit RESULTS.csv --target loss/all --out model.json [--model lightgbm|linear]
     mixbatch search fit --mixtures M.csv --losses L.csv --target COL --out model.json
     mixbatch search optimize model.json --out mixture.yaml [--n-sim 100000] [--top-k 128]
@@ -32,7 +33,8 @@ from rich.table import Table
 
 from mixbatch.atomic import write_json
 from mixbatch.checks import positive_int
-from mixbatch.errors import ConfigError
+from mixbatch.cli_common import add_common, progress_enabled
+from mixbatch.proxy_args import add_proxy_arguments
 from mixbatch.search.design import prior_from_spec
 
 __all__ = [
@@ -238,50 +240,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # proxy settings shared by run and merge
 # ---------------------------------------------------------------------------------------------
-_PROXY_FLAGS = (  # flag, ProxyConfig field, type, help
-    ("--steps", "steps", positive_int, "training steps per proxy"),
-    ("--layers", "n_layer", positive_int, "transformer layers"),
-    ("--d-model", "d_model", positive_int, "model width"),
-    ("--heads", "n_head", positive_int, "attention heads"),
-    ("--seq-len", "seq_len", positive_int, "tokens per row (default: the proxy's, else batch:)"),
-    ("--batch-size", "batch_size", positive_int, "rows per step"),
-    ("--lr", "lr", float, "peak learning rate"),
-    ("--eval-tokens", "eval_tokens", positive_int, "held-out tokens scored per source"),
-    ("--threads", "threads", positive_int, "torch threads per proxy (default: 1 when runs "
-                                            "share the machine)"),
-    ("--device", "device", str, "auto, cpu or cuda (default auto)"),
-)
-
-
-def _add_proxy_flags(sp: argparse.ArgumentParser) -> None:
-    g = sp.add_argument_group("proxy model (default: ProxyConfig.demo(); flags override --proxy)")
-    g.add_argument("--proxy", metavar="PROXY.yaml",
-                   help="a YAML mapping of ProxyConfig fields (n_layer, d_model, steps, lr, ...)")
-    for flag, name, kind, text in _PROXY_FLAGS:
-        g.add_argument(flag, dest=name, type=kind, default=None, help=text,
-                       metavar=flag[2:].upper().replace("-", "_"))
+#: what the proxy settings of run and merge start from
+PROXY_BASE = ("the demo proxy (ProxyConfig.demo: 256 x 8 tokens per step), or ProxyConfig's "
+              "defaults when a --proxy file is given")
 
 
 def _proxy_from_args(args: argparse.Namespace) -> Any:
-    import yaml
-
+    """The demo proxy (or a ``--proxy`` file's), then ``--proxy KEY=VALUE`` and the shortcuts."""
     from mixbatch.proxy import ProxyConfig
+    from mixbatch.proxy_args import proxy_from_args
 
-    base: dict[str, Any] = {}
-    if args.proxy:
-        try:
-            base = yaml.safe_load(Path(args.proxy).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{args.proxy}: file not found") from None
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{args.proxy}: cannot read YAML ({e})") from None
-        if not isinstance(base, dict):
-            raise ConfigError(f"{args.proxy}: expected a mapping of proxy settings")
-    for _, name, _, _ in _PROXY_FLAGS:
-        value = getattr(args, name)
-        if value is not None:
-            base[name] = value
-    return ProxyConfig.demo(**base) if not args.proxy else ProxyConfig.from_dict(base, args.proxy)
+    return proxy_from_args(args, ProxyConfig.demo().model_dump(exclude_unset=True),
+                           file_replaces_defaults=True)
 
 
 def _load_search_config(path: str) -> Any:
@@ -300,7 +270,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_search_config(args.config)
     proxy = _proxy_from_args(args)
     run = run_search(cfg, args.design, args.out, backend=args.backend, workers=args.workers,
-                     proxy=proxy, ray_address=args.ray_address, progress=not args.no_progress)
+                     proxy=proxy, ray_address=args.ray_address, progress=progress_enabled(args))
     done = sorted(run.results.values(), key=lambda r: r.val_mean)
     per_run = [run.results[i].seconds for i in run.ran]
     table = Table(title=f"search run: {len(run.results)} of {run.total} design rows in {run.out}",
@@ -358,7 +328,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     report = merge_ablation(cfg, proxy, steps=steps, seed_steps=args.seed_steps,
                             subsets=args.subsets, subset_seed=args.subset_seed,
                             backend=args.backend, workers=args.workers,
-                            ray_address=args.ray_address, progress=not args.no_progress)
+                            ray_address=args.ray_address, progress=progress_enabled(args))
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, report.to_dict())
@@ -379,7 +349,7 @@ def _add_backend_flags(sp: argparse.ArgumentParser) -> None:
                     help="proxies at a time (default %(default)s)")
     sp.add_argument("--ray-address", metavar="ADDR", default=None,
                     help="an existing Ray cluster (default: start a local one)")
-    sp.add_argument("--no-progress", action="store_true")
+    add_common(sp)
 
 
 def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
@@ -395,13 +365,15 @@ def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
     sp = sub.add_parser("design", help="draw candidate mixtures around the token prior (RegMix)")
     sp.add_argument("config", help="config whose sources (prepared) give the token prior")
     sp.add_argument("--n", type=positive_int, required=True, help="number of mixtures")
-    sp.add_argument("--out", required=True, metavar="DESIGN.csv")
+    sp.add_argument("--out", required=True, metavar="DESIGN.csv",
+                    help="where to write the mixtures: index + one weight column per source")
     sp.add_argument("--seed", type=int, default=REGMIX_SEED, help="default %(default)s (RegMix)")
     sp.add_argument("--tokens", type=_tokens, default=None, metavar="T",
                     help="training tokens of the run the mixture is for (e.g. 25B); the epoch "
                          "caps are max_epochs x available / T (default: all available tokens)")
     sp.add_argument("--max-epochs", type=float, default=None, metavar="E",
                     help="epoch cap for sources without max_epochs in the config (default 15)")
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_design)
 
     sp = sub.add_parser("fit", help="fit a regressor from mixture weights to a loss")
@@ -412,34 +384,45 @@ def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--losses", metavar="L.csv", help="losses file, joined on index")
     sp.add_argument("--target", required=True,
                     help="loss column, or a weighted sum: 'COL=0.5,COL=0.5'")
-    sp.add_argument("--model", choices=[k.value for k in ModelKind], default="lightgbm")
-    sp.add_argument("--out", required=True, metavar="MODEL.json")
+    sp.add_argument("--model", choices=[k.value for k in ModelKind], default="lightgbm",
+                    help="the regressor: LightGBM (RegMix's settings) or linear "
+                         "(default %(default)s)")
+    sp.add_argument("--out", required=True, metavar="MODEL.json",
+                    help="where to save the fitted model (JSON, never pickled)")
     sp.add_argument("--folds", type=int, default=5, help="cross-validation folds (0: none)")
     sp.add_argument("--ridge", type=float, default=0.0, help="L2 penalty for --model linear")
     sp.add_argument("--prior", metavar="CONFIG|name=tokens,...",
                     help="token prior for optimize (default: the mean training mixture)")
-    sp.add_argument("--seed", type=int, default=42)
+    sp.add_argument("--seed", type=int, default=42,
+                    help="seed of the folds and the regressor (default %(default)s)")
     sp.add_argument("--plot", metavar="P.png", help="cross-validated predicted vs actual")
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_fit)
 
     sp = sub.add_parser("optimize", help="simulate mixtures, average the predicted best")
-    sp.add_argument("model", metavar="MODEL.json")
-    sp.add_argument("--n-sim", type=positive_int, default=N_SIM)
-    sp.add_argument("--top-k", type=positive_int, default=TOP_K)
-    sp.add_argument("--out", required=True, metavar="MIXTURE.yaml")
-    sp.add_argument("--seed", type=int, default=SIM_SEED)
+    sp.add_argument("model", metavar="MODEL.json", help="a model written by search fit")
+    sp.add_argument("--n-sim", type=positive_int, default=N_SIM,
+                    help="mixtures to simulate around the prior (default %(default)s)")
+    sp.add_argument("--top-k", type=positive_int, default=TOP_K,
+                    help="average the K predicted best (default %(default)s)")
+    sp.add_argument("--out", required=True, metavar="MIXTURE.yaml",
+                    help="where to write the chosen mixture (a mixture: block for the config)")
+    sp.add_argument("--seed", type=int, default=SIM_SEED,
+                    help="seed of the simulation (default %(default)s)")
     sp.add_argument("--prior", metavar="CONFIG|name=tokens,...",
                     help="simulation prior (default: the one saved in the model)")
     sp.add_argument("--plot", metavar="P.png", help="chosen weights vs prior")
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_optimize)
 
     sp = sub.add_parser("evaluate", help="rank correlation of a model on held-out runs")
-    sp.add_argument("model", metavar="MODEL.json")
+    sp.add_argument("model", metavar="MODEL.json", help="a model written by search fit")
     sp.add_argument("results", nargs="?", default=None, help="results CSV (or --mixtures/--losses)")
-    sp.add_argument("--mixtures", metavar="M.csv")
-    sp.add_argument("--losses", metavar="L.csv")
+    sp.add_argument("--mixtures", metavar="M.csv", help="mixtures file (with --losses)")
+    sp.add_argument("--losses", metavar="L.csv", help="losses file, joined on index")
     sp.add_argument("--target", default=None, help="default: the model's target")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
+    add_common(sp, progress=False)
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("run", help="train one proxy per design row; append losses to a "
@@ -451,19 +434,21 @@ def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, metavar="RESULTS.csv",
                     help="results CSV; rows already in it are skipped")
     _add_backend_flags(sp)
-    _add_proxy_flags(sp)
+    add_proxy_arguments(sp, base=PROXY_BASE)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("merge", help="data ablations by merging per-source models vs training "
                                       "on the union (Na et al. 2024)")
     sp.add_argument("config", help="config whose sources (prepared, holdout > 0) are the units")
-    sp.add_argument("--out", required=True, metavar="MERGE.json")
+    sp.add_argument("--out", required=True, metavar="MERGE.json",
+                    help="where to write every subset's losses and the correlations")
     sp.add_argument("--seed-steps", type=positive_int, default=None,
                     help="steps of the seed model on the uniform mixture (default: --steps)")
     sp.add_argument("--subsets", type=positive_int, default=None, metavar="N",
                     help="N random subsets (default: every pair and a few triples)")
-    sp.add_argument("--subset-seed", type=int, default=0)
+    sp.add_argument("--subset-seed", type=int, default=0,
+                    help="seed of the random subsets (default %(default)s)")
     _add_backend_flags(sp)
-    _add_proxy_flags(sp)
+    add_proxy_arguments(sp, base=PROXY_BASE)
     sp.set_defaults(func=cmd_merge)
     return p

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import mixbatch.config
 from mixbatch.cli import main
 
 
@@ -94,9 +93,6 @@ def test_an_unknown_scheme_is_named(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "unknown scheme 'foo'" in line
 
 
-@pytest.mark.xfail(not hasattr(mixbatch.config, "_merge_enums"), strict=True,
-                   reason="needs config.format_validation_error to merge a union's members and "
-                          "give one line per problem (change asked of config.py's owner)")
 def test_config_problems_one_per_line_in_the_users_words(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _config(tmp_path, "{a: {path: a.jsonl, format: jsnol, on_error: maybe}}",

@@ -8,6 +8,7 @@ Relative paths are resolved against the folder of the config file. YAML is read 
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -562,8 +563,32 @@ def _shown(size: Any) -> str:
     return str(size) if isinstance(size, int) else f"a schedule of {len(size)} stages"
 
 
+#: a union member's tag in an error's location (``str-enum[Format]``, ``function-after[...]``):
+#: pydantic's, not a key the user wrote
+_TAG = re.compile(r"[a-z][a-z-]*\[.*\]|function-.*")
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and _TAG.fullmatch(p)))
+
+
+def _merge_enums(errors: list[Any]) -> list[Any]:
+    """The enum members of one union (``format``: a text format or a token format) as one
+    error listing every accepted value."""
+    out: list[Any] = []
+    seen: dict[str, Any] = {}
+    for e in errors:
+        key = _loc(e["loc"])
+        if e["type"] == "enum" and key in seen:
+            first = seen[key]
+            first["ctx"]["expected"] += ", " + e["ctx"]["expected"]
+            *head, last = first["ctx"]["expected"].replace(" or ", ", ").split(", ")
+            first["msg"] = f"Input should be {', '.join(head)} or {last}"
+            continue
+        if e["type"] == "enum":
+            seen[key] = e = {**e, "ctx": dict(e.get("ctx") or {})}
+        out.append(e)
+    return out
 
 
 _PACKING_VALUES = {p.value for p in Packing}
@@ -585,7 +610,7 @@ def _wrong_mode(key: str, mode: str) -> str:
 def format_validation_error(err: ValidationError, origin: str) -> str:
     """One line per problem: ``origin: field.path: message (got VALUE)``."""
     lines = []
-    for e in err.errors(include_url=False):
+    for e in _merge_enums(err.errors(include_url=False)):
         parts = tuple(p for p in e["loc"] if p not in _TAGS)
         value = e.get("input")
         msg = e["msg"].removeprefix("Value error, ")
@@ -606,8 +631,7 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
             text = repr(value)
             got = f" (got {text if len(text) <= 60 else text[:57] + '...'})"
         lines.append(f"{origin}: {loc + ': ' if loc else ''}{msg}{got}")
-    # pydantic reports every member of a union; the first line is the most direct one
-    return lines[0] if len(lines) == 1 else "; ".join(dict.fromkeys(lines))
+    return "\n".join(dict.fromkeys(lines))
 
 
 def config_from_dict(data: Any, origin: str = "<config>", base_dir: Path | None = None) -> Config:

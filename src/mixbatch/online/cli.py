@@ -18,7 +18,6 @@ for these two commands alone (``python -m mixbatch.online.cli``).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,7 +47,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mixbatch.config import load_config
     from mixbatch.mixture.policies.spec import PolicySpec
     from mixbatch.online.loop import resolve_policy, train_online
+    from mixbatch.online.report import cost_lines
     from mixbatch.progress import StepProgress
+    from mixbatch.proxy.progress import ProgressHooks
     from mixbatch.proxy_args import proxy_from_args
 
     cfg = load_config(args.config)
@@ -77,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train_online(cfg, proxy, policy or "none", target=args.target,
                               run_dir=run_dir, resume=args.resume,
                               checkpoint_every=args.checkpoint_every, audit=not args.no_audit,
-                              log=line.say, **_progress_hooks(train_online, line))
+                              log=line.say, extra_hooks=ProgressHooks(line))
     s = result.summary
     out = _console()
     table = Table(title=f"train: {s['policy'] or 'static mixture'}, {s['steps']} steps, "
@@ -95,21 +96,9 @@ def cmd_train(args: argparse.Namespace) -> int:
               + (f"; target {s['target']}: {s['target_val_loss']:.4f}" if s["target"] else "")
               + (f"; extra tokens {extra}" if extra else "")
               + f"; {s['seconds']:.1f}s")
+    for key, line in cost_lines(s).items():
+        out.print(f"{key}: {line}", markup=False, soft_wrap=True)
     return 0
-
-
-def _progress_hooks(train: Callable[..., Any], line: Any) -> dict[str, Any]:
-    """``{"extra_hooks": ProgressHooks(line)}`` when ``train`` (train_online) takes extra
-    trainer hooks; ``{}`` (no step line, said at INFO) when it does not."""
-    import inspect
-
-    if "extra_hooks" not in inspect.signature(train).parameters:
-        logging.getLogger("mixbatch.progress").info(
-            "train: no step progress (train_online takes no extra_hooks)")
-        return {}
-    from mixbatch.proxy.progress import ProgressHooks
-
-    return {"extra_hooks": ProgressHooks(line)}
 
 
 def cmd_report(args: argparse.Namespace) -> int:

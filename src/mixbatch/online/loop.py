@@ -40,6 +40,7 @@ from mixbatch.online.reference import reference_model
 from mixbatch.online.runfiles import RunFiles
 from mixbatch.online.splits import eval_rows, heldout_split
 from mixbatch.proxy.evaluate import EvalRows, autocast, global_means
+from mixbatch.proxy.hooks import chain_hooks
 from mixbatch.proxy.model import ProxyLM
 from mixbatch.proxy.settings import ProxyConfig
 from mixbatch.proxy.trainer import Hooks, Step, Trainer, cpu_state, require_holdout
@@ -257,7 +258,8 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
                  target: str | None = None, run_dir: str | Path | None = None,
                  resume: bool = False, stop_at: int | None = None,
                  checkpoint_every: int | None = None, audit: bool = True,
-                 log: Callable[[str], None] | None = None) -> OnlineResult:
+                 log: Callable[[str], None] | None = None,
+                 extra_hooks: Hooks | None = None) -> OnlineResult:
     """Train a proxy on ``cfg``'s sources with an online policy choosing the mixture.
 
     Args:
@@ -272,6 +274,8 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
         checkpoint_every: also checkpoint every this many steps (always at the end of a call).
         audit: write the audit log of the rows fed.
         log: called with progress lines (reference training, probes).
+        extra_hooks: more trainer hooks, called after the policy's at each point of a step
+            (``mixbatch train``'s progress line: :class:`mixbatch.proxy.progress.ProgressHooks`).
 
     Raises:
         ConfigError: a bad policy or target, ``holdout`` 0, too few held-out documents.
@@ -307,7 +311,8 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
                     + ", ".join(f"{f} {n}" for f, n in files.torn.items()))
             hooks.checkpoint_every = checkpoint_every
             hooks.end = end = steps if stop_at is None else max(start, min(stop_at, steps))
-            done, ended = t.run(start, end, hooks, t.proxy.eval_every or max(1, steps // 10))
+            done, ended = t.run(start, end, chain_hooks(hooks, extra_hooks),
+                                t.proxy.eval_every or max(1, steps // 10))
             if done > start or resumed_at is None:
                 hooks.save(done)
             fed, last = loader.fed_tokens, t.history[-1] if t.history else None

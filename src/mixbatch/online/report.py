@@ -80,7 +80,7 @@ def _title(summary: dict[str, Any]) -> str:
     return f"{policy}" + (f", target {target}" if target else "") + f", seed {summary.get('seed')}"
 
 
-def _costs(summary: dict[str, Any]) -> dict[str, str]:
+def cost_lines(summary: dict[str, Any]) -> dict[str, str]:
     """The energy and noise-scale lines of the page, or why there are none."""
     e, noise = summary.get("energy"), summary.get("noise_scale") or {}
     if not e:
@@ -194,7 +194,7 @@ def _page(title: str, summary: dict[str, Any], names: list[str], weights: dict[s
             value = summary[key]
             text = json.dumps(value) if isinstance(value, dict | list) else str(value)
             facts.append(f"<tr><th>{esc(key)}</th><td><code>{esc(text)}</code></td></tr>")
-    facts += [f"<tr><th>{k}</th><td>{esc(v)}</td></tr>" for k, v in _costs(summary).items()]
+    facts += [f"<tr><th>{k}</th><td>{esc(v)}</td></tr>" for k, v in cost_lines(summary).items()]
     images = []
     for key in [k for k in ("weights", "val_loss", "train_loss", "noise_scale") if k in paths]:
         data = base64.b64encode(paths[key].read_bytes()).decode("ascii")

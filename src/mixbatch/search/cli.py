@@ -15,6 +15,7 @@ parsed arguments and returns the exit code. Errors are :class:`~mixbatch.errors.
     mixbatch search optimize model.json --out mixture.yaml [--n-sim 100000] [--top-k 128]
     mixbatch search evaluate model.json --mixtures M.csv --losses L.csv [--target COL] [--json]
     mixbatch search merge CONFIG --out merge.json [--steps N] [--seed-steps N] [--subsets N]
+    mixbatch search pbt CONFIG --population N --interval STEPS --out DIR [--steps T] [--seed S]
 """
 
 from __future__ import annotations
@@ -245,7 +246,7 @@ PROXY_BASE = ("the demo proxy (ProxyConfig.demo: 256 x 8 tokens per step), or Pr
               "defaults when a --proxy file is given")
 
 
-def _proxy_from_args(args: argparse.Namespace) -> Any:
+def proxy_of_args(args: argparse.Namespace) -> Any:
     """The demo proxy (or a ``--proxy`` file's), then ``--proxy KEY=VALUE`` and the shortcuts."""
     from mixbatch.proxy import ProxyConfig
     from mixbatch.proxy_args import proxy_from_args
@@ -268,7 +269,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mixbatch.search.runner import run_search
 
     cfg = _load_search_config(args.config)
-    proxy = _proxy_from_args(args)
+    proxy = proxy_of_args(args)
     run = run_search(cfg, args.design, args.out, backend=args.backend, workers=args.workers,
                      proxy=proxy, ray_address=args.ray_address, progress=progress_enabled(args))
     done = sorted(run.results.values(), key=lambda r: r.val_mean)
@@ -323,7 +324,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from mixbatch.search.merge import merge_ablation
 
     cfg = _load_search_config(args.config)
-    proxy = _proxy_from_args(args)
+    proxy = proxy_of_args(args)
     steps = args.steps if args.steps is not None else proxy.steps
     report = merge_ablation(cfg, proxy, steps=steps, seed_steps=args.seed_steps,
                             subsets=args.subsets, subset_seed=args.subset_seed,
@@ -451,4 +452,8 @@ def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
     _add_backend_flags(sp)
     add_proxy_arguments(sp, base=PROXY_BASE)
     sp.set_defaults(func=cmd_merge)
+
+    from mixbatch.search.pbt import add_pbt_parser
+
+    add_pbt_parser(sub)
     return p

@@ -308,7 +308,9 @@ def _probability(value: str) -> float:
 
 def add_pbt_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``pbt`` on ``mixbatch search``'s subcommands."""
-    from mixbatch.search.cli import _add_proxy_flags
+    from mixbatch.cli_common import add_common
+    from mixbatch.proxy_args import add_proxy_arguments
+    from mixbatch.search.cli import PROXY_BASE
 
     sp = subparsers.add_parser("pbt", help="Population Based Training of the mixture on Ray "
                                            "Tune: a schedule that stream replays")
@@ -333,7 +335,8 @@ def add_pbt_parser(subparsers: Any) -> argparse.ArgumentParser:
                          "need the store at the same path on every node")
     sp.add_argument("--keep-checkpoints", action="store_true",
                     help="keep Tune's member checkpoints under DIR/ray")
-    _add_proxy_flags(sp)
+    add_common(sp, progress=False)
+    add_proxy_arguments(sp, base=PROXY_BASE)
     sp.set_defaults(func=run_pbt)
     return sp
 
@@ -343,10 +346,11 @@ def run_pbt(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from mixbatch.search.cli import _load_search_config, _proxy_from_args
+    from mixbatch.config import load_config
+    from mixbatch.search.cli import proxy_of_args
 
-    cfg = _load_search_config(args.config)
-    proxy = _proxy_from_args(args)
+    cfg = load_config(args.config)
+    proxy = proxy_of_args(args)
     settings = PBTSettings(population=args.population, interval=args.interval,
                            steps=proxy.steps, seed=args.seed, resample=args.resample,
                            quantile=args.quantile, workers=args.workers,

@@ -249,3 +249,24 @@ def test_proxy_prefix_len_is_bidirectional_over_the_prefix() -> None:
                           atol=1e-6)
     with pytest.raises(ValueError, match="prefix_len"):
         model(ids, prefix_len=torch.tensor([1, 2, 3]))
+
+
+def test_torch_adapters_give_the_loaders_examples_and_resume(tmp_path: Path) -> None:
+    import torch
+
+    from mixbatch.torch import MixbatchDataLoader, MixbatchDataset
+
+    cfg = _config(tmp_path, {})
+    want = _batches(MixedLoader(cfg, 1, 2), 6)
+    dl = MixbatchDataLoader(cfg, rank=1, world_size=2, num_workers=2, max_steps=3)
+    got = list(dl)
+    rest = list(MixbatchDataLoader(cfg, rank=1, world_size=2, max_steps=3,
+                                   state=dl.state_dict()))
+    ds = list(MixbatchDataset(cfg, rank=1, world_size=2, max_steps=6))
+    for a, b, c in zip(want, got + rest, ds, strict=True):
+        for k in ("input_ids", "labels", "prefix_len", "objective_ids"):
+            assert torch.equal(torch.from_numpy(a[k]), b[k]) and torch.equal(b[k], c[k])
+    with pytest.raises(ConfigError, match="transform"):
+        list(MixbatchDataLoader(cfg, rank=0, world_size=1, transform=lambda b: b))
+    with pytest.raises(ConfigError, match="mixup: mixes token rows"):
+        config_from_dict({**BASE, "objectives": {}, "mixup": {"mixup_alpha": 0.4}})

@@ -21,7 +21,7 @@ naming it (``objectives.denoisers.0.rate: must be < 1.0, got 1.5``).
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -29,7 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mixbatch.errors import ConfigError
 from mixbatch.objectives.denoisers import UL2_DENOISERS, Denoiser, Paradigm
 
-__all__ = ["DenoiserConfig", "Layout", "ObjectivesConfig", "token_ids"]
+__all__ = ["DenoiserConfig", "Layout", "ObjectivesConfig", "check_objectives_config",
+           "token_ids"]
 
 
 class Layout(str, Enum):
@@ -125,3 +126,12 @@ def token_ids(vocab_size: int, sentinels: int) -> tuple[dict[str, int], np.ndarr
     modes = {p.value: vocab_size + k for k, p in enumerate(Paradigm)}
     first = vocab_size + len(modes)
     return modes, np.arange(first, first + sentinels, dtype=np.int64), first + sentinels
+
+
+def check_objectives_config(cfg: Any) -> None:
+    """Settings ``objectives:`` cannot go with; ``ValueError`` (pydantic's) with the first."""
+    if getattr(cfg, "objectives", None) is None:
+        return
+    if cfg.mixup is not None:
+        raise ValueError("mixup: mixes token rows, which `objectives:` turns into examples of "
+                         "other widths; use one of the two")

@@ -221,6 +221,8 @@ def test_proxy_trains_prefix_lm_rows(tmp_path: Path) -> None:
         update={"layout": "encoder_decoder"})})
     with pytest.raises(ConfigError, match=r"objectives\.layout: 'encoder_decoder'"):
         train_proxy(ed, proxy)
+    with pytest.raises(ConfigError, match=r"proxy\.replay_rate"):
+        train_proxy(cfg, proxy.model_copy(update={"replay_rate": 0.2}))
 
 
 def test_proxy_prefix_len_is_bidirectional_over_the_prefix() -> None:

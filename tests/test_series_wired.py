@@ -52,6 +52,7 @@ def _config(tmp: Path, on_error: str = "skip", weights: dict | None = None,
     ({"sources": {"a": SERIES}, "objectives": {}}, "objectives: not available"),
     ({"sources": {"a": SERIES}, "batch": {"packing": "buckets", "token_budget": 64}},
      "batch.packing: 'buckets'"),
+    ({"sources": {"a": SERIES}, "holdout": 0.1}, "holdout: holds documents out"),
 ])
 def test_bad_configs_are_one_line(data: dict, needle: str) -> None:
     with pytest.raises(ConfigError) as e:

@@ -92,8 +92,12 @@ class ObjectiveStage:
     def names(self) -> tuple[str, ...]:
         return tuple(self.mixer.names)
 
-    def decoder_only_shape(self) -> tuple[int, int]:
-        """``(vocab_size, row width)`` of a decoder-only model on these batches (the proxy)."""
+    def decoder_only_shape(self, replay: bool = False) -> tuple[int, int]:
+        """``(vocab_size, row width)`` of a decoder-only model on these batches (the proxy;
+        ``replay``: it replays hard batches, which are token rows, not examples)."""
+        if replay:
+            raise ConfigError("proxy.replay_rate: replays planned token rows, which "
+                              "`objectives:` turns into examples; set replay_rate: 0")
         if self.layout is not Layout.PREFIX_LM:
             raise ConfigError(f"objectives.layout: {self.layout.value!r} needs an "
                               "encoder-decoder model; the proxy is decoder-only (use "

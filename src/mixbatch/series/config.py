@@ -98,6 +98,9 @@ def check_series_config(cfg: Any) -> None:
                         ("dedup", cfg.dedup), ("mixup", cfg.mixup)):
         if value is not None:
             raise ValueError(f"{name}: not available for series sources (text sources only)")
+    if cfg.holdout > 0:
+        raise ValueError("holdout: holds documents out of text sources; series sources "
+                         "have none (give held-out series as a config of their own)")
     if cfg.batch.variable_rows:
         raise ValueError(f"batch.packing: {cfg.batch.packing.value!r} packs tokens; series "
                          "sources take `batch_size` windows a step (packing concat or pad)")

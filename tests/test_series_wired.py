@@ -173,6 +173,12 @@ def test_torch_adapter_yields_windows_and_resumes(tmp_path: Path) -> None:
                               state=again.state_dict())
     for x, y in zip(got[3:], list(rest), strict=True):
         assert torch.equal(x["context"], y["context"]) and x["step"] == y["step"]
+    doubled = list(MixbatchDataLoader(cfg, max_steps=2, transform=lambda b: {
+        **b, "context": 2 * b["context"]}))
+    plain = next(iter(MixbatchDataLoader(cfg, max_steps=1)))
+    assert torch.equal(doubled[0]["context"], 2 * plain["context"])
+    with pytest.raises(ConfigError, match="fields / batch_format"):
+        MixbatchDataLoader(cfg, fields="all")
     with pytest.raises(ConfigError, match="series sources; the token loader"):
         from mixbatch.loader.loader import MixedLoader
 

@@ -166,11 +166,20 @@ class SeriesDataLoader:
     ``state_dict()`` after the last one handed out (any world size resumes it).
 
     Windows are read from memory-mapped stores in this process (a step is ``batch_size``
-    small rows); ``num_workers`` is accepted and changes nothing in the stream."""
+    small rows); ``num_workers`` is accepted and changes nothing in the stream. ``transform``
+    runs on each batch (NumPy arrays) before it becomes tensors; ``device`` moves it there;
+    the token adapter's ``fields`` and ``batch_format`` have no meaning here."""
 
     def __init__(self, cfg: Any, rank: int | None = None, world_size: int | None = None,
                  num_workers: int = 0, state: dict[str, Any] | None = None,
-                 max_steps: int | None = None, device: Any = None, **_: Any) -> None:
+                 max_steps: int | None = None, fields: Any = None,
+                 transform: Any = None, batch_format: str = "mixbatch", device: Any = None,
+                 pin_memory: bool = False, prefetch_factor: int = 2,
+                 non_blocking: bool = True) -> None:
+        if fields is not None or batch_format != "mixbatch":
+            raise ConfigError("fields / batch_format: series batches have their own fields "
+                              "(context, horizon, source_ids, window_ids, series_ids, step)")
+        del pin_memory, prefetch_factor
         if rank is None or world_size is None:
             from mixbatch.loader.loader import _dist_rank_world
 
@@ -181,6 +190,7 @@ class SeriesDataLoader:
             raise ConfigError(f"max_steps: must be an integer >= 0, got {max_steps!r}")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.num_workers, self.max_steps, self.device = num_workers, max_steps, device
+        self.transform, self.non_blocking = transform, non_blocking
         self._state = copy.deepcopy(state)
         self._loader: SeriesLoader | None = None
 
@@ -197,10 +207,12 @@ class SeriesDataLoader:
             loader.load_state_dict(self._state)
         for step in loader.steps(self.max_steps):
             batch = loader.batch_of(step)
+            if self.transform is not None:
+                batch = self.transform(batch)
             out = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray)
                    else v for k, v in batch.items()}
             if self.device is not None:
-                out = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor)
+                out = {k: v.to(self.device, non_blocking=self.non_blocking) if isinstance(v, torch.Tensor)
                        else v for k, v in out.items()}
             self._state = loader.state_dict()
             yield out

@@ -156,6 +156,18 @@ def test_stream_logs_source_and_window_and_resumes(tmp_path: Path) -> None:
     assert [r["window"] for r in rows] == [int(w) for s in steps for w in s.window]
 
 
+def test_text_commands_refuse_series_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
+                                                  ) -> None:
+    from mixbatch.cli import main
+
+    cfg_path = str(_config(tmp_path).base_dir / "cfg.yaml")
+    assert main(["prepare", cfg_path]) == 0
+    capsys.readouterr()
+    assert main(["inspect", cfg_path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mixbatch: error: sources: a series source has no") and "\n" not in err
+
+
 def test_torch_adapter_yields_windows_and_resumes(tmp_path: Path) -> None:
     import torch
 

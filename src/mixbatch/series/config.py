@@ -35,6 +35,9 @@ __all__ = ["SOURCE_TAGS", "SeriesSourceConfig", "check_series_config", "is_serie
 
 #: the union tags of a source entry (dropped from error locations)
 SOURCE_TAGS = ("text-source", "series-source")
+#: settings and properties of text sources that commands reading text ask a source for
+TEXT_ONLY = frozenset({"format", "text_field", "second_field", "split", "max_epochs",
+                       "follow_symlinks", "dtype", "eod_id", "is_token_data"})
 
 
 class SeriesSourceConfig(BaseModel):
@@ -54,6 +57,15 @@ class SeriesSourceConfig(BaseModel):
     @property
     def patterns(self) -> list[str]:
         return [self.path] if isinstance(self.path, str) else list(self.path)
+
+    def __getattr__(self, item: str) -> Any:
+        if item in TEXT_ONLY:  # a command that reads text sources: one line, not a traceback
+            from mixbatch.errors import ConfigError
+
+            raise ConfigError(f"sources: a series source has no {item!r}; this command reads "
+                              "text sources (series: `mixbatch prepare`, `mixbatch stream`, "
+                              "SeriesLoader, SeriesDataLoader)")
+        return super().__getattr__(item)  # type: ignore[misc]
 
 
 def _kind(value: Any) -> str | None:

@@ -272,3 +272,19 @@ def test_torch_adapters_give_the_loaders_examples_and_resume(tmp_path: Path) -> 
         list(MixbatchDataLoader(cfg, rank=0, world_size=1, transform=lambda b: b))
     with pytest.raises(ConfigError, match="mixup: mixes token rows"):
         config_from_dict({**BASE, "objectives": {}, "mixup": {"mixup_alpha": 0.4}})
+
+
+def test_train_audit_records_objectives(tmp_path: Path) -> None:
+    from mixbatch.cli import main
+
+    cfg = _config(tmp_path, {"weights": {"R": 1, "X": 1}}, holdout=0.1)
+    proxy = [f"--proxy={k}={v}" for k, v in (("n_layer", 1), ("d_model", 32), ("n_head", 2),
+                                              ("threads", 1), ("device", "cpu"),
+                                              ("eval_tokens", 256))]
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "cfg.yaml"), "--steps", "3", "--policy", "none",
+                 "--out", str(run), *proxy]) == 0
+    rows = [json.loads(x) for x in (run / "audit.jsonl").read_text().splitlines()]
+    expect = [s.objective.name(r) for s in MixedLoader(cfg, 0, 1).steps(3)
+              for r in s.rows.tolist()]
+    assert [r["objective"] for r in rows if "row" in r] == expect

@@ -288,3 +288,25 @@ def test_train_audit_records_objectives(tmp_path: Path) -> None:
     expect = [s.objective.name(r) for s in MixedLoader(cfg, 0, 1).steps(3)
               for r in s.rows.tolist()]
     assert [r["objective"] for r in rows if "row" in r] == expect
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=12), st.data())
+def test_stage_resumes_at_any_cut(rows: list[int], data: st.DataObject) -> None:
+    from mixbatch.objectives.config import ObjectivesConfig
+    from mixbatch.objectives.stage import ObjectiveStage
+
+    spec = ObjectivesConfig(weights={"R": 1, "S": 3, "X": 2})
+
+    def stage() -> ObjectiveStage:
+        return ObjectiveStage(spec, 4, 258, 257, 32, 2)
+
+    whole = stage()
+    want = [(a.first, a.ids.tolist()) for a in map(whole.assign, rows)]
+    cut = data.draw(st.integers(0, len(rows)))
+    first = stage()
+    for r in rows[:cut]:
+        first.assign(r)
+    resumed = stage()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert [(a.first, a.ids.tolist()) for a in map(resumed.assign, rows[cut:])] == want[cut:]

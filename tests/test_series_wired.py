@@ -195,3 +195,24 @@ def test_torch_adapter_yields_windows_and_resumes(tmp_path: Path) -> None:
         from mixbatch.loader.loader import MixedLoader
 
         MixedLoader(cfg, 0, 1)
+
+
+def test_resume_at_any_cut_and_world_size(tmp_path: Path) -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    cfg = _config(tmp_path)
+    prepare(cfg)
+    whole = [(s.source.tolist(), s.window.tolist()) for s in SeriesLoader(cfg).steps(25)]
+
+    @settings(max_examples=20, deadline=None)
+    @given(st.integers(0, 25), st.sampled_from([1, 2, 3, 6]))
+    def check(cut: int, world: int) -> None:
+        first = SeriesLoader(cfg, 0, world)
+        list(first.steps(cut))
+        resumed = SeriesLoader(cfg, world - 1, world)
+        resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+        got = [(s.source.tolist(), s.window.tolist()) for s in resumed.steps(25 - cut)]
+        assert got == whole[cut:]
+
+    check()

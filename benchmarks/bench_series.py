@@ -4,14 +4,17 @@ Series that ship inside statsmodels (``pip install statsmodels`` in the benchmar
 ``sunspots`` (yearly sunspot activity), ``co2`` (weekly Mauna Loa CO2, its gaps filled by linear
 interpolation first), ``nile`` (yearly river flow), ``elnino`` (monthly sea temperature, the
 year rows flattened), ``macrodata`` (quarterly ``realgdp``, ``cpi``, ``unemp``, ``infl``, one
-dataset of four series). Each series' first 80% is written to CSV, read by
-:func:`mixbatch.series.read_series` and prepared by :func:`mixbatch.series.prepare_series`
-(per-series z-normalisation on those 80%); the test windows are the last 20%, normalised with
-the training statistics. Forecaster: an MLP ``context (24) → 64 → 64 → horizon (6)``, Adam
-(lr 1e-3), batch 64, ``--steps`` steps, one torch thread. Runs, each with the same steps:
+dataset of four series). Each dataset's training part (each series' first 80%) is written to
+CSV files and declared as a series source (``kind: series``) of a mixbatch config;
+``mixbatch.prepare.prepare`` builds the window stores (per-series z-normalisation on those
+80%) and :class:`mixbatch.series.loader.SeriesLoader` feeds the training batches, the path
+``mixbatch prepare`` / ``stream`` / the torch adapter take. The test windows are the last 20%,
+normalised with the training statistics the stores keep. Forecaster: an MLP
+``context (24) → 64 → 64 → horizon (6)``, Adam (lr 1e-3), batch 64, ``--steps`` steps, one torch
+thread. Runs, each with the same steps:
 
-- ``mixture``: all datasets mixed with equal weights by :class:`mixbatch.series.SeriesMixer`;
-- ``single``: one model per dataset, trained on that dataset only.
+- ``mixture``: one config of all datasets, ``mixture.weights`` equal (exact per step);
+- ``single``: one config per dataset, trained on that dataset only.
 
 Reported per seed and dataset: test MAE and MSE in normalised units (per series, then averaged
 over the dataset's series).
@@ -29,7 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header
-from mixbatch.series import SeriesMixer, SeriesStore, prepare_series, read_series
+from mixbatch.config import config_from_dict
+from mixbatch.prepare import prepare
+from mixbatch.series.loader import SeriesLoader
 
 CONTEXT, HORIZON = 24, 6
 
@@ -49,32 +54,47 @@ def datasets() -> dict[str, dict[str, np.ndarray]]:
     }
 
 
-def build(root: Path) -> tuple[dict[str, SeriesStore], dict[str, list[np.ndarray]]]:
-    stores, tests = {}, {}
+def build(root: Path) -> tuple[dict[str, dict], dict[str, list[np.ndarray]]]:
+    """The series source of every dataset (prepared into ``root/store``) and its test windows."""
+    sources, tests = {}, {}
     for name, series in datasets().items():
         cut = {k: int(len(v) * 0.8) for k, v in series.items()}
         # one CSV per series (the datasets' series have different lengths)
+        paths = []
         for k, v in series.items():
-            (root / f"{name}.{k}.csv").write_text("v\n" + "\n".join(f"{float(x)!r}" for x in v[:cut[k]]))
-        read = {k: read_series(root / f"{name}.{k}.csv")["v"] for k in series}
-        meta = prepare_series(read, root / name, CONTEXT, HORIZON)
-        stores[name] = SeriesStore(root / name)
+            path = root / f"{name}.{k}.csv"
+            path.write_text(f"{k}\n" + "\n".join(f"{float(x)!r}" for x in v[:cut[k]]))
+            paths.append(str(path))
+        sources[name] = {"kind": "series", "path": paths, "context": CONTEXT,
+                         "horizon": HORIZON}
+    cfg = config(root, sources, 0)
+    prepare(cfg)
+    for name, store in zip(cfg.sources, SeriesLoader(cfg).stores, strict=True):
+        series = datasets()[name]
         tests[name] = []
-        for s in meta["series"]:
-            x = (series[s["name"]][cut[s["name"]] - CONTEXT:] - s["mean"]) / s["std"]
+        for s in store.meta["series"]:
+            k = s["name"].split(":")[-1]  # "file:column" with several files
+            cut = int(len(series[k]) * 0.8)
+            x = (series[k][cut - CONTEXT:] - s["mean"]) / s["std"]
             tests[name].append(np.lib.stride_tricks.sliding_window_view(x, CONTEXT + HORIZON))
-    return stores, tests
+    return sources, tests
 
 
-def train(stores: dict[str, SeriesStore], steps: int, seed: int) -> torch.nn.Module:
+def config(root: Path, sources: dict[str, dict], seed: int) -> object:
+    return config_from_dict({"seed": seed, "store": str(root / "store"), "sources": sources,
+                             "mixture": {"weights": dict.fromkeys(sources, 1.0)},
+                             "batch": {"batch_size": 64}})
+
+
+def train(cfg: object, steps: int, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(CONTEXT, 64), torch.nn.ReLU(),
                                 torch.nn.Linear(64, 64), torch.nn.ReLU(),
                                 torch.nn.Linear(64, HORIZON))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    mix = SeriesMixer(stores, [1.0] * len(stores), seed=seed)
-    for _ in range(steps):
-        b = mix.next_batch(64)
+    loader = SeriesLoader(cfg)
+    for step in loader.steps(steps):
+        b = loader.batch_of(step)
         loss = torch.nn.functional.mse_loss(model(torch.from_numpy(b["context"])),
                                             torch.from_numpy(b["horizon"]))
         opt.zero_grad()
@@ -108,11 +128,12 @@ def main() -> None:
     print("| seed | dataset | single MAE | mixture MAE | single MSE | mixture MSE |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        stores, tests = build(Path(tmp))
+        root = Path(tmp)
+        sources, tests = build(root)
         for seed in range(args.seeds):
-            mixed = train(stores, args.steps, seed)
-            for name in stores:
-                alone = train({name: stores[name]}, args.steps, seed)
+            mixed = train(config(root, sources, seed), args.steps, seed)
+            for name in sources:
+                alone = train(config(root, {name: sources[name]}, seed), args.steps, seed)
                 s_mae, s_mse = evaluate(alone, tests[name])
                 m_mae, m_mse = evaluate(mixed, tests[name])
                 print(f"| {seed} | {name} | {s_mae:.3f} | {m_mae:.3f} | {s_mse:.3f} | "

@@ -10,6 +10,12 @@ of a row are read from ``position_ids`` (a new segment starts wherever the posit
 loader writes them), and ``scaled_dot_product_attention`` gets a block-diagonal causal mask.
 Rotary angles use the same ``position_ids``, so every document starts at position 0.
 
+A prefix LM ("UL2: Unifying Language Learning Paradigms", the S-denoiser and the decoder-only
+layout of every denoiser): ``prefix_len`` (B,) gives each row a prefix of that many tokens over
+which attention is bidirectional, causal after it: query ``i`` sees key ``j`` when
+``j <= i`` or ``j < prefix_len`` (and both lie in one segment). ``prefix_len = 0`` is plain
+causal attention.
+
 Losses follow the Hugging Face convention: ``labels`` are the input tokens with ``-100`` where
 nothing is predicted, and the model shifts (``logits[:, t]`` predicts ``labels[:, t + 1]``).
 Per-token losses come back aligned with ``labels`` (column 0 is always 0, never counted).
@@ -110,12 +116,17 @@ def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
     return torch.cumsum((position_ids == 0).to(torch.int32), dim=-1)
 
 
-def attention_mask(segments: torch.Tensor) -> torch.Tensor:
-    """Block-diagonal causal mask (B, 1, L, L), True where a query may attend to a key."""
+def attention_mask(segments: torch.Tensor, prefix_len: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """Block-diagonal causal mask (B, 1, L, L), True where a query may attend to a key; with
+    ``prefix_len`` (B,) also every key before the row's prefix length (bidirectional prefix)."""
     L = segments.shape[-1]
     same = segments[:, :, None] == segments[:, None, :]
-    causal = torch.ones(L, L, dtype=torch.bool, device=segments.device).tril()
-    return (same & causal)[:, None]
+    seen = torch.ones(L, L, dtype=torch.bool, device=segments.device).tril()
+    if prefix_len is not None:
+        keys = torch.arange(L, device=segments.device)
+        seen = seen | (keys[None, None, :] < prefix_len.to(segments.device)[:, None, None])
+    return (same & seen)[:, None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +268,8 @@ class ProxyLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None,
-                segments: torch.Tensor | None = None) -> ProxyOutput:
+                segments: torch.Tensor | None = None,
+                prefix_len: torch.Tensor | None = None) -> ProxyOutput:
         """Logits, and per-token losses when ``labels`` are given.
 
         ``position_ids`` (B, L): positions restarting at 0 for every document of a packed row;
@@ -265,13 +277,19 @@ class ProxyLM(nn.Module):
         the document boundaries. Without them a row is one causal sequence at 0..L-1.
         ``segments`` (B, L): explicit segment ids (e.g. ``doc_ids``); tokens attend only to
         earlier tokens of the same segment.
+        ``prefix_len`` (B,): per-row prefix lengths (module docstring); ``None`` or all 0 is
+        causal.
         """
         B, L = input_ids.shape
+        if prefix_len is not None and prefix_len.shape != (B,):
+            raise ValueError(f"prefix_len: expected shape ({B},), got {tuple(prefix_len.shape)}")
         if position_ids is None:
             position_ids = torch.arange(L, device=input_ids.device).expand(B, L)
-            mask = None if segments is None else attention_mask(segments)
+            mask = (None if segments is None and prefix_len is None else attention_mask(
+                torch.zeros_like(input_ids) if segments is None else segments, prefix_len))
         else:
-            mask = attention_mask(segment_ids(position_ids) if segments is None else segments)
+            mask = attention_mask(segment_ids(position_ids) if segments is None else segments,
+                                  prefix_len)
         x = self.tok_emb(input_ids)
         rope = None
         if self.pos_emb is not None:

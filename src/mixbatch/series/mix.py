@@ -43,12 +43,11 @@ class SeriesMixer:
         self.rule.set_weights(np.asarray(weights, dtype=np.float64))
         self.taken = np.zeros(len(self.stores), dtype=np.int64)
 
-    def next_batch(self, size: int) -> dict[str, np.ndarray]:
-        """``context [B, C]``, ``horizon [B, H]`` (float32, normalised), ``source [B]`` and
-        ``window [B]`` (the window's row in its store)."""
+    def draw(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next ``size`` windows (advances the state): each one's store ``source [B]`` and
+        its row ``window [B]`` in that store."""
         source = self.rule.choose(size)
         window = np.empty(size, dtype=np.int64)
-        values = np.empty((size, self.context + self.horizon), dtype=np.float32)
         for i, store in enumerate(self.stores):
             rows = np.flatnonzero(source == i)
             if rows.size == 0:
@@ -63,7 +62,24 @@ class SeriesMixer:
                 ids[sel] = permute(k[sel] % n, n, key)
             self.taken[i] += rows.size
             window[rows] = ids
-            values[rows] = store.windows[np.sort(ids)][np.argsort(np.argsort(ids))]
+        return source, window
+
+    def values(self, source: np.ndarray, window: np.ndarray) -> np.ndarray:
+        """``float32 [B, context + horizon]``: the (normalised) values of the windows drawn."""
+        values = np.empty((source.size, self.context + self.horizon), dtype=np.float32)
+        for i, store in enumerate(self.stores):
+            rows = np.flatnonzero(source == i)
+            if rows.size:
+                ids = window[rows]
+                order = np.argsort(ids)  # a memory map is read in increasing row order
+                values[rows[order]] = store.windows[ids[order]]
+        return values
+
+    def next_batch(self, size: int) -> dict[str, np.ndarray]:
+        """``context [B, C]``, ``horizon [B, H]`` (float32, normalised), ``source [B]`` and
+        ``window [B]`` (the window's row in its store)."""
+        source, window = self.draw(size)
+        values = self.values(source, window)
         return {"context": values[:, :self.context], "horizon": values[:, self.context:],
                 "source": source, "window": window}
 

@@ -1,0 +1,220 @@
+"""Objectives in the loader: every row of the global stream gets an objective, exactly.
+
+A *sample* is one row of a step (``packing: pad`` makes it one document; ``concat`` a
+``seq_len`` cut of the token line, as T5 corrupts packed text). When the loader plans a global
+step of ``R`` rows, :meth:`ObjectiveStage.assign` gives every row its objective with
+:class:`~mixbatch.objectives.mixer.ObjectiveMixer` (the planner's interleaving rule: after
+``n`` rows each objective has had ``w_i·n`` of them to within one); the sample number of row
+``r`` is the number of rows before the step plus ``r``, and its spans are drawn from
+``(seed, sample number)``. Each rank and worker reads only its rows and transforms only them,
+so the batch of a row is the same at any world size or worker count, and the mixer's state
+(the rule's counters and the position) is part of the loader's state: a resumed run continues
+exactly.
+
+:meth:`ObjectiveStage.apply` turns this rank's rows into the layout's batch ("UL2: Unifying
+Language Learning Paradigms", Section 3):
+
+* ``prefix_lm``: ``input_ids`` ``[B, W]`` = ``[mode] inputs targets`` then padding,
+  ``prefix_len`` ``[B]`` (the length of ``[mode] inputs``: attention is bidirectional over it),
+  ``labels`` (Hugging Face convention: the token where it is predicted, ``-100`` over the
+  prefix and the padding), ``position_ids`` (0.. over the example, 0 on padding),
+  ``source_ids`` (the row's main source over the example, -1 on padding);
+* ``encoder_decoder``: ``input_ids`` / ``attention_mask`` ``[B, Wi]`` (encoder),
+  ``decoder_input_ids`` ``[B, Wt]`` (the targets shifted right after a start token, the pad id as
+  in T5) and ``labels`` ``[B, Wt]`` (the targets, -100 on padding), ``source_ids`` ``[B, Wi]``.
+
+Both carry ``objective_ids`` ``[B]`` (index into :attr:`ObjectiveStage.names`). The widths ``W``
+(``Wi``, ``Wt``) are the longest any objective of the mix makes from ``seq_len`` tokens, so a
+config has one batch shape. A row with fewer than 2 tokens (an empty row of a token budget) has
+nothing to corrupt: it stays padding with no loss and is counted in ``short_rows``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mixbatch.errors import ConfigError, StateError
+from mixbatch.objectives.config import Layout, ObjectivesConfig, token_ids
+from mixbatch.objectives.denoisers import Denoiser, Paradigm
+from mixbatch.objectives.mixer import ObjectiveMixer
+from mixbatch.shape.materialize import IGNORE_INDEX
+
+__all__ = ["Assigned", "ObjectiveStage", "example_lengths", "objective_stage"]
+
+
+@dataclass(frozen=True)
+class Assigned:
+    """The objectives of one global step's rows: row ``r`` is sample ``first + r``."""
+
+    first: int
+    ids: np.ndarray
+    names: tuple[str, ...]
+
+    def name(self, row: int) -> str:
+        return self.names[int(self.ids[row])]
+
+
+def example_lengths(d: Denoiser, n: np.ndarray, max_spans: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths of ``inputs`` (mode token included) and ``targets`` that
+    :func:`~mixbatch.objectives.denoisers.corrupt` makes from documents of ``n >= 2`` tokens."""
+    n = np.asarray(n, dtype=np.int64)
+    noise = np.minimum(np.maximum(np.rint(n * d.rate).astype(np.int64), 1), n - 1)
+    if d.paradigm is Paradigm.S:
+        return 1 + n - noise, noise
+    spans = np.maximum(1, np.rint(noise / d.mean_span).astype(np.int64))
+    spans = np.minimum.reduce([spans, noise, n - noise, np.full_like(n, max_spans)])
+    return 1 + n - noise + spans, noise + spans
+
+
+class ObjectiveStage:
+    """Objectives of the loader's rows and their batches; see the module docstring."""
+
+    def __init__(self, spec: ObjectivesConfig, seed: int, vocab_size: int, pad_id: int,
+                 seq_len: int, n_sources: int) -> None:
+        modes, sentinels, self.vocab_size = token_ids(vocab_size, spec.sentinels)
+        self.layout = Layout(spec.layout)
+        self.pad_id = int(pad_id)
+        self.n_sources = n_sources
+        self.mixer = ObjectiveMixer(spec.build(), spec.weight_vector(),
+                                    seed if spec.seed is None else spec.seed, modes, sentinels)
+        n = np.arange(2, max(seq_len, 2) + 1)
+        lens = [example_lengths(d, n, sentinels.size) for d in self.mixer.denoisers]
+        self.width = int(max((i + t).max() for i, t in lens))  # prefix_lm row
+        self.enc_width = int(max(i.max() for i, _ in lens))
+        self.dec_width = int(max(t.max() for _, t in lens))
+        self.short_rows = 0  # this process's rows of < 2 tokens (left as padding)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.mixer.names)
+
+    def decoder_only_shape(self, replay: bool = False) -> tuple[int, int]:
+        """``(vocab_size, row width)`` of a decoder-only model on these batches (the proxy;
+        ``replay``: it replays hard batches, which are token rows, not examples)."""
+        if replay:
+            raise ConfigError("proxy.replay_rate: replays planned token rows, which "
+                              "`objectives:` turns into examples; set replay_rate: 0")
+        if self.layout is not Layout.PREFIX_LM:
+            raise ConfigError(f"objectives.layout: {self.layout.value!r} needs an "
+                              "encoder-decoder model; the proxy is decoder-only (use "
+                              "layout: prefix_lm)")
+        return self.vocab_size, self.width
+
+    def assign(self, rows: int) -> Assigned:
+        """The objectives of the next global step's ``rows`` rows (advances the state)."""
+        first = self.mixer.position
+        return Assigned(first, self.mixer.assign(rows), self.names)
+
+    def apply(self, batch: dict[str, Any], assigned: Assigned,
+              rows: Sequence[int] | np.ndarray) -> dict[str, Any]:
+        """The layout's batch of ``rows`` (global row numbers of the step, in ``batch`` order)
+        from the loader's fields ``input_ids`` and ``source_ids``."""
+        ids, src = np.asarray(batch["input_ids"]), np.asarray(batch["source_ids"])
+        rows = np.asarray(rows, dtype=np.int64)
+        real = src >= 0
+        main = _main_source(src, self.n_sources)
+        objective = assigned.ids[rows].astype(np.int64)
+        examples = []
+        for i, r in enumerate(rows.tolist()):
+            tokens = ids[i][real[i]]
+            if tokens.size < 2:
+                self.short_rows += 1
+                examples.append(None)
+                continue
+            examples.append(self.mixer.transform(assigned.first + r, int(objective[i]),
+                                                 tokens.astype(np.int64)))
+        out = (self._prefix_lm(examples, main) if self.layout is Layout.PREFIX_LM
+               else self._encoder_decoder(examples, main))
+        out["objective_ids"] = objective
+        if "step" in batch:
+            out["step"] = batch["step"]
+        return out
+
+    def _prefix_lm(self, examples: list[Any], main: np.ndarray) -> dict[str, Any]:
+        B, W = len(examples), self.width
+        input_ids = np.full((B, W), self.pad_id, dtype=np.int64)
+        labels = np.full((B, W), IGNORE_INDEX, dtype=np.int64)
+        position = np.zeros((B, W), dtype=np.int64)
+        source = np.full((B, W), -1, dtype=np.int64)
+        prefix = np.zeros(B, dtype=np.int64)
+        for i, ex in enumerate(examples):
+            if ex is None:
+                continue
+            seq, p = ex.tokens, ex.prefix_len
+            T = seq.size
+            input_ids[i, :T] = seq
+            labels[i, p:T] = seq[p:]
+            position[i, :T] = np.arange(T)
+            source[i, :T] = main[i]
+            prefix[i] = p
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position,
+                "prefix_len": prefix, "source_ids": source}
+
+    def _encoder_decoder(self, examples: list[Any], main: np.ndarray) -> dict[str, Any]:
+        B, Wi, Wt = len(examples), self.enc_width, self.dec_width
+        input_ids = np.full((B, Wi), self.pad_id, dtype=np.int64)
+        attention = np.zeros((B, Wi), dtype=np.int64)
+        source = np.full((B, Wi), -1, dtype=np.int64)
+        decoder = np.full((B, Wt), self.pad_id, dtype=np.int64)
+        labels = np.full((B, Wt), IGNORE_INDEX, dtype=np.int64)
+        for i, ex in enumerate(examples):
+            if ex is None:
+                continue
+            a, t = ex.inputs.size, ex.targets.size
+            input_ids[i, :a] = ex.inputs
+            attention[i, :a] = 1
+            source[i, :a] = main[i]
+            labels[i, :t] = ex.targets
+            decoder[i, 1:t] = ex.targets[:-1]  # decoder_input_ids[:, 0] is the start (pad) id
+        return {"input_ids": input_ids, "attention_mask": attention, "source_ids": source,
+                "decoder_input_ids": decoder, "labels": labels}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mixer": self.mixer.state_dict(), "layout": self.layout.value}
+
+    def load_state_dict(self, state: Any) -> None:
+        if not isinstance(state, dict) or "mixer" not in state:
+            raise StateError("loader state.objectives: missing; the state was saved without "
+                             "`objectives:` (or is not a loader state)")
+        if state.get("layout") != self.layout.value:
+            raise StateError(f"loader state.objectives.layout: saved {state.get('layout')!r}, "
+                             f"configured {self.layout.value!r}")
+        try:
+            self.mixer.load_state_dict(state["mixer"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise StateError(f"loader state.objectives: malformed ({type(e).__name__}: {e})"
+                             ) from None
+
+
+def _main_source(src: np.ndarray, k: int) -> np.ndarray:
+    """The source with most tokens in each row (-1 for an empty row)."""
+    B = src.shape[0]
+    real = src >= 0
+    flat = (np.arange(B)[:, None] * (k + 1) + np.where(real, src, k)).ravel()
+    counts = np.bincount(flat, minlength=B * (k + 1)).reshape(B, k + 1)[:, :k]
+    return np.where(real.any(axis=1), counts.argmax(axis=1), -1)
+
+
+def objective_stage(cfg: Any, vocab_size: int, pad_id: int) -> ObjectiveStage | None:
+    """The stage of ``cfg.objectives`` (None without that section)."""
+    spec = getattr(cfg, "objectives", None)
+    if spec is None:
+        return None
+    return ObjectiveStage(spec, cfg.seed, vocab_size, pad_id, cfg.batch.seq_len,
+                          len(cfg.sources))
+
+
+def check_objective_state(stage: ObjectiveStage | None, state: dict[str, Any]) -> None:
+    """Load ``state["objectives"]`` into ``stage``; a state with objectives but a config
+    without them (or the reverse) is a :class:`StateError`."""
+    saved = state.get("objectives")
+    if stage is None:
+        if saved is not None:
+            raise StateError("loader state.objectives: the state mixes objectives, this config "
+                             "has no `objectives:` section")
+        return
+    stage.load_state_dict(saved)

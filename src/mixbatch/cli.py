@@ -170,6 +170,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=1) + "\n")
         return 0
+    if summary.get("kind") == "series":
+        from mixbatch.series.stream import series_table
+
+        out.print(series_table(summary))
+        return 0
     out.print(stream_table(summary))
     return 0
 

@@ -30,6 +30,8 @@ from mixbatch.dedup import DedupConfig
 from mixbatch.errors import ConfigError
 from mixbatch.io import Format, OnError, Split
 from mixbatch.mixup.spec import MixupSpec
+from mixbatch.objectives.config import ObjectivesConfig, check_objectives_config
+from mixbatch.series.config import SOURCE_TAGS, check_series_config, source_entry
 
 
 class Unit(str, Enum):
@@ -102,6 +104,10 @@ class SourceConfig(_Strict):
             raise ValueError(f"`second_field` needs records with fields (jsonl, parquet, arrow); "
                              f"format {self.format.value!r} has none")
         return self
+
+
+#: one ``sources:`` entry: a text source, or a series source (``kind: series``)
+SourceEntry = source_entry(SourceConfig)
 
 
 class _StageBound(_Strict):
@@ -446,13 +452,15 @@ class Config(_Strict):
     # documents of each source held out for validation (a fraction, at least 1 when > 0)
     holdout: float = Field(default=0.0, ge=0, lt=1)
     holdout_max: int = Field(default=256, ge=1)
-    sources: dict[str, SourceConfig]
+    sources: dict[str, SourceEntry]
     # drop exact / near duplicates at prepare time (mixbatch.dedup); none when absent
     dedup: DedupConfig | None = None
     mixture: MixtureConfig = MixtureConfig()
     batch: BatchConfig = ConcatBatch()
     # sample mixing inside each batch (MixUp, CutMix, ...), applied by mixbatch.mixup.BatchMixer
     mixup: MixupSpec | None = None
+    # objectives per sample (UL2's denoisers), assigned by the loader (mixbatch.objectives)
+    objectives: ObjectivesConfig | None = None
     # local cache of a store on object storage (`store: s3://...`)
     cache: CacheConfig | None = None
     # folder of the config file; relative paths are resolved against it
@@ -484,6 +492,12 @@ class Config(_Strict):
             from mixbatch.mixture.policies.spec import parse_policy
 
             parse_policy(dict(self.mixture.policy), list(self.sources))
+        return self
+
+    @model_validator(mode="after")
+    def _series(self) -> Config:
+        check_series_config(self)  # series sources: one kind per config, text-only settings
+        check_objectives_config(self)  # objectives: the settings they cannot go with
         return self
 
     @model_validator(mode="after")
@@ -611,7 +625,7 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
     """One line per problem: ``origin: field.path: message (got VALUE)``."""
     lines = []
     for e in _merge_enums(err.errors(include_url=False)):
-        parts = tuple(p for p in e["loc"] if p not in _TAGS)
+        parts = tuple(p for p in e["loc"] if p not in (*_TAGS, *SOURCE_TAGS))
         value = e.get("input")
         msg = e["msg"].removeprefix("Value error, ")
         at = parts.index("batch") if "batch" in parts else -1

@@ -53,6 +53,7 @@ from mixbatch.io.fs import RemotePath, apply_storage_env, is_url, storage_env
 from mixbatch.lock import FolderLock, exit_with_parent, remove_leftovers
 from mixbatch.prepare_remote import input_identity, publish, remote_up_to_date, staging_root
 from mixbatch.progress import RateProgress
+from mixbatch.series.config import is_series_config
 from mixbatch.store import (
     FORMAT_VERSION,
     META,
@@ -488,6 +489,10 @@ def prepare(cfg: Config, *, workers: int | None = None, shard: tuple[int, int] |
         raise ConfigError(f"backend: {backend!r} is not one of local, ray")
     for name in cfg.sources:
         check_source_name(name)
+    if is_series_config(cfg):  # numeric series: float32 window stores (mixbatch.series)
+        from mixbatch.series.prepare import prepare_series_sources
+
+        return prepare_series_sources(cfg, force=force, on_error=on_error)
     root = cfg.store_dir
     remote = root if isinstance(root, RemotePath) else None
     if remote is not None:  # built in a local staging folder, then published

@@ -3,6 +3,7 @@
 ``{"step": int, "rank": int, "row": int, "segments": [[source, doc, start, end], ...],
 "eod": [0 or 1, ...], "pad": int}``
 
+With ``objectives:`` a row also has ``"objective": name`` (the denoiser it was turned into).
 ``row`` is the row's index in the rank's micro-batch, ``doc`` the document's index in its source
 store and ``[start, end)`` the span of its tokens placed in the row. ``eod[k]`` is 1 where
 segment ``k`` ends its document: the row holds the end-of-document token right after the span
@@ -113,6 +114,14 @@ def step_record(step: Any, rank: int, d_model: int) -> dict[str, Any]:
             "global_cost": float(cost.sum())}
 
 
+def _objectives(rows: list[dict[str, Any]], step: Any) -> list[dict[str, Any]]:
+    """``rows`` (this rank's rows of the loader ``step``) with each row's objective."""
+    if getattr(step, "objective", None) is not None:
+        for record, r in zip(rows, step.rows.tolist(), strict=True):
+            record["objective"] = step.objective.name(r)
+    return rows
+
+
 class AuditWriter:
     """Appends the rows of each step to a JSONL file.
 
@@ -138,12 +147,15 @@ class AuditWriter:
         self._f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
         self._f.flush()
 
-    def write(self, plan: StepPlan, step: int, rank: int) -> None:
-        self._put(rows_of(plan, self.names, step, rank))
+    def write(self, plan: StepPlan, step: int, rank: int, planned: Any = None) -> None:
+        """The rows of ``plan`` (with ``planned``, the loader step they are the rank's rows of:
+        each row's objective too, under ``objectives:``)."""
+        self._put(_objectives(rows_of(plan, self.names, step, rank), planned))
 
     def write_step(self, step: Any, rank: int) -> None:
         """The rows of ``rank`` in a loader step, then the step's record."""
-        rows = rows_of(step.plan.select_rows(step.rows), self.names, step.index, rank)
+        rows = _objectives(rows_of(step.plan.select_rows(step.rows), self.names, step.index,
+                                   rank), step)
         self._put([*rows, step_record(step, rank, self.d_model)])
 
     def sync(self) -> None:

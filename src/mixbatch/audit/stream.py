@@ -21,6 +21,8 @@ import numpy as np
 
 from mixbatch.atomic import write_text
 from mixbatch.errors import ConfigError
+from mixbatch.series.config import is_series_config
+from mixbatch.series.stream import run_series_stream
 
 __all__ = ["run_stream", "save_loader_state", "stream_summary"]
 
@@ -41,6 +43,9 @@ def run_stream(cfg: Any, steps: int, rank: int | None, world_size: int | None,
 
     if save_every is not None and (save_every < 1 or not state_out):
         raise ConfigError("--save-every: needs --state-out and a number of steps >= 1")
+    if is_series_config(cfg):  # (context, horizon) windows, logged as (source, window)
+        return run_series_stream(cfg, steps, rank, world_size, state_in, state_out, emit,
+                                 progress, save_every)
     loader = MixedLoader(cfg, rank=rank, world_size=world_size)
     if state_in:
         loader.load_state_dict(load_state(state_in))

@@ -46,10 +46,12 @@ from mixbatch.loader.mixture import MixtureSchedule, build_mixture
 from mixbatch.loader.order import SourceOrder
 from mixbatch.loader.stats import RunStats, block_counts
 from mixbatch.mixture.schedule import Interpolation
+from mixbatch.objectives.stage import check_objective_state, objective_stage
 from mixbatch.plan.batch_schedule import RowsSchedule, rows_schedule_from
 from mixbatch.plan.interleave import WeightPath
 from mixbatch.plan.partition import partition_batch
 from mixbatch.plan.state_checks import count, mapping, screen, shown, weights
+from mixbatch.series.config import reject_series
 from mixbatch.shape import (
     BFDShaper,
     BucketShaper,
@@ -108,6 +110,7 @@ class Step:
     weights: np.ndarray  # the target weights used for this step
     block: Block | None = None  # the block it was planned in (its tokens are read at once)
     offset: int = 0  # its place in the block
+    objective: Any = None  # each global row's objective (`objectives:`, mixbatch.objectives.stage)
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -141,6 +144,7 @@ class MixedLoader:
             world_size = w if world_size is None else world_size
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} / world size {world_size}: need 0 <= rank < world size")
+        reject_series(cfg, "the token loader (MixedLoader)")
         if cfg.batch.variable_rows and cfg.batch.row_multiple % world_size:
             raise ConfigError(f"batch.row_multiple: steps of {cfg.batch.packing.value} have a "
                               f"multiple of {cfg.batch.row_multiple} rows, which world size "
@@ -202,6 +206,7 @@ class MixedLoader:
         self._grow = min(8, self.block_steps)  # the next block's size (doubles to block_steps)
         self.changes: list[list[int]] = []  # run-time batch sizes: [step, global rows]
         self.feed.path = self.weight_path()
+        self.objectives = objective_stage(cfg, self.stores[0].vocab_size, self.pad_id)
 
     # ---- the batch size ------------------------------------------------------------------
     @property
@@ -386,7 +391,8 @@ class MixedLoader:
                 costs = np.array([row_cost[p].sum() for p in parts])
         counts = None if block is None or block.counts is None else block.counts[offset]
         self.tokens_planned += self.stats.add(plan, costs, counts)
-        step = Step(self.step, plan, rows, w, block, offset)
+        step = Step(self.step, plan, rows, w, block, offset,
+                    None if self.objectives is None else self.objectives.assign(R))
         self.step += 1
         return step
 
@@ -420,6 +426,9 @@ class MixedLoader:
                  fields: str | Sequence[str] | None = "all") -> dict[str, Any]:
         """Read the tokens of this rank's rows (or of ``rows``) of a planned step: the fields
         asked for (default: all) as NumPy arrays."""
+        if step.objective is not None:  # the objective's layout (needs every field)
+            return self.objectives.apply(expand(self.compact_of(step, rows), "all"),
+                                         step.objective, step.rows if rows is None else rows)
         return expand(self.compact_of(step, rows), fields)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -454,11 +463,12 @@ class MixedLoader:
             where = ("plain", self.feed.state_dict(), self.shaper.state_dict())
         override = None if self.override is None else self.override.tolist()
         return (self.step, self.tokens_planned, where, override, copy.copy(self.stats),
-                [list(c) for c in self.changes])
+                [list(c) for c in self.changes],
+                None if self.objectives is None else self.objectives.state_dict())
 
     def state_from(self, snapshot: tuple) -> dict[str, Any]:
         """The state dict of a :meth:`snapshot` (a fresh copy: free to change)."""
-        step, tokens, where, override, stats, changes = snapshot
+        step, tokens, where, override, stats, changes, objectives = snapshot
         replay = None
         if where[0] == "replay":
             feed, shaper = where[1]["feed"], where[1]["shaper"]
@@ -476,6 +486,7 @@ class MixedLoader:
             "weights_override": override,
             "batch_size_changes": changes,
             "stats": stats.state_dict(),
+            **({} if objectives is None else {"objectives": objectives}),
         })
 
     def state_dict(self, canonical: bool = False) -> dict[str, Any]:
@@ -539,6 +550,7 @@ class MixedLoader:
             self.stats.load_state_dict(stats)
             self.changes = changes
             self.feed.path = self.weight_path()
+            check_objective_state(self.objectives, state)
             if replay is not None:
                 self._replay(replay_steps, replay_w, replay_rows)
         except StateError:

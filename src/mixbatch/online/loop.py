@@ -157,7 +157,8 @@ class _PolicyHooks(Hooks):
 
     def before_forward(self, step: Step) -> None:
         planned = step.planned
-        self.files.audit(planned.plan.select_rows(planned.rows), planned.index, self.t.rank)
+        self.files.audit(planned.plan.select_rows(planned.rows), planned.index, self.t.rank,
+                         planned)
         self.due = self.pol is not None and self.pol.due(step.done)
 
     def before_backward(self, step: Step) -> None:

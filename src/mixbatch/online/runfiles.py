@@ -171,9 +171,9 @@ class RunFiles:
     def update(self, step: int, weights: np.ndarray) -> None:
         self._row(UPDATES_FILE, [step, *weights.tolist()])
 
-    def audit(self, plan: StepPlan, step: int, rank: int) -> None:
+    def audit(self, plan: StepPlan, step: int, rank: int, planned: Any = None) -> None:
         if self._audit is not None:
-            self._audit.write(plan, step, rank)
+            self._audit.write(plan, step, rank, planned)  # planned: objectives of its rows
 
     def flush(self) -> None:
         """Flush and fsync every file (before a checkpoint: the files then hold every row up to

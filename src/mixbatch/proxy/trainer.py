@@ -79,6 +79,7 @@ class Step:
     src: torch.Tensor
     out: ProxyOutput | None = None
     replayed: bool = False  # a hard batch trained again (``fed`` is then zero)
+    prefix: torch.Tensor | None = None  # per-row prefix lengths (`objectives:`, prefix LM)
 
     @property
     def done(self) -> int:
@@ -140,7 +141,10 @@ class Trainer:
                            else MixedLoader(cfg, rank=0, world_size=1))
             self.names, self.rank, self.world_size = (self.loader.names, self.loader.rank,
                                                       self.loader.world_size)
-            self.model_cfg = proxy.model_for(self.loader.stores[0].vocab_size, cfg.batch.seq_len)
+            stage = self.loader.objectives  # objectives: wider rows, paradigm + sentinel ids
+            self.model_cfg = proxy.model_for(*(
+                (self.loader.stores[0].vocab_size, cfg.batch.seq_len) if stage is None
+                else stage.decoder_only_shape(replay=proxy.replay_rate > 0)))
             with torch.random.fork_rng(devices=[]):  # leave the caller's RNG as it was
                 torch.manual_seed(proxy.seed)
                 self.model = ProxyLM(self.model_cfg)
@@ -313,8 +317,10 @@ class Trainer:
         self.by_source += np.bincount(src[src >= 0], minlength=k_src)[:k_src]
         put = [torch.from_numpy(batch[n]).to(self.device, non_blocking=True)
                for n in ("input_ids", "labels", "position_ids", "source_ids")]
+        prefix = (torch.from_numpy(batch["prefix_len"]).to(self.device, non_blocking=True)
+                  if "prefix_len" in batch else None)  # `objectives:` prefix-LM rows
         return Step(k, planned, batch, weights, self.loader.fed_tokens - fed_before, *put,
-                    replayed=replayed)
+                    replayed=replayed, prefix=prefix)
 
     def _remember(self, step: Step, loss: torch.Tensor) -> None:
         """Offer the step's batch to the replay memory with its global token-mean loss."""
@@ -379,7 +385,7 @@ class Trainer:
                 for group in opt.param_groups:
                     group["lr"] = lr_at(k, proxy)
             with autocast(self.device, self.amp):
-                step.out = model(step.ids, step.labels, step.pos)
+                step.out = model(step.ids, step.labels, step.pos, prefix_len=step.prefix)
             loss = self._loss(step.out)
             hooks.before_backward(step)
             if self.replay is not None:

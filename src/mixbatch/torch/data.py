@@ -37,6 +37,7 @@ from mixbatch.config import Config
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.loader.loader import MixedLoader, Step
 from mixbatch.plan.state_checks import count, mapping
+from mixbatch.series.config import is_series_config
 from mixbatch.shape.base import StepPlan
 from mixbatch.shape.materialize import (
     materialize_compact,
@@ -86,7 +87,8 @@ class MixbatchDataset(IterableDataset):
                 return
             if (step.index - lane0) % nw != wid:
                 continue
-            batch = fields_on_cpu(loader.compact_of(step), self.fields)
+            batch = (to_tensors(loader.batch_of(step)) if step.objective is not None  # examples
+                     else fields_on_cpu(loader.compact_of(step), self.fields))
             self._last = loader.snapshot()
             yield self._convert(_mix(self._mixer, batch))
 
@@ -237,6 +239,13 @@ class MixbatchDataLoader:
         prefetch_factor: steps in flight per worker (2).
     """
 
+    def __new__(cls, cfg: Config | None = None, *args: Any, **kwargs: Any) -> Any:
+        if cfg is not None and is_series_config(cfg):  # series sources: (context, horizon)
+            from mixbatch.series.loader import SeriesDataLoader
+
+            return SeriesDataLoader(cfg, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, cfg: Config, rank: int | None = None, world_size: int | None = None,
                  num_workers: int = 0, state: dict[str, Any] | None = None,
                  max_steps: int | None = None, fields: str | Iterable[str] | None = None,
@@ -310,6 +319,17 @@ class MixbatchDataLoader:
         loader = self._loader = MixedLoader(self.cfg, self.rank, self.world_size)
         if self._state is not None:
             loader.load_state_dict(self._state)
+        if loader.objectives is not None:  # objectives: rows become examples in this process
+            if self.transform is not None:
+                raise ConfigError("transform: runs on compact token rows; with `objectives:` "
+                                  "the batches are examples: apply it to them after")
+            for step in self._steps(loader):
+                batch = self._pinned(to_tensors(loader.batch_of(step)))
+                self._last = loader.snapshot()
+                yield self._convert(batch if self.device is None else {
+                    k: v.to(self.device, non_blocking=self.non_blocking)
+                    if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+            return
         if self.num_workers == 0:
             for step in self._steps(loader):
                 compact = loader.compact_of(step)

@@ -32,7 +32,7 @@ TOKEN_BYTES = 4  # the widest token dtype a store holds (uint32)
 FIELD_BYTES = 5 * 8  # input_ids, labels, position_ids, source_ids, doc_ids as int64
 PLAN_BYTES = 8  # one int64 plan entry per planned position, at most
 # kept here so that config validation imports nothing heavy; a test checks they match
-BLOCK_STEPS = 64  # steps planned at once by concat (mixbatch.loader.loader.BLOCK_STEPS)
+BLOCK_STEPS = 64  # steps planned at once by concat while the weights stay the same
 #: the default window of ``buckets`` and ``pad_buckets``, in token budgets (the larger, the fewer
 #: part-filled steps; see bench_shaping); shape/window.py reads it from here
 WINDOW_BUDGETS = 256

@@ -40,6 +40,7 @@ import numpy as np
 from mixbatch.atomic import write_text
 from mixbatch.config import Config, Packing, Unit
 from mixbatch.errors import ConfigError, StateError
+from mixbatch.limits import BLOCK_STEPS  # steps planned per block (concat)
 from mixbatch.loader.blocks import Block, split_rows
 from mixbatch.loader.feed import MixedFeed
 from mixbatch.loader.mixture import MixtureSchedule, build_mixture
@@ -75,7 +76,6 @@ READS_FORMATS = ("mixbatch.loader/1", "mixbatch.loader/2", STATE_FORMAT)
 #: concat cuts one token line into rows; bfd hands out the rows of its windows in an order that
 #: does not depend on the step size
 BLOCKABLE = (Packing.CONCAT, Packing.BFD)
-BLOCK_STEPS = 64  # steps planned per block (concat), while the weights stay the same
 MAX_REPLAY_POSITIONS = 1 << 32  # a state's replay (steps x rows x seq_len) is at most this
 
 

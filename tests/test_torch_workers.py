@@ -3,6 +3,7 @@ on a device, failures named, nothing left behind."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -30,9 +31,9 @@ def test_workers_give_the_in_process_batches(tmp_path: Path, packing: str) -> No
     cfg = _cfg(tmp_path, batch={"packing": packing, **extra})
     ref = MixedLoader(cfg)
     want = [ref.batch_of(s) for s in ref.steps(23)]
-    for workers in (0, 1, 3):
+    for workers, adaptive in ((0, True), (1, False), (3, False), (3, True)):
         got = [_np(b) for b in MixbatchDataLoader(cfg, num_workers=workers, max_steps=23,
-                                                  fields="all")]
+                                                  fields="all", adaptive=adaptive)]
         assert len(got) == len(want)
         for g, w in zip(got, want, strict=True):
             assert g.keys() == w.keys()
@@ -49,7 +50,8 @@ def test_default_fields_and_transform_in_workers(tmp_path: Path) -> None:
         seen.append(batch["input_ids"].dtype)
         return batch
 
-    batches = list(MixbatchDataLoader(cfg, num_workers=2, max_steps=6, transform=mark))
+    batches = list(MixbatchDataLoader(cfg, num_workers=2, max_steps=6, transform=mark,
+                                      adaptive=False))
     assert len(batches) == 6
     assert set(batches[0]) == {*DEFAULT_FIELDS, "step"}
     assert all(b["input_ids"].dtype == torch.int64 for b in batches)
@@ -61,7 +63,7 @@ def test_default_fields_and_transform_in_workers(tmp_path: Path) -> None:
 def test_state_after_each_batch_resumes(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     straight = [b["input_ids"] for b in MixbatchDataLoader(cfg, num_workers=0, max_steps=30)]
-    dl = MixbatchDataLoader(cfg, num_workers=2, max_steps=30)
+    dl = MixbatchDataLoader(cfg, num_workers=2, max_steps=30, adaptive=False)
     it = iter(dl)
     head = [next(it)["input_ids"] for _ in range(13)]
     state = json.loads(json.dumps(dl.state_dict()))
@@ -89,7 +91,8 @@ def test_loader_on_a_device(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     plain = list(MixbatchDataLoader(cfg, max_steps=9))
     for workers in (0, 2):  # workers send compact batches (tokens through their slots)
-        on_cpu = list(MixbatchDataLoader(cfg, num_workers=workers, max_steps=9, device="cpu"))
+        on_cpu = list(MixbatchDataLoader(cfg, num_workers=workers, max_steps=9, device="cpu",
+                                         adaptive=False))
         assert len(on_cpu) == len(plain)
         for a, b in zip(on_cpu, plain, strict=True):
             assert all(torch.equal(a[k], b[k]) for k in ("input_ids", "labels", "position_ids"))
@@ -141,10 +144,12 @@ def _named_shared(pid: int | str) -> list[str]:
             if "/dev/shm/" in line and "/dev/shm/sem." not in line]
 
 
-def test_a_killed_worker_is_an_error_not_a_hang(tmp_path: Path) -> None:
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_a_killed_worker_is_an_error_not_a_hang(tmp_path: Path, adaptive: bool) -> None:
+    """Workers reading (or idle while the main process reads: the pacer's choice)."""
     cfg = _cfg(tmp_path)
     before = _shm()
-    dl = MixbatchDataLoader(cfg, num_workers=2)  # an endless stream
+    dl = MixbatchDataLoader(cfg, num_workers=2, adaptive=adaptive)  # an endless stream
     it = iter(dl)
     next(it)
     pids = list(dl.worker_pids)
@@ -173,6 +178,10 @@ def test_an_error_in_a_worker_names_it(tmp_path: Path) -> None:
         raise ValueError("augmentation failed on purpose")
 
     with pytest.raises(MixbatchError, match="worker 0 failed: ValueError: augmentation failed"):
+        list(MixbatchDataLoader(cfg, num_workers=2, max_steps=4, transform=broken,
+                                adaptive=False))
+    # read by the main process (the pacer's first tasks): the error as it was raised
+    with pytest.raises(ValueError, match="augmentation failed"):
         list(MixbatchDataLoader(cfg, num_workers=2, max_steps=4, transform=broken))
 
 
@@ -209,7 +218,7 @@ def test_slots_are_reused_and_a_kept_batch_is_never_overwritten(tmp_path: Path) 
     cfg = _cfg(tmp_path)
     ref = MixedLoader(cfg)
     want = [ref.batch_of(s, fields=DEFAULT_FIELDS) for s in ref.steps(60)]
-    dl = MixbatchDataLoader(cfg, num_workers=2, max_steps=60)
+    dl = MixbatchDataLoader(cfg, num_workers=2, max_steps=60, adaptive=False)
     it = iter(dl)
     kept = []
     for i, b in enumerate(it):
@@ -224,7 +233,8 @@ def test_slots_are_reused_and_a_kept_batch_is_never_overwritten(tmp_path: Path) 
     for i, b in kept:  # still what they were when handed out
         for k in ("input_ids", "labels", "position_ids"):
             assert np.array_equal(b[k].numpy(), want[i][k]), (i, k)
-    everything = list(MixbatchDataLoader(cfg, num_workers=2, max_steps=60))  # all kept
+    everything = list(MixbatchDataLoader(cfg, num_workers=2, max_steps=60,
+                                         adaptive=False))  # all kept
     for g, w in zip(everything, want, strict=True):
         assert np.array_equal(g["input_ids"].numpy(), w["input_ids"])
 
@@ -234,7 +244,7 @@ def test_workers_with_fields_that_need_no_slot(tmp_path: Path) -> None:
     ref = MixedLoader(cfg)
     want = [ref.batch_of(s, fields=["cu_seqlens", "max_seqlen"]) for s in ref.steps(20)]
     got = list(MixbatchDataLoader(cfg, num_workers=2, max_steps=20,
-                                  fields=["cu_seqlens", "max_seqlen"]))
+                                  fields=["cu_seqlens", "max_seqlen"], adaptive=False))
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
         assert set(g) == {"cu_seqlens", "max_seqlen", "step"}
@@ -281,3 +291,107 @@ def test_workers_exit_when_the_main_process_is_killed(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert _shm() <= before  # no named segment left behind
+
+
+# ------------------------------------------------------------------------ the pacer
+
+
+def _alternating(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pacer that changes mode after every period of its smallest length (no wall time)."""
+    from mixbatch.torch import pacing, workers
+
+    def make(depth: int, enabled: bool = True) -> pacing.Pacer:
+        return pacing.Pacer(depth, enabled, period_seconds=0.0)
+
+    monkeypatch.setattr(workers, "Pacer", make)
+    monkeypatch.setattr(pacing.Pacer, "_next", lambda self: not self.mode)
+
+
+@pytest.mark.parametrize("fields", [None, "all"])
+def test_mode_changes_keep_the_batches_and_the_states(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     fields: str | None) -> None:
+    """Tasks read by the main process and by the workers, the mode changing every few tasks
+    (held tasks sent to the workers when it changes): the in-process batches, in order, and
+    a state after every batch that resumes exactly."""
+    _alternating(monkeypatch)
+    cfg = _cfg(tmp_path, batch={"batch_size": 2})
+    ref = MixedLoader(cfg)
+    names = DEFAULT_FIELDS if fields is None else "all"
+    want = [ref.batch_of(s, fields=names) for s in ref.steps(150)]
+    dl = MixbatchDataLoader(cfg, num_workers=2, max_steps=150, fields=fields,
+                            prefetch_factor=1)
+    states = []
+    for i, b in enumerate(dl):
+        assert set(b) == set(want[i]), i
+        for k, v in want[i].items():
+            assert np.array_equal(np.asarray(_np(b)[k]), np.asarray(v)), (i, k)
+        states.append(dl.state_dict())
+        if i == 0:
+            readers = dl._readers
+    assert len(states) == 150
+    assert readers is not None and readers.inline > 0 and readers.sent > 0
+    tail = next(iter(MixbatchDataLoader(cfg, state=states[76], max_steps=1, fields=fields)))
+    assert np.array_equal(tail["input_ids"].numpy(), want[77]["input_ids"])
+
+
+def test_heavy_work_goes_to_the_workers(tmp_path: Path) -> None:
+    """2 ms of CPU per batch in the transform: after the first task's second batch every
+    task goes to the workers (the first task is the main process's)."""
+    cfg = _cfg(tmp_path)
+    log = tmp_path / "pids.txt"
+
+    def burn(batch: dict) -> dict:
+        t = time.process_time()
+        while time.process_time() - t < 0.002:
+            pass
+        with log.open("a") as f:  # one short line per batch: appends do not interleave
+            f.write(f"{batch['step']} {os.getpid()}\n")
+        return batch
+
+    assert len(list(MixbatchDataLoader(cfg, num_workers=2, max_steps=80, transform=burn))) == 80
+    by_step = dict(map(int, line.split()) for line in log.read_text().splitlines())
+    pids = [by_step[i] for i in range(80)]
+    here = [i for i, p in enumerate(pids) if p == os.getpid()]
+    assert here and max(here) < 16  # the first task at most
+    assert len(set(pids) - {os.getpid()}) == 2
+
+
+def test_pacer_follows_the_faster_mode() -> None:
+    """Synthetic wall times: where the main process is faster the pacer stays with it, probing
+    the workers at growing gaps; where the workers are faster it moves to them and stays."""
+    from mixbatch.torch.pacing import MAX_GAP, Pacer
+
+    def run(inline_cost: float, worker_cost: float, tasks: int = 3000) -> list[bool]:
+        p = Pacer(depth=2, period_seconds=0.0)
+        modes = []
+        for _ in range(tasks):
+            mode = p.mode
+            modes.append(mode)
+            p.measured(mode, 16 * (inline_cost if mode else worker_cost), 16, counts=True)
+        return modes
+
+    modes = run(1.0, 1.6)  # periods of 4 tasks; the workers probed after 4 periods, ...
+    assert all(modes[:20]) and not any(modes[20:24]) and all(modes[24:56])
+    assert sum(modes) / len(modes) > 0.95  # ... then at gaps doubling up to MAX_GAP
+    switches = sum(a != b for a, b in itertools.pairwise(modes))
+    assert 6 <= switches <= 2 * (len(modes) // 4 // (MAX_GAP + 1) + 4)
+    modes = run(1.0, 0.5)
+    assert modes[0] and sum(modes) / len(modes) < 0.05
+    p = Pacer(depth=2, enabled=False)
+    assert not p.mode
+    p.measured(False, 1.0, 16, counts=True)
+    assert not p.mode and p.gap <= MAX_GAP
+
+
+def test_pacer_sends_heavy_work_to_the_workers() -> None:
+    from mixbatch.torch.pacing import Pacer
+
+    p = Pacer(depth=4)
+    assert p.mode  # the main process reads first
+    assert not p.computed(1e-4, 1) and p.mode
+    assert p.computed(0.05, 1)  # heavy: the workers take over at once
+    assert not p.mode
+    for _ in range(100):  # and keep every task, whatever the wall times say
+        p.measured(False, 100.0, 16, counts=True)
+        assert not p.mode

@@ -218,7 +218,7 @@ class _Reader:
         return materialize_compact(plan, self.stores, self.eod_id, self.pad_id, self.dtype, out)
 
 
-_OPTIONS = ("pin_memory", "prefetch_factor", "device", "non_blocking")
+_OPTIONS = ("pin_memory", "prefetch_factor", "device", "non_blocking", "adaptive")
 
 
 class MixbatchDataLoader:
@@ -233,10 +233,15 @@ class MixbatchDataLoader:
         fields: the batch's fields (module docstring).
         batch_format: ``"mixbatch"`` (the fields as named above) or ``"hf"``: Hugging Face's
             names, ready for ``model(**batch)`` (:mod:`mixbatch.integrations.hf`).
-        transform: a function of the compact batch (NumPy arrays), run in the worker.
+        transform: a function of the compact batch (NumPy arrays), run in the worker (or in
+            the main process for the steps it reads itself: ``adaptive``).
         pin_memory: pin the compact tensors (for a fast ``non_blocking`` copy to a GPU).
         device: move each batch there and derive the fields there.
-        prefetch_factor: steps in flight per worker (2).
+        prefetch_factor: tasks (of up to 16 steps) in flight per worker (2).
+        adaptive: with workers, let the main process read steps itself in the stretches where
+            it measures that faster than handing them to the workers (small work per batch on
+            busy CPUs; :mod:`mixbatch.torch.pacing`). The batches are the same; ``transform``
+            then runs in the main process for those steps. False: the workers read every step.
     """
 
     def __new__(cls, cfg: Config | None = None, *args: Any, **kwargs: Any) -> Any:
@@ -272,6 +277,7 @@ class MixbatchDataLoader:
             check_device(self.device)  # an unavailable device fails here, clearly
         self.non_blocking = bool(options.get("non_blocking", True))
         self.prefetch = int(options.get("prefetch_factor", 2))
+        self.adaptive = bool(options.get("adaptive", True))
         self._state = copy.deepcopy(state)
         self._loader: MixedLoader | None = None
         self._last: tuple | None = None
@@ -347,7 +353,7 @@ class MixbatchDataLoader:
         per_task = max(1, min(16, SLOT_BYTES // step_bytes))
         readers = StepReaders(self.num_workers, _Reader(loader), self.transform, self.prefetch,
                               slot_bytes=per_task * step_bytes, dtype=loader.token_dtype,
-                              fields=fields)
+                              fields=fields, adaptive=self.adaptive)
         self._readers = readers
         self.worker_pids = readers.pids()
         try:

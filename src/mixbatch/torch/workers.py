@@ -20,6 +20,13 @@ processes are spawned rather than forked, the arrays are pickled through the pip
 ``fields=None`` (batches derived on a device) workers send the compact batch, whose tokens the
 main process copies out of the slot. Results come back in step order.
 
+**Pacing.** With little work per batch, a batch handed to a worker costs more CPU than one
+the main process reads itself, and on busy CPUs workers then make the loader slower. The main
+process therefore reads tasks itself (:func:`compute`, lazily: each batch's fields as it hands
+the batch out) while :class:`~mixbatch.torch.pacing.Pacer` measures that faster, and hands them
+to the workers while they are (much work per batch, a free core); ``adaptive=False`` sends
+every task to the workers.
+
 Failure: an exception in a worker comes back as a :class:`~mixbatch.errors.MixbatchError` naming
 the worker and the step; a worker that dies (killed, out of memory) is noticed within
 ``poll_interval`` seconds and reported with its exit code; the other workers are then stopped.
@@ -34,6 +41,7 @@ import mmap
 import multiprocessing as mp
 import os
 import signal
+import time
 import traceback
 import weakref
 from collections import deque
@@ -46,6 +54,7 @@ from mixbatch.errors import MixbatchError
 from mixbatch.lock import exit_with_parent
 from mixbatch.shape.base import StepPlan
 from mixbatch.shape.materialize import PER_POSITION, expand, split_compact
+from mixbatch.torch.pacing import Pacer
 
 _PLAN_KEYS = ("row", "col", "source", "doc", "start", "end", "eod", "pad")
 _ALIGN = 64  # byte alignment of arrays in a slot
@@ -144,45 +153,61 @@ def _plan_from_wire(wire: tuple) -> tuple[StepPlan, list[int]]:
     return plan, rows
 
 
-def _read_task(reader: Reader, wires: list[dict[str, Any]], arena: _Arena | None,
-               dtype: np.dtype, fields: tuple[str, ...] | None) -> list[dict[str, Any]]:
+def _read_task(reader: Reader, runs: list[Run], arena: _Arena | None, dtype: np.dtype,
+               fields: tuple[str, ...] | None) -> list[dict[str, Any]]:
     """The compact batches of a task's steps (one read per run of steps of one width); the
     tokens go into the slot when they are what is sent (no ``fields``)."""
     batches = []
-    for wire in wires:
-        plan, rows = _plan_from_wire(wire)
+    for plan, rows in runs:
         out = None if arena is None or fields else arena(plan.rows * plan.seq_len, dtype)
         batches += split_compact(reader(plan, out=out), rows)
     return batches
 
 
-def _tokens_to_wire(batches: list[dict[str, Any]], ring: _Ring, slot: int) -> None:
-    """Compact batches: tokens that lie in the slot are sent as ``(offset, shape, dtype)``."""
-    for b in batches:
-        x = b["input_ids"]
-        at = ring.where(slot, x)
-        if at is not None:
-            b[_TOKENS_IN_SLOT] = (at, x.shape, x.dtype.str)
-            del b["input_ids"]
+def compute(reader: Reader, transform: Callable[[dict[str, Any]], dict[str, Any]] | None,
+            fields: tuple[str, ...] | None, dtype: np.dtype, indices: list[int],
+            runs: list[Run], ring: _Ring | None = None, slot: int = -1
+            ) -> Iterator[dict[str, Any]]:
+    """A task's batches one by one, as a worker sends them (or the main process reads them
+    itself, with no ``ring``): one read of the tokens, then per batch its ``step``, the
+    transform and the fields (into the slot where there is one). Lazily, so that the main
+    process derives a batch's fields only as it hands the batch out (the memory of the batch
+    before is then free again, and warm)."""
+    arena = None if ring is None or slot < 0 else _Arena(ring.view(slot))
+    batches = _read_task(reader, runs, arena, dtype, fields)
+    for b, index in zip(batches, indices, strict=True):
+        b["step"] = index
+        if transform is not None:
+            b = transform(b)
+        if fields:
+            b = _derive(b, fields, arena)
+        elif arena is not None and ring is not None:
+            _tokens_to_wire(b, ring, slot)
+        yield b
 
 
-def _fields(batches: list[dict[str, Any]], fields: tuple[str, ...],
-            arena: _Arena | None) -> list[dict[str, Any]]:
-    """The fields of each batch; those written into the slot are sent as
+def _tokens_to_wire(b: dict[str, Any], ring: _Ring, slot: int) -> None:
+    """A compact batch whose tokens lie in the slot: sent as ``(offset, shape, dtype)``."""
+    x = b["input_ids"]
+    at = ring.where(slot, x)
+    if at is not None:
+        b[_TOKENS_IN_SLOT] = (at, x.shape, x.dtype.str)
+        del b["input_ids"]
+
+
+def _derive(b: dict[str, Any], fields: tuple[str, ...], arena: _Arena | None) -> dict[str, Any]:
+    """The fields of a batch; those written into the slot are sent as
     ``(offset, names, R, L)``: one (len(names), R, L) int64 block."""
-    out = []
-    for b in batches:
-        if arena is not None:
-            arena.last = None  # set again only if expand writes this batch's fields there
-        e = expand(b, fields, into=arena)
-        if arena is not None and arena.last is not None:
-            names = [k for k in PER_POSITION if k in e]
-            R, L = e[names[0]].shape
-            for k in names:
-                del e[k]
-            e[_FIELDS_IN_SLOT] = (arena.last, names, R, L)
-        out.append(e)
-    return out
+    if arena is not None:
+        arena.last = None  # set again only if expand writes this batch's fields there
+    e = expand(b, fields, into=arena)
+    if arena is not None and arena.last is not None:
+        names = [k for k in PER_POSITION if k in e]
+        R, L = e[names[0]].shape
+        for k in names:
+            del e[k]
+        e[_FIELDS_IN_SLOT] = (arena.last, names, R, L)
+    return e
 
 
 def _worker_main(conn: Any, reader: Reader,
@@ -204,44 +229,54 @@ def _worker_main(conn: Any, reader: Reader,
         if task is None:
             return
         seq, slot, indices, wires = task
-        use = ring if slot >= 0 else None
-        arena = None if use is None else _Arena(use.view(slot))
         try:
-            batches = _read_task(reader, wires, arena, dt, fields)
-            for b, index in zip(batches, indices, strict=True):
-                b["step"] = index
-            if transform is not None:
-                batches = [transform(b) for b in batches]
-            if fields:
-                batches = _fields(batches, fields, arena)
-            elif use is not None:
-                _tokens_to_wire(batches, use, slot)
-            conn.send((seq, "ok", batches))
+            t0 = time.process_time()
+            batches = list(compute(reader, transform, fields, dt, indices,
+                                   [_plan_from_wire(w) for w in wires], ring, slot))
+            conn.send((seq, "ok", batches, time.process_time() - t0))
         except Exception as e:  # report it to the main process, which raises it
             text = f"{type(e).__name__}: {e}"
             if not isinstance(e, MixbatchError):
                 text += "\n" + traceback.format_exc()
             try:
-                conn.send((seq, "error", text))
+                conn.send((seq, "error", text, 0.0))
             except (OSError, EOFError):
                 return
+
+
+class _Entry:
+    """A planned task: where it is read (``worker`` -1: here, when due) and its slot."""
+
+    __slots__ = ("counts", "indices", "runs", "seq", "slot", "tags", "worker")
+
+    def __init__(self, indices: list[int], runs: list[Run], tags: list[Any]) -> None:
+        self.indices, self.runs, self.tags = indices, runs, tags
+        self.seq, self.worker, self.slot, self.counts = -1, -1, -1, False
 
 
 class StepReaders:
     """``n`` processes that turn step plans into batches, in order (module docstring).
 
     ``fields``: the fields the workers derive (None: they send compact batches);
-    ``slot_bytes``: the size of a shared slot (0: everything through the pipe)."""
+    ``slot_bytes``: the size of a shared slot (0: everything through the pipe);
+    ``adaptive``: let the main process read tasks itself where that measures faster
+    (:mod:`mixbatch.torch.pacing`)."""
 
     def __init__(self, n: int, reader: Reader,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  prefetch: int = 2, poll_interval: float = 0.5, slot_bytes: int = 0,
-                 dtype: np.dtype | None = None, fields: tuple[str, ...] | None = None) -> None:
+                 dtype: np.dtype | None = None, fields: tuple[str, ...] | None = None,
+                 adaptive: bool = True) -> None:
         fork = "fork" in mp.get_all_start_methods()
         ctx = mp.get_context("fork" if fork else "spawn")
         self.n = n
         self.prefetch = max(1, prefetch)
         self.poll_interval = poll_interval
+        self.reader, self.transform = reader, transform
+        self.dtype = np.dtype(np.int64 if dtype is None else dtype)
+        self.pacer = Pacer(n * self.prefetch, enabled=adaptive)
+        self.inline = 0  # tasks the main process read itself
+        self.sent = 0  # tasks sent to the workers
         self.conns: list[Any] = []
         self.procs: list[Any] = []
         # a forked worker shares the ring; a spawned one could not (it gets pickled arrays).
@@ -272,33 +307,77 @@ class StepReaders:
 
     def map(self, tasks: Iterator[Task]) -> Iterator[tuple[dict[str, Any], Any]]:
         """For each task ``(indices, runs, tags)`` in order, yield ``(batch, tag)`` per step
-        (:func:`stack_runs` makes the runs of a few consecutive steps' plans)."""
-        in_flight: deque[tuple[int, int, list[Any]]] = deque()
-        seq = 0
+        (:func:`stack_runs` makes the runs of a few consecutive steps' plans). A task goes to
+        worker ``k mod n`` (``k`` counting the tasks sent) as it is planned, or, while the pacer
+        says so, waits here and is read by the main process when it is due."""
+        pending: deque[_Entry] = deque()
+        depth = self.n * self.prefetch
+        last = time.perf_counter()
         while True:
-            while len(in_flight) < self.n * self.prefetch:
+            while len(pending) < depth:
                 task = next(tasks, None)
                 if task is None:
                     break
-                indices, runs, tags = task
-                w = seq % self.n
-                slot = self._free_slot()
-                try:
-                    self.conns[w].send((seq, slot, indices, [_wire(r) for r in runs]))
-                except OSError:  # a broken pipe: the worker is gone
-                    self.procs[w].join(timeout=self.poll_interval)
-                    raise self._died(w) from None
-                if slot >= 0:
-                    self.busy.add(slot)
-                in_flight.append((seq, slot, tags))
-                seq += 1
-            if not in_flight:
+                pending.append(_Entry(*task))
+                if not self.pacer.mode:
+                    self._send(pending[-1], pending, depth)
+            if not pending:
                 return
-            want, slot, tags = in_flight.popleft()
-            batches = self._receive(want, slot)
-            self.busy.discard(slot)
-            yield from zip(batches, tags, strict=True)
-            del batches  # only the batches handed out may keep the slot now
+            e = pending.popleft()
+            if e.worker < 0:
+                self._check_alive()
+                self.inline += 1
+                counts = all(x.worker < 0 for x in pending)  # no worker computed beside it
+                batches = compute(self.reader, self.transform, self.fields, self.dtype,
+                                  e.indices, e.runs)
+                for k, tag in enumerate(e.tags):
+                    t0 = time.process_time()
+                    batch = next(batches)
+                    # the first batch also reads the whole task's tokens: not counted
+                    if k and self.pacer.computed(time.process_time() - t0, 1):
+                        self._send_held(pending)  # heavy work: the workers take the rest
+                    yield batch, tag
+                    del batch
+            else:
+                counts = e.counts
+                got = self._receive(e.seq, e.worker, e.slot)
+                self.busy.discard(e.slot)
+                yield from zip(got, e.tags, strict=True)
+                del got  # only the batches handed out may keep the slot now
+            now = time.perf_counter()
+            if self.pacer.measured(e.worker < 0, now - last, len(e.tags), counts):
+                self._send_held(pending)
+            last = now
+
+    def _send(self, e: _Entry, pending: deque[_Entry], depth: int) -> None:
+        """Send a task to the next worker; it counts for the pacer when the pipeline ahead of
+        it was full of worker tasks."""
+        ahead = len(pending) - 1
+        e.counts = ahead == depth - 1 and all(x.worker >= 0 for x in pending if x is not e)
+        w = self.sent % self.n
+        slot = self._free_slot()
+        try:
+            self.conns[w].send((self.sent, slot, e.indices, [_wire(r) for r in e.runs]))
+        except OSError:  # a broken pipe: the worker is gone
+            self.procs[w].join(timeout=self.poll_interval)
+            raise self._died(w) from None
+        if slot >= 0:
+            self.busy.add(slot)
+        e.seq, e.worker, e.slot = self.sent, w, slot
+        self.sent += 1
+
+    def _send_held(self, pending: deque[_Entry]) -> None:
+        """The tasks waiting for the main process go to the workers (the mode changed)."""
+        for e in pending:
+            if e.worker < 0:
+                self._send(e, pending, 0)
+                e.counts = False  # sent late: computed while the main process read
+
+    def _check_alive(self) -> None:
+        """A worker that died while the main process reads (nothing to receive from it)."""
+        for w, p in enumerate(self.procs):
+            if not p.is_alive():
+                raise self._died(w)
 
     def _free_slot(self) -> int:
         """A slot no task in flight writes to and no batch handed out views, or -1."""
@@ -312,14 +391,13 @@ class StepReaders:
         self.piped += 1
         return -1
 
-    def _receive(self, seq: int, slot: int) -> list[dict[str, Any]]:
-        w = seq % self.n
+    def _receive(self, seq: int, w: int, slot: int) -> list[dict[str, Any]]:
         conn, proc = self.conns[w], self.procs[w]
         while not conn.poll(self.poll_interval):
             if not proc.is_alive():
                 raise self._died(w)
         try:
-            got, status, payload = conn.recv()
+            got, status, payload, compute_seconds = conn.recv()
         except (EOFError, OSError):
             proc.join(timeout=self.poll_interval)
             raise self._died(w) from None
@@ -327,6 +405,7 @@ class StepReaders:
             raise MixbatchError(f"loader worker {w}: expected step {seq}, got {got}")
         if status != "ok":
             raise MixbatchError(f"loader worker {w} failed: {payload}")
+        self.pacer.computed(compute_seconds, len(payload))
         if slot < 0:
             return payload
         assert self.ring is not None

@@ -1,0 +1,118 @@
+"""Who reads a task: the worker processes or the main process itself, chosen by measuring both.
+
+Workers add speed only where they get CPU time that the main process could not have used: a
+core free for them, or much work per batch (a ``transform``). Where the work per batch is small
+and the CPUs are busy (or where the processes of one session share one CPU share, as under
+Linux's autogroup scheduling), a batch handed to a worker costs more CPU than one the main
+process reads itself (messages, waking the other process, writing the fields to shared memory
+that no cache holds: about 200 µs against 130 µs per 8x2048 batch on the 2-core test box), and
+workers make the loader slower. :class:`Pacer` says, task by task, whether the main process
+hands the next task to the workers or reads it itself when it is due (``inline``). The batches,
+their order and the state after each are the same either way; only which process computes
+them changes.
+
+**Heavy work.** Where the compute per batch (timed by the process that did it) is above
+``heavy`` seconds, the hand-off is a small part of the work: every task goes to the workers.
+
+**Light work: measured.** Otherwise the loader runs in periods (at least ``2 · depth`` tasks
+and ``period_seconds`` of wall time, so that the load's noise averages out), each in one mode,
+and picks each period's mode from the wall time per batch it measured in both: for each task,
+the time from the hand-out of the task before it to the hand-out of its own last batch
+(planning, reading or waiting, and whatever the trainer did with the batches in between). A
+task counts only where the pipeline around it ran in its own mode: a worker task sent while
+only worker tasks were ahead of it in a full pipeline (not one computed while the main process
+read the tasks before it), an inline task read while no worker task was in flight. The main
+process reads first (the first batch waits for no worker), and the mode that measured slower
+is probed for one period after ``gap`` periods of the other: 4 at first, doubling (up to 32)
+each time the probe loses, back to 2 when it wins. A probe against a busy machine costs about
+``1 / gap`` of the workers' extra cost (a few percent once the gap has grown).
+"""
+
+from __future__ import annotations
+
+HEAVY_SECONDS = 1e-3  # compute per batch above which workers always pay for themselves
+PERIOD_SECONDS = 0.2  # a period lasts at least this long (the load's noise averages out)
+MAX_GAP = 32
+
+
+class Pacer:
+    """The mode of the next tasks (``inline``: the main process reads them).
+
+    ``depth``: tasks in flight on the workers; ``enabled=False``: every task goes to them."""
+
+    def __init__(self, depth: int, enabled: bool = True, heavy: float = HEAVY_SECONDS,
+                 period_seconds: float = PERIOD_SECONDS) -> None:
+        self.depth = max(1, depth)
+        self.enabled = enabled
+        self.heavy = heavy
+        self.period = 2 * self.depth  # tasks per period, at least
+        self.period_seconds = period_seconds
+        self.elapsed = 0.0  # wall seconds of the current period
+        self.in_period = 0  # tasks of the current period
+        self.mode = enabled  # the current mode (True: inline)
+        self.compute: float | None = None  # seconds per batch, as measured where it ran
+        self.gap = 4  # periods of the best mode before the other is probed
+        self.since = 0  # periods since the last probe
+        self.probing = False
+        self.done = 0  # tasks handed out
+        # per mode: seconds and batches of the counted tasks of its latest period
+        self.sums: dict[bool, list[float]] = {False: [0.0, 0], True: [0.0, 0]}
+        self.fresh: dict[bool, bool] = {False: True, True: True}  # next count starts a period
+        self.figure: dict[bool, float | None] = {False: None, True: None}
+
+    @property
+    def heavy_work(self) -> bool:
+        return self.compute is not None and self.compute > self.heavy
+
+    def computed(self, seconds: float, batches: int) -> bool:
+        """Compute seconds of a task of ``batches`` (or of one batch); True when the mode
+        turned to the workers because of it."""
+        x = seconds / max(batches, 1)
+        self.compute = x if self.compute is None else 0.75 * self.compute + 0.25 * x
+        if self.mode and self.heavy_work:
+            self.mode = False
+            return True
+        return False
+
+    def measured(self, inline: bool, seconds: float, batches: int, counts: bool) -> bool:
+        """A task was handed out (its mode, wall time, batches, and whether the pipeline ran
+        in its mode); True when the mode changed to the workers (send the held tasks)."""
+        if counts:
+            sums = self.sums[inline]
+            if self.fresh[inline]:
+                sums[:] = [0.0, 0]
+                self.fresh[inline] = False
+            sums[0] += seconds
+            sums[1] += batches
+            self.figure[inline] = sums[0] / sums[1]
+        self.done += 1
+        self.in_period += 1
+        self.elapsed += seconds
+        if self.in_period < self.period or self.elapsed < self.period_seconds \
+                or not self.enabled or self.heavy_work:
+            return False
+        self.in_period, self.elapsed = 0, 0.0
+        before = self.mode
+        self.mode = self._next()
+        self.fresh[self.mode] = True
+        return before and not self.mode
+
+    def _next(self) -> bool:
+        """The next period's mode (module docstring)."""
+        w, i = self.figure[False], self.figure[True]
+        if w is None or i is None:  # one mode not measured yet: probe it after the gap
+            best = self.mode if w is None and i is None else i is not None
+            self.since += 1
+            if self.since > self.gap:
+                self.since, self.probing = 0, True
+                return not best
+            return best
+        best = i < w
+        if self.probing:  # judge the probe that just ended
+            self.gap = 2 if self.mode == best else min(2 * self.gap, MAX_GAP)
+            self.probing, self.since = False, 0
+        self.since += 1
+        if self.since > self.gap:
+            self.since, self.probing = 0, True
+            return not best
+        return best

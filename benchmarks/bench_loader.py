@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="rows per batch")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader workers")
     p.add_argument("--batches", type=int, default=300, help="batches per throughput run")
+    p.add_argument("--long-batches", type=int, default=3000,
+                   help="batches per run of the workers' steady-state rows (0: none)")
     p.add_argument("--burn-batches", type=int, default=200,
                    help="batches per run with 5 ms of CPU work per batch (workers' speed-up)")
     p.add_argument("--ceiling-batches", type=int, default=6000,
@@ -306,10 +308,46 @@ def line_blocks(path: Path, L: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # mixbatch
 # ---------------------------------------------------------------------------------------------
+LOADERS: list[Any] = []  # the latest MixbatchDataLoader made (its workers' task counts)
+
+
 def mixbatch_iter(cfg, workers: int, n: int, **kw: Any) -> Iterator[Any]:
     from mixbatch.torch import MixbatchDataLoader
 
-    return iter(MixbatchDataLoader(cfg, num_workers=workers, max_steps=n, **kw))
+    dl = MixbatchDataLoader(cfg, num_workers=workers, max_steps=n, **kw)
+    LOADERS[:] = [dl]
+    return iter(dl)
+
+
+def inline_share() -> float | None:
+    """The share of tasks the latest loader's main process read itself (None: 0 workers)."""
+    readers = LOADERS[0]._readers if LOADERS else None
+    if readers is None:
+        return None
+    return readers.inline / max(readers.inline + readers.sent, 1)
+
+
+def long_runs(cfg, args) -> list[tuple[str, int, Any, list[float]]]:
+    """Steady state: ``--long-batches`` per run, the pacer on and off, in rounds."""
+    cases = [("adaptive", 0, {})]
+    cases += [(name, w, {"adaptive": flag}) for w in args.workers if w
+              for name, flag in (("adaptive", True), ("adaptive=False", False))]
+    shares: list[list[float]] = [[] for _ in cases]
+
+    def make(i: int, w: int, kw: dict) -> Callable[[], Iterator[Any]]:
+        def run() -> Iterator[Any]:
+            try:
+                yield from mixbatch_iter(cfg, w, args.long_batches, **kw)
+            finally:  # the timed loop stops at its last batch
+                share = inline_share()
+                if share is not None:
+                    shares[i].append(share)
+        return run
+
+    timings = throughput_rounds([make(i, w, kw) for i, (_n, w, kw) in enumerate(cases)],
+                                args.long_batches, args.repeat)
+    return [(name, w, t, shares[i]) for i, ((name, w, _kw), t) in enumerate(zip(cases, timings,
+                                                                               strict=True))]
 
 
 def plan_only(cfg, n: int) -> Iterator[Any]:
@@ -389,6 +427,9 @@ def bench_mixbatch(cfg, args, workdir: Path) -> dict[str, Any]:
         cases += [(f"MixbatchDataLoader, packing={packing}", str(w),
                    (lambda w=w, pc=pc: mixbatch_iter(pc, w, n)))
                   for w in sorted({args.workers[0], args.workers[-1]})]
+    cases += [("MixbatchDataLoader, adaptive=False", str(args.workers[-1]),
+               lambda: mixbatch_iter(cfg, args.workers[-1], n, adaptive=False))] \
+        if args.workers[-1] else []
     log(f"mixbatch: {len(cases)} loaders, {args.repeat} rounds")
     timings = throughput_rounds([make for _n, _w, make in cases], n, args.repeat)
     for (name, workers, _make), t in zip(cases, timings, strict=True):
@@ -399,6 +440,9 @@ def bench_mixbatch(cfg, args, workdir: Path) -> dict[str, Any]:
                                                          transform=burn_5ms)
                                for w in args.workers], args.burn_batches, args.repeat)
     res["burn"] = list(zip(args.workers, burns, strict=True))
+    if args.long_batches:
+        log(f"mixbatch: workers' steady state, {args.long_batches} batches per run")
+        res["long"] = long_runs(cfg, args)
 
     # mixing: tokens per source in each batch, and a check that source_ids match the letters
     log("mixbatch: mixing check")
@@ -950,7 +994,7 @@ def report(args, info, ceiling, mb, lit, hf, stm) -> str:
         main_cpu = min(r["main_cpu"] for r in t.runs) / per * 1e6
         if workers == "0":
             zero[name] = wall
-        ref = zero.get(name)
+        ref = zero.get(name, zero.get("MixbatchDataLoader") if "adaptive" in name else None)
         wrows.append([name, workers, f"{wall:.0f}", f"{main_cpu:.0f}",
                       f"{ref / wall:.2f}x" if ref else "-"])
     if wrows:
@@ -958,9 +1002,12 @@ def report(args, info, ceiling, mb, lit, hf, stm) -> str:
                 table(["loader", "workers", "wall µs / batch (best)",
                        "main-process CPU µs / batch (least)", "speed vs 0 workers"], wrows,
                       align="llrrr"),
-                "", "With workers the main process plans and hands batches out; the workers read "
-                "tokens and derive the fields. On a box with a core free for the workers, the main "
-                "process's CPU per batch bounds the wall time per batch."]
+                "", "With workers the main process plans and hands batches out, and reads a task "
+                "itself while the pacer measures that faster (adaptive, the default: in runs this "
+                "short, every task after the first pacing period's start); the workers read tokens "
+                "and derive the fields. adaptive=False: the workers read every task (against plain "
+                "0 workers); on a box with a core free for the workers, the main process's CPU per "
+                "batch bounds its wall time per batch."]
     if mb.get("burn"):
         b0 = next(t.best for w, t in mb["burn"] if w == 0)
         r0 = (b0["n"] - 1) / b0["rest"]
@@ -970,7 +1017,29 @@ def report(args, info, ceiling, mb, lit, hf, stm) -> str:
                  for w, t in mb["burn"]]
         out += ["", "## Workers with 5 ms of CPU work per batch (`transform=`, run in the workers)",
                 "", table(["workers", "batches/s", "vs 0 workers", "runs"], brows, align="lrrl"),
-                "", "Target (issue): 2 workers >= 1.7x 0 workers on the 2-core box."]
+                "", "Target (issue): 2 workers >= 1.7x 0 workers on the 2-core box. Here the "
+                "workers' compute per batch is above the pacer's threshold (1 ms): after the first "
+                "task's second batch every task goes to the workers."]
+    if mb.get("long"):
+        z = next(t.best for name, w, t, _s in mb["long"] if w == 0)
+        z_wall = z["rest"] / (z["n"] - 1) * 1e6
+        lrows = []
+        for name, w, t, shares in mb["long"]:
+            wall = t.best["rest"] / (t.best["n"] - 1) * 1e6
+            lrows.append([str(w), "-" if w == 0 else name, f"{wall:.0f}",
+                          f"{z_wall / wall:.2f}x",
+                          "-" if not shares else " / ".join(f"{x:.2f}" for x in shares),
+                          ", ".join(fmt_s(r["rest"]) for r in t.runs)
+                          + (" *" if t.noisy() else "")])
+        out += ["", f"## Workers in the steady state ({args.long_batches} batches per run)", "",
+                table(["workers", "pacing", "wall µs / batch (best)", "vs 0 workers",
+                       "tasks read by the main process (per run)", "runs"], lrows,
+                      align="llrrll"),
+                "", "adaptive (the default): the main process reads tasks itself while that "
+                "measures faster than the workers, probing the workers for a period (>= 0.2 s) "
+                "at growing gaps (mixbatch.torch.pacing); adaptive=False: the workers read every "
+                "task. The throughput rows above run 300 batches, under one pacing period: their "
+                "worker rows are read by the main process."]
     # mixing
     srows = []
     parts = [("mixbatch", "MixbatchDataLoader, token-deficit rule", mb["share"], args.share_batches)]

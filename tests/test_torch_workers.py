@@ -304,7 +304,7 @@ def _alternating(monkeypatch: pytest.MonkeyPatch) -> None:
         return pacing.Pacer(depth, enabled, period_seconds=0.0)
 
     monkeypatch.setattr(workers, "Pacer", make)
-    monkeypatch.setattr(pacing.Pacer, "_next", lambda self: not self.mode)
+    monkeypatch.setattr(pacing.Pacer, "_next", lambda self, busy=False: not self.mode)
 
 
 @pytest.mark.parametrize("fields", [None, "all"])
@@ -395,3 +395,29 @@ def test_pacer_sends_heavy_work_to_the_workers() -> None:
     for _ in range(100):  # and keep every task, whatever the wall times say
         p.measured(False, 100.0, 16, counts=True)
         assert not p.mode
+
+
+def test_pacer_does_not_probe_the_workers_when_no_core_is_free() -> None:
+    """The main process waited for a CPU for half of each period: the workers are never
+    probed (each probe left out doubles the gap); with no wait they are."""
+    from mixbatch.torch.pacing import MAX_GAP, Pacer, RunQueueClock
+
+    def run(wait_share: float) -> tuple[list[bool], Pacer]:
+        p = Pacer(depth=2, period_seconds=0.0)
+        modes = []
+        for _ in range(400):
+            modes.append(p.mode)
+            p.waited_for_cpu(wait_share * 16.0)
+            p.measured(p.mode, 16.0 if p.mode else 16.0 * 1.6, 16, counts=True)
+        return modes, p
+
+    modes, p = run(0.5)
+    assert all(modes) and p.skipped >= 3 and p.gap == MAX_GAP
+    modes, p = run(0.0)
+    assert not all(modes) and p.skipped == 0
+    clock = RunQueueClock()
+    assert clock.waited() >= 0.0
+    if Path("/proc/thread-self/schedstat").exists():
+        assert clock.fd is not None
+    clock.close()
+    assert clock.fd is None and clock.waited() == 0.0

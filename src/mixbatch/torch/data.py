@@ -137,7 +137,7 @@ def _tasks(loader: MixedLoader, steps: Iterator[Step], per_task: int) -> Iterato
             runs = [first.block.run(first.offset, last.offset + 1)]
         else:
             runs = stack_runs([s.plan if whole else s.plan.select_rows(s.rows) for s in group])
-        yield [s.index for s in group], runs, snaps
+        yield [s.index for s in group], runs, snaps, group
         if len(group) < per_task:
             return
 
@@ -353,7 +353,8 @@ class MixbatchDataLoader:
         per_task = max(1, min(16, SLOT_BYTES // step_bytes))
         readers = StepReaders(self.num_workers, _Reader(loader), self.transform, self.prefetch,
                               slot_bytes=per_task * step_bytes, dtype=loader.token_dtype,
-                              fields=fields, adaptive=self.adaptive)
+                              fields=fields, adaptive=self.adaptive,
+                              here=lambda steps: (loader.compact_of(s) for s in steps))
         self._readers = readers
         self.worker_pids = readers.pids()
         try:

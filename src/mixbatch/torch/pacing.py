@@ -24,13 +24,18 @@ only worker tasks were ahead of it in a full pipeline (not one computed while th
 read the tasks before it), an inline task read while no worker task was in flight. The main
 process reads first (the first batch waits for no worker), and the mode that measured slower
 is probed for one period after ``gap`` periods of the other: 4 at first, doubling (up to 32)
-each time the probe loses, back to 2 when it wins. A probe against a busy machine costs about
-``1 / gap`` of the workers' extra cost (a few percent once the gap has grown).
+each time the probe loses, back to 2 when it wins. Where the main process waited for a CPU
+for more than ``BUSY_SHARE`` of the period before (its run-queue wait, which Linux reports), no
+core is free for a worker: the probe of the workers is left out (and the gap doubles), since
+it could only lose.
 """
 
 from __future__ import annotations
 
+import os
+
 HEAVY_SECONDS = 1e-3  # compute per batch above which workers always pay for themselves
+BUSY_SHARE = 0.25  # waiting this share of the wall time for a CPU: no core is free
 PERIOD_SECONDS = 0.2  # a period lasts at least this long (the load's noise averages out)
 MAX_GAP = 32
 
@@ -59,6 +64,13 @@ class Pacer:
         self.sums: dict[bool, list[float]] = {False: [0.0, 0], True: [0.0, 0]}
         self.fresh: dict[bool, bool] = {False: True, True: True}  # next count starts a period
         self.figure: dict[bool, float | None] = {False: None, True: None}
+        self.waited = 0.0  # seconds the main process waited for a CPU in this period
+        self.skipped = 0  # probes of the workers left out: no core was free
+
+    def waited_for_cpu(self, seconds: float) -> None:
+        """Seconds the main process was ready to run but waited for a CPU (run-queue wait,
+        where the platform tells it: :class:`RunQueueClock`)."""
+        self.waited += seconds
 
     @property
     def heavy_work(self) -> bool:
@@ -91,19 +103,25 @@ class Pacer:
         if self.in_period < self.period or self.elapsed < self.period_seconds \
                 or not self.enabled or self.heavy_work:
             return False
-        self.in_period, self.elapsed = 0, 0.0
+        busy = self.waited > BUSY_SHARE * self.elapsed
+        self.in_period, self.elapsed, self.waited = 0, 0.0, 0.0
         before = self.mode
-        self.mode = self._next()
+        self.mode = self._next(busy)
         self.fresh[self.mode] = True
         return before and not self.mode
 
-    def _next(self) -> bool:
-        """The next period's mode (module docstring)."""
+    def _next(self, busy: bool = False) -> bool:
+        """The next period's mode (module docstring); ``busy``: the main process waited for a
+        CPU in the period that ended (the workers are not probed then)."""
         w, i = self.figure[False], self.figure[True]
         if w is None or i is None:  # one mode not measured yet: probe it after the gap
             best = self.mode if w is None and i is None else i is not None
             self.since += 1
             if self.since > self.gap:
+                if busy and best:  # no core free: a probe of the workers would only lose
+                    self.skipped += 1
+                    self.since, self.gap = 0, min(2 * self.gap, MAX_GAP)
+                    return best
                 self.since, self.probing = 0, True
                 return not best
             return best
@@ -113,6 +131,42 @@ class Pacer:
             self.probing, self.since = False, 0
         self.since += 1
         if self.since > self.gap:
+            if busy and best:
+                self.skipped += 1
+                self.since, self.gap = 0, min(2 * self.gap, MAX_GAP)
+                return best
             self.since, self.probing = 0, True
             return not best
         return best
+
+
+class RunQueueClock:
+    """Seconds this thread has waited for a CPU while ready to run, from
+    ``/proc/thread-self/schedstat`` (Linux; elsewhere it reads 0 and the pacer probes as
+    usual)."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd: int | None = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self.fd = None
+        self.last = self._read()
+
+    def _read(self) -> float:
+        if self.fd is None:
+            return 0.0
+        try:
+            return int(os.pread(self.fd, 64, 0).split()[1]) * 1e-9
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def waited(self) -> float:
+        """Seconds waited since the last call."""
+        now = self._read()
+        out, self.last = max(now - self.last, 0.0), now
+        return out
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -45,7 +45,7 @@ import time
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -54,7 +54,7 @@ from mixbatch.errors import MixbatchError
 from mixbatch.lock import exit_with_parent
 from mixbatch.shape.base import StepPlan
 from mixbatch.shape.materialize import PER_POSITION, expand, split_compact
-from mixbatch.torch.pacing import Pacer
+from mixbatch.torch.pacing import Pacer, RunQueueClock
 
 _PLAN_KEYS = ("row", "col", "source", "doc", "start", "end", "eod", "pad")
 _ALIGN = 64  # byte alignment of arrays in a slot
@@ -110,8 +110,11 @@ class _Arena:
 
 #: a plan of several consecutive steps' rows, and the rows of each step
 Run = tuple[StepPlan, list[int]]
-#: one task: the steps' indices, their runs (one plan per run of one width), tags for the caller
-Task = tuple[list[int], list[Run], list[Any]]
+#: one task: the steps' indices, their runs (one plan per run of one width), tags for the caller,
+#: and what ``StepReaders``'s ``here`` reads the compact batches from in the main process
+Task = tuple[list[int], list[Run], list[Any], Any]
+#: the main process's reader of a task's compact batches (e.g. from the loader's planned blocks)
+Here = Callable[[Any], Iterable[dict[str, Any]]]
 
 
 def stack_runs(plans: list[StepPlan]) -> list[Run]:
@@ -164,18 +167,16 @@ def _read_task(reader: Reader, runs: list[Run], arena: _Arena | None, dtype: np.
     return batches
 
 
-def compute(reader: Reader, transform: Callable[[dict[str, Any]], dict[str, Any]] | None,
-            fields: tuple[str, ...] | None, dtype: np.dtype, indices: list[int],
-            runs: list[Run], ring: _Ring | None = None, slot: int = -1
-            ) -> Iterator[dict[str, Any]]:
-    """A task's batches one by one, as a worker sends them (or the main process reads them
-    itself, with no ``ring``): one read of the tokens, then per batch its ``step``, the
-    transform and the fields (into the slot where there is one). Lazily, so that the main
-    process derives a batch's fields only as it hands the batch out (the memory of the batch
-    before is then free again, and warm)."""
-    arena = None if ring is None or slot < 0 else _Arena(ring.view(slot))
-    batches = _read_task(reader, runs, arena, dtype, fields)
-    for b, index in zip(batches, indices, strict=True):
+def compute(compacts: Iterable[dict[str, Any]], indices: list[int],
+            transform: Callable[[dict[str, Any]], dict[str, Any]] | None,
+            fields: tuple[str, ...] | None, arena: _Arena | None = None,
+            ring: _Ring | None = None, slot: int = -1) -> Iterator[dict[str, Any]]:
+    """A task's batches one by one from its compact batches, as a worker sends them (or the
+    main process hands them out, with no slot): ``step`` set, the transform applied, the
+    fields derived (into the slot where there is one). Lazily, so that the main process derives
+    a batch's fields only as it hands the batch out (the memory of the batch before is then free
+    again, and warm)."""
+    for b, index in zip(compacts, indices, strict=True):
         b["step"] = index
         if transform is not None:
             b = transform(b)
@@ -231,8 +232,9 @@ def _worker_main(conn: Any, reader: Reader,
         seq, slot, indices, wires = task
         try:
             t0 = time.process_time()
-            batches = list(compute(reader, transform, fields, dt, indices,
-                                   [_plan_from_wire(w) for w in wires], ring, slot))
+            arena = None if ring is None or slot < 0 else _Arena(ring.view(slot))
+            compacts = _read_task(reader, [_plan_from_wire(w) for w in wires], arena, dt, fields)
+            batches = list(compute(compacts, indices, transform, fields, arena, ring, slot))
             conn.send((seq, "ok", batches, time.process_time() - t0))
         except Exception as e:  # report it to the main process, which raises it
             text = f"{type(e).__name__}: {e}"
@@ -247,10 +249,11 @@ def _worker_main(conn: Any, reader: Reader,
 class _Entry:
     """A planned task: where it is read (``worker`` -1: here, when due) and its slot."""
 
-    __slots__ = ("counts", "indices", "runs", "seq", "slot", "tags", "worker")
+    __slots__ = ("counts", "here", "indices", "runs", "seq", "slot", "tags", "worker")
 
-    def __init__(self, indices: list[int], runs: list[Run], tags: list[Any]) -> None:
-        self.indices, self.runs, self.tags = indices, runs, tags
+    def __init__(self, indices: list[int], runs: list[Run], tags: list[Any],
+                 here: Any = None) -> None:
+        self.indices, self.runs, self.tags, self.here = indices, runs, tags, here
         self.seq, self.worker, self.slot, self.counts = -1, -1, -1, False
 
 
@@ -260,19 +263,20 @@ class StepReaders:
     ``fields``: the fields the workers derive (None: they send compact batches);
     ``slot_bytes``: the size of a shared slot (0: everything through the pipe);
     ``adaptive``: let the main process read tasks itself where that measures faster
-    (:mod:`mixbatch.torch.pacing`)."""
+    (:mod:`mixbatch.torch.pacing`); ``here``: how it reads a task's compact batches then (from a
+    task's last element; default: ``reader`` over its runs)."""
 
     def __init__(self, n: int, reader: Reader,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  prefetch: int = 2, poll_interval: float = 0.5, slot_bytes: int = 0,
                  dtype: np.dtype | None = None, fields: tuple[str, ...] | None = None,
-                 adaptive: bool = True) -> None:
+                 adaptive: bool = True, here: Here | None = None) -> None:
         fork = "fork" in mp.get_all_start_methods()
         ctx = mp.get_context("fork" if fork else "spawn")
         self.n = n
         self.prefetch = max(1, prefetch)
         self.poll_interval = poll_interval
-        self.reader, self.transform = reader, transform
+        self.reader, self.transform, self.here = reader, transform, here
         self.dtype = np.dtype(np.int64 if dtype is None else dtype)
         self.pacer = Pacer(n * self.prefetch, enabled=adaptive)
         self.inline = 0  # tasks the main process read itself
@@ -312,42 +316,50 @@ class StepReaders:
         says so, waits here and is read by the main process when it is due."""
         pending: deque[_Entry] = deque()
         depth = self.n * self.prefetch
+        clock = RunQueueClock()
         last = time.perf_counter()
-        while True:
-            while len(pending) < depth:
-                task = next(tasks, None)
-                if task is None:
-                    break
-                pending.append(_Entry(*task))
-                if not self.pacer.mode:
-                    self._send(pending[-1], pending, depth)
-            if not pending:
-                return
-            e = pending.popleft()
-            if e.worker < 0:
-                self._check_alive()
-                self.inline += 1
-                counts = all(x.worker < 0 for x in pending)  # no worker computed beside it
-                batches = compute(self.reader, self.transform, self.fields, self.dtype,
-                                  e.indices, e.runs)
-                for k, tag in enumerate(e.tags):
-                    t0 = time.process_time()
-                    batch = next(batches)
-                    # the first batch also reads the whole task's tokens: not counted
-                    if k and self.pacer.computed(time.process_time() - t0, 1):
-                        self._send_held(pending)  # heavy work: the workers take the rest
-                    yield batch, tag
-                    del batch
-            else:
-                counts = e.counts
-                got = self._receive(e.seq, e.worker, e.slot)
-                self.busy.discard(e.slot)
-                yield from zip(got, e.tags, strict=True)
-                del got  # only the batches handed out may keep the slot now
-            now = time.perf_counter()
-            if self.pacer.measured(e.worker < 0, now - last, len(e.tags), counts):
-                self._send_held(pending)
-            last = now
+        try:
+            while True:
+                while len(pending) < depth:
+                    task = next(tasks, None)
+                    if task is None:
+                        break
+                    pending.append(_Entry(*task))
+                    if not self.pacer.mode:
+                        self._send(pending[-1], pending, depth)
+                if not pending:
+                    return
+                e = pending.popleft()
+                if e.worker < 0:
+                    self._check_alive()
+                    self.inline += 1
+                    counts = all(x.worker < 0 for x in pending)  # no worker computed beside it
+                    compacts = _read_task(self.reader, e.runs, None, self.dtype, self.fields) \
+                        if self.here is None else self.here(e.here)
+                    batches = compute(compacts, e.indices, self.transform, self.fields)
+                    for k, tag in enumerate(e.tags):
+                        if k != 1:
+                            batch = next(batches)
+                        else:  # one batch per task timed (the first also reads the task)
+                            t0 = time.process_time()
+                            batch = next(batches)
+                            if self.pacer.computed(time.process_time() - t0, 1):
+                                self._send_held(pending)  # heavy: the workers take the rest
+                        yield batch, tag
+                        del batch
+                else:
+                    counts = e.counts
+                    got = self._receive(e.seq, e.worker, e.slot)
+                    self.busy.discard(e.slot)
+                    yield from zip(got, e.tags, strict=True)
+                    del got  # only the batches handed out may keep the slot now
+                now = time.perf_counter()
+                self.pacer.waited_for_cpu(clock.waited())
+                if self.pacer.measured(e.worker < 0, now - last, len(e.tags), counts):
+                    self._send_held(pending)
+                last = now
+        finally:
+            clock.close()
 
     def _send(self, e: _Entry, pending: deque[_Entry], depth: int) -> None:
         """Send a task to the next worker; it counts for the pacer when the pipeline ahead of

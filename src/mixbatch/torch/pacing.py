@@ -11,8 +11,9 @@ hands the next task to the workers or reads it itself when it is due (``inline``
 their order and the state after each are the same either way; only which process computes
 them changes.
 
-**Heavy work.** Where the compute per batch (timed by the process that did it) is above
-``heavy`` seconds, the hand-off is a small part of the work: every task goes to the workers.
+**Heavy work.** Where the compute per batch (timed by the process that did it: every batch of
+the first tasks, then one per task) was above ``heavy`` seconds in each of the last
+``SAMPLES`` samples, the hand-off is a small part of the work: every task goes to the workers.
 
 **Light work: measured.** Otherwise the loader runs in periods (at least ``2 · depth`` tasks
 and ``period_seconds`` of wall time, so that the load's noise averages out), each in one mode,
@@ -33,8 +34,10 @@ it could only lose.
 from __future__ import annotations
 
 import os
+from collections import deque
 
 HEAVY_SECONDS = 1e-3  # compute per batch above which workers always pay for themselves
+SAMPLES = 4  # compute samples the heavy test looks at
 BUSY_SHARE = 0.25  # waiting this share of the wall time for a CPU: no core is free
 PERIOD_SECONDS = 0.2  # a period lasts at least this long (the load's noise averages out)
 MAX_GAP = 32
@@ -55,7 +58,7 @@ class Pacer:
         self.elapsed = 0.0  # wall seconds of the current period
         self.in_period = 0  # tasks of the current period
         self.mode = enabled  # the current mode (True: inline)
-        self.compute: float | None = None  # seconds per batch, as measured where it ran
+        self.samples: deque[float] = deque(maxlen=SAMPLES)  # compute seconds per batch
         self.gap = 4  # periods of the best mode before the other is probed
         self.since = 0  # periods since the last probe
         self.probing = False
@@ -74,13 +77,19 @@ class Pacer:
 
     @property
     def heavy_work(self) -> bool:
-        return self.compute is not None and self.compute > self.heavy
+        """The last ``SAMPLES`` compute times per batch were all above ``heavy`` (one-time
+        costs, e.g. the first read of a store block, make single samples heavy)."""
+        return len(self.samples) == SAMPLES and min(self.samples) > self.heavy
+
+    @property
+    def sampling(self) -> bool:
+        """Whether every batch should be timed (too few samples yet), not one per task."""
+        return len(self.samples) < SAMPLES
 
     def computed(self, seconds: float, batches: int) -> bool:
-        """Compute seconds of a task of ``batches`` (or of one batch); True when the mode
-        turned to the workers because of it."""
-        x = seconds / max(batches, 1)
-        self.compute = x if self.compute is None else 0.75 * self.compute + 0.25 * x
+        """Compute seconds of ``batches`` batches (a worker's task, or one batch here); True
+        when the mode turned to the workers because of it."""
+        self.samples.append(seconds / max(batches, 1))
         if self.mode and self.heavy_work:
             self.mode = False
             return True

@@ -338,9 +338,11 @@ class StepReaders:
                         if self.here is None else self.here(e.here)
                     batches = compute(compacts, e.indices, self.transform, self.fields)
                     for k, tag in enumerate(e.tags):
-                        if k != 1:
+                        # the first batch also reads the task; later ones are timed while the
+                        # pacer needs samples, else one per task
+                        if k == 0 or (k > 1 and not self.pacer.sampling):
                             batch = next(batches)
-                        else:  # one batch per task timed (the first also reads the task)
+                        else:
                             t0 = time.process_time()
                             batch = next(batches)
                             if self.pacer.computed(time.process_time() - t0, 1):

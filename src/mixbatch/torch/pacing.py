@@ -13,7 +13,10 @@ them changes.
 
 **Heavy work.** Where the compute per batch (timed by the process that did it: every batch of
 the first tasks, then one per task) was above ``heavy`` seconds in each of the last
-``SAMPLES`` samples, the hand-off is a small part of the work: every task goes to the workers.
+``SAMPLES`` samples, the hand-off is a small part of the work: every task goes to the workers,
+unless the main process waited for a CPU for more than ``BUSY_SHARE`` of those batches' wall
+time (no core is free for a worker: the main process keeps reading, and checks again at the
+next sample).
 
 **Light work: measured.** Otherwise the loader runs in periods (at least ``2 · depth`` tasks
 and ``period_seconds`` of wall time, so that the load's noise averages out), each in one mode,
@@ -59,6 +62,8 @@ class Pacer:
         self.in_period = 0  # tasks of the current period
         self.mode = enabled  # the current mode (True: inline)
         self.samples: deque[float] = deque(maxlen=SAMPLES)  # compute seconds per batch
+        # (run-queue wait, wall) of the batches timed here: whether a core was free then
+        self.cpu_waits: deque[tuple[float, float]] = deque(maxlen=SAMPLES)
         self.gap = 4  # periods of the best mode before the other is probed
         self.since = 0  # periods since the last probe
         self.probing = False
@@ -86,11 +91,17 @@ class Pacer:
         """Whether every batch should be timed (too few samples yet), not one per task."""
         return len(self.samples) < SAMPLES
 
-    def computed(self, seconds: float, batches: int) -> bool:
-        """Compute seconds of ``batches`` batches (a worker's task, or one batch here); True
-        when the mode turned to the workers because of it."""
+    def computed(self, seconds: float, batches: int, waited: float = 0.0,
+                 wall: float = 0.0) -> bool:
+        """Compute seconds of ``batches`` batches (a worker's task, or one batch here, with the
+        main process's run-queue wait and wall time over it); True when the mode turned to the
+        workers because of it: heavy work, and no sign that every core is busy (then workers
+        cannot add speed, and the main process keeps reading)."""
         self.samples.append(seconds / max(batches, 1))
-        if self.mode and self.heavy_work:
+        if wall > 0:
+            self.cpu_waits.append((waited, wall))
+        busy = sum(w for w, _ in self.cpu_waits) > BUSY_SHARE * sum(t for _, t in self.cpu_waits)
+        if self.mode and self.heavy_work and not busy:
             self.mode = False
             return True
         return False

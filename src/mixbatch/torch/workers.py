@@ -316,7 +316,7 @@ class StepReaders:
         says so, waits here and is read by the main process when it is due."""
         pending: deque[_Entry] = deque()
         depth = self.n * self.prefetch
-        clock = RunQueueClock()
+        clock, sampler = RunQueueClock(), RunQueueClock()  # per task, per timed batch
         last = time.perf_counter()
         try:
             while True:
@@ -343,9 +343,12 @@ class StepReaders:
                         if k == 0 or (k > 1 and not self.pacer.sampling):
                             batch = next(batches)
                         else:
-                            t0 = time.process_time()
+                            t0, w0 = time.process_time(), time.perf_counter()
+                            sampler.waited()  # counts from here
                             batch = next(batches)
-                            if self.pacer.computed(time.process_time() - t0, 1):
+                            waited = sampler.waited()
+                            if self.pacer.computed(time.process_time() - t0, 1, waited,
+                                                   time.perf_counter() - w0):
                                 self._send_held(pending)  # heavy: the workers take the rest
                         yield batch, tag
                         del batch
@@ -362,6 +365,7 @@ class StepReaders:
                 last = now
         finally:
             clock.close()
+            sampler.close()
 
     def _send(self, e: _Entry, pending: deque[_Entry], depth: int) -> None:
         """Send a task to the next worker; it counts for the pacer when the pipeline ahead of

@@ -327,25 +327,27 @@ def inline_share() -> float | None:
     return readers.inline / max(readers.inline + readers.sent, 1)
 
 
+def tracked(make: Callable[[], Iterator[Any]], shares: list[float]) -> Callable[[], Iterator[Any]]:
+    """``make`` whose runs append the share of tasks the main process read to ``shares``."""
+    def run() -> Iterator[Any]:
+        try:
+            yield from make()
+        finally:  # the timed loop stops at its last batch
+            share = inline_share()
+            if share is not None:
+                shares.append(share)
+    return run
+
+
 def long_runs(cfg, args) -> list[tuple[str, int, Any, list[float]]]:
     """Steady state: ``--long-batches`` per run, the pacer on and off, in rounds."""
     cases = [("adaptive", 0, {})]
     cases += [(name, w, {"adaptive": flag}) for w in args.workers if w
               for name, flag in (("adaptive", True), ("adaptive=False", False))]
     shares: list[list[float]] = [[] for _ in cases]
-
-    def make(i: int, w: int, kw: dict) -> Callable[[], Iterator[Any]]:
-        def run() -> Iterator[Any]:
-            try:
-                yield from mixbatch_iter(cfg, w, args.long_batches, **kw)
-            finally:  # the timed loop stops at its last batch
-                share = inline_share()
-                if share is not None:
-                    shares[i].append(share)
-        return run
-
-    timings = throughput_rounds([make(i, w, kw) for i, (_n, w, kw) in enumerate(cases)],
-                                args.long_batches, args.repeat)
+    makes = [tracked(lambda w=w, kw=kw: mixbatch_iter(cfg, w, args.long_batches, **kw), shares[i])
+             for i, (_n, w, kw) in enumerate(cases)]
+    timings = throughput_rounds(makes, args.long_batches, args.repeat)
     return [(name, w, t, shares[i]) for i, ((name, w, _kw), t) in enumerate(zip(cases, timings,
                                                                                strict=True))]
 
@@ -436,10 +438,13 @@ def bench_mixbatch(cfg, args, workdir: Path) -> dict[str, Any]:
         res["throughput"].append(("mixbatch", name, workers, "tokens, exact prefix", t))
     # 5 ms of CPU per batch in the workers (on-the-fly work): do workers add speed?
     log(f"mixbatch: transform=5 ms of CPU, workers {args.workers}")
-    burns = throughput_rounds([lambda w=w: mixbatch_iter(cfg, w, args.burn_batches,
-                                                         transform=burn_5ms)
-                               for w in args.workers], args.burn_batches, args.repeat)
+    burn_shares: list[list[float]] = [[] for _ in args.workers]
+    burns = throughput_rounds([tracked(lambda w=w: mixbatch_iter(cfg, w, args.burn_batches,
+                                                                 transform=burn_5ms), sh)
+                               for w, sh in zip(args.workers, burn_shares, strict=True)],
+                              args.burn_batches, args.repeat)
     res["burn"] = list(zip(args.workers, burns, strict=True))
+    res["burn_shares"] = burn_shares
     if args.long_batches:
         log(f"mixbatch: workers' steady state, {args.long_batches} batches per run")
         res["long"] = long_runs(cfg, args)
@@ -1011,15 +1016,20 @@ def report(args, info, ceiling, mb, lit, hf, stm) -> str:
     if mb.get("burn"):
         b0 = next(t.best for w, t in mb["burn"] if w == 0)
         r0 = (b0["n"] - 1) / b0["rest"]
+        shares = mb.get("burn_shares") or [[] for _ in mb["burn"]]
         brows = [[str(w), f"{(t.best['n'] - 1) / t.best['rest']:.1f}",
                   f"{(t.best['n'] - 1) / t.best['rest'] / r0:.2f}x",
+                  "-" if not sh else " / ".join(f"{x:.2f}" for x in sh),
                   ", ".join(fmt_s(r["rest"]) for r in t.runs) + (" *" if t.noisy() else "")]
-                 for w, t in mb["burn"]]
+                 for (w, t), sh in zip(mb["burn"], shares, strict=True)]
         out += ["", "## Workers with 5 ms of CPU work per batch (`transform=`, run in the workers)",
-                "", table(["workers", "batches/s", "vs 0 workers", "runs"], brows, align="lrrl"),
-                "", "Target (issue): 2 workers >= 1.7x 0 workers on the 2-core box. Here the "
-                "workers' compute per batch is above the pacer's threshold (1 ms): after the first "
-                "task's second batch every task goes to the workers."]
+                "", table(["workers", "batches/s", "vs 0 workers",
+                           "tasks read by the main process (per run)", "runs"], brows,
+                          align="lrrll"),
+                "", "Target (issue): 2 workers >= 1.7x 0 workers on the 2-core box. The work per "
+                "batch is above the pacer's threshold (1 ms): after a few batches every task goes "
+                "to the workers, unless the main process waited for a CPU over those batches "
+                "(every core busy: it keeps reading, and checks again once per task)."]
     if mb.get("long"):
         z = next(t.best for name, w, t, _s in mb["long"] if w == 0)
         z_wall = z["rest"] / (z["n"] - 1) * 1e6

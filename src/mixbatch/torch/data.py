@@ -281,7 +281,6 @@ class MixbatchDataLoader:
         self._state = copy.deepcopy(state)
         self._loader: MixedLoader | None = None
         self._last: tuple | None = None
-        self.worker_pids: list[int] = []
         self._readers: StepReaders | None = None  # the workers of the running iteration
         self._mixer = _mixer(cfg)
 
@@ -292,6 +291,12 @@ class MixbatchDataLoader:
 
     def __bool__(self) -> bool:  # truthiness never asks for a length that may be unknown
         return True
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The running iteration's worker processes (none yet while the main process reads
+        every task itself: ``adaptive`` starts them when it first sends them a task)."""
+        return [] if self._readers is None else self._readers.pids()
 
     def _pinned(self, t: dict[str, Any]) -> dict[str, Any]:
         if self.pin_memory and torch.cuda.is_available():
@@ -356,7 +361,6 @@ class MixbatchDataLoader:
                               fields=fields, adaptive=self.adaptive,
                               here=lambda steps: (loader.compact_of(s) for s in steps))
         self._readers = readers
-        self.worker_pids = readers.pids()
         try:
             for batch, snap in readers.map(_tasks(loader, self._steps(loader), per_task)):
                 self._last = snap

@@ -24,8 +24,9 @@ main process copies out of the slot. Results come back in step order.
 the main process reads itself, and on busy CPUs workers then make the loader slower. The main
 process therefore reads tasks itself (:func:`compute`, lazily: each batch's fields as it hands
 the batch out) while :class:`~mixbatch.torch.pacing.Pacer` measures that faster, and hands them
-to the workers while they are (much work per batch, a free core); ``adaptive=False`` sends
-every task to the workers.
+to the workers while they are (much work per batch, a free core); the workers are started
+when the first task is sent to them (forked then, from the process as it is at that point).
+``adaptive=False`` starts them at once and sends them every task.
 
 Failure: an exception in a worker comes back as a :class:`~mixbatch.errors.MixbatchError` naming
 the worker and the step; a worker that dies (killed, out of memory) is noticed within
@@ -294,13 +295,25 @@ class StepReaders:
         self.busy: set[int] = set()  # slots of tasks in flight
         self.piped = 0  # tasks sent without a slot (every slot busy or held)
         self.fields = fields
+        self._spawn = (ctx, fork, dtype)
+        self.started = False
+        if not adaptive:
+            self.start()
+
+    def start(self) -> None:
+        """Start the worker processes (with pacing: when the first task is sent to them; idle
+        workers made the main process wait longer for a CPU on a busy box)."""
+        if self.started:
+            return
+        self.started = True
+        ctx, fork, dtype = self._spawn
         try:
-            for _ in range(n):
+            for _ in range(self.n):
                 parent, child = ctx.Pipe(duplex=True)
                 others = [*self.conns, parent] if fork else None
                 p = ctx.Process(target=_worker_main,
-                                args=(child, reader, transform, self.ring, dtype, fields,
-                                      os.getpid(), others), daemon=True)
+                                args=(child, self.reader, self.transform, self.ring, dtype,
+                                      self.fields, os.getpid(), others), daemon=True)
                 p.start()
                 child.close()
                 self.conns.append(parent)
@@ -370,6 +383,7 @@ class StepReaders:
     def _send(self, e: _Entry, pending: deque[_Entry], depth: int) -> None:
         """Send a task to the next worker; it counts for the pacer when the pipeline ahead of
         it was full of worker tasks."""
+        self.start()
         ahead = len(pending) - 1
         e.counts = ahead == depth - 1 and all(x.worker >= 0 for x in pending if x is not e)
         w = self.sent % self.n

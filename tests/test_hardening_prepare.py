@@ -58,10 +58,14 @@ def test_second_prepare_is_refused_naming_the_first(tmp_path: Path, capsys) -> N
 
 def test_two_prepare_processes_race_one_wins(tmp_path: Path) -> None:
     cfg_path = _config(tmp_path, docs=4000)
-    slow = ("import sys, time; import mixbatch.prepare as p; from mixbatch.config import "
-            "load_config\nrun = p._run_unit\np._run_unit = lambda job: (time.sleep(2), "
-            "run(job))[1]\np.prepare(load_config(sys.argv[1]), workers=1)")
-    first = subprocess.Popen([sys.executable, "-c", slow, str(cfg_path)], env=ENV,
+    release = tmp_path / "release"  # the first holds the lock until the second has tried
+    slow = ("import sys, time, pathlib; import mixbatch.prepare as p; from mixbatch.config "
+            "import load_config\nrun = p._run_unit\ngo = pathlib.Path(sys.argv[2])\n"
+            "def held(job):\n    end = time.monotonic() + 120\n"
+            "    while not go.exists() and time.monotonic() < end: time.sleep(0.02)\n"
+            "    return run(job)\np._run_unit = held\n"
+            "p.prepare(load_config(sys.argv[1]), workers=1)")
+    first = subprocess.Popen([sys.executable, "-c", slow, str(cfg_path), str(release)], env=ENV,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     args = [sys.executable, "-m", "mixbatch", "prepare", str(cfg_path), "--no-progress"]
     lock = tmp_path / "store" / ".mixbatch.lock"
@@ -71,6 +75,7 @@ def test_two_prepare_processes_race_one_wins(tmp_path: Path) -> None:
             break
         time.sleep(0.01)
     second = subprocess.run(args, env=ENV, capture_output=True, text=True)
+    release.touch()
     err = first.communicate(timeout=120)[1]
     assert first.returncode == 0, err
     assert second.returncode == 1 and f"process {first.pid}" in second.stderr, second.stderr

@@ -229,6 +229,27 @@ def test_verification_happens_once_per_block(store: Path) -> None:
     assert copy.done
 
 
+def test_a_store_opened_again_in_the_process_is_not_hashed_again(store: Path) -> None:
+    first = open_store(store)
+    first.gather(np.arange(len(first)))
+    assert first.verifier is not None and first.verifier.done
+    again = open_store(store)  # a new loader on the same unchanged file
+    assert again.verifier is not None and again.verifier.done
+    again.gather(np.arange(len(again)))
+    assert again.verifier.hashed == 0
+    # a changed file (same size, mtime restored: ctime still moves) is verified afresh
+    st = (store / "tokens.bin").stat()
+    with open(store / "tokens.bin", "r+b") as f:
+        f.seek(4000)
+        byte = f.read(1)
+        f.seek(4000)
+        f.write(bytes([byte[0] ^ 1]))
+    os.utime(store / "tokens.bin", ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(StoreError, match=r"do(es)? not match"):  # at open or read
+        changed = open_store(store)
+        changed.gather(np.arange(len(changed)))
+
+
 def test_same_size_edit_with_mtime_restored_is_rebuilt(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", ["alpha", "beta"])
     cfg = load_config(write_config(tmp_path / "c.yaml", {"store": "store",

@@ -69,11 +69,35 @@ def block_digests(path: Path, name: str, block_bytes: int = BLOCK_BYTES) -> np.n
     return np.array(out, dtype=np.uint64)
 
 
+#: blocks verified by this process, per file: (path, device, inode, size, mtime, ctime, ...) ->
+#: the verified mask that every verifier of that very file shares (a new loader, or a store
+#: opened again, does not hash a block twice; a changed file has another key)
+_VERIFIED: dict[tuple, np.ndarray] = {}
+_VERIFIED_LOCK = threading.Lock()
+
+
+def _verified_mask(path: Path, digests: np.ndarray, vocab_size: int, n: int) -> np.ndarray:
+    try:
+        st = path.stat()
+    except OSError:
+        return np.zeros(n, dtype=bool)
+    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+           vocab_size,
+           hashlib.blake2b(digests.tobytes(), digest_size=16).digest())
+    with _VERIFIED_LOCK:
+        mask = _VERIFIED.get(key)
+        if mask is None or len(mask) != n:
+            mask = _VERIFIED[key] = np.zeros(n, dtype=bool)
+        return mask
+
+
 class BlockVerifier:
     """Verifies the blocks of one token file as they are first read.
 
     ``tokens`` is the token array over the file (starting ``header`` bytes in), ``raw`` the whole
-    file as bytes; ``digests`` the expected uint64 per block.
+    file as bytes; ``digests`` the expected uint64 per block. Verifiers of the same unchanged
+    file in one process share what is verified (:data:`_VERIFIED`): each block is hashed once
+    per process, not once per opened store.
     """
 
     def __init__(self, path: Path, raw: np.ndarray, tokens: np.ndarray, header: int,
@@ -95,9 +119,9 @@ class BlockVerifier:
         if len(digests) != n:
             raise StoreError(f"{path}: {len(digests)} block checksums for {n} blocks of "
                              f"{block_bytes} bytes; {_REBUILD}")
-        self.ok = np.zeros(n, dtype=bool)
-        self.left = n  # blocks not verified yet
-        self.done = n == 0
+        self.ok = _verified_mask(Path(path), digests, vocab_size, n)
+        self.left = int(n - np.count_nonzero(self.ok))  # blocks not verified yet (by any)
+        self.done = self.left == 0
         self.hashed = 0  # blocks hashed by this process
         self._lock = threading.Lock()
 
@@ -165,7 +189,7 @@ class BlockVerifier:
                                  f"corrupt); {_REBUILD}")
         self.ok[b] = True
         self.left -= 1
-        self.done = self.left == 0
+        self.done = self.left <= 0 or bool(self.ok.all())
 
     def verify_all(self) -> None:
         """Verify every block not verified yet."""

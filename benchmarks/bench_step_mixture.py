@@ -84,7 +84,8 @@ def run_mode(name: str, sources: dict, work: Path, steps: int, seq_len: int,
     cfg = config_from_dict({
         "seed": seed, "tokenizer": "byte", "store": str(work / "store"), "sources": picked,
         "mixture": {"unit": unit, "weights": WEIGHTS},
-        "batch": {"seq_len": seq_len, "batch_size": 8, **MODES[name]}}, base_dir=work)
+        "batch": {"seq_len": seq_len, **({} if "token_budget" in MODES[name] else
+                                         {"batch_size": 8}), **MODES[name]}}, base_dir=work)
     prepare(cfg, workers=1)
     loader = MixedLoader(cfg)
     worst, n, secs, biggest = step_deviation(loader, steps)

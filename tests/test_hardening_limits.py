@@ -58,14 +58,6 @@ def test_default_settings_fit_and_estimate_is_exact(monkeypatch) -> None:
         assert step_memory(cfg.batch).step_positions == cfg.batch.step_positions
 
 
-def test_constants_match_the_loader_and_shapers() -> None:
-    from mixbatch.limits import BLOCK_STEPS, WINDOW_BUDGETS
-    from mixbatch.loader.loader import BLOCK_STEPS as loader_block
-    from mixbatch.shape.window import WINDOW_BUDGETS as window_budgets  # re-exported
-
-    assert (loader_block, window_budgets) == (BLOCK_STEPS, WINDOW_BUDGETS)
-
-
 def test_limit_from_environment_and_from_config(monkeypatch) -> None:
     cfg = _cfg(seq_len=4096, batch_size=64)  # 12 MiB a step, 192 MiB planned together
     monkeypatch.setenv(ENV, "64MiB")

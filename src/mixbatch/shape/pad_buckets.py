@@ -85,11 +85,12 @@ from typing import Any
 import numpy as np
 
 from mixbatch.errors import ConfigError, DataError, MixbatchInternalError
+from mixbatch.limits import WINDOW_BUDGETS
 from mixbatch.plan.interleave import Interleaver
 from mixbatch.plan.permutation import derive_key, keyed_order
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.follow import by_samples, follow_order
-from mixbatch.shape.window import WINDOW_BUDGETS, WindowReplay
+from mixbatch.shape.window import WindowReplay
 
 __all__ = ["PadBucketShaper", "equal_token_edges"]
 

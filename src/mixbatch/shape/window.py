@@ -22,7 +22,6 @@ import numpy as np
 
 from mixbatch.atomic import json_digest
 from mixbatch.errors import StateError
-from mixbatch.limits import WINDOW_BUDGETS as WINDOW_BUDGETS  # re-exported until pad_buckets reads limits
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 
 #: ``(steps, truncated tokens)``, or ``(steps, truncated tokens, skipped documents)``

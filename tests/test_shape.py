@@ -21,7 +21,10 @@ def test_concat_feeds_every_token_once_in_order(items, seq_len, rows) -> None:
     shaper = ConcatShaper(seq_len)
     spans = []
     stream = []
+    plans = []
     while (plan := shaper.plan_step(feed, rows)) is not None:
+        plans.append(plan)
+    for i, plan in enumerate(plans):
         batch = materialize(plan, stores, eod_id=0, pad_id=-1)
         ids = batch["input_ids"]
         assert ids.shape == (rows, seq_len)
@@ -40,28 +43,39 @@ def test_concat_feeds_every_token_once_in_order(items, seq_len, rows) -> None:
         for k in range(len(plan.row)):
             spans.append((int(plan.source[k]), int(plan.doc[k]), int(plan.start[k]),
                           int(plan.end[k]), bool(plan.eod[k])))
-        stream.append(ids[ids != -1])
-        # only a final step may be padded
-        if plan.pad.sum():
-            assert shaper.plan_step(feed, rows) is None
-            break
-    # the token stream is exactly documents + end tokens, in order
+            r, c, w = int(plan.row[k]), int(plan.col[k]), int(plan.end[k] - plan.start[k])
+            real = ids[r, c:c + w].tolist()
+            prev = _prev_end(spans)
+            if prev is not None and spans[-1][2] < prev:  # the last token again, before an
+                assert c == 0 and w == 1 and plan.eod[k]  # end token that opens a row
+                real = real[1:]
+            stream.append(np.array(real + ([0] if plan.eod[k] else []), dtype=ids.dtype))
+        # padding: at the stream's end, or a row's last position that no segment may start in
+        assert i == len(plans) - 1 or np.all(plan.pad <= 1), plan.pad
+    # the token stream is exactly documents + end tokens, in order (repeats taken out)
     expected = []
     for s, n in items:
         expected.append(np.arange(n) + 1 + 1000 * s)
         expected.append(np.array([0]))
     assert np.array_equal(np.concatenate(stream), np.concatenate(expected))
-    # spans of each document tile [0, len) exactly once and end with one end token
+    # spans of each document tile [0, len) and end with one end token; the only overlap is
+    # the repeat of the last token before a row-opening end token
     by_doc: dict[tuple[int, int], list[tuple[int, int, bool]]] = {}
     for s, d, a, b, e in spans:
         by_doc.setdefault((s, d), []).append((a, b, e))
     for (s, d), pieces in by_doc.items():
         n = per_source[s][d]
         pos = 0
-        for a, b, _ in pieces:
-            assert a == pos or (a == n and pos == n)
+        for a, b, e in pieces:
+            assert a == pos or (e and a == pos - 1 == b - 1 == n - 1)
             pos = b
         assert pos == n and sum(e for *_, e in pieces) == 1
+
+
+def _prev_end(spans: list[tuple]) -> int | None:
+    """Where the previous segment of the last span's document ended (None: its first)."""
+    s, d = spans[-1][:2]
+    return next((b for s2, d2, _a, b, _e in reversed(spans[:-1]) if (s2, d2) == (s, d)), None)
 
 
 def test_concat_exact_small_example() -> None:
@@ -74,11 +88,13 @@ def test_concat_exact_small_example() -> None:
     # only its end token is left: source, doc, length, placed, span end, end token follows
     assert shaper.state_dict() == {"carry": [1, 0, 2, 2, 2, 1]}
     p2 = shaper.plan_step(feed, 2)
-    # row 0: the carried end token, then doc (0, 1); its end token opens row 1
+    # row 0: the carried end token after doc (1, 0)'s last token again (an end token never
+    # opens a row alone: it would never be trained), then doc (0, 1): 2 of its 3 tokens;
+    # row 1: its last token and its end token
     assert p2.row.tolist() == [0, 0, 1]
     assert list(zip(p2.start.tolist(), p2.end.tolist(), p2.eod.tolist(), strict=True)) == [
-        (2, 2, True), (0, 3, False), (3, 3, True)]
-    assert p2.pad.tolist() == [0, 3]
+        (1, 2, True), (0, 2, False), (2, 3, True)]
+    assert p2.pad.tolist() == [0, 2]
 
 
 def test_pad_truncates_and_counts() -> None:

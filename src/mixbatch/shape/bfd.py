@@ -7,9 +7,12 @@ Implements the packing of Ding et al. 2024, "Fewer Truncations Improve Language 
    document of ``n`` tokens takes ``n + 1`` positions (its tokens and one end-of-document token).
 2. Every document (or planned piece, :func:`cut_spans`) is cut into pieces of at most
    ``seq_len`` positions, and these are the only cuts: ``ceil((n + 1) / seq_len)`` pieces,
-   all of ``seq_len`` positions but the last, which holds the end token (it may hold the end
-   token only). A document shorter than ``seq_len`` is
-   never cut.
+   all of ``seq_len`` positions but the last, which holds the end token. A document shorter
+   than ``seq_len`` is never cut. When the tokens fill the other pieces exactly (``n`` a
+   multiple of ``seq_len``), the last piece is not the end token alone, which would be fed and
+   never trained (a segment's first position is no target): it repeats the document's last
+   token before it, tokens ``[n - 1, n)`` and the end token, so the end token is predicted from
+   the token before it (the repeated token's label is ignored; its first piece trained it).
 3. Pieces are packed into rows of ``seq_len`` positions by best-fit decreasing: widest piece
    first (ties in stream order); each goes into the open row with the smallest remaining space
    that still fits it (among rows with equal space, the last to reach it), else into a new
@@ -84,7 +87,8 @@ def cut_spans(start: np.ndarray, end: np.ndarray, eod: np.ndarray,
               seq_len: int) -> tuple[np.ndarray, ...]:
     """Cut spans (tokens ``[start, end)`` of a document, then its end token when ``eod``) into
     pieces of <= ``seq_len`` positions, as :func:`cut_pieces` cuts whole documents; a piece
-    the feed planned (at most ``seq_len`` tokens) is cut at most once, before its end token.
+    the feed planned (at most ``seq_len`` tokens) is cut at most once, before its last token
+    (which the end token's piece repeats; module docstring, 2.).
 
     Returns per piece, in stream order: ``(span index, start, end, eod)``."""
     start = np.asarray(start, dtype=np.int64)
@@ -96,6 +100,7 @@ def cut_spans(start: np.ndarray, end: np.ndarray, eod: np.ndarray,
     a = start[k] + j * seq_len
     b = np.minimum(a + seq_len, end[k])
     last = eod[k] & (j == n_pieces[k] - 1)
+    a -= (a == b) & last & (j > 0)  # no lone end token: the last token comes with it (doc 2.)
     return k, a, b, last
 
 
@@ -231,7 +236,10 @@ class _Window:
         n_src = int(docs.source.max()) + 1
         src_of = docs.source.astype(np.int64)[k[order]]  # per piece, in packing order
         # by tokens a row counts its tokens; by samples (``samples``) the documents it starts
-        unit = (start == docs.span_start[k]).astype(np.float64) if samples else end - start
+        repeat = np.zeros(len(k), dtype=bool)  # the end token's piece repeats a token
+        repeat[1:] = (k[1:] == k[:-1]) & (start[1:] < end[:-1])
+        unit = ((start == docs.span_start[k]).astype(np.float64) if samples
+                else end - start - repeat)
         comp = np.bincount(bins * n_src + src_of, weights=unit[order],
                            minlength=n_rows * n_src).reshape(n_rows, n_src)
         tie = np.empty(n_rows, dtype=np.int64)
@@ -277,9 +285,9 @@ class BFDShaper:
     name = "bfd"
 
     def __init__(self, seq_len: int, pack_window: int) -> None:
-        for field, value in (("seq_len", seq_len), ("pack_window", pack_window)):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ConfigError(f"batch.{field}: must be an integer >= 1, got {value!r}")
+        for field, value, lo in (("seq_len", seq_len, 2), ("pack_window", pack_window, 1)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < lo:
+                raise ConfigError(f"batch.{field}: must be an integer >= {lo}, got {value!r}")
         self.seq_len = int(seq_len)
         self.pack_window = int(pack_window)
         self._anchor = WindowAnchor({"seq_len": self.seq_len, "pack_window": self.pack_window})

@@ -2,32 +2,53 @@
 into rows of ``seq_len``.
 
 The feed delivers documents, or in token mode *pieces* of them (at most ``seq_len`` tokens
-each, a document's pieces in order; :class:`mixbatch.loader.feed.MixedFeed`). Entry ``k`` of
-the step takes the positions ``[P_k, P_k + w_k)`` of the step's token line, ``w_k`` its tokens
-plus one when its document's end token follows it (``P`` is the running sum of ``w``); a row
-boundary every ``seq_len`` positions cuts it into segments. Consecutive pieces of one document
-are laid out as one span (one segment per row it overlaps), so a document whose pieces the
-planner chose back to back reads exactly as a whole document; when other sources' pieces come
-between two pieces of a document, the document continues, in order, after them (a new segment:
-its first label is ignored and its position ids restart, as at any segment start).
+each, a document's pieces in order; :class:`mixbatch.loader.feed.MixedFeed`). Entries are laid
+out in stream order on the step's rows, each taking its tokens plus one position when its
+document's end token follows it; a row boundary cuts an entry into segments (one per row it
+overlaps). Consecutive pieces of one document are laid out as one span, so a document whose
+pieces the planner chose back to back reads exactly as a whole document; when other sources'
+pieces come between two pieces of a document, the document continues, in order, after them (a
+new segment: its first label is ignored and its position ids restart, as at any segment start).
+
+**The end token is always trained.** A segment's first position is never a target (labels are
+-100 there, and a model shifts labels inside its row), so an end token alone at the start of a
+row would be fed and never trained. Two rules keep it with its document:
+
+- when a row boundary falls right before a document's end token (its tokens fill the row
+  exactly), the next row repeats the document's last token before the end token: the segment
+  is ``[n - 1, n)`` with ``eod`` (two positions), so the end token is predicted from the token
+  before it. The repeated token is the segment's first (its label ignored; the previous row
+  already trained it), and it counts as fed twice;
+- an entry never starts in a row's last position unless it fits there whole (a document that
+  is only its end token): a segment's first position is no target and a row's last position
+  predicts nothing, so a segment there would train nothing. The position is padding and the
+  entry starts the next row.
+
+So every document's end token is a target exactly once, and every segment but an empty
+document's trains at least one target. (The first token of the part of a document continued
+in the next row is still no target: that is what cutting rows costs; each row boundary inside
+a document costs one.)
 
 The token line follows the planned stream, so at every step boundary the tokens fed per source
 are the planner's: within one piece (``seq_len`` tokens) of the target, plus the few end tokens
-of the step (positions that hold no source's token).
+of the step (positions that hold no source's token) and the rare repeated last tokens.
 
 The part of the last entry that does not fit is carried into the next step (``carry`` in the
-state: source, document, length, how many of its positions are placed, the end of its span and
-whether its end token follows), so no token is lost or repeated. Only the final step of a finite
-stream is padded.
+state: source, document, length, the next token to place, the end of its span and whether its
+end token follows), so no token is lost; a carry that holds only the end token starts the next
+step with the repeated last token. Besides the final step of a finite stream, a row is padded
+only by the second rule above (its last position).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
+from numba import njit
 
-from mixbatch.errors import StateError
+from mixbatch.errors import ConfigError, StateError
 from mixbatch.plan.state_checks import count, shown
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 
@@ -35,27 +56,84 @@ from mixbatch.shape.base import DocFeed, Docs, StepPlan
 def merge_continuing(docs: Docs) -> Docs:
     """Join consecutive entries that continue one another (same source and document, the next
     span starting where the previous one ended, no end token between) into one span."""
+    return _merge(docs)[0]
+
+
+def _merge(docs: Docs) -> tuple[Docs, np.ndarray]:
+    """:func:`merge_continuing`, and for each joined entry the index of its last entry in
+    ``docs``."""
     if len(docs) <= 1 or not docs.pieces:
-        return docs
+        return docs, np.arange(len(docs))
     start, end, eod = docs.span_start, docs.span_end, docs.span_eod
     cont = np.zeros(len(docs), dtype=bool)
     cont[1:] = ((docs.source[1:] == docs.source[:-1]) & (docs.doc[1:] == docs.doc[:-1])
                 & (start[1:] == end[:-1]) & ~eod[:-1])
     if not cont.any():
-        return docs
+        return docs, np.arange(len(docs))
     first = np.flatnonzero(~cont)
     last = np.append(first[1:] - 1, len(docs) - 1)
     return Docs(docs.source[first], docs.doc[first], docs.length[first],
                 None if docs.second is None else docs.second[first],
-                start[first], end[last], eod[last])
+                start[first], end[last], eod[last]), last
+
+
+@njit(cache=True, nogil=True)
+def _lay_out(off: np.ndarray, stop: np.ndarray, closes: np.ndarray, L: int, cap: int,
+             row: np.ndarray, col: np.ndarray, ent: np.ndarray, a_out: np.ndarray,
+             b_out: np.ndarray, eod_out: np.ndarray, used: np.ndarray) -> tuple[int, int, int, int]:
+    """Lay entries (tokens ``[off, stop)``, then the end token when ``closes``) out in order on
+    ``cap // L`` rows of ``L`` positions, with the two rules of the module docstring.
+
+    Writes the segments into ``row`` .. ``eod_out`` (room for ``len(off) + 2 * cap // L``) and
+    the positions each row uses into ``used``. Returns ``(segments, positions consumed, entry
+    carried or -1, its next token)``: the first entry that did not fit, if any, stops the
+    layout; fewer than ``cap`` positions consumed and no carry means the entries ran out."""
+    pos = 0
+    n = 0
+    for k in range(off.size):
+        a = off[k]
+        t_end = stop[k]
+        e = 1 if closes[k] else 0
+        while True:
+            t = t_end - a
+            if t == 0 and not e:
+                break  # the entry is placed (or held nothing)
+            if pos >= cap:
+                return n, pos, k, a
+            r = pos // L
+            c = pos - r * L
+            room = L - c
+            if t == 0 and a > 0 and room >= 2:  # only the end token is left: repeat the last
+                row[n], col[n], ent[n], a_out[n], b_out[n], eod_out[n] = r, c, k, a - 1, a, True
+                n += 1  # token before it (a row's start: the previous row ended with it)
+                used[r] += 2
+                pos += 2
+                break
+            if room == 1 and t + e > 1 and a == off[k]:  # an entry would start a segment in the
+                pos += 1  # row's last position, which trains nothing: pad it, start the next row
+                continue
+            w = min(t + e, room)
+            tok = min(t, w)
+            row[n], col[n], ent[n], a_out[n], b_out[n] = r, c, k, a, a + tok
+            eod_out[n] = w > t
+            n += 1
+            used[r] += w
+            pos += w
+            a += tok
+            if w > t:
+                break  # the end token is placed
+    return n, pos, -1, 0
 
 
 class ConcatShaper:
     name = "concat"
 
     def __init__(self, seq_len: int) -> None:
-        self.seq_len = seq_len
-        # source, doc, length, offset placed, span end, end token follows
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int | np.integer) or seq_len < 2:
+            raise ConfigError(f"batch.seq_len: concat packing needs rows of at least 2 "
+                              f"positions (a token and the one it predicts), got {seq_len!r}")
+        self.seq_len = int(seq_len)
+        # source, doc, length, next token to place, span end, end token follows
         self.carry: tuple[int, int, int, int, int, int] | None = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -91,38 +169,49 @@ class ConcatShaper:
             need = cap - (e - off + eod)
         else:
             head, need = Docs.empty(), cap
-        docs = Docs.concat([head, feed.take_covering(need, 1)]) if need > 0 else head
-        if len(docs) == 0:
-            return None
-        docs = merge_continuing(docs)
-        off, stop, closes = docs.span_start, docs.span_end, docs.span_eod
-        width = stop - off + closes
-        start_pos = np.concatenate([[0], np.cumsum(width)[:-1]])
-        end_pos = np.minimum(start_pos + width, cap)
-        # segments: one per (entry, row) it overlaps
-        r0 = start_pos // L
-        r1 = (end_pos - 1) // L
-        n_pieces = r1 - r0 + 1
-        k = np.repeat(np.arange(len(docs)), n_pieces)
-        j = np.arange(len(k)) - np.repeat(np.cumsum(n_pieces) - n_pieces, n_pieces)
-        row = r0[k] + j
-        g0 = np.maximum(start_pos[k], row * L)
-        g1 = np.minimum(end_pos[k], (row + 1) * L)
-        a = off[k] + (g0 - start_pos[k])  # doc coordinates; position `stop` is the end token
-        b = off[k] + (g1 - start_pos[k])
-        span_end = stop[k]
-        eod = closes[k] & (a <= span_end) & (span_end < b)
-        filled = int(end_pos[-1])
-        # the last entry may not fit: carry the rest into the next step
-        last_end = start_pos[-1] + width[-1]
+        # The entries' widths cover the step, but the two rules may take a few positions more
+        # (then more entries are taken) and leave entries pulled past the first one that does
+        # not fit (then the feed is rewound and exactly the entries placed are taken again).
+        mark = copy.deepcopy(feed.state_dict()) if need > 0 else None
+        raw = Docs.concat([head, feed.take_covering(need, 1)]) if need > 0 else head
+        while True:
+            if len(raw) == 0:
+                return None
+            docs, last = _merge(raw)
+            out = self._lay_out(docs, rows)
+            segs, pos, carried = out[0], out[1], out[2]
+            if carried >= 0:
+                keep = int(last[carried]) + 1
+                if keep < len(raw):  # entries pulled past the carried one: pull them later
+                    assert mark is not None
+                    feed.load_state_dict(copy.deepcopy(mark))
+                    raw = Docs.concat([head, feed.take(keep - len(head))])
+                    docs = _merge(raw)[0]
+                break
+            if pos >= cap:
+                break
+            more = feed.take_covering(cap - pos, 1)
+            if len(more) == 0:
+                break  # the stream ended inside this step
+            raw = Docs.concat([raw, more])
+        row, col, k, a, b, eod, used = segs
         self.carry = None
-        if last_end > cap:
-            placed = off[-1] + (cap - start_pos[-1])
-            self.carry = (int(docs.source[-1]), int(docs.doc[-1]), int(docs.length[-1]),
-                          int(placed), int(stop[-1]), int(closes[-1]))
-        pad = np.zeros(rows, np.int64)
-        if filled < cap:  # the stream ended inside this step
-            used = np.bincount(row, weights=(g1 - g0), minlength=rows).astype(np.int64)
-            pad = L - used
-        return StepPlan(rows, L, row.astype(np.int32), g0 - row * L, docs.source[k],
-                        docs.doc[k], a, np.minimum(b, span_end), eod, pad)
+        if carried >= 0:
+            self.carry = (int(docs.source[carried]), int(docs.doc[carried]),
+                          int(docs.length[carried]), int(out[3]), int(docs.span_end[carried]),
+                          int(docs.span_eod[carried]))
+        return StepPlan(rows, L, row, col, docs.source[k], docs.doc[k], a, b, eod, L - used)
+
+    def _lay_out(self, docs: Docs, rows: int) -> tuple:
+        """The segments of ``docs`` on ``rows`` rows (:func:`_lay_out`), in StepPlan's dtypes."""
+        L = self.seq_len
+        room = len(docs) + 2 * rows
+        row = np.empty(room, np.int32)
+        col, ent, a, b = (np.empty(room, np.int64) for _ in range(4))
+        eod = np.empty(room, np.bool_)
+        used = np.zeros(rows, np.int64)
+        n, pos, carried, nxt = _lay_out(docs.span_start.astype(np.int64, copy=False),
+                                        docs.span_end.astype(np.int64, copy=False),
+                                        docs.span_eod, L, rows * L, row, col, ent, a, b, eod,
+                                        used)
+        return (row[:n], col[:n], ent[:n], a[:n], b[:n], eod[:n], used), pos, carried, nxt

@@ -6,14 +6,25 @@
 With ``objectives:`` a row also has ``"objective": name`` (the denoiser it was turned into).
 ``row`` is the row's index in the rank's micro-batch, ``doc`` the document's index in its source
 store and ``[start, end)`` the span of its tokens placed in the row. ``eod[k]`` is 1 where
-segment ``k`` ends its document: the row holds the end-of-document token right after the span
-(a segment that holds only that token has ``start == end`` and ``eod`` 1). So every row's width
-is exact: ``Σ (end - start) + Σ eod + pad`` is the row's length (``seq_len``, or the bucket's
-width). Logs of format 1 (before ``eod``) lack the key; their readers treat it as unknown.
-Everything a report or a check needs can be rebuilt from this file offline.
+segment ``k`` ends its document: the row holds the end-of-document token right after the span.
+So every row's width is exact: ``Σ (end - start) + Σ eod + pad`` is the row's length
+(``seq_len``, or the bucket's width). Logs of format 1 (before ``eod``) lack the key; their
+readers treat it as unknown. Everything a report or a check needs can be rebuilt from this file
+offline.
 
-Two more kinds of line, written by ``mixbatch stream --emit`` and skipped by
-:func:`read_audit_log` (which yields row records only; :func:`iter_log` yields all three):
+Segments and training targets: a segment's first position is never a target (its label is
+ignored; nothing before it in the row is of its document). So an end token never opens a
+segment alone (concat, bfd): where a row boundary falls right before a document's end token,
+the next segment is ``[n - 1, n)`` with ``eod`` 1, the document's last token again (it was the
+previous segment's last; here it is only the end token's context) and the end token. That
+token is counted in both segments (it is fed twice, trained once). A segment with
+``start == end`` and ``eod`` 1 is an empty document. In concat a row's last position never
+starts a segment (it would train nothing), so such a row ends in one position of padding.
+
+Three more kinds of line, skipped by :func:`read_audit_log` (which yields row records only;
+:func:`iter_log` yields all four). The header and step records are written by ``mixbatch
+stream --emit``; replay records by a training run that replays hard batches
+(:class:`mixbatch.training.replay_log.AuditHooks`):
 
 - a header, the file's first line: ``{"audit_log": 2, "sources": [...], "documents": [...],
   "store_documents": [...], "identity": ..., "unit": ..., "packing": ..., "seq_len": ...,
@@ -24,7 +35,13 @@ Two more kinds of line, written by ``mixbatch stream --emit`` and skipped by
 - one step record per step and rank after its rows: ``{"step", "rank", "weights": [...],
   "truncated", "seq_len", "global_rows", "global_tokens", "global_pad", "cost", "global_cost"}``
   (the target weights the planner used, the global step's totals, and this rank's compute cost
-  against the whole step's, cost(s) = s + s²/(6·d_model) per piece).
+  against the whole step's, cost(s) = s + s²/(6·d_model) per piece);
+- one replay record per rank where a training step trained a kept batch again
+  (:mod:`mixbatch.training.replay`): ``{"step": s, "rank": r, "replay_of": j,
+  "train_step": k}``: training step ``k`` retrained the rows logged under step ``j``; no rows
+  are written for it. ``step`` is the stream's step that comes next (the replay sits between
+  the rows of steps ``s - 1`` and ``s``); :func:`mixbatch.audit.trace.read_trace` counts the
+  mixture with and without replays from these.
 
 Next to it, ``<name>.summary.json`` (:func:`summary_path`) holds the run's summary as the
 ``stream`` command reports it: the mixture per source, padding, truncation, pieces per document,
@@ -152,6 +169,15 @@ class AuditWriter:
         each row's objective too, under ``objectives:``)."""
         self._put(_objectives(rows_of(plan, self.names, step, rank), planned))
 
+    def write_replay(self, step: int, rank: int, replay_of: int, train_step: int) -> None:
+        """A replay record (module docstring): training step ``train_step`` retrained the rows
+        of step ``replay_of``; ``step`` is the stream's next step."""
+        if not 0 <= replay_of < step:
+            raise ValueError(f"replay_of: a replay repeats an earlier step (< {step}), got "
+                             f"{replay_of}")
+        self._put([{"step": int(step), "rank": int(rank), "replay_of": int(replay_of),
+                    "train_step": int(train_step)}])
+
     def write_step(self, step: Any, rank: int) -> None:
         """The rows of ``rank`` in a loader step, then the step's record."""
         rows = _objectives(rows_of(step.plan.select_rows(step.rows), self.names, step.index,
@@ -197,11 +223,16 @@ class LogCut:
         return " and ".join(parts) or "nothing"
 
 
-def cut_log(path: str | Path, before_step: int) -> LogCut:
+def cut_log(path: str | Path, before_step: int, before_train_step: int | None = None) -> LogCut:
     """Cut the audit log at ``path`` back to the records of steps ``< before_step`` (the header
     stays), dropping a torn last line too; in place, by one ``truncate``. A missing file is
     nothing to cut. A resumed run calls this with its state's step before it appends, so the
-    log and the state agree whatever point a kill interrupted."""
+    log and the state agree whatever point a kill interrupted.
+
+    A run that replays batches trains more steps than the stream fed: it passes its training
+    step too (``before_train_step``), and replay records are then cut by their
+    ``train_step`` (two replays between the same stream steps may fall either side of a
+    checkpoint)."""
     path = Path(path)
     try:
         f = open(path, "r+b")  # noqa: SIM115
@@ -235,7 +266,10 @@ def cut_log(path: str | Path, before_step: int) -> LogCut:
             step = rec.get("step") if isinstance(rec, dict) else None
             if isinstance(step, bool) or not isinstance(step, int):
                 raise DataError(f"{path}:{i}: not an audit record (no integer step)")
-            if step >= before_step:
+            late = step >= before_step
+            if before_train_step is not None and "replay_of" in rec:
+                late = int(rec.get("train_step", step)) >= before_train_step
+            if late:
                 records = 1
                 keep_end = start
                 continue
@@ -250,6 +284,7 @@ def cut_log(path: str | Path, before_step: int) -> LogCut:
 
 ROW_KEYS = frozenset({"step", "rank", "row", "segments", "pad"})
 STEP_KEYS = frozenset({"step", "rank", "weights"})
+REPLAY_KEYS = frozenset({"step", "rank", "replay_of", "train_step"})
 
 
 @dataclass
@@ -262,7 +297,7 @@ class TornTail:
 
 def iter_log(path: str | Path, torn: TornTail | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(kind, record)`` for every line of an audit log, ``kind`` one of ``"header"``,
-    ``"row"``, ``"step"``; a bad line raises :class:`DataError` naming it. A cut last line (a
+    ``"row"``, ``"step"``, ``"replay"``; a bad line raises :class:`DataError` naming it. A cut last line (a
     kill in the middle of a write) says the log is truncated, or, with ``torn``, is dropped and
     counted there: never read as a record, never glued to another."""
     path = Path(path)
@@ -294,6 +329,8 @@ def iter_log(path: str | Path, torn: TornTail | None = None) -> Iterator[tuple[s
                 yield "row", rec
             elif isinstance(rec, dict) and set(rec) >= STEP_KEYS:
                 yield "step", rec
+            elif isinstance(rec, dict) and set(rec) >= REPLAY_KEYS:
+                yield "replay", rec
             else:
                 raise DataError(f"{path}:{i}: not an audit record (needs step, rank, row, "
                                 "segments, pad)")

@@ -116,8 +116,10 @@ def stream_summary(loader: Any, first: int, done: int, fed: int, seconds: float)
         "realised": "the planner's count in its unit (documents' tokens, or documents) for the "
                     "decisions made so far; samples_share and tokens_share count what reached "
                     "rows (a packing window holds decided documents not yet placed; truncated "
-                    "tokens and end-of-document tokens are not counted), so the two differ by "
-                    "at most that window and the truncation",
+                    "tokens and end-of-document tokens are not counted; a document's last "
+                    "token repeated before an end token that opens a row, in concat and bfd, "
+                    "counts twice), so the two differ by at most that window, the truncation "
+                    "and those repeats",
     }
     return {
         "scope": scope,

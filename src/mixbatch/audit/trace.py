@@ -11,11 +11,18 @@ O(steps x sources) numbers, never the rows themselves:
 The realised mixture after step t is c_i(t) / Σ_j c_j(t); the target integrated over the
 schedule is W_i(t) = Σ_{s≤t} w_i(s) · U(s), with U(s) the units (tokens or samples) the step
 fed; the prefix deviation is c_i(t) − W_i(t) (the design's invariant 1 bounds it by one unit).
+
+A run that replays hard batches logs each replay as a record naming the step it repeats
+(:mod:`mixbatch.audit.log`). The per-step figures above are the stream's (every batch once);
+``replayed_tokens`` / ``replayed_samples`` count what the replays trained again (each rank's
+rows of the repeated step, once per replay), so the mixture is given both ways: without
+replays (the stream) and with them (every token trained).
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +56,9 @@ class RunTrace:
     logs: list[Path] = field(default_factory=list)
     world_size: int = 1
     global_cost: np.ndarray | None = None  # whole step's cost, from step records
+    replays: int = 0  # training steps that retrained a kept batch
+    replayed_tokens: np.ndarray | None = None  # [sources], tokens those replays trained
+    replayed_samples: np.ndarray | None = None  # [sources], documents started in them
 
     @property
     def units(self) -> np.ndarray:
@@ -121,6 +131,22 @@ class RunTrace:
             return np.divide(self.rank_cost[0], mean, out=np.ones_like(mean), where=mean > 0)
         return np.ones(len(self.steps))
 
+    def replay_mixture(self) -> dict[str, Any]:
+        """The mixture without replays (the stream: every batch once) and with them (every
+        token trained), as shares of tokens and of samples per source."""
+        k = len(self.names)
+        rt = self.replayed_tokens if self.replayed_tokens is not None else np.zeros(k, np.int64)
+        rs = self.replayed_samples if self.replayed_samples is not None else np.zeros(k, np.int64)
+        out: dict[str, Any] = {"replays": self.replays}
+        for label, extra_t, extra_s in (("without_replays", 0, 0), ("with_replays", rt, rs)):
+            t = self.tokens.sum(axis=0) + extra_t
+            s = self.samples.sum(axis=0) + extra_s
+            out[label] = {n: {"tokens": int(t[i]), "samples": int(s[i]),
+                              "tokens_share": float(t[i] / t.sum()) if t.sum() else 0.0,
+                              "samples_share": float(s[i] / s.sum()) if s.sum() else 0.0}
+                          for i, n in enumerate(self.names)}
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """The report's numbers, final values per source (JSON-ready)."""
         sh_t, sh_s = self.shares("tokens"), self.shares("samples")
@@ -143,6 +169,7 @@ class RunTrace:
                                     "mean": float(self.rank_balance().mean())
                                     if len(self.steps) else 1.0},
             "sources": {},
+            "mixture_replays": self.replay_mixture(),
         }
         integ = self.integrated_target()
         for i, n in enumerate(self.names):
@@ -224,6 +251,7 @@ def read_trace(paths: list[Path], cfg: Any = None,
     d_model = 4096
     step_recs: dict[tuple[int, int], dict[str, Any]] = {}
     index: dict[str, int] = {}
+    replayed: dict[tuple[int, int], int] = {}  # (train step, rank) -> step repeated
     for path in paths:
         header = None
         for kind, rec in iter_log(path):
@@ -240,6 +268,9 @@ def read_trace(paths: list[Path], cfg: Any = None,
                 continue
             if kind == "step":
                 step_recs[(int(rec["step"]), int(rec["rank"]))] = rec
+                continue
+            if kind == "replay":
+                replayed[(int(rec["train_step"]), int(rec["rank"]))] = int(rec["replay_of"])
                 continue
             segs = rec["segments"]
             key = (int(rec["step"]), int(rec["rank"]))
@@ -334,9 +365,41 @@ def read_trace(paths: list[Path], cfg: Any = None,
             docs.append(round(s.get("documents", 0) / ep) if ep > 0 else 0)
         documents = docs if all(docs) else None
     world = int((header or summary or {}).get("world_size", len(ranks)))
+    rep_t, rep_s = _replayed(paths, replayed, index)
     return RunTrace(names, steps, tokens, samples, pad, positions, seq_len, truncated, weights,
                     rank_tokens, rank_cost, ranks, unit, documents, header, summary,
-                    list(paths), world, global_cost)
+                    list(paths), world, global_cost,
+                    len({t for t, _ in replayed}), rep_t, rep_s)
+
+
+def _replayed(paths: list[Path], replayed: dict[tuple[int, int], int],
+              index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and samples per source that the replays trained again: each replay record
+    ``(train step, rank) -> step`` counts that rank's rows of that step once. A second pass over
+    the logs, only for the repeated steps (so a run without replays costs nothing)."""
+    k = len(index)
+    tok = np.zeros(k, dtype=np.int64)
+    smp = np.zeros(k, dtype=np.int64)
+    if not replayed:
+        return tok, smp
+    times = Counter((j, r) for (_, r), j in replayed.items())  # (step, rank) -> replays
+    found: set[tuple[int, int]] = set()
+    for path in paths:
+        for kind, rec in iter_log(path):
+            key = (int(rec["step"]), int(rec["rank"])) if kind == "row" else None
+            if key not in times:
+                continue
+            found.add(key)
+            for name, _doc, a, e in rec["segments"]:
+                tok[index[name]] += times[key] * (e - a)
+                if a == 0 and e > 0:
+                    smp[index[name]] += times[key]
+    missing = sorted(set(times) - found)
+    if missing:
+        j, r = missing[0]
+        raise DataError(f"{paths[0]}: a replay of step {j} (rank {r}), whose rows are not in "
+                        "the log(s)")
+    return tok, smp
 
 
 def _check_config(path: Path, header: dict[str, Any] | None, names: list[str], cfg: Any) -> None:

@@ -53,8 +53,8 @@ class Targets:
         self.trained: Counter[tuple[int, int, int]] = Counter()
         self.fed: set[tuple[int, int, int]] = set()
         self.continued_first: set[tuple[int, int, int]] = set()  # a cut's first token
-        # segments that train nothing, but an empty document and the one token a row cut
-        # leaves at the next row's start
+        # segments that train nothing, but an empty document and one token a row boundary
+        # cuts off (at a row's end or the next row's start)
         self.idle_segments: list[tuple[int, int, int, int]] = []
 
     def add(self, plan: StepPlan, stores: list) -> None:
@@ -84,8 +84,9 @@ class Targets:
             p = int(plan.row[k]) * L + int(plan.col[k])
             w = int(plan.end[k] - plan.start[k]) + int(plan.eod[k])
             empty_doc = plan.start[k] == plan.end[k] == 0
-            remnant = plan.col[k] == 0 and plan.start[k] > 0 and w == 1  # a cut's last token
-            if not hit[p:p + w].any() and not empty_doc and not remnant:
+            # one token a row boundary cuts off: the last of a row, the first of the next
+            cut_off = w == 1 and not plan.eod[k] and plan.col[k] in (0, L - 1)
+            if not hit[p:p + w].any() and not empty_doc and not cut_off:
                 self.idle_segments.append((int(plan.source[k]), int(plan.doc[k]),
                                            int(plan.start[k]), int(plan.end[k])))
             if plan.start[k] > 0 and plan.end[k] > plan.start[k] and \
@@ -152,7 +153,7 @@ def test_no_fed_token_is_untrained_but_starts(case, packing: str, window: int) -
 def test_a_row_filled_by_a_document_repeats_its_last_token_for_the_end_token() -> None:
     """concat, seq_len 4: a document of 4 tokens fills row 0; row 1 starts with its last token
     again (label ignored) and the end token (trained); a one-token document that would start
-    in a row's last position starts the next row instead."""
+    in a row's last position starts the next row instead, a longer one is cut there."""
     feed, per_source = feed_from_items([(0, 4), (1, 2), (0, 1), (1, 3)])
     stores = toy_stores(per_source)
     shaper = ConcatShaper(4)
@@ -175,10 +176,13 @@ def test_a_row_filled_by_a_document_repeats_its_last_token_for_the_end_token() -
     feed3, _ = feed_from_items([(0, 1), (0, 1), (0, 3)])
     s3 = ConcatShaper(3)
     p3 = s3.plan_step(feed3, 2)
-    assert p3.row.tolist() == [0, 1] and p3.pad.tolist() == [1, 1]
+    assert p3.row.tolist() == [0, 1, 1] and p3.pad.tolist() == [1, 0]
     assert list(zip(p3.start.tolist(), p3.end.tolist(), p3.eod.tolist(), strict=True)) == [
-        (0, 1, True), (0, 1, True)]
-    assert s3.state_dict() == {"carry": [0, 2, 3, 0, 3, 1]}
+        (0, 1, True), (0, 1, True), (0, 1, False)]  # doc 2 (3 tokens) is cut after its first
+    assert s3.state_dict() == {"carry": [0, 2, 3, 1, 3, 1]}
+    feed4, _ = feed_from_items([(0, 1), (0, 3)])
+    p4 = ConcatShaper(3).plan_step(feed4, 2)  # no padding: doc 1 starts at col 2
+    assert p4.pad.tolist() == [0, 0] and p4.start.tolist() == [0, 0, 1]
 
 
 def _loader(lengths: list[list[int]], packing: str, seq_len: int) -> MixedLoader:

@@ -18,8 +18,9 @@ segment alone (concat, bfd): where a row boundary falls right before a document'
 the next segment is ``[n - 1, n)`` with ``eod`` 1, the document's last token again (it was the
 previous segment's last; here it is only the end token's context) and the end token. That
 token is counted in both segments (it is fed twice, trained once). A segment with
-``start == end`` and ``eod`` 1 is an empty document. In concat a row's last position never
-starts a segment (it would train nothing), so such a row ends in one position of padding.
+``start == end`` and ``eod`` 1 is an empty document. In concat a one-token document never
+starts in a row's last position (its end token would open the next row): such a row ends in
+one position of padding.
 
 Three more kinds of line, skipped by :func:`read_audit_log` (which yields row records only;
 :func:`iter_log` yields all four). The header and step records are written by ``mixbatch

@@ -19,15 +19,13 @@ row would be fed and never trained. Two rules keep it with its document:
   is ``[n - 1, n)`` with ``eod`` (two positions), so the end token is predicted from the token
   before it. The repeated token is the segment's first (its label ignored; the previous row
   already trained it), and it counts as fed twice;
-- an entry never starts in a row's last position unless it fits there whole (a document that
-  is only its end token): a segment's first position is no target and a row's last position
-  predicts nothing, so a segment there would train nothing. The position is padding and the
-  entry starts the next row.
+- a one-token document never starts in a row's last position (its end token would open the
+  next row, and repeating its token there would feed the document twice from its start): that
+  position is padding and the document starts the next row.
 
-So every document's end token is a target exactly once, and every segment but an empty
-document's trains at least one target. (The first token of the part of a document continued
-in the next row is still no target: that is what cutting rows costs; each row boundary inside
-a document costs one.)
+So every document's end token is a target exactly once. (The first token of the part of a
+document continued in the next row is still no target: that is what cutting rows costs, one
+target per row boundary inside a document, as in any packing that cuts rows.)
 
 The token line follows the planned stream, so at every step boundary the tokens fed per source
 are the planner's: within one piece (``seq_len`` tokens) of the target, plus the few end tokens
@@ -37,7 +35,7 @@ The part of the last entry that does not fit is carried into the next step (``ca
 state: source, document, length, the next token to place, the end of its span and whether its
 end token follows), so no token is lost; a carry that holds only the end token starts the next
 step with the repeated last token. Besides the final step of a finite stream, a row is padded
-only by the second rule above (its last position).
+only by the second rule above (its last position, before a one-token document).
 """
 
 from __future__ import annotations
@@ -109,9 +107,9 @@ def _lay_out(off: np.ndarray, stop: np.ndarray, closes: np.ndarray, L: int, cap:
                 used[r] += 2
                 pos += 2
                 break
-            if room == 1 and t + e > 1 and a == off[k]:  # an entry would start a segment in the
-                pos += 1  # row's last position, which trains nothing: pad it, start the next row
-                continue
+            if room == 1 and a == 0 and t == 1 and e:  # a one-token document at a row's end:
+                pos += 1  # pad that position, the document starts the next row (its end token
+                continue  # would else open that row alone after a repeat of its first token)
             w = min(t + e, room)
             tok = min(t, w)
             row[n], col[n], ent[n], a_out[n], b_out[n] = r, c, k, a, a + tok

@@ -91,3 +91,7 @@ def test_sweep_needs_held_out_documents(tmp_path: Path) -> None:
                    "--target", "3"])
     with pytest.raises(ConfigError, match="holdout"):
         args.func(args)
+    args = _parse([str(tmp_path / "c.yaml"), "--batch-sizes", "4", "--tokens", "1024",
+                   "--target", "3", "--batch-size", "8"])
+    with pytest.raises(ConfigError, match="--batch-size: the sweep sets"):
+        args.func(args)

@@ -160,7 +160,9 @@ def sweep(cfg: Any, proxy: Any, batch_sizes: Sequence[int], seeds: Sequence[int]
 # ---- command ------------------------------------------------------------------------------
 def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``sweep`` on ``mixbatch search``'s sub-commands."""
-    from mixbatch.search.cli import _add_proxy_flags
+    from mixbatch.cli_common import add_common
+    from mixbatch.proxy_args import add_proxy_arguments
+    from mixbatch.search.cli import PROXY_BASE
 
     sp = subparsers.add_parser(
         "sweep", help="train the config's mixture at several batch sizes; steps and tokens to a "
@@ -180,7 +182,8 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--warmup-fraction", type=float, default=0.1,
                     help="share of each run's steps spent warming up (default 0.1)")
     sp.add_argument("--out", metavar="SWEEP.json", help="write every run and the summary here")
-    _add_proxy_flags(sp)
+    add_common(sp, progress=False)
+    add_proxy_arguments(sp, base=PROXY_BASE)
     sp.set_defaults(func=run_sweep)
     return sp
 
@@ -192,10 +195,14 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     from mixbatch.atomic import write_json
     from mixbatch.config import load_config
-    from mixbatch.search.cli import _proxy_from_args
+    from mixbatch.search.cli import proxy_of_args
 
+    for flag, name in (("--steps", "steps"), ("--batch-size", "batch_size")):
+        if getattr(args, name, None) is not None:
+            raise ConfigError(f"{flag}: the sweep sets each run's {name} (from --batch-sizes "
+                              "and --tokens); leave it out")
     cfg = load_config(args.config)
-    proxy = _proxy_from_args(args)
+    proxy = proxy_of_args(args)
     every = args.eval_every_tokens or max(args.tokens // 20, 1)
     err = Console(stderr=True, highlight=False)
     runs = sweep(cfg, proxy, args.batch_sizes, args.seeds, args.tokens, args.target, every,

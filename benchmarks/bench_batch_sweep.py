@@ -78,7 +78,8 @@ def bench(args: argparse.Namespace, workdir: Path) -> str:
     per_size = [[r["batch_size"], f"{r['reached']}/{r['runs']}",
                  ("≥ " if r["median_steps_lower_bound"] else "") + f"{r['median_steps']:,.0f}",
                  ("≥ " if r["median_tokens_lower_bound"] else "") + f"{r['median_tokens']:,.0f}",
-                 f"{r['step_speedup']:.2f}", f"{r['token_cost']:.2f}"]
+                 ("≤ " if r["median_steps_lower_bound"] else "") + f"{r['step_speedup']:.2f}",
+                 ("≥ " if r["median_tokens_lower_bound"] else "") + f"{r['token_cost']:.2f}"]
                 for r in data["by_batch_size"]]
     fit = data["fit"]
     fit_line = (f"S_min {fit['s_min']:,.0f} steps, E_min {fit['e_min']:,.0f} tokens, "

@@ -88,8 +88,9 @@ def fit_tradeoff(steps: Sequence[float], tokens: Sequence[float]) -> dict[str, A
 def summarize(runs: Sequence[SweepRun]) -> dict[str, Any]:
     """Per batch size (ascending): runs, how many reached the target, the median steps and
     tokens to it (censored runs at their length; ``*_lower_bound`` when the median is
-    censored), and against the smallest batch size the step speed-up and the token cost; then
-    the fit of :func:`fit_tradeoff` over the batch sizes whose median is not censored."""
+    censored), and against the smallest batch size the step speed-up and the token cost (at
+    most and at least these when the median is censored); then the fit of
+    :func:`fit_tradeoff` over the batch sizes whose median is not censored."""
     sizes = sorted({r.batch_size for r in runs})
     rows = []
     for b in sizes:
@@ -219,7 +220,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         ge = "≥ " if r["median_steps_lower_bound"] else ""
         table.add_row(str(r["batch_size"]), f"{r['reached']}/{r['runs']}",
                       f"{ge}{r['median_steps']:,.0f}", f"{ge}{r['median_tokens']:,.0f}",
-                      f"{r['step_speedup']:.2f}", f"{r['token_cost']:.2f}",
+                      ("≤ " if ge else "") + f"{r['step_speedup']:.2f}",
+                      ge + f"{r['token_cost']:.2f}",
                       f"{r['median_final_loss']:.4f}")
     out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     out.print(table)

@@ -113,3 +113,21 @@ def test_replay_records_are_checked(tmp_path: Path) -> None:
                                                  "pad": 0}) + "\n")
     with pytest.raises(DataError, match="replay of step 1"):
         read_trace([log])
+
+
+def test_online_train_logs_replays_and_resumes_to_the_same_log(tmp_path: Path) -> None:
+    """``train_online`` (``mixbatch train``) logs replays as replay records, and a run stopped
+    mid-way and resumed writes the same audit log as a straight run."""
+    from mixbatch.online import train_online
+
+    cfg = _cfg(tmp_path, holdout=0.2)
+    proxy = _tiny(steps=12, replay_rate=0.25, replay_capacity=2, eval_every=None)
+    train_online(cfg, proxy, "none", run_dir=tmp_path / "a")
+    records = list(iter_log(tmp_path / "a" / "audit.jsonl"))
+    kinds = [kind for kind, _ in records]
+    assert kinds.count("replay") == 3
+    assert sorted({r["step"] for k, r in records if k == "row"}) == list(range(9))
+    train_online(cfg, proxy, "none", run_dir=tmp_path / "b", stop_at=8, checkpoint_every=4)
+    train_online(cfg, proxy, "none", run_dir=tmp_path / "b", resume=True)
+    assert ((tmp_path / "a" / "audit.jsonl").read_bytes()
+            == (tmp_path / "b" / "audit.jsonl").read_bytes())

@@ -156,9 +156,7 @@ class _PolicyHooks(Hooks):
         self.files.close()
 
     def before_forward(self, step: Step) -> None:
-        planned = step.planned
-        self.files.audit(planned.plan.select_rows(planned.rows), planned.index, self.t.rank,
-                         planned)
+        self.files.audit(step, int(self.t.loader.step), self.t.rank)
         self.due = self.pol is not None and self.pol.due(step.done)
 
     def before_backward(self, step: Step) -> None:
@@ -306,7 +304,9 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
                 if run_path is not None and t.rank == 0 else None)
         try:
             files = hooks.files = RunFiles(run_path, names, t.rank, t.world_size, resumed_at,
-                                           audit, noise=t.noise is not None)
+                                           audit, noise=t.noise is not None,
+                                           stream_step=None if resumed_at is None
+                                           else int(loader.step))
             if files.torn and log is not None:
                 log("resume: dropped torn last lines (the run was killed while writing them): "
                     + ", ".join(f"{f} {n}" for f, n in files.torn.items()))

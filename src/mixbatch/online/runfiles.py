@@ -32,14 +32,16 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from mixbatch.atomic import write_json, write_text
 from mixbatch.audit import AuditWriter
 from mixbatch.audit.log import cut_log
-from mixbatch.shape.base import StepPlan
+
+if TYPE_CHECKING:
+    from mixbatch.proxy.trainer import Step
 
 __all__ = [
     "AUDIT_FILE",
@@ -109,11 +111,13 @@ class RunFiles:
             for a fresh run (files are started anew).
         audit: write the audit log.
         noise: ``losses.csv`` has a ``noise_scale`` column.
+        stream_step: the loader's step at ``resume_step`` (more training steps than stream
+            steps when hard batches are replayed; default: the same).
     """
 
     def __init__(self, run_dir: Path | None, names: Sequence[str], rank: int = 0,
                  world_size: int = 1, resume_step: int | None = None, audit: bool = True,
-                 noise: bool = False) -> None:
+                 noise: bool = False, stream_step: int | None = None) -> None:
         self.dir = run_dir
         self.names = list(names)
         self.rank, self.noise = rank, noise
@@ -144,7 +148,9 @@ class RunFiles:
         if audit:
             path = run_dir / (AUDIT_FILE if world_size == 1 else f"audit.rank{rank}.jsonl")
             if resume_step is not None:  # back to the checkpoint's step, a torn tail dropped
-                self._note(path.name, 1 if cut_log(path, resume_step).torn_bytes else 0)
+                cut = cut_log(path, resume_step if stream_step is None else stream_step,
+                              before_train_step=resume_step)
+                self._note(path.name, 1 if cut.torn_bytes else 0)
             self._audit = AuditWriter(path, names, append=resume_step is not None)
 
     def _note(self, name: str, torn: int) -> None:
@@ -171,9 +177,13 @@ class RunFiles:
     def update(self, step: int, weights: np.ndarray) -> None:
         self._row(UPDATES_FILE, [step, *weights.tolist()])
 
-    def audit(self, plan: StepPlan, step: int, rank: int, planned: Any = None) -> None:
+    def audit(self, step: Step, next_step: int, rank: int) -> None:
+        """Log trained step ``step``: its rows, or a replay record when it retrains a kept batch
+        (``next_step``: the stream's next step)."""
         if self._audit is not None:
-            self._audit.write(plan, step, rank, planned)  # planned: objectives of its rows
+            from mixbatch.training.replay_log import audit_trained  # loads torch: not for report
+
+            audit_trained(self._audit, step, next_step, rank)
 
     def flush(self) -> None:
         """Flush and fsync every file (before a checkpoint: the files then hold every row up to

@@ -16,6 +16,7 @@ parsed arguments and returns the exit code. Errors are :class:`~mixbatch.errors.
     mixbatch search evaluate model.json --mixtures M.csv --losses L.csv [--target COL] [--json]
     mixbatch search merge CONFIG --out merge.json [--steps N] [--seed-steps N] [--subsets N]
     mixbatch search pbt CONFIG --population N --interval STEPS --out DIR [--steps T] [--seed S]
+    mixbatch search sweep CONFIG --batch-sizes 4 8 16 32 --tokens T --target LOSS [--seeds ..]
 """
 
 from __future__ import annotations
@@ -456,4 +457,7 @@ def add_search_parsers(subparsers: Any) -> argparse.ArgumentParser:
     from mixbatch.search.pbt import add_pbt_parser
 
     add_pbt_parser(sub)
+    from mixbatch.search.batch_sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
     return p

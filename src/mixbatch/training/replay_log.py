@@ -26,7 +26,7 @@ def audit_trained(writer: AuditWriter, step: Step, next_step: int, rank: int) ->
     if step.replayed:
         writer.write_replay(next_step, rank, planned.index, step.index)
     else:
-        writer.write(planned.plan.select_rows(planned.rows), planned.index, rank)
+        writer.write(planned.plan.select_rows(planned.rows), planned.index, rank, planned)
 
 
 class AuditHooks(Hooks):

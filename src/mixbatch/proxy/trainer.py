@@ -103,15 +103,11 @@ class Hooks:
 def _step_positions(loader: Any, steps: int) -> list[int]:
     """Positions trained by the end of each of the first ``steps`` steps under the loader's
     batch-size schedule (a token clock read as positions; run-time changes not foreseen)."""
-    seq_len, sched = loader.cfg.batch.seq_len, loader.rows_schedule
-    if sched is None or sched.constant:
-        per = loader.cfg.batch.step_positions if sched is None else sched.rows[0] * seq_len
-        return [per * (s + 1) for s in range(steps)]
-    ends, total = [], 0
+    b, sched, ends = loader.cfg.batch, loader.rows_schedule, [0]
     for s in range(steps):
-        total += sched.rows_at(s, total) * seq_len
-        ends.append(total)
-    return ends
+        ends.append(ends[-1] + (b.step_positions if sched is None
+                                else sched.rows_at(s, ends[-1]) * b.seq_len))
+    return ends[1:]
 
 
 class Trainer:

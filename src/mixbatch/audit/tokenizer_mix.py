@@ -116,17 +116,20 @@ def build_problem(bpe: BPETokenizer, counted: Mapping[str, tuple[Counter[str], i
             if s not in ids:
                 ids[s] = len(ids)
         triples.append((ids[a], ids[b], ids[a + b]))
-    for words, _ in counted.values():
-        for w in words:
-            for ch in w:
-                if ch not in ids:
-                    ids[ch] = len(ids)
+    points = {n: _code_points(counted[n][0]) for n in names}
+    for cp in points.values():  # every character of the samples, after the merge tokens
+        for c in np.flatnonzero(np.bincount(cp, minlength=_UNICODE) > 0).tolist():
+            ids.setdefault(chr(c), len(ids))
     table = merge_table(triples, len(ids))
+    lut = np.full(_UNICODE, -1, dtype=np.int64)
+    for s, i in ids.items():
+        if len(s) == 1:
+            lut[ord(s)] = i
     events = []
     for n in names:
         words, n_bytes = counted[n]
-        flat = np.fromiter((ids[ch] for w in words for ch in w), dtype=np.int64)
-        lens = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
+        flat = lut[points.pop(n)]
+        lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
         off = np.zeros(len(lens) + 1, dtype=np.int64)
         np.cumsum(lens, out=off[1:])
         cnt = np.fromiter(words.values(), dtype=np.int64, count=len(words))
@@ -137,6 +140,16 @@ def build_problem(bpe: BPETokenizer, counted: Mapping[str, tuple[Counter[str], i
                             "more text or fewer --merges")
         events.append(ev)
     return build_replay(events, table.merge_key), len(chosen)
+
+
+#: code points are below this
+_UNICODE = 0x110000
+
+
+def _code_points(words: Iterable[str]) -> np.ndarray:
+    """The code points of the words, concatenated (one encode, no loop per character)."""
+    return np.frombuffer("".join(words).encode("utf-32-le", "surrogatepass"),
+                         dtype=np.uint32)
 
 
 def _keep(seed: int, name: str, index: int, rate: float) -> bool:

@@ -1,0 +1,132 @@
+"""Text categories of up to 10^8 bytes each from what is installed on this machine, for
+``bench_audit_tokenizer.py --corpus big``.
+
+Every regular file under the roots (``/usr``, ``/opt``, ``/root`` and this checkout's virtual
+environments) is assigned to at most one category by its name; a file whose exact content
+(blake2b of its bytes) was already taken is skipped, so no text is shared between categories
+(near-identical versions of a file, e.g. the same module in two environments, stay within one
+category). Files that are not UTF-8, empty, larger than ``MAX_FILE`` bytes, or manual-page
+redirects (``.so``) are skipped and counted. The catalogue (path, category, bytes) is cached as
+JSON in the work directory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+ROOTS = [Path("/usr"), Path("/opt"), Path("/root"), Path("/work/main/.venv"),
+         Path("/work/main/.venv-bench"), Path("/work/main/.venv-streaming")]
+#: never walked: kernel views, caches of downloads, this project's own trees
+SKIP_DIRS = {"/proc", "/sys", "/root/.cache", "/root/pypi", "/root/pypi-more", "/root/wheels",
+             "/usr/share/man"}
+MAX_FILE = 4 << 20
+MAN = Path("/usr/share/man")
+
+#: category → (file name suffixes, what it holds)
+SUFFIXES: dict[str, tuple[tuple[str, ...], str]] = {
+    "python": ((".py",), "Python sources: the interpreters' standard libraries and every "
+                         "installed package (system, pyenv, the project's venvs)"),
+    "c_headers": ((".h", ".hpp", ".hh", ".hxx", ".cuh", ".inl", ".tcc"),
+                  "C and C++ headers: /usr/include, GCC's, and packages' bundled headers "
+                  "(torch, numpy, pyarrow, ...)"),
+    "html": ((".html", ".htm"), "HTML: mostly the Rust toolchains' documentation (stable and "
+                                "nightly), plus /usr/share/doc and packages' HTML"),
+    "js": ((".js", ".mjs", ".cjs"), "JavaScript: packages' bundled scripts (Jupyter, bokeh, "
+                                    "plotly, ...) and the Rust docs' scripts"),
+    "json": ((".json",), "JSON files: package metadata, schemas, notebooks' assets, test data"),
+    "c_sources": ((".c", ".cc", ".cpp", ".cxx"), "C and C++ sources"),
+    "pyi": ((".pyi",), "Python type stubs"),
+    "markdown": ((".md", ".rst"), "Markdown and reStructuredText documents"),
+    "typescript": ((".ts", ".tsx"), "TypeScript sources and declarations"),
+    "perl": ((".pm", ".pl", ".pod"), "Perl modules, scripts and POD documentation"),
+}
+MAN_LANGS = {"en_man": "man[1-8]/*.gz", "de_man": "de/man*/*.gz", "fr_man": "fr/man*/*.gz",
+             "es_man": "es/man*/*.gz"}
+DESCRIPTIONS = {**{k: v[1] for k, v in SUFFIXES.items()},
+                "en_man": "English manual pages (roff source, decompressed)",
+                "de_man": "German manual pages", "fr_man": "French manual pages",
+                "es_man": "Spanish manual pages"}
+
+
+def _category_of(name: str) -> str | None:
+    low = name.lower()
+    for cat, (sufs, _) in SUFFIXES.items():
+        if low.endswith(sufs):
+            return cat
+    return None
+
+
+def read_file(path: str) -> bytes:
+    raw = Path(path).read_bytes()
+    return gzip.decompress(raw) if path.endswith(".gz") else raw
+
+
+def _walk() -> list[tuple[str, str]]:
+    """(path, category) of every candidate file, in sorted path order."""
+    out = []
+    for glob_cat, pattern in MAN_LANGS.items():
+        out += [(str(p), glob_cat) for p in sorted(MAN.glob(pattern))]
+    for root in ROOTS:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames
+                                 if os.path.join(dirpath, d) not in SKIP_DIRS
+                                 and not d.startswith(".git") and d != "__pycache__")
+            for f in sorted(filenames):
+                cat = _category_of(f)
+                if cat is not None:
+                    out.append((os.path.join(dirpath, f), cat))
+    return out
+
+
+def catalogue(workdir: Path) -> dict:
+    """``{"files": {category: [[path, bytes], ...]}, "skipped": {reason: n}}``, cached in
+    ``workdir/tokmix_catalogue.json``."""
+    cache = workdir / "tokmix_catalogue.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    seen: set[bytes] = set()
+    files: dict[str, list[list]] = {c: [] for c in DESCRIPTIONS}
+    skipped: Counter[str] = Counter()
+    inodes: set[tuple[int, int]] = set()
+    for path, cat in _walk():
+        try:
+            st = os.stat(path)
+            if not os.path.isfile(path) or os.path.islink(path):
+                continue
+            if (st.st_dev, st.st_ino) in inodes:
+                continue
+            inodes.add((st.st_dev, st.st_ino))
+            if st.st_size > MAX_FILE:
+                skipped["larger than 4 MiB"] += 1
+                continue
+            raw = read_file(path)
+        except (OSError, EOFError, gzip.BadGzipFile):
+            skipped["unreadable"] += 1
+            continue
+        if not raw.strip() or raw.startswith(b".so "):
+            skipped["empty or a man-page redirect"] += 1
+            continue
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            skipped["not UTF-8"] += 1
+            continue
+        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        if digest in seen:
+            skipped["exact duplicate of a file already taken"] += 1
+            continue
+        seen.add(digest)
+        files[cat].append([path, len(raw)])
+    out = {"files": files, "skipped": dict(skipped)}
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def sizes(cat: dict) -> dict[str, tuple[int, int]]:
+    """category → (files, bytes)."""
+    return {c: (len(v), sum(b for _, b in v)) for c, v in cat["files"].items()}

@@ -37,6 +37,7 @@ import os
 import sysconfig
 import time
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,25 @@ def _append(jsonl: Path | None, record: dict) -> None:
             f.write(json.dumps(record) + "\n")
 
 
+def cached_counts(workdir: Path, name: str, texts: list[str], bpe) -> tuple[Counter, int]:
+    """``word_counts`` of ``texts`` under the ByteLevel pre-tokenisation of the trained
+    tokenizers, kept as JSON in ``workdir`` (keyed by the texts' digest) for later runs."""
+    from mixbatch.audit.tokenizer_mix import word_counts
+
+    h = hashlib.blake2b(b"bytelevel-regex", digest_size=12)
+    for t in texts:
+        h.update(t.encode("utf-8"))
+    path = workdir / f"counts_{name}_{h.hexdigest()}.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        return Counter(data["words"]), data["bytes"]
+    words, n_bytes = word_counts(texts, bpe)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"bytes": n_bytes, "words": words}))
+    os.replace(tmp, path)
+    return words, n_bytes
+
+
 def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: dict, n_cat: int,
                 sample_bytes: float, merges: int, train_bytes: float, trials: int, seed: int,
                 workdir: Path, records: list[dict], jsonl: Path | None = None,
@@ -154,7 +174,7 @@ def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: di
     """``trials`` trials of one setting; each is appended to ``records`` (and ``jsonl`` as it
     ends, so a run cut short keeps its finished trials)."""
     from mixbatch.audit.bpe_files import load_bpe
-    from mixbatch.audit.tokenizer_mix import infer_from_counts, word_counts
+    from mixbatch.audit.tokenizer_mix import infer_from_counts
 
     rng = np.random.default_rng(seed)
     names_all = names_all or list(pools)
@@ -186,7 +206,8 @@ def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: di
         for nm in names:
             key = (nm, sample_bytes)
             if key not in counted_cache:  # the same pre-tokenisation for every trained tokenizer
-                counted_cache[key] = word_counts(take(pools[nm][1], sample_bytes), bpe)
+                counted_cache[key] = cached_counts(workdir, nm, take(pools[nm][1], sample_bytes),
+                                                   bpe)
             counted[nm] = counted_cache[key]
         rec = {"n": n_cat, "sample_bytes": sample_bytes, "merges": merges, "trial": trial,
                "seed": seed, "categories": names, "truth": truth.round(6).tolist(),

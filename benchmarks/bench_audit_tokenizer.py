@@ -135,6 +135,24 @@ def log_mse(est: np.ndarray, truth: np.ndarray) -> float:
     return float(np.log10(max(np.mean((est - truth) ** 2), 1e-30)))
 
 
+def chunked(texts: list[str], size: int, seed: int) -> list[str]:
+    """Documents cut into pieces of ``size`` characters (at a line end when there is one),
+    shuffled (seeded): training and attack text are then disjoint i.i.d. draws from the
+    whole category, not a few large files."""
+    out = []
+    for t in texts:
+        start = 0
+        while start < len(t):
+            end = min(len(t), start + size)
+            if end < len(t):
+                nl = t.rfind("\n", start, end)
+                end = nl + 1 if nl > start else end
+            out.append(t[start:end])
+            start = end
+    order = np.random.default_rng([seed, 7]).permutation(len(out))
+    return [out[i] for i in order]
+
+
 def split_pool(texts: list[str], reserve: float) -> tuple[list[str], list[str]]:
     """Shuffled documents → (training pool of about ``reserve`` bytes, attack pool: the rest)."""
     size = np.cumsum([len(t.encode("utf-8")) for t in texts])
@@ -340,6 +358,9 @@ def main() -> None:
                     help="sample bytes per category off the bytes axis (1e6; main 3e5)")
     ap.add_argument("--at-merges", type=float, default=None,
                     help="merges off the merges axis (1000)")
+    ap.add_argument("--chunk", type=int, default=0,
+                    help="cut documents into pieces of this many characters and shuffle them "
+                         "before the training / attack split (0: whole documents)")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--train-bytes", type=float, default=1.5e6)
     ap.add_argument("--stable-passes", type=int, default=0,
@@ -382,6 +403,8 @@ def main() -> None:
         # leave the attack pool empty
         texts = read_category(nm, need + (4 << 20) * (args.corpus == "big"), args.seed,
                               workdir if args.corpus == "big" else None)
+        if args.chunk:
+            texts = chunked(texts, args.chunk, args.seed)
         pools[nm] = split_pool(texts, reserve) if reserve else ([], texts)
         log(f"{nm}: {len(texts)} documents, {sum(len(t) for t in texts) / 1e6:.1f}M chars, "
             f"attack pool {sum(len(t) for t in pools[nm][1]) / 1e6:.1f}M chars")

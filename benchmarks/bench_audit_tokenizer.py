@@ -166,6 +166,33 @@ def _append(jsonl: Path | None, record: dict) -> None:
             f.write(json.dumps(record) + "\n")
 
 
+def byte_level_counts(texts: list[str], bpe) -> tuple[Counter, int]:
+    """``word_counts`` under ``tokenizers``' ByteLevel(use_regex=True) pre-tokenisation, ~4x
+    faster: the GPT-2 split regex (``regex`` module) over the text, each distinct word mapped to
+    byte symbols once. Checked equal to the tokenizer's own on the first 10^5 characters."""
+    import regex
+
+    from mixbatch.audit.bpe_files import GPT2_PATTERN, byte_chars
+    from mixbatch.audit.tokenizer_mix import word_counts
+
+    head = [texts[0][:100_000]] if texts else []
+    split = regex.compile(GPT2_PATTERN)
+    chars = byte_chars()
+
+    def count(ts: list[str]) -> Counter:
+        raw: Counter = Counter()
+        for t in ts:
+            raw.update(split.findall(t))
+        out: Counter = Counter()
+        for w, c in raw.items():
+            out["".join(chars[b] for b in w.encode("utf-8"))] += c
+        return out
+
+    if count(head) != word_counts(head, bpe)[0]:
+        raise SystemExit("byte_level_counts: the regex split differs from the tokenizer's")
+    return count(texts), sum(len(t.encode("utf-8")) for t in texts)
+
+
 def cached_counts(workdir: Path, name: str, texts: list[str], bpe) -> tuple[Counter, int]:
     """``word_counts`` of ``texts`` under the ByteLevel pre-tokenisation of the trained
     tokenizers, kept as JSON in ``workdir`` (keyed by the texts' digest) for later runs."""
@@ -178,7 +205,7 @@ def cached_counts(workdir: Path, name: str, texts: list[str], bpe) -> tuple[Coun
     if path.exists():
         data = json.loads(path.read_text())
         return Counter(data["words"]), data["bytes"]
-    words, n_bytes = word_counts(texts, bpe)
+    words, n_bytes = byte_level_counts(texts, bpe)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"bytes": n_bytes, "words": words}))
     os.replace(tmp, path)

@@ -196,7 +196,6 @@ def byte_level_counts(texts: list[str], bpe) -> tuple[Counter, int]:
 def cached_counts(workdir: Path, name: str, texts: list[str], bpe) -> tuple[Counter, int]:
     """``word_counts`` of ``texts`` under the ByteLevel pre-tokenisation of the trained
     tokenizers, kept as JSON in ``workdir`` (keyed by the texts' digest) for later runs."""
-    from mixbatch.audit.tokenizer_mix import word_counts
 
     h = hashlib.blake2b(b"bytelevel-regex", digest_size=12)
     for t in texts:

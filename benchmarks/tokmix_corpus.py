@@ -29,16 +29,16 @@ MAN = Path("/usr/share/man")
 
 #: category → (file name suffixes, what it holds)
 SUFFIXES: dict[str, tuple[tuple[str, ...], str]] = {
-    "python": ((".py",), "Python sources: the interpreters' standard libraries and every "
-                         "installed package (system, pyenv, the project's venvs)"),
+    "python": ((".py",), "Python sources: every installed package and interpreter library "
+                         "(oci 19 %, google-cloud-sdk 18 %, pyenv 17 %, transformers 9 %, ...)"),
     "c_headers": ((".h", ".hpp", ".hh", ".hxx", ".cuh", ".inl", ".tcc"),
-                  "C and C++ headers: /usr/include, GCC's, and packages' bundled headers "
-                  "(torch, numpy, pyarrow, ...)"),
-    "html": ((".html", ".htm"), "HTML: mostly the Rust toolchains' documentation (stable and "
-                                "nightly), plus /usr/share/doc and packages' HTML"),
-    "js": ((".js", ".mjs", ".cjs"), "JavaScript: packages' bundled scripts (Jupyter, bokeh, "
-                                    "plotly, ...) and the Rust docs' scripts"),
-    "json": ((".json",), "JSON files: package metadata, schemas, notebooks' assets, test data"),
+                  "C and C++ headers: torch's bundled headers 29 %, CUDA 14 %, LLVM 14 11 %, "
+                  "libstdc++ 6 %, the rest of /usr/include and other packages"),
+    "html": ((".html", ".htm"), "HTML: the Rust toolchains' documentation (stable and nightly) "
+                                "98 %, /usr/share/doc 1 %"),
+    "js": ((".js", ".mjs", ".cjs"), "JavaScript: the Rust docs' generated scripts (implementor "
+                                    "lists, search indexes) 68 %, node_modules 31 %"),
+    "json": ((".json",), "JSON: google-cloud-sdk 59 %, cfn-lint schemas 30 %, botocore 4 %"),
     "c_sources": ((".c", ".cc", ".cpp", ".cxx"), "C and C++ sources"),
     "pyi": ((".pyi",), "Python type stubs"),
     "markdown": ((".md", ".rst"), "Markdown and reStructuredText documents"),

@@ -213,6 +213,16 @@ def test_cli_json_and_plot(cats, tmp_path: Path) -> None:
     r = _run("audit", "tokenizer", str(tmp_path / "tok.json"), "--config", str(cfg),
              "--plot", str(tmp_path / "no" / "bar.png"))
     assert r.returncode == 2 and "--plot: no folder" in r.stderr
+    # the stable stop: the same answer here (one category), said to be a stable stop or exact
+    r = _run("audit", "tokenizer", str(tmp_path / "tok.json"), "--config", str(cfg),
+             "--merges", "120", "--per-pass", "5", "--stable-passes", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["proportions"]["c"] == pytest.approx(1.0, abs=1e-3)
+    assert d["converged"] or "stopped on stable shares" in r.stderr
+    r = _run("audit", "tokenizer", str(tmp_path / "tok.json"), "--config", str(cfg),
+             "--stable-passes", "2", "--stable-tol", "2")
+    assert r.returncode == 2 and "--stable-tol: must be within (0, 1)" in r.stderr
 
 
 @pytest.mark.parametrize(("content", "message"), [

@@ -138,10 +138,17 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
         warn(f"{args.tokenizer}: {len(bpe.merges):,} merges, fewer than --merges "
              f"{args.merges:,}: all are used")
     samples = config_samples(cfg, args.sample_bytes, seed=cfg.seed)
+    if not 0 < args.stable_tol < 1:
+        raise ConfigError(f"--stable-tol: must be within (0, 1), got {args.stable_tol}")
     res = infer_mixture(bpe, samples, merges=args.merges, per_step=args.per_step,
-                        per_pass=args.per_pass, max_passes=args.max_passes)
+                        per_pass=args.per_pass, max_passes=args.max_passes,
+                        stable_passes=args.stable_passes or 0, stable_tol=args.stable_tol)
     data = res.to_dict()
-    if not res.solution.converged:
+    if res.solution.stopped == "stable":
+        warn(f"stopped on stable shares ({args.stable_passes} passes within "
+             f"{args.stable_tol:g}): rows may still be violated; the shares are not the exact "
+             "LP's optimum")
+    elif not res.solution.converged:
         warn(f"the LP did not converge in {args.max_passes} passes (rows still violated): the "
              "proportions are those of the last pass; raise --max-passes")
     if args.plot:
@@ -257,6 +264,12 @@ def _add_more(sub: Any) -> None:
     sp.add_argument("--max-passes", type=positive_int, default=10_000, metavar="P",
                     help="stop after P solve passes; the output says whether it converged "
                          "(default %(default)s)")
+    sp.add_argument("--stable-passes", type=positive_int, default=None, metavar="K",
+                    help="also stop once the shares moved by at most --stable-tol over K passes "
+                         "that together replayed every merge (default: off, the exact LP; "
+                         "beyond about 5,000 merges the exact LP can take hours)")
+    sp.add_argument("--stable-tol", type=float, default=1e-4, metavar="E",
+                    help="largest share change that counts as stable (default %(default)s)")
     sp.add_argument("--plot", default=None, metavar="F.png", help="bar chart of the proportions")
     sp.add_argument("--json", action="store_true", help="print the result as JSON")
     add_common(sp, progress=False)

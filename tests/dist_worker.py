@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 import torch.distributed as dist
 
+from dist_common import exit_now, gather_to
 from mixbatch.config import load_config
 from mixbatch.loader.loader import MixedLoader
 
@@ -23,20 +22,9 @@ def main() -> None:
             p.source.tolist(), p.doc.tolist(), p.start.tolist(), p.end.tolist(), strict=True)),
             "rows": step.rows.tolist(), "labels": step.plan.row_source(len(loader.names))
             .tolist()})
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, {"rank": loader.rank, "world": loader.world_size,
-                                      "steps": mine})
-    if dist.get_rank() == 0:
-        with open(out, "w") as f:
-            json.dump(gathered, f)
-    dist.barrier()  # nobody tears the group down while a peer still talks to it
-    dist.destroy_process_group()
+    gather_to(out, {"rank": loader.rank, "world": loader.world_size, "steps": mine})
 
 
 if __name__ == "__main__":
     main()
-    # results written; skip interpreter teardown, where torch's C++ threads at times abort with
-    # exit -6 after everything has finished (as tests/online_dist_worker.py does)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_now()

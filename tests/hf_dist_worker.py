@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from dist_common import exit_now
 from mixbatch.config import load_config
 from test_integration_hf import _trainer_run
 
@@ -32,8 +33,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    # results written; skip interpreter teardown, where torch's C++ threads at times abort with
-    # exit -6 after everything has finished (as tests/online_dist_worker.py does)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_now()

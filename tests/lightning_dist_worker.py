@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from dist_common import exit_now
 from mixbatch.config import load_config
 from test_integration_lightning import _lightning_fit
 
@@ -31,8 +32,7 @@ def main() -> None:
         {"straight": straight, "head": head, "tail": tail, "weight_gap": gap,
          "weights": float(sum(v.double().sum() for v in w.values()))}))
     dist.barrier()
-    sys.stdout.flush()
-    os._exit(0)  # skip interpreter teardown: torch's C++ threads at times abort there
+    exit_now()
 
 
 if __name__ == "__main__":

@@ -4,12 +4,12 @@ noise scale, straight and cut then resumed, in run folders next to OUT."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch.distributed as dist
 
+from dist_common import exit_now
 from mixbatch.config import load_config
 from mixbatch.online import train_online
 from mixbatch.proxy import ProxyConfig
@@ -31,6 +31,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # skip interpreter teardown (torch's C++ threads at times abort there)
+    exit_now()

@@ -4,12 +4,12 @@ each rank computes its part of a global quantity on its rows of one shared synth
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import torch
 import torch.distributed as dist
 
+from dist_common import exit_now, gather_to
 from mixbatch.training.moe_balance import GlobalBalanceLoss
 from mixbatch.training.noise import NoiseHookState, NoiseScale, noise_scale_hook
 
@@ -87,20 +87,9 @@ def main() -> None:
         result = {"moe": moe, "noise": noise, "trainer": trainer}[kind](rank, world, args)
     except Exception as e:  # the test reads the message
         result = {"rank": rank, "error": f"{type(e).__name__}: {e}"}
-    gathered: list = [None] * world
-    dist.all_gather_object(gathered, result)
-    if rank == 0:
-        with open(out, "w") as f:
-            json.dump(gathered, f)
-    dist.barrier()  # nobody tears the group down while a peer still talks to it
-    dist.destroy_process_group()
+    gather_to(out, result)
 
 
 if __name__ == "__main__":
     main()
-    # the results are written and the group is down; skip interpreter teardown, where torch's
-    # C++ worker threads (DDP reducer, gloo) at times abort with "terminate called without an
-    # active exception" (exit -6) after everything has finished
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_now()

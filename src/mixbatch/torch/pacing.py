@@ -135,29 +135,24 @@ class Pacer:
         CPU in the period that ended (the workers are not probed then)."""
         w, i = self.figure[False], self.figure[True]
         if w is None or i is None:  # one mode not measured yet: probe it after the gap
-            best = self.mode if w is None and i is None else i is not None
-            self.since += 1
-            if self.since > self.gap:
-                if busy and best:  # no core free: a probe of the workers would only lose
-                    self.skipped += 1
-                    self.since, self.gap = 0, min(2 * self.gap, MAX_GAP)
-                    return best
-                self.since, self.probing = 0, True
-                return not best
-            return best
+            return self._after(self.mode if w is None and i is None else i is not None, busy)
         best = i < w
         if self.probing:  # judge the probe that just ended
             self.gap = 2 if self.mode == best else min(2 * self.gap, MAX_GAP)
             self.probing, self.since = False, 0
+        return self._after(best, busy)
+
+    def _after(self, best: bool, busy: bool) -> bool:
+        """One more period of ``best``, or a probe of the other mode once the gap is over."""
         self.since += 1
-        if self.since > self.gap:
-            if busy and best:
-                self.skipped += 1
-                self.since, self.gap = 0, min(2 * self.gap, MAX_GAP)
-                return best
-            self.since, self.probing = 0, True
-            return not best
-        return best
+        if self.since <= self.gap:
+            return best
+        if busy and best:  # no core free: a probe of the workers would only lose
+            self.skipped += 1
+            self.since, self.gap = 0, min(2 * self.gap, MAX_GAP)
+            return best
+        self.since, self.probing = 0, True
+        return not best
 
 
 class RunQueueClock:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,40 @@ def save_loader_state(state: dict[str, Any], path: str | Path) -> None:
     write_text(path, json.dumps(state, indent=1) + "\n")
 
 
+def run_steps(loader: Any, steps: int, feed: Callable[[Any], tuple[int, int]], writer: Any,
+              state_out: str | None, save_every: int | None,
+              progress: bool) -> tuple[int, int, float]:
+    """Take ``steps`` steps of ``loader``, ``feed(step)`` building each batch and logging it
+    (it returns the step's rows and real tokens); save the state every ``save_every`` steps
+    and at the end (the log synced first: it may run ahead of the state, never behind); the
+    writer is closed in any case. Returns (steps done, tokens fed, seconds)."""
+    from mixbatch.progress import RateProgress
+
+    def save() -> None:
+        if writer is not None:
+            writer.sync()
+        save_loader_state(loader.state_dict(), state_out)  # type: ignore[arg-type]
+
+    t0 = time.perf_counter()
+    fed = done = 0
+    try:
+        with RateProgress("streaming", total=steps, enabled=progress) as bar:
+            for step in loader.steps(steps):
+                rows, n_real = feed(step)
+                fed += n_real
+                bar.add(rows, n_real)
+                bar.advance()
+                done += 1
+                if save_every is not None and done % save_every == 0 and done < steps:
+                    save()
+        if state_out:
+            save()
+    finally:
+        if writer is not None:
+            writer.close()
+    return done, fed, time.perf_counter() - t0
+
+
 def run_stream(cfg: Any, steps: int, rank: int | None, world_size: int | None,
                state_in: str | None, state_out: str | None, emit: str | None, progress: bool,
                save_every: int | None = None) -> dict[str, Any]:
@@ -39,7 +74,6 @@ def run_stream(cfg: Any, steps: int, rank: int | None, world_size: int | None,
     prints (with ``log_cut``: what a resume cut from the log, if anything)."""
     from mixbatch.audit.log import AuditWriter, cut_log, log_header
     from mixbatch.loader.loader import MixedLoader, load_state
-    from mixbatch.progress import RateProgress
 
     if save_every is not None and (save_every < 1 or not state_out):
         raise ConfigError("--save-every: needs --state-out and a number of steps >= 1")
@@ -54,32 +88,13 @@ def run_stream(cfg: Any, steps: int, rank: int | None, world_size: int | None,
     writer = (AuditWriter(emit, loader.names, append=bool(state_in), header=log_header(loader))
               if emit else None)
 
-    def save() -> None:
+    def feed(step: Any) -> tuple[int, int]:
+        n_real = int((loader.batch_of(step)["source_ids"] >= 0).sum())
         if writer is not None:
-            writer.sync()  # the log reaches the step first: it may run ahead, never behind
-        save_loader_state(loader.state_dict(), state_out)  # type: ignore[arg-type]
+            writer.write_step(step, loader.rank)
+        return len(step.rows), n_real
 
-    t0 = time.perf_counter()
-    fed = done = 0
-    try:
-        with RateProgress("streaming", total=steps, enabled=progress) as bar:
-            for step in loader.steps(steps):
-                batch = loader.batch_of(step)
-                n_real = int((batch["source_ids"] >= 0).sum())
-                fed += n_real
-                if writer is not None:
-                    writer.write_step(step, loader.rank)
-                bar.add(len(step.rows), n_real)
-                bar.advance()
-                done += 1
-                if save_every is not None and done % save_every == 0 and done < steps:
-                    save()
-        if state_out:
-            save()
-    finally:
-        if writer is not None:
-            writer.close()
-    seconds = time.perf_counter() - t0
+    done, fed, seconds = run_steps(loader, steps, feed, writer, state_out, save_every, progress)
     summary = stream_summary(loader, first, done, fed, seconds)
     if writer is not None:
         writer.write_summary(summary)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 from rich.table import Table
 
-from mixbatch.atomic import write_json, write_text
+from mixbatch.atomic import write_json
 from mixbatch.errors import ConfigError
 from mixbatch.series.loader import SeriesLoader, SeriesStep
 
@@ -72,11 +71,12 @@ def run_series_stream(cfg: Any, steps: int, rank: int | None, world_size: int | 
                       progress: bool = False, save_every: int | None = None) -> dict[str, Any]:
     """Run the series loader for ``steps`` steps; the summary ``stream`` prints."""
     from mixbatch.audit.log import cut_log, summary_path
+    from mixbatch.audit.stream import run_steps
     from mixbatch.loader.loader import load_state
 
     if save_every is not None and (save_every < 1 or not state_out):
         raise ConfigError("--save-every: needs --state-out and a number of steps >= 1")
-    del progress
+    del progress  # no bar for series streams (yet)
     loader = SeriesLoader(cfg, rank or 0, world_size or 1)
     if state_in:
         loader.load_state_dict(load_state(state_in))
@@ -84,28 +84,13 @@ def run_series_stream(cfg: Any, steps: int, rank: int | None, world_size: int | 
     cut = cut_log(emit, first) if emit and state_in else None
     writer = SeriesAuditWriter(emit, loader, append=bool(state_in)) if emit else None
 
-    def save() -> None:
+    def feed(step: SeriesStep) -> tuple[int, int]:
+        batch = loader.batch_of(step)
         if writer is not None:
-            writer.sync()  # the log reaches the step first
-        write_text(state_out, json.dumps(loader.state_dict(), indent=1) + "\n")  # type: ignore[arg-type]
+            writer.write_step(step, batch["series_ids"])
+        return len(step.rows), int(batch["source_ids"].size)
 
-    t0 = time.perf_counter()
-    fed = done = 0
-    try:
-        for step in loader.steps(steps):
-            batch = loader.batch_of(step)
-            fed += int(batch["source_ids"].size)
-            if writer is not None:
-                writer.write_step(step, batch["series_ids"])
-            done += 1
-            if save_every is not None and done % save_every == 0 and done < steps:
-                save()
-        if state_out:
-            save()
-    finally:
-        if writer is not None:
-            writer.close()
-    seconds = time.perf_counter() - t0
+    done, fed, seconds = run_steps(loader, steps, feed, writer, state_out, save_every, False)
     summary = series_summary(loader, first, done, fed, seconds)
     if emit:
         write_json(summary_path(emit), summary)

@@ -82,6 +82,10 @@ When a source's weight becomes 0 (a stage without it, or exhaustion) its deviati
 unit, could never be worked off and the others would carry it for ever; so it is settled: the
 source's target is set to its count and the difference is spread over the other sources'
 targets in proportion to their new weights (the targets still sum to the units counted).
+
+Beside this module: the weights ahead (:mod:`mixbatch.plan.weight_path`), the saved state and its
+checks (:mod:`mixbatch.plan.interleave_state`), and the measure of a sequence's prefix deviation
+(:mod:`mixbatch.plan.deviation`).
 """
 
 from __future__ import annotations
@@ -89,7 +93,6 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -97,12 +100,12 @@ import numpy as np
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.mixture.weights import normalize_weights
 from mixbatch.plan import edf, reference
+from mixbatch.plan.deviation import max_prefix_deviation
+from mixbatch.plan.interleave_state import dump_state, load_state
 from mixbatch.plan.reference import tijdeman_delta
-from mixbatch.plan.state_checks import count, number, shown
+from mixbatch.plan.weight_path import WeightPath
 
 __all__ = ["Interleaver", "Unit", "WeightPath", "max_prefix_deviation", "tijdeman_delta"]
-
-_STATE_VERSION = 1
 
 
 class Unit(enum.Enum):
@@ -110,47 +113,6 @@ class Unit(enum.Enum):
 
     SAMPLES = "samples"
     TOKENS = "tokens"
-
-
-# ---------------------------------------------------------------------------------- planner
-
-
-@dataclass(frozen=True)
-class WeightPath:
-    """Weights known in advance, in the planner's clock (units since the stream began:
-    decisions, or tokens): ``weights[s]`` apply from clock ``starts[s]`` (``starts[0] == 0``)
-    until the next start. A schedule's stages, for the rule to read ahead."""
-
-    starts: np.ndarray  # int64 (S,), 0 then increasing
-    weights: np.ndarray  # float64 (S, K)
-
-    def __post_init__(self) -> None:
-        b = np.asarray(self.starts, dtype=np.int64).reshape(-1)
-        w = np.asarray(self.weights, dtype=np.float64)
-        if w.ndim != 2 or w.shape[0] != b.size or b.size == 0:
-            raise ConfigError("path: one weight vector per stage, at least one stage")
-        if b[0] != 0 or np.any(np.diff(b) <= 0):
-            raise ConfigError("path: stages must start at 0 and increase strictly")
-        object.__setattr__(self, "starts", b)
-        object.__setattr__(self, "weights", w)
-
-    def at(self, clock: int) -> np.ndarray:
-        """The weights in force at ``clock``."""
-        return self.weights[int(np.searchsorted(self.starts, clock, side="right")) - 1]
-
-    def integral(self, clocks: np.ndarray, available=None) -> np.ndarray:
-        """``∫_0^u w(t) dt`` at each clock ``u`` (rows renormalised over ``available``)."""
-        rows = self.weights
-        if available is not None:
-            rows = np.where(np.asarray(available, dtype=bool), rows, 0.0)
-            total = rows.sum(axis=1, keepdims=True)
-            rows = np.divide(rows, total, out=np.zeros_like(rows), where=total > 0)
-        length = np.diff(self.starts).astype(np.float64)
-        at_start = np.concatenate([np.zeros((1, rows.shape[1])),
-                                   np.cumsum(rows[:-1] * length[:, None], axis=0)])
-        clocks = np.asarray(clocks, dtype=np.int64)
-        s = np.searchsorted(self.starts, clocks, side="right") - 1
-        return at_start[s] + rows[s] * (clocks - self.starts[s]).astype(np.float64)[:, None]
 
 
 class Interleaver:
@@ -437,121 +399,10 @@ class Interleaver:
     # -- state
     def state_dict(self) -> dict:
         """A JSON-serialisable copy of the state; floats round-trip exactly through JSON."""
-        return {
-            "version": _STATE_VERSION,
-            "unit": self._unit.value,
-            "num_sources": self.num_sources,
-            "counts": self._counts.tolist(),
-            "documents": self._documents.tolist(),
-            "base": self._base.tolist(),
-            "weights": None if self._weights is None else self._weights.tolist(),
-            "segment_units": self._segment_units,
-        }
+        return dump_state(self._unit.value, self._counts, self._documents, self._base,
+                          self._weights, self._segment_units)
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a state from :meth:`state_dict`; refuse a malformed or foreign one."""
-        if not isinstance(state, dict):
-            raise StateError(f"interleave state: expected a dict, got {type(state).__name__}")
-        needed = ("version", "unit", "num_sources", "counts", "documents", "base", "weights",
-                  "segment_units")
-        for key in needed:
-            if key not in state:
-                raise StateError(f"interleave state.{key}: missing")
-        if state["version"] != _STATE_VERSION:
-            raise StateError(
-                f"interleave state.version: {shown(state['version'])} is not supported "
-                f"(expected {_STATE_VERSION})"
-            )
-        if state["unit"] != self._unit.value:
-            raise StateError(
-                f"interleave state.unit: saved in {shown(state['unit'])} mode, "
-                f"this planner counts {self._unit.value!r}"
-            )
-        k = self.num_sources
-        if state["num_sources"] != k:
-            raise StateError(
-                f"interleave state.num_sources: saved with {shown(state['num_sources'])} "
-                f"sources, this planner has {k}"
-            )
-        counts = _int_vector(state["counts"], k, "counts")
-        documents = _int_vector(state["documents"], k, "documents")
-        # a target may be below 0: a source dropped to weight 0 hands over its lead (set_weights)
-        base = _float_vector(state["base"], k, "base", negative=True)
-        weights = state["weights"]
-        if weights is not None:
-            weights = _float_vector(weights, k, "weights")
-            if not (weights > 0).any() or abs(math.fsum(weights.tolist()) - 1.0) > 1e-9:
-                raise StateError("interleave state.weights: must sum to 1")
-        units = count("interleave state.segment_units", state["segment_units"])
-        if weights is None and units != 0:
-            raise StateError("interleave state.segment_units: must be 0 when no weights are set")
-        if self._unit is Unit.SAMPLES and not np.array_equal(counts, documents):
-            raise StateError("interleave state.documents: must equal counts in sample mode")
-        if self._unit is Unit.TOKENS and (documents > counts).any():
-            raise StateError("interleave state.documents: more documents than tokens")
-        total = sum(counts.tolist())  # Python integers: no wrap-around
-        target = base if weights is None else base + weights * np.float64(units)
-        if abs(math.fsum(target.tolist()) - total) > 1e-6 * max(1.0, total):
-            raise StateError(
-                f"interleave state.base: the target sums to {math.fsum(target.tolist())}, "
-                f"but {total} units were counted"
-            )
-        self._counts = counts
-        self._documents = documents
-        self._base = base
-        self._weights = weights
-        self._segment_units = units
-
-
-def _vector(value, k: int, name: str) -> list:
-    if not isinstance(value, list | tuple) or len(value) != k:
-        got = f"{len(value)} values" if isinstance(value, list | tuple) else shown(value)
-        raise StateError(f"interleave state.{name}: expected a list of {k} values, got {got}")
-    return list(value)
-
-
-def _int_vector(value, k: int, name: str) -> np.ndarray:
-    return np.array([count(f"interleave state.{name}[{i}]", v)
-                     for i, v in enumerate(_vector(value, k, name))], dtype=np.int64)
-
-
-def _float_vector(value, k: int, name: str, negative: bool = False) -> np.ndarray:
-    lo = None if negative else 0.0
-    return np.array([number(f"interleave state.{name}[{i}]", v, lo=lo)
-                     for i, v in enumerate(_vector(value, k, name))], dtype=np.float64)
-
-
-# ------------------------------------------------------------------------------- measuring
-
-
-def max_prefix_deviation(
-    sources: np.ndarray,
-    weights: Sequence[float] | np.ndarray,
-    lengths: np.ndarray | None = None,
-) -> float:
-    """``max_{n,i} |c_i(n) - w_i n|`` over every prefix of a sequence, for constant weights.
-
-    ``sources`` are the chosen sources in order; ``lengths`` (token mode) the length of each
-    chosen document, the unit then being tokens. Vectorised: the extremes of
-    ``c_i - w_i n`` lie just before and just after each of source ``i``'s units (or
-    documents), and at the end, so only those points are evaluated.
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    s = np.asarray(sources, dtype=np.int64)
-    ln = np.ones(s.size, dtype=np.int64) if lengths is None else np.asarray(lengths, np.int64)
-    if s.size == 0:
-        return 0.0
-    clock_end = np.cumsum(ln).astype(np.float64)  # clock after each document
-    clock_start = clock_end - ln
-    order = np.argsort(s, kind="stable")
-    order_src = s[order]
-    per_src_end = np.cumsum(ln[order])
-    group_first = np.searchsorted(order_src, order_src, side="left")
-    offset = np.concatenate([[0], per_src_end])[group_first]
-    c_after = (per_src_end - offset).astype(np.float64)  # source's units after its document
-    c_before = c_after - ln[order]
-    ahead = c_after - w[order_src] * clock_end[order]
-    behind = w[order_src] * clock_start[order] - c_before
-    n = clock_end[-1]
-    final = np.abs(np.bincount(s, weights=ln, minlength=w.size) - w * n)
-    return float(max(ahead.max(), behind.max(), final.max(), 0.0))
+        (self._counts, self._documents, self._base, self._weights,
+         self._segment_units) = load_state(state, self._unit.value, self.num_sources)

@@ -127,7 +127,25 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 
 
-def test_report_page_loads_in_headless_chromium(run, tmp_path: Path) -> None:
+def decode_page_images(page: Path) -> list[tuple[int, int]]:
+    """Every image of a report page decoded from its data URI (without a browser): sizes."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    sizes = []
+    for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page.read_text()):
+        with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+            im.load()
+            sizes.append(im.size)
+    return sizes
+
+
+def check_page_in_chromium(page: Path, tmp: Path, images: int) -> None:
+    """Open ``page`` in headless Chromium: the title, ``images`` images all decoded, no console
+    error. Skipped without Chromium unless MIXBATCH_REQUIRE_BROWSER is set (.ci/run)."""
     if CHROMIUM is None or DRIVER is None:
         if os.environ.get("MIXBATCH_REQUIRE_BROWSER"):
             pytest.fail("chromium / chromedriver not found; .ci/run installs them with apt")
@@ -135,26 +153,24 @@ def test_report_page_loads_in_headless_chromium(run, tmp_path: Path) -> None:
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
-    out = run["tmp"] / "rep3"
-    assert _run("audit", "report", str(run["log"]), "--out", str(out)).returncode == 0
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
+                 f"--user-data-dir={tmp / 'profile'}"):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=opts, service=Service(DRIVER))
     try:
         driver.set_page_load_timeout(60)
-        driver.get((out / "report.html").resolve().as_uri())
+        driver.get(page.resolve().as_uri())
         assert driver.title == "mixbatch run report"
-        images = driver.execute_script(
+        found = driver.execute_script(
             "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth,"
             " i.naturalHeight]);")
-        assert len(images) == 6
-        for alt, complete, w, h in images:
+        assert len(found) == images
+        for alt, complete, w, h in found:
             assert complete and w > 100 and h > 100, alt
         driver.set_script_timeout(30)
         decoded = driver.execute_async_script(
@@ -166,6 +182,14 @@ def test_report_page_loads_in_headless_chromium(run, tmp_path: Path) -> None:
         assert errors == []
     finally:
         driver.quit()
+
+
+def test_report_page_loads_in_headless_chromium(run, tmp_path: Path) -> None:
+    out = run["tmp"] / "rep3"
+    assert _run("audit", "report", str(run["log"]), "--out", str(out)).returncode == 0
+    sizes = decode_page_images(out / "report.html")
+    assert len(sizes) == 6 and all(w > 100 and h > 100 for w, h in sizes)
+    check_page_in_chromium(out / "report.html", tmp_path, 6)
 
 
 def test_seen_by_step_matches_the_log(run, tmp_path: Path) -> None:

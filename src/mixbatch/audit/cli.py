@@ -22,8 +22,8 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 # report, seen
 # ---------------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
-    from mixbatch.audit.report import write_report
-    from mixbatch.audit.trace import log_files, read_trace, run_weights
+    from mixbatch.audit.report import build_report
+    from mixbatch.audit.trace import log_files, run_weights
 
     cfg = None
     if args.config:
@@ -33,13 +33,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     paths = [p for item in args.run_or_log for p in log_files(item)]
     folders = [Path(item) for item in args.run_or_log if Path(item).is_dir()]
     weights = run_weights(folders[0]) if folders else None  # a training run's weights.csv
-    trace = read_trace(paths, cfg, weights)
     first = Path(args.run_or_log[0])
     dest = Path(args.out) if args.out else (first / "audit-report" if first.is_dir() else
                                             first.with_name(first.stem + "-report"))
-    data = write_report(trace, dest)
+    data, trace = build_report(paths, dest, cfg, weights)
     if args.json:
         sys.stdout.write(json.dumps(data, indent=1) + "\n")
+        return 0
+    if data.get("kind") == "series":
+        out.print(_series_table(data, len(paths)))
         return 0
     table = Table(title=f"audit report: {len(paths)} log(s), steps {data['first_step']}.."
                   f"{data['last_step']}", caption=f"padding {data['padding_fraction']:.2%} · "
@@ -52,12 +54,48 @@ def cmd_report(args: argparse.Namespace) -> int:
                       f"{s['samples_share']:.4%}", f"{s['max_abs_prefix_deviation']:.2f}",
                       "-" if s["epochs"] is None else f"{s['epochs']:.3f}")
     out.print(table)
+    if "objectives" in data:
+        out.print(_objectives_table(data["objectives"]))
     return 0
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4%}"
+
+
+def _series_table(data: dict[str, Any], logs: int) -> Table:
+    table = Table(title=f"audit report (series): {logs} log(s), steps {data['first_step']}.."
+                  f"{data['last_step']}", caption=f"{data['windows']:,} windows · page "
+                                                  f"{data['html']}")
+    for c in ("source", "target (windows)", "share", "max |dev| (windows)", "epochs",
+              "series drawn"):
+        table.add_column(c, justify="left" if c == "source" else "right")
+    for n, s in data["sources"].items():
+        table.add_row(n, _pct(s["target"]), _pct(s["share"]),
+                      f"{s['max_abs_prefix_deviation']:.2f}",
+                      "-" if s["epochs"] is None else f"{s['epochs']:.3f}",
+                      f"{s['series_drawn']:,} / {s['series_count']:,}")
+    return table
+
+
+def _objectives_table(od: dict[str, Any]) -> Table:
+    table = Table(title=f"objectives: {od['rows']:,} rows",
+                  caption=None if od["weights_known"] else "target unknown: give --config")
+    for c in ("objective", "target (rows)", "rows share", "tokens share", "max |dev| (rows)"):
+        table.add_column(c, justify="left" if c == "objective" else "right")
+    for n, o in od["objectives"].items():
+        dev = o["max_abs_prefix_deviation"]
+        table.add_row(n, _pct(o["target"]), _pct(o["rows_share"]), _pct(o["tokens_share"]),
+                      "-" if dev is None else f"{dev:.2f}")
+    return table
 
 
 def cmd_seen(args: argparse.Namespace) -> int:
     from mixbatch.audit.seen import SeenTotals, seen_spans
+    from mixbatch.audit.trace import is_series_header, peek_header
 
+    if is_series_header(peek_header(args.log)):
+        return _seen_windows(args)
     totals = SeenTotals()
     sink = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     try:
@@ -72,18 +110,46 @@ def cmd_seen(args: argparse.Namespace) -> int:
                                                "tokens": totals.tokens.get(n, 0),
                                                "spans": totals.spans.get(n, 0)}
                                            for n in totals.tokens}}
-    if args.json:  # spans on stdout without --out: the totals go to stderr then
+    return _seen_totals(args, totals.last_step, summary, ("documents", "tokens", "spans"))
+
+
+def _seen_windows(args: argparse.Namespace) -> int:
+    """``audit seen`` on a series log: one line per window fed (source, series, window, and
+    its values' span in the series)."""
+    from mixbatch.audit.seen import SeenWindows, seen_windows
+
+    totals = SeenWindows()
+    sink = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    try:
+        for name, series, w, a, e in seen_windows(args.log, args.step, args.source, totals):
+            sink.write(json.dumps({"source": name, "series": series, "window": w, "start": a,
+                                   "end": e}, separators=(",", ":")) + "\n")
+    finally:
+        if args.out:
+            sink.close()
+    summary: dict[str, Any] = {"step": args.step, "last_step_in_log": totals.last_step,
+                               "sources": {n: {"windows": totals.windows[n],
+                                               "distinct_windows": totals.distinct.get(n),
+                                               "series": totals.series.get(n, 0)}
+                                           for n in totals.windows}}
+    return _seen_totals(args, totals.last_step, summary,
+                        ("windows", "distinct_windows", "series"))
+
+
+def _seen_totals(args: argparse.Namespace, last_step: int, summary: dict[str, Any],
+                 columns: tuple[str, ...]) -> int:
+    """The totals of ``audit seen``: JSON (stderr when the lines went to stdout), or a table
+    when the lines went to ``--out``."""
+    if args.json:  # lines on stdout without --out: the totals go to stderr then
         (sys.stdout if args.out else sys.stderr).write(json.dumps(summary, indent=1) + "\n")
         return 0
     if args.out:
-        ended = ("" if totals.last_step >= args.step else
-                 f" (the log ends at step {totals.last_step})")
+        ended = "" if last_step >= args.step else f" (the log ends at step {last_step})"
         table = Table(title=f"seen by step {args.step}{ended} → {args.out}")
-        for c in ("source", "documents", "tokens", "spans"):
+        for c in ("source", *columns):
             table.add_column(c, justify="left" if c == "source" else "right")
         for n, s in summary["sources"].items():
-            table.add_row(n, "-" if s["documents"] is None else f"{s['documents']:,}",
-                          f"{s['tokens']:,}", f"{s['spans']:,}")
+            table.add_row(n, *("-" if s[c] is None else f"{s[c]:,}" for c in columns))
         out.print(table)
     return 0
 
@@ -95,10 +161,13 @@ def add_audit_parsers(subparsers: Any) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
 
     sp = sub.add_parser("report", help="realised vs target mixture, deviation, epochs, padding, "
-                                       "ranks: PNGs and one HTML page")
+                                       "ranks, objectives; series: windows per series: PNGs "
+                                       "and one HTML page")
     sp.add_argument("run_or_log", nargs="+", metavar="RUN_OR_LOG",
                     help="an audit log (stream --emit), or a run folder; several: one per rank")
-    sp.add_argument("--config", default=None, help="check the log belongs to this config")
+    sp.add_argument("--config", default=None, help="check the log belongs to this config (and "
+                                                   "take the objectives' weights from it when "
+                                                   "the log has none)")
     sp.add_argument("--out", default=None, metavar="DIR",
                     help="where the report goes (default: LOG-report/ beside the log, or "
                          "RUN/audit-report/)")
@@ -106,7 +175,8 @@ def add_audit_parsers(subparsers: Any) -> argparse.ArgumentParser:
     add_common(sp, progress=False)
     sp.set_defaults(func=cmd_report)
 
-    sp = sub.add_parser("seen", help="documents and token spans fed by step T (streams the log)")
+    sp = sub.add_parser("seen", help="documents and token spans (series: windows) fed by step T "
+                                     "(streams the log)")
     sp.add_argument("log", metavar="LOG", help="an audit log (stream --emit, or a run's)")
     sp.add_argument("--step", type=int, required=True, metavar="T", help="steps 0..T inclusive")
     sp.add_argument("--source", default=None, metavar="S", help="only this source")

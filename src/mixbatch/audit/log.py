@@ -44,6 +44,10 @@ stream --emit``; replay records by a training run that replays hard batches
   the rows of steps ``s - 1`` and ``s``); :func:`mixbatch.audit.trace.read_trace` counts the
   mixture with and without replays from these.
 
+A series stream's log (:mod:`mixbatch.series.stream`) has its own header (``"audit_log":
+"series/2"``) and rows ``{"step", "rank", "row", "source", "window", "series"}``, which
+:func:`iter_log` yields as ``"window"`` records (:mod:`mixbatch.audit.trace_series` reads them).
+
 Next to it, ``<name>.summary.json`` (:func:`summary_path`) holds the run's summary as the
 ``stream`` command reports it: the mixture per source, padding, truncation, pieces per document,
 tokens per step, rank cost imbalance, skipped documents. The loader's counters are part of its
@@ -284,6 +288,8 @@ def cut_log(path: str | Path, before_step: int, before_train_step: int | None = 
 
 
 ROW_KEYS = frozenset({"step", "rank", "row", "segments", "pad"})
+#: a row of a series stream's log (:mod:`mixbatch.series.stream`): one window
+WINDOW_KEYS = frozenset({"step", "rank", "row", "source", "window"})
 STEP_KEYS = frozenset({"step", "rank", "weights"})
 REPLAY_KEYS = frozenset({"step", "rank", "replay_of", "train_step"})
 
@@ -298,9 +304,10 @@ class TornTail:
 
 def iter_log(path: str | Path, torn: TornTail | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(kind, record)`` for every line of an audit log, ``kind`` one of ``"header"``,
-    ``"row"``, ``"step"``, ``"replay"``; a bad line raises :class:`DataError` naming it. A cut last line (a
-    kill in the middle of a write) says the log is truncated, or, with ``torn``, is dropped and
-    counted there: never read as a record, never glued to another."""
+    ``"row"``, ``"step"``, ``"replay"``, or ``"window"`` (a series stream's row: source, window,
+    series); a bad line raises :class:`DataError` naming it. A cut last line (a kill in the
+    middle of a write) says the log is truncated, or, with ``torn``, is dropped and counted
+    there: never read as a record, never glued to another."""
     path = Path(path)
     try:
         f = open(path, encoding="utf-8")  # noqa: SIM115
@@ -328,13 +335,15 @@ def iter_log(path: str | Path, torn: TornTail | None = None) -> Iterator[tuple[s
                 yield "header", rec
             elif isinstance(rec, dict) and set(rec) >= ROW_KEYS:
                 yield "row", rec
+            elif isinstance(rec, dict) and set(rec) >= WINDOW_KEYS:
+                yield "window", rec
             elif isinstance(rec, dict) and set(rec) >= STEP_KEYS:
                 yield "step", rec
             elif isinstance(rec, dict) and set(rec) >= REPLAY_KEYS:
                 yield "replay", rec
             else:
                 raise DataError(f"{path}:{i}: not an audit record (needs step, rank, row, "
-                                "segments, pad)")
+                                "segments, pad; or a series row's source, window)")
 
 
 def read_audit_log(path: str | Path) -> Iterator[dict[str, Any]]:

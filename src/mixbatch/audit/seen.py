@@ -7,6 +7,12 @@ spans still open are kept in a small LRU table (``open_limit`` documents; a docu
 arrive close together in every packing mode, so an evicted one rarely comes back, and if it does
 it is simply reported as one more span), and distinct documents are counted with one bit per
 document when the log's header gives the source sizes.
+
+A series stream's log (:mod:`mixbatch.series.stream`) is answered by :func:`seen_windows`:
+every window fed in steps ``<= T`` with its series and its place in that series (the values
+``[start, end)`` of the series, in the order they were prepared: a series' windows are
+consecutive in its store, ``stride`` values apart), distinct windows counted with one bit per
+window of the store.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ def seen_spans(path: str | Path, step: int, source: str | None = None,
     opened: OrderedDict[tuple[str, int], list[int]] = OrderedDict()
     for kind, rec in iter_log(path):
         if kind == "header":
+            if str(rec.get("audit_log", "")).startswith("series/"):
+                raise DataError(f"{path}: a series stream's log: its windows are listed by "
+                                "seen_windows")
             names = list(rec["sources"])
             if source is not None and source not in names:
                 raise ConfigError(f"--source: {source!r} is not in the log (sources: "
@@ -96,6 +105,81 @@ def seen_spans(path: str | Path, step: int, source: str | None = None,
         totals.documents[n] = (int(np.unpackbits(b).sum()) if b is not None else None)
         totals.tokens.setdefault(n, 0)
         totals.spans.setdefault(n, 0)
+
+
+@dataclass
+class SeenWindows:
+    """Per source of a series log: windows fed (a window fed twice counts twice), distinct
+    windows, distinct series; ``last_step``: the last step read."""
+
+    windows: dict[str, int] = field(default_factory=dict)
+    distinct: dict[str, int | None] = field(default_factory=dict)
+    series: dict[str, int] = field(default_factory=dict)
+    last_step: int = -1
+
+
+def seen_windows(path: str | Path, step: int, source: str | None = None,
+                 totals: SeenWindows | None = None
+                 ) -> Iterator[tuple[str, str, int, int | None, int | None]]:
+    """``(source, series, window, start, end)`` of every window fed in steps ``<= step`` of a
+    series log (all ranks it holds), in the order they were fed; ``start``/``end`` locate the
+    window in its series (None for a ``series/1`` log, whose header lacks the series list)."""
+    if step < 0:
+        raise ConfigError(f"--step: must be >= 0, got {step}")
+    totals = totals if totals is not None else SeenWindows()
+    names: list[str] = []
+    bits: dict[str, np.ndarray] = {}
+    first: dict[str, dict[str, int]] = {}  # source -> series -> its first window in the store
+    width: int | None = None
+    sizes: dict[str, int] = {}
+    strides: dict[str, int] = {}
+    series_seen: dict[str, set[str]] = {}
+    for kind, rec in iter_log(path):
+        if kind == "header":
+            names = list(rec["sources"])
+            if source is not None and source not in names:
+                raise ConfigError(f"--source: {source!r} is not in the log (sources: "
+                                  f"{', '.join(names)})")
+            for n, d in zip(names, rec.get("windows", []), strict=False):
+                sizes[n] = int(d)
+                bits[n] = np.zeros((int(d) + 7) // 8, dtype=np.uint8)
+            for n, listed in zip(names, rec.get("series", []), strict=False):
+                starts = np.concatenate([[0], np.cumsum([int(w) for _, w in listed])[:-1]])
+                first[n] = {str(a): int(b) for (a, _), b in zip(listed, starts, strict=True)}
+            strides = dict(zip(names, (int(x) for x in rec.get("strides", [])), strict=False))
+            width = int(rec["context"]) + int(rec["horizon"]) if "context" in rec else None
+            continue
+        if kind != "window":
+            raise DataError(f"{path}: a {kind} record in a series stream's log")
+        s = int(rec["step"])
+        if s > step:
+            break
+        totals.last_step = max(totals.last_step, s)
+        name, series, w = rec["source"], str(rec.get("series", "?")), int(rec["window"])
+        if source is not None and name != source:
+            continue
+        totals.windows[name] = totals.windows.get(name, 0) + 1
+        series_seen.setdefault(name, set()).add(series)
+        b = bits.get(name)
+        if b is not None:
+            if not 0 <= w < sizes[name]:
+                raise DataError(f"{path}: step {s}: window {w} of {name!r} is past the store's "
+                                f"{sizes[name]} windows (the log's header)")
+            b[w // 8] |= np.uint8(1 << (w % 8))
+        start = end = None
+        f = first.get(name, {}).get(series)
+        stride = strides.get(name)
+        if f is not None and stride is not None and width is not None:
+            start = (w - f) * stride
+            end = start + width
+        yield name, series, w, start, end
+    for n in names or sorted(totals.windows):
+        if source is not None and n != source:
+            continue
+        totals.windows.setdefault(n, 0)
+        b = bits.get(n)
+        totals.distinct[n] = int(np.unpackbits(b).sum()) if b is not None else None
+        totals.series[n] = len(series_seen.get(n, ()))
 
 
 def _count(totals: SeenTotals, key: tuple[str, int], span: list[int]) -> tuple[str, int, int, int]:

@@ -85,7 +85,8 @@ def run_stream(cfg: Any, steps: int, rank: int | None, world_size: int | None,
         loader.load_state_dict(load_state(state_in))
     first = loader.step
     cut = cut_log(emit, first) if emit and state_in else None
-    writer = (AuditWriter(emit, loader.names, append=bool(state_in), header=log_header(loader))
+    writer = (AuditWriter(emit, loader.names, append=bool(state_in),
+                          header={**log_header(loader), **objectives_header(loader)})
               if emit else None)
 
     def feed(step: Any) -> tuple[int, int]:
@@ -101,6 +102,17 @@ def run_stream(cfg: Any, steps: int, rank: int | None, world_size: int | None,
     if cut is not None and (cut.records or cut.torn_bytes):
         summary["log_cut"] = {"records": cut.records, "torn_bytes": cut.torn_bytes}
     return summary
+
+
+def objectives_header(loader: Any) -> dict[str, Any]:
+    """What the header adds under ``objectives:``: ``{"objectives": {"names", "weights"}}``,
+    the denoisers and the exact weights the loader mixes them with (the report's target);
+    nothing without objectives."""
+    stage = getattr(loader, "objectives", None)
+    if stage is None:
+        return {}
+    return {"objectives": {"names": list(stage.names),
+                           "weights": [float(x) for x in stage.mixer.weights]}}
 
 
 def stream_summary(loader: Any, first: int, done: int, fed: int, seconds: float) -> dict[str, Any]:

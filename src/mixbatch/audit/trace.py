@@ -17,6 +17,10 @@ A run that replays hard batches logs each replay as a record naming the step it 
 ``replayed_tokens`` / ``replayed_samples`` count what the replays trained again (each rank's
 rows of the repeated step, once per replay), so the mixture is given both ways: without
 replays (the stream) and with them (every token trained).
+
+Rows that carry an ``objective`` (a config with ``objectives:``) are also counted per step and
+objective (:mod:`mixbatch.audit.report_objectives`); a series stream's log is read by
+:func:`mixbatch.audit.trace_series.read_series_trace`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from mixbatch.audit.log import config_identity, iter_log, summary_path
+from mixbatch.audit.log import TornTail, config_identity, iter_log, summary_path
+from mixbatch.audit.report_objectives import ObjectiveCounter, ObjectiveTrace
 from mixbatch.errors import ConfigError, DataError
 
 
@@ -59,6 +64,7 @@ class RunTrace:
     replays: int = 0  # training steps that retrained a kept batch
     replayed_tokens: np.ndarray | None = None  # [sources], tokens those replays trained
     replayed_samples: np.ndarray | None = None  # [sources], documents started in them
+    objectives: ObjectiveTrace | None = None  # rows and tokens per objective (`objectives:`)
 
     @property
     def units(self) -> np.ndarray:
@@ -171,6 +177,8 @@ class RunTrace:
             "sources": {},
             "mixture_replays": self.replay_mixture(),
         }
+        if self.objectives is not None:
+            out["objectives"] = self.objectives.to_dict(self.names)
         integ = self.integrated_target()
         for i, n in enumerate(self.names):
             last_w = integ[-1] if len(self.steps) else np.zeros(len(self.names))
@@ -185,6 +193,18 @@ class RunTrace:
                 "ranks": {str(r): int(self.rank_tokens[j, i]) for j, r in enumerate(self.ranks)},
             }
         return out
+
+
+def is_series_header(header: dict[str, Any] | None) -> bool:
+    """Whether a log's header is a series stream's (:mod:`mixbatch.series.stream`)."""
+    return header is not None and str(header.get("audit_log", "")).startswith("series/")
+
+
+def peek_header(path: str | Path) -> dict[str, Any] | None:
+    """The header line of an audit log, or None when it has none (a training run's log)."""
+    for kind, rec in iter_log(path, TornTail()):
+        return rec if kind == "header" else None
+    return None
 
 
 def log_files(run_or_log: str | Path) -> list[Path]:
@@ -252,9 +272,13 @@ def read_trace(paths: list[Path], cfg: Any = None,
     step_recs: dict[tuple[int, int], dict[str, Any]] = {}
     index: dict[str, int] = {}
     replayed: dict[tuple[int, int], int] = {}  # (train step, rank) -> step repeated
+    objectives = ObjectiveCounter()
     for path in paths:
         header = None
         for kind, rec in iter_log(path):
+            if kind == "window" or (kind == "header" and is_series_header(rec)):
+                raise DataError(f"{path}: a series stream's log where a text stream's was "
+                                "expected (logs of different runs?)")
             if kind == "header":
                 header = rec
                 headers.append(rec)
@@ -296,6 +320,7 @@ def read_trace(paths: list[Path], cfg: Any = None,
                 c += n + n * n / (6.0 * d_model)
             cost[key] = cost.get(key, 0.0) + c
             ranks_seen.add(key[1])
+            objectives.add(key[0], rec)
     if names is None:
         names = sorted(index, key=index.__getitem__)
     if not per_step:
@@ -366,10 +391,11 @@ def read_trace(paths: list[Path], cfg: Any = None,
         documents = docs if all(docs) else None
     world = int((header or summary or {}).get("world_size", len(ranks)))
     rep_t, rep_s = _replayed(paths, replayed, index)
+    obj = objectives.finish(paths[0], steps, names, header, cfg, len(ranks) >= world)
     return RunTrace(names, steps, tokens, samples, pad, positions, seq_len, truncated, weights,
                     rank_tokens, rank_cost, ranks, unit, documents, header, summary,
                     list(paths), world, global_cost,
-                    len({t for t, _ in replayed}), rep_t, rep_s)
+                    len({t for t, _ in replayed}), rep_t, rep_s, obj)
 
 
 def _replayed(paths: list[Path], replayed: dict[tuple[int, int], int],

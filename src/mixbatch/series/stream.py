@@ -1,9 +1,16 @@
 """``mixbatch stream`` for series sources: run the loader, log (source, window) per row.
 
-The audit log (``--emit``) is JSONL: a header ``{"audit_log": "series/1", "sources": [...],
-"windows": [...], "seed", "batch_size", "context", "horizon", "world_size", "rank"}``, then one
-record per row this rank was fed, ``{"step", "rank", "row", "source", "window", "series"}``
-(``series``: the series' name in its store). Saving and resuming follow the text stream
+The audit log (``--emit``) is JSONL: a header ``{"audit_log": "series/2", "sources": [...],
+"windows": [...], "series": [[[name, windows], ...] per source], "strides": [...], "weights",
+"identity", "seed", "batch_size", "context", "horizon", "world_size", "rank"}`` (``windows``:
+each store's windows; ``series``: each store's series in store order with their windows, so a
+window's series and its place in it follow from the window's row; ``weights``: the mixture's,
+fixed for the whole stream since a series mixture has no schedule and a resumed state keeps
+the weights it was saved with; ``identity``: the digest of the data-defining config sections,
+:func:`mixbatch.audit.log.config_identity`), then one record per row this rank was fed,
+``{"step", "rank", "row", "source", "window", "series"}`` (``series``: the series' name in its
+store). Logs of ``series/1`` lack ``series``, ``strides``, ``weights`` and ``identity``;
+readers treat them as unknown. Saving and resuming follow the text stream
 (:mod:`mixbatch.audit.stream`): with ``save_every`` the log is ``fsync``-ed before the state is
 saved, and a resumed run cuts the log back to its state's step
 (:func:`mixbatch.audit.log.cut_log`) before appending, so a resumed log equals an
@@ -26,7 +33,7 @@ from mixbatch.series.loader import SeriesLoader, SeriesStep
 
 __all__ = ["SeriesAuditWriter", "run_series_stream", "series_table"]
 
-LOG_VERSION = "series/1"
+LOG_VERSION = "series/2"
 
 
 class SeriesAuditWriter:
@@ -40,8 +47,15 @@ class SeriesAuditWriter:
         self.loader = loader
         self.series_names = [[s["name"] for s in st.meta["series"]] for st in loader.stores]
         if fresh:
+            from mixbatch.audit.log import config_identity
+
             self._put([{"audit_log": LOG_VERSION, "sources": loader.names,
-                        "windows": [len(s) for s in loader.stores], "seed": loader.cfg.seed,
+                        "windows": [len(s) for s in loader.stores],
+                        "series": [[[x["name"], int(x["windows"])] for x in st.meta["series"]]
+                                   for st in loader.stores],
+                        "strides": [int(st.meta.get("stride", 1)) for st in loader.stores],
+                        "weights": [float(x) for x in loader.mixer.rule.weights],
+                        "identity": config_identity(loader.cfg), "seed": loader.cfg.seed,
                         "batch_size": loader.batch_size, "context": loader.context,
                         "horizon": loader.horizon, "world_size": loader.world_size,
                         "rank": loader.rank}])

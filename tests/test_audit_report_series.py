@@ -174,3 +174,24 @@ def test_bad_series_logs_give_one_line(run, capsys, tmp_path: Path) -> None:
     assert "logs of different runs" in capsys.readouterr().err
     assert main(["audit", "seen", str(run["log"]), "--step", "2", "--source", "nope"]) == 2
     assert "'nope' is not in the log" in capsys.readouterr().err
+
+
+def test_a_series_1_log_is_still_reported(run, capsys, tmp_path: Path) -> None:
+    # logs written before the header listed series, strides, weights and identity
+    lines = run["log"].read_text().splitlines()
+    head = json.loads(lines[0])
+    for key in ("series", "strides", "weights", "identity"):
+        del head[key]
+    head["audit_log"] = "series/1"
+    old = tmp_path / "old.jsonl"
+    old.write_text("\n".join([json.dumps(head), *lines[1:]]) + "\n")
+    summary_path(old).write_text(summary_path(run["log"]).read_text())
+    data = _report(capsys, str(old), "--out", str(tmp_path / "rep"))
+    new = _report(capsys, str(run["log"]), "--out", str(tmp_path / "rep2"))
+    assert data["weights_from"] == "the summary's target"
+    for n, s in data["sources"].items():
+        assert s["target"] == pytest.approx(new["sources"][n]["target"], abs=1e-12)
+        assert s["epochs"] == new["sources"][n]["epochs"]
+        assert all(v["expected"] is None for v in data["series"][n].values())
+    spans = list(seen_windows(old, 3))
+    assert spans and all(a is None and e is None for *_, a, e in spans)

@@ -142,11 +142,11 @@ def test_training_run_folder_with_objectives(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "run"
     assert main(["train", str(tmp_path / "cfg.yaml"), "--steps", "4", "--policy", "none",
                  "--out", str(folder), *proxy]) == 0
-    # a training run's log has no header: the objectives' weights come from --config
+    # a training run's log starts with the stream's header, objectives' weights included
+    first = json.loads((folder / "audit.jsonl").read_text().splitlines()[0])
+    assert first["audit_log"] and "objectives" in first
     bare = _report(capsys, str(folder))
-    assert not bare["objectives"]["weights_known"]
-    assert all(o["target"] is None and o["max_abs_prefix_deviation"] is None
-               for o in bare["objectives"]["objectives"].values())
+    assert bare["objectives"]["weights_known"]
     data = _report(capsys, str(folder), "--config", str(tmp_path / "cfg.yaml"))
     od = data["objectives"]
     rows = defaultdict(int)

@@ -57,8 +57,9 @@ def test_policy_runs_end_to_end_with_defaults(cfg, tmp_path: Path, name: str) ->
     assert len(rows) == 30 and header[:3] == ["step", "tokens", "train_loss"]
     assert [h["step"] for h in s["history"]] == [10, 20, 30]
     assert s["target_val_loss"] == s["history"][-1]["val_loss"]["s2"] < np.log(258)
-    audit = (run / "audit.jsonl").read_text().splitlines()
-    assert {json.loads(a)["step"] for a in audit} == set(range(30))
+    audit = [json.loads(a) for a in (run / "audit.jsonl").read_text().splitlines()]
+    assert audit[0]["audit_log"] and len(audit[0]["sources"]) == 3  # the header line
+    assert {a["step"] for a in audit[1:]} == set(range(30))
     if name == "doremi":
         assert (run / "reference.pt").exists() and s["overhead_tokens"]["reference"] > 0
     if name == "skillit":

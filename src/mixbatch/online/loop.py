@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from mixbatch.audit.log import log_header
+from mixbatch.audit.stream import objectives_header
 from mixbatch.config import Config
 from mixbatch.errors import ConfigError
 from mixbatch.lock import FolderLock
@@ -306,7 +308,9 @@ def train_online(cfg: Config, proxy: ProxyConfig | None = None, policy: Any = No
             files = hooks.files = RunFiles(run_path, names, t.rank, t.world_size, resumed_at,
                                            audit, noise=t.noise is not None,
                                            stream_step=None if resumed_at is None
-                                           else int(loader.step))
+                                           else int(loader.step),
+                                           header={**log_header(loader),
+                                                   **objectives_header(loader)})
             if files.torn and log is not None:
                 log("resume: dropped torn last lines (the run was killed while writing them): "
                     + ", ".join(f"{f} {n}" for f, n in files.torn.items()))

@@ -113,11 +113,15 @@ class RunFiles:
         noise: ``losses.csv`` has a ``noise_scale`` column.
         stream_step: the loader's step at ``resume_step`` (more training steps than stream
             steps when hard batches are replayed; default: the same).
+        header: the audit log's header line (:func:`mixbatch.audit.log.log_header` and the
+            objectives' names and weights), written to a new or empty log only.
     """
 
     def __init__(self, run_dir: Path | None, names: Sequence[str], rank: int = 0,
                  world_size: int = 1, resume_step: int | None = None, audit: bool = True,
-                 noise: bool = False, stream_step: int | None = None) -> None:
+                 noise: bool = False, stream_step: int | None = None,
+                 header: dict[str, Any] | None = None) -> None:
+        log_header = header
         self.dir = run_dir
         self.names = list(names)
         self.rank, self.noise = rank, noise
@@ -151,7 +155,8 @@ class RunFiles:
                 cut = cut_log(path, resume_step if stream_step is None else stream_step,
                               before_train_step=resume_step)
                 self._note(path.name, 1 if cut.torn_bytes else 0)
-            self._audit = AuditWriter(path, names, append=resume_step is not None)
+            self._audit = AuditWriter(path, names, append=resume_step is not None,
+                                      header=log_header)
 
     def _note(self, name: str, torn: int) -> None:
         if torn:

@@ -366,16 +366,9 @@ def find_duplicates(texts_by_source: Mapping[str, Iterable[str]], config: DedupC
 
 def source_texts(cfg: Any, name: str, on_error: Any = None) -> Iterator[str]:
     """Every text of a raw source, in prepare's order (units in order, records in order)."""
-    from mixbatch.io import SkipCounter, iter_texts, plan_units
-    from mixbatch.prepare import source_format, source_paths
+    from mixbatch.prepare_inputs import source_files
 
-    src = cfg.sources[name]
-    paths = source_paths(name, src, cfg)
-    fmt = source_format(name, src, paths)
-    skips = SkipCounter()
-    for unit in plan_units(paths, fmt, src.split):
-        for batch in iter_texts(unit, src.text_field, src.split, on_error or src.on_error, skips):
-            yield from batch
+    yield from source_files(name, cfg.sources[name], cfg).texts(on_error)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,8 +400,7 @@ def plan_drops(cfg: Any, on_error: Any = None, chunk_bytes: int = 64 << 20) -> D
     """Read every raw source as ``prepare`` will (same units, same record order) and decide the
     duplicates to drop under ``cfg.dedup``; None when the config has no ``dedup``."""
     from mixbatch.errors import ConfigError
-    from mixbatch.io import SkipCounter, iter_texts, plan_units
-    from mixbatch.prepare import source_format, source_paths
+    from mixbatch.prepare_inputs import source_files
 
     dc: DedupConfig | None = getattr(cfg, "dedup", None)
     if dc is None:
@@ -418,18 +410,11 @@ def plan_drops(cfg: Any, on_error: Any = None, chunk_bytes: int = 64 << 20) -> D
     def records(name: str, src: Any) -> Iterator[str]:
         """The source's texts in prepare's order, noting where each one is (read unit, position
         in the unit)."""
-        paths = source_paths(name, src, cfg)
-        fmt = source_format(name, src, paths)
-        skips = SkipCounter()
-        for unit in plan_units(paths, fmt, src.split, chunk_bytes):
-            uid = _unit_id(unit)
-            pos = 0
-            for batch in iter_texts(unit, src.text_field, src.split, on_error or src.on_error,
-                                    skips):
-                for t in batch:
-                    where.append((name, uid, pos))
-                    pos += 1
-                    yield t
+        for batch in source_files(name, src, cfg).batches(on_error, chunk_bytes):
+            uid = _unit_id(batch.unit)
+            for pos, t in enumerate(batch.texts, batch.first):
+                where.append((name, uid, pos))
+                yield t
 
     texts: dict[str, Iterable[str]] = {}
     for name, src in cfg.sources.items():

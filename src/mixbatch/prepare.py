@@ -37,11 +37,12 @@ from typing import Any
 from mixbatch.config import Config
 from mixbatch.dedup import plan_drops
 from mixbatch.errors import ConfigError, MixbatchError, StoreError
-from mixbatch.io import Format, OnError, SkipCounter, plan_units
+from mixbatch.io import Format, OnError, SkipCounter
 from mixbatch.io.fs import RemotePath, storage_env
 from mixbatch.lock import FolderLock, remove_leftovers
 from mixbatch.prepare_inputs import (
     file_states,
+    source_files,
     source_fingerprint,
     source_format,
     source_paths,
@@ -123,9 +124,9 @@ def _prepare(cfg: Config, root: Path, remote: RemotePath | None, workers: int | 
                 reports[name] = prepare_token_data(name, src, cfg, folder, tok)
             continue
         file_skips = SkipCounter()
-        paths = source_paths(name, src, cfg, file_skips)
-        fmt = source_format(name, src, paths)
-        files = file_states(paths)
+        inputs = source_files(name, src, cfg, file_skips)
+        fmt = inputs.fmt
+        files = file_states(inputs.paths)
         fp = source_fingerprint(src, fmt, tok, dtype)
         fp = drops.fingerprint(name, fp) if drops is not None else fp
         there = None if remote is None or force else remote_up_to_date(remote / name, fp, files)
@@ -145,7 +146,7 @@ def _prepare(cfg: Config, root: Path, remote: RemotePath | None, workers: int | 
         part_dir.mkdir(parents=True, exist_ok=True)
         states = {f["path"]: f for f in files}
         jobs = []
-        for unit in plan_units(paths, fmt, src.split, chunk_bytes):
+        for unit in inputs.units(chunk_bytes):
             st = states[str(unit.path)]
             key = unit_key(unit, fp, st["size"], st["mtime_ns"], st.get("etag", ""),
                             st.get("ctime_ns", 0))

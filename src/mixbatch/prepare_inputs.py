@@ -1,26 +1,41 @@
 """The inputs of ``mixbatch prepare`` and their identity: which files a text source reads, in
 which format, the fingerprint of its settings, the keys of its work units, and whether its
 store is up to date with them.
+
+:func:`source_files` is the one way to read a raw source's texts in prepare's order (read units
+in order, records in order): prepare, dedup, tokenizer training and the tokenizer-mixture audit
+all go through it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from mixbatch.config import Config, SourceConfig
 from mixbatch.errors import ConfigError, DataError, StoreError
-from mixbatch.io import Format, ReadUnit, SkipCounter, expand_paths, infer_format
+from mixbatch.io import (
+    Format,
+    OnError,
+    ReadUnit,
+    SkipCounter,
+    expand_paths,
+    infer_format,
+    iter_texts,
+    plan_units,
+)
 from mixbatch.io.fs import RemotePath
 from mixbatch.store import FORMAT_VERSION, META, file_digest, open_store
 from mixbatch.tokenizer import Tokenizer
 
-__all__ = ["file_states", "source_fingerprint", "source_format", "source_paths",
-           "store_up_to_date", "unit_key"]
+__all__ = ["SourceFiles", "TextBatch", "file_states", "source_files", "source_fingerprint",
+           "source_format", "source_paths", "store_up_to_date", "unit_key"]
 
 
 def source_paths(name: str, src: SourceConfig, cfg: Config,
@@ -49,6 +64,60 @@ def source_format(name: str, src: SourceConfig, paths: list[Path]) -> Format:
                           "its name), which has no fields; second_field needs jsonl, parquet or "
                           "arrow records")
     return fmt
+
+
+class TextBatch(NamedTuple):
+    """Consecutive texts of one read unit: ``texts[j]`` is record ``first + j`` of the unit's
+    record stream (skipped records not counted), the position a dedup drop names."""
+
+    unit: ReadUnit
+    first: int
+    texts: list[str]
+
+
+@dataclass(frozen=True)
+class SourceFiles:
+    """A text source's input files, their format, and the texts they hold in prepare's order."""
+
+    name: str
+    src: SourceConfig
+    paths: list[Path]
+    fmt: Format
+
+    def units(self, chunk_bytes: int = 64 << 20) -> list[ReadUnit]:
+        """The read units prepare makes of these files (large plain files cut into ranges)."""
+        return plan_units(self.paths, self.fmt, self.src.split, chunk_bytes)
+
+    def batches(self, on_error: OnError | None = None, chunk_bytes: int = 64 << 20,
+                skips: SkipCounter | None = None) -> Iterator[TextBatch]:
+        """The texts, unit by unit, in batches. The units are planned now (a file that cannot be
+        read fails here); records are read as the batches are taken. ``on_error`` defaults to
+        the source's own; skipped records are counted in ``skips`` (a fresh counter if None)."""
+        units = self.units(chunk_bytes)
+        return self._batches(units, on_error or self.src.on_error,
+                             skips if skips is not None else SkipCounter())
+
+    def texts(self, on_error: OnError | None = None, chunk_bytes: int = 64 << 20,
+              skips: SkipCounter | None = None) -> Iterator[str]:
+        """The texts one by one (see :meth:`batches`)."""
+        return (t for b in self.batches(on_error, chunk_bytes, skips) for t in b.texts)
+
+    def _batches(self, units: list[ReadUnit], on_error: OnError,
+                 skips: SkipCounter) -> Iterator[TextBatch]:
+        src = self.src
+        for unit in units:
+            first = 0
+            for texts in iter_texts(unit, src.text_field, src.split, on_error, skips):
+                yield TextBatch(unit, first, texts)
+                first += len(texts)
+
+
+def source_files(name: str, src: SourceConfig, cfg: Config,
+                 skips: SkipCounter | None = None) -> SourceFiles:
+    """A text source's files (:func:`source_paths`, symlink skips counted in ``skips``) and their
+    format (:func:`source_format`), each error naming the source's field."""
+    paths = source_paths(name, src, cfg, skips)
+    return SourceFiles(name, src, paths, source_format(name, src, paths))
 
 
 def source_fingerprint(src: SourceConfig, fmt: Format, tok: Tokenizer, dtype: np.dtype) -> str:

@@ -31,6 +31,7 @@ import numpy as np
 
 from mixbatch.errors import StoreError
 from mixbatch.io.fs import as_path, is_url
+from mixbatch.ranges import span_positions
 from mixbatch.store_blocks import BLOCKS, BlockVerifier
 from mixbatch.store_meta import check_index, check_meta, external_tokens_path
 
@@ -153,11 +154,7 @@ class TokenStore:
             return np.empty(0, dtype=self.tokens.dtype), lens
         self._verify(starts, lens)
         if not isinstance(self.tokens, np.ndarray):  # a remote store: one fetch for all
-            lens64 = lens.astype(np.int64)
-            total = int(lens64.sum())
-            offsets = np.repeat(np.cumsum(lens64) - lens64, lens64)
-            index = np.repeat(starts.astype(np.int64), lens64) + (np.arange(total) - offsets)
-            return self.tokens[index], lens
+            return self.tokens[span_positions(starts, lens)], lens
         # one slice per document (not per token): concatenating views beats a fancy index
         # that builds an int64 index several times the size of the tokens it copies
         tok = self.tokens

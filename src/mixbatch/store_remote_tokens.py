@@ -27,6 +27,7 @@ from mixbatch.errors import StoreError
 from mixbatch.io.cache import StoreCache
 from mixbatch.io.fs import RemoteError, RemotePath, read_range, read_ranges
 from mixbatch.io.skips import one_line
+from mixbatch.ranges import span_positions
 
 __all__ = ["RUN_BLOCKS", "RemoteTokens"]
 
@@ -36,15 +37,6 @@ RUN_BLOCKS = 16
 
 def _digest(data: bytes | memoryview) -> bytes:
     return hashlib.blake2b(data, digest_size=8).digest()
-
-
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenated ``arange(s, s + c)`` for every pair, vectorised."""
-    total = int(counts.sum())
-    if total == 0:
-        return np.empty(0, np.int64)
-    offsets = np.repeat(np.cumsum(counts) - counts, counts)
-    return np.repeat(starts, counts) + (np.arange(total, dtype=np.int64) - offsets)
 
 
 class RemoteTokens:
@@ -160,7 +152,7 @@ class RemoteTokens:
         per_block = self.block_bytes // self.dtype.itemsize
         first = starts[keep] // per_block
         last = (starts[keep] + lengths[keep] - 1) // per_block
-        return np.unique(_ranges(first, last - first + 1))
+        return np.unique(span_positions(first, last - first + 1))
 
     # ---- blocks ---------------------------------------------------------------------------
     def blocks(self, wanted: np.ndarray) -> dict[int, np.ndarray]:

@@ -8,8 +8,7 @@ from pathlib import Path
 from mixbatch.atomic import atomic_path
 from mixbatch.config import Config
 from mixbatch.errors import ConfigError
-from mixbatch.io import SkipCounter, iter_texts, plan_units
-from mixbatch.prepare import source_format, source_paths
+from mixbatch.prepare_inputs import source_files
 
 
 def iter_config_texts(cfg: Config, max_docs: int | None = None) -> Iterator[list[str]]:
@@ -21,10 +20,7 @@ def iter_config_texts(cfg: Config, max_docs: int | None = None) -> Iterator[list
     for name, src in cfg.sources.items():
         if src.is_token_data:
             continue
-        paths = source_paths(name, src, cfg)
-        fmt = source_format(name, src, paths)
-        units = plan_units(paths, fmt, src.split)
-        streams.append(_source_texts(units, src, SkipCounter()))
+        streams.append(b.texts for b in source_files(name, src, cfg).batches())
     if not streams:
         raise ConfigError("sources: no text source to train a tokenizer on")
     seen = 0
@@ -40,11 +36,6 @@ def iter_config_texts(cfg: Config, max_docs: int | None = None) -> Iterator[list
             yield batch
             if max_docs is not None and seen >= max_docs:
                 return
-
-
-def _source_texts(units, src, skips) -> Iterator[list[str]]:
-    for unit in units:
-        yield from iter_texts(unit, src.text_field, src.split, src.on_error, skips)
 
 
 def train_from_config(cfg: Config, vocab_size: int, out: Path, max_docs: int | None = None

@@ -12,6 +12,7 @@ import heapq
 import numpy as np
 
 from mixbatch.errors import MixbatchInternalError
+from mixbatch.ranges import group_ranks
 
 _NEVER = 1 << 53  # a release this late never comes (and float64 counts are exact below it)
 
@@ -80,8 +81,7 @@ def _jobs_samples(base, w, counts, m_hi, delta):
         kmax = np.where(down, kmax - 1.0, kmax)
     per = (kmax - c).astype(np.int64) + 1  # released jobs, plus the next one
     job_src = np.repeat(src, per)
-    first = np.repeat(np.cumsum(per) - per, per)
-    k = np.repeat(c, per) + 1.0 + (np.arange(job_src.size) - first)
+    k = np.repeat(c, per) + 1.0 + group_ranks(per)
     jb, jw = base[job_src], w[job_src]
     thresh = (k - 1.0) + delta
     return job_src, k, jb, jw, thresh

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from mixbatch.errors import ConfigError
+from mixbatch.ranges import group_ranks
 from mixbatch.shape.bfd import best_fit_decreasing
 
 __all__ = ["pack_prompts"]
@@ -39,8 +40,7 @@ def pack_prompts(width: np.ndarray, budget: int, overhead: int, max_items: int |
     order = np.lexsort((key, bins))  # by prompt, then by this round's key
     counts = np.bincount(bins, minlength=n_bins)
     if max_items is not None:
-        rank = np.arange(width.size) - np.repeat(np.cumsum(counts) - counts, counts)
-        piece = rank // max_items  # position within the prompt, cut every max_items
+        piece = group_ranks(counts) // max_items  # position within the prompt, cut every max_items
         sub = np.repeat(np.arange(n_bins), counts) * (width.size + 1) + piece
         _, counts = np.unique(sub, return_counts=True)
     return np.split(order, np.cumsum(counts)[:-1])

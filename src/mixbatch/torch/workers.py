@@ -111,9 +111,12 @@ class _Arena:
 
 #: a plan of several consecutive steps' rows, and the rows of each step
 Run = tuple[StepPlan, list[int]]
-#: one task: the steps' indices, their runs (one plan per run of one width), tags for the caller,
-#: and what ``StepReaders``'s ``here`` reads the compact batches from in the main process
-Task = tuple[list[int], list[Run], list[Any], Any]
+#: the runs of a task's steps ``a .. b - 1`` (one plan per run of one width), made only when
+#: the steps go to a worker (the main process reads its own tasks through ``here``)
+Runs = Callable[[int, int], list[Run]]
+#: one task: the steps' indices, their runs, tags for the caller, and what ``StepReaders``'s
+#: ``here`` reads the compact batches from in the main process (a sequence, one item per step)
+Task = tuple[list[int], Runs, list[Any], Any]
 #: the main process's reader of a task's compact batches (e.g. from the loader's planned blocks)
 Here = Callable[[Any], Iterable[dict[str, Any]]]
 
@@ -171,16 +174,20 @@ def _read_task(reader: Reader, runs: list[Run], arena: _Arena | None, dtype: np.
 def compute(compacts: Iterable[dict[str, Any]], indices: list[int],
             transform: Callable[[dict[str, Any]], dict[str, Any]] | None,
             fields: tuple[str, ...] | None, arena: _Arena | None = None,
-            ring: _Ring | None = None, slot: int = -1) -> Iterator[dict[str, Any]]:
-    """A task's batches one by one from its compact batches, as a worker sends them (or the
-    main process hands them out, with no slot): ``step`` set, the transform applied, the
-    fields derived (into the slot where there is one). Lazily, so that the main process derives
-    a batch's fields only as it hands the batch out (the memory of the batch before is then free
-    again, and warm)."""
+            ring: _Ring | None = None, slot: int = -1,
+            spent: list[float] | None = None) -> Iterator[dict[str, Any]]:
+    """A task's batches one by one from its compact batches, as a worker sends them: ``step``
+    set, the transform applied (its CPU seconds added to ``spent[0]``), the fields derived
+    (into the slot where there is one). Lazily: a worker sends the list."""
     for b, index in zip(compacts, indices, strict=True):
         b["step"] = index
         if transform is not None:
-            b = transform(b)
+            if spent is None:
+                b = transform(b)
+            else:
+                t0 = time.process_time()
+                b = transform(b)
+                spent[0] += time.process_time() - t0
         if fields:
             b = _derive(b, fields, arena)
         elif arena is not None and ring is not None:
@@ -232,11 +239,12 @@ def _worker_main(conn: Any, reader: Reader,
             return
         seq, slot, indices, wires = task
         try:
-            t0 = time.process_time()
             arena = None if ring is None or slot < 0 else _Arena(ring.view(slot))
             compacts = _read_task(reader, [_plan_from_wire(w) for w in wires], arena, dt, fields)
-            batches = list(compute(compacts, indices, transform, fields, arena, ring, slot))
-            conn.send((seq, "ok", batches, time.process_time() - t0))
+            spent = [0.0]  # the transform's CPU seconds: the pacer's heavy test
+            batches = list(compute(compacts, indices, transform, fields, arena, ring, slot,
+                                   spent))
+            conn.send((seq, "ok", batches, spent[0]))
         except Exception as e:  # report it to the main process, which raises it
             text = f"{type(e).__name__}: {e}"
             if not isinstance(e, MixbatchError):
@@ -248,14 +256,32 @@ def _worker_main(conn: Any, reader: Reader,
 
 
 class _Entry:
-    """A planned task: where it is read (``worker`` -1: here, when due) and its slot."""
+    """A planned task: where it is read (``worker`` -1: here, when due) and its slot; ``first``:
+    its first step's place in the task it was cut from (for ``runs``)."""
 
-    __slots__ = ("counts", "here", "indices", "runs", "seq", "slot", "tags", "worker")
+    __slots__ = ("counts", "first", "here", "indices", "runs", "seq", "slot", "tags", "worker")
 
-    def __init__(self, indices: list[int], runs: list[Run], tags: list[Any],
-                 here: Any = None) -> None:
+    def __init__(self, indices: list[int], runs: Runs, tags: list[Any], here: Any = None,
+                 first: int = 0) -> None:
         self.indices, self.runs, self.tags, self.here = indices, runs, tags, here
+        self.first = first
         self.seq, self.worker, self.slot, self.counts = -1, -1, -1, False
+
+    def wires(self) -> list[tuple]:
+        return [_wire(r) for r in self.runs(self.first, self.first + len(self.indices))]
+
+    def cut(self, size: int) -> list[_Entry]:
+        """The task as tasks of at most ``size`` steps, in order."""
+        if len(self.indices) <= size:
+            return [self]
+        return [_Entry(self.indices[a:a + size], self.runs, self.tags[a:a + size],
+                       None if self.here is None else self.here[a:a + size], self.first + a)
+                for a in range(0, len(self.indices), size)]
+
+    def rest(self, k: int) -> _Entry:
+        """Its steps from the ``k``-th on."""
+        return _Entry(self.indices[k:], self.runs, self.tags[k:],
+                      None if self.here is None else self.here[k:], self.first + k)
 
 
 class StepReaders:
@@ -265,13 +291,14 @@ class StepReaders:
     ``slot_bytes``: the size of a shared slot (0: everything through the pipe);
     ``adaptive``: let the main process read tasks itself where that measures faster
     (:mod:`mixbatch.torch.pacing`); ``here``: how it reads a task's compact batches then (from a
-    task's last element; default: ``reader`` over its runs)."""
+    task's last element; default: ``reader`` over its runs); ``task_steps``: the most steps a
+    task holds (:meth:`task_size` may ask for fewer)."""
 
     def __init__(self, n: int, reader: Reader,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  prefetch: int = 2, poll_interval: float = 0.5, slot_bytes: int = 0,
                  dtype: np.dtype | None = None, fields: tuple[str, ...] | None = None,
-                 adaptive: bool = True, here: Here | None = None) -> None:
+                 adaptive: bool = True, here: Here | None = None, task_steps: int = 16) -> None:
         fork = "fork" in mp.get_all_start_methods()
         ctx = mp.get_context("fork" if fork else "spawn")
         self.n = n
@@ -280,8 +307,10 @@ class StepReaders:
         self.reader, self.transform, self.here = reader, transform, here
         self.dtype = np.dtype(np.int64 if dtype is None else dtype)
         self.pacer = Pacer(n * self.prefetch, enabled=adaptive)
+        self.most = max(1, task_steps)  # steps per task at most (what a slot holds)
         self.inline = 0  # tasks the main process read itself
         self.sent = 0  # tasks sent to the workers
+        self.in_flight = 0  # tasks sent and not yet received
         self.conns: list[Any] = []
         self.procs: list[Any] = []
         # a forked worker shares the ring; a spawned one could not (it gets pickled arrays).
@@ -299,6 +328,10 @@ class StepReaders:
         self.started = False
         if not adaptive:
             self.start()
+
+    def task_size(self) -> int:
+        """Steps for the next task planned (fewer than ``task_steps`` with heavy work)."""
+        return self.pacer.task_steps(self.most)
 
     def start(self) -> None:
         """Start the worker processes (with pacing: when the first task is sent to them; idle
@@ -323,13 +356,15 @@ class StepReaders:
             raise
 
     def map(self, tasks: Iterator[Task]) -> Iterator[tuple[dict[str, Any], Any]]:
-        """For each task ``(indices, runs, tags)`` in order, yield ``(batch, tag)`` per step
-        (:func:`stack_runs` makes the runs of a few consecutive steps' plans). A task goes to
-        worker ``k mod n`` (``k`` counting the tasks sent) as it is planned, or, while the pacer
-        says so, waits here and is read by the main process when it is due."""
+        """For each task ``(indices, runs, tags, here)`` in order, yield ``(batch, tag)`` per
+        step. A task goes to worker ``k mod n`` (``k`` counting the tasks sent) as it is
+        planned, or, while the pacer says so, waits here and is read by the main process when
+        it is due."""
         pending: deque[_Entry] = deque()
         depth = self.n * self.prefetch
-        clock, sampler = RunQueueClock(), RunQueueClock()  # per task, per timed batch
+        pacer = self.pacer
+        pacer.clock = clock = RunQueueClock()
+        sampler = RunQueueClock() if self.transform is not None and pacer.enabled else None
         last = time.perf_counter()
         try:
             while True:
@@ -338,58 +373,77 @@ class StepReaders:
                     if task is None:
                         break
                     pending.append(_Entry(*task))
-                    if not self.pacer.mode:
-                        self._send(pending[-1], pending, depth)
+                if not pacer.mode and self.in_flight < depth:
+                    self._send_held(pending, depth, late=False)
                 if not pending:
                     return
                 e = pending.popleft()
                 if e.worker < 0:
-                    self._check_alive()
-                    self.inline += 1
-                    counts = all(x.worker < 0 for x in pending)  # no worker computed beside it
-                    compacts = _read_task(self.reader, e.runs, None, self.dtype, self.fields) \
-                        if self.here is None else self.here(e.here)
-                    batches = compute(compacts, e.indices, self.transform, self.fields)
-                    for k, tag in enumerate(e.tags):
-                        # the first batch also reads the task; later ones are timed while the
-                        # pacer needs samples, else one per task
-                        if k == 0 or (k > 1 and not self.pacer.sampling):
-                            batch = next(batches)
-                        else:
-                            t0, w0 = time.process_time(), time.perf_counter()
-                            sampler.waited()  # counts from here
-                            batch = next(batches)
-                            waited = sampler.waited()
-                            if self.pacer.computed(time.process_time() - t0, 1, waited,
-                                                   time.perf_counter() - w0):
-                                self._send_held(pending)  # heavy: the workers take the rest
-                        yield batch, tag
-                        del batch
+                    counts = self.in_flight == 0  # no worker computed beside it
+                    yield from self._inline(e, pending, sampler, depth)
                 else:
                     counts = e.counts
                     got = self._receive(e.seq, e.worker, e.slot)
+                    self.in_flight -= 1
                     self.busy.discard(e.slot)
                     yield from zip(got, e.tags, strict=True)
                     del got  # only the batches handed out may keep the slot now
                 now = time.perf_counter()
-                self.pacer.waited_for_cpu(clock.waited())
-                if self.pacer.measured(e.worker < 0, now - last, len(e.tags), counts):
-                    self._send_held(pending)
+                if pacer.measured(e.worker < 0, now - last, len(e.tags), counts):
+                    self._send_held(pending, depth)
                 last = now
         finally:
             clock.close()
-            sampler.close()
+            if sampler is not None:
+                sampler.close()
 
-    def _send(self, e: _Entry, pending: deque[_Entry], depth: int) -> None:
+    def _inline(self, e: _Entry, pending: deque[_Entry], sampler: RunQueueClock | None,
+                depth: int) -> Iterator[tuple[dict[str, Any], Any]]:
+        """Read a task here, each batch's fields derived as it is handed out (the memory of
+        the batch before is then free again, and warm). While the pacer needs samples (and
+        then once per task) the transform is timed; when that turns the mode to the workers,
+        the task's remaining steps go to them at once."""
+        self._check_alive()
+        self.inline += 1
+        compacts = iter(self.here(e.here) if self.here is not None else _read_task(
+            self.reader, e.runs(e.first, e.first + len(e.indices)), None, self.dtype,
+            self.fields))
+        transform, fields, pacer = self.transform, self.fields, self.pacer
+        for k, index in enumerate(e.indices):
+            b = next(compacts)
+            b["step"] = index
+            heavy = False
+            if transform is not None:
+                if sampler is None or not (k == 0 or pacer.sampling):
+                    b = transform(b)
+                else:
+                    t0, w0 = time.process_time(), time.perf_counter()
+                    sampler.waited()  # counts from here
+                    b = transform(b)
+                    heavy = pacer.computed(time.process_time() - t0, 1, sampler.waited(),
+                                           time.perf_counter() - w0)
+            if fields:
+                b = _derive(b, fields, None)
+            if heavy and k + 1 < len(e.indices):  # the workers take the rest of this task
+                pending.appendleft(e.rest(k + 1))
+                e.tags = e.tags[:k + 1]
+                self._send_held(pending, depth)
+                yield b, e.tags[k]
+                return
+            if heavy:
+                self._send_held(pending, depth)
+            yield b, e.tags[k]
+
+    def _send(self, e: _Entry, depth: int, late: bool) -> None:
         """Send a task to the next worker; it counts for the pacer when the pipeline ahead of
-        it was full of worker tasks."""
+        it was full of worker tasks and it was not ``late`` (held while the main process read,
+        sent when the mode changed)."""
         self.start()
-        ahead = len(pending) - 1
-        e.counts = ahead == depth - 1 and all(x.worker >= 0 for x in pending if x is not e)
+        e.counts = not late and self.in_flight == depth - 1
         w = self.sent % self.n
         slot = self._free_slot()
         try:
-            self.conns[w].send((self.sent, slot, e.indices, [_wire(r) for r in e.runs]))
+            self.conns[w].send((self.sent, slot, e.indices, e.wires()))
         except OSError:  # a broken pipe: the worker is gone
             self.procs[w].join(timeout=self.poll_interval)
             raise self._died(w) from None
@@ -397,13 +451,21 @@ class StepReaders:
             self.busy.add(slot)
         e.seq, e.worker, e.slot = self.sent, w, slot
         self.sent += 1
+        self.in_flight += 1
 
-    def _send_held(self, pending: deque[_Entry]) -> None:
-        """The tasks waiting for the main process go to the workers (the mode changed)."""
+    def _send_held(self, pending: deque[_Entry], depth: int, late: bool = True) -> None:
+        """The tasks waiting for the main process go to the workers (the mode is theirs), up to
+        ``depth`` tasks in flight; with heavy work cut to the pacer's task size first."""
+        size = self.pacer.task_steps(self.most)
+        if size < self.most and any(len(x.indices) > size for x in pending if x.worker < 0):
+            cut = [y for x in pending for y in (x.cut(size) if x.worker < 0 else [x])]
+            pending.clear()
+            pending.extend(cut)
         for e in pending:
+            if self.in_flight >= depth:
+                return
             if e.worker < 0:
-                self._send(e, pending, 0)
-                e.counts = False  # sent late: computed while the main process read
+                self._send(e, depth, late)
 
     def _check_alive(self) -> None:
         """A worker that died while the main process reads (nothing to receive from it)."""
@@ -437,7 +499,8 @@ class StepReaders:
             raise MixbatchError(f"loader worker {w}: expected step {seq}, got {got}")
         if status != "ok":
             raise MixbatchError(f"loader worker {w} failed: {payload}")
-        self.pacer.computed(compute_seconds, len(payload))
+        if self.transform is not None:
+            self.pacer.computed(compute_seconds, len(payload))
         if slot < 0:
             return payload
         assert self.ring is not None

@@ -362,12 +362,15 @@ def test_heavy_work_goes_to_the_workers(tmp_path: Path, monkeypatch: pytest.Monk
     assert len(set(pids) - {os.getpid()}) == 2
 
 
-@pytest.mark.parametrize("fields", [None, "all"])
+@pytest.mark.parametrize(("fields", "workers"), [(None, 2), ("all", 2), (None, 1), ("all", 1)])
 def test_heavy_work_hands_over_mid_task_with_the_same_batches(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fields: str | None) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fields: str | None,
+        workers: int) -> None:
     """Heavy work found in the first batches: the rest of the main process's first task and the
     held tasks go to the workers, cut into small tasks (about TASK_SECONDS of work each); the
-    batches are the in-process ones, in order, and the state after each resumes exactly."""
+    batches are the in-process ones, in order, and the state after each resumes exactly. With
+    fewer workers than cores the main process also reads tasks of its own while it waits for a
+    worker (handed out in their turn)."""
     from mixbatch.torch import pacing
 
     monkeypatch.setattr(pacing, "BUSY_SHARE", float("inf"))  # the test box may be busy
@@ -376,7 +379,6 @@ def test_heavy_work_hands_over_mid_task_with_the_same_batches(
     ref = MixedLoader(cfg)
     names = DEFAULT_FIELDS if fields is None else "all"
     want = [ref.batch_of(s, fields=names) for s in ref.steps(70)]
-    pids: dict[int, int] = {}
     log = tmp_path / "pids.txt"
 
     def burn(batch: dict) -> dict:
@@ -387,7 +389,8 @@ def test_heavy_work_hands_over_mid_task_with_the_same_batches(
             f.write(f"{batch['step']} {os.getpid()}\n")
         return batch
 
-    dl = MixbatchDataLoader(cfg, num_workers=2, max_steps=70, fields=fields, transform=burn)
+    dl = MixbatchDataLoader(cfg, num_workers=workers, max_steps=70, fields=fields,
+                            transform=burn)
     states = []
     for i, b in enumerate(dl):
         assert int(b["step"]) == i
@@ -397,9 +400,14 @@ def test_heavy_work_hands_over_mid_task_with_the_same_batches(
     assert len(states) == 70
     pids = dict(map(int, line.split()) for line in log.read_text().splitlines())
     here = [i for i in range(70) if pids[i] == os.getpid()]
-    assert here == list(range(pacing.SAMPLES))  # the samples only; the rest went over at once
     readers = dl._readers
-    assert readers is not None and readers.inline == 1 and readers.sent > 70 // 16 + 4
+    assert readers is not None and readers.sent > 70 // 16 + 4
+    assert len(set(pids.values()) - {os.getpid()}) == workers
+    if not readers.can_help:  # the samples only; the rest went over at once
+        assert here == list(range(pacing.SAMPLES)) and readers.inline == 1
+    else:  # 2 ms a batch: the main process always waits for the worker, and reads meanwhile
+        assert here[:pacing.SAMPLES] == list(range(pacing.SAMPLES))
+        assert readers.helped > 0 and len(here) >= pacing.SAMPLES + readers.helped
     tail = next(iter(MixbatchDataLoader(cfg, state=states[40], max_steps=1, fields=fields)))
     assert np.array_equal(tail["input_ids"].numpy(), want[41]["input_ids"])
 

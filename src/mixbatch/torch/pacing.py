@@ -99,7 +99,8 @@ class Pacer:
         of it (at least one)."""
         if not self.heavy_work:
             return most
-        return max(1, min(most, int(TASK_SECONDS / max(self.samples[-1], 1e-9))))
+        per_batch = sum(self.samples) / len(self.samples)
+        return max(1, min(most, round(TASK_SECONDS / per_batch)))
 
     @property
     def sampling(self) -> bool:

@@ -259,13 +259,18 @@ class _Entry:
     """A planned task: where it is read (``worker`` -1: here, when due) and its slot; ``first``:
     its first step's place in the task it was cut from (for ``runs``)."""
 
-    __slots__ = ("counts", "first", "here", "indices", "runs", "seq", "slot", "tags", "worker")
+    __slots__ = ("counts", "done", "first", "gen", "here", "indices", "runs", "seq", "slot", "tags",
+                 "worker")
 
     def __init__(self, indices: list[int], runs: Runs, tags: list[Any], here: Any = None,
                  first: int = 0) -> None:
         self.indices, self.runs, self.tags, self.here = indices, runs, tags, here
         self.first = first
         self.seq, self.worker, self.slot, self.counts = -1, -1, -1, False
+        # the main process's own task with heavy work: its batches computed ahead (while it
+        # waited for a worker), and the reading of the rest
+        self.done: list[tuple[dict[str, Any], Any]] = []
+        self.gen: Iterator[tuple[dict[str, Any], Any]] | None = None
 
     def wires(self) -> list[tuple]:
         return [_wire(r) for r in self.runs(self.first, self.first + len(self.indices))]
@@ -311,6 +316,15 @@ class StepReaders:
         self.inline = 0  # tasks the main process read itself
         self.sent = 0  # tasks sent to the workers
         self.in_flight = 0  # tasks sent and not yet received
+        self.mine: _Entry | None = None  # a held task the main process reads while it waits
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        # with heavy work the main process reads a task of its own while it would wait for a
+        # worker, where a core is left for it (fewer workers than cores)
+        self.can_help = adaptive and n < cores
+        self.helped = 0  # batches the main process computed while it waited
         self.conns: list[Any] = []
         self.procs: list[Any] = []
         # a forked worker shares the ring; a spawned one could not (it gets pickled arrays).
@@ -359,30 +373,42 @@ class StepReaders:
         """For each task ``(indices, runs, tags, here)`` in order, yield ``(batch, tag)`` per
         step. A task goes to worker ``k mod n`` (``k`` counting the tasks sent) as it is
         planned, or, while the pacer says so, waits here and is read by the main process when
-        it is due."""
+        it is due. With heavy work and a core left over, one task more than the workers hold is
+        kept for the main process, which reads its batches while it would otherwise wait for a
+        worker's (:meth:`_help`), and hands them out in their turn."""
         pending: deque[_Entry] = deque()
         depth = self.n * self.prefetch
         pacer = self.pacer
         pacer.clock = clock = RunQueueClock()
         sampler = RunQueueClock() if self.transform is not None and pacer.enabled else None
+        self.mine = None
         last = time.perf_counter()
         try:
             while True:
-                while len(pending) < depth:
+                helping = self.can_help and not pacer.mode and pacer.heavy_work
+                while len(pending) < depth + helping:
                     task = next(tasks, None)
                     if task is None:
                         break
                     pending.append(_Entry(*task))
-                if not pacer.mode and self.in_flight < depth:
-                    self._send_held(pending, depth, late=False)
+                if not pacer.mode:
+                    self._send_held(pending, depth, late=False, helping=helping)
                 if not pending:
                     return
                 e = pending.popleft()
                 if e.worker < 0:
                     counts = self.in_flight == 0  # no worker computed beside it
-                    yield from self._inline(e, pending, sampler, depth)
+                    if e.gen is None:
+                        e.gen = self._inline(e, pending, sampler, depth)
+                    if e is self.mine:
+                        self.mine = None
+                    yield from e.done
+                    e.done = []
+                    yield from e.gen
                 else:
                     counts = e.counts
+                    if self.mine is not None:
+                        self._help(self.mine, e, sampler, depth)
                     got = self._receive(e.seq, e.worker, e.slot)
                     self.in_flight -= 1
                     self.busy.discard(e.slot)
@@ -397,12 +423,27 @@ class StepReaders:
             if sampler is not None:
                 sampler.close()
 
-    def _inline(self, e: _Entry, pending: deque[_Entry], sampler: RunQueueClock | None,
+    def _help(self, mine: _Entry, due: _Entry, sampler: RunQueueClock | None,
+              depth: int) -> None:
+        """While the worker of the task ``due`` has not answered, compute batches of the main
+        process's own task (handed out in its turn, after ``due``)."""
+        conn = self.conns[due.worker]
+        while not conn.poll(0):
+            if mine.gen is None:
+                mine.gen = self._inline(mine, None, sampler, depth)
+            item = next(mine.gen, None)
+            if item is None:
+                return
+            mine.done.append(item)
+            self.helped += 1
+
+    def _inline(self, e: _Entry, pending: deque[_Entry] | None, sampler: RunQueueClock | None,
                 depth: int) -> Iterator[tuple[dict[str, Any], Any]]:
         """Read a task here, each batch's fields derived as it is handed out (the memory of
         the batch before is then free again, and warm). While the pacer needs samples (and
         then once per task) the transform is timed; when that turns the mode to the workers,
-        the task's remaining steps go to them at once."""
+        the task's remaining steps go to them at once (``pending``: the tasks after it; None
+        for a task read ahead, :meth:`_help`, which stays the main process's)."""
         self._check_alive()
         self.inline += 1
         compacts = iter(self.here(e.here) if self.here is not None else _read_task(
@@ -424,13 +465,13 @@ class StepReaders:
                                            time.perf_counter() - w0)
             if fields:
                 b = _derive(b, fields, None)
-            if heavy and k + 1 < len(e.indices):  # the workers take the rest of this task
-                pending.appendleft(e.rest(k + 1))
+            if heavy and pending is not None and k + 1 < len(e.indices):
+                pending.appendleft(e.rest(k + 1))  # the workers take the rest of this task
                 e.tags = e.tags[:k + 1]
                 self._send_held(pending, depth)
                 yield b, e.tags[k]
                 return
-            if heavy:
+            if heavy and pending is not None:
                 self._send_held(pending, depth)
             yield b, e.tags[k]
 
@@ -453,19 +494,28 @@ class StepReaders:
         self.sent += 1
         self.in_flight += 1
 
-    def _send_held(self, pending: deque[_Entry], depth: int, late: bool = True) -> None:
+    def _send_held(self, pending: deque[_Entry], depth: int, late: bool = True,
+                   helping: bool = False) -> None:
         """The tasks waiting for the main process go to the workers (the mode is theirs), up to
-        ``depth`` tasks in flight; with heavy work cut to the pacer's task size first."""
+        ``depth`` tasks in flight; with heavy work cut to the pacer's task size first.
+        ``helping``: the first task left over is kept for the main process (:meth:`_help`)."""
         size = self.pacer.task_steps(self.most)
-        if size < self.most and any(len(x.indices) > size for x in pending if x.worker < 0):
-            cut = [y for x in pending for y in (x.cut(size) if x.worker < 0 else [x])]
+        def open_(x: _Entry) -> bool:  # held, not begun here, not the main process's own
+            return x.worker < 0 and x.gen is None and x is not self.mine
+
+        if size < self.most and any(len(x.indices) > size for x in pending if open_(x)):
+            cut = [y for x in pending for y in (x.cut(size) if open_(x) else [x])]
             pending.clear()
             pending.extend(cut)
         for e in pending:
-            if self.in_flight >= depth:
-                return
-            if e.worker < 0:
+            if not open_(e):
+                continue  # sent, begun here, or kept for the main process
+            if self.in_flight < depth:
                 self._send(e, depth, late)
+            elif helping and self.mine is None:
+                self.mine = e
+            else:
+                return
 
     def _check_alive(self) -> None:
         """A worker that died while the main process reads (nothing to receive from it)."""

@@ -22,11 +22,18 @@ main process copies out of the slot. Results come back in step order.
 
 **Pacing.** With little work per batch, a batch handed to a worker costs more CPU than one
 the main process reads itself, and on busy CPUs workers then make the loader slower. The main
-process therefore reads tasks itself (:func:`compute`, lazily: each batch's fields as it hands
-the batch out) while :class:`~mixbatch.torch.pacing.Pacer` measures that faster, and hands them
-to the workers while they are (much work per batch, a free core); the workers are started
-when the first task is sent to them (forked then, from the process as it is at that point).
-``adaptive=False`` starts them at once and sends them every task.
+process therefore reads tasks itself (``StepReaders._inline``, lazily: each batch's fields as it
+hands the batch out) while :class:`~mixbatch.torch.pacing.Pacer` measures that faster, and hands
+them to the workers while they are (much work per batch, a free core); the workers are started
+when the first task is sent to them (forked then, from the process as it is at that point). A
+task's plans are cut out of the planned block only when it is sent (the main process reads its
+own tasks through the loader's blocks). When the pacer finds heavy work (a ``transform`` of more
+than 1 ms a batch) in the first batches, the rest of the task the main process is reading and
+every held task go to the workers at once, cut into tasks of about 10 ms of work (an even spread
+to the last batch); where the workers leave a core over (fewer workers than cores), one task
+more is kept for the main process, which computes its batches while it would otherwise wait for
+a worker's and hands them out in their turn. ``adaptive=False`` starts the workers at once and
+sends them every task.
 
 Failure: an exception in a worker comes back as a :class:`~mixbatch.errors.MixbatchError` naming
 the worker and the step; a worker that dies (killed, out of memory) is noticed within

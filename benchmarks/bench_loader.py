@@ -112,6 +112,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="functions listed from the profile of MixbatchDataLoader (0: no profile)")
     p.add_argument("--streaming-python", type=Path, default=REPO / ".venv-streaming/bin/python",
                    help="python of the venv that has mosaicml-streaming")
+    p.add_argument("--only", choices=["all", "workers"], default="all",
+                   help="workers: only mixbatch's worker tables (throughput rows of "
+                        "MixbatchDataLoader, 5 ms of work per batch, steady state); no anchors")
     p.add_argument("--skip-litdata", action="store_true")
     p.add_argument("--skip-streaming", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
@@ -415,16 +418,19 @@ def bench_mixbatch(cfg, args, workdir: Path) -> dict[str, Any]:
 
     n, B, L = args.batches, args.batch, args.seq_len
     res: dict[str, Any] = {"throughput": [], "resume": []}
-    cases = [("MixedLoader.steps (plan only, NumPy)", "", lambda: plan_only(cfg, n)),
-             ("MixedLoader.steps + compact_of (NumPy)", "", lambda: plan_materialize(cfg, n))]
+    only_workers = args.only == "workers"
+    cases = [] if only_workers else [
+        ("MixedLoader.steps (plan only, NumPy)", "", lambda: plan_only(cfg, n)),
+        ("MixedLoader.steps + compact_of (NumPy)", "", lambda: plan_materialize(cfg, n))]
     cases += [("MixbatchDataLoader", str(w), (lambda w=w: mixbatch_iter(cfg, w, n)))
               for w in args.workers]
-    cases += [("MixbatchDataLoader, fields=all", "0",
-               lambda: mixbatch_iter(cfg, 0, n, fields="all"))]
+    cases += [] if only_workers else [("MixbatchDataLoader, fields=all", "0",
+                                       lambda: mixbatch_iter(cfg, 0, n, fields="all"))]
     cases += [("MixbatchDataLoader, pin_memory=True", str(w),
                (lambda w=w: mixbatch_iter(cfg, w, n, pin_memory=True)))
-              for w in sorted({args.workers[0], args.workers[-1]})]
-    for packing in ("bfd", "pad_buckets"):
+              for w in (args.workers if only_workers
+                        else sorted({args.workers[0], args.workers[-1]}))]
+    for packing in () if only_workers else ("bfd", "pad_buckets"):
         pc = config(workdir, args, packing=packing)
         cases += [(f"MixbatchDataLoader, packing={packing}", str(w),
                    (lambda w=w, pc=pc: mixbatch_iter(pc, w, n)))
@@ -448,6 +454,8 @@ def bench_mixbatch(cfg, args, workdir: Path) -> dict[str, Any]:
     if args.long_batches:
         log(f"mixbatch: workers' steady state, {args.long_batches} batches per run")
         res["long"] = long_runs(cfg, args)
+    if only_workers:
+        return res
 
     # mixing: tokens per source in each batch, and a check that source_ids match the letters
     log("mixbatch: mixing check")
@@ -929,6 +937,95 @@ def fmt_s(x: float) -> str:
     return f"{x * 1e3:.3g} ms" if x < 1 else f"{x:.2f} s"
 
 
+def _round_ratios(ref: Timing, t: Timing) -> str:
+    """Per round (runs interleaved: one of each loader per round), the reference's wall time
+    over this one's: a change of the machine's load hits both alike."""
+    return " / ".join(f"{a['rest'] / a['n'] / (b['rest'] / b['n']):.2f}"
+                      for a, b in zip(ref.runs, t.runs, strict=False))
+
+
+def worker_tables(args, mb) -> list[str]:
+    """The workers' tables: wall and main-process CPU per batch, 5 ms of work per batch, the
+    steady state (what ``--only workers`` reports). "per round": the runs are interleaved (one
+    of each loader per round), and each round's ratio compares runs made side by side."""
+    out: list[str] = []
+    wrows = []
+    zero: dict[str, Timing] = {}
+    plain: dict[str, Timing] = {}
+    for _lib, name, workers, _mix, t in mb["throughput"]:
+        if not name.startswith("MixbatchDataLoader") or workers == "":
+            continue
+        per = (t.best["n"] - 1)
+        wall = t.best["rest"] / per * 1e6
+        main_cpu = min(r["main_cpu"] for r in t.runs) / per * 1e6
+        if workers == "0":
+            zero[name] = t
+        if name == "MixbatchDataLoader":
+            plain[workers] = t
+        ref = zero.get(name, zero.get("MixbatchDataLoader") if "adaptive" in name else None)
+        rw = ref.best["rest"] / (ref.best["n"] - 1) * 1e6 if ref else None
+        # pin_memory rows, per round: against the same worker count without it
+        same = plain.get(workers) if "pin_memory" in name else None
+        rounds = (_round_ratios(ref, t) if ref is not None and workers != "0" else "-") \
+            if same is None else "vs unpinned " + _round_ratios(same, t)
+        wrows.append([name, workers, f"{wall:.0f}", f"{main_cpu:.0f}",
+                      f"{rw / wall:.2f}x" if rw else "-", rounds])
+    if wrows:
+        out += ["", "## Workers: wall time and the main process's CPU per batch", "",
+                table(["loader", "workers", "wall µs / batch (best)",
+                       "main-process CPU µs / batch (least)", "speed vs 0 workers (best)",
+                       "per round"], wrows, align="llrrrl"),
+                "", "With workers the main process plans and hands batches out, and reads a task "
+                "itself while the pacer measures that faster (adaptive, the default: in runs this "
+                "short, every task after the first pacing period's start); the workers read tokens "
+                "and derive the fields. adaptive=False: the workers read every task (against plain "
+                "0 workers); on a box with a core free for the workers, the main process's CPU per "
+                "batch bounds its wall time per batch. pin_memory=True rows: with no CUDA device "
+                "pinning is off, decided once per iteration (the rows differ by noise only)."]
+    if mb.get("burn"):
+        t0 = next(t for w, t in mb["burn"] if w == 0)
+        r0 = (t0.best["n"] - 1) / t0.best["rest"]
+        shares = mb.get("burn_shares") or [[] for _ in mb["burn"]]
+        brows = [[str(w), f"{(t.best['n'] - 1) / t.best['rest']:.1f}",
+                  f"{(t.best['n'] - 1) / t.best['rest'] / r0:.2f}x",
+                  "-" if w == 0 else _round_ratios(t0, t),
+                  "-" if not sh else " / ".join(f"{x:.2f}" for x in sh),
+                  ", ".join(fmt_s(r["rest"]) for r in t.runs) + (" *" if t.noisy() else "")]
+                 for (w, t), sh in zip(mb["burn"], shares, strict=True)]
+        out += ["", "## Workers with 5 ms of CPU work per batch (`transform=`, run in the workers)",
+                "", table(["workers", "batches/s", "vs 0 workers (best)", "per round",
+                           "tasks read by the main process (per run)", "runs"], brows,
+                          align="lrrlll"),
+                "", "Target (issue): 2 workers >= 1.7x 0 workers on the 2-core box. The transform's "
+                "CPU time per batch is above the pacer's threshold (1 ms) in its first 2 samples: "
+                "the rest of the main process's first task and every task after go to the workers, "
+                "cut into tasks of about 10 ms of work (2 steps), unless the main process waited "
+                "for a CPU over those batches (every core busy: it keeps reading, and checks "
+                "again once per task). The share counts tasks, and the main process's one task "
+                "is its first 2 batches."]
+    if mb.get("long"):
+        t0 = next(t for name, w, t, _s in mb["long"] if w == 0)
+        z_wall = t0.best["rest"] / (t0.best["n"] - 1) * 1e6
+        lrows = []
+        for name, w, t, shares in mb["long"]:
+            wall = t.best["rest"] / (t.best["n"] - 1) * 1e6
+            lrows.append([str(w), "-" if w == 0 else name, f"{wall:.0f}",
+                          f"{z_wall / wall:.2f}x", "-" if w == 0 else _round_ratios(t0, t),
+                          "-" if not shares else " / ".join(f"{x:.2f}" for x in shares),
+                          ", ".join(fmt_s(r["rest"]) for r in t.runs)
+                          + (" *" if t.noisy() else "")])
+        out += ["", f"## Workers in the steady state ({args.long_batches} batches per run)", "",
+                table(["workers", "pacing", "wall µs / batch (best)", "vs 0 workers (best)",
+                       "per round", "tasks read by the main process (per run)", "runs"], lrows,
+                      align="llrrlll"),
+                "", "adaptive (the default): the main process reads tasks itself while that "
+                "measures faster than the workers, probing the workers for a period (>= 0.2 s) "
+                "at growing gaps (mixbatch.torch.pacing); adaptive=False: the workers read every "
+                "task. The throughput rows above run 300 batches, under one pacing period: their "
+                "worker rows are read by the main process."]
+    return out
+
+
 def report(args, info, ceiling, mb, lit, hf, stm) -> str:
     B, L = args.batch, args.seq_len
     tok = B * L
@@ -989,67 +1086,7 @@ def report(args, info, ceiling, mb, lit, hf, stm) -> str:
                 "", "Targets (issue): concat at 0 workers >= 1.0x; bfd and pad_buckets >= 0.5x. "
                 "Positions/s for pad_buckets counts B x seq_len per batch like every other row, "
                 "although its batches are budgets of real tokens plus padding of varying shape."]
-    wrows = []
-    zero: dict[str, float] = {}
-    for _lib, name, workers, _mix, t in mb["throughput"]:
-        if not name.startswith("MixbatchDataLoader") or workers == "":
-            continue
-        per = (t.best["n"] - 1)
-        wall = t.best["rest"] / per * 1e6
-        main_cpu = min(r["main_cpu"] for r in t.runs) / per * 1e6
-        if workers == "0":
-            zero[name] = wall
-        ref = zero.get(name, zero.get("MixbatchDataLoader") if "adaptive" in name else None)
-        wrows.append([name, workers, f"{wall:.0f}", f"{main_cpu:.0f}",
-                      f"{ref / wall:.2f}x" if ref else "-"])
-    if wrows:
-        out += ["", "## Workers: wall time and the main process's CPU per batch", "",
-                table(["loader", "workers", "wall µs / batch (best)",
-                       "main-process CPU µs / batch (least)", "speed vs 0 workers"], wrows,
-                      align="llrrr"),
-                "", "With workers the main process plans and hands batches out, and reads a task "
-                "itself while the pacer measures that faster (adaptive, the default: in runs this "
-                "short, every task after the first pacing period's start); the workers read tokens "
-                "and derive the fields. adaptive=False: the workers read every task (against plain "
-                "0 workers); on a box with a core free for the workers, the main process's CPU per "
-                "batch bounds its wall time per batch."]
-    if mb.get("burn"):
-        b0 = next(t.best for w, t in mb["burn"] if w == 0)
-        r0 = (b0["n"] - 1) / b0["rest"]
-        shares = mb.get("burn_shares") or [[] for _ in mb["burn"]]
-        brows = [[str(w), f"{(t.best['n'] - 1) / t.best['rest']:.1f}",
-                  f"{(t.best['n'] - 1) / t.best['rest'] / r0:.2f}x",
-                  "-" if not sh else " / ".join(f"{x:.2f}" for x in sh),
-                  ", ".join(fmt_s(r["rest"]) for r in t.runs) + (" *" if t.noisy() else "")]
-                 for (w, t), sh in zip(mb["burn"], shares, strict=True)]
-        out += ["", "## Workers with 5 ms of CPU work per batch (`transform=`, run in the workers)",
-                "", table(["workers", "batches/s", "vs 0 workers",
-                           "tasks read by the main process (per run)", "runs"], brows,
-                          align="lrrll"),
-                "", "Target (issue): 2 workers >= 1.7x 0 workers on the 2-core box. The work per "
-                "batch is above the pacer's threshold (1 ms): after a few batches every task goes "
-                "to the workers, unless the main process waited for a CPU over those batches "
-                "(every core busy: it keeps reading, and checks again once per task)."]
-    if mb.get("long"):
-        z = next(t.best for name, w, t, _s in mb["long"] if w == 0)
-        z_wall = z["rest"] / (z["n"] - 1) * 1e6
-        lrows = []
-        for name, w, t, shares in mb["long"]:
-            wall = t.best["rest"] / (t.best["n"] - 1) * 1e6
-            lrows.append([str(w), "-" if w == 0 else name, f"{wall:.0f}",
-                          f"{z_wall / wall:.2f}x",
-                          "-" if not shares else " / ".join(f"{x:.2f}" for x in shares),
-                          ", ".join(fmt_s(r["rest"]) for r in t.runs)
-                          + (" *" if t.noisy() else "")])
-        out += ["", f"## Workers in the steady state ({args.long_batches} batches per run)", "",
-                table(["workers", "pacing", "wall µs / batch (best)", "vs 0 workers",
-                       "tasks read by the main process (per run)", "runs"], lrows,
-                      align="llrrll"),
-                "", "adaptive (the default): the main process reads tasks itself while that "
-                "measures faster than the workers, probing the workers for a period (>= 0.2 s) "
-                "at growing gaps (mixbatch.torch.pacing); adaptive=False: the workers read every "
-                "task. The throughput rows above run 300 batches, under one pacing period: their "
-                "worker rows are read by the main process."]
+    out += worker_tables(args, mb)
     # mixing
     srows = []
     parts = [("mixbatch", "MixbatchDataLoader, token-deficit rule", mb["share"], args.share_batches)]
@@ -1186,12 +1223,16 @@ def main() -> None:
     try:
         log(f"writing {args.tokens:.3g} tokens in 3 sources to {workdir} ...")
         cfg, lines, info = build_data(workdir, args)
-        ceiling = bench_ceiling(lines, args, workdir)
-        lit = "skipped (--skip-litdata)" if args.skip_litdata else bench_litdata(lines, args, workdir)
-        stm = "skipped (--skip-streaming)" if args.skip_streaming else bench_streaming(lines, args, workdir)
-        hf = "skipped (--skip-hf)" if args.skip_hf else bench_hf(lines, args, workdir)
-        mb = bench_mixbatch(cfg, args, workdir)
-        body = report(args, info, ceiling, mb, lit, hf, stm)
+        if args.only == "workers":  # the worker tables alone (no anchor libraries needed)
+            body = "\n".join(worker_tables(args, bench_mixbatch(cfg, args, workdir)))
+        else:
+            ceiling = bench_ceiling(lines, args, workdir)
+            lit = "skipped (--skip-litdata)" if args.skip_litdata else bench_litdata(lines, args, workdir)
+            stm = ("skipped (--skip-streaming)" if args.skip_streaming
+                   else bench_streaming(lines, args, workdir))
+            hf = "skipped (--skip-hf)" if args.skip_hf else bench_hf(lines, args, workdir)
+            mb = bench_mixbatch(cfg, args, workdir)
+            body = report(args, info, ceiling, mb, lit, hf, stm)
     finally:
         if own_tmp:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -1204,7 +1245,8 @@ def main() -> None:
                             f"{info[n]['median']:.0f}, mean {info[n]['mean']:.0f}"
                             for n, _w, _f, mu, _l in SOURCES)
                 + f"; page cache warm; packing concat, seq_len {args.seq_len}, batch {args.batch}",
-        "streaming venv": (", ".join(f"{k} {v}" for k, v in stm["versions"].items())
+        "streaming venv": ("not used (--only workers)" if args.only == "workers" else
+                           ", ".join(f"{k} {v}" for k, v in stm["versions"].items())
                            if isinstance(stm, dict) else str(stm)),
         "wall time": f"{time.perf_counter() - t0:.0f} s",
     }

@@ -362,6 +362,56 @@ def test_heavy_work_goes_to_the_workers(tmp_path: Path, monkeypatch: pytest.Monk
     assert len(set(pids) - {os.getpid()}) == 2
 
 
+@pytest.mark.parametrize(("fields", "workers"), [(None, 2), ("all", 2), (None, 1), ("all", 1)])
+def test_heavy_work_hands_over_mid_task_with_the_same_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fields: str | None,
+        workers: int) -> None:
+    """Heavy work found in the first batches: the rest of the main process's first task and the
+    held tasks go to the workers, cut into small tasks (about TASK_SECONDS of work each); the
+    batches are the in-process ones, in order, and the state after each resumes exactly. With
+    fewer workers than cores the main process also reads tasks of its own while it waits for a
+    worker (handed out in their turn)."""
+    from mixbatch.torch import pacing
+
+    monkeypatch.setattr(pacing, "BUSY_SHARE", float("inf"))  # the test box may be busy
+    monkeypatch.setattr(pacing, "TASK_SECONDS", 0.005)  # 2 ms a batch: tasks of 2 steps
+    cfg = _cfg(tmp_path, batch={"batch_size": 2})
+    ref = MixedLoader(cfg)
+    names = DEFAULT_FIELDS if fields is None else "all"
+    want = [ref.batch_of(s, fields=names) for s in ref.steps(70)]
+    log = tmp_path / "pids.txt"
+
+    def burn(batch: dict) -> dict:
+        t = time.process_time()
+        while time.process_time() - t < 0.002:
+            pass
+        with log.open("a") as f:
+            f.write(f"{batch['step']} {os.getpid()}\n")
+        return batch
+
+    dl = MixbatchDataLoader(cfg, num_workers=workers, max_steps=70, fields=fields,
+                            transform=burn)
+    states = []
+    for i, b in enumerate(dl):
+        assert int(b["step"]) == i
+        for k, v in want[i].items():
+            assert np.array_equal(np.asarray(_np(b)[k]), np.asarray(v)), (i, k)
+        states.append(dl.state_dict())
+    assert len(states) == 70
+    pids = dict(map(int, line.split()) for line in log.read_text().splitlines())
+    here = [i for i in range(70) if pids[i] == os.getpid()]
+    readers = dl._readers
+    assert readers is not None and readers.sent > 70 // 16 + 4
+    assert len(set(pids.values()) - {os.getpid()}) == workers
+    if not readers.can_help:  # the samples only; the rest went over at once
+        assert here == list(range(pacing.SAMPLES)) and readers.inline == 1
+    else:  # 2 ms a batch: the main process always waits for the worker, and reads meanwhile
+        assert here[:pacing.SAMPLES] == list(range(pacing.SAMPLES))
+        assert readers.helped > 0 and len(here) >= pacing.SAMPLES + readers.helped
+    tail = next(iter(MixbatchDataLoader(cfg, state=states[40], max_steps=1, fields=fields)))
+    assert np.array_equal(tail["input_ids"].numpy(), want[41]["input_ids"])
+
+
 def test_pacer_follows_the_faster_mode() -> None:
     """Synthetic wall times: where the main process is faster the pacer stays with it, probing
     the workers at growing gaps; where the workers are faster it moves to them and stays."""
@@ -411,9 +461,15 @@ def test_pacer_sends_heavy_work_to_the_workers() -> None:
     # reading; once the waits stop, the workers take over
     p = Pacer(depth=4)
     for _ in range(3 * SAMPLES):
-        assert not p.computed(0.05, 1, waited=0.03, wall=0.06) and p.mode
-    assert not p.computed(0.05, 1, waited=0.0, wall=0.06) and p.mode
+        assert not p.computed(0.05, 1, waited=0.04, wall=0.06) and p.mode
+    assert not p.computed(0.05, 1, waited=0.0, wall=0.06) and p.mode  # 1/3 of the window
     assert p.computed(0.05, 1, waited=0.0, wall=0.06) and not p.mode
+    assert p.task_steps(16) == 1  # 50 ms a batch: one step per task (TASK_SECONDS = 10 ms)
+    p = Pacer(depth=4)
+    for _ in range(SAMPLES):
+        p.computed(0.002, 1)
+    assert not p.mode and p.task_steps(16) == 5 and p.task_steps(3) == 3
+    assert Pacer(depth=4).task_steps(16) == 16  # light (or not yet known): the most
 
 
 def test_pacer_does_not_probe_the_workers_when_no_core_is_free() -> None:

@@ -46,7 +46,7 @@ from mixbatch.shape.materialize import (
 )
 from mixbatch.store import open_store
 from mixbatch.torch.device import check_device, fields_on_cpu, to_device, to_tensors
-from mixbatch.torch.workers import SLOT_BYTES, StepReaders, Task, stack_runs
+from mixbatch.torch.workers import SLOT_BYTES, Run, StepReaders, Task, stack_runs
 
 __all__ = ["MixbatchDataLoader", "MixbatchDataset", "to_tensors"]
 
@@ -117,29 +117,36 @@ class MixbatchDataset(IterableDataset):
         self._last = None
 
 
-def _tasks(loader: MixedLoader, steps: Iterator[Step], per_task: int) -> Iterator[Task]:
-    """Workers' tasks: ``per_task`` consecutive steps each, with the state after each step.
-    Steps of one block (one rank: all rows) go as one slice of the block's plan."""
-    whole = loader.world_size == 1  # every row is this rank's: no selection
+def _tasks(loader: MixedLoader, steps: Iterator[Step], size: Callable[[], int]) -> Iterator[Task]:
+    """Workers' tasks: ``size()`` consecutive steps each (asked anew for each task), with the
+    state after each step. Their plans are cut out only if the task goes to a worker
+    (:func:`_runs`)."""
     while True:
+        n = size()
         group: list[Step] = []
         snaps: list[tuple] = []
         for step in steps:
             group.append(step)
             snaps.append(loader.snapshot())
-            if len(group) == per_task:
+            if len(group) == n:
                 break
         if not group:
             return
-        first, last = group[0], group[-1]
-        if whole and first.block is not None and last.block is first.block \
-                and last.offset - first.offset == len(group) - 1:
-            runs = [first.block.run(first.offset, last.offset + 1)]
-        else:
-            runs = stack_runs([s.plan if whole else s.plan.select_rows(s.rows) for s in group])
-        yield [s.index for s in group], runs, snaps, group
-        if len(group) < per_task:
+        yield [s.index for s in group], _runs(group, loader.world_size == 1), snaps, group
+        if len(group) < n:
             return
+
+
+def _runs(group: list[Step], whole: bool) -> Callable[[int, int], list[Run]]:
+    """The runs of steps ``a .. b - 1`` of a task: steps of one block (one rank: all rows) as
+    one slice of the block's plan, others stacked."""
+    def runs(a: int, b: int) -> list[Run]:
+        first, last = group[a], group[b - 1]
+        if whole and first.block is not None and last.block is first.block \
+                and last.offset - first.offset == b - 1 - a:
+            return [first.block.run(first.offset, last.offset + 1)]
+        return stack_runs([s.plan if whole else s.plan.select_rows(s.rows) for s in group[a:b]])
+    return runs
 
 
 def _mixer(cfg: Config) -> Any:
@@ -272,6 +279,7 @@ class MixbatchDataLoader:
         self.fields = resolve_fields(fields)
         self.transform = transform
         self.pin_memory = bool(options.get("pin_memory", False))
+        self._pin = False  # pin_memory, and CUDA is here (set when iteration starts)
         self.device = options.get("device")
         if self.device is not None:
             check_device(self.device)  # an unavailable device fails here, clearly
@@ -299,7 +307,9 @@ class MixbatchDataLoader:
         return [] if self._readers is None else self._readers.pids()
 
     def _pinned(self, t: dict[str, Any]) -> dict[str, Any]:
-        if self.pin_memory and torch.cuda.is_available():
+        """The batch in pinned memory where that was asked for and CUDA is here (decided once
+        per iteration: with no accelerator, ``pin_memory=True`` costs one attribute test)."""
+        if self._pin:
             return {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
         return t
 
@@ -324,7 +334,8 @@ class MixbatchDataLoader:
             yield step
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self.pin_memory and not torch.cuda.is_available():
+        self._pin = self.pin_memory and torch.cuda.is_available()
+        if self.pin_memory and not self._pin:
             warnings.warn("pin_memory: no CUDA device here, batches are not pinned",
                           stacklevel=2)
         loader = self._loader = MixedLoader(self.cfg, self.rank, self.world_size)
@@ -359,10 +370,11 @@ class MixbatchDataLoader:
         readers = StepReaders(self.num_workers, _Reader(loader), self.transform, self.prefetch,
                               slot_bytes=per_task * step_bytes, dtype=loader.token_dtype,
                               fields=fields, adaptive=self.adaptive,
-                              here=lambda steps: (loader.compact_of(s) for s in steps))
+                              here=lambda steps: (loader.compact_of(s) for s in steps),
+                              task_steps=per_task)
         self._readers = readers
         try:
-            for batch, snap in readers.map(_tasks(loader, self._steps(loader), per_task)):
+            for batch, snap in readers.map(_tasks(loader, self._steps(loader), readers.task_size)):
                 self._last = snap
                 yield self._finish(batch) if fields is None else self._handed(batch)
         finally:

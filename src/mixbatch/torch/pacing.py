@@ -11,12 +11,16 @@ hands the next task to the workers or reads it itself when it is due (``inline``
 their order and the state after each are the same either way; only which process computes
 them changes.
 
-**Heavy work.** Where the compute per batch (timed by the process that did it: every batch of
-the first tasks, then one per task) was above ``heavy`` seconds in each of the last
-``SAMPLES`` samples, the hand-off is a small part of the work: every task goes to the workers,
-unless the main process waited for a CPU for more than ``BUSY_SHARE`` of those batches' wall
-time (no core is free for a worker: the main process keeps reading, and checks again at the
-next sample).
+**Heavy work.** Where the user's ``transform`` took more than ``heavy`` seconds of CPU per batch
+in each of the last ``SAMPLES`` samples (timed by the process that ran it: every batch of the
+first tasks, then one per task; only the transform is timed, so that one-time costs of a read,
+e.g. the first read of a store block, are no sample), the hand-off is a small part of the work:
+every task goes to the workers, the task the main process is reading included (its remaining
+steps are handed over at once), unless the main process waited for a CPU for more than
+``BUSY_SHARE`` of those batches' wall time (no core is free for a worker: the main process
+keeps reading, and checks again at the next sample). Tasks then hold about ``TASK_SECONDS`` of
+work (:meth:`Pacer.task_steps`), so that the work is spread evenly over the workers to the last
+batch.
 
 **Light work: measured.** Otherwise the loader runs in periods (at least ``2 · depth`` tasks
 and ``period_seconds`` of wall time, so that the load's noise averages out), each in one mode,
@@ -29,9 +33,10 @@ read the tasks before it), an inline task read while no worker task was in fligh
 process reads first (the first batch waits for no worker), and the mode that measured slower
 is probed for one period after ``gap`` periods of the other: 4 at first, doubling (up to 32)
 each time the probe loses, back to 2 when it wins. Where the main process waited for a CPU
-for more than ``BUSY_SHARE`` of the period before (its run-queue wait, which Linux reports), no
-core is free for a worker: the probe of the workers is left out (and the gap doubles), since
-it could only lose.
+for more than ``BUSY_SHARE`` of the period before (its run-queue wait, which Linux reports, read
+once per period), no core is free for a worker: the probe of the workers is left out (and the
+gap doubles), since it could only lose. The bookkeeping per task is a few additions; the clocks
+are read once per task (wall) and once per period (run-queue wait).
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ from __future__ import annotations
 import os
 from collections import deque
 
-HEAVY_SECONDS = 1e-3  # compute per batch above which workers always pay for themselves
-SAMPLES = 4  # compute samples the heavy test looks at
+HEAVY_SECONDS = 1e-3  # transform CPU per batch above which workers always pay for themselves
+SAMPLES = 2  # transform samples the heavy test looks at (one slow first call is no sign)
+TASK_SECONDS = 0.01  # heavy work: the work a task holds (even spread over the workers)
 BUSY_SHARE = 0.25  # waiting this share of the wall time for a CPU: no core is free
 PERIOD_SECONDS = 0.2  # a period lasts at least this long (the load's noise averages out)
 MAX_GAP = 32
@@ -52,8 +58,10 @@ class Pacer:
     ``depth``: tasks in flight on the workers; ``enabled=False``: every task goes to them."""
 
     def __init__(self, depth: int, enabled: bool = True, heavy: float = HEAVY_SECONDS,
-                 period_seconds: float = PERIOD_SECONDS) -> None:
+                 period_seconds: float = PERIOD_SECONDS, clock: RunQueueClock | None = None
+                 ) -> None:
         self.depth = max(1, depth)
+        self.clock = clock  # the main process's run-queue wait, read once per period
         self.enabled = enabled
         self.heavy = heavy
         self.period = 2 * self.depth  # tasks per period, at least
@@ -61,7 +69,7 @@ class Pacer:
         self.elapsed = 0.0  # wall seconds of the current period
         self.in_period = 0  # tasks of the current period
         self.mode = enabled  # the current mode (True: inline)
-        self.samples: deque[float] = deque(maxlen=SAMPLES)  # compute seconds per batch
+        self.samples: deque[float] = deque(maxlen=SAMPLES)  # transform seconds per batch
         # (run-queue wait, wall) of the batches timed here: whether a core was free then
         self.cpu_waits: deque[tuple[float, float]] = deque(maxlen=SAMPLES)
         self.gap = 4  # periods of the best mode before the other is probed
@@ -82,9 +90,17 @@ class Pacer:
 
     @property
     def heavy_work(self) -> bool:
-        """The last ``SAMPLES`` compute times per batch were all above ``heavy`` (one-time
-        costs, e.g. the first read of a store block, make single samples heavy)."""
+        """The last ``SAMPLES`` transform times per batch were all above ``heavy`` (a one-time
+        cost, e.g. a first call that loads something, makes a single sample heavy)."""
         return len(self.samples) == SAMPLES and min(self.samples) > self.heavy
+
+    def task_steps(self, most: int) -> int:
+        """Steps per task: ``most``, or with heavy work as many as hold about ``TASK_SECONDS``
+        of it (at least one)."""
+        if not self.heavy_work:
+            return most
+        per_batch = sum(self.samples) / len(self.samples)
+        return max(1, min(most, round(TASK_SECONDS / per_batch)))
 
     @property
     def sampling(self) -> bool:
@@ -93,7 +109,7 @@ class Pacer:
 
     def computed(self, seconds: float, batches: int, waited: float = 0.0,
                  wall: float = 0.0) -> bool:
-        """Compute seconds of ``batches`` batches (a worker's task, or one batch here, with the
+        """Transform seconds of ``batches`` batches (a worker's task, or one batch here, with the
         main process's run-queue wait and wall time over it); True when the mode turned to the
         workers because of it: heavy work, and no sign that every core is busy (then workers
         cannot add speed, and the main process keeps reading)."""
@@ -123,6 +139,8 @@ class Pacer:
         if self.in_period < self.period or self.elapsed < self.period_seconds \
                 or not self.enabled or self.heavy_work:
             return False
+        if self.clock is not None:
+            self.waited += self.clock.waited()
         busy = self.waited > BUSY_SHARE * self.elapsed
         self.in_period, self.elapsed, self.waited = 0, 0.0, 0.0
         before = self.mode

@@ -22,11 +22,18 @@ main process copies out of the slot. Results come back in step order.
 
 **Pacing.** With little work per batch, a batch handed to a worker costs more CPU than one
 the main process reads itself, and on busy CPUs workers then make the loader slower. The main
-process therefore reads tasks itself (:func:`compute`, lazily: each batch's fields as it hands
-the batch out) while :class:`~mixbatch.torch.pacing.Pacer` measures that faster, and hands them
-to the workers while they are (much work per batch, a free core); the workers are started
-when the first task is sent to them (forked then, from the process as it is at that point).
-``adaptive=False`` starts them at once and sends them every task.
+process therefore reads tasks itself (``StepReaders._inline``, lazily: each batch's fields as it
+hands the batch out) while :class:`~mixbatch.torch.pacing.Pacer` measures that faster, and hands
+them to the workers while they are (much work per batch, a free core); the workers are started
+when the first task is sent to them (forked then, from the process as it is at that point). A
+task's plans are cut out of the planned block only when it is sent (the main process reads its
+own tasks through the loader's blocks). When the pacer finds heavy work (a ``transform`` of more
+than 1 ms a batch) in the first batches, the rest of the task the main process is reading and
+every held task go to the workers at once, cut into tasks of about 10 ms of work (an even spread
+to the last batch); where the workers leave a core over (fewer workers than cores), one task
+more is kept for the main process, which computes its batches while it would otherwise wait for
+a worker's and hands them out in their turn. ``adaptive=False`` starts the workers at once and
+sends them every task.
 
 Failure: an exception in a worker comes back as a :class:`~mixbatch.errors.MixbatchError` naming
 the worker and the step; a worker that dies (killed, out of memory) is noticed within
@@ -38,224 +45,72 @@ from __future__ import annotations
 
 import contextlib
 import math
-import mmap
 import multiprocessing as mp
 import os
 import signal
 import time
-import traceback
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from mixbatch.errors import MixbatchError
-from mixbatch.lock import exit_with_parent
-from mixbatch.shape.base import StepPlan
-from mixbatch.shape.materialize import PER_POSITION, expand, split_compact
 from mixbatch.torch.pacing import Pacer, RunQueueClock
+from mixbatch.torch.worker_proc import (
+    _DTYPES,
+    _FIELDS_IN_SLOT,
+    _TOKENS_IN_SLOT,
+    SLOT_BYTES,
+    Here,
+    Reader,
+    Run,
+    Runs,
+    Task,
+    _derive,
+    _read_task,
+    _Ring,
+    _wire,
+    _worker_main,
+    stack_runs,
+)
 
-_PLAN_KEYS = ("row", "col", "source", "doc", "start", "end", "eod", "pad")
-_ALIGN = 64  # byte alignment of arrays in a slot
-_INT64 = np.dtype(np.int64)
-_DTYPES: dict[str, np.dtype] = {}
-_FIELDS_IN_SLOT = "_fields_in_slot"  # keys of a sent batch: where its arrays lie in the slot
-_TOKENS_IN_SLOT = "_tokens_in_slot"
-SLOT_BYTES = 1 << 23  # what one task writes into its slot at most (up to 16 steps when small)
-
-#: a reader: the compact batch of a plan, its tokens written into ``out`` when given
-Reader = Callable[..., dict[str, Any]]
-
-
-class _Ring:
-    """``slots`` buffers of ``slot_bytes`` in one anonymous shared mapping (module docstring)."""
-
-    def __init__(self, slots: int, slot_bytes: int) -> None:
-        self.slots = slots
-        self.slot_bytes = -(-slot_bytes // _ALIGN) * _ALIGN
-        self.map = mmap.mmap(-1, self.slots * self.slot_bytes)  # MAP_SHARED | MAP_ANONYMOUS
-        self.address = np.frombuffer(self.map, np.uint8).__array_interface__["data"][0]
-
-    def view(self, slot: int) -> np.ndarray:
-        """A new array over one slot; arrays cut from it keep it (and only it) alive."""
-        return np.frombuffer(self.map, np.uint8, self.slot_bytes, slot * self.slot_bytes)
-
-    def where(self, slot: int, x: Any) -> int | None:
-        """The offset of array ``x`` in ``slot`` when it lies there whole and contiguous."""
-        if not isinstance(x, np.ndarray) or not x.flags.c_contiguous:
-            return None
-        a = slot * self.slot_bytes
-        p = x.__array_interface__["data"][0] - self.address
-        return p - a if a <= p and p + x.nbytes <= a + self.slot_bytes else None
-
-
-class _Arena:
-    """A worker's allocator over one slot: arrays one after the other, None when it is full."""
-
-    def __init__(self, view: np.ndarray) -> None:
-        self.view, self.used = view, 0
-        self.last: int | None = None  # offset of the last array handed out
-
-    def __call__(self, n: int, dtype: np.dtype = _INT64) -> np.ndarray | None:
-        nbytes = n * dtype.itemsize
-        if self.used + nbytes > self.view.size:
-            self.last = None
-            return None
-        a = self.view[self.used:self.used + nbytes].view(dtype)
-        self.last = self.used
-        self.used += -(-nbytes // _ALIGN) * _ALIGN
-        return a
-
-
-#: a plan of several consecutive steps' rows, and the rows of each step
-Run = tuple[StepPlan, list[int]]
-#: one task: the steps' indices, their runs (one plan per run of one width), tags for the caller,
-#: and what ``StepReaders``'s ``here`` reads the compact batches from in the main process
-Task = tuple[list[int], list[Run], list[Any], Any]
-#: the main process's reader of a task's compact batches (e.g. from the loader's planned blocks)
-Here = Callable[[Any], Iterable[dict[str, Any]]]
-
-
-def stack_runs(plans: list[StepPlan]) -> list[Run]:
-    """Consecutive steps' plans as runs: each run of one width stacked into one plan."""
-    runs: list[list[StepPlan]] = []
-    for p in plans:
-        if runs and runs[-1][-1].seq_len == p.seq_len:
-            runs[-1].append(p)
-        else:
-            runs.append([p])
-    out = []
-    for group in runs:
-        if len(group) == 1:
-            out.append((group[0], [group[0].rows]))
-            continue
-        offsets = np.cumsum([0] + [p.rows for p in group[:-1]])
-        cat = {k: np.concatenate([getattr(p, k) for p in group]) for k in _PLAN_KEYS[1:]}
-        row = np.concatenate([p.row + np.int32(o) for p, o in zip(group, offsets, strict=True)])
-        seconds = [p.second for p in group]
-        second = None if any(x is None for x in seconds) else np.concatenate(seconds)
-        rows = [p.rows for p in group]
-        out.append((StepPlan(sum(rows), group[0].seq_len, row, *cat.values(), second=second),
-                    rows))
-    return out
-
-
-def _wire(run: Run) -> tuple:
-    """A run for the pipe: the segments as one int64 matrix (one array to pickle)."""
-    p, rows = run
-    seg = np.stack([p.row, p.col, p.source, p.doc, p.start, p.end, p.eod]).astype(np.int64)
-    return seg, p.pad, rows, p.seq_len, p.second
-
-
-def _plan_from_wire(wire: tuple) -> tuple[StepPlan, list[int]]:
-    seg, pad, rows, seq_len, second = wire
-    plan = StepPlan(sum(rows), seq_len, seg[0].astype(np.int32), seg[1],
-                    seg[2].astype(np.int32), seg[3], seg[4], seg[5], seg[6].astype(bool), pad,
-                    second=second)
-    return plan, rows
-
-
-def _read_task(reader: Reader, runs: list[Run], arena: _Arena | None, dtype: np.dtype,
-               fields: tuple[str, ...] | None) -> list[dict[str, Any]]:
-    """The compact batches of a task's steps (one read per run of steps of one width); the
-    tokens go into the slot when they are what is sent (no ``fields``)."""
-    batches = []
-    for plan, rows in runs:
-        out = None if arena is None or fields else arena(plan.rows * plan.seq_len, dtype)
-        batches += split_compact(reader(plan, out=out), rows)
-    return batches
-
-
-def compute(compacts: Iterable[dict[str, Any]], indices: list[int],
-            transform: Callable[[dict[str, Any]], dict[str, Any]] | None,
-            fields: tuple[str, ...] | None, arena: _Arena | None = None,
-            ring: _Ring | None = None, slot: int = -1) -> Iterator[dict[str, Any]]:
-    """A task's batches one by one from its compact batches, as a worker sends them (or the
-    main process hands them out, with no slot): ``step`` set, the transform applied, the
-    fields derived (into the slot where there is one). Lazily, so that the main process derives
-    a batch's fields only as it hands the batch out (the memory of the batch before is then free
-    again, and warm)."""
-    for b, index in zip(compacts, indices, strict=True):
-        b["step"] = index
-        if transform is not None:
-            b = transform(b)
-        if fields:
-            b = _derive(b, fields, arena)
-        elif arena is not None and ring is not None:
-            _tokens_to_wire(b, ring, slot)
-        yield b
-
-
-def _tokens_to_wire(b: dict[str, Any], ring: _Ring, slot: int) -> None:
-    """A compact batch whose tokens lie in the slot: sent as ``(offset, shape, dtype)``."""
-    x = b["input_ids"]
-    at = ring.where(slot, x)
-    if at is not None:
-        b[_TOKENS_IN_SLOT] = (at, x.shape, x.dtype.str)
-        del b["input_ids"]
-
-
-def _derive(b: dict[str, Any], fields: tuple[str, ...], arena: _Arena | None) -> dict[str, Any]:
-    """The fields of a batch; those written into the slot are sent as
-    ``(offset, names, R, L)``: one (len(names), R, L) int64 block."""
-    if arena is not None:
-        arena.last = None  # set again only if expand writes this batch's fields there
-    e = expand(b, fields, into=arena)
-    if arena is not None and arena.last is not None:
-        names = [k for k in PER_POSITION if k in e]
-        R, L = e[names[0]].shape
-        for k in names:
-            del e[k]
-        e[_FIELDS_IN_SLOT] = (arena.last, names, R, L)
-    return e
-
-
-def _worker_main(conn: Any, reader: Reader,
-                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None,
-                 ring: _Ring | None = None, dtype: np.dtype | None = None,
-                 fields: tuple[str, ...] | None = None, parent: int | None = None,
-                 others: list[Any] | None = None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
-    for c in others or []:  # the main process's ends, inherited by fork: only it may hold
-        c.close()           # them, so that this pipe closes when it dies
-    if parent is not None:
-        exit_with_parent(parent)  # Linux: the kernel kills it when the main process dies
-    dt = np.dtype(np.int64 if dtype is None else dtype)
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):  # the main process is gone
-            return
-        if task is None:
-            return
-        seq, slot, indices, wires = task
-        try:
-            t0 = time.process_time()
-            arena = None if ring is None or slot < 0 else _Arena(ring.view(slot))
-            compacts = _read_task(reader, [_plan_from_wire(w) for w in wires], arena, dt, fields)
-            batches = list(compute(compacts, indices, transform, fields, arena, ring, slot))
-            conn.send((seq, "ok", batches, time.process_time() - t0))
-        except Exception as e:  # report it to the main process, which raises it
-            text = f"{type(e).__name__}: {e}"
-            if not isinstance(e, MixbatchError):
-                text += "\n" + traceback.format_exc()
-            try:
-                conn.send((seq, "error", text, 0.0))
-            except (OSError, EOFError):
-                return
+__all__ = ["SLOT_BYTES", "Here", "Reader", "Run", "Runs", "StepReaders", "Task", "stack_runs"]
 
 
 class _Entry:
-    """A planned task: where it is read (``worker`` -1: here, when due) and its slot."""
+    """A planned task: where it is read (``worker`` -1: here, when due) and its slot; ``first``:
+    its first step's place in the task it was cut from (for ``runs``)."""
 
-    __slots__ = ("counts", "here", "indices", "runs", "seq", "slot", "tags", "worker")
+    __slots__ = ("counts", "done", "first", "gen", "here", "indices", "runs", "seq", "slot", "tags",
+                 "worker")
 
-    def __init__(self, indices: list[int], runs: list[Run], tags: list[Any],
-                 here: Any = None) -> None:
+    def __init__(self, indices: list[int], runs: Runs, tags: list[Any], here: Any = None,
+                 first: int = 0) -> None:
         self.indices, self.runs, self.tags, self.here = indices, runs, tags, here
+        self.first = first
         self.seq, self.worker, self.slot, self.counts = -1, -1, -1, False
+        # the main process's own task with heavy work: its batches computed ahead (while it
+        # waited for a worker), and the reading of the rest
+        self.done: list[tuple[dict[str, Any], Any]] = []
+        self.gen: Iterator[tuple[dict[str, Any], Any]] | None = None
+
+    def wires(self) -> list[tuple]:
+        return [_wire(r) for r in self.runs(self.first, self.first + len(self.indices))]
+
+    def cut(self, size: int) -> list[_Entry]:
+        """The task as tasks of at most ``size`` steps, in order."""
+        if len(self.indices) <= size:
+            return [self]
+        return [_Entry(self.indices[a:a + size], self.runs, self.tags[a:a + size],
+                       None if self.here is None else self.here[a:a + size], self.first + a)
+                for a in range(0, len(self.indices), size)]
+
+    def rest(self, k: int) -> _Entry:
+        """Its steps from the ``k``-th on."""
+        return _Entry(self.indices[k:], self.runs, self.tags[k:],
+                      None if self.here is None else self.here[k:], self.first + k)
 
 
 class StepReaders:
@@ -265,13 +120,14 @@ class StepReaders:
     ``slot_bytes``: the size of a shared slot (0: everything through the pipe);
     ``adaptive``: let the main process read tasks itself where that measures faster
     (:mod:`mixbatch.torch.pacing`); ``here``: how it reads a task's compact batches then (from a
-    task's last element; default: ``reader`` over its runs)."""
+    task's last element; default: ``reader`` over its runs); ``task_steps``: the most steps a
+    task holds (:meth:`task_size` may ask for fewer)."""
 
     def __init__(self, n: int, reader: Reader,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  prefetch: int = 2, poll_interval: float = 0.5, slot_bytes: int = 0,
                  dtype: np.dtype | None = None, fields: tuple[str, ...] | None = None,
-                 adaptive: bool = True, here: Here | None = None) -> None:
+                 adaptive: bool = True, here: Here | None = None, task_steps: int = 16) -> None:
         fork = "fork" in mp.get_all_start_methods()
         ctx = mp.get_context("fork" if fork else "spawn")
         self.n = n
@@ -280,8 +136,19 @@ class StepReaders:
         self.reader, self.transform, self.here = reader, transform, here
         self.dtype = np.dtype(np.int64 if dtype is None else dtype)
         self.pacer = Pacer(n * self.prefetch, enabled=adaptive)
+        self.most = max(1, task_steps)  # steps per task at most (what a slot holds)
         self.inline = 0  # tasks the main process read itself
         self.sent = 0  # tasks sent to the workers
+        self.in_flight = 0  # tasks sent and not yet received
+        self.mine: _Entry | None = None  # a held task the main process reads while it waits
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        # with heavy work the main process reads a task of its own while it would wait for a
+        # worker, where a core is left for it (fewer workers than cores)
+        self.can_help = adaptive and n < cores
+        self.helped = 0  # batches the main process computed while it waited
         self.conns: list[Any] = []
         self.procs: list[Any] = []
         # a forked worker shares the ring; a spawned one could not (it gets pickled arrays).
@@ -299,6 +166,10 @@ class StepReaders:
         self.started = False
         if not adaptive:
             self.start()
+
+    def task_size(self) -> int:
+        """Steps for the next task planned (fewer than ``task_steps`` with heavy work)."""
+        return self.pacer.task_steps(self.most)
 
     def start(self) -> None:
         """Start the worker processes (with pacing: when the first task is sent to them; idle
@@ -323,73 +194,121 @@ class StepReaders:
             raise
 
     def map(self, tasks: Iterator[Task]) -> Iterator[tuple[dict[str, Any], Any]]:
-        """For each task ``(indices, runs, tags)`` in order, yield ``(batch, tag)`` per step
-        (:func:`stack_runs` makes the runs of a few consecutive steps' plans). A task goes to
-        worker ``k mod n`` (``k`` counting the tasks sent) as it is planned, or, while the pacer
-        says so, waits here and is read by the main process when it is due."""
+        """For each task ``(indices, runs, tags, here)`` in order, yield ``(batch, tag)`` per
+        step. A task goes to worker ``k mod n`` (``k`` counting the tasks sent) as it is
+        planned, or, while the pacer says so, waits here and is read by the main process when
+        it is due. With heavy work and a core left over, one task more than the workers hold is
+        kept for the main process, which reads its batches while it would otherwise wait for a
+        worker's (:meth:`_help`), and hands them out in their turn."""
         pending: deque[_Entry] = deque()
         depth = self.n * self.prefetch
-        clock, sampler = RunQueueClock(), RunQueueClock()  # per task, per timed batch
+        pacer = self.pacer
+        pacer.clock = clock = RunQueueClock()
+        sampler = RunQueueClock() if self.transform is not None and pacer.enabled else None
+        self.mine = None
         last = time.perf_counter()
         try:
             while True:
-                while len(pending) < depth:
+                helping = self.can_help and not pacer.mode and pacer.heavy_work
+                while len(pending) < depth + helping:
                     task = next(tasks, None)
                     if task is None:
                         break
                     pending.append(_Entry(*task))
-                    if not self.pacer.mode:
-                        self._send(pending[-1], pending, depth)
+                if not pacer.mode:
+                    self._send_held(pending, depth, late=False, helping=helping)
                 if not pending:
                     return
                 e = pending.popleft()
                 if e.worker < 0:
-                    self._check_alive()
-                    self.inline += 1
-                    counts = all(x.worker < 0 for x in pending)  # no worker computed beside it
-                    compacts = _read_task(self.reader, e.runs, None, self.dtype, self.fields) \
-                        if self.here is None else self.here(e.here)
-                    batches = compute(compacts, e.indices, self.transform, self.fields)
-                    for k, tag in enumerate(e.tags):
-                        # the first batch also reads the task; later ones are timed while the
-                        # pacer needs samples, else one per task
-                        if k == 0 or (k > 1 and not self.pacer.sampling):
-                            batch = next(batches)
-                        else:
-                            t0, w0 = time.process_time(), time.perf_counter()
-                            sampler.waited()  # counts from here
-                            batch = next(batches)
-                            waited = sampler.waited()
-                            if self.pacer.computed(time.process_time() - t0, 1, waited,
-                                                   time.perf_counter() - w0):
-                                self._send_held(pending)  # heavy: the workers take the rest
-                        yield batch, tag
-                        del batch
+                    counts = self.in_flight == 0  # no worker computed beside it
+                    if e.gen is None:
+                        e.gen = self._inline(e, pending, sampler, depth)
+                    if e is self.mine:
+                        self.mine = None
+                    yield from e.done
+                    e.done = []
+                    yield from e.gen
                 else:
                     counts = e.counts
+                    if self.mine is not None:
+                        self._help(self.mine, e, sampler, depth)
                     got = self._receive(e.seq, e.worker, e.slot)
+                    self.in_flight -= 1
                     self.busy.discard(e.slot)
                     yield from zip(got, e.tags, strict=True)
                     del got  # only the batches handed out may keep the slot now
                 now = time.perf_counter()
-                self.pacer.waited_for_cpu(clock.waited())
-                if self.pacer.measured(e.worker < 0, now - last, len(e.tags), counts):
-                    self._send_held(pending)
+                if pacer.measured(e.worker < 0, now - last, len(e.tags), counts):
+                    self._send_held(pending, depth)
                 last = now
         finally:
             clock.close()
-            sampler.close()
+            if sampler is not None:
+                sampler.close()
 
-    def _send(self, e: _Entry, pending: deque[_Entry], depth: int) -> None:
+    def _help(self, mine: _Entry, due: _Entry, sampler: RunQueueClock | None,
+              depth: int) -> None:
+        """While the worker of the task ``due`` has not answered, compute batches of the main
+        process's own task (handed out in its turn, after ``due``)."""
+        conn = self.conns[due.worker]
+        while not conn.poll(0):
+            if mine.gen is None:
+                mine.gen = self._inline(mine, None, sampler, depth)
+            item = next(mine.gen, None)
+            if item is None:
+                return
+            mine.done.append(item)
+            self.helped += 1
+
+    def _inline(self, e: _Entry, pending: deque[_Entry] | None, sampler: RunQueueClock | None,
+                depth: int) -> Iterator[tuple[dict[str, Any], Any]]:
+        """Read a task here, each batch's fields derived as it is handed out (the memory of
+        the batch before is then free again, and warm). While the pacer needs samples (and
+        then once per task) the transform is timed; when that turns the mode to the workers,
+        the task's remaining steps go to them at once (``pending``: the tasks after it; None
+        for a task read ahead, :meth:`_help`, which stays the main process's)."""
+        self._check_alive()
+        self.inline += 1
+        compacts = iter(self.here(e.here) if self.here is not None else _read_task(
+            self.reader, e.runs(e.first, e.first + len(e.indices)), None, self.dtype,
+            self.fields))
+        transform, fields, pacer = self.transform, self.fields, self.pacer
+        for k, index in enumerate(e.indices):
+            b = next(compacts)
+            b["step"] = index
+            heavy = False
+            if transform is not None:
+                if sampler is None or not (k == 0 or pacer.sampling):
+                    b = transform(b)
+                else:
+                    t0, w0 = time.process_time(), time.perf_counter()
+                    sampler.waited()  # counts from here
+                    b = transform(b)
+                    heavy = pacer.computed(time.process_time() - t0, 1, sampler.waited(),
+                                           time.perf_counter() - w0)
+            if fields:
+                b = _derive(b, fields, None)
+            if heavy and pending is not None and k + 1 < len(e.indices):
+                pending.appendleft(e.rest(k + 1))  # the workers take the rest of this task
+                e.tags = e.tags[:k + 1]
+                self._send_held(pending, depth)
+                yield b, e.tags[k]
+                return
+            if heavy and pending is not None:
+                self._send_held(pending, depth)
+            yield b, e.tags[k]
+
+    def _send(self, e: _Entry, depth: int, late: bool) -> None:
         """Send a task to the next worker; it counts for the pacer when the pipeline ahead of
-        it was full of worker tasks."""
+        it was full of worker tasks and it was not ``late`` (held while the main process read,
+        sent when the mode changed)."""
         self.start()
-        ahead = len(pending) - 1
-        e.counts = ahead == depth - 1 and all(x.worker >= 0 for x in pending if x is not e)
+        e.counts = not late and self.in_flight == depth - 1
         w = self.sent % self.n
         slot = self._free_slot()
         try:
-            self.conns[w].send((self.sent, slot, e.indices, [_wire(r) for r in e.runs]))
+            self.conns[w].send((self.sent, slot, e.indices, e.wires()))
         except OSError:  # a broken pipe: the worker is gone
             self.procs[w].join(timeout=self.poll_interval)
             raise self._died(w) from None
@@ -397,13 +316,30 @@ class StepReaders:
             self.busy.add(slot)
         e.seq, e.worker, e.slot = self.sent, w, slot
         self.sent += 1
+        self.in_flight += 1
 
-    def _send_held(self, pending: deque[_Entry]) -> None:
-        """The tasks waiting for the main process go to the workers (the mode changed)."""
+    def _send_held(self, pending: deque[_Entry], depth: int, late: bool = True,
+                   helping: bool = False) -> None:
+        """The tasks waiting for the main process go to the workers (the mode is theirs), up to
+        ``depth`` tasks in flight; with heavy work cut to the pacer's task size first.
+        ``helping``: the first task left over is kept for the main process (:meth:`_help`)."""
+        size = self.pacer.task_steps(self.most)
+        def open_(x: _Entry) -> bool:  # held, not begun here, not the main process's own
+            return x.worker < 0 and x.gen is None and x is not self.mine
+
+        if size < self.most and any(len(x.indices) > size for x in pending if open_(x)):
+            cut = [y for x in pending for y in (x.cut(size) if open_(x) else [x])]
+            pending.clear()
+            pending.extend(cut)
         for e in pending:
-            if e.worker < 0:
-                self._send(e, pending, 0)
-                e.counts = False  # sent late: computed while the main process read
+            if not open_(e):
+                continue  # sent, begun here, or kept for the main process
+            if self.in_flight < depth:
+                self._send(e, depth, late)
+            elif helping and self.mine is None:
+                self.mine = e
+            else:
+                return
 
     def _check_alive(self) -> None:
         """A worker that died while the main process reads (nothing to receive from it)."""
@@ -437,7 +373,8 @@ class StepReaders:
             raise MixbatchError(f"loader worker {w}: expected step {seq}, got {got}")
         if status != "ok":
             raise MixbatchError(f"loader worker {w} failed: {payload}")
-        self.pacer.computed(compute_seconds, len(payload))
+        if self.transform is not None:
+            self.pacer.computed(compute_seconds, len(payload))
         if slot < 0:
             return payload
         assert self.ring is not None

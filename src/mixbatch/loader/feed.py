@@ -39,6 +39,7 @@ from mixbatch.config import OnExhausted, Unit
 from mixbatch.errors import ConfigError, MixbatchInternalError, StateError
 from mixbatch.loader.order import SourceOrder
 from mixbatch.plan.interleave import Interleaver, WeightPath
+from mixbatch.ranges import group_ranks
 from mixbatch.shape.base import Docs
 from mixbatch.store import TokenStore
 
@@ -147,7 +148,7 @@ class MixedFeed:
         if enough < len(docs):
             docs, lens, per = docs[:enough], lens[:enough], per[:enough]
         k = np.repeat(np.arange(len(docs), dtype=np.int64), per)
-        j = np.arange(len(k), dtype=np.int64) - np.repeat(np.cumsum(per) - per, per)
+        j = group_ranks(per)
         start = j * L
         end = np.minimum(start + L, lens[k])
         last = j == per[k] - 1
@@ -198,7 +199,7 @@ class MixedFeed:
         order = np.argsort(src, kind="stable")
         counts = np.bincount(src, minlength=self.K)
         rank_in_source = np.empty(len(src), dtype=np.int64)
-        rank_in_source[order] = np.arange(len(src)) - np.repeat(np.cumsum(counts) - counts, counts)
+        rank_in_source[order] = group_ranks(counts)
         doc = np.empty(len(src), dtype=np.int64)
         start = np.empty(len(src), dtype=np.int64)
         end = np.empty(len(src), dtype=np.int64)

@@ -66,6 +66,7 @@ import numpy as np
 
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.plan.permutation import derive_key, keyed_order
+from mixbatch.ranges import group_ranks
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.follow import by_samples, follow_order
 from mixbatch.shape.window import WindowAnchor
@@ -96,7 +97,7 @@ def cut_spans(start: np.ndarray, end: np.ndarray, eod: np.ndarray,
     eod = np.asarray(eod, dtype=bool)
     n_pieces = (end - start + eod + seq_len - 1) // seq_len
     k = np.repeat(np.arange(len(start), dtype=np.int64), n_pieces)
-    j = np.arange(len(k), dtype=np.int64) - np.repeat(np.cumsum(n_pieces) - n_pieces, n_pieces)
+    j = group_ranks(n_pieces)
     a = start[k] + j * seq_len
     b = np.minimum(a + seq_len, end[k])
     last = eod[k] & (j == n_pieces[k] - 1)

@@ -16,6 +16,7 @@ parsed arguments and returns the exit code. Errors are :class:`~mixbatch.errors.
     mixbatch search evaluate model.json --mixtures M.csv --losses L.csv [--target COL] [--json]
     mixbatch search merge CONFIG --out merge.json [--steps N] [--seed-steps N] [--subsets N]
     mixbatch search pbt CONFIG --population N --interval STEPS --out DIR [--steps T] [--seed S]
+    mixbatch search pbt CONFIG --out DIR --resume
     mixbatch search sweep CONFIG --batch-sizes 4 8 16 32 --tokens T --target LOSS [--seeds ..]
 """
 

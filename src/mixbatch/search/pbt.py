@@ -46,8 +46,10 @@ from mixbatch.atomic import write_json, write_text
 from mixbatch.checks import integer, positive_int, real
 from mixbatch.config import Config
 from mixbatch.errors import ConfigError, StateError
+from mixbatch.search.pbt_state import RoundLog, identity
 
-__all__ = ["PBTResult", "PBTSettings", "add_pbt_parser", "run_pbt", "run_pbt_search"]
+__all__ = ["Interrupt", "PBTResult", "PBTSettings", "add_pbt_parser", "run_pbt",
+           "run_pbt_search"]
 
 
 @dataclass(frozen=True)
@@ -97,28 +99,65 @@ class PBTResult:
     members: list[dict[str, Any]]  # member, val_loss, steps, stages (lineage)
     winner_record: dict[str, Any] = field(repr=False)  # stages, fed digests, history
     exploits: int = 0  # exploits in all (pbt.json lists them: step, member, copied_from)
-    seconds: float = 0.0
+    seconds: float = 0.0  # this run's (a resumed search: since the resume)
     paths: dict[str, str] = field(default_factory=dict)
+    resumed_at: list[int] = field(default_factory=list)  # steps the search was resumed from
 
 
-def _scheduler(settings: PBTSettings, names: list[str], inits: list[dict[str, float]]) -> Any:
+@dataclass
+class Interrupt:
+    """Stop a search part way, as an interrupted one stops (tests of ``--resume``): ``member``
+    raises on reaching step ``step`` (a member's failure), or, with ``member`` None, the driver
+    stops every member once the round at ``step`` is recorded (as Ctrl-C does)."""
+
+    step: int
+    member: int | None = None
+
+
+def _scheduler(settings: PBTSettings, names: list[str], inits: list[dict[str, float]],
+               log: RoundLog, halt_at: int | None = None) -> tuple[Any, Any]:
     """Ray Tune's PBT, synchronous, exploring the weights with :func:`perturb`, reseeded per
-    round (module docstring). A member's config is ``{"member": i}`` (its starting weights are
-    ``inits[i]``) plus ``weights`` and ``copied_from`` once it exploited; ``exploits`` lists
-    every exploit as ``{step, member, copied_from}``."""
+    round (module docstring), positioned at ``log.step`` (a resumed search: the state an
+    uninterrupted scheduler has after that round, see :mod:`mixbatch.search.pbt_state`), and
+    the run's stopper. A member's config is ``{"member": i}`` (its weights at the run's start
+    are ``inits[i]``) plus ``weights`` and ``copied_from`` once it exploited; ``exploits``
+    lists every exploit as ``{step, member, copied_from}``. Each round is recorded in ``log``
+    once decided; with ``halt_at`` the stopper ends the run once that step's round is."""
+    from ray import tune
     from ray.tune.schedulers import PopulationBasedTraining
 
     from mixbatch.search.pbt_explore import perturb, snap
     from mixbatch.search.pbt_member import METRIC, TIME_ATTR, member_weights
 
+    class Stop(tune.Stopper):
+        def __init__(self) -> None:
+            self.halt = False
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return int(result.get(TIME_ATTR, 0)) >= settings.steps
+
+        def stop_all(self) -> bool:
+            return self.halt
+
+    stop = Stop()
+    start = log.step
+
     class MixturePBT(PopulationBasedTraining):
         def __init__(self) -> None:
             self.rng = np.random.default_rng([settings.seed, 0])
-            self.exploits: list[dict[str, int]] = []
+            self.exploits: list[dict[str, int]] = log.exploits()
+            self.losses: dict[int, dict[int, float]] = {}  # step -> member -> held-out loss
+            self.recording = True  # until a round is decided without the whole population
             super().__init__(time_attr=TIME_ATTR, metric=METRIC, mode="min",
                              perturbation_interval=settings.interval,
                              quantile_fraction=settings.quantile, resample_probability=0.0,
                              custom_explore_fn=self.explore, synch=True)
+            self._next_perturbation_sync = start + settings.interval
+
+        def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+            super().on_trial_add(tune_controller, trial)
+            state = self._trial_state[trial]
+            state.last_train_time = state.last_perturbation_time = start
 
         def explore(self, config: dict[str, Any]) -> dict[str, Any]:
             """``config``: a copy of the better member's."""
@@ -128,23 +167,48 @@ def _scheduler(settings: PBTSettings, names: list[str], inits: list[dict[str, fl
 
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
             at = int(result.get(TIME_ATTR, 0))
+            if METRIC in result:
+                self.losses.setdefault(at, {})[int(trial.config["member"])] = \
+                    float(result[METRIC])
             self.rng = np.random.default_rng([settings.seed, at])
             before = {t.trial_id: t.config for t in tune_controller.get_trials()}
+            sync = self._next_perturbation_sync
             saved = random.getstate()
             random.seed(settings.seed * 1_000_003 + at)
+            made: list[dict[str, int]] = []
             try:
-                return super().on_trial_result(tune_controller, trial, result)
+                decision = super().on_trial_result(tune_controller, trial, result)
             finally:
                 random.setstate(saved)
                 for t in tune_controller.get_trials():  # exploited: a new config object
                     old = before.get(t.trial_id)
                     if old is not None and t.config is not old:
                         me = old["member"]
-                        self.exploits.append({"step": at, "member": me,
-                                              "copied_from": t.config["copied_from"]})
+                        made.append({"step": at, "member": me,
+                                     "copied_from": t.config["copied_from"]})
                         t.set_config({**t.config, "member": me})
+                self.exploits += made
+            if self._next_perturbation_sync != sync:  # the round at `at` was decided
+                self.record(tune_controller, at, made)
+            return decision
 
-    return MixturePBT()
+        def record(self, tune_controller: Any, at: int, made: list[dict[str, int]]) -> None:
+            losses = self.losses.pop(at, {})
+            whole = len(losses) == settings.population and not any(
+                t.is_finished() for t in tune_controller.get_trials())
+            self.recording = self.recording and whole
+            if not self.recording:  # a member failed: later rounds are not the search's
+                return
+            copied = {e["member"]: e["copied_from"] for e in made}
+            rows = [{"member": me, "val_loss": losses[me], "state_of": copied.get(me, me),
+                     "weights": member_weights(t.config, inits)}
+                    for me, t in sorted((int(t.config["member"]), t)
+                                        for t in tune_controller.get_trials())]
+            log.commit(at, rows, sorted(made, key=lambda e: e["member"]))
+            if halt_at is not None and at >= halt_at:
+                stop.halt = True
+
+    return MixturePBT(), stop
 
 
 def _first_weights(cfg: Config) -> np.ndarray:
@@ -174,31 +238,36 @@ def _start_ray(settings: PBTSettings) -> bool:
     return True
 
 
-def _fit(cfg: Config, proxy: Any, settings: PBTSettings, inits: list[dict[str, float]],
-         storage: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, int]]]:
-    """Run the population on Tune; return ``(member, final checkpoint)`` per member and every
-    exploit (``member`` copied ``copied_from``'s state of step ``step``)."""
+def _fit(setup: Any, settings: PBTSettings, log: RoundLog, storage: Path,
+         halt_at: int | None) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, int]]]:
+    """Run the population on Tune from ``log.step``; return ``(member, final checkpoint)`` per
+    member and every exploit (``member`` copied ``copied_from``'s state of step ``step``).
+
+    Raises:
+        StateError: a member failed, or the run stopped before the last step (Ctrl-C): one
+            line that says how far the record goes and how to resume.
+    """
     from ray import tune
 
     from mixbatch.search.pbt_member import (
         CHECKPOINT_FILE,
-        TIME_ATTR,
-        MemberSetup,
         read_member_checkpoint,
         train_member,
     )
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's old, quiet reporter at verbose 0
-    setup = MemberSetup(cfg, proxy, settings.interval, inits)
-    scheduler = _scheduler(settings, list(cfg.sources), inits)
+    scheduler, stop = _scheduler(settings, list(setup.cfg.sources), setup.inits, log, halt_at)
     trainable = tune.with_resources(tune.with_parameters(train_member, setup=setup), {"cpu": 1})
+    name = f"pbt-from-step-{log.step}" if log.step else "pbt"
+    shutil.rmtree(storage / name, ignore_errors=True)  # an earlier, interrupted attempt's
     tuner = tune.Tuner(
-        trainable, param_space={"member": tune.grid_search(list(range(len(inits))))},
+        trainable, param_space={"member": tune.grid_search(list(range(settings.population)))},
         tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=1, reuse_actors=True,
                                     trial_dirname_creator=lambda t: f"member_{t.trial_id}"),
-        run_config=tune.RunConfig(name="pbt", storage_path=str(storage.resolve()), verbose=0,
-                                  stop={TIME_ATTR: settings.steps},
-                                  failure_config=tune.FailureConfig(max_failures=0)))
+        run_config=tune.RunConfig(name=name, storage_path=str(storage.resolve()), verbose=0,
+                                  stop=stop,
+                                  failure_config=tune.FailureConfig(max_failures=0,
+                                                                    fail_fast=True)))
     quiet = logging.getLogger("ray.tune")  # restarts warn of log files a checkpoint lacks
     level = quiet.level
     quiet.setLevel(logging.ERROR)
@@ -206,17 +275,24 @@ def _fit(cfg: Config, proxy: Any, settings: PBTSettings, inits: list[dict[str, f
         grid = tuner.fit()
     finally:
         quiet.setLevel(level)
+    recorded = (f"{len(log.rounds)} of {settings.rounds - 1} rounds are recorded in {log.path}: "
+                f"resume with `mixbatch search pbt CONFIG --out {log.out} --resume`")
     members: list[tuple[int, dict[str, Any]]] = []
-    for r in grid:
-        me = int(r.config["member"])
+    # grid order is member order; a member that never started (fail_fast) has no config
+    results = [(int(r.config["member"]) if r.config else i, r) for i, r in enumerate(grid)]
+    for me, r in results:
         if r.error is not None:
-            raise StateError(f"search pbt: member {me} failed: {_one_line(r.error)}")
-        if r.checkpoint is None:
-            raise StateError(f"search pbt: member {me} ended without a checkpoint")
-        with r.checkpoint.as_directory() as d:
-            members.append((me, read_member_checkpoint(Path(d) / CHECKPOINT_FILE)))
-    return sorted(members, key=lambda m: m[0]), sorted(scheduler.exploits,
-                                                       key=lambda e: (e["step"], e["member"]))
+            raise StateError(f"search pbt: member {me} failed: {_one_line(r.error)}; "
+                             f"{recorded}")
+    for me, r in sorted(results, key=lambda x: x[0]):
+        if r.checkpoint is not None:
+            with r.checkpoint.as_directory() as d:
+                members.append((me, read_member_checkpoint(Path(d) / CHECKPOINT_FILE)))
+        if r.checkpoint is None or not (members[-1][1]["step"] >= settings.steps
+                                        or r.metrics.get("stream_ended")):
+            raise StateError(f"search pbt: interrupted (member {me} stopped before step "
+                             f"{settings.steps}); {recorded}")
+    return members, sorted(scheduler.exploits, key=lambda e: (e["step"], e["member"]))
 
 
 def _replay_config(cfg: Config, proxy: Any, schedule: list[dict[str, Any]]) -> Config:
@@ -229,17 +305,25 @@ def _replay_config(cfg: Config, proxy: Any, schedule: list[dict[str, Any]]) -> C
 
 
 def run_pbt_search(cfg: Config, proxy: Any, settings: PBTSettings, out: str | Path,
-                   keep_checkpoints: bool = False) -> PBTResult:
-    """Run a PBT search of mixtures (module docstring) and write its results under ``out``.
+                   keep_checkpoints: bool = False, *, resume: bool = False,
+                   interrupt: Interrupt | None = None) -> PBTResult:
+    """Run a PBT search of mixtures (module docstring) and write its results under ``out``;
+    with ``resume``, continue the interrupted search recorded there (the same config, proxy
+    and settings) from its last recorded round, to the result the uninterrupted search gives.
+    ``interrupt`` stops the search part way (:class:`Interrupt`; tests).
 
     Raises:
         ConfigError: bad settings, no held-out documents, an online policy in the config,
             Ray missing.
-        StateError: a member failed (its one-line reason).
+        StateError: a member failed or the search was interrupted (one line: how far the
+            record goes, how to resume); ``resume`` without a search to resume in ``out``, one
+            that finished, or one made with another config, proxy or settings (naming what
+            differs); a fresh search where an unfinished one is recorded.
     """
     from mixbatch.proxy.trainer import require_holdout
     from mixbatch.search.pbt_explore import initial_population
-    from mixbatch.search.pbt_lineage import schedule_block, write_replay_config
+    from mixbatch.search.pbt_lineage import absolute_dump, schedule_block, write_replay_config
+    from mixbatch.search.pbt_member import MemberSetup
 
     t0 = time.perf_counter()
     require_holdout(cfg, "PBT scores members on held-out documents")
@@ -248,14 +332,26 @@ def run_pbt_search(cfg: Config, proxy: Any, settings: PBTSettings, out: str | Pa
                           "online policy from the config")
     proxy = proxy.model_copy(update={"steps": settings.steps, "threads": proxy.threads or 1})
     names = list(cfg.sources)
-    inits = initial_population(names, _first_weights(cfg), settings.population,
-                               np.random.default_rng(settings.seed))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    ident = identity(absolute_dump(cfg), proxy.model_dump(mode="json"), settings)
+    if resume:
+        log = RoundLog.for_resume(out, ident)
+        log.resumed()
+    else:
+        log = RoundLog.start(out, ident, initial_population(
+            names, _first_weights(cfg), settings.population,
+            np.random.default_rng(settings.seed)))
+    inits = log.initial_weights
+    weights, starts = log.restart()
+    fault = None if interrupt is None or interrupt.member is None else \
+        (interrupt.member, interrupt.step)
+    setup = MemberSetup(cfg, proxy, settings.interval, weights, str(log.rounds_dir.resolve()),
+                        starts, fault)
     storage = out / "ray"
     started = _start_ray(settings)
     try:
-        members, exploits = _fit(cfg, proxy, settings, inits, storage)
+        members, exploits = _fit(setup, settings, log, storage, None if interrupt is None or
+                                 interrupt.member is not None else interrupt.step)
     finally:
         if started:
             import ray
@@ -282,12 +378,14 @@ def run_pbt_search(cfg: Config, proxy: Any, settings: PBTSettings, out: str | Pa
                                f"{rec['step']}")
     result = PBTResult(names, winner, float(best_score), schedule, rows,
                        {k: rec[k] for k in ("stages", "fed", "history", "step")},
-                       exploits=len(exploits), seconds=time.perf_counter() - t0, paths=paths)
+                       exploits=len(exploits), seconds=time.perf_counter() - t0, paths=paths,
+                       resumed_at=list(log.data["resumed_at"]))
     write_json(paths["report"], {
         "settings": {**settings.__dict__, "proxy": proxy.model_dump(mode="json")},
         "names": names, "initial_weights": inits, "winner": winner, "val_loss": best_score,
         "schedule": schedule, "members": rows, "winner_record": result.winner_record,
-        "exploits": exploits, "seconds": result.seconds})
+        "exploits": exploits, "resumed_at": result.resumed_at, "seconds": result.seconds})
+    log.finish(paths)
     if not keep_checkpoints:
         shutil.rmtree(storage, ignore_errors=True)
     return result
@@ -316,18 +414,23 @@ def add_pbt_parser(subparsers: Any) -> argparse.ArgumentParser:
                                            "Tune: a schedule that stream replays")
     sp.add_argument("config", help="config whose sources (prepared, holdout > 0) the members "
                                    "train on; member 0 starts on its mixture")
-    sp.add_argument("--population", type=positive_int, required=True, metavar="N",
-                    help="members (at least 2)")
-    sp.add_argument("--interval", type=positive_int, required=True, metavar="STEPS",
-                    help="proxy steps between two exploit/explore rounds (< --steps)")
+    sp.add_argument("--population", type=positive_int, metavar="N",
+                    help="members (at least 2; required unless --resume)")
+    sp.add_argument("--interval", type=positive_int, metavar="STEPS",
+                    help="proxy steps between two exploit/explore rounds (< --steps; required "
+                         "unless --resume)")
     sp.add_argument("--out", required=True, metavar="DIR",
-                    help="schedule.yaml, config.yaml (replay with stream) and pbt.json")
-    sp.add_argument("--seed", type=int, default=0, help="starting weights and explore draws "
-                                                        "(default %(default)s)")
-    sp.add_argument("--resample", type=_probability, default=0.25, metavar="P",
-                    help="share of explores that draw fresh weights (default %(default)s)")
-    sp.add_argument("--quantile", type=_probability, default=0.25, metavar="Q",
-                    help="share of members that copy a better one (default %(default)s)")
+                    help="schedule.yaml, config.yaml (replay with stream) and pbt.json; "
+                         "pbt_rounds.json and rounds/ while it runs")
+    sp.add_argument("--resume", action="store_true",
+                    help="continue the interrupted search in DIR from its last recorded round "
+                         "(settings and proxy as recorded; flags given must match them)")
+    sp.add_argument("--seed", type=int, default=None,
+                    help="starting weights and explore draws (default 0)")
+    sp.add_argument("--resample", type=_probability, default=None, metavar="P",
+                    help="share of explores that draw fresh weights (default 0.25)")
+    sp.add_argument("--quantile", type=_probability, default=None, metavar="Q",
+                    help="share of members that copy a better one (default 0.25)")
     sp.add_argument("--workers", type=positive_int, default=None,
                     help="members training at a time (default: population, at most the cores)")
     sp.add_argument("--ray-address", metavar="ADDR", default=None,
@@ -341,25 +444,53 @@ def add_pbt_parser(subparsers: Any) -> argparse.ArgumentParser:
     return sp
 
 
+def search_of_args(args: argparse.Namespace) -> tuple[Config, Any, PBTSettings]:
+    """The config, proxy and settings of ``search pbt``'s flags; with ``--resume`` the
+    settings and proxy recorded in ``--out``, overridden by the flags given (a difference is
+    then refused by :func:`run_pbt_search`, naming it)."""
+    from mixbatch.config import load_config
+    from mixbatch.proxy_args import proxy_from_args
+    from mixbatch.search.cli import proxy_of_args
+    from mixbatch.search.pbt_state import STATE_FILE
+
+    cfg = load_config(args.config)
+    given = {k: getattr(args, k) for k in ("population", "interval", "seed", "resample",
+                                           "quantile") if getattr(args, k) is not None}
+    if args.resume:
+        saved = RoundLog.read(args.out)
+        if saved is None:
+            raise StateError(f"{args.out}: no PBT search to resume (no {STATE_FILE}); start "
+                             "one without --resume")
+        ident = saved.data["identity"]
+        proxy = proxy_from_args(args, ident["proxy"])  # flags given override the record
+        values = {**ident["settings"], **given}
+    else:
+        for flag in ("population", "interval"):
+            if flag not in given:
+                raise ConfigError(f"--{flag}: required to start a search (only --resume reads "
+                                  f"it from {args.out})")
+        proxy = proxy_of_args(args)
+        values = {"seed": 0, "resample": 0.25, "quantile": 0.25, **given}
+    settings = PBTSettings(**{**values, "steps": proxy.steps}, workers=args.workers,
+                           ray_address=args.ray_address)
+    return cfg, proxy, settings
+
+
 def run_pbt(args: argparse.Namespace) -> int:
-    """``mixbatch search pbt``: run, print the members and the winner's schedule."""
+    """``mixbatch search pbt``: run (or resume), print the members and the winner's
+    schedule."""
     from rich.console import Console
     from rich.table import Table
 
-    from mixbatch.config import load_config
-    from mixbatch.search.cli import proxy_of_args
-
-    cfg = load_config(args.config)
-    proxy = proxy_of_args(args)
-    settings = PBTSettings(population=args.population, interval=args.interval,
-                           steps=proxy.steps, seed=args.seed, resample=args.resample,
-                           quantile=args.quantile, workers=args.workers,
-                           ray_address=args.ray_address)
-    res = run_pbt_search(cfg, proxy, settings, args.out, keep_checkpoints=args.keep_checkpoints)
+    cfg, proxy, settings = search_of_args(args)
+    res = run_pbt_search(cfg, proxy, settings, args.out, keep_checkpoints=args.keep_checkpoints,
+                         resume=args.resume)
     out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     members = Table(title=f"search pbt: {settings.population} members x {settings.steps} "
                           f"steps, every {settings.interval} steps",
-                    caption=f"{res.exploits} exploits in all; {res.seconds:.1f}s")
+                    caption=f"{res.exploits} exploits in all; {res.seconds:.1f}s"
+                            + (f" (resumed from step {res.resumed_at[-1]})" if res.resumed_at
+                               else ""))
     for c in ("member", "held-out mean loss", "stages", "copies"):
         members.add_column(c, justify="right")
     for m in sorted(res.members, key=lambda m: m["val_loss"]):

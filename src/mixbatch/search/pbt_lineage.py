@@ -27,7 +27,8 @@ from mixbatch.config import Config, StageConfig
 from mixbatch.errors import ConfigError
 from mixbatch.io.fs import is_url
 
-__all__ = ["batch_digest", "schedule_block", "with_schedule", "write_replay_config"]
+__all__ = ["absolute_dump", "batch_digest", "schedule_block", "with_schedule",
+           "write_replay_config"]
 
 _DIGEST_FIELDS = ("input_ids", "labels", "position_ids", "source_ids")
 
@@ -73,12 +74,9 @@ def _absolute(cfg: Config, value: Any) -> Any:
     return os.path.abspath(cfg.resolve(value))
 
 
-def write_replay_config(cfg: Config, path: str | Path, comment: str) -> Path:
-    """Write ``cfg`` (the schedule and batch shape a member trained with) as a config file that
-    ``mixbatch stream`` reads anywhere: relative paths made absolute. Read back and compared
-    before it is left in place."""
-    from mixbatch.config import config_from_dict
-
+def absolute_dump(cfg: Config) -> dict[str, Any]:
+    """``cfg`` as JSON-like data with its relative paths made absolute (a config that reads the
+    same from anywhere)."""
     data = cfg.model_dump(mode="json")
     data["store"] = _absolute(cfg, data["store"])
     if data.get("tokenizer") not in (None, "byte"):
@@ -87,6 +85,16 @@ def write_replay_config(cfg: Config, path: str | Path, comment: str) -> Path:
         src["path"] = _absolute(cfg, src.get("path"))
     if data.get("cache") and data["cache"].get("dir"):
         data["cache"]["dir"] = _absolute(cfg, data["cache"]["dir"])
+    return data
+
+
+def write_replay_config(cfg: Config, path: str | Path, comment: str) -> Path:
+    """Write ``cfg`` (the schedule and batch shape a member trained with) as a config file that
+    ``mixbatch stream`` reads anywhere: relative paths made absolute. Read back and compared
+    before it is left in place."""
+    from mixbatch.config import config_from_dict
+
+    data = absolute_dump(cfg)
     shown = {**data, "mixture": {**data["mixture"], "schedule": [
         {k: v for k, v in s.items() if v is not None} for s in data["mixture"]["schedule"] or []]
         or None}}

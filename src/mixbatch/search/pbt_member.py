@@ -10,11 +10,16 @@ into it. It then trains ``interval`` steps at a time, scores the held-out docume
 reports the mean held-out loss with a checkpoint: model, optimiser, the loader's exact state,
 the lineage, one digest per step trained (:func:`~mixbatch.search.pbt_lineage.batch_digest`)
 and the validation records. The checkpoint is one ``torch.save`` dict, read back with
-``torch.load(..., weights_only=True)``.
+``torch.load(..., weights_only=True)``. Before it reports a step short of the end, it also
+writes that checkpoint to the search's round states (:mod:`mixbatch.search.pbt_state`), from
+which an interrupted search resumes: a member of a resumed search without a Tune checkpoint
+starts from the state its setup names.
 """
 
 from __future__ import annotations
 
+import io
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,12 +28,14 @@ from typing import Any
 
 import torch
 
+from mixbatch.atomic import atomic_path
 from mixbatch.config import Config
 from mixbatch.errors import StateError
 from mixbatch.online.checkpoint import save_torch
 from mixbatch.proxy.settings import ProxyConfig
 from mixbatch.proxy.trainer import Hooks, Step, Trainer
 from mixbatch.search.pbt_lineage import batch_digest, schedule_block, with_schedule
+from mixbatch.search.pbt_state import round_file
 
 __all__ = ["CHECKPOINT_FILE", "CHECKPOINT_FORMAT", "METRIC", "TIME_ATTR", "MemberSetup",
            "member_steps", "member_weights", "read_member_checkpoint", "train_member"]
@@ -42,12 +49,18 @@ METRIC = "val_loss"  # mean held-out loss over every scored token (lower is bett
 @dataclass(frozen=True)
 class MemberSetup:
     """What every member shares: the config, the proxy (``steps``: the run's length), the
-    steps between two reports and each member's starting weights."""
+    steps between two reports and each member's weights where this run starts. ``rounds_dir``:
+    where members write their state at each round (None: nowhere); ``starts``: by member, the
+    bytes of the state it starts from (a resumed search; empty: step 0); ``fault``: ``(member,
+    step)``, that member raises on reaching that step (tests of an interrupted search)."""
 
     cfg: Config
     proxy: ProxyConfig
     interval: int
     inits: list[dict[str, float]] = field(default_factory=list)
+    rounds_dir: str | None = None
+    starts: dict[int, bytes] = field(default_factory=dict)
+    fault: tuple[int, int] | None = None
 
 
 def member_weights(config: dict[str, Any], inits: list[dict[str, float]]) -> dict[str, float]:
@@ -56,10 +69,12 @@ def member_weights(config: dict[str, Any], inits: list[dict[str, float]]) -> dic
     return {str(k): float(v) for k, v in w.items()}
 
 
-def read_member_checkpoint(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
+def read_member_checkpoint(path: str | Path | bytes, where: str = "") -> dict[str, Any]:
+    """A member checkpoint from a file, or from its bytes (``where`` names them)."""
+    p = (where or "PBT member state") if isinstance(path, bytes) else str(path)
     try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
+        src = io.BytesIO(path) if isinstance(path, bytes) else Path(path)
+        ck = torch.load(src, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise StateError(f"{p}: PBT member checkpoint not found") from None
     except (OSError, RuntimeError, EOFError, ValueError) as e:
@@ -127,11 +142,21 @@ def train_member(config: dict[str, Any], setup: MemberSetup) -> None:
     if ck is not None:
         with ck.as_directory() as d:
             state = read_member_checkpoint(Path(d) / CHECKPOINT_FILE)
+    elif me in setup.starts:
+        state = read_member_checkpoint(setup.starts[me], f"the recorded state of member {me}")
     weights = member_weights(config, setup.inits)
     for checkpoint, ended in member_steps(setup, me, weights, state):
         last = checkpoint["history"][-1]
+        step = checkpoint["step"]
+        if setup.fault == (me, step):
+            raise RuntimeError(f"fault injected into member {me} at step {step}")
         with tempfile.TemporaryDirectory(prefix="mixbatch-pbt-") as d:
             save_torch(checkpoint, Path(d) / CHECKPOINT_FILE)
+            if setup.rounds_dir is not None and step < setup.proxy.steps:
+                dest = round_file(setup.rounds_dir, step, me)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(dest) as tmp:
+                    shutil.copyfile(Path(d) / CHECKPOINT_FILE, tmp)
             tune.report({METRIC: last["val_loss_mean"], TIME_ATTR: checkpoint["step"],
                          "member": me, "stream_ended": ended,
                          **{f"val_{n}": v for n, v in last["val_loss"].items()}},

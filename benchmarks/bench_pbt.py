@@ -81,6 +81,7 @@ def one_seed(path: Path, cfg, seed: int, args: argparse.Namespace, workdir: Path
     from mixbatch.search.design import config_token_counts, design_mixtures, write_design_csv
     from mixbatch.search.pbt import PBTSettings, run_pbt_search
     from mixbatch.search.pbt_lineage import with_schedule
+    from mixbatch.search.pbt_state import RoundLog
     from mixbatch.search.runner import run_search
 
     proxy = ProxyConfig.from_dict({**DEMO_PROXY, "steps": args.steps, "seed": seed,
@@ -109,7 +110,9 @@ def one_seed(path: Path, cfg, seed: int, args: argparse.Namespace, workdir: Path
     t0 = time.perf_counter()
     settings = PBTSettings(population=args.population, interval=args.interval,
                            steps=args.steps, seed=seed, workers=args.workers)
-    res = run_pbt_search(cfg, proxy, settings, workdir / f"pbt{seed}")
+    record = RoundLog.read(workdir / f"pbt{seed}")  # a search interrupted here: resume it
+    res = run_pbt_search(cfg, proxy, settings, workdir / f"pbt{seed}",
+                         resume=record is not None and not record.data.get("finished"))
     stages = " | ".join(f"<{s.get('until_step', args.steps)}: {_short(s['weights'])}"
                         for s in res.schedule)
     rows.append([seed, f"pbt (member {res.winner}, {res.exploits} exploits)", budget,

@@ -151,7 +151,8 @@ def test_a_failed_member_leaves_the_last_round_and_resume_gives_the_same_search(
     search's, and resumed it gives that search's result (so a seed gives one search)."""
     f = runs["fault"]
     msg = f["error"]
-    assert msg.startswith("search pbt: member 1 failed: fault injected into member 1 at step 4")
+    assert msg.startswith("search pbt: member 1 failed: RuntimeError: fault injected into "
+                          "member 1 at step 4; ")
     assert "1 of 2 rounds are recorded" in msg and "--resume" in msg and "\n" not in msg
     rec = f["record"]
     assert [r["step"] for r in rec["rounds"]] == [2] and "finished" not in rec

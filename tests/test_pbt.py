@@ -85,6 +85,7 @@ def test_snap_and_perturb_stay_on_the_simplex(w, seed) -> None:
     assert np.isclose(out.sum(), 1.0) and np.all(out > 0)
     ratio = (out / vals) / (out / vals).min()  # each factor is 0.8 or 1.2, up to one scale
     assert np.all(np.isclose(ratio, 1.0) | np.isclose(ratio, 1.5))
+    assert np.isclose(ratio, 1.5).any()  # never all factors alike: a perturb always moves w
 
 
 def test_perturb_uses_the_papers_factors_and_resamples_at_the_rate() -> None:

@@ -6,6 +6,8 @@ from the prior). Mixture weights live on the simplex, so here
 
 - perturb: ``w'_i = f_i w_i / sum_j f_j w_j`` with ``f_i`` drawn uniformly from
   :data:`PERTURB_FACTORS` for every source independently (multiplicative, then renormalised);
+  where every source drew the same factor (the renormalised vector would be unchanged), one
+  source, drawn at random, takes another factor, so a perturb always moves the weights;
 - resample (with probability ``resample``): a draw from the flat Dirichlet(1, ..., 1).
 
 Every vector PBT hands to a member then goes through :func:`snap`: each weight at least
@@ -47,7 +49,12 @@ def perturb(weights: np.ndarray, rng: np.random.Generator, resample: float = 0.2
     w = np.asarray(weights, dtype=np.float64)
     if rng.random() < resample:
         return rng.dirichlet(np.ones(w.size))
-    f = np.asarray(factors, dtype=np.float64)[rng.integers(0, len(factors), size=w.size)]
+    pick = rng.integers(0, len(factors), size=w.size)
+    if w.size > 1 and len(set(factors)) > 1 and np.all(np.asarray(factors)[pick] == factors[pick[0]]):
+        j = int(rng.integers(0, w.size))  # all alike: renormalising would undo the perturb
+        others = [k for k, x in enumerate(factors) if x != factors[pick[j]]]
+        pick[j] = others[int(rng.integers(0, len(others)))]
+    f = np.asarray(factors, dtype=np.float64)[pick]
     w = w * f
     return w / w.sum()
 

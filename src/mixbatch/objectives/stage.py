@@ -79,6 +79,7 @@ class ObjectiveStage:
         self.layout = Layout(spec.layout)
         self.pad_id = int(pad_id)
         self.n_sources = n_sources
+        self.empty_id = modes[Paradigm.S.value]  # [S2S]: an encoder-decoder's empty input
         self.mixer = ObjectiveMixer(spec.build(), spec.weight_vector(),
                                     seed if spec.seed is None else spec.seed, modes, sentinels)
         n = np.arange(2, max(seq_len, 2) + 1)
@@ -92,17 +93,17 @@ class ObjectiveStage:
     def names(self) -> tuple[str, ...]:
         return tuple(self.mixer.names)
 
-    def decoder_only_shape(self, replay: bool = False) -> tuple[int, int]:
-        """``(vocab_size, row width)`` of a decoder-only model on these batches (the proxy;
-        ``replay``: it replays hard batches, which are token rows, not examples)."""
+    def model_shape(self, replay: bool = False) -> tuple[int, int]:
+        """``(vocab_size, row width)`` of the proxy on these batches: the prefix-LM row, or
+        for ``encoder_decoder`` the longer of the encoder's row and the decoder's
+        ``[start] targets`` (``replay``: the proxy replays hard batches, which are token
+        rows, not examples: refused)."""
         if replay:
             raise ConfigError("proxy.replay_rate: replays planned token rows, which "
                               "`objectives:` turns into examples; set replay_rate: 0")
-        if self.layout is not Layout.PREFIX_LM:
-            raise ConfigError(f"objectives.layout: {self.layout.value!r} needs an "
-                              "encoder-decoder model; the proxy is decoder-only (use "
-                              "layout: prefix_lm)")
-        return self.vocab_size, self.width
+        if self.layout is Layout.PREFIX_LM:
+            return self.vocab_size, self.width
+        return self.vocab_size, max(self.enc_width, self.dec_width + 1)
 
     def assign(self, rows: int) -> Assigned:
         """The objectives of the next global step's ``rows`` rows (advances the state)."""

@@ -126,9 +126,8 @@ def run(data: dict, mix: str, proxy: ProxyConfig, s_rows: np.ndarray, target: in
 
 def speed(batch: int, seq_len: int, steps: int) -> None:
     """Milliseconds per step of the objective stage against the per-row reference."""
-    from mixbatch.objectives.reference import reference_apply
-
     from mixbatch.objectives.config import ObjectivesConfig
+    from mixbatch.objectives.reference import reference_apply
     from mixbatch.objectives.stage import ObjectiveStage
 
     print("\n| layout | rows x seq_len | per-row reference (ms/step) | stage (ms/step) | "

@@ -38,12 +38,13 @@ from typing import Any
 import numpy as np
 
 from mixbatch.errors import ConfigError, StateError
+from mixbatch.objectives.batched import Examples, corrupt_rows, piece_columns
 from mixbatch.objectives.config import Layout, ObjectivesConfig, token_ids
 from mixbatch.objectives.denoisers import Denoiser, Paradigm
 from mixbatch.objectives.mixer import ObjectiveMixer
 from mixbatch.shape.materialize import IGNORE_INDEX
 
-__all__ = ["Assigned", "ObjectiveStage", "example_lengths", "objective_stage"]
+__all__ = ["Assigned", "ObjectiveStage", "example_lengths", "main_source", "objective_stage"]
 
 
 @dataclass(frozen=True)
@@ -113,65 +114,63 @@ class ObjectiveStage:
     def apply(self, batch: dict[str, Any], assigned: Assigned,
               rows: Sequence[int] | np.ndarray) -> dict[str, Any]:
         """The layout's batch of ``rows`` (global row numbers of the step, in ``batch`` order)
-        from the loader's fields ``input_ids`` and ``source_ids``."""
+        from the loader's fields ``input_ids`` and ``source_ids``: every row at once
+        (:func:`~mixbatch.objectives.batched.corrupt_rows`)."""
         ids, src = np.asarray(batch["input_ids"]), np.asarray(batch["source_ids"])
         rows = np.asarray(rows, dtype=np.int64)
         real = src >= 0
-        main = _main_source(src, self.n_sources)
+        main = main_source(src, self.n_sources)
         objective = assigned.ids[rows].astype(np.int64)
-        examples = []
-        for i, r in enumerate(rows.tolist()):
-            tokens = ids[i][real[i]]
-            if tokens.size < 2:
-                self.short_rows += 1
-                examples.append(None)
-                continue
-            examples.append(self.mixer.transform(assigned.first + r, int(objective[i]),
-                                                 tokens.astype(np.int64)))
-        out = (self._prefix_lm(examples, main) if self.layout is Layout.PREFIX_LM
-               else self._encoder_decoder(examples, main))
+        count = real.sum(axis=1)
+        live = np.flatnonzero(count >= 2)
+        self.short_rows += int(rows.size - live.size)
+        mixer = self.mixer
+        ex = corrupt_rows(ids[live][real[live]], count[live], objective[live],
+                          assigned.first + rows[live], mixer.denoisers, mixer.mode_ids,
+                          mixer.sentinels, mixer.seed)
+        out = (self._prefix_lm(rows.size, live, ex, main) if self.layout is Layout.PREFIX_LM
+               else self._encoder_decoder(rows.size, live, ex, main))
         out["objective_ids"] = objective
         if "step" in batch:
             out["step"] = batch["step"]
         return out
 
-    def _prefix_lm(self, examples: list[Any], main: np.ndarray) -> dict[str, Any]:
-        B, W = len(examples), self.width
+    def _prefix_lm(self, B: int, live: np.ndarray, ex: Examples, main: np.ndarray
+                   ) -> dict[str, Any]:
+        W = self.width
         input_ids = np.full((B, W), self.pad_id, dtype=np.int64)
         labels = np.full((B, W), IGNORE_INDEX, dtype=np.int64)
-        position = np.zeros((B, W), dtype=np.int64)
-        source = np.full((B, W), -1, dtype=np.int64)
         prefix = np.zeros(B, dtype=np.int64)
-        for i, ex in enumerate(examples):
-            if ex is None:
-                continue
-            seq, p = ex.tokens, ex.prefix_len
-            T = seq.size
-            input_ids[i, :T] = seq
-            labels[i, p:T] = seq[p:]
-            position[i, :T] = np.arange(T)
-            source[i, :T] = main[i]
-            prefix[i] = p
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position,
-                "prefix_len": prefix, "source_ids": source}
+        length = np.zeros(B, dtype=np.int64)
+        prefix[live] = 1 + ex.in_len  # [mode] inputs
+        length[live] = prefix[live] + ex.tg_len
+        input_ids[live, 0] = ex.modes
+        input_ids[np.repeat(live, ex.in_len), 1 + piece_columns(ex.in_len)] = ex.inputs
+        at = (np.repeat(live, ex.tg_len), np.repeat(prefix[live], ex.tg_len) + piece_columns(ex.tg_len))
+        input_ids[at] = labels[at] = ex.targets
+        col = np.arange(W)[None, :]
+        inside = col < length[:, None]
+        return {"input_ids": input_ids, "labels": labels,
+                "position_ids": np.where(inside, col, 0),
+                "prefix_len": prefix, "source_ids": np.where(inside, main[:, None], -1)}
 
-    def _encoder_decoder(self, examples: list[Any], main: np.ndarray) -> dict[str, Any]:
-        B, Wi, Wt = len(examples), self.enc_width, self.dec_width
+    def _encoder_decoder(self, B: int, live: np.ndarray, ex: Examples, main: np.ndarray
+                         ) -> dict[str, Any]:
+        Wi, Wt = self.enc_width, self.dec_width
         input_ids = np.full((B, Wi), self.pad_id, dtype=np.int64)
-        attention = np.zeros((B, Wi), dtype=np.int64)
-        source = np.full((B, Wi), -1, dtype=np.int64)
         decoder = np.full((B, Wt), self.pad_id, dtype=np.int64)
         labels = np.full((B, Wt), IGNORE_INDEX, dtype=np.int64)
-        for i, ex in enumerate(examples):
-            if ex is None:
-                continue
-            a, t = ex.inputs.size, ex.targets.size
-            input_ids[i, :a] = ex.inputs
-            attention[i, :a] = 1
-            source[i, :a] = main[i]
-            labels[i, :t] = ex.targets
-            decoder[i, 1:t] = ex.targets[:-1]  # decoder_input_ids[:, 0] is the start (pad) id
-        return {"input_ids": input_ids, "attention_mask": attention, "source_ids": source,
+        enc_len = np.zeros(B, dtype=np.int64)
+        enc_len[live] = 1 + ex.in_len
+        input_ids[live, 0] = ex.modes
+        input_ids[np.repeat(live, ex.in_len), 1 + piece_columns(ex.in_len)] = ex.inputs
+        row, col = np.repeat(live, ex.tg_len), piece_columns(ex.tg_len)
+        labels[row, col] = ex.targets
+        shifted = col + 1 < np.repeat(ex.tg_len, ex.tg_len)  # decoder[:, 0]: the start (pad) id
+        decoder[row[shifted], col[shifted] + 1] = ex.targets[shifted]
+        inside = np.arange(Wi)[None, :] < enc_len[:, None]
+        return {"input_ids": input_ids, "attention_mask": inside.astype(np.int64),
+                "source_ids": np.where(inside, main[:, None], -1),
                 "decoder_input_ids": decoder, "labels": labels}
 
     def state_dict(self) -> dict[str, Any]:
@@ -191,7 +190,7 @@ class ObjectiveStage:
                              ) from None
 
 
-def _main_source(src: np.ndarray, k: int) -> np.ndarray:
+def main_source(src: np.ndarray, k: int) -> np.ndarray:
     """The source with most tokens in each row (-1 for an empty row)."""
     B = src.shape[0]
     real = src >= 0

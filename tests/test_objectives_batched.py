@@ -82,8 +82,7 @@ def test_corrupt_rows_is_corrupt_row_by_row(lengths: list[int], seed: int,
         den = UL2_DENOISERS[d]
         one = corrupt(tokens[at[r]:at[r + 1]], den, modes[den.paradigm.value], sentinels,
                       np.random.default_rng(derive_key(seed, "objective", int(samples[r]))))
-        np.testing.assert_array_equal(one.inputs, np.concatenate(
-            [[ex.modes[r]], ex.inputs[i_at[r]:i_at[r + 1]]]))
+        np.testing.assert_array_equal(one.inputs, ex.inputs[i_at[r]:i_at[r + 1]])
         np.testing.assert_array_equal(one.targets, ex.targets[t_at[r]:t_at[r + 1]])
 
 

@@ -25,16 +25,15 @@ from mixbatch.errors import ConfigError
 from mixbatch.objectives.denoisers import Denoiser, Paradigm
 from mixbatch.plan.permutation import derive_key
 
-__all__ = ["Examples", "corrupt_rows", "piece_columns"]
+__all__ = ["Examples", "corrupt_rows", "gather_pieces", "join_pieces", "piece_columns"]
 
 
 @dataclass(frozen=True)
 class Examples:
-    """The examples of ``R`` rows, flat: row ``i``'s inputs (after its mode token, which is
-    ``modes[i]``) are ``inputs[in_start[i]:][:in_len[i]]``, its targets likewise."""
+    """The examples of ``R`` rows, flat: row ``i``'s inputs (its mode token first) are the
+    ``in_len[i]`` values of ``inputs`` after the rows before it, its targets likewise."""
 
-    modes: np.ndarray  # (R,) the mode token of each row
-    inputs: np.ndarray  # the inputs of every row, one after the other (mode tokens not included)
+    inputs: np.ndarray  # the inputs of every row, one after the other
     in_len: np.ndarray  # (R,)
     targets: np.ndarray
     tg_len: np.ndarray  # (R,)
@@ -122,4 +121,23 @@ def corrupt_rows(tokens: np.ndarray, lengths: np.ndarray, objective: np.ndarray,
     tg_sel = mask | kept_start
     inputs = np.where(start, sent[np.minimum(run, sent.size - 1)], tokens)[in_sel]
     targets = np.where(kept_start, sent[np.minimum(kept_run, sent.size - 1)], tokens)[tg_sel]
-    return Examples(modes, inputs, n - noise + spans, targets, noise + spans)
+    in_len = n - noise + spans  # >= 1: S keeps a prefix, span rows a kept piece
+    return Examples(np.insert(inputs, _starts(in_len), modes), in_len + 1, targets,
+                    noise + spans)
+
+
+def join_pieces(first: np.ndarray, first_len: np.ndarray, second: np.ndarray,
+                second_len: np.ndarray) -> np.ndarray:
+    """Row after row, the row's piece of ``first`` then its piece of ``second`` (both flat,
+    row after row, with those lengths)."""
+    total = first_len + second_len
+    out = np.empty(int(total.sum()), dtype=np.result_type(first, second))
+    at = np.repeat(_starts(total), first_len) + piece_columns(first_len)
+    out[at] = first
+    out[np.repeat(_starts(total) + first_len, second_len) + piece_columns(second_len)] = second
+    return out
+
+
+def gather_pieces(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``flat[starts[i]:][:lengths[i]]`` for every ``i``, one after the other."""
+    return flat[np.repeat(starts, lengths) + piece_columns(lengths)]

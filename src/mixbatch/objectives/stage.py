@@ -38,10 +38,17 @@ from typing import Any
 import numpy as np
 
 from mixbatch.errors import ConfigError, StateError
-from mixbatch.objectives.batched import Examples, corrupt_rows, piece_columns
+from mixbatch.objectives.batched import (
+    Examples,
+    corrupt_rows,
+    gather_pieces,
+    join_pieces,
+    piece_columns,
+)
 from mixbatch.objectives.config import Layout, ObjectivesConfig, token_ids
 from mixbatch.objectives.denoisers import Denoiser, Paradigm
-from mixbatch.objectives.mixer import ObjectiveMixer
+from mixbatch.objectives.distill import DistillTable, Task, distill_table
+from mixbatch.objectives.mixer import ExactMix, ObjectiveMixer
 from mixbatch.shape.materialize import IGNORE_INDEX
 
 __all__ = ["Assigned", "ObjectiveStage", "example_lengths", "main_source", "objective_stage"]
@@ -75,20 +82,32 @@ class ObjectiveStage:
     """Objectives of the loader's rows and their batches; see the module docstring."""
 
     def __init__(self, spec: ObjectivesConfig, seed: int, vocab_size: int, pad_id: int,
-                 seq_len: int, n_sources: int) -> None:
+                 seq_len: int, n_sources: int, distill: DistillTable | None = None) -> None:
         modes, sentinels, self.vocab_size = token_ids(vocab_size, spec.sentinels)
         self.layout = Layout(spec.layout)
         self.pad_id = int(pad_id)
         self.n_sources = n_sources
         self.empty_id = modes[Paradigm.S.value]  # [S2S]: an encoder-decoder's empty input
-        self.mixer = ObjectiveMixer(spec.build(), spec.weight_vector(),
-                                    seed if spec.seed is None else spec.seed, modes, sentinels)
+        self.short_rows = 0  # this process's rows of < 2 tokens (left as padding)
+        seed = seed if spec.seed is None else spec.seed
+        self.distill = distill
+        self.mixer: ExactMix
+        if spec.distill is not None:
+            if distill is None:
+                raise ConfigError("objectives.distill: the stage needs the records' table "
+                                  "(objective_stage reads it)")
+            self.mixer = ExactMix([t.value for t in Task], spec.distill.weights(), seed)
+            prefix = max(p.size for p in distill.prefixes)
+            target = max(int(n.max(initial=1)) for n in distill.target_lens)
+            self.enc_width, self.dec_width = prefix + seq_len, target
+            self.width = self.enc_width + target
+            return
+        self.mixer = ObjectiveMixer(spec.build(), spec.weight_vector(), seed, modes, sentinels)
         n = np.arange(2, max(seq_len, 2) + 1)
         lens = [example_lengths(d, n, sentinels.size) for d in self.mixer.denoisers]
         self.width = int(max((i + t).max() for i, t in lens))  # prefix_lm row
         self.enc_width = int(max(i.max() for i, _ in lens))
         self.dec_width = int(max(t.max() for _, t in lens))
-        self.short_rows = 0  # this process's rows of < 2 tokens (left as padding)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -122,18 +141,43 @@ class ObjectiveStage:
         main = main_source(src, self.n_sources)
         objective = assigned.ids[rows].astype(np.int64)
         count = real.sum(axis=1)
-        live = np.flatnonzero(count >= 2)
+        live = np.flatnonzero(count >= (1 if self.distill is not None else 2))
         self.short_rows += int(rows.size - live.size)
         mixer = self.mixer
-        ex = corrupt_rows(ids[live][real[live]], count[live], objective[live],
-                          assigned.first + rows[live], mixer.denoisers, mixer.mode_ids,
-                          mixer.sentinels, mixer.seed)
+        if self.distill is not None:
+            first = np.argmax(real[live], axis=1)  # a row is one record (`packing: pad`)
+            ex = self._distill(ids[live][real[live]], count[live], objective[live],
+                               np.asarray(batch["doc_ids"])[live, first])
+        else:
+            assert isinstance(mixer, ObjectiveMixer)
+            ex = corrupt_rows(ids[live][real[live]], count[live], objective[live],
+                              assigned.first + rows[live], mixer.denoisers, mixer.mode_ids,
+                              mixer.sentinels, mixer.seed)
         out = (self._prefix_lm(rows.size, live, ex, main) if self.layout is Layout.PREFIX_LM
                else self._encoder_decoder(rows.size, live, ex, main))
         out["objective_ids"] = objective
         if "step" in batch:
             out["step"] = batch["step"]
         return out
+
+    def _distill(self, tokens: np.ndarray, count: np.ndarray, task: np.ndarray,
+                 docs: np.ndarray) -> Examples:
+        """Row ``i`` (record ``docs[i]``'s input) through task ``task[i]``: inputs
+        ``[task prefix] input``, targets the record's answer or rationale ("Distilling
+        Step-by-Step!")."""
+        table = self.distill
+        assert table is not None
+        prefixes = np.concatenate(table.prefixes)
+        p_len = np.array([p.size for p in table.prefixes], dtype=np.int64)[task]
+        p_start = np.array([0, table.prefixes[0].size], dtype=np.int64)[task]
+        inputs = join_pieces(gather_pieces(prefixes, p_start, p_len), p_len,
+                             tokens.astype(np.int64), count)
+        answers = table.targets[0].size
+        t_len = np.where(task == 0, table.target_lens[0][docs], table.target_lens[1][docs])
+        t_start = np.where(task == 0, table.target_starts[0][docs],
+                           answers + table.target_starts[1][docs])
+        targets = gather_pieces(np.concatenate(table.targets), t_start, t_len)
+        return Examples(inputs, p_len + count, targets, t_len)
 
     def _prefix_lm(self, B: int, live: np.ndarray, ex: Examples, main: np.ndarray
                    ) -> dict[str, Any]:
@@ -142,11 +186,11 @@ class ObjectiveStage:
         labels = np.full((B, W), IGNORE_INDEX, dtype=np.int64)
         prefix = np.zeros(B, dtype=np.int64)
         length = np.zeros(B, dtype=np.int64)
-        prefix[live] = 1 + ex.in_len  # [mode] inputs
+        prefix[live] = ex.in_len  # [mode] inputs
         length[live] = prefix[live] + ex.tg_len
-        input_ids[live, 0] = ex.modes
-        input_ids[np.repeat(live, ex.in_len), 1 + piece_columns(ex.in_len)] = ex.inputs
-        at = (np.repeat(live, ex.tg_len), np.repeat(prefix[live], ex.tg_len) + piece_columns(ex.tg_len))
+        input_ids[np.repeat(live, ex.in_len), piece_columns(ex.in_len)] = ex.inputs
+        at = (np.repeat(live, ex.tg_len),
+              np.repeat(prefix[live], ex.tg_len) + piece_columns(ex.tg_len))
         input_ids[at] = labels[at] = ex.targets
         col = np.arange(W)[None, :]
         inside = col < length[:, None]
@@ -161,9 +205,8 @@ class ObjectiveStage:
         decoder = np.full((B, Wt), self.pad_id, dtype=np.int64)
         labels = np.full((B, Wt), IGNORE_INDEX, dtype=np.int64)
         enc_len = np.zeros(B, dtype=np.int64)
-        enc_len[live] = 1 + ex.in_len
-        input_ids[live, 0] = ex.modes
-        input_ids[np.repeat(live, ex.in_len), 1 + piece_columns(ex.in_len)] = ex.inputs
+        enc_len[live] = ex.in_len
+        input_ids[np.repeat(live, ex.in_len), piece_columns(ex.in_len)] = ex.inputs
         row, col = np.repeat(live, ex.tg_len), piece_columns(ex.tg_len)
         labels[row, col] = ex.targets
         shifted = col + 1 < np.repeat(ex.tg_len, ex.tg_len)  # decoder[:, 0]: the start (pad) id
@@ -204,8 +247,15 @@ def objective_stage(cfg: Any, vocab_size: int, pad_id: int) -> ObjectiveStage | 
     spec = getattr(cfg, "objectives", None)
     if spec is None:
         return None
+    table = None
+    if spec.distill is not None:
+        from mixbatch.store import open_store
+
+        name = spec.distill.source or next(iter(cfg.sources))
+        table = distill_table(cfg, spec.distill.model_copy(update={"source": name}),
+                              open_store(cfg.store_dir / name))
     return ObjectiveStage(spec, cfg.seed, vocab_size, pad_id, cfg.batch.seq_len,
-                          len(cfg.sources))
+                          len(cfg.sources), table)
 
 
 def check_objective_state(stage: ObjectiveStage | None, state: dict[str, Any]) -> None:

@@ -12,7 +12,12 @@ so the batch of a row is the same at any world size or worker count, and the mix
 exactly.
 
 :meth:`ObjectiveStage.apply` turns this rank's rows into the layout's batch ("UL2: Unifying
-Language Learning Paradigms", Section 3):
+Language Learning Paradigms", Section 3), every row at once
+(:func:`~mixbatch.objectives.batched.corrupt_rows`; the per-row construction it replaced is
+:mod:`mixbatch.objectives.reference`, the tests' oracle). With ``objectives.distill`` the two
+objectives are "Distilling Step-by-Step!"'s tasks (:mod:`mixbatch.objectives.distill`): row
+``r`` (one record: ``packing: pad``) becomes ``[task prefix] input`` (the row's tokens) and the
+record's answer or rationale (from the table read at start, by the row's document):
 
 * ``prefix_lm``: ``input_ids`` ``[B, W]`` = ``[mode] inputs targets`` then padding,
   ``prefix_len`` ``[B]`` (the length of ``[mode] inputs``: attention is bidirectional over it),

@@ -7,7 +7,11 @@ the loader's current weights and read this rank's rows, ``hooks.before_forward``
 its share of the global token mean and gradients are summed over ranks, so every rank takes the
 same step), clip, update; validation when due, ``hooks.after_update``. With no hooks a run is a
 plain proxy run, so an online run without a policy trains ``train_proxy``'s model by
-construction. Same seeds and thread count: bit-identical on CPU, equal to rounding on CUDA.
+construction. The model is the decoder-only :class:`~mixbatch.proxy.model.ProxyLM`, or for
+``objectives.layout: encoder_decoder`` the :class:`~mixbatch.proxy.encdec.EncDecLM` (its
+:class:`Step` carries the decoder's rows in ``ids``/``labels``/``pos``/``src`` and the
+encoder's in ``encoder``; validation scores the same held-out tokens through its decoder).
+Same seeds and thread count: bit-identical on CPU, equal to rounding on CUDA.
 """
 
 from __future__ import annotations

@@ -160,6 +160,7 @@ def main() -> None:
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--max-bytes", type=int, default=300_000)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--mixes", default=",".join(MIXES))
     ap.add_argument("--speed", action="store_true",
                     help="time the objective stage against the per-row reference instead")
@@ -179,7 +180,7 @@ def main() -> None:
           "held-out S-task loss |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             data = base_config(Path(tmp), args.max_bytes, args.seq_len, args.batch, seed)
             prepare(config_from_dict(data))
             s_rows, target, vocab, pad_id = s_task_rows(config_from_dict(data), args.seq_len, 64)

@@ -66,7 +66,9 @@ def test_examples_are_the_records_tasks(tmp_path: Path, layout: str) -> None:
         for i in range(b["labels"].shape[0]):
             task = step.objective.name(int(step.rows[i]))
             lab = b["labels"][i]
-            target = _text(lab[lab != IGNORE_INDEX])
+            scored = lab[lab != IGNORE_INDEX]
+            assert scored[-1] == 256  # the target ends with the end-of-document token
+            target = _text(scored)
             if layout == "prefix_lm":
                 p = int(b["prefix_len"][i])
                 source = _text(b["input_ids"][i, :p])

@@ -14,7 +14,8 @@ records' input field, and :func:`distill_table` reads the records again, checks 
 fields (one error naming the file, line and field) and tokenises the answers and rationales,
 aligned with the store's documents (checked against the store's tokens). The loader's stage
 (:mod:`mixbatch.objectives.stage`) then turns each row (one record: ``packing: pad``) into
-``[task prefix] input`` and the task's target.
+``[task prefix] input`` (the row as the loader feeds it, with its end-of-document token) and
+the task's target followed by the end-of-document token (where to stop).
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def distill_table(cfg: Any, spec: DistillConfig, store: Any) -> DistillTable:
     """Read, check and tokenise the records of ``spec.source`` (its JSONL files in the order
     ``prepare`` reads them), aligned with ``store``'s documents."""
     from mixbatch.io import expand_paths
+    from mixbatch.objectives.batched import join_pieces
     from mixbatch.tokenizer import load_tokenizer
 
     name = spec.source
@@ -146,10 +148,13 @@ def distill_table(cfg: Any, spec: DistillConfig, store: Any) -> DistillTable:
                          f"documents, {len(records)} records): prepare it with text_field: "
                          f"{spec.input_field}, on_error: fail and no dedup")
     targets, starts, lens = [], [], []
-    for k in (1, 2):
+    for k in (1, 2):  # each target ends with the end-of-document token (where to stop)
         flat, n = tok.encode_batch([r[k] for r in records])
-        targets.append(np.asarray(flat, dtype=np.int64))
-        lens.append(np.asarray(n, dtype=np.int64))
+        n = np.asarray(n, dtype=np.int64)
+        ones = np.ones_like(n)
+        targets.append(join_pieces(np.asarray(flat, dtype=np.int64), n,
+                                   np.full(n.size, tok.eod_id, dtype=np.int64), ones))
+        lens.append(n + ones)
         starts.append(np.cumsum(lens[-1]) - lens[-1])
     prefixes = tuple(np.asarray(tok.encode_batch([t.prefix])[0], dtype=np.int64) for t in Task)
     return DistillTable(prefixes, tuple(targets), tuple(starts), tuple(lens))  # type: ignore[arg-type]

@@ -90,3 +90,18 @@ def test_rows_too_short_are_refused() -> None:
     with pytest.raises(ConfigError, match="a row of 1 tokens"):
         corrupt_rows(np.zeros(3), np.array([2, 1]), np.array([0, 0]), np.array([0, 1]),
                      UL2_DENOISERS, {"r": 1, "s": 2, "x": 3}, np.arange(5, 9), 0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=0, max_size=20))
+def test_row_generators_start_as_default_rng(keys: list[int]) -> None:
+    from mixbatch.objectives.seeding import row_generators, seed_words
+
+    keys = [*keys, 0, 1, 2**32 - 1, 2**32, 2**64 - 1]
+    words = seed_words(np.asarray(keys, dtype=np.uint64))
+    for k, w, gen in zip(keys, words, row_generators(keys), strict=True):
+        np.testing.assert_array_equal(w, np.random.SeedSequence(k).generate_state(4, np.uint64))
+        want = np.random.default_rng(k)
+        assert gen.bit_generator.state == want.bit_generator.state
+        np.testing.assert_array_equal(gen.choice(50, 7, replace=False),
+                                      want.choice(50, 7, replace=False))

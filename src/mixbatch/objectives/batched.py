@@ -23,6 +23,7 @@ import numpy as np
 
 from mixbatch.errors import ConfigError
 from mixbatch.objectives.denoisers import Denoiser, Paradigm
+from mixbatch.objectives.seeding import row_generators
 from mixbatch.plan.permutation import derive_key
 
 __all__ = ["Examples", "corrupt_rows", "gather_pieces", "join_pieces", "piece_columns"]
@@ -91,9 +92,10 @@ def corrupt_rows(tokens: np.ndarray, lengths: np.ndarray, objective: np.ndarray,
     # the draws, per row: its own generator, the noise cuts first (corrupt's order)
     span_rows = np.flatnonzero(is_span)
     drawn = [(np.empty(0, np.int64), np.empty(0, np.int64))]
-    for g in np.flatnonzero(spans > 1).tolist():
-        rng = np.random.default_rng(derive_key(seed, "objective", int(samples[g])))
-        k = int(spans[g]) - 1
+    rows = np.flatnonzero(spans > 1)
+    keys = [derive_key(seed, "objective", s) for s in samples[rows].tolist()]
+    for g, rng in zip(rows.tolist(), row_generators(keys), strict=True):
+        k = int(spans[g]) - 1  # default_rng(key)'s draws, from a reseeded generator
         drawn.append((rng.choice(int(noise[g]) - 1, k, replace=False),
                       rng.choice(int(n[g] - noise[g]) - 1, k, replace=False)))
     parts = spans[span_rows]

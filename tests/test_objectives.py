@@ -109,7 +109,7 @@ def test_mixer_is_exact_and_deterministic_and_resumes() -> None:
     c2, e2 = c.next(docs[90:])
     assert np.array_equal(np.concatenate([c1, c2]), chosen)
     assert all(np.array_equal(x.tokens, y.tokens) for x, y in zip(e1 + e2, examples, strict=True))
-    with pytest.raises(StateError, match="saved for other denoisers"):
+    with pytest.raises(StateError, match="saved for other objectives"):
         _mixer(seed=8).load_state_dict(saved)
 
 

@@ -217,10 +217,6 @@ def test_proxy_trains_prefix_lm_rows(tmp_path: Path) -> None:
     proxy = ProxyConfig(**{**TINY_PROXY, "steps": 4, "seq_len": 48})
     r = train_proxy(cfg, proxy)
     assert np.isfinite(r.train_losses).all() and len(r.train_losses) == 4
-    ed = cfg.model_copy(update={"objectives": cfg.objectives.model_copy(
-        update={"layout": "encoder_decoder"})})
-    with pytest.raises(ConfigError, match=r"objectives\.layout: 'encoder_decoder'"):
-        train_proxy(ed, proxy)
     with pytest.raises(ConfigError, match=r"proxy\.replay_rate"):
         train_proxy(cfg, proxy.model_copy(update={"replay_rate": 0.2}))
 

@@ -12,6 +12,14 @@
       sentinels: 100              # sentinel ids for span corruption
       seed: 7                     # default: the config's seed
 
+    objectives:                   # or, instead of denoisers, "Distilling Step-by-Step!"'s
+      distill:                    # answer and rationale tasks over one source's records
+        rationale_weight: 0.5     # λ: the tasks are mixed 1 : λ per sample
+        source: qa                # default: the only source (prepared with text_field: input)
+        input_field: input        # the records' fields (these are the defaults)
+        answer_field: answer
+        rationale_field: rationale
+
 Token ids: the three paradigm tokens and the sentinels come after the tokenizer's vocabulary
 (``vocab_size``, ``vocab_size + 1``, ... ; :func:`token_ids`), so a model trained on these
 batches has ``vocab_size + 3 + sentinels`` embeddings. Every setting out of range is one line
@@ -28,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from mixbatch.errors import ConfigError
 from mixbatch.objectives.denoisers import UL2_DENOISERS, Denoiser, Paradigm
+from mixbatch.objectives.distill import DistillConfig
 
 __all__ = ["DenoiserConfig", "Layout", "ObjectivesConfig", "check_objectives_config",
            "token_ids"]
@@ -61,6 +70,7 @@ class ObjectivesConfig(BaseModel):
     layout: Layout = Layout.PREFIX_LM
     sentinels: int = Field(default=100, ge=1, le=4096)
     seed: int | None = None
+    distill: DistillConfig | None = None  # the answer and rationale tasks instead
 
     @field_validator("weights")
     @classmethod
@@ -76,6 +86,12 @@ class ObjectivesConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_list(self) -> ObjectivesConfig:
+        if self.distill is not None:
+            given = [k for k in ("preset", "denoisers", "weights") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"distill: mixes the answer and rationale tasks (weights 1 : "
+                                 f"rationale_weight); give it without {', '.join(given)}")
+            return self
         if self.preset is not None and self.denoisers is not None:
             raise ValueError("give `preset` or `denoisers`, not both")
         if self.denoisers is not None:
@@ -135,3 +151,21 @@ def check_objectives_config(cfg: Any) -> None:
     if cfg.mixup is not None:
         raise ValueError("mixup: mixes token rows, which `objectives:` turns into examples of "
                          "other widths; use one of the two")
+    spec = cfg.objectives.distill
+    if spec is not None:
+        names = list(cfg.sources)
+        name = spec.source if spec.source is not None else names[0]
+        if name not in cfg.sources:
+            raise ValueError(f"objectives.distill.source: {name!r} is not a source "
+                             f"({', '.join(names)})")
+        if len(names) > 1:
+            raise ValueError(f"objectives.distill: every row is a record of source {name!r}; "
+                             f"the config has other sources too ({', '.join(names)})")
+        text_field = getattr(cfg.sources[name], "text_field", None)
+        if text_field != spec.input_field:
+            raise ValueError(f"objectives.distill: source {name!r} must be prepared from the "
+                             f"records' inputs: set its text_field: {spec.input_field} (it is "
+                             f"{text_field!r})")
+        if cfg.batch.packing.value != "pad":
+            raise ValueError("objectives.distill: a row is one record: set batch.packing: pad "
+                             f"(it is {cfg.batch.packing.value!r})")

@@ -12,7 +12,12 @@ so the batch of a row is the same at any world size or worker count, and the mix
 exactly.
 
 :meth:`ObjectiveStage.apply` turns this rank's rows into the layout's batch ("UL2: Unifying
-Language Learning Paradigms", Section 3):
+Language Learning Paradigms", Section 3), every row at once
+(:func:`~mixbatch.objectives.batched.corrupt_rows`; the per-row construction it replaced is
+:mod:`mixbatch.objectives.reference`, the tests' oracle). With ``objectives.distill`` the two
+objectives are "Distilling Step-by-Step!"'s tasks (:mod:`mixbatch.objectives.distill`): row
+``r`` (one record: ``packing: pad``) becomes ``[task prefix] input`` (the row's tokens) and the
+record's answer or rationale (from the table read at start, by the row's document):
 
 * ``prefix_lm``: ``input_ids`` ``[B, W]`` = ``[mode] inputs targets`` then padding,
   ``prefix_len`` ``[B]`` (the length of ``[mode] inputs``: attention is bidirectional over it),
@@ -38,12 +43,20 @@ from typing import Any
 import numpy as np
 
 from mixbatch.errors import ConfigError, StateError
+from mixbatch.objectives.batched import (
+    Examples,
+    corrupt_rows,
+    gather_pieces,
+    join_pieces,
+    piece_columns,
+)
 from mixbatch.objectives.config import Layout, ObjectivesConfig, token_ids
 from mixbatch.objectives.denoisers import Denoiser, Paradigm
-from mixbatch.objectives.mixer import ObjectiveMixer
+from mixbatch.objectives.distill import DistillTable, Task, distill_table
+from mixbatch.objectives.mixer import ExactMix, ObjectiveMixer
 from mixbatch.shape.materialize import IGNORE_INDEX
 
-__all__ = ["Assigned", "ObjectiveStage", "example_lengths", "objective_stage"]
+__all__ = ["Assigned", "ObjectiveStage", "example_lengths", "main_source", "objective_stage"]
 
 
 @dataclass(frozen=True)
@@ -74,35 +87,48 @@ class ObjectiveStage:
     """Objectives of the loader's rows and their batches; see the module docstring."""
 
     def __init__(self, spec: ObjectivesConfig, seed: int, vocab_size: int, pad_id: int,
-                 seq_len: int, n_sources: int) -> None:
+                 seq_len: int, n_sources: int, distill: DistillTable | None = None) -> None:
         modes, sentinels, self.vocab_size = token_ids(vocab_size, spec.sentinels)
         self.layout = Layout(spec.layout)
         self.pad_id = int(pad_id)
         self.n_sources = n_sources
-        self.mixer = ObjectiveMixer(spec.build(), spec.weight_vector(),
-                                    seed if spec.seed is None else spec.seed, modes, sentinels)
+        self.empty_id = modes[Paradigm.S.value]  # [S2S]: an encoder-decoder's empty input
+        self.short_rows = 0  # this process's rows of < 2 tokens (left as padding)
+        seed = seed if spec.seed is None else spec.seed
+        self.distill = distill
+        self.mixer: ExactMix
+        if spec.distill is not None:
+            if distill is None:
+                raise ConfigError("objectives.distill: the stage needs the records' table "
+                                  "(objective_stage reads it)")
+            self.mixer = ExactMix([t.value for t in Task], spec.distill.weights(), seed)
+            prefix = max(p.size for p in distill.prefixes)
+            target = max(int(n.max(initial=1)) for n in distill.target_lens)
+            self.enc_width, self.dec_width = prefix + seq_len, target
+            self.width = self.enc_width + target
+            return
+        self.mixer = ObjectiveMixer(spec.build(), spec.weight_vector(), seed, modes, sentinels)
         n = np.arange(2, max(seq_len, 2) + 1)
         lens = [example_lengths(d, n, sentinels.size) for d in self.mixer.denoisers]
         self.width = int(max((i + t).max() for i, t in lens))  # prefix_lm row
         self.enc_width = int(max(i.max() for i, _ in lens))
         self.dec_width = int(max(t.max() for _, t in lens))
-        self.short_rows = 0  # this process's rows of < 2 tokens (left as padding)
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self.mixer.names)
 
-    def decoder_only_shape(self, replay: bool = False) -> tuple[int, int]:
-        """``(vocab_size, row width)`` of a decoder-only model on these batches (the proxy;
-        ``replay``: it replays hard batches, which are token rows, not examples)."""
+    def model_shape(self, replay: bool = False) -> tuple[int, int]:
+        """``(vocab_size, row width)`` of the proxy on these batches: the prefix-LM row, or
+        for ``encoder_decoder`` the longer of the encoder's row and the decoder's
+        ``[start] targets`` (``replay``: the proxy replays hard batches, which are token
+        rows, not examples: refused)."""
         if replay:
             raise ConfigError("proxy.replay_rate: replays planned token rows, which "
                               "`objectives:` turns into examples; set replay_rate: 0")
-        if self.layout is not Layout.PREFIX_LM:
-            raise ConfigError(f"objectives.layout: {self.layout.value!r} needs an "
-                              "encoder-decoder model; the proxy is decoder-only (use "
-                              "layout: prefix_lm)")
-        return self.vocab_size, self.width
+        if self.layout is Layout.PREFIX_LM:
+            return self.vocab_size, self.width
+        return self.vocab_size, max(self.enc_width, self.dec_width + 1)
 
     def assign(self, rows: int) -> Assigned:
         """The objectives of the next global step's ``rows`` rows (advances the state)."""
@@ -112,65 +138,87 @@ class ObjectiveStage:
     def apply(self, batch: dict[str, Any], assigned: Assigned,
               rows: Sequence[int] | np.ndarray) -> dict[str, Any]:
         """The layout's batch of ``rows`` (global row numbers of the step, in ``batch`` order)
-        from the loader's fields ``input_ids`` and ``source_ids``."""
+        from the loader's fields ``input_ids`` and ``source_ids``: every row at once
+        (:func:`~mixbatch.objectives.batched.corrupt_rows`)."""
         ids, src = np.asarray(batch["input_ids"]), np.asarray(batch["source_ids"])
         rows = np.asarray(rows, dtype=np.int64)
         real = src >= 0
-        main = _main_source(src, self.n_sources)
+        main = main_source(src, self.n_sources)
         objective = assigned.ids[rows].astype(np.int64)
-        examples = []
-        for i, r in enumerate(rows.tolist()):
-            tokens = ids[i][real[i]]
-            if tokens.size < 2:
-                self.short_rows += 1
-                examples.append(None)
-                continue
-            examples.append(self.mixer.transform(assigned.first + r, int(objective[i]),
-                                                 tokens.astype(np.int64)))
-        out = (self._prefix_lm(examples, main) if self.layout is Layout.PREFIX_LM
-               else self._encoder_decoder(examples, main))
+        count = real.sum(axis=1)
+        live = np.flatnonzero(count >= (1 if self.distill is not None else 2))
+        self.short_rows += int(rows.size - live.size)
+        mixer = self.mixer
+        if self.distill is not None:
+            first = np.argmax(real[live], axis=1)  # a row is one record (`packing: pad`)
+            ex = self._distill(ids[live][real[live]], count[live], objective[live],
+                               np.asarray(batch["doc_ids"])[live, first])
+        else:
+            assert isinstance(mixer, ObjectiveMixer)
+            ex = corrupt_rows(ids[live][real[live]], count[live], objective[live],
+                              assigned.first + rows[live], mixer.denoisers, mixer.mode_ids,
+                              mixer.sentinels, mixer.seed)
+        out = (self._prefix_lm(rows.size, live, ex, main) if self.layout is Layout.PREFIX_LM
+               else self._encoder_decoder(rows.size, live, ex, main))
         out["objective_ids"] = objective
         if "step" in batch:
             out["step"] = batch["step"]
         return out
 
-    def _prefix_lm(self, examples: list[Any], main: np.ndarray) -> dict[str, Any]:
-        B, W = len(examples), self.width
+    def _distill(self, tokens: np.ndarray, count: np.ndarray, task: np.ndarray,
+                 docs: np.ndarray) -> Examples:
+        """Row ``i`` (record ``docs[i]``'s input) through task ``task[i]``: inputs
+        ``[task prefix] input``, targets the record's answer or rationale ("Distilling
+        Step-by-Step!")."""
+        table = self.distill
+        assert table is not None
+        prefixes = np.concatenate(table.prefixes)
+        p_len = np.array([p.size for p in table.prefixes], dtype=np.int64)[task]
+        p_start = np.array([0, table.prefixes[0].size], dtype=np.int64)[task]
+        inputs = join_pieces(gather_pieces(prefixes, p_start, p_len), p_len,
+                             tokens.astype(np.int64), count)
+        answers = table.targets[0].size
+        t_len = np.where(task == 0, table.target_lens[0][docs], table.target_lens[1][docs])
+        t_start = np.where(task == 0, table.target_starts[0][docs],
+                           answers + table.target_starts[1][docs])
+        targets = gather_pieces(np.concatenate(table.targets), t_start, t_len)
+        return Examples(inputs, p_len + count, targets, t_len)
+
+    def _prefix_lm(self, B: int, live: np.ndarray, ex: Examples, main: np.ndarray
+                   ) -> dict[str, Any]:
+        W = self.width
         input_ids = np.full((B, W), self.pad_id, dtype=np.int64)
         labels = np.full((B, W), IGNORE_INDEX, dtype=np.int64)
-        position = np.zeros((B, W), dtype=np.int64)
-        source = np.full((B, W), -1, dtype=np.int64)
         prefix = np.zeros(B, dtype=np.int64)
-        for i, ex in enumerate(examples):
-            if ex is None:
-                continue
-            seq, p = ex.tokens, ex.prefix_len
-            T = seq.size
-            input_ids[i, :T] = seq
-            labels[i, p:T] = seq[p:]
-            position[i, :T] = np.arange(T)
-            source[i, :T] = main[i]
-            prefix[i] = p
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position,
-                "prefix_len": prefix, "source_ids": source}
+        length = np.zeros(B, dtype=np.int64)
+        prefix[live] = ex.in_len  # [mode] inputs
+        length[live] = prefix[live] + ex.tg_len
+        input_ids[np.repeat(live, ex.in_len), piece_columns(ex.in_len)] = ex.inputs
+        at = (np.repeat(live, ex.tg_len),
+              np.repeat(prefix[live], ex.tg_len) + piece_columns(ex.tg_len))
+        input_ids[at] = labels[at] = ex.targets
+        col = np.arange(W)[None, :]
+        inside = col < length[:, None]
+        return {"input_ids": input_ids, "labels": labels,
+                "position_ids": np.where(inside, col, 0),
+                "prefix_len": prefix, "source_ids": np.where(inside, main[:, None], -1)}
 
-    def _encoder_decoder(self, examples: list[Any], main: np.ndarray) -> dict[str, Any]:
-        B, Wi, Wt = len(examples), self.enc_width, self.dec_width
+    def _encoder_decoder(self, B: int, live: np.ndarray, ex: Examples, main: np.ndarray
+                         ) -> dict[str, Any]:
+        Wi, Wt = self.enc_width, self.dec_width
         input_ids = np.full((B, Wi), self.pad_id, dtype=np.int64)
-        attention = np.zeros((B, Wi), dtype=np.int64)
-        source = np.full((B, Wi), -1, dtype=np.int64)
         decoder = np.full((B, Wt), self.pad_id, dtype=np.int64)
         labels = np.full((B, Wt), IGNORE_INDEX, dtype=np.int64)
-        for i, ex in enumerate(examples):
-            if ex is None:
-                continue
-            a, t = ex.inputs.size, ex.targets.size
-            input_ids[i, :a] = ex.inputs
-            attention[i, :a] = 1
-            source[i, :a] = main[i]
-            labels[i, :t] = ex.targets
-            decoder[i, 1:t] = ex.targets[:-1]  # decoder_input_ids[:, 0] is the start (pad) id
-        return {"input_ids": input_ids, "attention_mask": attention, "source_ids": source,
+        enc_len = np.zeros(B, dtype=np.int64)
+        enc_len[live] = ex.in_len
+        input_ids[np.repeat(live, ex.in_len), piece_columns(ex.in_len)] = ex.inputs
+        row, col = np.repeat(live, ex.tg_len), piece_columns(ex.tg_len)
+        labels[row, col] = ex.targets
+        shifted = col + 1 < np.repeat(ex.tg_len, ex.tg_len)  # decoder[:, 0]: the start (pad) id
+        decoder[row[shifted], col[shifted] + 1] = ex.targets[shifted]
+        inside = np.arange(Wi)[None, :] < enc_len[:, None]
+        return {"input_ids": input_ids, "attention_mask": inside.astype(np.int64),
+                "source_ids": np.where(inside, main[:, None], -1),
                 "decoder_input_ids": decoder, "labels": labels}
 
     def state_dict(self) -> dict[str, Any]:
@@ -190,7 +238,7 @@ class ObjectiveStage:
                              ) from None
 
 
-def _main_source(src: np.ndarray, k: int) -> np.ndarray:
+def main_source(src: np.ndarray, k: int) -> np.ndarray:
     """The source with most tokens in each row (-1 for an empty row)."""
     B = src.shape[0]
     real = src >= 0
@@ -204,8 +252,15 @@ def objective_stage(cfg: Any, vocab_size: int, pad_id: int) -> ObjectiveStage | 
     spec = getattr(cfg, "objectives", None)
     if spec is None:
         return None
+    table = None
+    if spec.distill is not None:
+        from mixbatch.store import open_store
+
+        name = spec.distill.source or next(iter(cfg.sources))
+        table = distill_table(cfg, spec.distill.model_copy(update={"source": name}),
+                              open_store(cfg.store_dir / name))
     return ObjectiveStage(spec, cfg.seed, vocab_size, pad_id, cfg.batch.seq_len,
-                          len(cfg.sources))
+                          len(cfg.sources), table)
 
 
 def check_objective_state(stage: ObjectiveStage | None, state: dict[str, Any]) -> None:

@@ -179,7 +179,7 @@ class _PolicyHooks(Hooks):
             fb["train_loss"] = self.train_means.numpy()
         if self.reference is not None:
             with torch.no_grad(), autocast(t.device, t.amp):
-                ref = self.reference(step.ids, step.labels, step.pos).losses
+                ref = self.reference(step.ids, step.labels, step.pos, **step.model_inputs()).losses
             assert ref is not None
             excess = (losses.detach() - ref).clamp(min=0)  # DoReMi clips per token
             fb["excess_loss"] = global_means(*source_sums(excess, step.src, mask, k_src))[0].numpy()

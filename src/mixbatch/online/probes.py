@@ -25,7 +25,6 @@ from mixbatch.atomic import json_digest, write_json
 from mixbatch.mixture.policies import estimate_graph
 from mixbatch.online.reference import config_key
 from mixbatch.proxy.evaluate import EvalRows, eval_sums
-from mixbatch.proxy.model import ProxyLM
 from mixbatch.proxy.train import train_proxy
 from mixbatch.proxy.trainer import Trainer, cpu_state
 
@@ -51,7 +50,7 @@ def probe_graph(t: Trainer, rows: Mapping[str, EvalRows], steps: int, run_dir: P
             return np.array(saved["graph"], dtype=np.float64), 0
     if log is not None:
         log(f"skillit: {len(names)} probe runs of {steps} steps each to estimate the skills graph")
-    model = ProxyLM(t.model_cfg).to(t.device)  # a scratch model of the run's shape
+    model = t.new_model().to(t.device)  # a scratch model of the run's shape
 
     def losses(state: dict) -> np.ndarray:
         model.load_state_dict(state)

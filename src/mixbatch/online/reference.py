@@ -69,7 +69,7 @@ def reference_model(t: Trainer, steps: int, path: str | None, run_dir: Path | No
             state, spent = r.state, r.train_tokens
             if cache is not None:
                 save_torch({"key": key, "model": state, "tokens": spent}, cache)
-    model = ProxyLM(t.model_cfg)
+    model = t.new_model()  # decoder-only or encoder-decoder, as the run
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

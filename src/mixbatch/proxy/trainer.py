@@ -7,7 +7,11 @@ the loader's current weights and read this rank's rows, ``hooks.before_forward``
 its share of the global token mean and gradients are summed over ranks, so every rank takes the
 same step), clip, update; validation when due, ``hooks.after_update``. With no hooks a run is a
 plain proxy run, so an online run without a policy trains ``train_proxy``'s model by
-construction. Same seeds and thread count: bit-identical on CPU, equal to rounding on CUDA.
+construction. The model is the decoder-only :class:`~mixbatch.proxy.model.ProxyLM`, or for
+``objectives.layout: encoder_decoder`` the :class:`~mixbatch.proxy.encdec.EncDecLM` (its
+:class:`Step` carries the decoder's rows in ``ids``/``labels``/``pos``/``src`` and the
+encoder's in ``encoder``; validation scores the same held-out tokens through its decoder).
+Same seeds and thread count: bit-identical on CPU, equal to rounding on CUDA.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from mixbatch.config import Config
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.loader.loader import MixedLoader
 from mixbatch.loader.loader import Step as Planned
+from mixbatch.objectives.config import Layout
+from mixbatch.proxy.encdec import EncDecLM, decoder_rows
 from mixbatch.proxy.evaluate import EvalRows, autocast, build_eval_rows, eval_sums, global_means
 from mixbatch.proxy.model import ProxyLM, ProxyOutput
 from mixbatch.proxy.settings import Device, Optimizer, ProxyConfig, by_tokens, lr_at
@@ -80,6 +86,15 @@ class Step:
     out: ProxyOutput | None = None
     replayed: bool = False  # a hard batch trained again (``fed`` is then zero)
     prefix: torch.Tensor | None = None  # per-row prefix lengths (`objectives:`, prefix LM)
+    # the encoder's rows and their real tokens (`objectives:`, encoder_decoder); then ``ids``,
+    # ``labels``, ``pos`` and ``src`` are the decoder's ([start] targets, EncDecLM's convention)
+    encoder: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """The model's keyword inputs besides ``ids``, ``labels`` and ``pos``."""
+        if self.encoder is not None:
+            return {"encoder_ids": self.encoder[0], "encoder_mask": self.encoder[1]}
+        return {} if self.prefix is None else {"prefix_len": self.prefix}
 
     @property
     def done(self) -> int:
@@ -140,10 +155,13 @@ class Trainer:
             stage = self.loader.objectives  # objectives: wider rows, paradigm + sentinel ids
             self.model_cfg = proxy.model_for(*(
                 (self.loader.stores[0].vocab_size, cfg.batch.seq_len) if stage is None
-                else stage.decoder_only_shape(replay=proxy.replay_rate > 0)))
+                else stage.model_shape(replay=proxy.replay_rate > 0)))
+            # `objectives.layout: encoder_decoder`: the encoder-decoder proxy (proxy.encdec)
+            self.encdec_empty = (stage.empty_id if stage is not None
+                                 and stage.layout is Layout.ENCODER_DECODER else None)
             with torch.random.fork_rng(devices=[]):  # leave the caller's RNG as it was
                 torch.manual_seed(proxy.seed)
-                self.model = ProxyLM(self.model_cfg)
+                self.model = self.new_model()
             if init_state is not None:
                 try:
                     self.model.load_state_dict(init_state)
@@ -188,6 +206,13 @@ class Trainer:
         self.meter = EnergyMeter(nvml=cuda)
         self.joules: float | None = 0.0 if self.meter.rapl or self.meter.handles else None
         self.energy_unavailable = list(self.meter.unavailable)
+
+    def new_model(self) -> ProxyLM | EncDecLM:
+        """A freshly initialised model of this run's shape (torch's global RNG): the
+        decoder-only proxy, or the encoder-decoder one for ``layout: encoder_decoder``."""
+        if self.encdec_empty is not None:
+            return EncDecLM(self.model_cfg, self.encdec_empty)
+        return ProxyLM(self.model_cfg)
 
     def close(self) -> None:
         """Give torch its CPU threads back (idempotent)."""
@@ -309,14 +334,27 @@ class Trainer:
         if planned is None:
             return None
         batch = self.loader.batch_of(planned, rows=planned.rows if replayed else None)
-        src, k_src = batch["source_ids"], len(self.names)
+        k_src = len(self.names)
+        encoder = None
+        if "decoder_input_ids" in batch:  # `objectives:` encoder-decoder examples
+            ids, labels, src = decoder_rows(batch)
+            pos = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+            enc_src = batch["source_ids"]  # tokens trained: the encoder's and the targets
+            self.by_source += np.bincount(enc_src[enc_src >= 0], minlength=k_src)[:k_src]
+            encoder = (torch.from_numpy(batch["input_ids"]).to(self.device, non_blocking=True),
+                       torch.from_numpy(batch["attention_mask"]).to(self.device,
+                                                                    non_blocking=True))
+            arrays = (ids, labels, np.ascontiguousarray(pos), src)
+        else:
+            arrays = tuple(batch[n] for n in ("input_ids", "labels", "position_ids",
+                                              "source_ids"))
+            src = batch["source_ids"]
         self.by_source += np.bincount(src[src >= 0], minlength=k_src)[:k_src]
-        put = [torch.from_numpy(batch[n]).to(self.device, non_blocking=True)
-               for n in ("input_ids", "labels", "position_ids", "source_ids")]
+        put = [torch.from_numpy(a).to(self.device, non_blocking=True) for a in arrays]
         prefix = (torch.from_numpy(batch["prefix_len"]).to(self.device, non_blocking=True)
                   if "prefix_len" in batch else None)  # `objectives:` prefix-LM rows
         return Step(k, planned, batch, weights, self.loader.fed_tokens - fed_before, *put,
-                    replayed=replayed, prefix=prefix)
+                    replayed=replayed, prefix=prefix, encoder=encoder)
 
     def _remember(self, step: Step, loss: torch.Tensor) -> None:
         """Offer the step's batch to the replay memory with its global token-mean loss."""
@@ -381,7 +419,7 @@ class Trainer:
                 for group in opt.param_groups:
                     group["lr"] = lr_at(k, proxy)
             with autocast(self.device, self.amp):
-                step.out = model(step.ids, step.labels, step.pos, prefix_len=step.prefix)
+                step.out = model(step.ids, step.labels, step.pos, **step.model_inputs())
             loss = self._loss(step.out)
             hooks.before_backward(step)
             if self.replay is not None:

@@ -10,6 +10,11 @@ every step (world size 1):
   full rows would put them: ``bfd``'s rows carry padding, so its bounds come a little later);
 - ``run-time changes``: ``set_batch_size`` every 50 steps, cycling ``batch/2, 2·batch, batch``.
 
+For the token-budget packings (``buckets``, ``pad_buckets``) the same variants change
+``batch.token_budget`` instead, in tokens: ``batch · seq_len`` constant, a ramp of
+``batch/4, batch/2, batch`` times ``seq_len`` by step and by tokens (bounds as above), and
+``set_token_budget`` every 50 steps; a change re-plans the rest of the open window.
+
 Reported: positions per second (plan + read), steps planned per block call (block planning is
 cut at every size change), the largest deviation of any source's fed tokens from its target
 over every step boundary (tokens; the invariant's bound is ``2·seq_len``; with fixed weights the
@@ -44,25 +49,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="corpus and loader seed")
     p.add_argument("--workdir", type=Path, default=None, help="keep the corpus here")
     p.add_argument("--max-wait", type=float, default=10.0, help="seconds to wait for quiet")
+    p.add_argument("--packings", default="concat,bfd,buckets,pad_buckets",
+                   help="packing modes to run (comma-separated)")
     return p.parse_args(argv)
 
 
-def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def variants(args: argparse.Namespace, budget: bool = False) -> dict[str, dict[str, Any]]:
+    """The variants as ``batch`` settings; ``budget``: as token budgets (``rows · seq_len``)."""
     b, s, L = args.batch, args.steps, args.seq_len
+    key, unit = ("token_budget", L) if budget else ("batch_size", 1)
     ramp = [(b // 4, s // 4), (b // 2, s // 2), (b, None)]
     # the same bounds in planned tokens: the positions of the ramp's steps before each bound
     by_tokens = [(b // 4, s // 4 * b // 4 * L), (b // 2, (s // 4 * b // 4 + s // 4 * b // 2) * L),
                  (b, None)]
+    top = "max_token_budget" if budget else "max_batch_size"
     return {
-        "constant": {"batch": {"batch_size": b}, "changes": {}},
-        "ramp by step": {"batch": {"batch_size": [
-            {"batch_size": n, **({"until_step": u} if u else {})} for n, u in ramp]},
+        "constant": {"batch": {key: b * unit}, "changes": {}},
+        "ramp by step": {"batch": {key: [
+            {key: n * unit, **({"until_step": u} if u else {})} for n, u in ramp]},
             "changes": {}},
-        "ramp by tokens": {"batch": {"batch_size": [
-            {"batch_size": n, **({"until_tokens": u} if u else {})} for n, u in by_tokens]},
+        "ramp by tokens": {"batch": {key: [
+            {key: n * unit, **({"until_tokens": u} if u else {})} for n, u in by_tokens]},
             "changes": {}},
-        "run-time changes": {"batch": {"batch_size": b, "max_batch_size": 2 * b},
-                             "changes": {k: (b // 2, 2 * b, b)[(k // 50 - 1) % 3]
+        "run-time changes": {"batch": {key: b * unit, top: 2 * b * unit},
+                             "changes": {k: (b // 2, 2 * b, b)[(k // 50 - 1) % 3] * unit
                                          for k in range(50, s, 50)}},
     }
 
@@ -84,12 +94,15 @@ def run(cfg: Any, steps: int, changes: dict[int, int]) -> dict[str, Any]:
     t0 = time.perf_counter()
     for _ in range(steps):
         if loader.step in changes:
-            loader.set_batch_size(changes[loader.step])
+            if loader.token_budget is None:
+                loader.set_batch_size(changes[loader.step])
+            else:
+                loader.set_token_budget(changes[loader.step])
         step = loader.next_step()
         if step is None:
             break
         batch = loader.compact_of(step)
-        positions += step.plan.rows * step.plan.seq_len
+        positions += step.plan.rows * step.plan.seq_len  # a step's width: its rows' longest
         fed = loader.fed_tokens.astype(np.float64)
         worst = max(worst, float(np.abs(fed - loader.current_weights() * fed.sum()).max()))
         del batch
@@ -118,8 +131,9 @@ def bench(args: argparse.Namespace, workdir: Path) -> str:
     prepare(config_from_dict({**base, "batch": {"seq_len": args.seq_len}}), workers=1,
             progress=False)
     rows = []
-    for packing in ("concat", "bfd"):
-        for name, v in variants(args).items():
+    for packing in args.packings.split(","):
+        budget = packing in ("buckets", "pad_buckets")
+        for name, v in variants(args, budget).items():
             batch = {"seq_len": args.seq_len, "packing": packing, **v["batch"]}
             if packing == "bfd":
                 batch["pack_window"] = 64
@@ -135,7 +149,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> str:
                          f"{best['positions'] / best['seconds'] / 1e6:.2f}",
                          f"{best['steps'] / best['calls']:.1f}", f"{best['worst']:.0f}",
                          f"{best['resume'] * 1e3:.0f}"])
-    head = header("bench_batch_schedule: batch-size schedules vs a constant batch", PACKAGES,
+    head = header("bench_batch_schedule: batch-size and token-budget schedules vs a constant batch", PACKAGES,
                   {"corpus": ", ".join(f"{d.name} {d.bytes / 1e6:.1f} MB" for d in domains),
                    "settings": f"{args.steps} steps, batch {args.batch}, seq_len "
                                f"{args.seq_len}, best of {args.runs} runs"})

@@ -214,7 +214,7 @@ BatchSize = Annotated[
     Annotated[int, Tag("rows")] | Annotated[list[BatchStage], Tag("stages")],
     Discriminator(lambda v: "stages" if isinstance(v, list) else "rows")]
 #: the union's tags: not keys the user wrote (left out of messages)
-_TAGS = ("str", "list[str]", "rows", "stages")
+_TAGS = ("str", "list[str]", "rows", "stages", "budget", "budget_stages")
 
 
 class _FixedRows(_BatchCommon):
@@ -325,14 +325,68 @@ class BfdBatch(_FixedRows):
     pack_window: int = Field(default=256, ge=1)  # rows packed together in one window
 
 
-class _TokenBudget(_BatchCommon):
-    # tokens per global step (required), and the tokens planned together in one window
-    # (default: 256 budgets)
+class BudgetStage(_StageBound):
+    """One stage of a ``token_budget`` schedule (the rule of the mixture's stages)."""
+
     token_budget: int = Field(ge=2)
+
+
+#: tokens per global step: a number, or a schedule of stages (a list)
+TokenBudget = Annotated[
+    Annotated[int, Tag("budget")] | Annotated[list[BudgetStage], Tag("budget_stages")],
+    Discriminator(lambda v: "budget_stages" if isinstance(v, list) else "budget")]
+
+
+class _TokenBudget(_BatchCommon):
+    # tokens per global step (required; a number or a schedule of stages), and the tokens
+    # planned together in one window (default: 256 budgets of the window's budget)
+    token_budget: TokenBudget
     window_tokens: int | None = Field(default=None, ge=2)
     # rows per step are a multiple of this; the world size must divide it, so the global stream
     # never depends on the world size
     row_multiple: int = Field(default=8, ge=1)
+    # the largest budget a run-time change (`loader.set_token_budget`) may ask for (default:
+    # the largest of the schedule)
+    max_token_budget: int | None = Field(default=None, ge=2)
+
+    @field_validator("token_budget")
+    @classmethod
+    def _budget_positive(cls, v: int | list[BudgetStage]) -> int | list[BudgetStage]:
+        if isinstance(v, int) and v < 2:
+            raise ValueError("must be >= 2 (tokens per global step)")
+        if isinstance(v, list) and not v:
+            raise ValueError("a schedule needs at least one stage")
+        return v
+
+    @model_validator(mode="after")
+    def _budget_stages(self) -> _TokenBudget:
+        from mixbatch.plan.batch_schedule import budget_schedule_from
+
+        try:  # order of the stages and their clock
+            budget_schedule_from(self.budget_tuples())
+        except ConfigError as e:
+            raise ValueError(str(e).removeprefix("batch.")) from None
+        if self.max_token_budget is not None and self.max_token_budget < self.largest_budget:
+            raise ValueError(f"max_token_budget {self.max_token_budget} is below the "
+                             f"schedule's largest token_budget {self.largest_budget}")
+        return self
+
+    def budget_tuples(self) -> list[tuple[int, int | None, int | None]]:
+        """The token budget as stages ``(budget, until_step, until_tokens)``."""
+        b = self.token_budget
+        if isinstance(b, int):
+            return [(b, None, None)]
+        return [(s.token_budget, s.until_step, s.until_tokens) for s in b]
+
+    @property
+    def first_budget(self) -> int:
+        """The budget of the first stage (the whole run's, without a schedule)."""
+        return self.budget_tuples()[0][0]
+
+    @property
+    def largest_budget(self) -> int:
+        """The largest budget of any stage, or ``max_token_budget``."""
+        return max(max(b for b, _, _ in self.budget_tuples()), self.max_token_budget or 0)
 
     @property
     def variable_rows(self) -> bool:
@@ -340,7 +394,7 @@ class _TokenBudget(_BatchCommon):
 
     @property
     def step_positions(self) -> int:
-        return self.token_budget
+        return self.largest_budget
 
 
 class BucketsBatch(_TokenBudget):
@@ -506,9 +560,10 @@ class Config(_Strict):
 
         # one step's bytes against the limit, before anything exists (the largest step of a
         # schedule; the loader checks again at its world size)
-        check_step_memory(self if isinstance(self.batch, _TokenBudget) else
-                          self.model_copy(update={"batch": self.batch.model_copy(
-                              update={"batch_size": self.batch.step_positions // self.batch.seq_len})}))
+        b = self.batch
+        update = ({"token_budget": b.largest_budget} if isinstance(b, _TokenBudget)
+                  else {"batch_size": b.step_positions // b.seq_len})
+        check_step_memory(self.model_copy(update={"batch": b.model_copy(update=update)}))
         return self
 
     @model_validator(mode="after")
@@ -616,7 +671,7 @@ def _wrong_mode(key: str, mode: str) -> str:
     why = ""
     if key in _FixedRows.model_fields and issubclass(BATCH_CLASSES[Packing(mode)], _TokenBudget):
         why = (f"; a step of {mode!r} has as many rows as fit its token_budget (tokens per "
-               "step), so it takes no batch size (a token_budget schedule is not available)")
+               "step), so it takes no batch size (token_budget takes a schedule of stages)")
     return (f"not a setting of packing {mode!r} (only of "
             f"{', '.join(repr(o) for o in owners)}){why}; remove it or change `packing`")
 

@@ -48,7 +48,7 @@ from mixbatch.loader.order import SourceOrder
 from mixbatch.loader.stats import RunStats, block_counts
 from mixbatch.mixture.schedule import Interpolation
 from mixbatch.objectives.stage import check_objective_state, objective_stage
-from mixbatch.plan.batch_schedule import RowsSchedule, rows_schedule_from
+from mixbatch.plan.batch_schedule import RowsSchedule, budget_schedule_from, rows_schedule_from
 from mixbatch.plan.interleave import WeightPath
 from mixbatch.plan.partition import partition_batch
 from mixbatch.plan.state_checks import count, mapping, screen, shown, weights
@@ -88,14 +88,17 @@ def build_shaper(cfg: Config) -> Shaper:
         return PadShaper(b.seq_len)
     if packing == Packing.BFD:
         return BFDShaper(b.seq_len, b.pack_window)
-    if packing == Packing.BUCKETS:
-        return BucketShaper(b.seq_len, b.token_budget, b.min_len, b.curriculum, b.cycles,
-                            b.row_multiple, b.window_tokens)
-    if packing == Packing.PAD_BUCKETS:
-        return PadBucketShaper(b.seq_len, b.token_budget, b.num_buckets, b.quadratic,
+    if packing in (Packing.BUCKETS, Packing.PAD_BUCKETS):
+        stages = b.budget_tuples()
+        budgets = None if isinstance(b.token_budget, int) else [x for x, _, _ in stages]
+        if packing == Packing.BUCKETS:
+            return BucketShaper(b.seq_len, b.first_budget, b.min_len, b.curriculum, b.cycles,
+                                b.row_multiple, b.window_tokens, budgets=budgets)
+        return PadBucketShaper(b.seq_len, b.first_budget, b.num_buckets, b.quadratic,
                                b.row_multiple, b.window_tokens, sort_pool=b.sort_pool,
                                second_buckets=b.second_buckets, second_weight=b.second_weight,
-                               second_max=b.second_max, source_names=list(cfg.sources))
+                               second_max=b.second_max, source_names=list(cfg.sources),
+                               budgets=budgets)
     raise ConfigError(f"batch.packing: {packing.value!r} is not available "
                       f"(choose one of {', '.join(p.value for p in Packing)})")
 
@@ -150,6 +153,9 @@ class MixedLoader:
                               f"multiple of {cfg.batch.row_multiple} rows, which world size "
                               f"{world_size} does not divide")
         self.rows_schedule = None if cfg.batch.variable_rows else rows_schedule(cfg, world_size)
+        #: tokens per step of the token-budget packings (None for the fixed-row ones)
+        self.budget_schedule = (budget_schedule_from(cfg.batch.budget_tuples())
+                                if cfg.batch.variable_rows else None)
         if isinstance(block_steps, bool) or not isinstance(block_steps, int) or block_steps < 1:
             raise ConfigError(f"block_steps: must be an integer >= 1, got {block_steps!r}")
         self.cfg = cfg
@@ -205,6 +211,7 @@ class MixedLoader:
         self._block: Block | None = None
         self._grow = min(8, self.block_steps)  # the next block's size (doubles to block_steps)
         self.changes: list[list[int]] = []  # run-time batch sizes: [step, global rows]
+        self.budget_changes: list[list[int]] = []  # run-time token budgets: [step, budget]
         self.feed.path = self.weight_path()
         self.objectives = objective_stage(cfg, self.stores[0].vocab_size, self.pad_id)
 
@@ -263,6 +270,40 @@ class MixedLoader:
             self.changes.pop()
         self.changes.append([self.step, rows])
         self.feed.path = self.weight_path()
+
+    @property
+    def token_budget(self) -> int | None:
+        """Tokens of the next step's budget (the token-budget packings; None for the others):
+        the last run-time change, else the schedule's stage at this step."""
+        if self.budget_schedule is None:
+            return None
+        if self.budget_changes:
+            return self.budget_changes[-1][1]
+        return self.budget_schedule.rows_at(self.step, self.tokens_planned)
+
+    def set_token_budget(self, token_budget: int) -> None:
+        """Change the tokens per step (``batch.token_budget``) from the next step on; it
+        replaces the schedule from here, across resume too (the state keeps each change). The
+        open window's steps not handed out yet are planned again with it, so the mixture stays
+        exact at the window's end and every rank sees the same steps."""
+        b = self.cfg.batch
+        if self.budget_schedule is None:
+            raise ConfigError(f"set_token_budget: packing {b.packing.value!r} has a batch size "
+                              "(rows per step), not a token budget; use set_batch_size")
+        if isinstance(token_budget, bool) or not isinstance(token_budget, (int, np.integer)) \
+                or token_budget < 1:
+            raise ConfigError(f"set_token_budget: {token_budget!r} is not a positive whole "
+                              "number of tokens")
+        budget = int(token_budget)
+        if budget > b.largest_budget:
+            raise ConfigError(f"set_token_budget: {budget} is above the largest budget this run "
+                              f"allows ({b.largest_budget}); raise batch.max_token_budget")
+        self.shaper.check_budget(budget, "set_token_budget")  # type: ignore[attr-defined]
+        if self.budget_changes and budget == self.budget_changes[-1][1]:
+            return
+        if self.budget_changes and self.budget_changes[-1][0] == self.step:
+            self.budget_changes.pop()
+        self.budget_changes.append([self.step, budget])
 
     @property
     def fed_tokens(self) -> np.ndarray:
@@ -353,6 +394,9 @@ class MixedLoader:
                                                       per_step)
         start = ({"feed": self.feed.state_dict(), "shaper": self.shaper.state_dict()}
                  if n > 1 else {})
+        budget = self.token_budget
+        if budget is not None:
+            self.shaper.set_budget(budget)  # type: ignore[attr-defined]
         plan = self.shaper.plan_step(self.feed, R * n)
         if plan is None:
             return None
@@ -464,11 +508,12 @@ class MixedLoader:
         override = None if self.override is None else self.override.tolist()
         return (self.step, self.tokens_planned, where, override, copy.copy(self.stats),
                 [list(c) for c in self.changes],
-                None if self.objectives is None else self.objectives.state_dict())
+                None if self.objectives is None else self.objectives.state_dict(),
+                [list(c) for c in self.budget_changes])
 
     def state_from(self, snapshot: tuple) -> dict[str, Any]:
         """The state dict of a :meth:`snapshot` (a fresh copy: free to change)."""
-        step, tokens, where, override, stats, changes, objectives = snapshot
+        step, tokens, where, override, stats, changes, objectives, budgets = snapshot
         replay = None
         if where[0] == "replay":
             feed, shaper = where[1]["feed"], where[1]["shaper"]
@@ -485,6 +530,7 @@ class MixedLoader:
             "replay": replay,
             "weights_override": override,
             "batch_size_changes": changes,
+            **({"token_budget_changes": budgets} if budgets else {}),
             "stats": stats.state_dict(),
             **({} if objectives is None else {"objectives": objectives}),
         })
@@ -539,6 +585,7 @@ class MixedLoader:
             replay_rows = (self.rows_per_step if "rows" not in replay  # before /3: one size
                            else count("loader state.replay.rows", replay["rows"], lo=1))
         changes = self._checked_changes(state.get("batch_size_changes") or [], step)
+        budget_changes = self._checked_budgets(state.get("token_budget_changes") or [], step)
         self.reset()
         try:
             self.feed.load_state_dict(feed)
@@ -549,6 +596,7 @@ class MixedLoader:
             self.override = None if override is None else self.mixture.vector(override)
             self.stats.load_state_dict(stats)
             self.changes = changes
+            self.budget_changes = budget_changes
             self.feed.path = self.weight_path()
             check_objective_state(self.objectives, state)
             if replay is not None:
@@ -609,6 +657,35 @@ class MixedLoader:
                 raise StateError(f"{where}.rows: {rows} global rows cannot be split over world "
                                  f"size {self.world_size}")
             out.append([at, rows])
+        return out
+
+    def _checked_budgets(self, raw: Any, step: int) -> list[list[int]]:
+        """The run-time token budgets of a state: ``[step, budget]`` pairs, in step order,
+        each one this run's shaper can plan with."""
+        if not isinstance(raw, list):
+            raise StateError("loader state.token_budget_changes: not a list")
+        if raw and self.budget_schedule is None:
+            raise StateError("loader state.token_budget_changes: given, but packing "
+                             f"{self.cfg.batch.packing.value!r} has no token budget")
+        out: list[list[int]] = []
+        for j, pair in enumerate(raw):
+            where = f"loader state.token_budget_changes.{j}"
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise StateError(f"{where}: expected [step, budget], got {shown(pair)}")
+            at = count(f"{where}.step", pair[0])
+            budget = count(f"{where}.budget", pair[1], lo=1)
+            if (out and at <= out[-1][0]) or at > step:
+                raise StateError(f"{where}.step: {at} is out of order (changes are by step, "
+                                 f"up to the state's step {step})")
+            if budget > self.cfg.batch.largest_budget:
+                raise StateError(f"{where}.budget: {budget} is above this run's largest budget "
+                                 f"({self.cfg.batch.largest_budget}); raise "
+                                 "batch.max_token_budget")
+            try:
+                self.shaper.check_budget(budget, f"{where}.budget")  # type: ignore[attr-defined]
+            except ConfigError as e:
+                raise StateError(str(e)) from None
+            out.append([at, budget])
         return out
 
     def _check_fingerprint(self, saved: Any) -> None:

@@ -12,6 +12,11 @@ with an ``override``) replaces it from the step it is made on, and the loader ke
 changes in its state (one pair per change). Packings whose step of ``n·R`` rows is ``n`` steps
 of ``R`` rows make the row stream independent of the step size, so the mixture stays exact
 across a change and the rank split only has to divide each step's rows.
+
+The same schedule, with its values read as tokens per step, is ``batch.token_budget`` of the
+token-budget packings (``buckets``, ``pad_buckets``; :func:`budget_schedule_from`): there a
+change re-plans the rest of the open window with the new budget
+(:class:`mixbatch.shape.window.WindowReplay`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 
 from mixbatch.errors import ConfigError
 
-__all__ = ["RowsSchedule", "rows_schedule_from"]
+__all__ = ["RowsSchedule", "budget_schedule_from", "rows_schedule_from"]
 
 
 @dataclass(frozen=True)
@@ -32,25 +37,29 @@ class RowsSchedule:
         rows: the rows of each stage.
         until: where each stage ends on the clock (the last may be None: open).
         by_tokens: the clock counts planned tokens, not steps.
+        key: the config key of each stage's value (for messages): ``batch_size``, or
+            ``token_budget`` (then ``rows`` are tokens per step).
     """
 
     rows: tuple[int, ...]
     until: tuple[int | None, ...]
     by_tokens: bool = False
+    key: str = "batch_size"
 
     def __post_init__(self) -> None:
+        where = f"batch.{self.key}"
         if not self.rows or len(self.rows) != len(self.until):
-            raise ConfigError("batch.batch_size: a schedule needs at least one stage")
+            raise ConfigError(f"{where}: a schedule needs at least one stage")
         clock = "until_tokens" if self.by_tokens else "until_step"
         last = None
         for j, (r, u) in enumerate(zip(self.rows, self.until, strict=True)):
             if r < 1:
-                raise ConfigError(f"batch.batch_size.{j}.batch_size: must be >= 1, got {r}")
+                raise ConfigError(f"{where}.{j}.{self.key}: must be >= 1, got {r}")
             if u is None and j < len(self.rows) - 1:
-                raise ConfigError(f"batch.batch_size.{j}: only the last stage may be open; "
+                raise ConfigError(f"{where}.{j}: only the last stage may be open; "
                                   f"give `{clock}` (stages may not skip a bound)")
             if u is not None and last is not None and u <= last:
-                raise ConfigError(f"batch.batch_size.{j}.{clock}: {u} is not after the "
+                raise ConfigError(f"{where}.{j}.{clock}: {u} is not after the "
                                   f"previous stage's {last} (stages may not go backwards)")
             last = u if u is not None else last
 
@@ -107,3 +116,14 @@ def rows_schedule_from(stages: Sequence[tuple[int, int | None, int | None]], div
         rows.append(size // divisor)
     until = tuple(t if by_tokens else s for _, s, t in stages)
     return RowsSchedule(tuple(rows), until, by_tokens)
+
+
+def budget_schedule_from(stages: Sequence[tuple[int, int | None, int | None]]
+                         ) -> RowsSchedule:
+    """The ``batch.token_budget`` schedule (tokens per step) from config stages
+    ``(budget, until_step, until_tokens)``."""
+    by_tokens = any(t is not None for _, _, t in stages)
+    if by_tokens and any(s is not None for _, s, _ in stages):
+        raise ConfigError("batch.token_budget: mix of until_step and until_tokens; use one")
+    until = tuple(t if by_tokens else s for _, s, t in stages)
+    return RowsSchedule(tuple(int(b) for b, _, _ in stages), until, by_tokens, "token_budget")

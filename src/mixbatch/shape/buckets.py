@@ -101,7 +101,7 @@ from mixbatch.limits import WINDOW_BUDGETS
 from mixbatch.plan.interleave import Interleaver
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.follow import Drift, follow_counts
-from mixbatch.shape.window import WindowReplay
+from mixbatch.shape.window import Budgeted, WindowReplay
 
 __all__ = ["BucketShaper", "Pieces", "bucket_pieces", "bucket_schedule",
            "curriculum_odds", "curriculum_targets", "decompose", "interleave_sources"]
@@ -267,14 +267,17 @@ class BucketShaper:
         curriculum: ``uniform`` | ``natural`` | ``grow_p2`` | ``grow_linear``.
         cycles: curriculum cycles per window.
         row_multiple: every step's row count is a multiple of it.
-        window_tokens: tokens planned at once (default ``256 · token_budget``).
+        window_tokens: tokens planned at once (default ``256 ·`` the window's budget).
+        budgets: the budgets of a ``token_budget`` schedule's stages (each checked; the first
+            is ``token_budget``); :meth:`set_budget` changes the budget at run time.
     """
 
     name = "buckets"
 
     def __init__(self, seq_len: int, token_budget: int | None, min_len: int = 64,
                  curriculum: Curriculum | str = Curriculum.UNIFORM, cycles: int = 1,
-                 row_multiple: int = 8, window_tokens: int | None = None) -> None:
+                 row_multiple: int = 8, window_tokens: int | None = None,
+                 budgets: list[int] | None = None) -> None:
         if not _is_pow2(seq_len):
             raise ConfigError(f"batch.seq_len: packing 'buckets' needs a power of two, got "
                               f"{seq_len!r} (buckets are 2^k for min_len <= 2^k <= seq_len)")
@@ -285,20 +288,11 @@ class BucketShaper:
             raise ConfigError(f"batch.min_len: {min_len} is longer than batch.seq_len {seq_len}")
         if isinstance(row_multiple, bool) or not isinstance(row_multiple, int) or row_multiple < 1:
             raise ConfigError(f"batch.row_multiple: must be an integer >= 1, got {row_multiple!r}")
-        unit = seq_len * row_multiple
-        if token_budget is None:
-            raise ConfigError(f"batch.token_budget: packing 'buckets' needs a token budget per "
-                              f"step, a multiple of seq_len × row_multiple = {unit}")
-        if isinstance(token_budget, bool) or not isinstance(token_budget, int) \
-                or token_budget < seq_len:
-            raise ConfigError(f"batch.token_budget: {token_budget!r} tokens cannot hold one "
-                              f"sequence of seq_len {seq_len}; use a multiple of seq_len × "
-                              f"row_multiple = {unit}")
-        if token_budget % unit:
-            raise ConfigError(f"batch.token_budget: must be a multiple of seq_len × row_multiple "
-                              f"= {seq_len} × {row_multiple} = {unit}, so that every bucket's "
-                              f"batch of token_budget / 2^k rows splits evenly (got "
-                              f"{token_budget})")
+        self.seq_len, self.min_len, self.row_multiple = seq_len, min_len, row_multiple
+        self.check_budget(token_budget)
+        for j, b in enumerate(budgets or ()):
+            self.check_budget(b, f"batch.token_budget.{j}.token_budget")
+        assert token_budget is not None
         try:
             self.curriculum = Curriculum(curriculum)
         except ValueError:
@@ -307,25 +301,80 @@ class BucketShaper:
                               f"{choices}") from None
         if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1:
             raise ConfigError(f"batch.cycles: must be an integer >= 1, got {cycles!r}")
-        window_tokens = WINDOW_BUDGETS * token_budget if window_tokens is None else window_tokens
-        if isinstance(window_tokens, bool) or not isinstance(window_tokens, int) \
-                or window_tokens < token_budget:
+        if window_tokens is not None and (isinstance(window_tokens, bool)
+                                          or not isinstance(window_tokens, int)
+                                          or window_tokens < token_budget):
             raise ConfigError(f"window_tokens: must be an integer >= token_budget "
                               f"({token_budget}), got {window_tokens!r}")
-        self.seq_len, self.min_len, self.token_budget = seq_len, min_len, token_budget
-        self.cycles, self.row_multiple = cycles, row_multiple
+        self.window_tokens = window_tokens
+        for b in budgets or ():
+            self._check_window(b)
+        self.token_budget = token_budget
+        self.cycles = cycles
         self.kmin, self.kmax = min_len.bit_length() - 1, seq_len.bit_length() - 1
         self.odds = curriculum_odds(self.curriculum, self.kmax - self.kmin + 1)
+        shown_window = WINDOW_BUDGETS * token_budget if window_tokens is None else window_tokens
         self.window = WindowReplay(window_tokens, 0, self.plan_window, settings={
-            "seq_len": self.seq_len, "token_budget": self.token_budget, "min_len": self.min_len,
+            "seq_len": self.seq_len,
+            "token_budget": self.token_budget if budgets is None else [int(b) for b in budgets],
+            "min_len": self.min_len,
             "curriculum": self.curriculum.value, "cycles": self.cycles,
-            "row_multiple": self.row_multiple, "window_tokens": window_tokens},
-            on_close=self._drift_close)
+            "row_multiple": self.row_multiple, "window_tokens": shown_window},
+            on_close=self._drift_close, budget=Budgeted(
+                token_budget, self._use_budget, self.check_budget,
+                lambda b: WINDOW_BUDGETS * b, self._replan))
+        self._replan_offset: np.ndarray | None = None
         # tokens fed per source minus the target, window to window (module docstring: Sources)
         self.drift = Drift()
 
     def _drift_close(self) -> None:
         self.drift.close()
+
+    def check_budget(self, budget: object, where: str = "batch.token_budget") -> None:
+        """Raise :class:`ConfigError` for a budget that is not a whole multiple of ``seq_len ·
+        row_multiple`` (then every bucket's batch splits evenly and needs no padding)."""
+        unit = self.seq_len * self.row_multiple
+        if budget is None:
+            raise ConfigError(f"{where}: packing 'buckets' needs a token budget per step, a "
+                              f"multiple of seq_len × row_multiple = {unit}")
+        if isinstance(budget, bool) or not isinstance(budget, int | np.integer) \
+                or budget < self.seq_len:
+            raise ConfigError(f"{where}: {budget!r} tokens cannot hold one sequence of seq_len "
+                              f"{self.seq_len}; use a multiple of seq_len × row_multiple = "
+                              f"{unit}")
+        if budget % unit:
+            raise ConfigError(f"{where}: must be a multiple of seq_len × row_multiple = "
+                              f"{self.seq_len} × {self.row_multiple} = {unit}, so that every "
+                              f"bucket's batch of token_budget / 2^k rows splits evenly (got "
+                              f"{budget})")
+        if getattr(self, "window_tokens", None) is not None:
+            self._check_window(int(budget))
+
+    def _check_window(self, budget: int) -> None:
+        if self.window_tokens is not None and self.window_tokens < budget:
+            raise ConfigError(f"window_tokens: {self.window_tokens} is below a token_budget of "
+                              f"{budget}; a window must hold at least one step")
+
+    def set_budget(self, budget: int) -> None:
+        """Plan with ``budget`` from the next step on (checked by the caller with
+        :meth:`check_budget`); the rest of an open window is planned again
+        (:class:`~mixbatch.shape.window.WindowReplay`)."""
+        self.window.want(budget)
+
+    def _use_budget(self, budget: int | None) -> None:
+        if budget is not None:
+            self.token_budget = int(budget)
+
+    def _replan(self, done: list[StepPlan]) -> None:
+        """The drift where the rest of the window is planned again: the window's start, plus
+        what its steps handed out fed, minus their target."""
+        k = max([len(self.window.weights or [])] + [int(p.source.max()) + 1 for p in done
+                                                    if len(p.source)])
+        fed = np.zeros(k)
+        for p in done:
+            np.add.at(fed, p.source.astype(np.int64), (p.end - p.start).astype(np.float64))
+        w = Drift.weights(self.window.weights, np.arange(k), fed, k)
+        self._replan_offset = self.drift.offset(k) + fed - w * fed.sum()
 
     # -- Shaper
     def plan_step(self, feed: DocFeed, rows: int) -> StepPlan | None:
@@ -353,6 +402,9 @@ class BucketShaper:
         bucket leftovers)."""
         parts, tails = bucket_pieces(docs, self.seq_len, self.min_len)
         n_src = int(docs.source.max()) + 1 if len(docs) else 1
+        at_change, self._replan_offset = self._replan_offset, None
+        if at_change is not None:  # the rest of a window, planned again with another budget
+            n_src = max(n_src, len(at_change))
         sources = docs.source.astype(np.int32, copy=False)
         doc_ids = docs.doc.astype(np.int64, copy=False)
         B = self.kmax - self.kmin + 1
@@ -381,7 +433,7 @@ class BucketShaper:
         # tokens that are fed: tails excluded), so the mixture follows it step by step
         step_rows = np.array([per_bucket[b][0] for b in order.tolist()], dtype=np.int64)
         sizes = np.array([1 << (self.kmin + b) for b in range(B)], dtype=np.int64)
-        drift = self.drift.offset(n_src)
+        drift = self.drift.offset(n_src) if at_change is None else at_change[:n_src]
         fed = docs.tokens - tails
         target = Drift.weights(self.window.weights, sources, fed, n_src)
         take = follow_counts(order, step_rows, sizes, avail, sources, fed, drift, target,

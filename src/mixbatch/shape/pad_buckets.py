@@ -90,7 +90,7 @@ from mixbatch.plan.interleave import Interleaver
 from mixbatch.plan.permutation import derive_key, keyed_order
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.follow import by_samples, follow_order
-from mixbatch.shape.window import WindowReplay
+from mixbatch.shape.window import Budgeted, WindowReplay
 
 __all__ = ["PadBucketShaper", "equal_token_edges"]
 
@@ -128,6 +128,8 @@ class PadBucketShaper:
         second_weight: ``λ``, the cost of one second-length position in first-length positions.
         second_max: documents with a longer second length are skipped and counted.
         source_names: names for error messages (index ``i`` names source ``i``).
+        budgets: the budgets of a ``token_budget`` schedule's stages (each checked; the first
+            is ``token_budget``); :meth:`set_budget` changes the budget at run time.
     """
 
     name = "pad_buckets"
@@ -137,7 +139,8 @@ class PadBucketShaper:
                  window_tokens: int | None = None, pad_to: int = 8, sort_pool: int = 16,
                  second_buckets: int = 0, second_weight: float = 1.0,
                  second_max: int | None = None,
-                 source_names: Sequence[str] | None = None) -> None:
+                 source_names: Sequence[str] | None = None,
+                 budgets: Sequence[int] | None = None) -> None:
         for field, v in (("batch.seq_len", seq_len), ("batch.num_buckets", num_buckets),
                          ("batch.row_multiple", row_multiple), ("pad_to", pad_to)):
             if not _is_int(v) or v < 1:
@@ -157,30 +160,52 @@ class PadBucketShaper:
         self.second_buckets, self.second_weight = second_buckets, float(second_weight)
         self.second_max = second_max
         self.source_names = list(source_names) if source_names is not None else None
-        least = row_multiple * self.cost(seq_len)
-        if token_budget is None or not _is_int(token_budget) or token_budget < least:
-            raise ConfigError(f"batch.token_budget: {token_budget!r} cannot hold row_multiple = "
-                              f"{row_multiple} rows of seq_len {seq_len} (cost "
-                              f"{least:g} with quadratic {self.quadratic:g}); raise it to at "
-                              f"least {int(np.ceil(least))}")
-        self.token_budget = int(token_budget)
-        if second_buckets and second_max is not None:
-            most = row_multiple * (self.cost(seq_len) + self.second_weight * self.cost(second_max))
-            if most > self.token_budget:
-                raise ConfigError(f"batch.second_max: {row_multiple} rows of seq_len {seq_len} "
-                                  f"and second length {second_max} cost {most:g} > token_budget "
-                                  f"{self.token_budget}; lower second_max or raise token_budget "
-                                  f"to {int(np.ceil(most))}")
-        window_tokens = WINDOW_BUDGETS * token_budget if window_tokens is None else window_tokens
-        if not _is_int(window_tokens) or window_tokens < 1:
+        self.check_budget(token_budget)
+        self.token_budget = int(token_budget)  # type: ignore[arg-type]
+        for j, b in enumerate(budgets or ()):
+            self.check_budget(b, f"batch.token_budget.{j}.token_budget")
+        if window_tokens is not None and (not _is_int(window_tokens) or window_tokens < 1):
             raise ConfigError(f"window_tokens: must be an integer >= 1, got {window_tokens!r}")
-        self.window = WindowReplay(int(window_tokens), 1, self.plan_window, settings={
-            "seq_len": seq_len, "token_budget": self.token_budget, "num_buckets": num_buckets,
+        self.window_tokens = None if window_tokens is None else int(window_tokens)
+        shown_window = (WINDOW_BUDGETS * self.token_budget if window_tokens is None
+                        else int(window_tokens))
+        self.window = WindowReplay(self.window_tokens, 1, self.plan_window, settings={
+            "seq_len": seq_len,
+            "token_budget": self.token_budget if budgets is None else [int(b) for b in budgets],
+            "num_buckets": num_buckets,
             "quadratic": self.quadratic, "row_multiple": row_multiple,
-            "window_tokens": int(window_tokens), "pad_to": pad_to, "sort_pool": sort_pool,
+            "window_tokens": shown_window, "pad_to": pad_to, "sort_pool": sort_pool,
             "second_buckets": second_buckets, "second_weight": self.second_weight,
-            "second_max": second_max})
+            "second_max": second_max}, budget=Budgeted(
+                self.token_budget, self._use_budget, self.check_budget,
+                lambda b: WINDOW_BUDGETS * b, lambda done: None))
         self._samples = False  # the feed mixes by samples: follow its documents, not tokens
+
+    def check_budget(self, budget: Any, where: str = "batch.token_budget") -> None:
+        """Raise :class:`ConfigError` for a budget that cannot hold ``row_multiple`` rows of
+        ``seq_len`` (and of ``second_max`` in two dimensions)."""
+        r, L = self.row_multiple, self.seq_len
+        least = r * self.cost(L)
+        if budget is None or not _is_int(budget) or budget < least:
+            raise ConfigError(f"{where}: {budget!r} cannot hold row_multiple = {r} rows of "
+                              f"seq_len {L} (cost {least:g} with quadratic "
+                              f"{self.quadratic:g}); raise it to at least {int(np.ceil(least))}")
+        if self.second_buckets and self.second_max is not None:
+            most = r * (self.cost(L) + self.second_weight * self.cost(self.second_max))
+            if most > budget:
+                raise ConfigError(f"batch.second_max: {r} rows of seq_len {L} and second length "
+                                  f"{self.second_max} cost {most:g} > {where} {budget}; lower "
+                                  f"second_max or raise the budget to {int(np.ceil(most))}")
+
+    def set_budget(self, budget: int) -> None:
+        """Plan with ``budget`` from the next step on (checked by the caller with
+        :meth:`check_budget`); the rest of an open window is planned again
+        (:class:`~mixbatch.shape.window.WindowReplay`)."""
+        self.window.want(budget)
+
+    def _use_budget(self, budget: int | None) -> None:
+        if budget is not None:
+            self.token_budget = int(budget)
 
     def cost(self, width: Any) -> Any:
         """``c(x) = x + quadratic · x²`` (scalar or array): one row of ``width`` positions."""

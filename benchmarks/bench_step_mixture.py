@@ -51,15 +51,18 @@ def corpus(work: Path, max_bytes: int) -> dict[str, dict]:
     return {name: {"path": p, "format": "jsonl"} for name, p in paths.items()}
 
 
-def step_deviation(loader, steps: int) -> tuple[np.ndarray, int, float, int]:
+def step_deviation(loader, steps: int) -> tuple[np.ndarray, int, float, int, float]:
     """Largest |c_i - W_i| per source over every step boundary (tokens; by samples: documents
-    started); steps run; seconds; largest step (tokens or documents)."""
+    started); steps run; seconds; largest step (tokens or documents); the largest imbalance
+    of one step by itself, ``max_i |x_i - w_i · |x||`` (any order of the steps has a boundary
+    at least half of it off)."""
     samples = loader.cfg.mixture.unit.value == "samples"
     k = len(loader.names)
     c = np.zeros(k)
     target = np.zeros(k)
     worst = np.zeros(k)
     biggest = 0
+    skew = 0.0
     n = 0
     t0 = time.perf_counter()
     for step in loader.steps(steps):
@@ -67,11 +70,13 @@ def step_deviation(loader, steps: int) -> tuple[np.ndarray, int, float, int]:
         unit = ((p.start == 0) & (p.end > p.start)) if samples else p.end - p.start
         tok = np.bincount(p.source, weights=unit, minlength=k)
         c += tok
-        target += np.asarray(step.weights, dtype=np.float64) * tok.sum()
+        w = np.asarray(step.weights, dtype=np.float64)
+        target += w * tok.sum()
+        skew = max(skew, float(np.abs(tok - w * tok.sum()).max()))
         worst = np.maximum(worst, np.abs(c - target))
         biggest = max(biggest, int(tok.sum()))
         n += 1
-    return worst, n, time.perf_counter() - t0, biggest
+    return worst, n, time.perf_counter() - t0, biggest, skew
 
 
 def run_mode(name: str, sources: dict, work: Path, steps: int, seq_len: int,
@@ -88,9 +93,9 @@ def run_mode(name: str, sources: dict, work: Path, steps: int, seq_len: int,
                                          {"batch_size": 8}), **MODES[name]}}, base_dir=work)
     prepare(cfg, workers=1)
     loader = MixedLoader(cfg)
-    worst, n, secs, biggest = step_deviation(loader, steps)
+    worst, n, secs, biggest, skew = step_deviation(loader, steps)
     return {"mode": name, "steps": n, "worst": worst.tolist(), "names": loader.names,
-            "seconds": secs, "step_tokens": biggest,
+            "seconds": secs, "step_tokens": biggest, "step_skew": skew,
             "doc_max": int(max(int(np.max(s.lengths)) for s in loader.stores)),
             "doc_median": float(np.median(np.concatenate([s.lengths for s in loader.stores])))}
 
@@ -106,9 +111,9 @@ def run_demo(sources: dict, work: Path, steps: int) -> dict:
     cfg = config_from_dict(data, base_dir=work)
     prepare(cfg, workers=1)
     loader = MixedLoader(cfg)
-    worst, n, secs, biggest = step_deviation(loader, steps)
+    worst, n, secs, biggest, skew = step_deviation(loader, steps)
     return {"mode": "demo (concat, 1024, schedule)", "steps": n, "worst": worst.tolist(),
-            "names": loader.names, "seconds": secs, "step_tokens": biggest,
+            "names": loader.names, "seconds": secs, "step_tokens": biggest, "step_skew": skew,
             "seq_len": cfg.batch.seq_len}
 
 
@@ -150,8 +155,8 @@ def main() -> None:
         return
     print("| mode | steps | largest step tokens | " +
           " | ".join(f"max dev {n} (tokens)" for n in WEIGHTS) +
-          " | max dev / seq_len | target | met | seconds |")
-    print("|---|---:|---:|" + "---:|" * len(WEIGHTS) + "---:|---|---|---:|")
+          " | max dev / seq_len | one step's imbalance / seq_len | target | met | seconds |")
+    print("|---|---:|---:|" + "---:|" * len(WEIGHTS) + "---:|---:|---|---|---:|")
     for r in results:
         L = r.get("seq_len", args.seq_len)
         dev = dict(zip(r["names"], r["worst"], strict=True))
@@ -164,7 +169,7 @@ def main() -> None:
         if r["mode"].startswith("demo"):
             cells = [f"(all {len(dev)} sources) {worst:,.0f}"] + [""] * (len(WEIGHTS) - 1)
         print(f"| {r['mode']} | {r['steps']} | {r['step_tokens']:,} | " + " | ".join(cells)
-              + f" | {worst / L:.2f} | {label} ({bound:,}) | "
+              + f" | {worst / L:.2f} | {r['step_skew'] / L:.2f} | {label} ({bound:,}) | "
               f"{'yes' if worst <= bound else 'no'} | {r['seconds']:.1f} |")
     first = results[0]
     print(f"\ndocuments: median {first.get('doc_median', 0):,.0f} tokens, longest "

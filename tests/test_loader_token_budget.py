@@ -215,3 +215,18 @@ def test_stage_the_shaper_cannot_plan(base: dict, mode: str, budget: int,  # noq
     stages = [{"until_step": 3, "token_budget": 256}, {"token_budget": budget}]
     with pytest.raises(ConfigError, match=match):
         _make(base, _batch(mode, stages))
+
+
+def test_readme_budget_example_is_valid(base: dict) -> None:  # noqa: F811
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = text.split("their `token_budget` takes the same stages", 1)[1]
+    batch = yaml.safe_load(block.split("```yaml\n", 1)[1].split("```", 1)[0])["batch"]
+    ld = _make(base, {**batch, "seq_len": SEQ}, world=4)
+    assert ld.budget_schedule is not None
+    assert [ld.budget_schedule.rows_at(s, 0) for s in (0, 999, 1000, 3000)] == \
+        [65536, 65536, 131072, 262144]
+    assert ld.token_budget == 65536 and ld.cfg.batch.largest_budget == 524288

@@ -84,7 +84,11 @@ smaller ``min_len`` drops less; the measured shares are in ``benchmarks/RESULTS.
 window, the steps of the window already handed out, a few counters, the feed's weights when the
 window was pulled and the ``drift`` per source at the window's start (``O(K)``). Resume replays
 the window from the feed and skips the steps already handed out. A mixture change (schedule,
-online policy) therefore takes effect at the next window. A step's rows are
+online policy) therefore takes effect at the next window. A change of ``token_budget`` (a
+schedule of stages, or :meth:`BucketShaper.set_budget` at run time) takes effect at the next
+step: the pieces of the open window's steps not handed out yet are cut into batches of the new
+budget again (:class:`~mixbatch.shape.window.WindowReplay`), from the drift at that step; what
+fills no whole batch of the new budget is counted as truncated, as at a window's end. A step's rows are
 ``token_budget / 2^k`` (a ``buckets`` batch takes no ``batch_size``).
 """
 

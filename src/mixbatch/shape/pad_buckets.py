@@ -58,16 +58,29 @@ both against Lhotse's bucketing sampler (``benchmarks/RESULTS.md``).
 planned stream step by step (:func:`mixbatch.shape.follow.follow_order`: next the batch that
 keeps the largest difference between the tokens fed per source and the stream's first tokens
 smallest), while the buckets stay interleaved: a batch whose bucket would get more than two
-batches ahead of the bucket's share of the window's tokens waits while another can go; among
-equal choices, the exact interleaving of the buckets by tokens
-(:class:`~mixbatch.plan.interleave.Interleaver`) decides. In token mode the feed plans long
-documents as pieces of at most ``seq_len`` tokens, so a long document fills several rows
-(pieces in order) instead of being truncated. Every document of a window is fed inside the
-window (no leftovers), so at every window boundary the mixture is the feed's (within one
-piece of the target). Inside a window a batch's own mix bounds what any order can do (a step
-of one bucket whose pieces come from one source moves that source by a whole step):
-``benchmarks/bench_step_mixture.py`` measures the largest deviation at a step boundary on real
-text; the property tests check one step's tokens.
+batches ahead of the bucket's share of the window's fed tokens (the mixture's unit: end tokens
+and padding not counted) waits while another can go; among equal choices, the exact
+interleaving of the buckets by tokens (:class:`~mixbatch.plan.interleave.Interleaver`)
+decides. In token mode the feed plans long documents as pieces of at most ``seq_len`` tokens,
+so a long document fills several rows (pieces in order) instead of being truncated. Every
+document of a window is fed inside the window (no leftovers), so at every window boundary the
+mixture is the feed's (within one piece of the target).
+
+**What bound holds inside a window.** A step is one whole batch: with ``x_i`` its tokens of
+source ``i``, it moves ``D_i = c_i - w_i n`` by ``x_i - w_i |x|`` by itself, so with
+``s = max_j max_i |x_{ji} - w_i |x_j||`` over the window's batches, *every* order of them has
+a step boundary with ``|D_i| >= s / 2``. A ``2 · seq_len`` bound therefore cannot hold for
+every corpus: source A with only documents of many rows (its pieces fill whole rows of
+``seq_len``: one bucket, batches of 8 full rows) and source B with only one-token documents,
+weights 0.2 / 0.8, budget ``8 · seq_len``: an A step alone moves A by ``0.8 · 8 · seq_len =
+6.4 · seq_len``, so some boundary is ``>= 3.2 · seq_len`` off (tests:
+``test_pad_buckets_counterexample_to_two_seq_len``, measured 4.8). Mixing sources inside
+such a batch would need B's rows at A's width (padding ``> 95 %`` of those rows) or A's pieces
+cut to B's length. What holds, exactly: the window boundary (above). What the property tests
+check on random corpora with documents far longer than ``seq_len`` (and what the real-text
+benchmark met, ``benchmarks/bench_step_mixture.py``, seeds 0-2: 2.07 / 1.90 / 1.42 ``seq_len``
+against one-step imbalances of 3.41 / 2.49 / 2.01): ``|D_i| <= max(2 · seq_len, s)`` at every
+step boundary; this is measured, not proven: the order is a greedy.
 
 **Padding** per step is in ``StepPlan.pad`` and ``stats["pad_fraction"]``
 (``1 - real positions / (rows · width)``); in two dimensions also ``stats["second_padding"]``
@@ -398,8 +411,7 @@ class PadBucketShaper:
                            ).reshape(len(members), n_src)
         tie = np.empty(len(members), dtype=np.int64)
         tie[by_bucket] = np.arange(len(members))
-        order = follow_order(comp, tie, docs.source, fed, group=np.asarray(batch_bucket),
-                             size=batch_tokens)
+        order = follow_order(comp, tie, docs.source, fed, group=np.asarray(batch_bucket))
         # every per-document array once, in step order; a step's arrays are slices of them
         flat = np.concatenate([members[k] for k in order.tolist()])
         counts = counts[order]

@@ -16,11 +16,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mixbatch.errors import ConfigError
 from mixbatch.proxy.model import IGNORE_INDEX, ProxyLM
 from mixbatch.store import TokenStore
 from mixbatch.torch.feedback import all_reduce_feedback
 
-__all__ = ["EvalRows", "autocast", "build_eval_rows", "eval_sums", "global_means", "row_batches"]
+__all__ = ["EvalRows", "amp_dtype", "autocast", "build_eval_rows", "eval_sums", "global_means",
+           "row_batches"]
 
 
 @dataclass
@@ -95,6 +97,34 @@ def global_means(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor
     means = sums / counts.clamp(min=1).reshape((-1,) + (1,) * (sums.dim() - 1))
     means[counts == 0] = float("nan")
     return means, counts
+
+
+def amp_dtype(device: torch.device, bf16: bool | None) -> torch.dtype | None:
+    """The autocast dtype of a proxy run on ``device`` (``ProxyConfig.bf16``; None: float32).
+
+    ``bf16`` None (auto): bfloat16 on a CUDA GPU that supports it, float32 elsewhere (CPUs).
+    True: bfloat16 mixed precision on any device, CPUs included (torch's CPU autocast; on a CPU
+    without native bfloat16 instructions, e.g. no AVX512-BF16 / AMX, the casts are emulated
+    and usually slower); the model's parameters, their gradients, the optimiser's state and the
+    loss (cross entropy on float32 logits) stay float32 in every case. False: float32.
+
+    Raises:
+        ConfigError: ``bf16: true`` on a GPU without bfloat16, or a torch without autocast
+            for the device.
+    """
+    if bf16 is False:
+        return None
+    cuda = device.type == "cuda"
+    supported = (torch.cuda.is_bf16_supported() if cuda
+                 else torch.amp.is_autocast_available(device.type))
+    if bf16 is None:
+        return torch.bfloat16 if cuda and supported else None
+    if not supported:
+        name = torch.cuda.get_device_name(device) if cuda else device.type
+        raise ConfigError(f"proxy.bf16: true asks for bfloat16 mixed precision, but {name} "
+                          "cannot do bfloat16 (set bf16: false for float32, or leave it unset "
+                          "for bfloat16 only where the device has it)")
+    return torch.bfloat16
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:

@@ -74,7 +74,10 @@ class ProxyConfig(BaseModel):
     noise_beta: float | None = Field(default=None, ge=0, lt=1)
     # where
     device: Device = Device.AUTO
-    bf16: bool = True  # bf16 autocast on CUDA when the GPU supports it; CPU runs stay float32
+    # mixed precision (proxy.evaluate.amp_dtype): None (auto) bf16 autocast on a CUDA GPU that
+    # has it, float32 on CPUs; true: bf16 autocast on any device, CPUs too (an error on a GPU
+    # without bf16); false: float32. Parameters, optimiser state and the loss stay float32.
+    bf16: bool | None = None
     threads: int | None = Field(default=None, ge=1)  # torch CPU threads during the run
     co2_g_per_kwh: float | None = Field(default=None, ge=0)  # grid intensity for the CO2 figure
     # evaluation

@@ -32,7 +32,7 @@ from mixbatch.loader.loader import MixedLoader
 from mixbatch.loader.loader import Step as Planned
 from mixbatch.objectives.config import Layout
 from mixbatch.proxy.encdec import EncDecLM, decoder_rows
-from mixbatch.proxy.evaluate import EvalRows, autocast, build_eval_rows, eval_sums, global_means
+from mixbatch.proxy.evaluate import EvalRows, amp_dtype, autocast, build_eval_rows, eval_sums, global_means
 from mixbatch.proxy.model import ProxyLM, ProxyOutput
 from mixbatch.proxy.settings import Device, Optimizer, ProxyConfig, by_tokens, lr_at
 from mixbatch.shape.base import StepPlan
@@ -144,7 +144,7 @@ class Trainer:
         cuda = proxy.device != Device.CPU and torch.cuda.is_available()
         self.device = torch.device("cuda" if cuda else "cpu")
         self.device_name = torch.cuda.get_device_name(self.device) if cuda else "cpu"
-        self.amp = torch.bfloat16 if cuda and proxy.bf16 and torch.cuda.is_bf16_supported() else None
+        self.amp = amp_dtype(self.device, proxy.bf16)  # mixed precision: None is float32
         self._stack = ExitStack()  # what close() undoes: torch's CPU threads
         self._stack.enter_context(torch_threads(proxy.threads))
         try:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -69,8 +70,14 @@ def test_resume_is_exact_anywhere(cut: int) -> None:
     _run(first, clock[:cut])
     state = first.state_dict()
     assert "_loader" not in state
+    # plain types only: a checkpoint file loads with torch.load(weights_only=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
     second = TokenLR(_opt(0.05), s)
     second.load_state_dict(state)
+    assert second.schedule is s
     assert _run(second, clock[cut:]) == whole[cut:]
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -67,6 +67,10 @@ class TokenSchedule:
         real("lr.power_b", self.power_b, hi=0)
         if self.rewarm_tokens is not None:
             integer("lr.rewarm_tokens", self.rewarm_tokens, lo=1)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings in plain types (the shape by its name)."""
+        return {**asdict(self), "shape": self.shape.value}
 
     def main(self, u: float, horizon: float, warmup: float, peak: float) -> float:
         """The shape after its warm-up, ``u`` tokens past the origin."""
@@ -127,13 +131,20 @@ class TokenLR(torch.optim.lr_scheduler.LRScheduler):
         super().__init__(optimizer)
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in super().state_dict().items() if k != "_loader"}
+        """The clock and the schedule, in plain types only (numbers, strings, lists, dicts):
+        a checkpoint loads with ``torch.load(weights_only=True)``."""
+        state = {k: v for k, v in super().state_dict().items() if k != "_loader"}
+        state["schedule"] = self.schedule.as_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("schedule") != self.schedule:
-            raise StateError(f"lr schedule: the saved schedule {state_dict.get('schedule')!r} "
-                             f"differs from this run's {self.schedule!r}")
-        super().load_state_dict(state_dict)
+        saved = state_dict.get("schedule")
+        if isinstance(saved, TokenSchedule):  # a state from before plain-type states
+            saved = saved.as_dict()
+        if saved != self.schedule.as_dict():
+            raise StateError(f"lr schedule: the saved schedule {saved!r} differs from this "
+                             f"run's {self.schedule.as_dict()!r}")
+        super().load_state_dict({**state_dict, "schedule": self.schedule})
 
     def get_lr(self) -> list[float]:
         s = self.schedule

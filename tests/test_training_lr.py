@@ -99,6 +99,10 @@ def test_reads_the_loader_token_counts() -> None:
 def test_bad_input_is_one_line() -> None:
     with pytest.raises(ConfigError, match="has no token counts"):
         TokenLR(_opt(), TokenSchedule("cosine", 100), loader=object())
+    # a torch DataLoader (e.g. around a MixbatchDataset) counts no tokens: the error says how
+    with pytest.raises(ConfigError, match=r"\(DataLoader\) has no token counts .* "
+                                          r"call step\(tokens\) with the tokens trained$"):
+        TokenLR(_opt(), TokenSchedule("wsd", 100), loader=torch.utils.data.DataLoader([1]))
     lr = TokenLR(_opt(), TokenSchedule("cosine", 100))
     with pytest.raises(ConfigError, match=r"call step\(tokens\)"):
         lr.step()

@@ -121,7 +121,8 @@ class TokenLR(torch.optim.lr_scheduler.LRScheduler):
         if loader is not None and not hasattr(loader, "fed_tokens"):
             raise ConfigError(f"lr schedule {schedule.shape.value!r} counts tokens, but the "
                               f"loader given ({type(loader).__name__}) has no token counts "
-                              "(fed_tokens)")
+                              "(fed_tokens): attach a MixedLoader, or attach none and call "
+                              "step(tokens) with the tokens trained")
         self.schedule = schedule
         self._loader = loader
         self.tokens = 0  # tokens trained at the last step

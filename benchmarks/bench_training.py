@@ -9,8 +9,9 @@ that arms whose steps hold other row counts switch at the same tokens). Every ar
 same proxy (``ProxyConfig.demo`` shape, peak LR 3e-3, warm-up over the tokens of 10 steps of
 8 x 256, ends at 0.1x) on the same stream of rows and the same tokens as ``--steps`` steps of
 8 x 256, so the arms differ only in what they set. Reported per arm and seed: held-out loss
-(mean over every source, and over the stage-2 prose sources), steps, training seconds, and
-joules where RAPL/NVML read (``mixbatch.training.energy``), else why not.
+(mean over every source, and over the stage-2 prose sources), steps, training seconds (wall),
+CPU seconds of the run (training and its validations: the figure to compare on a loaded
+machine), and joules where RAPL/NVML read (``mixbatch.training.energy``), else why not.
 
 Arms: ``cosine`` (by step, the proxy default), ``wsd`` (stable, then linear decay over the last
 20% of tokens), ``power`` (``min(η_max, β·4·n^-0.51)``, the same decay), ``cosine+rewarm``
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +137,15 @@ def run_arm(cfg, arm: str, seed: int, steps: int, threads: int) -> dict:
                              **settings, **ARMS[arm])
     with Trainer(cfg, proxy) as t:
         t.eval_rows = t.heldout_rows()
+        cpu = time.process_time()  # this process's CPU seconds: less at the mercy of the load
         done, _ = t.run()
+        cpu = time.process_time() - cpu
         rec = t.history[-1]
         prose = [rec["val_loss"][n] for n in STAGE2 if n in rec["val_loss"]]
         return {"val": rec["val_loss_mean"], "prose": sum(prose) / len(prose), "steps": done,
-                "tokens": rec["tokens"], "seconds": t.train_seconds, "joules": t.joules,
-                "why": "; ".join(t.energy_unavailable), "amp": str(t.amp or "float32")}
+                "tokens": rec["tokens"], "seconds": t.train_seconds, "cpu": cpu,
+                "joules": t.joules, "why": "; ".join(t.energy_unavailable),
+                "amp": str(t.amp or "float32").removeprefix("torch.")}
 
 
 def summary(results: dict[tuple[str, int], dict], arms: list[str], seeds: list[int]) -> str:
@@ -154,16 +159,18 @@ def summary(results: dict[tuple[str, int], dict], arms: list[str], seeds: list[i
                  if base in arms else [])
         diff = [a["val"] - b["val"] for a, b in pairs]
         ratio = [a["seconds"] / b["seconds"] for a, b in pairs if b["seconds"] > 0]
+        cpu = [a["cpu"] / b["cpu"] for a, b in pairs if a.get("cpu") and b.get("cpu")]
         rows.append([arm, len(seeds), f"{statistics.mean(r['val'] for r in mine):.4f}",
                      f"{statistics.mean(r['prose'] for r in mine):.4f}",
                      f"{statistics.mean(r['steps'] for r in mine):.0f}",
                      base if pairs else "-",
                      " / ".join(f"{d:+.4f}" for d in diff) if diff else "-",
                      f"{sum(d < 0 for d in diff)}/{len(diff)}" if diff else "-",
-                     f"{statistics.mean(ratio):.2f}" if ratio else "-"])
+                     f"{statistics.mean(ratio):.2f}" if ratio else "-",
+                     f"{statistics.mean(cpu):.2f}" if cpu else "-"])
     return table(["arm", "seeds", "mean val loss", "mean prose", "steps", "baseline",
-                  "Δ val loss per seed", "seeds better", "train s ratio *"], rows,
-                 align="lrrrrlrrr")
+                  "Δ val loss per seed", "seeds better", "train s ratio *", "CPU s ratio"],
+                 rows, align="lrrrrlrrrr")
 
 
 def sweep_one(cfg, rows: int, args: argparse.Namespace, seed: int) -> dict:
@@ -214,10 +221,11 @@ def bench(args: argparse.Namespace, workdir: Path) -> str:
         for arm in args.arms:
             r = results[arm, seed] = run_arm(cfg, arm, seed, args.steps, args.threads)
             log(f"{arm} seed {seed}: val {r['val']:.4f}, prose {r['prose']:.4f}, "
-                f"{r['steps']} steps, {r['tokens']} tokens, {r['amp']}, {r['seconds']:.1f} s")
+                f"{r['steps']} steps, {r['tokens']} tokens, {r['amp']}, {r['seconds']:.1f} s, "
+                f"{r['cpu']:.1f} CPU s")
             why = r["why"] or why
             rows.append([arm, seed, r["amp"], r["steps"], r["tokens"], f"{r['val']:.4f}",
-                         f"{r['prose']:.4f}", f"{r['seconds']:.1f}",
+                         f"{r['prose']:.4f}", f"{r['seconds']:.1f}", f"{r['cpu']:.1f}",
                          "n/a: not readable" if r["joules"] is None else f"{r['joules']:.1f}"])
     if args.json is not None:
         from mixbatch.atomic import write_json
@@ -232,7 +240,8 @@ def bench(args: argparse.Namespace, workdir: Path) -> str:
                PACKAGES, extra),
         "",
         table(["arm", "seed", "autocast", "steps", "tokens", "val loss (all)",
-               "val loss (stage-2 prose)", "train s *", "joules"], rows, align="lrlrrrrrr"),
+               "val loss (stage-2 prose)", "train s *", "CPU s (train+eval)", "joules"], rows,
+              align="lrlrrrrrrr"),
         "",
         summary(results, args.arms, args.seeds),
     ])

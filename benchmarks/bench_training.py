@@ -76,7 +76,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--workdir", type=Path, default=None)
-    p.add_argument("--steps", type=int, default=120, help="training steps per run")
+    p.add_argument("--steps", type=int, default=64,
+                   help="training steps per run of 8 rows (the ramps divide 64 exactly)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="model seeds")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--threads", type=int, default=2)

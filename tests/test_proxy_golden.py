@@ -87,7 +87,9 @@ def _same(got: Any, want: Any, where: str) -> None:
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             _same(g, w, f"{where}[{i}]")
     elif isinstance(want, float):
-        assert got == pytest.approx(want, rel=1e-6, abs=1e-9), where
+        # float32 kernels round differently across CPUs' vector units (2e-6 relative seen
+        # between an Intel and an AMD box); any change to the loop moves losses far more
+        assert got == pytest.approx(want, rel=2e-5, abs=1e-9), where
     else:
         assert got == want, where
 

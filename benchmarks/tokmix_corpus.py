@@ -83,50 +83,95 @@ def _walk() -> list[tuple[str, str]]:
     return out
 
 
-def catalogue(workdir: Path) -> dict:
+def _examine(items: list[tuple[str, str]]) -> list[tuple[str, str, object]]:
+    """(path, category, outcome) of each file: ``(dev, inode, size, digest)`` of a file to
+    keep if its content is new, a skip reason, or None (not a regular file)."""
+    out: list[tuple[str, str, object]] = []
+    for path, cat in items:
+        try:
+            st = os.stat(path)
+            if not os.path.isfile(path) or os.path.islink(path):
+                out.append((path, cat, None))
+                continue
+            if st.st_size > MAX_FILE:
+                out.append((path, cat, ("inode", st.st_dev, st.st_ino, "larger than 4 MiB")))
+                continue
+            raw = read_file(path)
+        except (OSError, EOFError, gzip.BadGzipFile):
+            out.append((path, cat, "unreadable"))
+            continue
+        if not raw.strip() or raw.startswith(b".so "):
+            reason = "empty or a man-page redirect"
+        else:
+            try:
+                raw.decode("utf-8")
+                reason = ""
+            except UnicodeDecodeError:
+                reason = "not UTF-8"
+        out.append((path, cat, ("inode", st.st_dev, st.st_ino, reason or
+                                (len(raw), hashlib.blake2b(raw, digest_size=16).digest()))))
+    return out
+
+
+def catalogue(workdir: Path, jobs: int = 1) -> dict:
     """``{"files": {category: [[path, bytes], ...]}, "skipped": {reason: n}}``, cached in
-    ``workdir/tokmix_catalogue.json``."""
+    ``workdir/tokmix_catalogue.json``. ``jobs`` processes read and hash the files (the result
+    does not depend on it: the first file in path order keeps a content)."""
     cache = workdir / "tokmix_catalogue.json"
     if cache.exists():
         return json.loads(cache.read_text())
+    items = _walk()
+    if jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        size = max(1, len(items) // (8 * jobs))
+        parts = [items[i:i + size] for i in range(0, len(items), size)]
+        with ProcessPoolExecutor(jobs) as pool:
+            examined = [r for part in pool.map(_examine, parts) for r in part]
+    else:
+        examined = _examine(items)
     seen: set[bytes] = set()
     files: dict[str, list[list]] = {c: [] for c in DESCRIPTIONS}
     skipped: Counter[str] = Counter()
     inodes: set[tuple[int, int]] = set()
-    for path, cat in _walk():
-        try:
-            st = os.stat(path)
-            if not os.path.isfile(path) or os.path.islink(path):
-                continue
-            if (st.st_dev, st.st_ino) in inodes:
-                continue
-            inodes.add((st.st_dev, st.st_ino))
-            if st.st_size > MAX_FILE:
-                skipped["larger than 4 MiB"] += 1
-                continue
-            raw = read_file(path)
-        except (OSError, EOFError, gzip.BadGzipFile):
-            skipped["unreadable"] += 1
+    for path, cat, outcome in examined:
+        if outcome is None:
             continue
-        if not raw.strip() or raw.startswith(b".so "):
-            skipped["empty or a man-page redirect"] += 1
+        if isinstance(outcome, str):
+            skipped[outcome] += 1
             continue
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            skipped["not UTF-8"] += 1
+        _, dev, ino, what = outcome
+        if (dev, ino) in inodes:
             continue
-        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        inodes.add((dev, ino))
+        if isinstance(what, str):
+            skipped[what] += 1
+            continue
+        n_bytes, digest = what
         if digest in seen:
             skipped["exact duplicate of a file already taken"] += 1
             continue
         seen.add(digest)
-        files[cat].append([path, len(raw)])
+        files[cat].append([path, n_bytes])
     out = {"files": files, "skipped": dict(skipped)}
-    cache.write_text(json.dumps(out))
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(out))
+    os.replace(tmp, cache)
     return out
 
 
 def sizes(cat: dict) -> dict[str, tuple[int, int]]:
     """category → (files, bytes)."""
     return {c: (len(v), sum(b for _, b in v)) for c, v in cat["files"].items()}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="build the catalogue of --corpus big")
+    ap.add_argument("--workdir", type=Path, required=True)
+    ap.add_argument("--jobs", type=int, default=1)
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    for c, (n, b) in sizes(catalogue(args.workdir, args.jobs)).items():
+        print(f"{c}: {n} files, {b / 1e6:.1f} MB")

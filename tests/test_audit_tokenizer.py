@@ -116,7 +116,8 @@ def test_lazy_rows_reach_the_optimum_of_the_whole_program(cats, tmp_path: Path) 
     variants = [solve_mixture(replay),  # warm-started HiGHS, slack rows dropped
                 solve_mixture(replay, per_step=2, per_pass=7),  # small passes, many drops
                 solve_mixture(replay, drop_slack=False, per_pass=1 << 30),
-                solve_mixture(replay, use_highspy=False)]  # SciPy from scratch each pass
+                solve_mixture(replay, use_highspy=False),  # SciPy from scratch each pass
+                solve_mixture(replay, per_pass=7, stages=(0.3, 0.6))]  # the first merges first
     assert any(v.rows_dropped > 0 for v in variants)
     for v in variants:
         assert v.converged

@@ -45,11 +45,12 @@ SCALE = 1e6
 def _violations(off: np.ndarray, ev_p: np.ndarray, ev_c: np.ndarray, ev_d: np.ndarray,
                 merge_p: np.ndarray, weight: np.ndarray, n_cat: int, n_pairs: int,
                 vt: np.ndarray, vp: np.ndarray, tol: float, per_step: int, per_pass: int,
-                present: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                              int, int]:
+                present: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                          np.ndarray, int, int]:
     """Replay the merges under ``weight`` and return up to ``per_pass`` violated rows that are
-    not in ``present`` (sorted keys ``t * n_pairs + p``): their step, pair, the per-category
-    counts of the pair and of the step's merge; also the last step replayed.
+    not in ``present`` (sorted keys ``t * n_pairs + p``) among the steps before ``limit``: their
+    step, pair, the per-category counts of the pair and of the step's merge; also the last step
+    replayed.
 
     The heap holds each pair's priority mixed count − v_p (the reference's queue), so the pops
     above the step's cutoff mixed(m(t)) + v^{(t)} + tol are exactly the violated rows; the replay
@@ -67,7 +68,7 @@ def _violations(off: np.ndarray, ev_p: np.ndarray, ev_c: np.ndarray, ev_d: np.nd
     out_cp = np.empty((cap, n_cat), dtype=np.int64)
     out_cm = np.empty((cap, n_cat), dtype=np.int64)
     n = 0
-    steps = len(off) - 1
+    steps = min(len(off) - 1, limit)
     t = 1
     n_present = len(present)
     while t < steps and n < per_pass:
@@ -347,7 +348,7 @@ def _shares(alpha: np.ndarray, replay: Replay) -> np.ndarray:
 def solve_mixture(replay: Replay, per_step: int = 10, per_pass: int = 5000,
                   max_passes: int = 10_000, tol: float = 1e-4, drop_slack: bool = True,
                   use_highspy: bool = True, stable_passes: int = 0,
-                  stable_tol: float = 1e-4) -> Solution:
+                  stable_tol: float = 1e-4, stages: tuple[float, ...] = ()) -> Solution:
     """Lazy constraint generation until a replay under the solution finds no violated row.
 
     Each pass replays the merges under the current α (uniform at first) and adds, for each step
@@ -356,14 +357,21 @@ def solve_mixture(replay: Replay, per_step: int = 10, per_pass: int = 5000,
     the same way). With ``drop_slack``, rows slack at the optimum are dropped once the program
     has doubled since the last drop: they come back if a later replay finds them violated.
 
-    With ``stable_passes`` > 0 the passes also end when the byte shares have moved by at most
-    ``stable_tol`` (largest absolute change) over the last ``stable_passes`` passes and those
-    passes' replays together reached the last merge (once the shares are stable, the next
-    pass replays every merge, adding up to ``per_step`` rows at each, and the test is made
-    again after its solve): the rows still added then raise the slack but no longer move the
-    shares (``stopped == "stable"``, ``converged`` False). Many
-    merges (10^4 and more) need thousands of exact passes, most of them after the shares have
-    settled; the benchmark measures how far the stable shares are from the exact ones."""
+    With ``stable_passes`` > 0 the passes also end on stable shares: once the byte shares have
+    moved by at most ``stable_tol`` (largest absolute change) over the last ``stable_passes``
+    solves, the next pass is a sweep (its replay runs to the last merge, adding up to
+    ``per_step`` violated rows at every merge), and the passes end if the sweep's solve moves
+    the shares by at most ``stable_tol`` as well (``stopped == "stable"``, ``converged``
+    False); otherwise they go on. The rows still to add would raise the slack but, as far as
+    that sweep shows, no longer move the shares. Many merges (10^4 and more) need thousands of
+    exact passes, most of them after the shares have settled; the benchmark measures how far
+    the stable shares are from the exact ones.
+
+    With ``stages`` (fractions of the merges, e.g. ``(0.25, 0.5)``) the passes first take only
+    the first quarter of the merges, then half, then all; each stage ends as the whole does
+    (no violated row, or stable shares) and hands its rows and solution to the next. Without
+    the stable stop the optimum is the whole program's.
+    """
     import time
 
     n_cat = len(replay.pairs0)
@@ -387,27 +395,27 @@ def solve_mixture(replay: Replay, per_step: int = 10, per_pass: int = 5000,
     reached: list[int] = []
     stopped = "max_passes"
     sweep = False  # the next pass replays every merge (no per-pass cap)
+    limits = sorted({max(2, min(n_steps, round(f * n_steps))) for f in stages if 0 < f < 1}
+                    | {n_steps})
+    stage = 0
+    since = 0  # index in ``shares`` where the current stage began
     for _ in range(max_passes):
+        limit = limits[stage]
         t0 = time.perf_counter()
         t, p, cp, cm, n, last = _violations(
             replay.off, replay.pair, replay.cat, replay.delta, replay.merge_pair, alpha * norm,
             n_cat, replay.n_pairs, vt, vp, tol, per_step,
-            per_step * n_steps if sweep else per_pass, program.keys)
+            per_step * n_steps if sweep else per_pass, program.keys, limit)
         timing["replay"] += time.perf_counter() - t0
         history.append(n)
         reached.append(int(last))
         if n == 0:
+            if stage + 1 < len(limits):  # this stage is exact: the next takes more merges
+                stage, since, sweep = stage + 1, len(shares) - 1, False
+                continue
             converged = True
             stopped = "converged"
             break
-        if (stable_passes > 0 and len(shares) > stable_passes
-                and np.abs(shares[-1] - shares[-1 - stable_passes]).max() <= stable_tol):
-            if max(reached[-stable_passes:]) >= n_steps:
-                stopped = "stable"
-                break
-            sweep = True  # stable so far: the next pass checks every merge
-        else:
-            sweep = False
         added += n
         t0 = time.perf_counter()
         if drop_slack and len(program.rows_t) > max(2 * last_size, 4 * min(per_pass, 20_000)):
@@ -419,5 +427,18 @@ def solve_mixture(replay: Replay, per_step: int = 10, per_pass: int = 5000,
         s = alpha.sum()
         alpha = alpha / s if s > 0 else np.full(n_cat, 1.0 / n_cat)
         shares.append(_shares(alpha, replay))
+        k = stable_passes
+        if sweep:  # a sweep's rows are in: stop if they moved the shares by <= stable_tol
+            if np.abs(shares[-1] - shares[-2]).max() <= stable_tol:
+                if stage + 1 < len(limits):
+                    stage, since, sweep = stage + 1, len(shares) - 1, False
+                    continue
+                stopped = "stable"
+                break
+            sweep = False
+            continue
+        is_stable = (k > 0 and len(shares) - 1 - since >= k
+                     and np.abs(shares[-1] - shares[-1 - k]).max() <= stable_tol)
+        sweep = is_stable  # stable so far: the next pass adds rows at every merge
     return Solution(alpha, shares[-1], residual, used, len(program.rows_t), len(history),
                     converged, history, added, dropped, timing, stopped, reached)

@@ -336,8 +336,10 @@ def _add_more(sub: Any) -> None:
                          "(default %(default)s)")
     sp.add_argument("--stable-passes", type=positive_int, default=None, metavar="K",
                     help="also stop once the shares moved by at most --stable-tol over K passes "
-                         "that together replayed every merge (default: off, the exact LP; "
-                         "beyond about 5,000 merges the exact LP can take hours)")
+                         "that together replayed every merge, and one more sweep of every merge "
+                         "(its rows added and solved) moves them by at most that too (default: "
+                         "off, the exact LP; beyond about 5,000 merges the exact LP can take "
+                         "hours)")
     sp.add_argument("--stable-tol", type=float, default=1e-4, metavar="E",
                     help="largest share change that counts as stable (default %(default)s)")
     sp.add_argument("--plot", default=None, metavar="F.png", help="bar chart of the proportions")

@@ -161,34 +161,24 @@ def config_samples(cfg: Any, max_bytes: int, seed: int = 0) -> dict[str, list[st
     """Up to ``max_bytes`` of raw text per source of ``cfg``: documents kept by a keyed coin
     (rate = max_bytes / the source's file bytes), so that the sample spreads over the whole
     source rather than being its first files."""
-    from mixbatch.io import OnError, SkipCounter, iter_texts, plan_units
-    from mixbatch.prepare import source_format, source_paths
+    from mixbatch.io import OnError
+    from mixbatch.prepare_inputs import source_files
 
     out: dict[str, list[str]] = {}
     for name, src in cfg.sources.items():
         if src.is_token_data:
             raise ConfigError(f"sources.{name}: token data has no text to sample; mixture "
                               "inference needs raw text sources")
-        paths = source_paths(name, src, cfg)
-        fmt = source_format(name, src, paths)
-        total = sum(p.stat().st_size for p in paths) or 1
+        files = source_files(name, src, cfg)
+        total = sum(p.stat().st_size for p in files.paths) or 1
         rate = min(1.0, 1.2 * max_bytes / total)
         texts: list[str] = []
         size = 0
-        k = 0
-        skips = SkipCounter()
-        for unit in plan_units(paths, fmt, src.split, 64 << 20):
-            for batch in iter_texts(unit, src.text_field, src.split, OnError.SKIP, skips):
-                for t in batch:
-                    k += 1
-                    if t and (rate >= 1.0 or _keep(seed, name, k, rate)):
-                        texts.append(t)
-                        size += len(t.encode("utf-8"))
-                        if size >= max_bytes:
-                            break
+        for k, t in enumerate(files.texts(OnError.SKIP), 1):
+            if t and (rate >= 1.0 or _keep(seed, name, k, rate)):
+                texts.append(t)
+                size += len(t.encode("utf-8"))
                 if size >= max_bytes:
                     break
-            if size >= max_bytes:
-                break
         out[name] = texts
     return out

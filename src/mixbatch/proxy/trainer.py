@@ -178,13 +178,14 @@ class Trainer:
                 else torch.optim.AdamW(groups, lr=proxy.lr, betas=betas,
                                        **({"fused": True} if cuda else {})))
             ends = _step_positions(self.loader, proxy.steps)  # warmup and steps in batches
+            sizes = self.loader.rows_schedule  # a batch-size ramp: the LR follows tokens
+            ramp = sizes is not None and not sizes.constant
             self.lr_sched = TokenLR(self.opt, TokenSchedule(
                 proxy.schedule.value, total_tokens=ends[-1],
                 warmup_tokens=ends[min(proxy.warmup, proxy.steps - 1)] - ends[0],
                 decay_fraction=proxy.decay_fraction, min_ratio=proxy.min_lr_ratio,
                 batch_size=ends[0] // cfg.batch.seq_len, rewarm_tokens=proxy.rewarm_tokens),
-                loader=self.loader) if (by_tokens(proxy) or self.loader.rows_schedule
-                                        is not None) else None  # a batch ramp: LR by tokens
+                loader=self.loader) if by_tokens(proxy) or ramp else None
             # B_simple per step from the local and global gradients (distributed runs only)
             self.noise = (NoiseScale(proxy.noise_beta) if proxy.noise_beta is not None
                           and self.world_size > 1 else None)

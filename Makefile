@@ -22,7 +22,7 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks examples
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 # Benchmarks run in their own venv: the anchor libraries they compare with (Hugging Face
 # `datasets`, ...) must never become dependencies of the package.

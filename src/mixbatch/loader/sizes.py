@@ -132,61 +132,57 @@ class StepSizes:
             self.budget_changes.pop()
         self.budget_changes.append([self.step, budget])
 
+    def _state_pairs(self, raw: Any, step: int, key: str, value: str, what: str,
+                     scheduled: bool) -> list[tuple[str, int, int]]:
+        """The ``[step, value]`` pairs of ``loader state.<key>``, in step order up to ``step``,
+        each with the name it is reported under (the checks both kinds of change share)."""
+        if not isinstance(raw, list):
+            raise StateError(f"loader state.{key}: not a list")
+        if raw and not scheduled:
+            raise StateError(f"loader state.{key}: given, but packing "
+                             f"{self.cfg.batch.packing.value!r} has no {what}")
+        out: list[tuple[str, int, int]] = []
+        for j, pair in enumerate(raw):
+            where = f"loader state.{key}.{j}"
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise StateError(f"{where}: expected [step, {value}], got {shown(pair)}")
+            at = count(f"{where}.step", pair[0])
+            v = count(f"{where}.{value}", pair[1], lo=1)
+            if (out and at <= out[-1][1]) or at > step:
+                raise StateError(f"{where}.step: {at} is out of order (changes are by step, "
+                                 f"up to the state's step {step})")
+            out.append((f"{where}.{value}", at, v))
+        return out
+
     def _checked_changes(self, raw: Any, step: int) -> list[list[int]]:
         """The run-time batch sizes of a state: ``[step, rows]`` pairs, in step order, each
         within this run's bound and divisible by this world size."""
-        if not isinstance(raw, list):
-            raise StateError("loader state.batch_size_changes: not a list")
-        if raw and self.rows_schedule is None:
-            raise StateError("loader state.batch_size_changes: given, but packing "
-                             f"{self.cfg.batch.packing.value!r} has no batch size")
-        out: list[list[int]] = []
-        for j, pair in enumerate(raw):
-            where = f"loader state.batch_size_changes.{j}"
-            if not isinstance(pair, list) or len(pair) != 2:
-                raise StateError(f"{where}: expected [step, rows], got {shown(pair)}")
-            at = count(f"{where}.step", pair[0])
-            rows = count(f"{where}.rows", pair[1], lo=1)
-            if (out and at <= out[-1][0]) or at > step:
-                raise StateError(f"{where}.step: {at} is out of order (changes are by step, "
-                                 f"up to the state's step {step})")
+        pairs = self._state_pairs(raw, step, "batch_size_changes", "rows", "batch size",
+                                  self.rows_schedule is not None)
+        for where, _, rows in pairs:
             if rows > self._max_rows():
-                raise StateError(f"{where}.rows: {rows} rows are above this run's largest step "
+                raise StateError(f"{where}: {rows} rows are above this run's largest step "
                                  f"({self._max_rows()}); raise batch.max_batch_size")
             if rows % self.world_size:
-                raise StateError(f"{where}.rows: {rows} global rows cannot be split over world "
+                raise StateError(f"{where}: {rows} global rows cannot be split over world "
                                  f"size {self.world_size}")
-            out.append([at, rows])
-        return out
+        return [[at, rows] for _, at, rows in pairs]
 
     def _checked_budgets(self, raw: Any, step: int) -> list[list[int]]:
         """The run-time token budgets of a state: ``[step, budget]`` pairs, in step order,
         each one this run's shaper can plan with."""
-        if not isinstance(raw, list):
-            raise StateError("loader state.token_budget_changes: not a list")
-        if raw and self.budget_schedule is None:
-            raise StateError("loader state.token_budget_changes: given, but packing "
-                             f"{self.cfg.batch.packing.value!r} has no token budget")
-        out: list[list[int]] = []
-        for j, pair in enumerate(raw):
-            where = f"loader state.token_budget_changes.{j}"
-            if not isinstance(pair, list) or len(pair) != 2:
-                raise StateError(f"{where}: expected [step, budget], got {shown(pair)}")
-            at = count(f"{where}.step", pair[0])
-            budget = count(f"{where}.budget", pair[1], lo=1)
-            if (out and at <= out[-1][0]) or at > step:
-                raise StateError(f"{where}.step: {at} is out of order (changes are by step, "
-                                 f"up to the state's step {step})")
+        pairs = self._state_pairs(raw, step, "token_budget_changes", "budget", "token budget",
+                                  self.budget_schedule is not None)
+        for where, _, budget in pairs:
             if budget > self.cfg.batch.largest_budget:
-                raise StateError(f"{where}.budget: {budget} is above this run's largest budget "
+                raise StateError(f"{where}: {budget} is above this run's largest budget "
                                  f"({self.cfg.batch.largest_budget}); raise "
                                  "batch.max_token_budget")
             try:
-                self.shaper.check_budget(budget, f"{where}.budget")  # type: ignore[attr-defined]
+                self.shaper.check_budget(budget, where)  # type: ignore[attr-defined]
             except ConfigError as e:
                 raise StateError(str(e)) from None
-            out.append([at, budget])
-        return out
+        return [[at, budget] for _, at, budget in pairs]
 
 
 def _split_rows(size: int, accum: int, world_size: int, where: str) -> int:

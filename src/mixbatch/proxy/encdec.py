@@ -26,7 +26,6 @@ of a window but its first predicted from the ones before it), so the two compare
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -44,6 +43,8 @@ from mixbatch.proxy.model import (
     ProxyOutput,
     SwiGLU,
     attention_mask,
+    count_params,
+    gpt2_init,
     segment_ids,
     shifted_token_losses,
 )
@@ -131,22 +132,11 @@ class EncDecLM(nn.Module):
     def reset_parameters(self) -> None:
         """GPT-2 initialisation as :meth:`ProxyLM.reset_parameters` (residual projections
         scaled by 1/sqrt(2 n_layer))."""
-        std = self.cfg.init_std
-        for name, p in self.named_parameters():
-            if p.dim() < 2:
-                continue
-            scale = std / math.sqrt(2 * self.cfg.n_layer) if name.endswith(
-                ("proj.weight", "down.weight")) else std
-            nn.init.normal_(p, 0.0, scale)
+        gpt2_init(self, self.cfg)
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameters (the shared embedding counted once); without the embeddings by default."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.tok_emb.weight.numel()
-            if self.pos_emb is not None:
-                n -= self.pos_emb.weight.numel()
-        return n
+        return count_params(self, non_embedding)
 
     def _embed(self, ids: torch.Tensor, pos: torch.Tensor
                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:

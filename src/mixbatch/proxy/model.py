@@ -215,6 +215,29 @@ def shifted_token_losses(logits: torch.Tensor, labels: torch.Tensor
     return losses, mask
 
 
+def gpt2_init(model: nn.Module, cfg: ModelConfig) -> None:
+    """GPT-2 initialisation of ``model``: N(0, init_std) for every matrix, residual projections
+    (``proj`` / ``down``) scaled by 1/sqrt(2 n_layer); norm gains stay 1."""
+    std = cfg.init_std
+    for name, p in model.named_parameters():
+        if p.dim() < 2:
+            continue
+        scale = std / math.sqrt(2 * cfg.n_layer) if name.endswith(("proj.weight",
+                                                                   "down.weight")) else std
+        nn.init.normal_(p, 0.0, scale)
+
+
+def count_params(model: nn.Module, non_embedding: bool = True) -> int:
+    """``model``'s parameters (a tied head counted once); without its ``tok_emb`` and
+    ``pos_emb`` by default."""
+    n = sum(p.numel() for p in model.parameters())
+    if non_embedding:
+        n -= model.tok_emb.weight.numel()
+        if model.pos_emb is not None:
+            n -= model.pos_emb.weight.numel()
+    return int(n)
+
+
 @dataclass
 class ProxyOutput:
     logits: torch.Tensor  # (B, L, V)
@@ -249,22 +272,11 @@ class ProxyLM(nn.Module):
 
     def reset_parameters(self) -> None:
         """GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer)."""
-        std = self.cfg.init_std
-        for name, p in self.named_parameters():
-            if p.dim() < 2:
-                continue  # norm gains stay 1
-            scale = std / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("proj.weight",
-                                                                            "down.weight")) else std
-            nn.init.normal_(p, 0.0, scale)
+        gpt2_init(self, self.cfg)
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameters (the tied head counted once); without the embeddings by default."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.tok_emb.weight.numel()
-            if self.pos_emb is not None:
-                n -= self.pos_emb.weight.numel()
-        return n
+        return count_params(self, non_embedding)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None,

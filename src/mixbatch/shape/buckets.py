@@ -105,7 +105,7 @@ from mixbatch.limits import WINDOW_BUDGETS
 from mixbatch.plan.interleave import Interleaver
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.follow import Drift, follow_counts
-from mixbatch.shape.window import Budgeted, WindowReplay
+from mixbatch.shape.window import Budgeted, BudgetShaper, WindowReplay
 
 __all__ = ["BucketShaper", "Pieces", "bucket_pieces", "bucket_schedule",
            "curriculum_odds", "curriculum_targets", "decompose", "interleave_sources"]
@@ -261,7 +261,7 @@ def _is_pow2(x: int) -> bool:
     return isinstance(x, int | np.integer) and x >= 1 and (x & (x - 1)) == 0
 
 
-class BucketShaper:
+class BucketShaper(BudgetShaper):
     """``packing: buckets`` (module docstring).
 
     Args:
@@ -358,16 +358,6 @@ class BucketShaper:
         if self.window_tokens is not None and self.window_tokens < budget:
             raise ConfigError(f"window_tokens: {self.window_tokens} is below a token_budget of "
                               f"{budget}; a window must hold at least one step")
-
-    def set_budget(self, budget: int) -> None:
-        """Plan with ``budget`` from the next step on (checked by the caller with
-        :meth:`check_budget`); the rest of an open window is planned again
-        (:class:`~mixbatch.shape.window.WindowReplay`)."""
-        self.window.want(budget)
-
-    def _use_budget(self, budget: int | None) -> None:
-        if budget is not None:
-            self.token_budget = int(budget)
 
     def _replan(self, done: list[StepPlan]) -> None:
         """The drift where the rest of the window is planned again: the window's start, plus

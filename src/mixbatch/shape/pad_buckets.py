@@ -106,7 +106,7 @@ from mixbatch.plan.interleave import Interleaver
 from mixbatch.plan.permutation import derive_key, keyed_order
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.follow import by_samples, follow_order
-from mixbatch.shape.window import Budgeted, WindowReplay
+from mixbatch.shape.window import Budgeted, BudgetShaper, WindowReplay
 
 __all__ = ["PadBucketShaper", "equal_token_edges"]
 
@@ -133,7 +133,7 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int | np.integer) and not isinstance(v, bool)
 
 
-class PadBucketShaper:
+class PadBucketShaper(BudgetShaper):
     """``packing: pad_buckets`` (module docstring).
 
     Args:
@@ -217,16 +217,6 @@ class PadBucketShaper:
                 raise ConfigError(f"batch.second_max: {r} rows of seq_len {L} and second length "
                                   f"{self.second_max} cost {most:g} > {where} {budget}; lower "
                                   f"second_max or raise the budget to {int(np.ceil(most))}")
-
-    def set_budget(self, budget: int) -> None:
-        """Plan with ``budget`` from the next step on (checked by the caller with
-        :meth:`check_budget`); the rest of an open window is planned again
-        (:class:`~mixbatch.shape.window.WindowReplay`)."""
-        self.window.want(budget)
-
-    def _use_budget(self, budget: int | None) -> None:
-        if budget is not None:
-            self.token_budget = int(budget)
 
     def cost(self, width: Any) -> Any:
         """``c(x) = x + quadratic · x²`` (scalar or array): one row of ``width`` positions."""

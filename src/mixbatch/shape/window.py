@@ -83,6 +83,25 @@ class Budgeted:
     replan: Callable[[list[StepPlan]], None]
 
 
+class BudgetShaper:
+    """What every token-budget shaper does with a run-time budget change: ``set_budget`` hands
+    it to the shaper's :class:`WindowReplay` (``self.window``), ``_use_budget`` (the
+    :class:`Budgeted` ``use``) sets ``self.token_budget``."""
+
+    token_budget: int | None
+    window: WindowReplay
+
+    def set_budget(self, budget: int) -> None:
+        """Plan with ``budget`` from the next step on (checked by the caller with
+        :meth:`check_budget`); the rest of an open window is planned again
+        (:class:`~mixbatch.shape.window.WindowReplay`)."""
+        self.window.want(budget)
+
+    def _use_budget(self, budget: int | None) -> None:
+        if budget is not None:
+            self.token_budget = int(budget)
+
+
 class WindowAnchor:
     """The feed's position and weights at the start of the current window (or none), and the
     digest of the settings that plan a window (module docstring)."""

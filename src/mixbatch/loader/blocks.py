@@ -15,10 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from mixbatch.config import Packing
 from mixbatch.loader.stats import StepCounts
 from mixbatch.shape.base import StepPlan
 from mixbatch.shape.materialize import materialize_compact, split_compact
 from mixbatch.store import TokenStore
+
+#: packing modes where one step of n·R rows is exactly n steps of R rows (planned in blocks):
+#: concat cuts one token line into rows; bfd hands out the rows of its windows in an order that
+#: does not depend on the step size
+BLOCKABLE = (Packing.CONCAT, Packing.BFD)
 
 
 class Block:

@@ -43,20 +43,13 @@ class Block:
         self.batches: list[dict[str, Any]] | None = None
         rows = plans[0].rows if plans else 0
         # segments of each step: step j holds segments cut[j]:cut[j + 1] of the block's plan
-        self.cut = np.searchsorted(plan.row, np.arange(len(plans) + 1) * rows).tolist() \
-            if len(plans) > 1 else [0, len(plan.row)]
+        self.cut = _cuts(plan, rows, len(plans)) if len(plans) > 1 else [0, len(plan.row)]
 
     def run(self, first: int, stop: int) -> tuple[StepPlan, list[int]]:
         """Steps ``first .. stop - 1`` of the block as one plan of their rows (a worker's read),
         and the rows of each: slices of the block's plan, no per-step copies."""
         R = self.plans[first].rows
-        a, b = self.cut[first], self.cut[stop]
-        p = self.plan
-        plan = StepPlan((stop - first) * R, p.seq_len, p.row[a:b] - np.int32(first * R),
-                        p.col[a:b], p.source[a:b], p.doc[a:b], p.start[a:b], p.end[a:b],
-                        p.eod[a:b], p.pad[first * R:stop * R],
-                        second=None if p.second is None else p.second[a:b])
-        return plan, [R] * (stop - first)
+        return _steps_of(self.plan, self.cut, R, first, stop), [R] * (stop - first)
 
     def read(self, stores: Sequence[TokenStore], eod_id: int, pad_id: int, dtype: np.dtype,
              rows_per_step: int) -> None:
@@ -69,14 +62,26 @@ def split_rows(plan: StepPlan, rows: int) -> list[StepPlan]:
     """A plan of ``n·rows`` rows as ``n`` plans of ``rows`` rows (segments are ordered by row);
     steps that hold no segment (the stream ended before them) are dropped."""
     n = plan.rows // rows
-    cut = np.searchsorted(plan.row, np.arange(n + 1) * rows).tolist()
+    cut = _cuts(plan, rows, n)
     out = []
     for j in range(n):
-        a, b = cut[j], cut[j + 1]
-        if a == b:
+        if cut[j] == cut[j + 1]:
             break
-        out.append(StepPlan(rows, plan.seq_len, plan.row[a:b] - np.int32(j * rows), plan.col[a:b],
-                            plan.source[a:b], plan.doc[a:b], plan.start[a:b], plan.end[a:b],
-                            plan.eod[a:b], plan.pad[j * rows:(j + 1) * rows],
-                            second=None if plan.second is None else plan.second[a:b]))
+        out.append(_steps_of(plan, cut, rows, j, j + 1))
     return out
+
+
+def _cuts(plan: StepPlan, rows: int, steps: int) -> list[int]:
+    """Where each of ``steps`` steps of ``rows`` rows starts among the plan's segments (they
+    are ordered by row): step j holds segments ``cut[j]:cut[j + 1]``."""
+    return np.searchsorted(plan.row, np.arange(steps + 1) * rows).tolist()
+
+
+def _steps_of(plan: StepPlan, cut: list[int], rows: int, first: int, stop: int) -> StepPlan:
+    """Steps ``first .. stop - 1`` of ``rows`` rows each of a plan cut at ``cut``
+    (:func:`_cuts`), as one plan of their rows: slices of the plan, no copies."""
+    a, b = cut[first], cut[stop]
+    return StepPlan((stop - first) * rows, plan.seq_len, plan.row[a:b] - np.int32(first * rows),
+                    plan.col[a:b], plan.source[a:b], plan.doc[a:b], plan.start[a:b],
+                    plan.end[a:b], plan.eod[a:b], plan.pad[first * rows:stop * rows],
+                    second=None if plan.second is None else plan.second[a:b])

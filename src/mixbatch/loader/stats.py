@@ -20,30 +20,13 @@ from mixbatch.shape.base import StepPlan
 
 
 @njit(cache=True, nogil=True)
-def _step_counts(source: np.ndarray, start: np.ndarray, end: np.ndarray, eod: np.ndarray,
-                 k: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Per source: real tokens and documents started; segments holding tokens; real tokens."""
-    tok = np.zeros(k, np.int64)
-    started = np.zeros(k, np.int64)
-    pieces = 0
-    for j in range(source.size):
-        n = end[j] - start[j]
-        s = source[j]
-        tok[s] += n
-        if start[j] == 0 and (n > 0 or eod[j]):
-            started[s] += 1
-        if n > 0:
-            pieces += 1
-    return tok, started, pieces, tok.sum()
-
-
-@njit(cache=True, nogil=True)
 def _block_counts(row: np.ndarray, source: np.ndarray, start: np.ndarray, end: np.ndarray,
                   eod: np.ndarray, rows_per_step: int, steps: int, k: int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_step_counts` of every step of a block at once (step of a segment: its row //
-    ``rows_per_step``): per step and source the real tokens and documents started; per step
-    the segments holding tokens and the positions taken (tokens plus end tokens)."""
+    """The counts of every step of a block at once (step of a segment: its row //
+    ``rows_per_step``): per step and source the real tokens and documents started (a segment
+    that starts its document, with tokens or an end token); per step the segments holding
+    tokens and the positions taken (tokens plus end tokens). One step: ``steps = 1``."""
     tok = np.zeros((steps, k), np.int64)
     started = np.zeros((steps, k), np.int64)
     pieces = np.zeros(steps, np.int64)
@@ -109,15 +92,14 @@ class RunStats:
             counts: StepCounts | None = None) -> int:
         """Count one step; ``counts``: its :func:`block_counts` when its block computed them.
         Returns the positions its segments take (tokens plus end tokens)."""
-        if counts is None:
-            t, d, pieces, real = _step_counts(plan.source, plan.start, plan.end, plan.eod,
-                                              self.k)
-            tok, started = t.tolist(), d.tolist()
-            width = int(real) + int(plan.eod.sum())
+        if counts is None:  # the step as a block of one
+            t, d, p, w = _block_counts(plan.row, plan.source, plan.start, plan.end, plan.eod,
+                                       max(plan.rows, 1), 1, self.k)
+            tok, started, pieces, width = t[0].tolist(), d[0].tolist(), int(p[0]), int(w[0])
             pad = int(plan.pad.sum())
         else:
             tok, started, pieces, width, pad = counts
-            real = sum(tok)
+        real = sum(tok)
         self.tokens = [a + b for a, b in zip(self.tokens, tok, strict=True)]
         self.docs = [a + b for a, b in zip(self.docs, started, strict=True)]
         self.pieces += int(pieces)

@@ -53,7 +53,59 @@ __all__ = ["MixbatchDataLoader", "MixbatchDataset", "to_tensors"]
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-class MixbatchDataset(IterableDataset):
+class _Stream:
+    """What both adapters share: the settings of this rank's stream, its length where known,
+    the loader of the running iteration (resumed from a state) and the way out of a batch."""
+
+    cfg: Config
+    max_steps: int | None
+
+    def _stream(self, cfg: Config, rank: int | None, world_size: int | None,
+                max_steps: int | None, fields: str | Iterable[str] | None,
+                batch_format: str) -> None:
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.max_steps = max_steps
+        fields, self._convert = batch_formatter(batch_format, fields)
+        self.fields = resolve_fields(fields)
+        self._loader: MixedLoader | None = None
+        self._last: tuple | None = None  # the loader's snapshot after the last batch handed out
+        self._mixer = _mixer(cfg)
+
+    def _open(self, state: dict[str, Any] | None) -> MixedLoader:
+        """A fresh loader of the stream for an iteration, at ``state`` (None: step 0)."""
+        loader = self._loader = MixedLoader(self.cfg, self.rank, self.world_size)
+        if state is not None:
+            loader.load_state_dict(state)
+        return loader
+
+    def _out(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A batch on its way out: its step's mixing record added, in the batch format."""
+        return self._convert(_mix(self._mixer, batch))
+
+    def __len__(self) -> int:
+        """``max_steps`` where the stream cannot end first (:func:`stream_length`); else a
+        ``TypeError`` (what ``len()`` of an unsized iterable raises)."""
+        n = stream_length(self.cfg, self.max_steps)
+        if n is None:
+            raise TypeError(f"{type(self).__name__} has no known length: give max_steps, and "
+                            "no source may end (max_epochs unset, on_exhausted: renormalize)")
+        return n
+
+    def __bool__(self) -> bool:  # truthiness never asks for a length that may be unknown
+        return True
+
+
+def _steps_until(loader: MixedLoader, end: int | None) -> Iterator[Step]:
+    """The loader's steps until its step ``end`` (None: until the stream ends)."""
+    while end is None or loader.step < end:
+        step = loader.next_step()
+        if step is None:
+            return
+        yield step
+
+
+class MixbatchDataset(_Stream, IterableDataset):
     """This rank's batches of the mixed stream, as tensors; see the module docstring."""
 
     def __init__(self, cfg: Config, rank: int | None = None, world_size: int | None = None,
@@ -61,44 +113,24 @@ class MixbatchDataset(IterableDataset):
                  fields: str | Iterable[str] | None = None,
                  batch_format: str = "mixbatch") -> None:
         super().__init__()
-        self.cfg = cfg
-        self.rank, self.world_size = rank, world_size
-        self.max_steps = max_steps
-        fields, self._convert = batch_formatter(batch_format, fields)
-        self.fields = resolve_fields(fields)
+        self._stream(cfg, rank, world_size, max_steps, fields, batch_format)
         self._start: dict[str, Any] | None = copy.deepcopy(state)
         self._lane_offset: int | None = None
-        self._loader: MixedLoader | None = None
-        self._last: tuple | None = None
-        self._mixer = _mixer(cfg)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        loader = self._loader = MixedLoader(self.cfg, self.rank, self.world_size)
-        if self._start is not None:
-            loader.load_state_dict(self._start)
+        loader = self._open(self._start)
         info = get_worker_info()
         wid, nw = (0, 1) if info is None else (info.id, info.num_workers)
         lane0 = loader.step if self._lane_offset is None else self._lane_offset
         self._lane_offset = lane0
-        end = None if self.max_steps is None else lane0 + self.max_steps
-        while end is None or loader.step < end:
-            step = loader.next_step()
-            if step is None:
-                return
+        for step in _steps_until(loader, None if self.max_steps is None
+                                 else lane0 + self.max_steps):
             if (step.index - lane0) % nw != wid:
                 continue
             batch = (to_tensors(loader.batch_of(step)) if step.objective is not None  # examples
                      else fields_on_cpu(loader.compact_of(step), self.fields))
             self._last = loader.snapshot()
-            yield self._convert(_mix(self._mixer, batch))
-
-    def __len__(self) -> int:
-        """``max_steps`` where the stream cannot end first (:func:`stream_length`); else a
-        ``TypeError`` (what ``len()`` of an unsized iterable raises)."""
-        return _length(self)
-
-    def __bool__(self) -> bool:  # truthiness never asks for a length that may be unknown
-        return True
+            yield self._out(batch)
 
     # torchdata's Stateful protocol (called inside each worker by StatefulDataLoader)
     def state_dict(self) -> dict[str, Any]:
@@ -172,14 +204,6 @@ def stream_length(cfg: Config, max_steps: int | None) -> int | None:
     return max_steps
 
 
-def _length(obj: Any) -> int:
-    n = stream_length(obj.cfg, obj.max_steps)
-    if n is None:
-        raise TypeError(f"{type(obj).__name__} has no known length: give max_steps, and no "
-                        "source may end (max_epochs unset, on_exhausted: renormalize)")
-    return n
-
-
 def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
@@ -228,7 +252,7 @@ class _Reader:
 _OPTIONS = ("pin_memory", "prefetch_factor", "device", "non_blocking", "adaptive")
 
 
-class MixbatchDataLoader:
+class MixbatchDataLoader(_Stream):
     """Batches of this rank as tensors, with ``state_dict()`` after the last one handed out.
 
     Args:
@@ -271,12 +295,8 @@ class MixbatchDataLoader:
             raise ConfigError(f"num_workers: must be an integer >= 0, got {num_workers!r}")
         if max_steps is not None and (isinstance(max_steps, bool) or max_steps < 0):
             raise ConfigError(f"max_steps: must be an integer >= 0, got {max_steps!r}")
-        self.cfg = cfg
-        self.rank, self.world_size = rank, world_size
+        self._stream(cfg, rank, world_size, max_steps, fields, batch_format)
         self.num_workers = num_workers
-        self.max_steps = max_steps
-        fields, self._convert = batch_formatter(batch_format, fields)
-        self.fields = resolve_fields(fields)
         self.transform = transform
         self.pin_memory = bool(options.get("pin_memory", False))
         self._pin = False  # pin_memory, and CUDA is here (set when iteration starts)
@@ -287,18 +307,7 @@ class MixbatchDataLoader:
         self.prefetch = int(options.get("prefetch_factor", 2))
         self.adaptive = bool(options.get("adaptive", True))
         self._state = copy.deepcopy(state)
-        self._loader: MixedLoader | None = None
-        self._last: tuple | None = None
         self._readers: StepReaders | None = None  # the workers of the running iteration
-        self._mixer = _mixer(cfg)
-
-    def __len__(self) -> int:
-        """``max_steps`` where the stream cannot end first (:func:`stream_length`); else a
-        ``TypeError`` (what ``len()`` of an unsized iterable raises)."""
-        return _length(self)
-
-    def __bool__(self) -> bool:  # truthiness never asks for a length that may be unknown
-        return True
 
     @property
     def worker_pids(self) -> list[int]:
@@ -315,7 +324,7 @@ class MixbatchDataLoader:
 
     def _handed(self, batch: dict[str, Any]) -> dict[str, Any]:
         """A batch whose fields a worker derived: as tensors (pinned when asked)."""
-        return self._convert(_mix(self._mixer, self._pinned(to_tensors(batch))))
+        return self._out(self._pinned(to_tensors(batch)))
 
     def _finish(self, compact: dict[str, Any]) -> dict[str, Any]:
         if self.device is not None:
@@ -323,24 +332,19 @@ class MixbatchDataLoader:
             batch = to_device(t, self.device, self.fields, self.non_blocking)
         else:
             batch = self._pinned(fields_on_cpu(compact, self.fields))
-        return self._convert(_mix(self._mixer, batch))
+        return self._out(batch)
 
-    def _steps(self, loader: MixedLoader) -> Iterator[Any]:
-        end = None if self.max_steps is None else loader.step + self.max_steps
-        while end is None or loader.step < end:
-            step = loader.next_step()
-            if step is None:
-                return
-            yield step
+    def _steps(self, loader: MixedLoader) -> Iterator[Step]:
+        """The steps of an iteration: ``max_steps`` from where the loader starts."""
+        yield from _steps_until(loader, None if self.max_steps is None
+                                else loader.step + self.max_steps)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self._pin = self.pin_memory and torch.cuda.is_available()
         if self.pin_memory and not self._pin:
             warnings.warn("pin_memory: no CUDA device here, batches are not pinned",
                           stacklevel=2)
-        loader = self._loader = MixedLoader(self.cfg, self.rank, self.world_size)
-        if self._state is not None:
-            loader.load_state_dict(self._state)
+        loader = self._open(self._state)
         if loader.objectives is not None:  # objectives: rows become examples in this process
             if self.transform is not None:
                 raise ConfigError("transform: runs on compact token rows; with `objectives:` "

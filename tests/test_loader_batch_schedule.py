@@ -241,10 +241,14 @@ def test_changes_in_state_and_checked(base: dict) -> None:
     list(ld.steps(2))
     ld.set_batch_size(8)
     state = ld.state_dict()
-    assert state["batch_size_changes"] == [[3, 16], [5, 8]]
+    assert state["batch_size_changes"] == [[5, 8]]  # the last change: O(1) however many
     fresh = _make(base, {"batch_size": 4, "max_batch_size": 16}, world=2)
     fresh.load_state_dict(state)
     assert fresh.rows_per_step == 8
+    old = {**state, "batch_size_changes": [[3, 16], [5, 8]]}  # states that kept every change
+    again = _make(base, {"batch_size": 4, "max_batch_size": 16})
+    again.load_state_dict(old)
+    assert again.rows_per_step == 8 and again.state_dict()["batch_size_changes"] == [[5, 8]]
     bad = {**state, "batch_size_changes": [[3, 16], [2, 8]]}
     with pytest.raises(StateError, match=r"batch_size_changes.1.step: 2 is out of order"):
         fresh.load_state_dict(bad)

@@ -150,14 +150,15 @@ def test_run_time_change_kept_in_state(base: dict) -> None:  # noqa: F811
     _run(ld, 2, {})
     ld.set_token_budget(128)
     state = ld.state_dict()
-    assert state["token_budget_changes"] == [[3, 512], [5, 128]]
+    assert state["token_budget_changes"] == [[5, 128]]  # the last change only
     fresh = _make(base, _batch("pad_buckets", 256, max_token_budget=512), world=2)
     fresh.load_state_dict(state)
     assert fresh.token_budget == 128
     with pytest.raises(StateError, match=r"token_budget_changes.1.step: 2 is out of order"):
         fresh.load_state_dict({**state, "token_budget_changes": [[3, 512], [2, 128]]})
     with pytest.raises(StateError, match="above this run's largest budget"):
-        _make(base, _batch("pad_buckets", 256)).load_state_dict(state)
+        _make(base, _batch("pad_buckets", 256)).load_state_dict(
+            {**state, "token_budget_changes": [[3, 512], [5, 128]]})
     with pytest.raises(StateError, match=r"token_budget_changes.0.budget: 100 cannot hold"):
         fresh.load_state_dict({**state, "token_budget_changes": [[3, 100]]})
     with pytest.raises(StateError, match="has no token budget"):

@@ -23,7 +23,7 @@ The rows of a step follow ``batch.batch_size`` (a number or a schedule of stages
 kept in the state). A loader step is one forward on every rank: with ``batch.grad_accum = k`` a
 step has ``global / k`` rows and an optimizer step is ``k`` loader steps. The row stream of the
 fixed-row packings does not depend on the step size, so the mixture stays exact and the state
-O(K) (plus one pair per run-time change) across a change, at any world size that divides it.
+O(K) (plus the last run-time change) across a change, at any world size that divides it.
 The token-budget packings take ``batch.token_budget`` the same way (a number or stages, and
 :meth:`MixedLoader.set_token_budget`); both live in :mod:`mixbatch.loader.sizes`.
 

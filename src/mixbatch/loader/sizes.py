@@ -77,7 +77,7 @@ class StepSizes:
     def set_batch_size(self, batch_size: int) -> None:
         """Change the global batch (rows per optimizer step, all ranks, as ``batch.batch_size``)
         from the next step on; it replaces the schedule from here, across resume too (the state
-        keeps each change). The mixture stays exact: the row stream does not depend on it."""
+        keeps the last change). The mixture stays exact: the row stream does not depend on it."""
         b = self.cfg.batch
         if self.rows_schedule is None:
             raise ConfigError(f"set_batch_size: packing {b.packing.value!r} sets each step's rows "
@@ -93,9 +93,7 @@ class StepSizes:
         if self.changes and rows == self.changes[-1][1]:
             return  # pinned at this size already
         self._drop_block()
-        if self.changes and self.changes[-1][0] == self.step:
-            self.changes.pop()
-        self.changes.append([self.step, rows])
+        self.changes = [[self.step, rows]]  # only the last change is read: state stays O(1)
         self.feed.path = self.weight_path()
 
     @property
@@ -110,7 +108,7 @@ class StepSizes:
 
     def set_token_budget(self, token_budget: int) -> None:
         """Change the tokens per step (``batch.token_budget``) from the next step on; it
-        replaces the schedule from here, across resume too (the state keeps each change). The
+        replaces the schedule from here, across resume too (the state keeps the last change). The
         open window's steps not handed out yet are planned again with it, so the mixture stays
         exact at the window's end and every rank sees the same steps."""
         b = self.cfg.batch
@@ -128,9 +126,7 @@ class StepSizes:
         self.shaper.check_budget(budget, "set_token_budget")  # type: ignore[attr-defined]
         if self.budget_changes and budget == self.budget_changes[-1][1]:
             return
-        if self.budget_changes and self.budget_changes[-1][0] == self.step:
-            self.budget_changes.pop()
-        self.budget_changes.append([self.step, budget])
+        self.budget_changes = [[self.step, budget]]  # the last change is all that is read
 
     def _state_pairs(self, raw: Any, step: int, key: str, value: str, what: str,
                      scheduled: bool) -> list[tuple[str, int, int]]:

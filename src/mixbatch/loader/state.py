@@ -190,8 +190,8 @@ class LoaderState:
             self.tokens_planned = tokens
             self.override = None if override is None else self.mixture.vector(override)
             self.stats.load_state_dict(stats)
-            self.changes = changes
-            self.budget_changes = budget_changes
+            self.changes = changes[-1:]  # older states kept every change; the last rules
+            self.budget_changes = budget_changes[-1:]
             self.feed.path = self.weight_path()
             check_objective_state(self.objectives, state)
             if replay is not None:

@@ -9,7 +9,7 @@ of stages.
 
 The schedule is a pure function of the clock; a run-time change (:meth:`RowsSchedule.rows_at`
 with an ``override``) replaces it from the step it is made on, and the loader keeps the
-changes in its state (one pair per change). Packings whose step of ``n·R`` rows is ``n`` steps
+last change in its state (one pair). Packings whose step of ``n·R`` rows is ``n`` steps
 of ``R`` rows make the row stream independent of the step size, so the mixture stays exact
 across a change and the rank split only has to divide each step's rows.
 

@@ -194,8 +194,10 @@ def make_config(corpus: Corpus, mode: str, args: argparse.Namespace, balance: bo
     from mixbatch.config import config_from_dict
 
     L, B = args.seq_len, args.batch_size
-    batch: dict[str, Any] = {"seq_len": L, "batch_size": B, "packing": mode, "balance": balance}
-    if mode in ("buckets", "pad_buckets"):
+    batch: dict[str, Any] = {"seq_len": L, "packing": mode, "balance": balance}
+    if mode not in ("buckets", "pad_buckets"):  # a budget mode's step takes no batch size
+        batch["batch_size"] = B
+    else:
         batch.update(token_budget=B * L,
                      row_multiple=args.row_multiple if row_multiple is None else row_multiple)
     if mode == "pad_buckets":
@@ -241,13 +243,13 @@ def run_mixbatch(corpus: Corpus, cfg, batches: bool, world_size: int = 1) -> dic
     per_step: list[tuple[int, int, int, float]] = []
     add = loader.stats.add
 
-    def record(plan: Any, rank_costs: np.ndarray | None = None) -> None:
+    def record(plan: Any, rank_costs: np.ndarray | None = None, *rest: Any) -> Any:
         ratio = 1.0
         if rank_costs is not None and len(rank_costs) and rank_costs.mean() > 0:
             ratio = float(rank_costs.max() / rank_costs.mean())
         per_step.append((int(plan.pad.sum()), plan.rows * plan.seq_len,
                          int((plan.end - plan.start).sum()), ratio))
-        add(plan, rank_costs)
+        return add(plan, rank_costs, *rest)
 
     loader.stats.add = record  # type: ignore[method-assign]
     next_step = loader.next_step

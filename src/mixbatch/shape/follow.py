@@ -47,6 +47,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from mixbatch.shape.follow_repair import repair_order
+
 __all__ = ["Drift", "by_samples", "follow_counts", "follow_order", "stream_composition"]
 
 
@@ -132,116 +134,6 @@ def _follow(comp: np.ndarray, total: np.ndarray, tie: np.ndarray, cum_t: np.ndar
     return out
 
 
-@numba.njit(cache=True, nogil=True)
-def _devs(order: np.ndarray, a: int, b: int, c0: np.ndarray, t0: float, comp: np.ndarray,
-          total: np.ndarray, cum_t: np.ndarray, cum_s: np.ndarray, src: np.ndarray,
-          group: np.ndarray, size: np.ndarray, share: np.ndarray, slack: np.ndarray,
-          g0: np.ndarray, stop: float) -> tuple[float, float]:  # pragma: no cover
-    """From the state before position ``a`` (``c0``, ``t0``, ``g0``), the largest
-    ``|c_i - C_i(t)|`` after each of positions ``a..b`` and the summed group excess over the
-    slack there (an infinite excess once the deviation reaches ``stop``)."""
-    k = comp.shape[1]
-    p_last = src.shape[0]
-    c = c0.copy()
-    g = g0.copy()
-    t = t0
-    worst = 0.0
-    excess = 0.0
-    for m in range(a, b + 1):
-        j = order[m]
-        gj = group[j]
-        over = g[gj] + size[j] - share[gj] * (t + size[j]) - slack[gj]
-        if over > 0:
-            excess += over
-        g[gj] += size[j]
-        t += total[j]
-        if t >= cum_t[p_last]:
-            p = p_last
-            inside = 0.0
-        else:
-            p = np.searchsorted(cum_t, t, side="right") - 1
-            inside = t - cum_t[p]
-        for i in range(k):
-            c[i] += comp[j, i]
-            target = cum_s[p, i]
-            if p < p_last and src[p] == i:
-                target += inside
-            d = abs(c[i] - target)
-            if d > worst:
-                worst = d
-        if worst >= stop:
-            return worst, np.inf
-    return worst, excess
-
-
-@numba.njit(cache=True, nogil=True)
-def _repair(order: np.ndarray, near: int, enough: float, comp: np.ndarray, total: np.ndarray,
-            cum_t: np.ndarray, cum_s: np.ndarray, src: np.ndarray, group: np.ndarray,
-            size: np.ndarray, share: np.ndarray, slack: np.ndarray
-            ) -> np.ndarray:  # pragma: no cover (compiled)
-    """The local search after the greedy (module docstring, "Repair")."""
-    n, k = comp.shape
-    order = order.copy()
-    trial = order.copy()
-    n_groups = share.shape[0]
-    cs = np.zeros((n + 1, k))
-    gs = np.zeros((n + 1, n_groups))
-    ts = np.zeros(n + 1)
-    devm = np.zeros(n)
-    exm = np.zeros(n)
-    for _ in range(n):
-        # the state before every position, the deviation after it and its group excess
-        for m in range(n):
-            j = order[m]
-            cs[m + 1] = cs[m]
-            gs[m + 1] = gs[m]
-            for i in range(k):
-                cs[m + 1, i] += comp[j, i]
-            gs[m + 1, group[j]] += size[j]
-            ts[m + 1] = ts[m] + total[j]
-        for m in range(n):
-            devm[m], exm[m] = _devs(order, m, m, cs[m], ts[m], comp, total, cum_t, cum_s, src,
-                                    group, size, share, slack, gs[m], np.inf)
-        at = int(np.argmax(devm[:n - 1]))  # the last boundary is the window's end: exact
-        best_w = devm[at]
-        if best_w <= enough:
-            break
-        best_a = best_b = best_how = -1
-        for a in range(at + 1):
-            ox = exm[a:at + 1].sum()
-            for b in range(at + 1, n):
-                ox += exm[b]
-                if at - a > near and b - at - 1 > near:
-                    continue  # one of the two items within `near` of the worst boundary
-                for how in range(3):  # swap a and b; move a to b; move b to a
-                    if how == 0:
-                        trial[a], trial[b] = order[b], order[a]
-                    elif how == 1:
-                        trial[a:b] = order[a + 1:b + 1]
-                        trial[b] = order[a]
-                    else:
-                        trial[a + 1:b + 1] = order[a:b]
-                        trial[a] = order[b]
-                    nw, nx = _devs(trial, a, b, cs[a], ts[a], comp, total, cum_t, cum_s, src,
-                                   group, size, share, slack, gs[a], best_w)
-                    trial[a:b + 1] = order[a:b + 1]
-                    if nw < best_w and nx <= ox + 1e-9:
-                        best_w, best_a, best_b, best_how = nw, a, b, how
-        if best_a < 0:
-            break
-        a, b = best_a, best_b
-        seg = order[a:b + 1].copy()
-        if best_how == 0:
-            order[a], order[b] = seg[-1], seg[0]
-        elif best_how == 1:
-            order[a:b] = seg[1:]
-            order[b] = seg[0]
-        else:
-            order[a + 1:b + 1] = seg[:-1]
-            order[a] = seg[-1]
-    return order
-
-
 def _kinds(comp: np.ndarray, gid: np.ndarray, sizes: np.ndarray,
            tie: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Items grouped by kind (composition, group, size), each kind's members by ``tie``:
@@ -298,8 +190,8 @@ def follow_order(composition: np.ndarray, tie: np.ndarray, stream_source: np.nda
     order = _follow(comp, total, tie, cum_t, cum_s, src, gid, sizes, share, slack, members,
                     first)
     if repair > 0:
-        order = _repair(order, int(repair), float(enough), comp, total, cum_t, cum_s, src,
-                        gid, sizes, share, slack)
+        order = repair_order(order, int(repair), float(enough), comp, total, cum_t, cum_s,
+                             src, gid, sizes, share, slack)
     return order
 
 

@@ -223,6 +223,9 @@ def _repair(order: np.ndarray, near: int, enough: float, comp: np.ndarray, total
     table = np.zeros(1, dtype=np.int64)
     q = eps = 0.0
     for _ in range(n):
+        trial[:] = order  # a trial is built on the current order (the plain search read the
+        # order before the last change at the round's first trial: same result on every
+        # window measured, benchmarks/RESULTS.md)
         # the state before every position, the deviation after it and its group excess
         for m in range(n):
             j = order[m]

@@ -103,9 +103,11 @@ import numpy as np
 from mixbatch.errors import ConfigError, DataError, MixbatchInternalError
 from mixbatch.limits import WINDOW_BUDGETS
 from mixbatch.plan.interleave import Interleaver
-from mixbatch.plan.permutation import derive_key, keyed_order
+from mixbatch.plan.permutation import derive_key
+from mixbatch.ranges import span_positions
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.follow import by_samples, follow_order
+from mixbatch.shape.pad_plan import cut_runs, keyed_orders, pool_parts
 from mixbatch.shape.window import Budgeted, BudgetShaper, WindowReplay
 
 __all__ = ["PadBucketShaper", "equal_token_edges"]
@@ -244,44 +246,26 @@ class PadBucketShaper(BudgetShaper):
         self.window.load_state_dict(state)
 
     # -- planning (pure)
+    def _row_costs(self, e: np.ndarray, second: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each row's cost at its own width, and its second length's (two dimensions)."""
+        cost = self.cost(self.widths(e).astype(np.float64))
+        if second is None:
+            return cost, None
+        return cost, self.second_weight * self.cost(np.asarray(second, np.float64))
+
     def cut_batches(self, e: np.ndarray, second: np.ndarray | None = None
                     ) -> list[tuple[int, int]]:
         """``[start, end)`` of each batch of one bucket's rows (lengths ``e``, and ``second``
         lengths in two dimensions), in the given order (module docstring: Batches).
 
         The cost of the first ``b`` rows only grows with ``b``, so each batch is the longest
-        prefix that fits: one vectorised running maximum per batch, no loop over rows."""
+        prefix that fits (compiled: :func:`mixbatch.shape.pad_plan.cut_runs`)."""
         e = np.asarray(e, dtype=np.int64)
-        n, r, budget = len(e), self.row_multiple, self.token_budget
-        row_cost = self.cost(self.widths(e).astype(np.float64))
-        if second is not None:
-            row2 = self.second_weight * self.cost(np.asarray(second, np.float64))
-        out: list[tuple[int, int]] = []
-        i = 0
-        while i < n:
-            first = row_cost[i] + (row2[i] if second is not None else 0.0)
-            g = int(budget // max(first, 1.0)) + r  # at most this many fit
-            while True:
-                j = min(n, i + g)
-                c = np.maximum.accumulate(row_cost[i:j])
-                if second is not None:
-                    c = c + np.maximum.accumulate(row2[i:j])
-                b = np.arange(1, j - i + 1, dtype=np.int64)
-                fits = (-(-b // r) * r) * c <= budget
-                if not fits.all():
-                    k = int(np.argmin(fits))
-                    break
-                if j == n:
-                    k = j - i
-                    break
-                g *= 2
-            if k == 0:  # excluded by the checks of token_budget and of every document
-                raise MixbatchInternalError("pad_buckets: a row does not fit the budget")
-            if i + k < n and k % r and k > r:
-                k -= k % r
-            out.append((i, i + k))
-            i += k
-        return out
+        cost, cost2 = self._row_costs(e, second)
+        starts, _ = cut_runs(cost, cost2, np.array([0, len(e)]), self.row_multiple,
+                             self.token_budget)
+        return list(zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True))
 
     def _check_second(self, docs: Docs, e: np.ndarray) -> np.ndarray:
         """Which documents are kept (second length within ``second_max``); raise on one that
@@ -317,38 +301,75 @@ class PadBucketShaper(BudgetShaper):
                                      side="left")
         return bucket * self.second_buckets + sub
 
-    def _full(self, batch: np.ndarray, e: np.ndarray, s: np.ndarray | None) -> bool:
-        """Whether ``row_multiple`` more rows as wide as the batch's would break the budget."""
+    def _full(self, e_max: np.ndarray, s_max: np.ndarray | None, n: np.ndarray) -> np.ndarray:
+        """Per batch (longest row ``e_max``, longest second length ``s_max``, ``n`` rows):
+        whether ``row_multiple`` more rows as wide would break the budget."""
         r = self.row_multiple
-        rows = -(-len(batch) // r) * r + r
-        cost = self.cost(float(self.width(int(e[batch].max()))))
-        if s is not None:
-            cost += self.second_weight * self.cost(float(s[batch].max()))
-        return bool(rows * cost > self.token_budget)
+        rows = -(-n // r) * r + r
+        cost = self.cost(self.widths(e_max).astype(np.float64))
+        if s_max is not None:
+            cost = cost + self.second_weight * self.cost(s_max.astype(np.float64))
+        return rows * cost > self.token_budget
 
-    def _shuffled(self, batches: list[np.ndarray], key: int, out: list[np.ndarray]) -> None:
-        """Append a pool's batches to ``out`` in a keyed order (sorted pools only)."""
-        if self.sort_pool and len(batches) > 1:
-            batches = [batches[k] for k in keyed_order(len(batches), key).tolist()]
-        out.extend(batches)
+    def _sorted(self, idx: np.ndarray, e: np.ndarray, s: np.ndarray | None,
+                part: np.ndarray | None = None) -> np.ndarray:
+        """``idx`` sorted by (``part``,) length, then second length, ties in the given order
+        (``idx`` ascending)."""
+        keys: tuple[np.ndarray, ...] = (idx, e[idx]) if s is None else (idx, s[idx], e[idx])
+        return idx[np.lexsort(keys if part is None else (*keys, part))]
 
-    @staticmethod
-    def _by_length(idx: np.ndarray, e: np.ndarray, s: np.ndarray | None) -> np.ndarray:
-        """``idx`` sorted by length (then second length), ties in the given order."""
-        keys = (idx, e[idx]) if s is None else (idx, s[idx], e[idx])
-        return idx[np.lexsort(keys)]
-
-    def _pools(self, idx: np.ndarray, tokens: np.ndarray, e: np.ndarray,
-               s: np.ndarray | None) -> list[np.ndarray]:
-        """A bucket's rows (window indices in stream order) in pools, each sorted by length."""
-        if self.sort_pool == 0 or len(idx) <= 1:
-            return [idx]
-        cum = np.cumsum(tokens[idx])
-        per = float(self.sort_pool) * self.token_budget
-        last = max(round(float(cum[-1]) / per), 1) - 1  # a short tail joins the pool before it
-        pool = np.minimum((cum - tokens[idx]) // per, last).astype(np.int64)
-        cuts = np.flatnonzero(np.diff(pool)) + 1
-        return [self._by_length(part, e, s) for part in np.split(idx, cuts)]
+    def _batches(self, docs: Docs, e: np.ndarray, s: np.ndarray | None, weight: np.ndarray,
+                 bucket: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                np.ndarray]:
+        """The window's batches before their hand-out order (module docstring: Batches,
+        Sorted pools): ``(documents, rows per batch, bucket per batch)``, each batch's
+        documents back to back; every bucket's pools in order, each pool's batches in its
+        keyed order, then the pools' part-filled leftovers cut again (bucket -1)."""
+        key = derive_key(0, "pad-buckets", int(docs.source[0]), int(docs.doc[0]), len(docs),
+                         int(docs.length.sum()))
+        runs = kept[np.argsort(bucket[kept], kind="stable")]  # by bucket, stream order
+        rb = bucket[runs]
+        run_start = np.flatnonzero(np.concatenate([[True], rb[1:] != rb[:-1], [True]]))
+        pooled = self.sort_pool > 0
+        part = pool_parts(weight[runs], run_start, float(self.sort_pool) * self.token_budget,
+                          pooled)
+        ordered = self._sorted(runs, e, s, part) if pooled else runs
+        n_parts = int(part[-1]) + 1
+        part_start = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=n_parts))])
+        s_o = None if s is None else s[ordered]
+        starts, bpart = cut_runs(*self._row_costs(e[ordered], s_o), part_start,
+                                 self.row_multiple, self.token_budget)
+        size = np.diff(starts)
+        part_bucket = bucket[ordered[part_start[:-1]]]
+        if not pooled:
+            return ordered, size, part_bucket[bpart]
+        e_max = np.maximum.reduceat(e[ordered], starts[:-1])
+        s_max = None if s_o is None else np.maximum.reduceat(s_o, starts[:-1])
+        last = np.concatenate([bpart[1:] != bpart[:-1], [True]])
+        left = last & ~self._full(e_max, s_max, size)  # a pool's part-filled last batch
+        # each pool's other batches in its keyed order
+        kb = np.flatnonzero(~left)
+        per_part = np.bincount(bpart[kb], minlength=n_parts)
+        ordinal = np.arange(n_parts) - np.searchsorted(part_bucket, part_bucket, side="left")
+        keys = [derive_key(key, b, p) if c > 1 else 0 for b, p, c in zip(
+            part_bucket.tolist(), ordinal.tolist(), per_part.tolist(), strict=True)]
+        kb = kb[np.repeat(np.cumsum(per_part) - per_part, per_part)
+                + keyed_orders(keys, per_part)]
+        docs_out = [ordered[span_positions(starts[kb], size[kb])]]
+        sizes, buckets = [size[kb]], [part_bucket[bpart[kb]]]
+        lb = np.flatnonzero(left)
+        if lb.size:  # sorted together and cut again: a few full batches, not one per pool
+            rest = self._sorted(np.sort(ordered[span_positions(starts[lb], size[lb])]), e, s)
+            r_starts, _ = cut_runs(*self._row_costs(e[rest], None if s is None else s[rest]),
+                                   np.array([0, len(rest)]), self.row_multiple,
+                                   self.token_budget)
+            r_size = np.diff(r_starts)
+            pick = keyed_orders([derive_key(key, "rest") if len(r_size) > 1 else 0],
+                                np.array([len(r_size)]))
+            docs_out.append(rest[span_positions(r_starts[pick], r_size[pick])])
+            sizes.append(r_size[pick])
+            buckets.append(np.full(len(pick), -1, dtype=np.int64))
+        return np.concatenate(docs_out), np.concatenate(sizes), np.concatenate(buckets)
 
     def plan_window(self, docs: Docs, run_start: bool) -> tuple[Any, ...]:
         """All steps of one window; skipped documents (and their tokens, as truncated) are
@@ -371,51 +392,31 @@ class PadBucketShaper(BudgetShaper):
             weight = weight + self.second_weight * s
         bucket = np.full(len(docs), -1, dtype=np.int64)
         bucket[kept] = self._buckets(e[kept], None if s is None else s[kept])
-        key = derive_key(0, "pad-buckets", int(docs.source[0]), int(docs.doc[0]), len(docs),
-                         int(docs.length.sum())) if len(docs) else 0
-        members: list[np.ndarray] = []  # per batch: document indices in the window
-        batch_bucket: list[int] = []
-        leftover: list[np.ndarray] = []  # part-filled last batches of the pools
-        for b in np.unique(bucket[kept]).tolist():
-            idx = np.flatnonzero(bucket == b)
-            for p, pool in enumerate(self._pools(idx, weight, e, s)):
-                batches = [pool[a:z] for a, z in self.cut_batches(
-                    e[pool], None if s is None else s[pool])]
-                if self.sort_pool and not self._full(batches[-1], e, s):
-                    leftover.append(batches.pop())
-                self._shuffled(batches, derive_key(key, b, p), members)
-                batch_bucket.extend([b] * (len(members) - len(batch_bucket)))
-        if leftover:  # sorted together and cut again: a few full batches, not one per pool
-            rest = self._by_length(np.sort(np.concatenate(leftover)), e, s)
-            cuts = self.cut_batches(e[rest], None if s is None else s[rest])
-            self._shuffled([rest[a:z] for a, z in cuts], derive_key(key, "rest"), members)
-            batch_bucket.extend([-1] * (len(members) - len(batch_bucket)))
         plans: list[StepPlan] = []
-        if not members:
+        if not len(kept):
             return plans, skipped_tokens, skipped_docs
-        counts = np.array([len(m) for m in members], dtype=np.int64)
+        flat, counts, batch_bucket = self._batches(docs, e, s, weight, bucket, kept)
         firsts = np.cumsum(counts) - counts
-        flat = np.concatenate(members)
         batch_tokens = np.add.reduceat(weight[flat], firsts).astype(np.int64)
-        by_bucket = _interleave_by_tokens(np.asarray(batch_bucket, dtype=np.int64), batch_tokens)
+        by_bucket = _interleave_by_tokens(batch_bucket, batch_tokens)
         # hand the batches out so that the sources follow the planned stream step by step
         # (mixbatch.shape.follow); among equal choices, in the buckets' interleaving
         n_src = int(docs.source.max()) + 1
         # by tokens a batch counts its tokens; by samples its documents
         fed = np.where(keep, 1 if self._samples else end - start, 0)
-        which = np.repeat(np.arange(len(members)), counts)
+        n_b = len(counts)
+        which = np.repeat(np.arange(n_b), counts)
         comp = np.bincount(which * n_src + docs.source[flat].astype(np.int64),
-                           weights=fed[flat], minlength=len(members) * n_src
-                           ).reshape(len(members), n_src)
-        tie = np.empty(len(members), dtype=np.int64)
-        tie[by_bucket] = np.arange(len(members))
+                           weights=fed[flat], minlength=n_b * n_src).reshape(n_b, n_src)
+        tie = np.empty(n_b, dtype=np.int64)
+        tie[by_bucket] = np.arange(n_b)
         # then repaired (local search) until every boundary is within 1.25 seq_len of the
         # stream (measured on real text; the module docstring)
-        order = follow_order(comp, tie, docs.source, fed, group=np.asarray(batch_bucket),
+        order = follow_order(comp, tie, docs.source, fed, group=batch_bucket,
                              repair=REPAIR_NEAR,
                              enough=REPAIR_ENOUGH * (1 if self._samples else L))
         # every per-document array once, in step order; a step's arrays are slices of them
-        flat = np.concatenate([members[k] for k in order.tolist()])
+        flat = flat[span_positions(firsts[order], counts[order])]
         counts = counts[order]
         firsts = np.cumsum(counts) - counts
         e_f = e[flat]
@@ -436,28 +437,32 @@ class PadBucketShaper(BudgetShaper):
         most = int(counts.max())
         row_ids = np.arange(most, dtype=np.int32)
         zeros = np.zeros(most, dtype=np.int64)
-        for j in range(len(order)):
-            a, n, rows = int(firsts[j]), int(counts[j]), int(rows_of[j])
-            width, padding = int(width_of[j]), int(padding_of[j])
-            pad = np.empty(rows, dtype=np.int64)
-            pad[:n] = pad_f[a:a + n]
-            pad[n:] = width
-            stats: dict[str, Any] = {"bucket": batch_bucket[int(order[j])], "padding": padding,
+        # every step's pad (its rows, then its empty rows), back to back
+        row_first = np.cumsum(rows_of) - rows_of
+        pad_all = np.repeat(width_of, rows_of)
+        pad_all[span_positions(row_first, counts)] = pad_f
+        buckets = batch_bucket[order].tolist()
+        cost_l = cost_of.tolist()
+        if s is not None:
+            second2 = list(zip(w2_of.tolist(), pad2_of.tolist(), pos2_of.tolist(), strict=True))
+        for j, (a, n, rows, rf, width, padding, truncated) in enumerate(zip(
+                firsts.tolist(), counts.tolist(), rows_of.tolist(), row_first.tolist(),
+                width_of.tolist(), padding_of.tolist(), cut_of.tolist(), strict=True)):
+            z = a + n
+            stats: dict[str, Any] = {"bucket": buckets[j], "padding": padding,
                                      "pad_fraction": padding / (rows * width),
-                                     "empty_rows": rows - n, "cost": float(cost_of[j])}
+                                     "empty_rows": rows - n, "cost": cost_l[j]}
             second = None
             if s is not None:
-                second = s_f[a:a + n]
-                stats.update(second_width=int(w2_of[j]), second_padding=int(pad2_of[j]),
-                             second_positions=int(pos2_of[j]))
-            truncated = int(cut_of[j])
+                second = s_f[a:z]
+                w2, pad2, pos2 = second2[j]
+                stats.update(second_width=w2, second_padding=pad2, second_positions=pos2)
             if j == 0:
                 truncated += skipped_tokens
                 if skipped_docs:
                     stats["skipped_docs"] = skipped_docs
-            plans.append(StepPlan(rows, width, row_ids[:n], zeros[:n], src_f[a:a + n],
-                                  doc_f[a:a + n], start_f[a:a + n], end_f[a:a + n], eod_f[a:a + n],
-                                  pad,
+            plans.append(StepPlan(rows, width, row_ids[:n], zeros[:n], src_f[a:z], doc_f[a:z],
+                                  start_f[a:z], end_f[a:z], eod_f[a:z], pad_all[rf:rf + rows],
                                   truncated, stats, second))
         return plans, 0
 

@@ -1,0 +1,142 @@
+"""Compiled steps of ``packing: pad_buckets``' window plan (:mod:`mixbatch.shape.pad_buckets`).
+
+Each function does, for every bucket or pool of a window at once, what the shaper's module
+docstring describes for one: the sorted pools of a bucket (``pool_parts``), the greedy cut of
+a sorted run of rows into batches within the budget (``cut_runs``), and the keyed order in
+which a pool's batches are handed out (``keyed_orders``, the same order as
+:func:`mixbatch.plan.permutation.keyed_order`). One call per window instead of one Python
+iteration per bucket, pool or batch.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from mixbatch.errors import MixbatchInternalError
+from mixbatch.plan.permutation import _splitmix_first
+
+__all__ = ["cut_runs", "keyed_orders", "pool_parts"]
+
+
+@numba.njit(cache=True, nogil=True)
+def _pool_parts(weight: np.ndarray, run_start: np.ndarray, per: float,
+                sort: bool) -> np.ndarray:  # pragma: no cover (compiled)
+    """Part number (from 0, over the whole window) of every entry of runs laid out back to
+    back (``run_start``: each run's first entry and the end): a run is cut where the pool
+    ``min((cum - w) // per, last)`` changes, ``cum`` its running sum of ``weight`` and
+    ``last = max(round(total / per), 1) - 1``; without ``sort`` (or for a run of one entry)
+    a run is one part."""
+    n_runs = run_start.shape[0] - 1
+    out = np.empty(run_start[n_runs], dtype=np.int64)
+    part = -1
+    for r in range(n_runs):
+        a, z = run_start[r], run_start[r + 1]
+        part += 1
+        if not sort or z - a <= 1:
+            out[a:z] = part
+            continue
+        total = 0.0
+        for m in range(a, z):
+            total += weight[m]
+        last = max(np.round(total / per), 1.0) - 1.0
+        cum = 0.0
+        prev = -1.0
+        for m in range(a, z):
+            cum += weight[m]
+            pool = min((cum - weight[m]) // per, last)
+            if m > a and pool != prev:
+                part += 1
+            prev = pool
+            out[m] = part
+    return out
+
+
+def pool_parts(weight: np.ndarray, run_start: np.ndarray, per: float, sort: bool) -> np.ndarray:
+    """See :func:`_pool_parts`."""
+    return _pool_parts(np.ascontiguousarray(weight, dtype=np.float64),
+                       np.ascontiguousarray(run_start, dtype=np.int64), float(per), bool(sort))
+
+
+@numba.njit(cache=True, nogil=True)
+def _cut_runs(cost: np.ndarray, cost2: np.ndarray, two: bool, run_start: np.ndarray, r: int,
+              budget: float) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover (compiled)
+    """Batch bounds of every run: each batch the longest prefix of the rest of its run whose
+    ``ceil(b / r) r · (max cost + max cost2)`` stays within ``budget``, closed at a whole
+    number of ``r`` rows when more rows follow. ``(starts, run of each batch)``, the starts
+    followed by the end; a start of -1 when a row fits no batch."""
+    n_runs = run_start.shape[0] - 1
+    n = run_start[n_runs]
+    starts = np.empty(n + 1, dtype=np.int64)
+    runs = np.empty(n, dtype=np.int64)
+    nb = 0
+    for g in range(n_runs):
+        i, end = run_start[g], run_start[g + 1]
+        while i < end:
+            c1 = -np.inf
+            c2 = -np.inf
+            j = i
+            while j < end:
+                if cost[j] > c1:
+                    c1 = cost[j]
+                c = c1
+                if two:
+                    if cost2[j] > c2:
+                        c2 = cost2[j]
+                    c = c1 + c2
+                b = j - i + 1
+                if ((b + r - 1) // r) * r * c > budget:
+                    break
+                j += 1
+            k = j - i
+            if k == 0:
+                starts[0] = -1
+                return starts[:1], runs[:0]
+            if i + k < end and k % r and k > r:
+                k -= k % r
+            starts[nb] = i
+            runs[nb] = g
+            nb += 1
+            i += k
+    starts[nb] = n
+    return starts[:nb + 1].copy(), runs[:nb].copy()
+
+
+def cut_runs(cost: np.ndarray, cost2: np.ndarray | None, run_start: np.ndarray, r: int,
+             budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """See :func:`_cut_runs`; raise when a row fits no batch (the budget checks exclude it)."""
+    two = cost2 is not None
+    starts, runs = _cut_runs(np.ascontiguousarray(cost, dtype=np.float64),
+                             np.ascontiguousarray(cost2 if two else cost, dtype=np.float64),
+                             two, np.ascontiguousarray(run_start, dtype=np.int64), int(r),
+                             float(budget))
+    if len(starts) and starts[0] < 0:
+        raise MixbatchInternalError("pad_buckets: a row does not fit the budget")
+    return starts, runs
+
+
+@numba.njit(cache=True, nogil=True)
+def _keyed_orders(first: np.ndarray, count: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """Per group ``g`` of ``count[g]`` items laid out back to back, the keyed order of its
+    items (offsets within the group): the stable argsort of the SplitMix64 finaliser of
+    ``i + first[g]``."""
+    out = np.empty(count.sum(), dtype=np.int64)
+    at = 0
+    for g in range(count.shape[0]):
+        m = count[g]
+        z = np.empty(m, dtype=np.uint64)
+        for i in range(m):
+            x = np.uint64(i) + first[g]
+            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z[i] = x ^ (x >> np.uint64(31))
+        out[at:at + m] = np.argsort(z, kind="mergesort")
+        at += m
+    return out
+
+
+def keyed_orders(keys: list[int], count: np.ndarray) -> np.ndarray:
+    """:func:`mixbatch.plan.permutation.keyed_order` ``(count[g], keys[g])`` for every group,
+    concatenated (offsets within each group)."""
+    first = np.array([_splitmix_first(int(k)) for k in keys], dtype=np.uint64)
+    return _keyed_orders(first, np.ascontiguousarray(count, dtype=np.int64))

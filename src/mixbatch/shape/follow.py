@@ -47,7 +47,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from mixbatch.shape.follow_repair import repair_order
+from mixbatch.shape.follow_repair import locate, piece_table, repair_order
 
 __all__ = ["Drift", "by_samples", "follow_counts", "follow_order", "stream_composition"]
 
@@ -81,6 +81,7 @@ def _follow(comp: np.ndarray, total: np.ndarray, tie: np.ndarray, cum_t: np.ndar
     n, k = comp.shape
     n_kinds = first.shape[0] - 1
     nxt = first[:-1].copy()
+    table, unit = piece_table(cum_t)
     p_last = src.shape[0]
     c = np.zeros(k, dtype=np.float64)
     g_count = np.zeros(share.shape[0], dtype=np.float64)
@@ -108,7 +109,7 @@ def _follow(comp: np.ndarray, total: np.ndarray, tie: np.ndarray, cum_t: np.ndar
                 p = p_last
                 inside = 0.0
             else:
-                p = np.searchsorted(cum_t, tj, side="right") - 1
+                p = locate(cum_t, table, unit, tj)
                 inside = tj - cum_t[p]
             worst = 0.0
             sq = 0.0
@@ -139,8 +140,12 @@ def _kinds(comp: np.ndarray, gid: np.ndarray, sizes: np.ndarray,
     """Items grouped by kind (composition, group, size), each kind's members by ``tie``:
     ``(members, first)`` as :func:`_follow` reads them."""
     key = np.column_stack([comp, gid.astype(np.float64), sizes.astype(np.float64)])
-    _, kind = np.unique(key, axis=0, return_inverse=True)
-    kind = kind.ravel()
+    # kinds numbered as np.unique(key, axis=0) numbers its rows (sorted, first column first)
+    rows = np.lexsort(key.T[::-1])
+    new = np.ones(len(rows), dtype=bool)
+    new[1:] = (key[rows[1:]] != key[rows[:-1]]).any(axis=1)
+    kind = np.empty(len(rows), dtype=np.int64)
+    kind[rows] = np.cumsum(new) - 1
     members = np.lexsort((tie, kind))
     first = np.searchsorted(kind[members], np.arange(int(kind.max()) + 2))
     return members.astype(np.int64), first.astype(np.int64)

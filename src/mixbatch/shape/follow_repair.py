@@ -33,13 +33,13 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["piece_table", "repair_order"]
+__all__ = ["locate", "piece_table", "repair_order"]
 
 
 @numba.njit(cache=True, nogil=True)
 def piece_table(cum_t: np.ndarray) -> tuple[np.ndarray, float]:  # pragma: no cover (compiled)
     """``(table, q)``: ``table[x]`` is the last piece that starts at or before ``x · q`` tokens
-    (``q``: the pieces' mean tokens, at least 1), where :func:`_locate` starts its walk."""
+    (``q``: the pieces' mean tokens, at least 1), where :func:`locate` starts its walk."""
     pieces = cum_t.shape[0] - 1
     total = cum_t[pieces]
     q = max(total / max(pieces, 1), 1.0)
@@ -76,7 +76,7 @@ def _rounding(comp: np.ndarray, cum_t: np.ndarray) -> float:  # pragma: no cover
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _locate(cum_t: np.ndarray, table: np.ndarray, q: float,
+def locate(cum_t: np.ndarray, table: np.ndarray, q: float,
             t: float) -> int:  # pragma: no cover (compiled)
     """``searchsorted(cum_t, t, side="right") - 1`` for ``0 <= t < cum_t[-1]``."""
     x = int(t / q)  # t >= 0: truncation is the floor
@@ -156,7 +156,7 @@ def _trial_dev(how: int, m: int, a: int, b: int, ja: int, jb: int, cs: np.ndarra
         p = p_last
         inside = 0.0
     else:
-        p = _locate(cum_t, table, q, t)
+        p = locate(cum_t, table, q, t)
         inside = t - cum_t[p]
     worst = 0.0
     for i in range(k):
@@ -248,7 +248,7 @@ def _repair(order: np.ndarray, near: int, enough: float, comp: np.ndarray, total
         best_a = best_b = best_how = -1
         # the signed deviation at the worst boundary: a swap moves it by x_b - x_a and the
         # stream's C_i by at most |t_b - t_a| (a cheap bound before the lookup)
-        p = _locate(cum_t, table, q, ts[at + 1]) if ts[at + 1] < cum_t[-1] else len(src)
+        p = locate(cum_t, table, q, ts[at + 1]) if ts[at + 1] < cum_t[-1] else len(src)
         for i in range(k):
             e_at[i] = cs[at + 1, i] - cum_s[p, i]
             if p < len(src) and src[p] == i:

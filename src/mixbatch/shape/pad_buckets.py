@@ -105,7 +105,7 @@ from mixbatch.limits import WINDOW_BUDGETS
 from mixbatch.plan.interleave import Interleaver
 from mixbatch.plan.permutation import derive_key
 from mixbatch.ranges import span_positions
-from mixbatch.shape.base import DocFeed, Docs, StepPlan
+from mixbatch.shape.base import DocFeed, Docs, StepPlan, stable_argsort
 from mixbatch.shape.follow import by_samples, follow_order
 from mixbatch.shape.pad_plan import cut_runs, keyed_orders, pool_parts
 from mixbatch.shape.window import Budgeted, BudgetShaper, WindowReplay
@@ -124,7 +124,9 @@ def equal_token_edges(e: np.ndarray, num_buckets: int) -> np.ndarray:
     open above. ``np.searchsorted(edges, e, side="left")`` gives each length's bucket."""
     if len(e) == 0 or num_buckets <= 1:
         return np.empty(0, dtype=np.int64)
-    s = np.sort(np.asarray(e, dtype=np.int64))
+    e = np.asarray(e, dtype=np.int64)
+    s = np.sort(e.astype(np.uint16)).astype(np.int64) if e.min() >= 0 and e.max() < 1 << 16 \
+        else np.sort(e)
     cum = np.cumsum(s)
     targets = cum[-1] * np.arange(1, num_buckets, dtype=np.float64) / num_buckets
     pos = np.minimum(np.searchsorted(cum, targets, side="left"), len(s) - 1)
@@ -316,7 +318,18 @@ class PadBucketShaper(BudgetShaper):
         """``idx`` sorted by (``part``,) length, then second length, ties in the given order
         (``idx`` ascending)."""
         keys: tuple[np.ndarray, ...] = (idx, e[idx]) if s is None else (idx, s[idx], e[idx])
-        return idx[np.lexsort(keys if part is None else (*keys, part))]
+        if part is not None:
+            keys = (*keys, part)
+        # one integer key when the fields fit in 63 bits (unique, so any sort gives the order)
+        bits = [max(int(k.max()), 0).bit_length() if len(k) else 0 for k in keys]
+        if len(idx) and min(int(k.min()) for k in keys) >= 0 and sum(bits) <= 63:
+            combined = np.zeros(len(idx), dtype=np.int64)
+            shift = 0
+            for k, b in zip(keys, bits, strict=True):
+                combined |= k.astype(np.int64) << shift
+                shift += b
+            return idx[np.argsort(combined)]
+        return idx[np.lexsort(keys)]
 
     def _batches(self, docs: Docs, e: np.ndarray, s: np.ndarray | None, weight: np.ndarray,
                  bucket: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray,
@@ -327,7 +340,7 @@ class PadBucketShaper(BudgetShaper):
         keyed order, then the pools' part-filled leftovers cut again (bucket -1)."""
         key = derive_key(0, "pad-buckets", int(docs.source[0]), int(docs.doc[0]), len(docs),
                          int(docs.length.sum()))
-        runs = kept[np.argsort(bucket[kept], kind="stable")]  # by bucket, stream order
+        runs = kept[stable_argsort(bucket[kept], int(bucket.max()) + 1)]  # by bucket
         rb = bucket[runs]
         run_start = np.flatnonzero(np.concatenate([[True], rb[1:] != rb[:-1], [True]]))
         pooled = self.sort_pool > 0

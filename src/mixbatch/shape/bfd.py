@@ -58,11 +58,12 @@ the step cut into more than one piece (counted once per step that holds a piece 
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.plan.permutation import derive_key, keyed_order
@@ -109,56 +110,58 @@ def _bfd_bins(width: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray,
     """The packing of :func:`best_fit_decreasing` in packing order: ``(order, bin, n_bins)``,
     ``order`` the items widest first (ties in input order) and ``bin[j]`` the bin of item
     ``order[j]``; item ``order[j]`` is the ``j``-th to be packed."""
-    n = len(width)
     left = capacity - width  # what an item leaves of a bin of its own
     order = stable_argsort(left, capacity + 1)  # widest first, ties in input order
     left = left[order]
     # wide items (> capacity / 2) come first and each opens a bin of its own, in order
     n_wide = int(np.searchsorted(left, (capacity + 1) // 2))
-    # The open bins of each remaining capacity c form a stack, kept as a linked list:
-    # top[c] is its last bin to arrive (-1: none), below[b] the bin under b. Capacity
-    # ``capacity`` is the inexhaustible stack of fresh bins n_wide, n_wide + 1, ...
-    top = [-1] * (capacity + 1)
-    top[capacity] = n_wide
-    below = list(range(1, n + 1))
-    caps: list[int] = []  # distinct capacities with an open bin, ascending
-    if n_wide:
-        # the wide bins' capacities are sorted already, each run of equal ones in bin order
-        wide = left[:n_wide]
-        first = np.empty(n_wide, dtype=bool)
-        first[0] = True
-        np.not_equal(wide[1:], wide[:-1], out=first[1:])
-        starts = np.flatnonzero(first)
-        below_wide = np.arange(-1, n_wide - 1, dtype=np.int64)
-        below_wide[starts] = -1
-        below[:n_wide] = below_wide.tolist()
-        caps = wide[starts].tolist()
-        for c, b in zip(caps, [*(starts[1:] - 1).tolist(), n_wide - 1], strict=True):
-            top[c] = b  # the last bin of each capacity is its stack's top
-    caps.append(capacity)  # 0 may be in caps, but never fits an item
-    bins: list[int] = []
-    find, enter, add = bisect.bisect_left, bisect.insort, bins.append
-    for w in (capacity - left[n_wide:]).tolist():
-        i = find(caps, w)  # the smallest remaining capacity that fits w (C bisection)
-        c = caps[i]
-        b = top[c]  # the last bin to reach c
-        top[c] = rest = below[b]
-        add(b)
-        c -= w
-        under = top[c]
-        below[b] = under
-        top[c] = b
-        if rest < 0:  # no open bin is left with the old capacity: drop it from caps
-            if under < 0 and (i == 0 or caps[i - 1] < c):
-                caps[i] = c  # the new capacity takes its place (still sorted)
-                continue
-            del caps[i]
-        if under < 0:  # b is the only open bin with its new capacity
-            enter(caps, c)
+    out, n_bins = _place(left, n_wide, capacity)
+    return order, out, n_bins
+
+
+@numba.njit(cache=True, nogil=True)
+def _place(left: np.ndarray, n_wide: int,
+           capacity: int) -> tuple[np.ndarray, int]:  # pragma: no cover (compiled)
+    """The bins of the items in packing order (``left``: what each leaves of a bin of its own,
+    ascending; the first ``n_wide`` open a bin each) and the number of bins.
+
+    The open bins of each remaining capacity ``c`` form a stack, kept as a linked list:
+    ``top[c]`` is its last bin to arrive (-1: none), ``below[b]`` the bin under ``b``; capacity
+    ``capacity`` is the inexhaustible stack of fresh bins ``n_wide, n_wide + 1, ...``. A bitset
+    marks the capacities with an open bin, so "the smallest remaining capacity that fits
+    ``w``" is a scan of at most ``capacity / 64`` words."""
+    n = left.shape[0]
+    top = np.full(capacity + 1, -1, dtype=np.int64)
+    below = np.arange(1, n + 1, dtype=np.int64)
+    bits = np.zeros((capacity >> 6) + 1, dtype=np.uint64)
+    one = np.uint64(1)
     out = np.empty(n, dtype=np.int64)
-    out[:n_wide] = np.arange(n_wide)
-    out[n_wide:] = bins
-    return order, out, top[capacity]
+    for b in range(n_wide):  # a stack per capacity, in bin order
+        c = left[b]
+        below[b] = top[c]
+        top[c] = b
+        bits[c >> 6] |= one << np.uint64(c & 63)
+        out[b] = b
+    top[capacity] = n_wide
+    bits[capacity >> 6] |= one << np.uint64(capacity & 63)
+    for j in range(n_wide, n):
+        w = capacity - left[j]
+        word = w >> 6
+        x = bits[word] & ~((one << np.uint64(w & 63)) - one)
+        while x == 0:
+            word += 1
+            x = bits[word]
+        c = (word << 6) + np.int64(trailing_zeros(x))  # the smallest remaining capacity that fits w
+        b = top[c]  # the last bin to reach c
+        top[c] = below[b]
+        if top[c] < 0:  # no open bin is left with capacity c
+            bits[c >> 6] &= ~(one << np.uint64(c & 63))
+        out[j] = b
+        c -= w
+        below[b] = top[c]
+        top[c] = b
+        bits[c >> 6] |= one << np.uint64(c & 63)
+    return out, top[capacity]
 
 
 def best_fit_decreasing(width: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -256,11 +259,15 @@ class _Window:
         cut = np.flatnonzero(docs.length[k] >= seq_len)  # pieces of documents cut in two or more
         if cut.size:
             # a document's pieces may be several entries of the window (planned pieces)
-            _, doc_id = np.unique(np.stack([docs.source[k[cut]].astype(np.int64),
-                                            docs.doc[k[cut]]]), axis=1, return_inverse=True)
-            doc_id = doc_id.ravel()
+            src_c, doc_c = docs.source[k[cut]].astype(np.int64), docs.doc[k[cut]]
+            span = int(doc_c.max()) + 1
+            if int(src_c.max()) < (1 << 62) // span and int(doc_c.min()) >= 0:
+                doc_id = src_c * span + doc_c  # ordered as the (source, doc) pairs
+            else:
+                _, doc_id = np.unique(np.stack([src_c, doc_c]), axis=1, return_inverse=True)
+                doc_id = doc_id.ravel()
             by_doc = cut[np.argsort(doc_id, kind="stable")]
-            kc = np.sort(doc_id, kind="stable")
+            kc = np.sort(doc_id)
             new = np.empty(cut.size, dtype=bool)
             new[0] = True
             np.not_equal(kc[1:], kc[:-1], out=new[1:])

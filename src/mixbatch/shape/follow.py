@@ -63,11 +63,21 @@ def stream_composition(source: np.ndarray, tokens: np.ndarray,
                        num_sources: int) -> tuple[np.ndarray, np.ndarray]:
     """``(cum_tokens, cum_source)``: the stream's tokens before each piece and at its end
     (``P + 1``), and per source (``(P + 1, K)``)."""
-    src = np.asarray(source, dtype=np.int64)
-    tok = np.asarray(tokens, dtype=np.float64)
-    onehot = np.zeros((len(src) + 1, num_sources), dtype=np.float64)
-    onehot[np.arange(1, len(src) + 1), src] = tok
-    return np.concatenate([[0.0], np.cumsum(tok)]), np.cumsum(onehot, axis=0)
+    return _stream_composition(np.ascontiguousarray(source, dtype=np.int64),
+                               np.ascontiguousarray(tokens, dtype=np.float64), int(num_sources))
+
+
+@numba.njit(cache=True, nogil=True)
+def _stream_composition(src: np.ndarray, tok: np.ndarray,
+                        k: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    p = src.shape[0]
+    cum_t = np.zeros(p + 1)
+    cum_s = np.zeros((p + 1, k))
+    for j in range(p):
+        cum_t[j + 1] = cum_t[j] + tok[j]
+        cum_s[j + 1] = cum_s[j]
+        cum_s[j + 1, src[j]] += tok[j]
+    return cum_t, cum_s
 
 
 @numba.njit(cache=True, nogil=True)
@@ -135,20 +145,78 @@ def _follow(comp: np.ndarray, total: np.ndarray, tie: np.ndarray, cum_t: np.ndar
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _row_order(key: np.ndarray) -> np.ndarray:  # pragma: no cover (compiled)
+    """Row indices sorted by the rows of ``key`` (first column first), equal rows in index
+    order: ``np.lexsort(key.T[::-1])``, as a bottom-up merge sort."""
+    n, m = key.shape
+    idx = np.arange(n)
+    tmp = np.empty(n, dtype=np.int64)
+    width = 1
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            i, j, o = lo, mid, lo
+            while i < mid and j < hi:
+                a, b = idx[i], idx[j]
+                take_b = False
+                for c in range(m):
+                    if key[b, c] != key[a, c]:
+                        take_b = key[b, c] < key[a, c]
+                        break
+                if take_b:
+                    tmp[o] = b
+                    j += 1
+                else:
+                    tmp[o] = a
+                    i += 1
+                o += 1
+            while i < mid:
+                tmp[o] = idx[i]
+                i += 1
+                o += 1
+            while j < hi:
+                tmp[o] = idx[j]
+                j += 1
+                o += 1
+        idx, tmp = tmp, idx
+        width *= 2
+    return idx
+
+
+@numba.njit(cache=True, nogil=True)
 def _kinds(comp: np.ndarray, gid: np.ndarray, sizes: np.ndarray,
-           tie: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+           tie: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover (compiled)
     """Items grouped by kind (composition, group, size), each kind's members by ``tie``:
-    ``(members, first)`` as :func:`_follow` reads them."""
-    key = np.column_stack([comp, gid.astype(np.float64), sizes.astype(np.float64)])
-    # kinds numbered as np.unique(key, axis=0) numbers its rows (sorted, first column first)
-    rows = np.lexsort(key.T[::-1])
-    new = np.ones(len(rows), dtype=bool)
-    new[1:] = (key[rows[1:]] != key[rows[:-1]]).any(axis=1)
-    kind = np.empty(len(rows), dtype=np.int64)
-    kind[rows] = np.cumsum(new) - 1
-    members = np.lexsort((tie, kind))
-    first = np.searchsorted(kind[members], np.arange(int(kind.max()) + 2))
-    return members.astype(np.int64), first.astype(np.int64)
+    ``(members, first)`` as :func:`_follow` reads them; kinds numbered as ``np.unique(key,
+    axis=0)`` numbers the rows of ``key = [comp | gid | size]``."""
+    n, k = comp.shape
+    key = np.empty((n, k + 2))
+    key[:, :k] = comp
+    key[:, k] = gid
+    key[:, k + 1] = sizes
+    rows = _row_order(key)
+    kind = np.empty(n, dtype=np.int64)
+    q = 0
+    for r in range(n):
+        if r > 0:
+            for c in range(k + 2):
+                if key[rows[r], c] != key[rows[r - 1], c]:
+                    q += 1
+                    break
+        kind[rows[r]] = q
+    by = np.empty((n, 2))
+    by[:, 0] = kind
+    by[:, 1] = tie
+    members = _row_order(by)
+    first = np.empty(q + 2, dtype=np.int64)
+    at = 0
+    for g in range(q + 2):
+        while at < n and kind[members[at]] < g:
+            at += 1
+        first[g] = at
+    return members, first
 
 
 def follow_order(composition: np.ndarray, tie: np.ndarray, stream_source: np.ndarray,

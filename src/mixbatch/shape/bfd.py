@@ -61,15 +61,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numba
 import numpy as np
-from numba.cpython.unsafe.numbers import trailing_zeros
 
 from mixbatch.errors import ConfigError, StateError
-from mixbatch.plan.permutation import derive_key, keyed_order
+from mixbatch.plan.permutation import derive_key
 from mixbatch.ranges import group_ranks
 from mixbatch.shape.base import DocFeed, Docs, StepPlan, stable_argsort
+from mixbatch.shape.bfd_pack import pack_back, pack_front, place
 from mixbatch.shape.follow import by_samples, follow_order
+from mixbatch.shape.pad_plan import keyed_orders
 from mixbatch.shape.window import WindowAnchor
 
 __all__ = ["BFDShaper", "best_fit_decreasing", "cut_pieces", "cut_spans"]
@@ -115,53 +115,8 @@ def _bfd_bins(width: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray,
     left = left[order]
     # wide items (> capacity / 2) come first and each opens a bin of its own, in order
     n_wide = int(np.searchsorted(left, (capacity + 1) // 2))
-    out, n_bins = _place(left, n_wide, capacity)
+    out, n_bins = place(left, n_wide, capacity)
     return order, out, n_bins
-
-
-@numba.njit(cache=True, nogil=True)
-def _place(left: np.ndarray, n_wide: int,
-           capacity: int) -> tuple[np.ndarray, int]:  # pragma: no cover (compiled)
-    """The bins of the items in packing order (``left``: what each leaves of a bin of its own,
-    ascending; the first ``n_wide`` open a bin each) and the number of bins.
-
-    The open bins of each remaining capacity ``c`` form a stack, kept as a linked list:
-    ``top[c]`` is its last bin to arrive (-1: none), ``below[b]`` the bin under ``b``; capacity
-    ``capacity`` is the inexhaustible stack of fresh bins ``n_wide, n_wide + 1, ...``. A bitset
-    marks the capacities with an open bin, so "the smallest remaining capacity that fits
-    ``w``" is a scan of at most ``capacity / 64`` words."""
-    n = left.shape[0]
-    top = np.full(capacity + 1, -1, dtype=np.int64)
-    below = np.arange(1, n + 1, dtype=np.int64)
-    bits = np.zeros((capacity >> 6) + 1, dtype=np.uint64)
-    one = np.uint64(1)
-    out = np.empty(n, dtype=np.int64)
-    for b in range(n_wide):  # a stack per capacity, in bin order
-        c = left[b]
-        below[b] = top[c]
-        top[c] = b
-        bits[c >> 6] |= one << np.uint64(c & 63)
-        out[b] = b
-    top[capacity] = n_wide
-    bits[capacity >> 6] |= one << np.uint64(capacity & 63)
-    for j in range(n_wide, n):
-        w = capacity - left[j]
-        word = w >> 6
-        x = bits[word] & ~((one << np.uint64(w & 63)) - one)
-        while x == 0:
-            word += 1
-            x = bits[word]
-        c = (word << 6) + np.int64(trailing_zeros(x))  # the smallest remaining capacity that fits w
-        b = top[c]  # the last bin to reach c
-        top[c] = below[b]
-        if top[c] < 0:  # no open bin is left with capacity c
-            bits[c >> 6] &= ~(one << np.uint64(c & 63))
-        out[j] = b
-        c -= w
-        below[b] = top[c]
-        top[c] = b
-        bits[c >> 6] |= one << np.uint64(c & 63)
-    return out, top[capacity]
 
 
 def best_fit_decreasing(width: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -221,62 +176,39 @@ class _Window:
 
     @staticmethod
     def pack(docs: Docs, seq_len: int, samples: bool = False) -> _Window:
-        k, start, end, eod = cut_spans(docs.span_start, docs.span_end, docs.span_eod, seq_len)
-        width = end - start + eod
-        order, bins, n_rows = _bfd_bins(width, seq_len)
+        """Cut, pack and order one window (:func:`cut_spans`, :func:`best_fit_decreasing`,
+        :func:`mixbatch.shape.follow.follow_order`; compiled in
+        :mod:`mixbatch.shape.bfd_pack`)."""
+        source = np.ascontiguousarray(docs.source, dtype=np.int64)
+        n_src = int(source.max()) + 1
+        # by tokens a row counts its tokens; by samples (``samples``) the documents it starts
+        k, start, end, eod, width, order, bins, comp = pack_front(
+            np.ascontiguousarray(docs.span_start, dtype=np.int64),
+            np.ascontiguousarray(docs.span_end, dtype=np.int64),
+            np.ascontiguousarray(docs.span_eod, dtype=bool), source, seq_len, samples, n_src)
+        n_rows = comp.shape[0]
         # Hand the rows out so that the mixture follows the planned stream step by step
         # (mixbatch.shape.follow), equal rows in a keyed order; the key comes from the
         # window's own documents: no extra state, the same order on replay.
         key = derive_key(0, "bfd-rows", int(docs.source[0]), int(docs.doc[0]), len(docs),
                          int(docs.length.sum()))
-        n_src = int(docs.source.max()) + 1
-        src_of = docs.source.astype(np.int64)[k[order]]  # per piece, in packing order
-        # by tokens a row counts its tokens; by samples (``samples``) the documents it starts
-        repeat = np.zeros(len(k), dtype=bool)  # the end token's piece repeats a token
-        repeat[1:] = (k[1:] == k[:-1]) & (start[1:] < end[:-1])
-        unit = ((start == docs.span_start[k]).astype(np.float64) if samples
-                else end - start - repeat)
-        comp = np.bincount(bins * n_src + src_of, weights=unit[order],
-                           minlength=n_rows * n_src).reshape(n_rows, n_src)
         tie = np.empty(n_rows, dtype=np.int64)
-        tie[keyed_order(n_rows, key)] = np.arange(n_rows)
-        handed = follow_order(comp, tie, docs.source,
-                              np.ones(len(docs)) if samples else docs.tokens)
-        row_of_bin = np.empty(n_rows, dtype=np.int64)
-        row_of_bin[handed] = np.arange(n_rows)
-        row = row_of_bin[bins]  # per piece, in packing order
-        by_row = stable_argsort(row, n_rows)  # (row, packing order), i.e. (row, col)
-        row = row[by_row]
-        piece = order[by_row]
-        w = width[piece]
-        ptr = np.searchsorted(row, np.arange(n_rows + 1))  # no row is empty
-        before = np.cumsum(w) - w
-        col = before - before[ptr[row]]
-        pad = seq_len - np.add.reduceat(w, ptr[:-1])
+        tie[keyed_orders([key], np.array([n_rows]))] = np.arange(n_rows)
+        handed = follow_order(comp, tie, source, np.ones(len(docs)) if samples else docs.tokens)
+        # a document's pieces may be several entries of the window (planned pieces)
+        doc = np.ascontiguousarray(docs.doc, dtype=np.int64)
+        span = int(doc.max()) + 1
+        if n_src < (1 << 62) // span and int(doc.min()) >= 0:
+            doc_key = source * span + doc
+        else:
+            _, doc_key = np.unique(np.stack([source, doc]), axis=1, return_inverse=True)
+            doc_key = doc_key.ravel().astype(np.int64)
+        piece, row, col, ptr, pad, seen = pack_back(
+            np.ascontiguousarray(handed, dtype=np.int64), order, bins, width, k, doc_key,
+            np.asarray(docs.length >= seq_len), seq_len)
         k = k[piece]
-        n = len(piece)
-        seen = np.full(n, n, dtype=np.int64)
-        cut = np.flatnonzero(docs.length[k] >= seq_len)  # pieces of documents cut in two or more
-        if cut.size:
-            # a document's pieces may be several entries of the window (planned pieces)
-            src_c, doc_c = docs.source[k[cut]].astype(np.int64), docs.doc[k[cut]]
-            span = int(doc_c.max()) + 1
-            if int(src_c.max()) < (1 << 62) // span and int(doc_c.min()) >= 0:
-                doc_id = src_c * span + doc_c  # ordered as the (source, doc) pairs
-            else:
-                _, doc_id = np.unique(np.stack([src_c, doc_c]), axis=1, return_inverse=True)
-                doc_id = doc_id.ravel()
-            by_doc = cut[np.argsort(doc_id, kind="stable")]
-            kc = np.sort(doc_id)
-            new = np.empty(cut.size, dtype=bool)
-            new[0] = True
-            np.not_equal(kc[1:], kc[:-1], out=new[1:])
-            seen[by_doc[0]] = -1
-            seen[by_doc[1:]] = np.where(new[1:], -1, by_doc[:-1])
-        return _Window(n_rows, ptr.tolist(), row.astype(np.int32), col,
-                       docs.source.astype(np.int32, copy=False)[k],
-                       docs.doc.astype(np.int64, copy=False)[k], start[piece], end[piece],
-                       eod[piece], seen, pad)
+        return _Window(n_rows, ptr.tolist(), row, col, docs.source.astype(np.int32, copy=False)[k],
+                       doc[k], start[piece], end[piece], eod[piece], seen, pad)
 
 
 class BFDShaper:

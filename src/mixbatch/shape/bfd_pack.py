@@ -1,0 +1,166 @@
+"""Compiled parts of ``packing: bfd``'s window packing (:mod:`mixbatch.shape.bfd`).
+
+A window is packed in two compiled passes around the hand-out order
+(:func:`mixbatch.shape.follow.follow_order`): :func:`pack_front` cuts the window's spans into
+pieces, packs them by best-fit decreasing and counts each row's tokens per source;
+:func:`pack_back` lays the rows out in the hand-out order (pieces by row, then column; each
+row's padding) and links the pieces of every cut document. Each does what the NumPy steps of
+:meth:`mixbatch.shape.bfd._Window.pack` describe, with the same results, in one call.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import types
+from numba.cpython.unsafe.numbers import trailing_zeros
+from numba.typed import Dict
+
+__all__ = ["pack_back", "pack_front", "place"]
+
+
+@numba.njit(cache=True, nogil=True)
+def place(left: np.ndarray, n_wide: int,
+          capacity: int) -> tuple[np.ndarray, int]:  # pragma: no cover (compiled)
+    """The bins of the items in packing order (``left``: what each leaves of a bin of its own,
+    ascending; the first ``n_wide`` open a bin each) and the number of bins.
+
+    The open bins of each remaining capacity ``c`` form a stack, kept as a linked list:
+    ``top[c]`` is its last bin to arrive (-1: none), ``below[b]`` the bin under ``b``; capacity
+    ``capacity`` is the inexhaustible stack of fresh bins ``n_wide, n_wide + 1, ...``. A bitset
+    marks the capacities with an open bin, so "the smallest remaining capacity that fits
+    ``w``" is a scan of at most ``capacity / 64`` words."""
+    n = left.shape[0]
+    top = np.full(capacity + 1, -1, dtype=np.int64)
+    below = np.arange(1, n + 1, dtype=np.int64)
+    bits = np.zeros((capacity >> 6) + 1, dtype=np.uint64)
+    one = np.uint64(1)
+    out = np.empty(n, dtype=np.int64)
+    for b in range(n_wide):  # a stack per capacity, in bin order
+        c = left[b]
+        below[b] = top[c]
+        top[c] = b
+        bits[c >> 6] |= one << np.uint64(c & 63)
+        out[b] = b
+    top[capacity] = n_wide
+    bits[capacity >> 6] |= one << np.uint64(capacity & 63)
+    for j in range(n_wide, n):
+        w = capacity - left[j]
+        word = w >> 6
+        x = bits[word] & ~((one << np.uint64(w & 63)) - one)
+        while x == 0:
+            word += 1
+            x = bits[word]
+        c = (word << 6) + np.int64(trailing_zeros(x))  # the smallest remaining that fits w
+        b = top[c]  # the last bin to reach c
+        top[c] = below[b]
+        if top[c] < 0:  # no open bin is left with capacity c
+            bits[c >> 6] &= ~(one << np.uint64(c & 63))
+        out[j] = b
+        c -= w
+        below[b] = top[c]
+        top[c] = b
+        bits[c >> 6] |= one << np.uint64(c & 63)
+    return out, top[capacity]
+
+
+@numba.njit(cache=True, nogil=True)
+def _by_key(key: np.ndarray, bound: int) -> np.ndarray:  # pragma: no cover (compiled)
+    """``np.argsort(key, kind="stable")`` for integers in ``[0, bound)`` (a counting sort)."""
+    count = np.zeros(bound + 1, dtype=np.int64)
+    for x in key:
+        count[x + 1] += 1
+    for v in range(bound):
+        count[v + 1] += count[v]
+    out = np.empty(key.shape[0], dtype=np.int64)
+    for i in range(key.shape[0]):
+        out[count[key[i]]] = i
+        count[key[i]] += 1
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def pack_front(span_start: np.ndarray, span_end: np.ndarray, span_eod: np.ndarray,
+               source: np.ndarray, seq_len: int, samples: bool,
+               n_src: int) -> tuple[np.ndarray, ...]:  # pragma: no cover (compiled)
+    """Cut the spans into pieces of at most ``seq_len`` positions (:func:`mixbatch.shape.bfd.
+    cut_spans`) and pack them (:func:`mixbatch.shape.bfd.best_fit_decreasing`). Returns per
+    piece in stream order ``(span, start, end, eod, width)``, per packing position ``(order,
+    bin)``, and ``comp[row, source]``: the tokens (or, by ``samples``, the documents started)
+    of each row."""
+    n_spans = span_start.shape[0]
+    n = 0
+    for s in range(n_spans):
+        n += (span_end[s] - span_start[s] + span_eod[s] + seq_len - 1) // seq_len
+    k = np.empty(n, dtype=np.int64)
+    a = np.empty(n, dtype=np.int64)
+    b = np.empty(n, dtype=np.int64)
+    last = np.empty(n, dtype=np.bool_)
+    at = 0
+    for s in range(n_spans):
+        pieces = (span_end[s] - span_start[s] + span_eod[s] + seq_len - 1) // seq_len
+        for j in range(pieces):
+            x = span_start[s] + j * seq_len
+            y = min(x + seq_len, span_end[s])
+            end_token = span_eod[s] and j == pieces - 1
+            if x == y and end_token and j > 0:
+                x -= 1  # no lone end token: the last token comes with it
+            k[at], a[at], b[at], last[at] = s, x, y, end_token
+            at += 1
+    width = b - a + last
+    left = seq_len - width
+    order = _by_key(left, seq_len + 1)  # widest first, ties in stream order
+    left_sorted = left[order]
+    n_wide = 0
+    while n_wide < n and left_sorted[n_wide] < (seq_len + 1) // 2:
+        n_wide += 1
+    bins, n_rows = place(left_sorted, n_wide, seq_len)
+    comp = np.zeros((n_rows, n_src))
+    for j in range(n):
+        p = order[j]
+        if samples:
+            unit = 1.0 if a[p] == span_start[k[p]] else 0.0
+        else:
+            repeat = p > 0 and k[p] == k[p - 1] and a[p] < b[p - 1]
+            unit = float(b[p] - a[p] - repeat)
+        comp[bins[j], source[k[p]]] += unit
+    return k, a, b, last, width, order, bins, comp
+
+
+@numba.njit(cache=True, nogil=True)
+def pack_back(handed: np.ndarray, order: np.ndarray, bins: np.ndarray, width: np.ndarray,
+              k: np.ndarray, doc_key: np.ndarray, cut: np.ndarray,
+              seq_len: int) -> tuple[np.ndarray, ...]:  # pragma: no cover (compiled)
+    """Lay the rows out in the hand-out order ``handed``: per piece sorted by (row, column)
+    ``(piece, row, col, seen)`` and per row ``(ptr, pad)``. ``seen[j]``: the position of the
+    previous piece of the same document (``doc_key`` of its span) when its span is ``cut``
+    (a document of ``seq_len`` tokens or more), -1 for its first, ``n`` for other pieces."""
+    n = order.shape[0]
+    n_rows = handed.shape[0]
+    row_of_bin = np.empty(n_rows, dtype=np.int64)
+    for r in range(n_rows):
+        row_of_bin[handed[r]] = r
+    row_by_pos = np.empty(n, dtype=np.int64)
+    for j in range(n):
+        row_by_pos[j] = row_of_bin[bins[j]]
+    by_row = _by_key(row_by_pos, n_rows)  # (row, packing order), i.e. (row, col)
+    piece = np.empty(n, dtype=np.int64)
+    row = np.empty(n, dtype=np.int32)
+    col = np.empty(n, dtype=np.int64)
+    ptr = np.zeros(n_rows + 1, dtype=np.int64)
+    pad = np.full(n_rows, seq_len, dtype=np.int64)
+    seen = np.full(n, n, dtype=np.int64)
+    prev = Dict.empty(key_type=types.int64, value_type=types.int64)  # document -> last piece
+    for i in range(n):
+        p = order[by_row[i]]
+        r = row_by_pos[by_row[i]]
+        piece[i] = p
+        row[i] = r
+        col[i] = seq_len - pad[r]
+        pad[r] -= width[p]
+        ptr[r + 1] = i + 1
+        if cut[k[p]]:
+            d = doc_key[k[p]]
+            seen[i] = prev.get(d, -1)
+            prev[d] = i
+    return piece, row, col, ptr, pad, seen

@@ -219,6 +219,19 @@ def _kinds(comp: np.ndarray, gid: np.ndarray, sizes: np.ndarray,
     return members, first
 
 
+def _all_zero(comp: np.ndarray, cum_t: np.ndarray, tie: np.ndarray) -> bool:
+    """Whether, with one source, every item scores 0 at every step: then the tokens handed out
+    equal the stream's at every prefix (``c = t = C(t)``), exactly when every sum is an exact
+    integer and the items hold no more than the stream, and the greedy hands the items out
+    by ``tie`` alone (distinct ranks)."""
+    values = np.concatenate([comp.ravel(), cum_t])
+    if not (np.all(values == np.floor(values)) and float(comp.sum()) <= float(cum_t[-1])
+            and float(cum_t[-1]) < 2.0 ** 52):
+        return False
+    ranks = np.sort(tie)
+    return bool(np.all(ranks[1:] != ranks[:-1]))
+
+
 def follow_order(composition: np.ndarray, tie: np.ndarray, stream_source: np.ndarray,
                  stream_tokens: np.ndarray, group: np.ndarray | None = None,
                  size: np.ndarray | None = None, repair: int = 0,
@@ -242,6 +255,9 @@ def follow_order(composition: np.ndarray, tie: np.ndarray, stream_source: np.nda
         return np.arange(n, dtype=np.int64)
     cum_t, cum_s = stream_composition(stream_source, stream_tokens, comp.shape[1])
     total = comp.sum(axis=1)
+    tie = np.ascontiguousarray(tie, dtype=np.int64)
+    if comp.shape[1] == 1 and group is None and _all_zero(comp, cum_t, tie):
+        return np.argsort(tie)
     if group is None:
         gid = np.zeros(n, dtype=np.int64)
         sizes = np.zeros(n)
@@ -256,7 +272,6 @@ def follow_order(composition: np.ndarray, tie: np.ndarray, stream_source: np.nda
         slack = np.zeros(per.size)
         np.maximum.at(slack, gid, sizes)
         slack *= 2.0
-    tie = np.ascontiguousarray(tie, dtype=np.int64)
     sizes = np.ascontiguousarray(sizes, dtype=np.float64)
     members, first = _kinds(comp, gid, sizes, tie)
     src = np.ascontiguousarray(stream_source, dtype=np.int64)

@@ -103,8 +103,10 @@ from mixbatch.config import Curriculum
 from mixbatch.errors import ConfigError, MixbatchInternalError, StateError
 from mixbatch.limits import WINDOW_BUDGETS
 from mixbatch.plan.interleave import Interleaver
+from mixbatch.ranges import group_ranks
 from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.follow import Drift, follow_counts
+from mixbatch.shape.pad_plan import step_picks
 from mixbatch.shape.window import Budgeted, BudgetShaper, WindowReplay
 
 __all__ = ["BucketShaper", "Pieces", "bucket_pieces", "bucket_schedule",
@@ -148,8 +150,7 @@ def bucket_pieces(docs: Docs, seq_len: int,
             out.append((has, base[has] + (q[has] << kmax) + ((r[has] >> (k + 1)) << (k + 1))))
     # q pieces of seq_len per document, at offsets 0, L, 2L, ...
     top = np.repeat(np.arange(len(n), dtype=np.int64), q)
-    out.append((top, base[top] + ((np.arange(top.size, dtype=np.int64)
-                                   - np.repeat(np.cumsum(q) - q, q)) << kmax)))
+    out.append((top, base[top] + (group_ranks(q) << kmax)))
     return out, r & (min_len - 1)
 
 
@@ -440,20 +441,25 @@ class BucketShaper(BudgetShaper):
         most = self.token_budget >> self.kmin
         row_index = np.arange(most, dtype=np.int32)
         col, pad, eod = np.zeros(most, np.int64), np.zeros(most, np.int64), np.zeros(most, bool)
-        taken = np.zeros((B, n_src), dtype=np.int64)
+        # every step's pieces at once (compiled): per bucket its pieces grouped by source, a
+        # step takes the next ones of each source it counts and keeps them in that order
+        sizes_b = np.array([len(at) for _, _, at, _, _ in per_bucket], dtype=np.int64)
+        base = np.cumsum(sizes_b) - sizes_b
+        first_b = np.stack([f for _, _, _, _, f in per_bucket]) + base[:, None]
+        at_all = np.concatenate([at for _, _, at, _, _ in per_bucket])
+        off_all = np.concatenate([off for _, _, _, off, _ in per_bucket])
+        pick, step_at = step_picks(order, take, first_b)
+        entry, start = at_all[pick], off_all[pick]
+        src_all, doc_all = sources[entry], doc_ids[entry]
+        end_all = start + np.repeat(sizes[order], np.diff(step_at))
         plans = []
-        for j, b in enumerate(order.tolist()):
-            rows, width, at, offset, first = per_bucket[b]
-            n = take[j]
-            lo = first + taken[b]
-            pick = np.sort(np.concatenate([np.arange(x, x + m) for x, m in
-                                           zip(lo.tolist(), n.tolist(), strict=True) if m]))
-            taken[b] += n
-            entry, start = at[pick], offset[pick]
+        for j, (b, a, z) in enumerate(zip(order.tolist(), step_at[:-1].tolist(),
+                                          step_at[1:].tolist(), strict=True)):
+            rows, width = z - a, 1 << (self.kmin + b)
             stats: dict[str, Any] = {"bucket_len": width}
             if j == 0:
                 stats.update(window_stats)
-            plans.append(StepPlan(rows, width, row_index[:rows], col[:rows], sources[entry],
-                                  doc_ids[entry], start, start + width, eod[:rows], pad[:rows],
-                                  0, stats))
+            plans.append(StepPlan(rows, width, row_index[:rows], col[:rows], src_all[a:z],
+                                  doc_all[a:z], start[a:z], end_all[a:z], eod[:rows],
+                                  pad[:rows], 0, stats))
         return plans, truncated

@@ -16,7 +16,7 @@ import numpy as np
 from mixbatch.errors import MixbatchInternalError
 from mixbatch.plan.permutation import _splitmix_first
 
-__all__ = ["cut_runs", "keyed_orders", "pool_parts"]
+__all__ = ["cut_runs", "keyed_orders", "pool_parts", "step_picks"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -140,3 +140,37 @@ def keyed_orders(keys: list[int], count: np.ndarray) -> np.ndarray:
     concatenated (offsets within each group)."""
     first = np.array([_splitmix_first(int(k)) for k in keys], dtype=np.uint64)
     return _keyed_orders(first, np.ascontiguousarray(count, dtype=np.int64))
+
+
+@numba.njit(cache=True, nogil=True)
+def _step_picks(bucket: np.ndarray, take: np.ndarray,
+                first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    n_steps, k = take.shape
+    taken = np.zeros(first.shape, dtype=np.int64)
+    at = np.zeros(n_steps + 1, dtype=np.int64)
+    for j in range(n_steps):
+        at[j + 1] = at[j] + take[j].sum()
+    out = np.empty(at[n_steps], dtype=np.int64)
+    for j in range(n_steps):
+        b = bucket[j]
+        o = at[j]
+        for i in range(k):
+            lo = first[b, i] + taken[b, i]
+            for m in range(take[j, i]):
+                out[o] = lo + m
+                o += 1
+            taken[b, i] += take[j, i]
+        out[at[j]:at[j + 1]] = np.sort(out[at[j]:at[j + 1]])
+    return out, at
+
+
+def step_picks(bucket: np.ndarray, take: np.ndarray,
+               first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``packing: buckets`` (:mod:`mixbatch.shape.buckets`): step ``j`` of bucket
+    ``bucket[j]`` takes ``take[j, i]`` items of source ``i``, the next ones after those the
+    bucket's earlier steps took, from its items ``first[b, i], first[b, i] + 1, ...``; every
+    step's items ascending. Returns ``(items, starts)``: every step's items back to back and
+    where each step's begin (then the end)."""
+    return _step_picks(np.ascontiguousarray(bucket, dtype=np.int64),
+                       np.ascontiguousarray(take, dtype=np.int64),
+                       np.ascontiguousarray(first, dtype=np.int64))

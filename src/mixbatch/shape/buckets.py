@@ -453,13 +453,16 @@ class BucketShaper(BudgetShaper):
         src_all, doc_all = sources[entry], doc_ids[entry]
         end_all = start + np.repeat(sizes[order], np.diff(step_at))
         plans = []
+        fixed: dict[int, tuple[np.ndarray, ...]] = {}  # a step's constant arrays, by rows
         for j, (b, a, z) in enumerate(zip(order.tolist(), step_at[:-1].tolist(),
                                           step_at[1:].tolist(), strict=True)):
             rows, width = z - a, 1 << (self.kmin + b)
+            same = fixed.get(rows)
+            if same is None:
+                same = fixed[rows] = (row_index[:rows], col[:rows], eod[:rows], pad[:rows])
             stats: dict[str, Any] = {"bucket_len": width}
             if j == 0:
                 stats.update(window_stats)
-            plans.append(StepPlan(rows, width, row_index[:rows], col[:rows], src_all[a:z],
-                                  doc_all[a:z], start[a:z], end_all[a:z], eod[:rows],
-                                  pad[:rows], 0, stats))
+            plans.append(StepPlan(rows, width, same[0], same[1], src_all[a:z], doc_all[a:z],
+                                  start[a:z], end_all[a:z], same[2], same[3], 0, stats))
         return plans, truncated

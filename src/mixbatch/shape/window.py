@@ -55,18 +55,22 @@ def rest_of(plans: list[StepPlan]) -> tuple[Docs, int]:
     return docs, int(sum(int(p.truncated) for p in plans))
 
 
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+
+
 def copy_state(state: Any) -> Any:
     """A copy of a feed state (nested dicts, lists and tuples of plain values) that shares
     nothing mutable with it: ``copy.deepcopy`` without its memo, several times cheaper on the
     small O(K) states taken once per window; anything else (an array, an object) is
     deep-copied."""
-    if isinstance(state, dict):
-        return {k: copy_state(v) for k, v in state.items()}
-    if isinstance(state, list):
-        return [copy_state(v) for v in state]
-    if isinstance(state, tuple):
-        return tuple(copy_state(v) for v in state)
-    if state is None or isinstance(state, int | float | str | bool):
+    kind = type(state)
+    if kind is dict:
+        return {k: v if type(v) in _PLAIN else copy_state(v) for k, v in state.items()}
+    if kind is list:
+        return [v if type(v) in _PLAIN else copy_state(v) for v in state]
+    if kind is tuple:
+        return tuple(v if type(v) in _PLAIN else copy_state(v) for v in state)
+    if kind in _PLAIN:
         return state
     return copy.deepcopy(state)
 

@@ -17,11 +17,10 @@ Implements the packing of Ding et al. 2024, "Fewer Truncations Improve Language 
    first (ties in stream order); each goes into the open row with the smallest remaining space
    that still fits it (among rows with equal space, the last to reach it), else into a new
    row. Pieces wider than ``seq_len / 2`` open a row each; for the rest, the query "smallest
-   remaining space >= w" is a bisection of the sorted list of distinct remaining spaces (at
-   most ``seq_len + 1`` of them; the paper's OBFD uses a segment tree over the same
-   ``0..seq_len``), so a window of N pieces packs with O(N log seq_len) comparisons, plus at
-   most one list edit per piece, a C memmove of at most ``seq_len`` pointers
-   (:func:`best_fit_decreasing`).
+   remaining space >= w" scans a bitset of the remaining spaces that have an open row (the
+   paper's OBFD uses a segment tree over the same ``0..seq_len``): at most ``seq_len / 64``
+   words per piece (:func:`best_fit_decreasing`; a window is cut, packed and laid out in two
+   compiled passes, :mod:`mixbatch.shape.bfd_pack`).
 
 Rows are handed out, ``rows`` per step, in the order that keeps the mixture on the planned
 stream (:func:`mixbatch.shape.follow.follow_order`: next the row that keeps the largest
@@ -127,14 +126,12 @@ def best_fit_decreasing(width: np.ndarray, capacity: int) -> tuple[np.ndarray, n
     ties in input order; among bins with the same remaining space the last one to reach it wins.
 
     Items wider than ``capacity / 2`` never share a bin with each other, and every bin they
-    open has less than ``capacity / 2`` left, so they open one bin each (vectorised). The rest
-    go one by one: the distinct remaining capacities of open bins are kept in a sorted list,
-    so "smallest remaining >= w" is one C-level bisection (O(log L)); a capacity enters or
-    leaves the list only when its first bin arrives or its last bin leaves (at most ``L``
-    entries, so the list edit is a short memmove). Each capacity's bins are a stack (a linked
-    list over the bins; ``capacity`` itself is the stack of fresh bins), so the loop is list
-    indexing only. Offsets are computed afterwards, vectorised: the widths of the items packed
-    before into the same bin.
+    open has less than ``capacity / 2`` left, so they open one bin each. The rest go one by
+    one (compiled, :func:`mixbatch.shape.bfd_pack.place`): a bitset marks the remaining
+    capacities that have an open bin, so "smallest remaining >= w" is a scan of at most
+    ``capacity / 64`` words; each capacity's bins are a stack (a linked list over the bins;
+    ``capacity`` itself is the stack of fresh bins). Offsets are computed afterwards,
+    vectorised: the widths of the items packed before into the same bin.
     """
     width = np.asarray(width, dtype=np.int64)
     n = len(width)

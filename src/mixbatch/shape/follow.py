@@ -34,12 +34,16 @@ positions from the boundary; only the boundaries from ``a`` to ``b`` change. It 
 change that lowers the largest deviation there the most, if it lowers it below the worst
 boundary's and adds no group excess over the slack (below), and repeats (at most ``n`` times)
 until no change helps or every boundary is within ``enough``. The largest deviation of the
-window never grows. Cost per round: ``O(r·n·span·K)`` with an early exit once a trial is no
-better; measured ~0.1 ms per batch on real text.
+window never grows. Every trial is built on the current order. Cost per round: at most
+``O(r·n·span·K)``; :mod:`mixbatch.shape.follow_repair` finds the same changes rejecting most
+trials at their first failing position without building them (measured ~0.02 ms per batch on
+real text, benchmarks/RESULTS.md).
 
-Cost: ``O(n·q·(K + log P))`` for ``n`` items of ``q`` kinds (items of the same composition,
-group and size score alike, so only each kind's next item is a candidate; rows holding one
-full piece of one source are one kind), compiled with numba.
+Cost: ``O(n·q·K)`` for ``n`` items of ``q`` kinds (items of the same composition, group and
+size score alike, so only each kind's next item is a candidate; rows holding one full piece
+of one source are one kind), compiled with numba; the stream's ``C_i(t)`` is located in a
+table of its pieces. With one source every item scores 0 at every step (``c = t = C(t)``), so
+the keyed rank alone orders them, without the greedy.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from numba import types
 from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.typed import Dict
 
-__all__ = ["pack_back", "pack_front", "place"]
+__all__ = ["by_key", "pack_back", "pack_front", "place"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -65,7 +65,7 @@ def place(left: np.ndarray, n_wide: int,
 
 
 @numba.njit(cache=True, nogil=True)
-def _by_key(key: np.ndarray, bound: int) -> np.ndarray:  # pragma: no cover (compiled)
+def by_key(key: np.ndarray, bound: int) -> np.ndarray:  # pragma: no cover (compiled)
     """``np.argsort(key, kind="stable")`` for integers in ``[0, bound)`` (a counting sort)."""
     count = np.zeros(bound + 1, dtype=np.int64)
     for x in key:
@@ -109,7 +109,7 @@ def pack_front(span_start: np.ndarray, span_end: np.ndarray, span_eod: np.ndarra
             at += 1
     width = b - a + last
     left = seq_len - width
-    order = _by_key(left, seq_len + 1)  # widest first, ties in stream order
+    order = by_key(left, seq_len + 1)  # widest first, ties in stream order
     left_sorted = left[order]
     n_wide = 0
     while n_wide < n and left_sorted[n_wide] < (seq_len + 1) // 2:
@@ -143,7 +143,7 @@ def pack_back(handed: np.ndarray, order: np.ndarray, bins: np.ndarray, width: np
     row_by_pos = np.empty(n, dtype=np.int64)
     for j in range(n):
         row_by_pos[j] = row_of_bin[bins[j]]
-    by_row = _by_key(row_by_pos, n_rows)  # (row, packing order), i.e. (row, col)
+    by_row = by_key(row_by_pos, n_rows)  # (row, packing order), i.e. (row, col)
     piece = np.empty(n, dtype=np.int64)
     row = np.empty(n, dtype=np.int32)
     col = np.empty(n, dtype=np.int64)

@@ -107,7 +107,7 @@ from mixbatch.plan.permutation import derive_key
 from mixbatch.ranges import span_positions
 from mixbatch.shape.base import DocFeed, Docs, StepPlan, stable_argsort
 from mixbatch.shape.follow import by_samples, follow_order
-from mixbatch.shape.pad_plan import cut_runs, keyed_orders, pool_parts
+from mixbatch.shape.pad_plan import counting_argsort, cut_runs, keyed_orders, pool_parts
 from mixbatch.shape.window import Budgeted, BudgetShaper, WindowReplay
 
 __all__ = ["PadBucketShaper", "equal_token_edges"]
@@ -317,6 +317,14 @@ class PadBucketShaper(BudgetShaper):
                 part: np.ndarray | None = None) -> np.ndarray:
         """``idx`` sorted by (``part``,) length, then second length, ties in the given order
         (``idx`` ascending)."""
+        if s is None and len(idx) and int(idx.min()) >= 0 and (
+                np.all(idx[1:] > idx[:-1]) if part is None else True):
+            # idx ascending within each part: a stable counting sort by (part, length)
+            top = int(e[idx].max()) + 1
+            key = e[idx].astype(np.int64) if part is None else part * top + e[idx]
+            bound = int(key.max()) + 1
+            if bound <= 4 * len(idx) + (1 << 16):
+                return idx[counting_argsort(key, bound)]
         keys: tuple[np.ndarray, ...] = (idx, e[idx]) if s is None else (idx, s[idx], e[idx])
         if part is not None:
             keys = (*keys, part)

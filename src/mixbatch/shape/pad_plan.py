@@ -15,8 +15,9 @@ import numpy as np
 
 from mixbatch.errors import MixbatchInternalError
 from mixbatch.plan.permutation import _splitmix_first
+from mixbatch.shape.bfd_pack import by_key
 
-__all__ = ["cut_runs", "keyed_orders", "pool_parts", "step_picks"]
+__all__ = ["counting_argsort", "cut_runs", "keyed_orders", "pool_parts", "step_picks"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -174,3 +175,9 @@ def step_picks(bucket: np.ndarray, take: np.ndarray,
     return _step_picks(np.ascontiguousarray(bucket, dtype=np.int64),
                        np.ascontiguousarray(take, dtype=np.int64),
                        np.ascontiguousarray(first, dtype=np.int64))
+
+
+def counting_argsort(key: np.ndarray, bound: int) -> np.ndarray:
+    """``np.argsort(key, kind="stable")`` for integers in ``[0, bound)`` (a compiled counting
+    sort, ``O(n + bound)``)."""
+    return by_key(np.ascontiguousarray(key, dtype=np.int64), int(bound))

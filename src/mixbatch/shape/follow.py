@@ -100,6 +100,19 @@ def _follow(comp: np.ndarray, total: np.ndarray, tie: np.ndarray, cum_t: np.ndar
     c = np.zeros(k, dtype=np.float64)
     g_count = np.zeros(share.shape[0], dtype=np.float64)
     out = np.empty(n, dtype=np.int64)
+    # kinds of equal tokens reach the same point of the stream: its target once per step
+    tot = np.empty(n_kinds)
+    for q in range(n_kinds):
+        tot[q] = total[members[first[q]]]
+    order = np.argsort(tot)
+    tid = np.empty(n_kinds, dtype=np.int64)
+    n_tot = 0
+    for r in range(n_kinds):
+        if r == 0 or tot[order[r]] != tot[order[r - 1]]:
+            n_tot += 1
+        tid[order[r]] = n_tot - 1
+    target = np.empty((n_tot, k))
+    stamp = np.full(n_tot, -1, dtype=np.int64)
     t = 0.0
     for step in range(n):
         best = -1
@@ -112,32 +125,39 @@ def _follow(comp: np.ndarray, total: np.ndarray, tie: np.ndarray, cum_t: np.ndar
             if nxt[q] >= first[q + 1]:
                 continue
             j = members[nxt[q]]
-            tj = t + total[j]
             # an item whose group would run more than its slack ahead of the group's share
             # waits, unless every item left is held back
             g = group[j]
             held = g_count[g] + size[j] - share[g] * (t + size[j]) > slack[g]
             if held and not b_held:
                 continue
-            if tj >= cum_t[p_last]:
-                p = p_last
-                inside = 0.0
-            else:
-                p = locate(cum_t, table, unit, tj)
-                inside = tj - cum_t[p]
+            x = tid[q]
+            if stamp[x] != step:  # C(t + tokens of the item)
+                stamp[x] = step
+                tj = t + total[j]
+                if tj >= cum_t[p_last]:
+                    p = p_last
+                    inside = 0.0
+                else:
+                    p = locate(cum_t, table, unit, tj)
+                    inside = tj - cum_t[p]
+                for i in range(k):
+                    target[x, i] = cum_s[p, i]
+                    if p < p_last and src[p] == i:
+                        target[x, i] += inside
+            first_held = b_held and not held
             worst = 0.0
             sq = 0.0
             for i in range(k):
-                target = cum_s[p, i]
-                if p < p_last and src[p] == i:
-                    target += inside
-                d = c[i] + comp[j, i] - target
+                d = c[i] + comp[j, i] - target[x, i]
                 if d < 0:
                     d = -d
                 if d > worst:
                     worst = d
+                    if worst > b_max and not first_held:
+                        break  # no better than the best so far
                 sq += d * d
-            if (b_held and not held) or worst < b_max or (
+            if first_held or worst < b_max or (
                     worst == b_max and (sq < b_sq or (sq == b_sq and tie[j] < b_tie))):
                 best, b_kind, b_max, b_sq, b_tie, b_held = j, q, worst, sq, tie[j], held
         nxt[b_kind] += 1

@@ -152,10 +152,11 @@ def test_one_source_shortcut_equals_the_greedy(data, n, samples) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(rows=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 2)),
-                     min_size=1, max_size=40),
+@given(rows=st.lists(st.tuples(st.sampled_from([0.0, 1.0, 2.0, 3.0, 2.5]), st.integers(0, 3),
+                               st.integers(0, 2)), min_size=1, max_size=40),
        tie=st.randoms(use_true_random=False))
 def test_kinds_number_rows_as_numpy_unique(rows, tie) -> None:
+    # integer rows take the packed-key path, rows with 2.5 the merge sort
     key = np.array(rows, dtype=np.float64)
     comp, gid, size = key[:, :1], key[:, 1].astype(np.int64), key[:, 2]
     ranks = np.arange(len(rows))

@@ -210,6 +210,36 @@ def _row_order(key: np.ndarray) -> np.ndarray:  # pragma: no cover (compiled)
 
 
 @numba.njit(cache=True, nogil=True)
+def _packed(key: np.ndarray) -> np.ndarray:  # pragma: no cover (compiled)
+    """The rows of ``key`` as one integer each, ordered as the rows (first column first), when
+    every value is a non-negative integer and they fit in 62 bits; else an empty array."""
+    n, m = key.shape
+    bits = np.zeros(m, dtype=np.int64)
+    total = 0
+    for c in range(m):
+        top = 0.0
+        for r in range(n):
+            x = key[r, c]
+            if x < 0 or x != np.floor(x) or x >= 2.0 ** 62:
+                return np.empty(0, dtype=np.int64)
+            top = max(top, x)
+        b = 0
+        while 2.0 ** b <= top:
+            b += 1
+        bits[c] = b
+        total += b
+    if total > 62:
+        return np.empty(0, dtype=np.int64)
+    out = np.zeros(n, dtype=np.int64)
+    for r in range(n):
+        v = 0
+        for c in range(m):
+            v = (v << bits[c]) | np.int64(key[r, c])
+        out[r] = v
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def _kinds(comp: np.ndarray, gid: np.ndarray, sizes: np.ndarray,
            tie: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover (compiled)
     """Items grouped by kind (composition, group, size), each kind's members by ``tie``:
@@ -220,7 +250,8 @@ def _kinds(comp: np.ndarray, gid: np.ndarray, sizes: np.ndarray,
     key[:, :k] = comp
     key[:, k] = gid
     key[:, k + 1] = sizes
-    rows = _row_order(key)
+    packed = _packed(key)
+    rows = np.argsort(packed, kind="mergesort") if packed.shape[0] else _row_order(key)
     kind = np.empty(n, dtype=np.int64)
     q = 0
     for r in range(n):
@@ -233,7 +264,8 @@ def _kinds(comp: np.ndarray, gid: np.ndarray, sizes: np.ndarray,
     by = np.empty((n, 2))
     by[:, 0] = kind
     by[:, 1] = tie
-    members = _row_order(by)
+    packed = _packed(by)
+    members = np.argsort(packed, kind="mergesort") if packed.shape[0] else _row_order(by)
     first = np.empty(q + 2, dtype=np.int64)
     at = 0
     for g in range(q + 2):

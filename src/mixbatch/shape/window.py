@@ -183,22 +183,13 @@ class WindowAnchor:
         self.weights = None if weights is None else [float(x) for x in weights]
 
 
-def _with(plan: StepPlan, truncated: int, stats: dict[str, Any]) -> StepPlan:
-    """``dataclasses.replace(plan, truncated=..., stats=...)`` without its checks (a step is
-    handed out this way every step; the arrays are shared, as with ``replace``)."""
-    out = object.__new__(StepPlan)
-    out.__dict__.update(plan.__dict__)
-    out.truncated = truncated
-    out.stats = stats
-    return out
-
-
 class WindowReplay:
     """The resumable cursor of a shaper that plans a window of documents at once.
 
     ``plan(docs, run_start)`` turns a window into its steps and the tokens it truncated outside
     them (and, optionally, the documents it skipped outside them); it must be a pure function
-    of its arguments. ``run_start`` is true when no step of
+    of its arguments, and its plans belong to the replay, which completes each in place when
+    it hands it out. ``run_start`` is true when no step of
     the run came before the window. State: ``window_start`` (the feed's state before the
     window), ``window_weights`` (the feed's ``weights`` then, if it has any), ``emitted``
     (steps of the window handed out), ``windows`` and ``steps`` (counters), ``carry_truncated``
@@ -351,8 +342,11 @@ class WindowReplay:
         assert self._plans is not None
         plan = self._plans[self._emitted]
         extra = 0
-        stats = {**plan.stats, "window": self._windows, "window_step": self._emitted,
-                 "window_steps": len(self._plans)}
+        # a step is handed out once (a replay plans its window again): its plan is completed
+        # in place
+        stats = plan.stats
+        stats.update(window=self._windows, window_step=self._emitted,
+                     window_steps=len(self._plans))
         if self._pending:
             extra += self._pending
             self._pending = 0
@@ -362,7 +356,7 @@ class WindowReplay:
             if self._carry_skipped:
                 stats["skipped_docs"] = stats.get("skipped_docs", 0) + self._carry_skipped
                 self._carry_skipped = 0
-        plan = _with(plan, plan.truncated + extra, stats)
+        plan.truncated += extra
         self._emitted += 1
         self._steps_done += 1
         if self._emitted == len(self._plans):

@@ -100,14 +100,19 @@ from typing import Any
 
 import numpy as np
 
-from mixbatch.errors import ConfigError, DataError, MixbatchInternalError
+from mixbatch.errors import ConfigError, DataError
 from mixbatch.limits import WINDOW_BUDGETS
-from mixbatch.plan.interleave import Interleaver
 from mixbatch.plan.permutation import derive_key
 from mixbatch.ranges import span_positions
 from mixbatch.shape.base import DocFeed, Docs, StepPlan, stable_argsort
 from mixbatch.shape.follow import by_samples, follow_order
-from mixbatch.shape.pad_plan import counting_argsort, cut_runs, keyed_orders, pool_parts
+from mixbatch.shape.pad_plan import (
+    counting_argsort,
+    cut_runs,
+    interleave_by_tokens,
+    keyed_orders,
+    pool_parts,
+)
 from mixbatch.shape.window import Budgeted, BudgetShaper, WindowReplay
 
 __all__ = ["PadBucketShaper", "equal_token_edges"]
@@ -419,7 +424,7 @@ class PadBucketShaper(BudgetShaper):
         flat, counts, batch_bucket = self._batches(docs, e, s, weight, bucket, kept)
         firsts = np.cumsum(counts) - counts
         batch_tokens = np.add.reduceat(weight[flat], firsts).astype(np.int64)
-        by_bucket = _interleave_by_tokens(batch_bucket, batch_tokens)
+        by_bucket = interleave_by_tokens(batch_bucket, batch_tokens)
         # hand the batches out so that the sources follow the planned stream step by step
         # (mixbatch.shape.follow); among equal choices, in the buckets' interleaving
         n_src = int(docs.source.max()) + 1
@@ -487,26 +492,3 @@ class PadBucketShaper(BudgetShaper):
                                   truncated, stats, second))
         return plans, 0
 
-
-def _interleave_by_tokens(bucket: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """Batch indices in an exact interleaving of buckets by tokens (module docstring);
-    each bucket's batches keep their order."""
-    if bucket.size == 0:
-        return np.empty(0, dtype=np.int64)
-    ids, dense = np.unique(bucket, return_inverse=True)
-    K = len(ids)
-    groups = [np.flatnonzero(dense == b) for b in range(K)]
-    weights = np.bincount(dense, weights=tokens, minlength=K)
-    il = Interleaver(K, unit="tokens")
-    taken = np.zeros(K, dtype=np.int64)
-    out: list[int] = []
-    while len(out) < bucket.size:
-        left = np.array([len(g) for g in groups]) - taken
-        upcoming = [tokens[g[t:]] for g, t in zip(groups, taken.tolist(), strict=True)]
-        got = il.choose_tokens(weights, upcoming, int(left.sum()), available=left > 0)
-        if got.size == 0:
-            raise MixbatchInternalError("pad_buckets: the bucket interleave stalled")
-        for b in got.tolist():
-            out.append(int(groups[b][taken[b]]))
-            taken[b] += 1
-    return np.asarray(out, dtype=np.int64)

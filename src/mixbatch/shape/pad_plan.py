@@ -1,11 +1,13 @@
 """Compiled steps of ``packing: pad_buckets``' window plan (:mod:`mixbatch.shape.pad_buckets`).
 
 Each function does, for every bucket or pool of a window at once, what the shaper's module
-docstring describes for one: the sorted pools of a bucket (``pool_parts``), the greedy cut of
-a sorted run of rows into batches within the budget (``cut_runs``), and the keyed order in
-which a pool's batches are handed out (``keyed_orders``, the same order as
-:func:`mixbatch.plan.permutation.keyed_order`). One call per window instead of one Python
-iteration per bucket, pool or batch.
+docstring describes for one: the sorted pools of a bucket (``pool_parts``, then
+``counting_argsort``), the greedy cut of a sorted run of rows into batches within the budget
+(``cut_runs``), and the keyed order in which a pool's batches are handed out
+(``keyed_orders``, the same order as :func:`mixbatch.plan.permutation.keyed_order`). One call
+per window instead of one Python iteration per bucket, pool or batch. Also the buckets'
+interleaving by tokens (``interleave_by_tokens``), and ``step_picks`` for ``packing: buckets``
+(every step's pieces at once).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import numba
 import numpy as np
 
 from mixbatch.errors import MixbatchInternalError
+from mixbatch.plan.interleave import Interleaver
 from mixbatch.plan.permutation import _splitmix_first
 from mixbatch.shape.bfd_pack import by_key
 
-__all__ = ["counting_argsort", "cut_runs", "keyed_orders", "pool_parts", "step_picks"]
+__all__ = ["counting_argsort", "cut_runs", "interleave_by_tokens", "keyed_orders", "pool_parts",
+           "step_picks"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -181,3 +185,27 @@ def counting_argsort(key: np.ndarray, bound: int) -> np.ndarray:
     """``np.argsort(key, kind="stable")`` for integers in ``[0, bound)`` (a compiled counting
     sort, ``O(n + bound)``)."""
     return by_key(np.ascontiguousarray(key, dtype=np.int64), int(bound))
+
+
+def interleave_by_tokens(bucket: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Batch indices in an exact interleaving of buckets by tokens (pad_buckets' module
+    docstring: Order and mixture); each bucket's batches keep their order."""
+    if bucket.size == 0:
+        return np.empty(0, dtype=np.int64)
+    ids, dense = np.unique(bucket, return_inverse=True)
+    K = len(ids)
+    groups = [np.flatnonzero(dense == b) for b in range(K)]
+    weights = np.bincount(dense, weights=tokens, minlength=K)
+    il = Interleaver(K, unit="tokens")
+    taken = np.zeros(K, dtype=np.int64)
+    out: list[int] = []
+    while len(out) < bucket.size:
+        left = np.array([len(g) for g in groups]) - taken
+        upcoming = [tokens[g[t:]] for g, t in zip(groups, taken.tolist(), strict=True)]
+        got = il.choose_tokens(weights, upcoming, int(left.sum()), available=left > 0)
+        if got.size == 0:
+            raise MixbatchInternalError("pad_buckets: the bucket interleave stalled")
+        for b in got.tolist():
+            out.append(int(groups[b][taken[b]]))
+            taken[b] += 1
+    return np.asarray(out, dtype=np.int64)

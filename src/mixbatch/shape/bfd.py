@@ -63,12 +63,11 @@ from typing import Any
 import numpy as np
 
 from mixbatch.errors import ConfigError, StateError
-from mixbatch.plan.permutation import derive_key
+from mixbatch.plan.permutation import _splitmix_first, derive_key
 from mixbatch.ranges import group_ranks
 from mixbatch.shape.base import DocFeed, Docs, StepPlan, stable_argsort
-from mixbatch.shape.bfd_pack import pack_back, pack_front, place
-from mixbatch.shape.follow import by_samples, follow_order
-from mixbatch.shape.pad_plan import keyed_orders
+from mixbatch.shape.bfd_pack import pack_window, place
+from mixbatch.shape.follow import by_samples
 from mixbatch.shape.window import WindowAnchor
 
 __all__ = ["BFDShaper", "best_fit_decreasing", "cut_pieces", "cut_spans"]
@@ -178,20 +177,12 @@ class _Window:
         :mod:`mixbatch.shape.bfd_pack`)."""
         source = np.ascontiguousarray(docs.source, dtype=np.int64)
         n_src = int(source.max()) + 1
-        # by tokens a row counts its tokens; by samples (``samples``) the documents it starts
-        k, start, end, eod, width, order, bins, comp = pack_front(
-            np.ascontiguousarray(docs.span_start, dtype=np.int64),
-            np.ascontiguousarray(docs.span_end, dtype=np.int64),
-            np.ascontiguousarray(docs.span_eod, dtype=bool), source, seq_len, samples, n_src)
-        n_rows = comp.shape[0]
         # Hand the rows out so that the mixture follows the planned stream step by step
         # (mixbatch.shape.follow), equal rows in a keyed order; the key comes from the
-        # window's own documents: no extra state, the same order on replay.
+        # window's own documents: no extra state, the same order on replay. By tokens a row
+        # counts its tokens; by samples (``samples``) the documents it starts.
         key = derive_key(0, "bfd-rows", int(docs.source[0]), int(docs.doc[0]), len(docs),
                          int(docs.length.sum()))
-        tie = np.empty(n_rows, dtype=np.int64)
-        tie[keyed_orders([key], np.array([n_rows]))] = np.arange(n_rows)
-        handed = follow_order(comp, tie, source, np.ones(len(docs)) if samples else docs.tokens)
         # a document's pieces may be several entries of the window (planned pieces)
         doc = np.ascontiguousarray(docs.doc, dtype=np.int64)
         span = int(doc.max()) + 1
@@ -200,12 +191,17 @@ class _Window:
         else:
             _, doc_key = np.unique(np.stack([source, doc]), axis=1, return_inverse=True)
             doc_key = doc_key.ravel().astype(np.int64)
-        piece, row, col, ptr, pad, seen = pack_back(
-            np.ascontiguousarray(handed, dtype=np.int64), order, bins, width, k, doc_key,
-            np.asarray(docs.length >= seq_len), seq_len)
+        k, start, end, eod, piece, row, col, ptr, pad, seen = pack_window(
+            np.ascontiguousarray(docs.span_start, dtype=np.int64),
+            np.ascontiguousarray(docs.span_end, dtype=np.int64),
+            np.ascontiguousarray(docs.span_eod, dtype=bool), source, seq_len, samples, n_src,
+            np.array([_splitmix_first(key)], dtype=np.uint64),
+            np.ones(len(docs)) if samples else docs.tokens.astype(np.float64),
+            doc_key, np.asarray(docs.length >= seq_len))
         k = k[piece]
-        return _Window(n_rows, ptr.tolist(), row, col, docs.source.astype(np.int32, copy=False)[k],
-                       doc[k], start[piece], end[piece], eod[piece], seen, pad)
+        return _Window(len(pad), ptr.tolist(), row, col,
+                       docs.source.astype(np.int32, copy=False)[k], doc[k], start[piece],
+                       end[piece], eod[piece], seen, pad)
 
 
 class BFDShaper:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import types
 from numba.cpython.unsafe.numbers import trailing_zeros
-from numba.typed import Dict
 
-__all__ = ["by_key", "pack_back", "pack_front", "place"]
+from mixbatch.shape.follow import plain_order
+from mixbatch.shape.kernels import by_key, keyed_groups
+
+__all__ = ["pack_back", "pack_front", "pack_window", "place"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -62,21 +63,6 @@ def place(left: np.ndarray, n_wide: int,
         top[c] = b
         bits[c >> 6] |= one << np.uint64(c & 63)
     return out, top[capacity]
-
-
-@numba.njit(cache=True, nogil=True)
-def by_key(key: np.ndarray, bound: int) -> np.ndarray:  # pragma: no cover (compiled)
-    """``np.argsort(key, kind="stable")`` for integers in ``[0, bound)`` (a counting sort)."""
-    count = np.zeros(bound + 1, dtype=np.int64)
-    for x in key:
-        count[x + 1] += 1
-    for v in range(bound):
-        count[v + 1] += count[v]
-    out = np.empty(key.shape[0], dtype=np.int64)
-    for i in range(key.shape[0]):
-        out[count[key[i]]] = i
-        count[key[i]] += 1
-    return out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -150,7 +136,7 @@ def pack_back(handed: np.ndarray, order: np.ndarray, bins: np.ndarray, width: np
     ptr = np.zeros(n_rows + 1, dtype=np.int64)
     pad = np.full(n_rows, seq_len, dtype=np.int64)
     seen = np.full(n, n, dtype=np.int64)
-    prev = Dict.empty(key_type=types.int64, value_type=types.int64)  # document -> last piece
+    m = 0
     for i in range(n):
         p = order[by_row[i]]
         r = row_by_pos[by_row[i]]
@@ -159,8 +145,52 @@ def pack_back(handed: np.ndarray, order: np.ndarray, bins: np.ndarray, width: np
         col[i] = seq_len - pad[r]
         pad[r] -= width[p]
         ptr[r + 1] = i + 1
-        if cut[k[p]]:
-            d = doc_key[k[p]]
-            seen[i] = prev.get(d, -1)
-            prev[d] = i
+        m += cut[k[p]]
+    # the pieces of cut documents by (document, position): each one's previous is the one
+    # before it there when it has the same document
+    at = np.empty(m, dtype=np.int64)
+    key = np.empty(m, dtype=np.int64)
+    m = 0
+    for i in range(n):
+        if cut[k[piece[i]]]:
+            at[m] = i
+            key[m] = doc_key[k[piece[i]]]
+            m += 1
+    by_doc = np.argsort(key, kind="mergesort")
+    for j in range(m):
+        i = at[by_doc[j]]
+        if j > 0 and key[by_doc[j]] == key[by_doc[j - 1]]:
+            seen[i] = at[by_doc[j - 1]]
+        else:
+            seen[i] = -1
     return piece, row, col, ptr, pad, seen
+
+
+@numba.njit(cache=True, nogil=True)
+def pack_window(span_start: np.ndarray, span_end: np.ndarray, span_eod: np.ndarray,
+                source: np.ndarray, seq_len: int, samples: bool, n_src: int,
+                key_first: np.ndarray, stream_tokens: np.ndarray, doc_key: np.ndarray,
+                cut: np.ndarray) -> tuple[np.ndarray, ...]:  # pragma: no cover (compiled)
+    """A whole window in one call: :func:`pack_front`, the rows' keyed ranks
+    (``key_first``: the SplitMix64 start of the window's key), their hand-out order
+    (:func:`mixbatch.shape.follow.plain_order`, the stream's ``stream_tokens``) and
+    :func:`pack_back`. Returns per piece in stream order ``(span, start, end, eod)``, then
+    ``(piece, row, col, ptr, pad, seen)`` as :func:`pack_back` gives them."""
+    k, a, b, last, width, order, bins, comp = pack_front(span_start, span_end, span_eod,
+                                                         source, seq_len, samples, n_src)
+    n_rows = comp.shape[0]
+    ranks = keyed_groups(key_first, np.full(1, n_rows, dtype=np.int64))
+    tie = np.empty(n_rows, dtype=np.int64)
+    for r in range(n_rows):
+        tie[ranks[r]] = r
+    if n_rows <= 1:
+        handed = np.arange(n_rows)
+    else:
+        total = np.zeros(n_rows)  # whole tokens: exact in any order
+        for r in range(n_rows):
+            for i in range(n_src):
+                total[r] += comp[r, i]
+        handed = plain_order(comp, total, tie, source, stream_tokens)
+    piece, row, col, ptr, pad, seen = pack_back(handed, order, bins, width, k, doc_key, cut,
+                                                seq_len)
+    return k, a, b, last, piece, row, col, ptr, pad, seen

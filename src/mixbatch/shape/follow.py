@@ -53,7 +53,8 @@ import numpy as np
 
 from mixbatch.shape.follow_repair import locate, piece_table, repair_order
 
-__all__ = ["Drift", "by_samples", "follow_counts", "follow_order", "stream_composition"]
+__all__ = ["Drift", "by_samples", "follow_counts", "follow_order", "plain_order",
+           "stream_composition"]
 
 
 def by_samples(feed: object) -> bool:
@@ -275,17 +276,40 @@ def _kinds(comp: np.ndarray, gid: np.ndarray, sizes: np.ndarray,
     return members, first
 
 
-def _all_zero(comp: np.ndarray, cum_t: np.ndarray, tie: np.ndarray) -> bool:
+@numba.njit(cache=True, nogil=True)
+def _all_zero(comp: np.ndarray, cum_t: np.ndarray, tie: np.ndarray) -> bool:  # pragma: no cover
     """Whether, with one source, every item scores 0 at every step: then the tokens handed out
     equal the stream's at every prefix (``c = t = C(t)``), exactly when every sum is an exact
     integer and the items hold no more than the stream, and the greedy hands the items out
     by ``tie`` alone (distinct ranks)."""
-    values = np.concatenate([comp.ravel(), cum_t])
-    if not (np.all(values == np.floor(values)) and float(comp.sum()) <= float(cum_t[-1])
-            and float(cum_t[-1]) < 2.0 ** 52):
+    held = 0.0
+    for x in comp.ravel():
+        if x != np.floor(x):
+            return False
+        held += x
+    for x in cum_t:
+        if x != np.floor(x):
+            return False
+    if held > cum_t[cum_t.shape[0] - 1] or cum_t[cum_t.shape[0] - 1] >= 2.0 ** 52:
         return False
     ranks = np.sort(tie)
     return bool(np.all(ranks[1:] != ranks[:-1]))
+
+
+@numba.njit(cache=True, nogil=True)
+def plain_order(comp: np.ndarray, total: np.ndarray, tie: np.ndarray, stream_source: np.ndarray,
+                stream_tokens: np.ndarray) -> np.ndarray:  # pragma: no cover (compiled)
+    """:func:`follow_order` without groups and without the repair, in one compiled call
+    (``total``: each item's tokens, ``comp.sum(axis=1)``; at least two items)."""
+    n, k = comp.shape
+    cum_t, cum_s = _stream_composition(stream_source, stream_tokens, k)
+    if k == 1 and _all_zero(comp, cum_t, tie):
+        return np.argsort(tie, kind="mergesort")
+    gid = np.zeros(n, dtype=np.int64)
+    sizes = np.zeros(n)
+    members, first = _kinds(comp, gid, sizes, tie)
+    return _follow(comp, total, tie, cum_t, cum_s, stream_source, gid, sizes, np.zeros(1),
+                   np.full(1, np.inf), members, first)
 
 
 def follow_order(composition: np.ndarray, tie: np.ndarray, stream_source: np.ndarray,
@@ -309,9 +333,13 @@ def follow_order(composition: np.ndarray, tie: np.ndarray, stream_source: np.nda
     n = comp.shape[0]
     if n <= 1:
         return np.arange(n, dtype=np.int64)
-    cum_t, cum_s = stream_composition(stream_source, stream_tokens, comp.shape[1])
     total = comp.sum(axis=1)
     tie = np.ascontiguousarray(tie, dtype=np.int64)
+    src = np.ascontiguousarray(stream_source, dtype=np.int64)
+    if group is None and repair <= 0:
+        return plain_order(comp, total, tie, src,
+                           np.ascontiguousarray(stream_tokens, dtype=np.float64))
+    cum_t, cum_s = stream_composition(stream_source, stream_tokens, comp.shape[1])
     if comp.shape[1] == 1 and group is None and _all_zero(comp, cum_t, tie):
         return np.argsort(tie)
     if group is None:
@@ -330,7 +358,6 @@ def follow_order(composition: np.ndarray, tie: np.ndarray, stream_source: np.nda
         slack *= 2.0
     sizes = np.ascontiguousarray(sizes, dtype=np.float64)
     members, first = _kinds(comp, gid, sizes, tie)
-    src = np.ascontiguousarray(stream_source, dtype=np.int64)
     order = _follow(comp, total, tie, cum_t, cum_s, src, gid, sizes, share, slack, members,
                     first)
     if repair > 0:

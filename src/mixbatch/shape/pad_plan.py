@@ -18,7 +18,7 @@ import numpy as np
 from mixbatch.errors import MixbatchInternalError
 from mixbatch.plan.interleave import Interleaver
 from mixbatch.plan.permutation import _splitmix_first
-from mixbatch.shape.bfd_pack import by_key
+from mixbatch.shape.kernels import by_key, keyed_groups
 
 __all__ = ["counting_argsort", "cut_runs", "interleave_by_tokens", "keyed_orders", "pool_parts",
            "step_picks"]
@@ -120,31 +120,11 @@ def cut_runs(cost: np.ndarray, cost2: np.ndarray | None, run_start: np.ndarray, 
     return starts, runs
 
 
-@numba.njit(cache=True, nogil=True)
-def _keyed_orders(first: np.ndarray, count: np.ndarray) -> np.ndarray:  # pragma: no cover
-    """Per group ``g`` of ``count[g]`` items laid out back to back, the keyed order of its
-    items (offsets within the group): the stable argsort of the SplitMix64 finaliser of
-    ``i + first[g]``."""
-    out = np.empty(count.sum(), dtype=np.int64)
-    at = 0
-    for g in range(count.shape[0]):
-        m = count[g]
-        z = np.empty(m, dtype=np.uint64)
-        for i in range(m):
-            x = np.uint64(i) + first[g]
-            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            z[i] = x ^ (x >> np.uint64(31))
-        out[at:at + m] = np.argsort(z, kind="mergesort")
-        at += m
-    return out
-
-
 def keyed_orders(keys: list[int], count: np.ndarray) -> np.ndarray:
     """:func:`mixbatch.plan.permutation.keyed_order` ``(count[g], keys[g])`` for every group,
     concatenated (offsets within each group)."""
     first = np.array([_splitmix_first(int(k)) for k in keys], dtype=np.uint64)
-    return _keyed_orders(first, np.ascontiguousarray(count, dtype=np.int64))
+    return keyed_groups(first, np.ascontiguousarray(count, dtype=np.int64))
 
 
 @numba.njit(cache=True, nogil=True)

@@ -152,6 +152,18 @@ def test_one_source_shortcut_equals_the_greedy(data, n, samples) -> None:
 
 
 @settings(max_examples=60, deadline=None)
+@given(data=st.data(), n=st.integers(2, 40), k=st.integers(1, 4))
+def test_plain_order_equals_the_order_with_one_group(data, n, k) -> None:
+    # one group never holds an item back (its share is everything), so the general path
+    # with groups gives the order the compiled plain path gives without them
+    src, tok, comp, _ = _inputs(data, n, k, 1, False)
+    m = comp.shape[0]
+    tie = np.array(data.draw(st.permutations(range(m))), dtype=np.int64)
+    assert np.array_equal(follow_order(comp, tie, src, tok),
+                          follow_order(comp, tie, src, tok, group=np.zeros(m, np.int64)))
+
+
+@settings(max_examples=60, deadline=None)
 @given(rows=st.lists(st.tuples(st.sampled_from([0.0, 1.0, 2.0, 3.0, 2.5]), st.integers(0, 3),
                                st.integers(0, 2)), min_size=1, max_size=40),
        tie=st.randoms(use_true_random=False))

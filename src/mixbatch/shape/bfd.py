@@ -19,8 +19,8 @@ Implements the packing of Ding et al. 2024, "Fewer Truncations Improve Language 
    row. Pieces wider than ``seq_len / 2`` open a row each; for the rest, the query "smallest
    remaining space >= w" scans a bitset of the remaining spaces that have an open row (the
    paper's OBFD uses a segment tree over the same ``0..seq_len``): at most ``seq_len / 64``
-   words per piece (:func:`best_fit_decreasing`; a window is cut, packed and laid out in two
-   compiled passes, :mod:`mixbatch.shape.bfd_pack`).
+   words per piece (:func:`best_fit_decreasing`; a window is cut, packed, ordered and laid out
+   in one compiled call, :mod:`mixbatch.shape.bfd_pack`).
 
 Rows are handed out, ``rows`` per step, in the order that keeps the mixture on the planned
 stream (:func:`mixbatch.shape.follow.follow_order`: next the row that keeps the largest

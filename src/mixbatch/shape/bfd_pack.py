@@ -1,11 +1,11 @@
 """Compiled parts of ``packing: bfd``'s window packing (:mod:`mixbatch.shape.bfd`).
 
-A window is packed in two compiled passes around the hand-out order
-(:func:`mixbatch.shape.follow.follow_order`): :func:`pack_front` cuts the window's spans into
-pieces, packs them by best-fit decreasing and counts each row's tokens per source;
-:func:`pack_back` lays the rows out in the hand-out order (pieces by row, then column; each
-row's padding) and links the pieces of every cut document. Each does what the NumPy steps of
-:meth:`mixbatch.shape.bfd._Window.pack` describe, with the same results, in one call.
+A window is packed in one compiled call (:func:`pack_window`): :func:`pack_front` cuts the
+window's spans into pieces, packs them by best-fit decreasing (:func:`place`) and counts each
+row's tokens per source; the rows get their keyed ranks and their hand-out order
+(:func:`mixbatch.shape.follow.plain_order`); :func:`pack_back` lays the rows out in that order
+(pieces by row, then column; each row's padding) and links the pieces of every cut document.
+Each does what the NumPy steps it replaced did, with the same results.
 """
 
 from __future__ import annotations

@@ -229,6 +229,16 @@ def test_verification_happens_once_per_block(store: Path) -> None:
     assert copy.done
 
 
+def test_stores_open_together_see_each_others_verification(store: Path) -> None:
+    a, b = open_store(store), open_store(store)  # both opened before any block was read
+    assert a.verifier is not None and b.verifier is not None and not b.verifier.done
+    for i in range(len(a)):  # one document at a time: the single-span path
+        a[i]
+    assert a.verifier.done and b.verifier.done and b.verifier.left == 0
+    b[0], b[len(b) - 1]
+    assert b.verifier.hashed == 0 and a.verifier.hashed == len(a.verifier.digests)
+
+
 def test_a_store_opened_again_in_the_process_is_not_hashed_again(store: Path) -> None:
     first = open_store(store)
     first.gather(np.arange(len(first)))

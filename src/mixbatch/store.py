@@ -118,10 +118,11 @@ class TokenStore:
         return int(self.lengths.shape[0])
 
     def __getitem__(self, i: int) -> np.ndarray:
-        s = self.starts[i]  # NumPy integers index directly: no int() round trips
-        if self.verifier is not None and not self.verifier.done:
-            self._verify([s], [self.lengths[i]])
-        return self.tokens[s: s + self.lengths[i]]
+        s, n = self.starts[i], self.lengths[i]  # NumPy integers index directly
+        v = self.verifier
+        if v is not None and v.progress.left > 0:  # (not v.done, without a property call)
+            v.span(int(s), int(n))
+        return self.tokens[s: s + n]
 
     @property
     def num_tokens(self) -> int:

@@ -69,26 +69,45 @@ def block_digests(path: Path, name: str, block_bytes: int = BLOCK_BYTES) -> np.n
     return np.array(out, dtype=np.uint64)
 
 
+class _Progress:
+    """What is verified of one file in this process: the mask of verified blocks, how many are
+    left, and the lock every verifier of the file takes to verify a block (once, whatever the
+    verifiers and threads)."""
+
+    def __init__(self, n: int) -> None:
+        self.ok = np.zeros(n, dtype=bool)
+        self.left = n
+        self.lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"ok": self.ok, "left": self.left}  # a lock does not cross processes
+
+    def __setstate__(self, state: dict) -> None:
+        self.ok, self.left = state["ok"], state["left"]
+        self.lock = threading.Lock()
+
+
 #: blocks verified by this process, per file: (path, device, inode, size, mtime, ctime, ...) ->
-#: the verified mask that every verifier of that very file shares (a new loader, or a store
-#: opened again, does not hash a block twice; a changed file has another key)
-_VERIFIED: dict[tuple, np.ndarray] = {}
+#: the progress that every verifier of that very file shares (a new loader, or a store opened
+#: again, does not hash a block twice, and sees the blocks the others verified as done; a
+#: changed file has another key)
+_VERIFIED: dict[tuple, _Progress] = {}
 _VERIFIED_LOCK = threading.Lock()
 
 
-def _verified_mask(path: Path, digests: np.ndarray, vocab_size: int, n: int) -> np.ndarray:
+def _progress(path: Path, digests: np.ndarray, vocab_size: int, n: int) -> _Progress:
     try:
         st = path.stat()
     except OSError:
-        return np.zeros(n, dtype=bool)
+        return _Progress(n)
     key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
            vocab_size,
            hashlib.blake2b(digests.tobytes(), digest_size=16).digest())
     with _VERIFIED_LOCK:
-        mask = _VERIFIED.get(key)
-        if mask is None or len(mask) != n:
-            mask = _VERIFIED[key] = np.zeros(n, dtype=bool)
-        return mask
+        progress = _VERIFIED.get(key)
+        if progress is None or len(progress.ok) != n:
+            progress = _VERIFIED[key] = _Progress(n)
+        return progress
 
 
 class BlockVerifier:
@@ -119,20 +138,34 @@ class BlockVerifier:
         if len(digests) != n:
             raise StoreError(f"{path}: {len(digests)} block checksums for {n} blocks of "
                              f"{block_bytes} bytes; {_REBUILD}")
-        self.ok = _verified_mask(Path(path), digests, vocab_size, n)
-        self.left = int(n - np.count_nonzero(self.ok))  # blocks not verified yet (by any)
-        self.done = self.left == 0
-        self.hashed = 0  # blocks hashed by this process
-        self._lock = threading.Lock()
+        self.progress = _progress(Path(path), digests, vocab_size, n)
+        self.ok = self.progress.ok  # shared with every verifier of this file in the process
+        self.hashed = 0  # blocks hashed by this verifier
 
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        del state["_lock"]  # a lock does not cross processes; each process gets its own
-        return state
+    @property
+    def left(self) -> int:
+        """Blocks of the file not verified yet (by any verifier of it in this process)."""
+        return self.progress.left
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+    @property
+    def done(self) -> bool:
+        return self.progress.left <= 0
+
+    def span(self, start: int, length: int) -> None:
+        """Verify the blocks that tokens ``[start, start + length)`` touch (one document: the
+        cheap path of :meth:`spans`)."""
+        if length <= 0 or self.progress.left <= 0:
+            return
+        size = self.tokens.itemsize
+        a = (self.header + start * size) // self.block_bytes
+        b = (self.header + (start + length) * size - 1) // self.block_bytes
+        ok = self.ok
+        if a == b:
+            if not ok[a]:
+                self.block(a)
+        elif not ok[a:b + 1].all():
+            for k in np.flatnonzero(~ok[a:b + 1]).tolist():
+                self.block(a + k)
 
     def spans(self, starts: np.ndarray, lengths: np.ndarray) -> None:
         """Verify every block that tokens ``[start, start + length)`` of each span touch."""
@@ -162,7 +195,7 @@ class BlockVerifier:
         """Verify block ``b`` (hash, then token ids) and mark it (once, whatever the threads)."""
         if self.ok[b]:
             return
-        with self._lock:
+        with self.progress.lock:
             if not self.ok[b]:
                 self._verify(b)
 
@@ -188,8 +221,7 @@ class BlockVerifier:
                                  f"of {self.vocab_size} ids (a store of another tokenizer, or "
                                  f"corrupt); {_REBUILD}")
         self.ok[b] = True
-        self.left -= 1
-        self.done = self.left <= 0 or bool(self.ok.all())
+        self.progress.left -= 1
 
     def verify_all(self) -> None:
         """Verify every block not verified yet."""

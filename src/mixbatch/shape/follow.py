@@ -51,7 +51,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from mixbatch.shape.follow_repair import locate, piece_table, repair_order
+from mixbatch.shape.follow_repair import piece_table, repair_order, stream_piece
 
 __all__ = ["Drift", "by_samples", "follow_counts", "follow_order", "plain_order",
            "stream_composition"]
@@ -135,13 +135,7 @@ def _follow(comp: np.ndarray, total: np.ndarray, tie: np.ndarray, cum_t: np.ndar
             x = tid[q]
             if stamp[x] != step:  # C(t + tokens of the item)
                 stamp[x] = step
-                tj = t + total[j]
-                if tj >= cum_t[p_last]:
-                    p = p_last
-                    inside = 0.0
-                else:
-                    p = locate(cum_t, table, unit, tj)
-                    inside = tj - cum_t[p]
+                p, inside = stream_piece(cum_t, table, unit, t + total[j])
                 for i in range(k):
                     target[x, i] = cum_s[p, i]
                     if p < p_last and src[p] == i:

@@ -90,6 +90,19 @@ def locate(cum_t: np.ndarray, table: np.ndarray, q: float,
     return p
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def stream_piece(cum_t: np.ndarray, table: np.ndarray, q: float,
+                 t: float) -> tuple[int, float]:  # pragma: no cover (compiled)
+    """Where token ``t`` of the stream lies: the piece ``p`` and the tokens of it before ``t``
+    (``len(cum_t) - 1`` and 0 at or past the stream's end), so that the stream's composition
+    is ``C_i(t) = cum_s[p, i] + inside`` for the piece's source ``i = src[p]``."""
+    p_last = cum_t.shape[0] - 1
+    if t >= cum_t[p_last]:
+        return p_last, 0.0
+    p = locate(cum_t, table, q, t)
+    return p, t - cum_t[p]
+
+
 @numba.njit(cache=True, nogil=True)
 def _devs(order: np.ndarray, a: int, b: int, c0: np.ndarray, t0: float, comp: np.ndarray,
           total: np.ndarray, cum_t: np.ndarray, cum_s: np.ndarray, src: np.ndarray,
@@ -152,12 +165,7 @@ def _trial_dev(how: int, m: int, a: int, b: int, ja: int, jb: int, cs: np.ndarra
     t = ts[row] + sa * total[ja] + sb * total[jb]
     k = cs.shape[1]
     p_last = src.shape[0]
-    if t >= cum_t[p_last]:
-        p = p_last
-        inside = 0.0
-    else:
-        p = locate(cum_t, table, q, t)
-        inside = t - cum_t[p]
+    p, inside = stream_piece(cum_t, table, q, t)
     worst = 0.0
     for i in range(k):
         target = cum_s[p, i]
@@ -248,11 +256,11 @@ def _repair(order: np.ndarray, near: int, enough: float, comp: np.ndarray, total
         best_a = best_b = best_how = -1
         # the signed deviation at the worst boundary: a swap moves it by x_b - x_a and the
         # stream's C_i by at most |t_b - t_a| (a cheap bound before the lookup)
-        p = locate(cum_t, table, q, ts[at + 1]) if ts[at + 1] < cum_t[-1] else len(src)
+        p, inside = stream_piece(cum_t, table, q, ts[at + 1])
         for i in range(k):
             e_at[i] = cs[at + 1, i] - cum_s[p, i]
             if p < len(src) and src[p] == i:
-                e_at[i] -= ts[at + 1] - cum_t[p]
+                e_at[i] -= inside
         fail2[:] = -2  # not scanned yet
         witness = -1  # where the last swap failed
         for a in range(at + 1):

@@ -18,14 +18,6 @@ from typing import Any, Protocol
 import numpy as np
 
 
-def stable_argsort(x: np.ndarray, bound: int) -> np.ndarray:
-    """``np.argsort(x, kind="stable")`` for integers in ``[0, bound)``; a radix sort on 16 bits
-    when they fit (several times faster than the merge sort numpy uses for 64-bit keys)."""
-    if bound <= 1 << 16:
-        x = x.astype(np.uint16)
-    return np.argsort(x, kind="stable")
-
-
 @dataclass(frozen=True)
 class Docs:
     """Documents, or pieces of documents, in stream order: their source index, index in the

@@ -64,10 +64,10 @@ import numpy as np
 
 from mixbatch.errors import ConfigError, StateError
 from mixbatch.plan.permutation import _splitmix_first, derive_key
-from mixbatch.ranges import group_ranks
-from mixbatch.shape.base import DocFeed, Docs, StepPlan, stable_argsort
-from mixbatch.shape.bfd_pack import pack_window, place
+from mixbatch.shape.base import DocFeed, Docs, StepPlan
+from mixbatch.shape.bfd_pack import bfd_bins, cut, pack_window
 from mixbatch.shape.follow import by_samples
+from mixbatch.shape.kernels import by_key
 from mixbatch.shape.window import WindowAnchor
 
 __all__ = ["BFDShaper", "best_fit_decreasing", "cut_pieces", "cut_spans"]
@@ -91,30 +91,8 @@ def cut_spans(start: np.ndarray, end: np.ndarray, eod: np.ndarray,
     (which the end token's piece repeats; module docstring, 2.).
 
     Returns per piece, in stream order: ``(span index, start, end, eod)``."""
-    start = np.asarray(start, dtype=np.int64)
-    end = np.asarray(end, dtype=np.int64)
-    eod = np.asarray(eod, dtype=bool)
-    n_pieces = (end - start + eod + seq_len - 1) // seq_len
-    k = np.repeat(np.arange(len(start), dtype=np.int64), n_pieces)
-    j = group_ranks(n_pieces)
-    a = start[k] + j * seq_len
-    b = np.minimum(a + seq_len, end[k])
-    last = eod[k] & (j == n_pieces[k] - 1)
-    a -= (a == b) & last & (j > 0)  # no lone end token: the last token comes with it (doc 2.)
-    return k, a, b, last
-
-
-def _bfd_bins(width: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """The packing of :func:`best_fit_decreasing` in packing order: ``(order, bin, n_bins)``,
-    ``order`` the items widest first (ties in input order) and ``bin[j]`` the bin of item
-    ``order[j]``; item ``order[j]`` is the ``j``-th to be packed."""
-    left = capacity - width  # what an item leaves of a bin of its own
-    order = stable_argsort(left, capacity + 1)  # widest first, ties in input order
-    left = left[order]
-    # wide items (> capacity / 2) come first and each opens a bin of its own, in order
-    n_wide = int(np.searchsorted(left, (capacity + 1) // 2))
-    out, n_bins = place(left, n_wide, capacity)
-    return order, out, n_bins
+    return cut(np.asarray(start, dtype=np.int64), np.asarray(end, dtype=np.int64),
+               np.asarray(eod, dtype=bool), int(seq_len))
 
 
 def best_fit_decreasing(width: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -137,8 +115,8 @@ def best_fit_decreasing(width: np.ndarray, capacity: int) -> tuple[np.ndarray, n
     if n and (width.min() < 1 or width.max() > capacity):
         raise ValueError(f"width: items must be 1..{capacity} wide, got "
                          f"{width.min()}..{width.max()}")
-    order, bins, n_bins = _bfd_bins(width, capacity)
-    by_bin = order[stable_argsort(bins, n_bins)]  # items by (bin, packing order)
+    order, bins, n_bins = bfd_bins(width, int(capacity))
+    by_bin = order[by_key(bins, n_bins)]  # items by (bin, packing order)
     w = width[by_bin]
     before = np.cumsum(w) - w
     counts = np.bincount(bins, minlength=n_bins)

@@ -1,7 +1,7 @@
 """Compiled parts of ``packing: bfd``'s window packing (:mod:`mixbatch.shape.bfd`).
 
 A window is packed in one compiled call (:func:`pack_window`): :func:`pack_front` cuts the
-window's spans into pieces, packs them by best-fit decreasing (:func:`place`) and counts each
+window's spans into pieces (:func:`cut`), packs them by best-fit decreasing (:func:`bfd_bins`) and counts each
 row's tokens per source; the rows get their keyed ranks and their hand-out order
 (:func:`mixbatch.shape.follow.plain_order`); :func:`pack_back` lays the rows out in that order
 (pieces by row, then column; each row's padding) and links the pieces of every cut document.
@@ -17,7 +17,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from mixbatch.shape.follow import plain_order
 from mixbatch.shape.kernels import by_key, keyed_groups
 
-__all__ = ["pack_back", "pack_front", "pack_window", "place"]
+__all__ = ["bfd_bins", "cut", "pack_back", "pack_front", "pack_window", "place"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -66,14 +66,10 @@ def place(left: np.ndarray, n_wide: int,
 
 
 @numba.njit(cache=True, nogil=True)
-def pack_front(span_start: np.ndarray, span_end: np.ndarray, span_eod: np.ndarray,
-               source: np.ndarray, seq_len: int, samples: bool,
-               n_src: int) -> tuple[np.ndarray, ...]:  # pragma: no cover (compiled)
-    """Cut the spans into pieces of at most ``seq_len`` positions (:func:`mixbatch.shape.bfd.
-    cut_spans`) and pack them (:func:`mixbatch.shape.bfd.best_fit_decreasing`). Returns per
-    piece in stream order ``(span, start, end, eod, width)``, per packing position ``(order,
-    bin)``, and ``comp[row, source]``: the tokens (or, by ``samples``, the documents started)
-    of each row."""
+def cut(span_start: np.ndarray, span_end: np.ndarray, span_eod: np.ndarray,
+        seq_len: int) -> tuple[np.ndarray, ...]:  # pragma: no cover (compiled)
+    """The pieces of :func:`mixbatch.shape.bfd.cut_spans`, in stream order: ``(span, start,
+    end, eod)``."""
     n_spans = span_start.shape[0]
     n = 0
     for s in range(n_spans):
@@ -93,14 +89,36 @@ def pack_front(span_start: np.ndarray, span_end: np.ndarray, span_eod: np.ndarra
                 x -= 1  # no lone end token: the last token comes with it
             k[at], a[at], b[at], last[at] = s, x, y, end_token
             at += 1
-    width = b - a + last
-    left = seq_len - width
-    order = by_key(left, seq_len + 1)  # widest first, ties in stream order
+    return k, a, b, last
+
+
+@numba.njit(cache=True, nogil=True)
+def bfd_bins(width: np.ndarray, capacity: int
+             ) -> tuple[np.ndarray, np.ndarray, int]:  # pragma: no cover (compiled)
+    """The packing of :func:`mixbatch.shape.bfd.best_fit_decreasing` in packing order:
+    ``(order, bin, n_bins)``, ``order`` the items widest first (ties in input order) and
+    ``bin[j]`` the bin of item ``order[j]``."""
+    left = capacity - width  # what an item leaves of a bin of its own
+    order = by_key(left, capacity + 1)  # widest first, ties in input order
     left_sorted = left[order]
-    n_wide = 0
-    while n_wide < n and left_sorted[n_wide] < (seq_len + 1) // 2:
-        n_wide += 1
-    bins, n_rows = place(left_sorted, n_wide, seq_len)
+    # wide items (> capacity / 2) come first and each opens a bin of its own, in order
+    n_wide = np.searchsorted(left_sorted, (capacity + 1) // 2)
+    bins, n_bins = place(left_sorted, n_wide, capacity)
+    return order, bins, n_bins
+
+
+@numba.njit(cache=True, nogil=True)
+def pack_front(span_start: np.ndarray, span_end: np.ndarray, span_eod: np.ndarray,
+               source: np.ndarray, seq_len: int, samples: bool,
+               n_src: int) -> tuple[np.ndarray, ...]:  # pragma: no cover (compiled)
+    """Cut the spans into pieces of at most ``seq_len`` positions (:func:`cut`) and pack them
+    (:func:`bfd_bins`). Returns per piece in stream order ``(span, start, end, eod, width)``,
+    per packing position ``(order, bin)``, and ``comp[row, source]``: the tokens (or, by
+    ``samples``, the documents started) of each row."""
+    k, a, b, last = cut(span_start, span_end, span_eod, seq_len)
+    n = k.shape[0]
+    width = b - a + last
+    order, bins, n_rows = bfd_bins(width, seq_len)
     comp = np.zeros((n_rows, n_src))
     for j in range(n):
         p = order[j]

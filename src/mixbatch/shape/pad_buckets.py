@@ -104,7 +104,7 @@ from mixbatch.errors import ConfigError, DataError
 from mixbatch.limits import WINDOW_BUDGETS
 from mixbatch.plan.permutation import derive_key
 from mixbatch.ranges import span_positions
-from mixbatch.shape.base import DocFeed, Docs, StepPlan, stable_argsort
+from mixbatch.shape.base import DocFeed, Docs, StepPlan
 from mixbatch.shape.follow import by_samples, follow_order
 from mixbatch.shape.pad_plan import (
     counting_argsort,
@@ -353,7 +353,7 @@ class PadBucketShaper(BudgetShaper):
         keyed order, then the pools' part-filled leftovers cut again (bucket -1)."""
         key = derive_key(0, "pad-buckets", int(docs.source[0]), int(docs.doc[0]), len(docs),
                          int(docs.length.sum()))
-        runs = kept[stable_argsort(bucket[kept], int(bucket.max()) + 1)]  # by bucket
+        runs = kept[counting_argsort(bucket[kept], int(bucket.max()) + 1)]  # by bucket
         rb = bucket[runs]
         run_start = np.flatnonzero(np.concatenate([[True], rb[1:] != rb[:-1], [True]]))
         pooled = self.sort_pool > 0
